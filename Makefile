@@ -1,0 +1,49 @@
+# recis: two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+# Override for your own torch build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+FBGEMM_SPEC ?= fbgemm-gpu-cpu==1.8.0
+TORCHREC_SPEC ?= torchrec==1.8.0
+TORCHREC_DEPS ?= pyre-extensions tensordict torchmetrics tqdm
+CSRC := $(shell find csrc -name '*.cc' -o -name '*.h' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: install build demo test test-fast bench clean
+
+install: $(VENV)/.recis-built
+
+# Dependencies, in the order that keeps pip from pulling a CUDA torch or GPU fbgemm.
+$(VENV)/.deps-installed: requirements.txt Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q $(FBGEMM_SPEC)
+	$(PIP) install -q --no-deps $(TORCHREC_SPEC)
+	$(PIP) install -q $(TORCHREC_DEPS)
+	touch $@
+
+$(VENV)/.recis-built: $(VENV)/.deps-installed setup.py $(CSRC)
+	MAX_JOBS=2 $(VPY) setup.py -q build_ext --inplace
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: install
+
+demo: install
+	$(VPY) benchmarks/embedding_step.py --quick
+
+test: install
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(VPY) benchmarks/embedding_step.py
+
+clean:
+	rm -rf build recis/_C*.so *.egg-info

@@ -1,0 +1,165 @@
+// recis._C: the torch op library `recis` (schemas + CPU kernels) and the HashTable class.
+#include <torch/extension.h>
+
+#include "hashtable/hash_table.h"
+#include "hashtable/registry.h"
+#include "ops/table_ops.h"
+#include "optim/sparse_update.h"
+
+namespace py = pybind11;
+
+TORCH_LIBRARY(recis, m) {
+  m.def(
+      "lookup_forward(Tensor(a!) token, int table, Tensor values, Tensor offsets, Tensor? weights, int[] feature_ns, "
+      "int batch_size, int[] col_offsets, int out_cols, int combiner, bool train) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
+      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner) -> ()");
+  m.def("apply_update(Tensor(a!) token, int table, int kind, float[] hyper, bool skip_nonfinite) -> Tensor");
+  m.def("clear_pending(Tensor(a!) token, int table) -> ()");
+  m.def("find(int table, int ns, Tensor ids) -> Tensor");
+  m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
+  m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> int");
+  m.def("gather(int table, Tensor rows) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(recis, CPU, m) {
+  m.impl("lookup_forward", &recis::lookup_forward);
+  m.impl("lookup_backward", &recis::lookup_backward);
+  m.impl("apply_update", &recis::apply_update);
+  m.impl("clear_pending", &recis::clear_pending);
+  m.impl("find", &recis::find);
+  m.impl("find_or_insert", &recis::find_or_insert);
+  m.impl("erase", &recis::erase);
+  m.impl("gather", &recis::gather);
+}
+
+namespace {
+
+using recis::HashTable;
+using TablePtr = std::shared_ptr<HashTable>;
+
+struct Handle {
+  TablePtr table;
+  int64_t id;
+};
+
+at::Tensor long_tensor(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kLong)); }
+
+py::tuple export_ns(Handle& h, uint32_t ns) {
+  HashTable& t = *h.table;
+  std::lock_guard<std::mutex> lock(t.mu);
+  const int64_t n = static_cast<int64_t>(t.size(ns)), dim = t.dim(), w = t.slot_width();
+  at::Tensor ids = long_tensor(n), counts = long_tensor(n), last = long_tensor(n);
+  at::Tensor emb = at::empty({n, dim}), slots = at::empty({n, w});
+  {
+    py::gil_scoped_release nogil;
+    t.export_ns(ns, ids.data_ptr<int64_t>(), emb.data_ptr<float>(), slots.data_ptr<float>(),
+                counts.data_ptr<int64_t>(), last.data_ptr<int64_t>());
+  }
+  return py::make_tuple(ids, emb, slots, counts, last);
+}
+
+void import_ns(Handle& h, uint32_t ns, const at::Tensor& ids, const at::Tensor& emb, const c10::optional<at::Tensor>& slots,
+               const c10::optional<at::Tensor>& counts, const c10::optional<at::Tensor>& last) {
+  HashTable& t = *h.table;
+  const int64_t n = ids.size(0);
+  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "import: ids must be int64, got ", ids.scalar_type());
+  TORCH_CHECK_TYPE(emb.scalar_type() == at::kFloat, "import: rows must be float32, got ", emb.scalar_type());
+  TORCH_CHECK_VALUE(emb.dim() == 2 && emb.size(0) == n && emb.size(1) == t.dim(), "import: rows must be [", n, ", ",
+                    t.dim(), "], got ", emb.sizes());
+  auto ids_c = ids.contiguous(), emb_c = emb.contiguous();
+  at::Tensor slots_c, counts_c, last_c;
+  if (slots && slots->numel() > 0) {
+    TORCH_CHECK_VALUE(slots->dim() == 2 && slots->size(0) == n && slots->size(1) == t.slot_width(),
+                      "import: slots must be [", n, ", ", t.slot_width(), "], got ", slots->sizes());
+    slots_c = slots->to(at::kFloat).contiguous();
+  }
+  if (counts) counts_c = counts->to(at::kLong).contiguous();
+  if (last) last_c = last->to(at::kLong).contiguous();
+  py::gil_scoped_release nogil;
+  std::lock_guard<std::mutex> lock(t.mu);
+  t.check_ns(ns);
+  t.import_ns(ns, n, ids_c.data_ptr<int64_t>(), emb_c.data_ptr<float>(),
+              slots_c.defined() ? slots_c.data_ptr<float>() : nullptr,
+              counts_c.defined() ? counts_c.data_ptr<int64_t>() : nullptr,
+              last_c.defined() ? last_c.data_ptr<int64_t>() : nullptr);
+}
+
+// Wraps a table method so it runs under the table's lock.
+template <class R, class... A>
+auto locked(R (*f)(HashTable&, A...)) {
+  return [f](Handle& h, A... args) -> R {
+    std::lock_guard<std::mutex> lock(h.table->mu);
+    return f(*h.table, args...);
+  };
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "recis C++ core: hash tables, fused lookup kernels and sparse optimizers";
+  py::class_<Handle>(m, "HashTable")
+      .def(py::init([](int64_t dim, std::vector<uint64_t> seeds, int init_kind, float a, float b, float c) {
+             auto t = std::make_shared<HashTable>(dim, seeds,
+                                                  recis::InitSpec{static_cast<recis::InitKind>(init_kind), a, b, c});
+             return Handle{t, recis::register_table(t)};
+           }),
+           py::arg("dim"), py::arg("seeds"), py::arg("init_kind"), py::arg("a"), py::arg("b"), py::arg("c"))
+      .def_property_readonly("handle", [](Handle& h) { return h.id; })
+      .def_property_readonly("dim", [](Handle& h) { return h.table->dim(); })
+      .def_property_readonly("slot_width", [](Handle& h) { return h.table->slot_width(); })
+      .def_property_readonly("num_namespaces", [](Handle& h) { return h.table->num_namespaces(); })
+      .def("size", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.size(ns); }))
+      .def("map_capacity", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.map_capacity(ns); }))
+      .def("memory_bytes", locked(+[](HashTable& t) { return t.memory_bytes(); }))
+      .def("row_stride_bytes", locked(+[](HashTable& t) { return t.store().stride_bytes(); }))
+      .def("get_step", locked(+[](HashTable& t) { return t.step(); }))
+      .def("set_step", locked(+[](HashTable& t, uint32_t s) { t.set_step(s); }))
+      .def("set_slots", locked(+[](HashTable& t, int64_t width, std::vector<float> init, bool reset) {
+             t.set_slots(width, init, reset);
+           }))
+      .def("set_admission",
+           locked(+[](HashTable& t, uint32_t min_count, uint64_t width, int depth) { t.set_admission(min_count, width, depth); }))
+      .def("set_capacity", locked(+[](HashTable& t, uint32_t ns, uint64_t cap, int policy, double frac) {
+             t.set_capacity(ns, cap, static_cast<recis::EvictPolicy>(policy), frac);
+           }))
+      .def("set_missing", locked(+[](HashTable& t, int mode) { t.set_missing(static_cast<recis::MissingMode>(mode)); }))
+      .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
+      .def("clear", locked(+[](HashTable& t) { t.clear(); }))
+      .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))
+      .def("stats", locked(+[](HashTable& t) {
+             const auto& s = t.stats();
+             return py::dict(py::arg("inserts") = s.inserts, py::arg("evictions") = s.evictions,
+                             py::arg("not_admitted") = s.not_admitted);
+           }))
+      .def("get_sketch", locked(+[](HashTable& t) {
+             auto& c = t.sketch().counts();
+             at::Tensor out = at::empty({static_cast<int64_t>(c.size())}, at::TensorOptions().dtype(at::kLong));
+             for (size_t i = 0; i < c.size(); ++i) out.data_ptr<int64_t>()[i] = c[i];
+             return out;
+           }))
+      .def("set_sketch", locked(+[](HashTable& t, const at::Tensor& v) {
+             auto& c = t.sketch().counts();
+             TORCH_CHECK_VALUE(v.numel() == static_cast<int64_t>(c.size()), "admission sketch has ", c.size(),
+                               " counters, the state holds ", v.numel());
+             auto vl = v.to(at::kLong).contiguous();
+             for (size_t i = 0; i < c.size(); ++i)
+               c[i] = static_cast<uint32_t>(std::clamp<int64_t>(vl.data_ptr<int64_t>()[i], 0, UINT32_MAX));
+           }))
+      .def("initial_rows",
+           [](Handle& h, uint32_t ns, const at::Tensor& ids) {
+             h.table->check_ns(ns);
+             TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "ids must be int64, got ", ids.scalar_type());
+             auto c = ids.contiguous();
+             const int64_t n = c.size(0), dim = h.table->dim();
+             at::Tensor out = at::empty({n, dim});
+             for (int64_t i = 0; i < n; ++i)
+               h.table->fill_initial(ns, c.data_ptr<int64_t>()[i], out.data_ptr<float>() + i * dim);
+             return out;
+           })
+      .def("export_ns", &export_ns)
+      .def("import_ns", &import_ns, py::arg("ns"), py::arg("ids"), py::arg("rows"), py::arg("slots") = py::none(),
+           py::arg("counts") = py::none(), py::arg("last_seen") = py::none());
+  m.def("slot_width_for", [](int kind, int64_t dim) { return recis::slot_width_for(static_cast<recis::OptimKind>(kind), dim); });
+}

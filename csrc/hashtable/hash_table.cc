@@ -1,0 +1,301 @@
+#include "hashtable/hash_table.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <unordered_map>
+
+namespace recis {
+
+// ---------------------------------------------------------------- PendingGrads
+
+float* PendingGrads::append(int64_t count, int64_t dim, uint32_t step) {
+  if (n == 0) first_step = step;
+  const int64_t total = n + count;
+  if (static_cast<int64_t>(rows.size()) < total) {
+    rows.resize(total);
+    finite.resize(total);
+  }
+  if (static_cast<int64_t>(grads.size()) < total * dim) grads.resize(total * dim);
+  float* out = grads.data() + n * dim;
+  n = total;
+  ++segments;
+  return out;
+}
+
+void PendingGrads::merge_duplicates(int64_t dim) {
+  if (segments <= 1) return;
+  std::unordered_map<int64_t, int64_t> first;
+  first.reserve(static_cast<size_t>(n));
+  int64_t out = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    auto [it, fresh] = first.emplace(rows[i], out);
+    float* src = grads.data() + i * dim;
+    if (fresh) {
+      if (out != i) {
+        rows[out] = rows[i];
+        finite[out] = finite[i];
+        std::memmove(grads.data() + out * dim, src, sizeof(float) * dim);
+      }
+      ++out;
+    } else {
+      float* dst = grads.data() + it->second * dim;
+      for (int64_t j = 0; j < dim; ++j) dst[j] += src[j];
+      finite[it->second] &= finite[i];
+    }
+  }
+  n = out;
+  segments = 1;
+}
+
+// ---------------------------------------------------------------- HashTable
+
+HashTable::HashTable(int64_t dim, const std::vector<uint64_t>& seeds, InitSpec init)
+    : store_(dim, 0), seeds_(seeds), capacity_(seeds.size(), 0), policy_(seeds.size(), EvictPolicy::kNone),
+      evict_fraction_(seeds.size(), 0.0), init_(init) {
+  TORCH_CHECK_VALUE(dim > 0, "embedding_dim must be positive, got ", dim);
+  TORCH_CHECK_VALUE(!seeds.empty(), "a table needs at least one namespace");
+  for (uint32_t ns = 0; ns < seeds.size(); ++ns) maps_.push_back(std::make_unique<IdMap>(&store_, ns));
+}
+
+HashTable::~HashTable() = default;
+
+void HashTable::check_ns(uint32_t ns) const {
+  TORCH_CHECK_INDEX(ns < maps_.size(), "namespace ", ns, " out of range for a table with ", maps_.size());
+}
+
+void HashTable::set_slots(int64_t width, const std::vector<float>& init, bool reset) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(init.size()) == width, "slot init has ", init.size(), " values, expected ", width);
+  const bool same_width = width == store_.slot_width();
+  store_.relayout(width, init);
+  if (same_width && width > 0 && reset) {
+    for (auto& m : maps_)
+      m->for_each_row([&](uint32_t r) { std::memcpy(store_.slots(r), init.data(), sizeof(float) * width); });
+  }
+  slot_init_ = init;
+}
+
+void HashTable::set_admission(uint32_t min_count, uint64_t width, int depth) {
+  TORCH_CHECK_VALUE(depth >= 1 && depth <= CountSketch::kMaxDepth, "sketch depth must be in [1, 8], got ", depth);
+  min_count_ = min_count;
+  sketch_ = min_count > 1 ? CountSketch(width, depth) : CountSketch();
+}
+
+void HashTable::set_capacity(uint32_t ns, uint64_t capacity, EvictPolicy policy, double evict_fraction) {
+  check_ns(ns);
+  capacity_[ns] = capacity;
+  policy_[ns] = policy;
+  evict_fraction_[ns] = evict_fraction;
+}
+
+void HashTable::fill_initial(uint32_t ns, int64_t id, float* dst) const {
+  fill_initial_row(init_, seeds_[ns], id, dst, store_.dim());
+}
+
+uint32_t HashTable::new_row(uint32_t ns, int64_t id) {
+  const uint32_t r = store_.allocate();
+  RowMeta* m = store_.meta(r);
+  m->id = id;
+  m->count = 0;
+  m->last_seen = step_;
+  fill_initial(ns, id, store_.emb(r));
+  if (!slot_init_.empty()) std::memcpy(store_.slots(r), slot_init_.data(), sizeof(float) * slot_init_.size());
+  maps_[ns]->insert_absent(id, r);
+  ++stats_.inserts;
+  return r;
+}
+
+void HashTable::drop_row(uint32_t ns, int64_t id) {
+  const int64_t r = maps_[ns]->erase(id);
+  if (r >= 0) store_.release(static_cast<uint32_t>(r));
+}
+
+uint32_t HashTable::protected_from() const {
+  // Rows seen at or after this step may still receive pending gradients: never evict them.
+  return pending_.n > 0 ? std::min(pending_.first_step, step_) : step_;
+}
+
+void HashTable::make_room(uint32_t ns, uint64_t incoming) {
+  const uint64_t cap = capacity_[ns];
+  if (cap == 0) return;
+  const uint64_t size = maps_[ns]->size();
+  if (size + incoming <= cap) return;
+  const uint64_t need = size + incoming - cap;
+  TORCH_CHECK(policy_[ns] != EvictPolicy::kNone, "recis: table capacity reached: namespace ", ns, " holds ", size,
+              " of ", cap, " rows and ", incoming,
+              " new ids arrived; configure an eviction policy or raise the capacity (no row was overwritten)");
+  struct Cand {
+    uint32_t count, last_seen;
+    int64_t id;
+  };
+  std::vector<Cand> cands;
+  const uint32_t guard = protected_from();
+  maps_[ns]->for_each_row([&](uint32_t r) {
+    const RowMeta* m = store_.meta(r);
+    if (m->last_seen < guard) cands.push_back({m->count, m->last_seen, m->id});
+  });
+  TORCH_CHECK(cands.size() >= need, "recis: table capacity ", cap, " (namespace ", ns, ") cannot hold the ", incoming,
+              " new ids of one batch: only ", cands.size(), " rows are old enough to evict");
+  uint64_t k = std::max<uint64_t>(need, static_cast<uint64_t>(std::ceil(evict_fraction_[ns] * cap)));
+  k = std::min<uint64_t>(k, cands.size());
+  auto less = [](const Cand& a, const Cand& b) {
+    return std::tie(a.count, a.last_seen, a.id) < std::tie(b.count, b.last_seen, b.id);
+  };
+  std::nth_element(cands.begin(), cands.begin() + (k - 1), cands.end(), less);
+  for (uint64_t i = 0; i < k; ++i) drop_row(ns, cands[i].id);
+  stats_.evictions += k;
+}
+
+void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
+                        int64_t* rows) {
+  const uint32_t step = step_;
+  // Parallel find; hits update their metadata (distinct keys own distinct rows).
+  at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+    constexpr int64_t kAhead = 8;
+    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
+    for (int64_t i = b; i < e; ++i) {
+      if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
+      const int64_t r = maps_[ns[i]]->find(ids[i]);
+      rows[i] = r;
+      if (r >= 0 && train) {
+        RowMeta* m = store_.meta(static_cast<uint32_t>(r));
+        const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
+        m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
+        m->last_seen = step;
+      }
+    }
+  });
+  if (!train) return;
+  // Misses: admission decides who gets a row.
+  std::vector<int64_t> admit;
+  std::vector<uint64_t> incoming(maps_.size(), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows[i] >= 0) continue;
+    if (sketch_.enabled() && sketch_.peek_add(ids[i], ns[i], counts[i]) < min_count_) continue;
+    admit.push_back(i);
+    ++incoming[ns[i]];
+  }
+  for (uint32_t s = 0; s < maps_.size(); ++s)
+    if (incoming[s]) make_room(s, incoming[s]);
+  if (sketch_.enabled())
+    for (int64_t i = 0; i < n; ++i)
+      if (rows[i] < 0) sketch_.add(ids[i], ns[i], counts[i]);
+  for (uint32_t s = 0; s < maps_.size(); ++s)
+    if (incoming[s]) maps_[s]->reserve(maps_[s]->size() + incoming[s]);
+  for (int64_t i : admit) {
+    const uint32_t r = new_row(ns[i], ids[i]);
+    store_.meta(r)->count = counts[i];
+    rows[i] = r;
+  }
+  for (int64_t i = 0; i < n; ++i) stats_.not_admitted += rows[i] < 0;
+}
+
+void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const {
+  check_ns(ns);
+  const IdMap& m = *maps_[ns];
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (i + 8 < e) m.prefetch(ids[i + 8]);
+      rows[i] = m.find(ids[i]);
+    }
+  });
+}
+
+void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) {
+  find(ns, ids, n, rows);
+  // Distinct missing ids, in first-seen order.
+  std::vector<int64_t> missing;
+  for (int64_t i = 0; i < n; ++i)
+    if (rows[i] < 0) missing.push_back(ids[i]);
+  std::sort(missing.begin(), missing.end());
+  missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+  make_room(ns, missing.size());
+  maps_[ns]->reserve(maps_[ns]->size() + missing.size());
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows[i] >= 0) continue;
+    const int64_t r = maps_[ns]->find(ids[i]);
+    rows[i] = r >= 0 ? r : new_row(ns, ids[i]);
+  }
+}
+
+int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
+  check_ns(ns);
+  int64_t erased = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = maps_[ns]->erase(ids[i]);
+    if (r >= 0) {
+      store_.release(static_cast<uint32_t>(r));
+      ++erased;
+    }
+  }
+  return erased;
+}
+
+int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
+  const uint32_t guard = protected_from();
+  int64_t evicted = 0;
+  for (uint32_t ns = 0; ns < maps_.size(); ++ns) {
+    std::vector<int64_t> old;
+    maps_[ns]->for_each_row([&](uint32_t r) {
+      const RowMeta* m = store_.meta(r);
+      if (m->last_seen < guard && step_ - m->last_seen > ttl_steps) old.push_back(m->id);
+    });
+    for (int64_t id : old) drop_row(ns, id);
+    evicted += static_cast<int64_t>(old.size());
+  }
+  stats_.evictions += evicted;
+  return evicted;
+}
+
+void HashTable::export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, int64_t* counts,
+                          int64_t* last_seen) const {
+  check_ns(ns);
+  const int64_t dim = store_.dim(), w = store_.slot_width();
+  int64_t i = 0;
+  maps_[ns]->for_each_row([&](uint32_t r) {
+    const RowMeta* m = store_.meta(r);
+    ids[i] = m->id;
+    counts[i] = m->count;
+    last_seen[i] = m->last_seen;
+    std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
+    if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
+    ++i;
+  });
+}
+
+void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
+                          const int64_t* counts, const int64_t* last_seen) {
+  check_ns(ns);
+  const int64_t dim = store_.dim(), w = store_.slot_width();
+  std::vector<int64_t> rows(n);
+  find_or_insert(ns, ids, n, rows.data());
+  at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint32_t r = static_cast<uint32_t>(rows[i]);
+      RowMeta* m = store_.meta(r);
+      m->count = counts ? static_cast<uint32_t>(std::clamp<int64_t>(counts[i], 0, UINT32_MAX)) : 0;
+      m->last_seen = last_seen ? static_cast<uint32_t>(std::clamp<int64_t>(last_seen[i], 0, UINT32_MAX)) : step_;
+      std::memcpy(store_.emb(r), emb + i * dim, sizeof(float) * dim);
+      if (w && slots) std::memcpy(store_.slots(r), slots + i * w, sizeof(float) * w);
+    }
+  });
+}
+
+void HashTable::clear() {
+  for (auto& m : maps_) m->clear();
+  store_.clear();
+  pending_.clear();
+  if (sketch_.enabled()) std::fill(sketch_.counts().begin(), sketch_.counts().end(), 0u);
+}
+
+size_t HashTable::memory_bytes() const {
+  size_t total = store_.memory_bytes() + sketch_.memory_bytes();
+  for (const auto& m : maps_) total += m->memory_bytes();
+  return total;
+}
+
+}  // namespace recis

@@ -1,0 +1,111 @@
+// HashTable: one row store shared by one or more id maps ("namespaces"), plus admission,
+// eviction and the buffer of pending sparse gradients.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "hashtable/count_sketch.h"
+#include "hashtable/id_map.h"
+#include "hashtable/initializer.h"
+#include "hashtable/row_store.h"
+
+namespace recis {
+
+enum class MissingMode : int32_t { kZeros = 0, kInit = 1 };
+enum class EvictPolicy : int32_t { kNone = 0, kLfu = 1 };
+
+// Per-unique-row gradients waiting for the optimizer; reused across steps.
+struct PendingGrads {
+  std::vector<int64_t> rows;
+  std::vector<float> grads;
+  std::vector<uint8_t> finite;
+  int64_t n = 0;
+  int segments = 0;
+  uint32_t first_step = 0;
+  float* append(int64_t count, int64_t dim, uint32_t step);
+  void clear() { n = 0, segments = 0; }
+  // Sums rows that appear in several segments (gradient accumulation) into one entry.
+  void merge_duplicates(int64_t dim);
+};
+
+struct TableStats {
+  uint64_t inserts = 0, evictions = 0, not_admitted = 0;
+};
+
+class HashTable {
+ public:
+  HashTable(int64_t dim, const std::vector<uint64_t>& seeds, InitSpec init);
+  ~HashTable();
+
+  // ---- configuration ----
+  // Sets the optimizer slot layout. Existing rows keep their slots when the width is unchanged
+  // and `reset` is false; otherwise their slots restart from `init`.
+  void set_slots(int64_t width, const std::vector<float>& init, bool reset);
+  void set_admission(uint32_t min_count, uint64_t width, int depth);
+  void set_capacity(uint32_t ns, uint64_t capacity, EvictPolicy policy, double evict_fraction);
+  void set_missing(MissingMode m) { missing_ = m; }
+  MissingMode missing() const { return missing_; }
+
+  // ---- lookups ----
+  // Resolves U distinct (ns, id) keys to rows. In training, hits get their count and
+  // last-seen step updated, and misses are admitted, evicted for and inserted; keys that
+  // get no row come back as -1. `counts` holds the sightings of each key in the batch.
+  void resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
+               int64_t* rows);
+  void find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const;
+  // Inserts whatever is missing (no admission); capacity rules still apply.
+  void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
+  int64_t erase(uint32_t ns, const int64_t* ids, int64_t n);
+  void fill_initial(uint32_t ns, int64_t id, float* dst) const;
+  int64_t evict_ttl(uint32_t ttl_steps);
+
+  // ---- export / import of one namespace ----
+  void export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, int64_t* counts, int64_t* last_seen) const;
+  void import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
+                 const int64_t* counts, const int64_t* last_seen);
+  void clear();
+
+  // ---- accessors ----
+  int64_t dim() const { return store_.dim(); }
+  int64_t slot_width() const { return store_.slot_width(); }
+  uint32_t num_namespaces() const { return static_cast<uint32_t>(maps_.size()); }
+  uint64_t size(uint32_t ns) const { return maps_.at(ns)->size(); }
+  uint64_t map_capacity(uint32_t ns) const { return maps_.at(ns)->capacity(); }
+  size_t memory_bytes() const;
+  const RowStore& store() const { return store_; }
+  RowStore& store() { return store_; }
+  uint32_t step() const { return step_; }
+  void set_step(uint32_t s) { step_ = s; }
+  void advance_step() { ++step_; }
+  CountSketch& sketch() { return sketch_; }
+  PendingGrads& pending() { return pending_; }
+  const TableStats& stats() const { return stats_; }
+  void check_ns(uint32_t ns) const;
+
+  std::mutex mu;  // one op at a time per table
+
+ private:
+  uint32_t new_row(uint32_t ns, int64_t id);
+  void drop_row(uint32_t ns, int64_t id);
+  void make_room(uint32_t ns, uint64_t incoming);
+  uint32_t protected_from() const;
+
+  RowStore store_;
+  std::vector<std::unique_ptr<IdMap>> maps_;
+  std::vector<uint64_t> seeds_;
+  std::vector<uint64_t> capacity_;
+  std::vector<EvictPolicy> policy_;
+  std::vector<double> evict_fraction_;
+  InitSpec init_;
+  std::vector<float> slot_init_;
+  uint32_t min_count_ = 0;
+  CountSketch sketch_;
+  MissingMode missing_ = MissingMode::kZeros;
+  uint32_t step_ = 0;
+  PendingGrads pending_;
+  TableStats stats_;
+};
+
+}  // namespace recis

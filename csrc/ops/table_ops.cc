@@ -1,0 +1,299 @@
+#include "ops/table_ops.h"
+
+#include <Python.h>
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "hashtable/registry.h"
+#include "ops/dedup.h"
+#include "ops/pooling.h"
+#include "optim/sparse_update.h"
+
+namespace recis {
+namespace {
+
+// Releases the GIL for the duration of a kernel when the calling thread holds it.
+struct GilRelease {
+  PyThreadState* state = nullptr;
+  GilRelease() {
+    if (Py_IsInitialized() && PyGILState_Check()) state = PyEval_SaveThread();
+  }
+  ~GilRelease() {
+    if (state) PyEval_RestoreThread(state);
+  }
+};
+
+void check_cpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), "recis: the table lives on cpu but ", what, " is on ", t.device(),
+              "; move the input to the table's device");
+}
+
+void check_ids(const at::Tensor& t, const char* what) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "recis: ", what, " must be int64 ids, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1, "recis: ", what, " must be 1-D, got shape ", t.sizes());
+  check_cpu(t, what);
+}
+
+void check_offsets(const int64_t* off, int64_t num_bags, int64_t n_values) {
+  TORCH_CHECK_VALUE(off[0] == 0, "recis: offsets must start at 0, got ", off[0]);
+  for (int64_t k = 0; k < num_bags; ++k)
+    TORCH_CHECK_VALUE(off[k] <= off[k + 1], "recis: offsets must be non-decreasing, but offsets[", k, "]=", off[k],
+                      " > offsets[", k + 1, "]=", off[k + 1]);
+  TORCH_CHECK_VALUE(off[num_bags] == n_values, "recis: the last offset (", off[num_bags],
+                    ") must equal the number of values (", n_values, ")");
+}
+
+const float* optional_weights(const c10::optional<at::Tensor>& w, int64_t n) {
+  if (!w.has_value() || !w->defined()) return nullptr;
+  TORCH_CHECK_TYPE(w->scalar_type() == at::kFloat, "recis: per_sample_weights must be float32, got ", w->scalar_type());
+  TORCH_CHECK_VALUE(w->dim() == 1 && w->size(0) == n, "recis: per_sample_weights must have shape [", n, "], got ",
+                    w->sizes());
+  check_cpu(*w, "per_sample_weights");
+  TORCH_CHECK(w->is_contiguous(), "recis: per_sample_weights must be contiguous");
+  return w->data_ptr<float>();
+}
+
+// Hands out output memory that nobody references any more, so steady-state steps do not
+// fault in fresh pages for their (often > 32 MB) output. Each call gets a fresh tensor.
+at::Tensor reusable_output(at::IntArrayRef shape) {
+  static thread_local std::vector<c10::Storage> pool;
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  const size_t nbytes = static_cast<size_t>(numel) * sizeof(float);
+  for (auto& st : pool)
+    if (st.use_count() == 1 && st.nbytes() == nbytes) return at::empty({0}, opts).set_(st, 0, shape, {});
+  at::Tensor fresh = at::empty(shape, opts);
+  if (pool.size() < 4) {
+    pool.push_back(fresh.storage());
+  } else {
+    for (auto& st : pool)
+      if (st.use_count() == 1) {
+        st = fresh.storage();
+        break;
+      }
+  }
+  return fresh;
+}
+
+BagLayout make_layout(const at::Tensor& offsets, int64_t num_bags, int64_t batch, at::IntArrayRef feature_ns,
+                      at::IntArrayRef col_offsets, int64_t out_cols, int64_t combiner, const float* weights) {
+  return BagLayout{offsets.data_ptr<int64_t>(), num_bags, batch, feature_ns.data(), col_offsets.data(), out_cols,
+                   static_cast<Combiner>(combiner), weights};
+}
+
+void bump(at::Tensor& token) {
+  if (token.defined() && token.numel() > 0) token.add_(1);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values_in,
+                                                              const at::Tensor& offsets_in,
+                                                              const c10::optional<at::Tensor>& weights,
+                                                              at::IntArrayRef feature_ns, int64_t batch,
+                                                              at::IntArrayRef col_offsets, int64_t out_cols,
+                                                              int64_t combiner, bool train) {
+  check_ids(values_in, "values");
+  check_ids(offsets_in, "offsets");
+  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= 2, "recis: unknown combiner code ", combiner);
+  const int64_t F = static_cast<int64_t>(feature_ns.size());
+  TORCH_CHECK_VALUE(F >= 1 && batch >= 0, "recis: need at least one feature and a non-negative batch");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(col_offsets.size()) == F, "recis: col_offsets needs one entry per feature");
+  const int64_t num_bags = F * batch;
+  TORCH_CHECK_VALUE(offsets_in.size(0) == num_bags + 1, "recis: offsets has ", offsets_in.size(0),
+                    " entries; expected num_bags + 1 = ", num_bags + 1);
+  const at::Tensor values = values_in.contiguous(), offsets = offsets_in.contiguous();
+  const int64_t n = values.size(0);
+  TORCH_CHECK_VALUE(n < (int64_t(1) << 31), "recis: at most 2^31 - 1 values per call");
+  const float* w = optional_weights(weights, n);
+  auto table = table_from_handle(handle);
+  const int64_t dim = table->dim();
+  for (int64_t f = 0; f < F; ++f)
+    if (feature_ns[f] >= 0) table->check_ns(static_cast<uint32_t>(feature_ns[f]));
+
+  at::Tensor inverse = at::empty({n}, at::TensorOptions().dtype(at::kInt));
+  at::Tensor out = combiner == 2 ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
+  at::Tensor unique_rows;
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    const int64_t* off = offsets.data_ptr<int64_t>();
+    check_offsets(off, num_bags, n);
+    if (train) table->advance_step();
+    // One dedup segment per run of consecutive features in this call; skipped values get -1.
+    std::vector<int64_t> seg_begin;
+    std::vector<uint32_t> seg_ns;
+    int32_t* inv = inverse.data_ptr<int32_t>();
+    for (int64_t f = 0; f < F; ++f) {
+      const int64_t s = off[f * batch], e = off[(f + 1) * batch];
+      if (feature_ns[f] < 0) {
+        std::fill(inv + s, inv + e, -1);
+        continue;
+      }
+      if (!seg_ns.empty() && seg_ns.back() == feature_ns[f] && seg_begin.back() == s) {
+        seg_begin.back() = e;  // extend the open segment
+        continue;
+      }
+      seg_ns.push_back(static_cast<uint32_t>(feature_ns[f]));
+      seg_begin.push_back(s);
+      seg_begin.push_back(e);
+    }
+    // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
+    static thread_local DedupResult uniq;
+    dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
+               uniq);
+    const int64_t U = uniq.size();
+    unique_rows = at::empty({U}, at::TensorOptions().dtype(at::kLong));
+    int64_t* rows = unique_rows.data_ptr<int64_t>();
+    table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+
+    // A row pointer per unique key; keys without a row read zeros or their initial value.
+    static thread_local std::vector<const float*> ptrs;
+    static thread_local std::vector<float> fallback;
+    ptrs.resize(U);
+    int64_t missing = 0;
+    for (int64_t u = 0; u < U; ++u) missing += rows[u] < 0;
+    const bool init_missing = table->missing() == MissingMode::kInit;
+    fallback.assign(init_missing ? missing * dim : dim, 0.f);
+    int64_t m = 0;
+    for (int64_t u = 0; u < U; ++u) {
+      if (rows[u] >= 0) {
+        ptrs[u] = table->store().emb(static_cast<uint32_t>(rows[u]));
+      } else if (init_missing) {
+        float* dst = fallback.data() + (m++) * dim;
+        table->fill_initial(uniq.ns[u], uniq.ids[u], dst);
+        ptrs[u] = dst;
+      } else {
+        ptrs[u] = fallback.data();
+      }
+    }
+    const BagLayout L = make_layout(offsets, num_bags, batch, feature_ns, col_offsets, out_cols, combiner, w);
+    pooled_forward(L, ptrs.data(), inverse.data_ptr<int32_t>(), dim, out.data_ptr<float>());
+  }
+  bump(token);
+  return {out, unique_rows, inverse};
+}
+
+void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out_in, const at::Tensor& offsets_in,
+                     const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
+                     at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner) {
+  check_cpu(grad_out_in, "the output gradient");
+  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
+                   grad_out_in.scalar_type());
+  const at::Tensor grad_out = grad_out_in.contiguous(), offsets = offsets_in.contiguous();
+  const int64_t n = inverse.size(0), U = unique_rows.size(0);
+  const int64_t num_bags = offsets.size(0) - 1;
+  const float* w = optional_weights(weights, n);
+  auto table = table_from_handle(handle);
+  const int64_t dim = table->dim();
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    PendingGrads& pg = table->pending();
+    const int64_t start = pg.n;
+    float* grads = pg.append(U, dim, table->step());
+    std::memcpy(pg.rows.data() + start, unique_rows.data_ptr<int64_t>(), sizeof(int64_t) * U);
+    const BagLayout L =
+        make_layout(offsets, num_bags, batch, feature_ns, col_offsets, grad_out.size(-1), combiner, w);
+    unique_row_grads(L, grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), n, U, dim, grads,
+                     pg.finite.data() + start);
+  }
+  bump(token);
+}
+
+at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper_in,
+                        bool skip_nonfinite) {
+  auto table = table_from_handle(handle);
+  const std::vector<double> hyper(hyper_in.begin(), hyper_in.end());
+  int64_t applied = 0, nonfinite = 0;
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    PendingGrads& pg = table->pending();
+    pg.merge_duplicates(table->dim());
+    for (int64_t i = 0; i < pg.n; ++i) {
+      if (pg.rows[i] < 0) continue;
+      pg.finite[i] ? ++applied : ++nonfinite;
+    }
+    if (nonfinite && !skip_nonfinite) {
+      applied = 0;  // leave every row untouched
+    } else if (pg.n) {
+      apply_sparse_update(table->store(), static_cast<OptimKind>(kind), hyper, pg.rows.data(), pg.grads.data(),
+                          pg.finite.data(), pg.n);
+    }
+    pg.clear();
+  }
+  bump(token);
+  return at::tensor({applied, nonfinite}, at::TensorOptions().dtype(at::kLong));
+}
+
+void clear_pending(at::Tensor& token, int64_t handle) {
+  auto table = table_from_handle(handle);
+  std::lock_guard<std::mutex> lock(table->mu);
+  table->pending().clear();
+  bump(token);
+}
+
+at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids_in) {
+  check_ids(ids_in, "ids");
+  const at::Tensor ids = ids_in.contiguous();
+  auto table = table_from_handle(handle);
+  at::Tensor rows = at::empty({ids.size(0)}, at::TensorOptions().dtype(at::kLong));
+  GilRelease nogil;
+  std::lock_guard<std::mutex> lock(table->mu);
+  table->find(static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0), rows.data_ptr<int64_t>());
+  return rows;
+}
+
+at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids_in) {
+  check_ids(ids_in, "ids");
+  const at::Tensor ids = ids_in.contiguous();
+  auto table = table_from_handle(handle);
+  at::Tensor rows = at::empty({ids.size(0)}, at::TensorOptions().dtype(at::kLong));
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    table->check_ns(static_cast<uint32_t>(ns));
+    table->find_or_insert(static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0), rows.data_ptr<int64_t>());
+  }
+  bump(token);
+  return rows;
+}
+
+int64_t erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids_in) {
+  check_ids(ids_in, "ids");
+  const at::Tensor ids = ids_in.contiguous();
+  auto table = table_from_handle(handle);
+  int64_t erased;
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    erased = table->erase(static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0));
+  }
+  bump(token);
+  return erased;
+}
+
+at::Tensor gather(int64_t handle, const at::Tensor& rows_in) {
+  check_ids(rows_in, "rows");
+  const at::Tensor rows = rows_in.contiguous();
+  auto table = table_from_handle(handle);
+  const int64_t n = rows.size(0), dim = table->dim();
+  at::Tensor out = at::zeros({n, dim}, at::TensorOptions().dtype(at::kFloat));
+  std::lock_guard<std::mutex> lock(table->mu);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  const uint32_t hw = table->store().high_water();
+  for (int64_t i = 0; i < n; ++i) {
+    if (r[i] < 0) continue;
+    TORCH_CHECK_INDEX(r[i] < hw, "recis: row ", r[i], " out of range");
+    std::memcpy(o + i * dim, table->store().emb(static_cast<uint32_t>(r[i])), sizeof(float) * dim);
+  }
+  return out;
+}
+
+}  // namespace recis

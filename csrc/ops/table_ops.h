@@ -1,0 +1,26 @@
+// The table's torch ops (CPU kernels). Schemas are declared in bind.cpp.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace recis {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values,
+                                                              const at::Tensor& offsets,
+                                                              const c10::optional<at::Tensor>& weights,
+                                                              at::IntArrayRef feature_ns, int64_t batch,
+                                                              at::IntArrayRef col_offsets, int64_t out_cols,
+                                                              int64_t combiner, bool train);
+void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
+                     const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
+                     at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner);
+at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper,
+                        bool skip_nonfinite);
+void clear_pending(at::Tensor& token, int64_t handle);
+at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids);
+at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
+int64_t erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
+at::Tensor gather(int64_t handle, const at::Tensor& rows);
+
+}  // namespace recis

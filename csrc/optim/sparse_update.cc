@@ -1,0 +1,162 @@
+#include "optim/sparse_update.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace recis {
+
+int64_t slot_width_for(OptimKind kind, int64_t dim) {
+  switch (kind) {
+    case OptimKind::kSgd: return 0;
+    case OptimKind::kAdagrad: return dim;
+    case OptimKind::kRowwiseAdagrad: return 1;
+    case OptimKind::kAdam:
+    case OptimKind::kAdamW:
+    case OptimKind::kFtrl: return 2 * dim;
+  }
+  TORCH_CHECK_VALUE(false, "unknown optimizer kind ", static_cast<int>(kind));
+}
+
+size_t hyper_size_for(OptimKind kind) {
+  switch (kind) {
+    case OptimKind::kSgd: return 2;
+    case OptimKind::kAdagrad: return 5;
+    case OptimKind::kRowwiseAdagrad: return 3;
+    case OptimKind::kAdam:
+    case OptimKind::kAdamW: return 6;
+    case OptimKind::kFtrl: return 5;
+  }
+  TORCH_CHECK_VALUE(false, "unknown optimizer kind ", static_cast<int>(kind));
+}
+
+namespace {
+
+struct Sgd {
+  float lr, wd;
+  explicit Sgd(const std::vector<double>& h) : lr(h[0]), wd(h[1]) {}
+  void operator()(float* w, float*, const float* g, int64_t d) const {
+    for (int64_t j = 0; j < d; ++j) w[j] -= lr * (g[j] + wd * w[j]);
+  }
+};
+
+// torch.optim.Adagrad: clr = lr / (1 + (step - 1) * lr_decay).
+struct Adagrad {
+  float clr, wd, eps;
+  explicit Adagrad(const std::vector<double>& h)
+      : clr(h[0] / (1.0 + (h[4] - 1.0) * h[1])), wd(h[2]), eps(h[3]) {}
+  void operator()(float* w, float* s, const float* g, int64_t d) const {
+    for (int64_t j = 0; j < d; ++j) {
+      const float gj = g[j] + wd * w[j];
+      s[j] += gj * gj;
+      w[j] -= clr * gj / (std::sqrt(s[j]) + eps);
+    }
+  }
+};
+
+// Row-wise Adagrad (fbgemm EXACT_ROWWISE_ADAGRAD): one accumulator of mean(g^2) per row.
+struct RowwiseAdagrad {
+  float lr, wd, eps;
+  explicit RowwiseAdagrad(const std::vector<double>& h) : lr(h[0]), wd(h[1]), eps(h[2]) {}
+  void operator()(float* w, float* s, const float* g, int64_t d) const {
+    float sq = 0.f;
+    if (wd == 0.f) {
+      for (int64_t j = 0; j < d; ++j) sq += g[j] * g[j];
+    } else {
+      for (int64_t j = 0; j < d; ++j) {
+        const float gj = g[j] + wd * w[j];
+        sq += gj * gj;
+      }
+    }
+    s[0] += sq / static_cast<float>(d);
+    const float mult = lr / (std::sqrt(s[0]) + eps);
+    if (wd == 0.f) {
+      for (int64_t j = 0; j < d; ++j) w[j] -= mult * g[j];
+    } else {
+      for (int64_t j = 0; j < d; ++j) w[j] -= mult * (g[j] + wd * w[j]);
+    }
+  }
+};
+
+// torch.optim.Adam / AdamW applied lazily to the rows present in the step.
+template <bool kDecoupled>
+struct Adam {
+  float lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2;
+  explicit Adam(const std::vector<double>& h) : lr(h[0]), b1(h[1]), b2(h[2]), eps(h[3]), wd(h[4]) {
+    const double bc1 = 1.0 - std::pow(h[1], h[5]), bc2 = 1.0 - std::pow(h[2], h[5]);
+    step_size = h[0] / bc1;
+    inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
+  }
+  void operator()(float* w, float* s, const float* g, int64_t d) const {
+    float* m = s;
+    float* v = s + d;
+    for (int64_t j = 0; j < d; ++j) {
+      float gj = g[j];
+      if (kDecoupled) {
+        w[j] *= 1.f - lr * wd;
+      } else {
+        gj += wd * w[j];
+      }
+      m[j] = b1 * m[j] + (1.f - b1) * gj;
+      v[j] = b2 * v[j] + (1.f - b2) * gj * gj;
+      w[j] -= step_size * m[j] / (std::sqrt(v[j]) * inv_sqrt_bc2 + eps);
+    }
+  }
+};
+
+// FTRL-proximal (McMahan et al., 2013), per coordinate, with a general learning-rate power.
+struct Ftrl {
+  float alpha, beta, l1, l2, p;
+  explicit Ftrl(const std::vector<double>& h) : alpha(h[0]), beta(h[1]), l1(h[2]), l2(h[3]), p(-h[4]) {}
+  float root(float n) const { return p == 0.5f ? std::sqrt(n) : std::pow(n, p); }
+  void operator()(float* w, float* s, const float* g, int64_t d) const {
+    float* z = s;
+    float* n = s + d;
+    for (int64_t j = 0; j < d; ++j) {
+      const float n_new = n[j] + g[j] * g[j];
+      const float sigma = (root(n_new) - root(n[j])) / alpha;
+      z[j] += g[j] - sigma * w[j];
+      n[j] = n_new;
+      if (std::fabs(z[j]) <= l1) {
+        w[j] = 0.f;
+      } else {
+        const float sign = z[j] > 0.f ? 1.f : -1.f;
+        w[j] = -(z[j] - sign * l1) / ((beta + root(n_new)) / alpha + l2);
+      }
+    }
+  }
+};
+
+template <class Rule>
+void run(RowStore& store, const Rule& rule, const int64_t* rows, const float* grads, const uint8_t* finite, int64_t n) {
+  const int64_t d = store.dim();
+  at::parallel_for(0, n, 128, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (i + 4 < e && rows[i + 4] >= 0) __builtin_prefetch(store.row(static_cast<uint32_t>(rows[i + 4])));
+      if (rows[i] < 0 || !finite[i]) continue;
+      const uint32_t r = static_cast<uint32_t>(rows[i]);
+      rule(store.emb(r), store.slots(r), grads + i * d, d);
+    }
+  });
+}
+
+}  // namespace
+
+void apply_sparse_update(RowStore& store, OptimKind kind, const std::vector<double>& hyper, const int64_t* rows,
+                         const float* grads, const uint8_t* finite, int64_t n) {
+  TORCH_CHECK_VALUE(hyper.size() == hyper_size_for(kind), "optimizer kind ", static_cast<int>(kind), " takes ",
+                    hyper_size_for(kind), " hyperparameters, got ", hyper.size());
+  TORCH_CHECK_VALUE(store.slot_width() == slot_width_for(kind, store.dim()), "table slots (width ",
+                    store.slot_width(), ") do not match optimizer kind ", static_cast<int>(kind));
+  switch (kind) {
+    case OptimKind::kSgd: return run(store, Sgd(hyper), rows, grads, finite, n);
+    case OptimKind::kAdagrad: return run(store, Adagrad(hyper), rows, grads, finite, n);
+    case OptimKind::kRowwiseAdagrad: return run(store, RowwiseAdagrad(hyper), rows, grads, finite, n);
+    case OptimKind::kAdam: return run(store, Adam<false>(hyper), rows, grads, finite, n);
+    case OptimKind::kAdamW: return run(store, Adam<true>(hyper), rows, grads, finite, n);
+    case OptimKind::kFtrl: return run(store, Ftrl(hyper), rows, grads, finite, n);
+  }
+}
+
+}  // namespace recis

@@ -1,0 +1,176 @@
+"""EmbeddingCollection: many hash tables behind one KeyedJaggedTensor.
+
+Tables with the same config (dim, combiner, initializer, admission, eviction, capacity, missing,
+dtype) share one physical TableGroup and one fused kernel call per step; each keeps its own
+64-bit id space and seed.
+
+>>> from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+>>> ec = EmbeddingCollection([TableConfig("user", 8, ["user_id"]), TableConfig("item", 8, ["item_id"])])
+>>> kjt = KeyedJaggedTensor.from_lengths_sync(["user_id", "item_id"], torch.tensor([5, 6, 7, 7]),
+...                                           torch.tensor([1, 1, 1, 1]))
+>>> kt = ec(kjt)
+>>> kt.keys(), tuple(kt.values().shape), len(ec.groups)
+(['user_id', 'item_id'], (2, 16), 1)
+"""
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from recis._ops import COMBINERS
+from recis.nn.functional import check_jagged
+from recis.nn.hash_table import EvictionArg, HashTable, TableGroup, split_eviction
+from recis.nn.initializers import resolve_initializer
+from recis.nn.policies import FrequencyAdmission
+from recis.nn.table_state import groups_repr, load_groups, save_groups
+
+
+@dataclass
+class TableConfig:
+    """One logical table. `seed=None` derives a stable seed from the table name."""
+
+    name: str
+    embedding_dim: int
+    feature_names: List[str] = field(default_factory=list)
+    combiner: Optional[str] = "sum"
+    initializer: object = None
+    seed: Optional[int] = None
+    admission: Optional[FrequencyAdmission] = None
+    eviction: EvictionArg = None
+    capacity: Optional[int] = None
+    missing: str = "zeros"
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str) or "." in self.name:
+            raise ValueError(f"TableConfig.name must be a non-empty string without '.', got {self.name!r}")
+        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
+            raise ValueError(f"table {self.name!r}: embedding_dim must be a positive int, got {self.embedding_dim!r}")
+        if not self.feature_names:
+            self.feature_names = [self.name]
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"table {self.name!r}: duplicate feature names {self.feature_names}")
+        if self.combiner not in COMBINERS:
+            raise ValueError(f"table {self.name!r}: combiner must be 'sum', 'mean' or None, got {self.combiner!r}")
+        if self.missing not in ("zeros", "init"):
+            raise ValueError(f"table {self.name!r}: missing must be 'zeros' or 'init', got {self.missing!r}")
+        if self.dtype != torch.float32:
+            raise TypeError(f"table {self.name!r}: recis tables store float32 rows, got {self.dtype}")
+        self.initializer = resolve_initializer(self.initializer)
+        split_eviction(self.eviction)
+        if self.seed is None:
+            self.seed = zlib.crc32(self.name.encode())
+
+    def group_key(self):
+        ev = tuple(self.eviction) if isinstance(self.eviction, (list, tuple)) else self.eviction
+        return (self.embedding_dim, self.combiner, self.initializer.spec(self.embedding_dim), self.admission, ev,
+                self.capacity, self.missing, self.dtype)
+
+
+class EmbeddingCollection(nn.Module):
+    """Takes a torchrec KeyedJaggedTensor; returns a torchrec KeyedTensor of pooled features
+    (or, with `output="dict"` or unpooled tables, a dict of tensors / JaggedTensors).
+    Output keys follow the table groups, then the tables and features in config order.
+    Features of the input that no table names are ignored."""
+
+    def __init__(self, tables: Sequence[TableConfig], output: str = "keyed"):
+        super().__init__()
+        if output not in ("keyed", "dict"):
+            raise ValueError(f"output must be 'keyed' or 'dict', got {output!r}")
+        if not tables:
+            raise ValueError("EmbeddingCollection needs at least one TableConfig")
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate table names in {names}")
+        owner: Dict[str, str] = {}
+        for t in tables:
+            for f in t.feature_names:
+                if f in owner:
+                    raise ValueError(f"feature {f!r} is claimed by tables {owner[f]!r} and {t.name!r}")
+                owner[f] = t.name
+        by_key: Dict[tuple, List[TableConfig]] = {}
+        for t in tables:
+            by_key.setdefault(t.group_key(), []).append(t)
+        self.output = output
+        self.configs = list(tables)
+        self.groups: List[TableGroup] = []
+        self._plans = []  # per group: (pooled, [(feature, ns, column)], out_cols)
+        for configs in by_key.values():
+            c0 = configs[0]
+            group = TableGroup(c0.embedding_dim, [c.name for c in configs], [c.seed for c in configs],
+                               c0.initializer, c0.admission, c0.eviction, c0.capacity, c0.missing, c0.dtype)
+            feats = [(f, ns) for ns, c in enumerate(configs) for f in c.feature_names]
+            cols = [(f, ns, i * c0.embedding_dim) for i, (f, ns) in enumerate(feats)]
+            self.groups.append(group)
+            self._plans.append((c0.combiner, cols, len(feats) * c0.embedding_dim))
+        if output == "keyed" and any(comb is None for comb, _, _ in self._plans):
+            raise ValueError("output='keyed' needs pooled tables; use output='dict' with combiner=None tables")
+        self._tables = {t.name: t for g in self.groups for t in g.tables}
+
+    def tables(self) -> Dict[str, HashTable]:
+        """Logical tables by name."""
+        return dict(self._tables)
+
+    def feature_names(self) -> List[str]:
+        return [f for _, cols, _ in self._plans for f, _, _ in cols]
+
+    def forward(self, features):
+        keys = features.keys()
+        if features.variable_stride_per_key():
+            raise ValueError("EmbeddingCollection does not take variable-batch (VBE) KeyedJaggedTensors")
+        index = {k: i for i, k in enumerate(keys)}
+        absent = [f for f in self.feature_names() if f not in index]
+        if absent:
+            raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
+        batch = features.stride()
+        offsets = features.offsets()
+        values = check_jagged(features.values(), offsets, features.weights_or_none(), torch.device("cpu"),
+                              "EmbeddingCollection")
+        weights = features.weights_or_none()
+        pooled, unpooled = [], {}
+        for group, (combiner, cols, out_cols) in zip(self.groups, self._plans):
+            feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)
+            for f, ns, col in cols:
+                feature_ns[index[f]], col_offsets[index[f]] = ns, col
+            out = group.lookup(values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
+                               COMBINERS[combiner], self.training)
+            if combiner is None:
+                for f, _, _ in cols:
+                    i = index[f]
+                    unpooled[f] = (out, int(offsets[i * batch]), int(offsets[(i + 1) * batch]), i)
+            else:
+                pooled.append((out, [f for f, _, _ in cols], group.embedding_dim))
+        return self._assemble(features, batch, pooled, unpooled)
+
+    def _assemble(self, features, batch, pooled, unpooled):
+        from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+
+        if self.output == "keyed":
+            values = pooled[0][0] if len(pooled) == 1 else torch.cat([p[0] for p in pooled], dim=1)
+            keys = [f for _, fs, _ in pooled for f in fs]
+            lengths = [d for _, fs, d in pooled for _ in fs]
+            return KeyedTensor(keys=keys, length_per_key=lengths, values=values, key_dim=1)
+        result = {}
+        for out, fs, dim in pooled:
+            for j, f in enumerate(fs):
+                result[f] = out[:, j * dim:(j + 1) * dim]
+        lengths = features.lengths()
+        for f, (out, start, end, i) in unpooled.items():
+            result[f] = JaggedTensor(values=out[start:end], lengths=lengths[i * batch:(i + 1) * batch])
+        return {f: result[f] for f in self.feature_names()}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        save_groups(self.groups, destination, prefix)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        heads = tuple(f"{prefix}{name}." for name in self._tables)
+        load_groups(self.groups, state_dict, prefix, strict, missing_keys, unexpected_keys, error_msgs)
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"output={self.output!r}, groups=[{groups_repr(self.groups)}]"

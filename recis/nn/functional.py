@@ -1,0 +1,67 @@
+"""Functional layer: input checks and the autograd.Function around the fused lookup ops."""
+from typing import List, Optional
+
+import torch
+
+from recis._ops import ops
+
+
+def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor], device: torch.device,
+                 what: str = "HashEmbedding") -> torch.Tensor:
+    """Validates a jagged batch; returns int64 values. Offsets' contents are checked in C++."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{what}: values must be a tensor, got {type(values).__name__}")
+    if values.dtype == torch.int32:
+        values = values.long()
+    if values.dtype != torch.int64:
+        raise TypeError(f"{what}: ids must be int64 (or int32), got dtype {values.dtype}")
+    if values.dim() != 1:
+        raise ValueError(f"{what}: values must be 1-D, got shape {tuple(values.shape)}")
+    if offsets.dtype != torch.int64:
+        raise TypeError(f"{what}: offsets must be int64, got dtype {offsets.dtype}")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"{what}: offsets must be 1-D with B + 1 entries, got shape {tuple(offsets.shape)}")
+    for name, t in (("values", values), ("offsets", offsets), ("per_sample_weights", weights)):
+        if t is not None and t.device != device:
+            raise RuntimeError(f"{what}: the table lives on {device} but {name} is on {t.device}")
+    if weights is not None:
+        if weights.dtype != torch.float32:
+            raise TypeError(f"{what}: per_sample_weights must be float32, got dtype {weights.dtype}")
+        if weights.shape != values.shape:
+            raise ValueError(f"{what}: per_sample_weights has shape {tuple(weights.shape)}, values {tuple(values.shape)}")
+    return values
+
+
+class _HashLookup(torch.autograd.Function):
+    """Forward: dedup + find-or-insert + pooled lookup in one op. Backward: per-unique-row
+    gradients into the table's pending buffer, which the sparse optimizer applies in place."""
+
+    @staticmethod
+    def forward(ctx, anchor, token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
+                combiner, train):
+        out, unique_rows, inverse = ops.lookup_forward(token, handle, values, offsets, weights, feature_ns, batch,
+                                                       col_offsets, out_cols, combiner, train)
+        ctx.save_for_backward(offsets, weights, unique_rows, inverse)
+        ctx.token, ctx.handle = token, handle
+        ctx.args = (feature_ns, batch, col_offsets, combiner)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        offsets, weights, unique_rows, inverse = ctx.saved_tensors
+        feature_ns, batch, col_offsets, combiner = ctx.args
+        ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
+                            col_offsets, combiner)
+        return (None,) * 12
+
+
+def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                feature_ns: List[int], batch: int, col_offsets: List[int], out_cols: int, combiner: int,
+                train: bool) -> torch.Tensor:
+    """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
+    if train and torch.is_grad_enabled():
+        return _HashLookup.apply(group.anchor, group.token, group.handle, values, offsets, weights, feature_ns, batch,
+                                 col_offsets, out_cols, combiner, train)
+    out, _, _ = ops.lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
+                                   col_offsets, out_cols, combiner, train)
+    return out

@@ -1,0 +1,225 @@
+"""Hash tables: `TableGroup` is one physical table (rows + optimizer slots in C++), shared by
+one or more logical `HashTable`s, each with its own 64-bit id space.
+
+>>> group = TableGroup(4, names=["user"], seeds=[7])
+>>> table = group.tables[0]
+>>> rows = table.find_or_insert(torch.tensor([10, -1, 10]))
+>>> len(table), bool(rows[0] == rows[2])
+(2, True)
+"""
+import weakref
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from recis import _C
+from recis._ops import INIT_KINDS, ops, _table_dims
+from recis.nn.initializers import resolve_initializer
+from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
+
+EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
+MISSING_MODES = {"zeros": 0, "init": 1}
+STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")
+
+
+def split_eviction(eviction: EvictionArg):
+    """Returns (ttl policy or None, lfu policy or None) from one policy or a sequence of them."""
+    policies = [] if eviction is None else list(eviction) if isinstance(eviction, (list, tuple)) else [eviction]
+    ttl = [p for p in policies if isinstance(p, TTLEviction)]
+    lfu = [p for p in policies if isinstance(p, LFUEviction)]
+    bad = [p for p in policies if not isinstance(p, (TTLEviction, LFUEviction))]
+    if bad or len(ttl) > 1 or len(lfu) > 1:
+        raise ValueError(f"eviction takes at most one TTLEviction and one LFUEviction, got {eviction!r}")
+    return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
+
+
+def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction]) -> Optional[int]:
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    if lfu is not None and capacity is not None and capacity != lfu.capacity:
+        raise ValueError(f"capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
+    return lfu.capacity if lfu is not None else capacity
+
+
+class TableGroup:
+    """One physical table holding the rows of the logical tables `names` (one namespace each)."""
+
+    def __init__(self, embedding_dim: int, names: Sequence[str], seeds: Sequence[int], initializer=None,
+                 admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
+                 capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32):
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        if dtype != torch.float32:
+            raise TypeError(f"recis tables store float32 rows; got dtype={dtype}")
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
+        if len(names) != len(seeds) or not names:
+            raise ValueError("a TableGroup needs one seed per table name, and at least one table")
+        if admission is not None and not isinstance(admission, FrequencyAdmission):
+            raise TypeError(f"admission must be a FrequencyAdmission or None, got {admission!r}")
+        self.embedding_dim = embedding_dim
+        self.initializer = resolve_initializer(initializer)
+        kind, a, b, c = self.initializer.spec(embedding_dim)
+        self._impl = _C.HashTable(embedding_dim, [int(s) & (2**64 - 1) for s in seeds], INIT_KINDS[kind], a, b, c)
+        self.handle = self._impl.handle
+        _table_dims[self.handle] = embedding_dim
+        weakref.finalize(self, _table_dims.pop, self.handle, None)
+        self.token = torch.zeros(1, dtype=torch.int64)
+        # Leaf tensor that ties the table into autograd and into torch.optim param groups.
+        self.anchor = torch.empty(0, requires_grad=True)
+        self.ttl, lfu = split_eviction(eviction)
+        self.capacity = resolve_capacity(capacity, lfu)
+        self.admission = admission
+        self.missing = missing
+        if admission is not None:
+            self._impl.set_admission(admission.min_count, admission.sketch_width, admission.sketch_depth)
+        self._impl.set_missing(MISSING_MODES[missing])
+        if self.capacity is not None:
+            for ns in range(len(names)):
+                self._impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
+        self.slot_kind: Optional[str] = None
+        self._optimizer = None
+        self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
+
+    # ---- optimizer attachment ----
+    def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float]) -> None:
+        """Lays out this table's slots for `optimizer`; one sparse optimizer per table."""
+        current = self._optimizer() if self._optimizer is not None else None
+        if current is not None and current is not optimizer:
+            raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
+                             "a table takes one sparse optimizer")
+        self._impl.set_slots(len(slot_init), [float(v) for v in slot_init], self.slot_kind != kind)
+        self.slot_kind = kind
+        self._optimizer = weakref.ref(optimizer)
+
+    # ---- lookups ----
+    def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
+        from recis.nn.functional import hash_lookup
+
+        if train:
+            self._tick_eviction()
+        return hash_lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train)
+
+    def _tick_eviction(self) -> None:
+        step = self._impl.get_step()
+        if self.ttl is not None and step > 0 and step % self.ttl.interval_steps == 0:
+            self._impl.evict_ttl(self.ttl.ttl_steps)
+
+    def evict_expired(self) -> int:
+        """Runs TTL eviction now; returns the number of rows erased."""
+        if self.ttl is None:
+            raise ValueError(f"tables {self.names} have no TTLEviction policy")
+        return self._impl.evict_ttl(self.ttl.ttl_steps)
+
+    # ---- introspection ----
+    @property
+    def names(self):
+        return [t.name for t in self.tables]
+
+    @property
+    def step(self) -> int:
+        return self._impl.get_step()
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.tables)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the rows, slots, metadata, id maps and admission sketch."""
+        return self._impl.memory_bytes()
+
+    def stats(self) -> Dict[str, int]:
+        return dict(self._impl.stats(), live=len(self), step=self.step)
+
+    # ---- state ----
+    def group_state(self) -> Dict[str, torch.Tensor]:
+        state = {"step": torch.tensor(self.step, dtype=torch.int64)}
+        if self.admission is not None:
+            state["sketch"] = self._impl.get_sketch()
+        return state
+
+    def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
+        if "step" in state:
+            self._impl.set_step(int(state["step"]))
+        if "sketch" in state:
+            if self.admission is None:
+                raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")
+            self._impl.set_sketch(state["sketch"])
+
+
+class HashTable:
+    """A logical table: a 64-bit id space whose rows live in a TableGroup."""
+
+    def __init__(self, group: TableGroup, ns: int, name: str):
+        self.group, self.ns, self.name = group, ns, name
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.group.embedding_dim
+
+    def __len__(self) -> int:
+        return self.group._impl.size(self.ns)
+
+    def __repr__(self) -> str:
+        return f"HashTable(name={self.name!r}, dim={self.embedding_dim}, live_ids={len(self)})"
+
+    def memory_bytes(self) -> int:
+        """This table's share: its id map plus its rows (with slots and metadata)."""
+        impl = self.group._impl
+        return impl.map_capacity(self.ns) * 8 + len(self) * impl.row_stride_bytes()
+
+    def find(self, ids: torch.Tensor) -> torch.Tensor:
+        """Row index of each id, -1 where absent. Never inserts."""
+        return ops.find(self.group.handle, self.ns, _ids(ids))
+
+    def find_or_insert(self, ids: torch.Tensor) -> torch.Tensor:
+        """Row index of each id, inserting missing ids (no admission; capacity rules apply)."""
+        return ops.find_or_insert(self.group.token, self.group.handle, self.ns, _ids(ids))
+
+    def erase(self, ids: torch.Tensor) -> int:
+        return ops.erase(self.group.token, self.group.handle, self.ns, _ids(ids))
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the given rows ([n, dim]); -1 gives zeros."""
+        return ops.gather(self.group.handle, _ids(rows))
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of `ids` without inserting: zeros (or initial values, per `missing`) if absent."""
+        rows = self.find(ids)
+        out = self.gather(rows)
+        if self.group.missing == "init" and bool((rows < 0).any()):
+            out[rows < 0] = self.initial_rows(_ids(ids)[rows < 0])
+        return out
+
+    def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The deterministic initial rows of `ids` (what a fresh insert would get)."""
+        return self.group._impl.initial_rows(self.ns, _ids(ids))
+
+    def export(self) -> Dict[str, torch.Tensor]:
+        """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id."""
+        return dict(zip(STATE_KEYS, self.group._impl.export_ns(self.ns)))
+
+    def load(self, state: Dict[str, torch.Tensor]) -> None:
+        """Inserts or overwrites the ids in `state` (as produced by `export`)."""
+        missing = [k for k in ("ids", "rows") if k not in state]
+        if missing:
+            raise KeyError(f"table {self.name!r}: state lacks {missing}")
+        slots = state.get("slots")
+        if slots is not None and slots.numel() > 0 and slots.shape[1] != self.group._impl.slot_width:
+            raise ValueError(f"table {self.name!r}: state has {slots.shape[1]} optimizer slots per row, the table "
+                             f"has {self.group._impl.slot_width}; create the same sparse optimizer before loading")
+        self.group._impl.import_ns(self.ns, _ids(state["ids"]), state["rows"].to(torch.float32), slots,
+                                   state.get("counts"), state.get("last_seen"))
+
+    def clear(self) -> None:
+        """Erases every id of this table."""
+        self.erase(self.export()["ids"])
+
+
+def _ids(t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.dtype == torch.int32:
+        t = t.long()
+    if t.dtype != torch.int64:
+        raise TypeError(f"ids must be an int64 (or int32) tensor, got dtype {t.dtype}")
+    return t.reshape(-1)

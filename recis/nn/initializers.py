@@ -1,0 +1,144 @@
+"""Row initializers. A new row's values are a pure function of (table seed, id, column).
+
+Each initializer resolves, for a given embedding dim, to one of the C++ generator's kinds:
+constant, uniform, normal or truncated normal. Embedding rows have no natural fan-in/fan-out,
+so Xavier/Kaiming take them as arguments and default both to the embedding dim.
+
+>>> Uniform(-0.1, 0.1).spec(8)
+('uniform', -0.1, 0.1, 0.0)
+"""
+import abc
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+Spec = Tuple[str, float, float, float]
+
+
+class Initializer(abc.ABC):
+    @abc.abstractmethod
+    def spec(self, dim: int) -> Spec:
+        """(kind, a, b, c) of the C++ generator for rows of width `dim`."""
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class Constant(Initializer):
+    value: float = 0.0
+
+    def spec(self, dim: int) -> Spec:
+        return ("constant", float(self.value), 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Zeros(Initializer):
+    def spec(self, dim: int) -> Spec:
+        return ("constant", 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Uniform(Initializer):
+    low: float = -0.05
+    high: float = 0.05
+
+    def __post_init__(self):
+        if not self.low < self.high:
+            raise ValueError(f"Uniform needs low < high, got low={self.low}, high={self.high}")
+
+    def spec(self, dim: int) -> Spec:
+        return ("uniform", float(self.low), float(self.high), 0.0)
+
+
+@dataclass(frozen=True)
+class Normal(Initializer):
+    mean: float = 0.0
+    std: float = 0.01
+
+    def __post_init__(self):
+        _check_positive("Normal.std", self.std)
+
+    def spec(self, dim: int) -> Spec:
+        return ("normal", float(self.mean), float(self.std), 0.0)
+
+
+@dataclass(frozen=True)
+class TruncatedNormal(Initializer):
+    """Normal resampled outside mean +- `cutoff` std. `std=None` means 1/sqrt(dim)."""
+
+    mean: float = 0.0
+    std: Optional[float] = None
+    cutoff: float = 2.0
+
+    def __post_init__(self):
+        if self.std is not None:
+            _check_positive("TruncatedNormal.std", self.std)
+        _check_positive("TruncatedNormal.cutoff", self.cutoff)
+
+    def spec(self, dim: int) -> Spec:
+        std = self.std if self.std is not None else 1.0 / math.sqrt(dim)
+        return ("truncated_normal", float(self.mean), float(std), float(self.cutoff))
+
+
+@dataclass(frozen=True)
+class _Fans(Initializer):
+    gain: float = 1.0
+    fan_in: Optional[int] = None
+    fan_out: Optional[int] = None
+
+    def __post_init__(self):
+        _check_positive(f"{type(self).__name__}.gain", self.gain)
+        for name in ("fan_in", "fan_out"):
+            v = getattr(self, name)
+            if v is not None:
+                _check_positive(f"{type(self).__name__}.{name}", v)
+
+    def fans(self, dim: int) -> Tuple[int, int]:
+        return (self.fan_in or dim, self.fan_out or dim)
+
+
+class XavierUniform(_Fans):
+    def spec(self, dim: int) -> Spec:
+        fi, fo = self.fans(dim)
+        bound = self.gain * math.sqrt(6.0 / (fi + fo))
+        return ("uniform", -bound, bound, 0.0)
+
+
+class XavierNormal(_Fans):
+    def spec(self, dim: int) -> Spec:
+        fi, fo = self.fans(dim)
+        return ("normal", 0.0, self.gain * math.sqrt(2.0 / (fi + fo)), 0.0)
+
+
+class KaimingUniform(_Fans):
+    """He initialization (fan-in mode); use gain=sqrt(2) for ReLU."""
+
+    def spec(self, dim: int) -> Spec:
+        bound = self.gain * math.sqrt(3.0 / self.fans(dim)[0])
+        return ("uniform", -bound, bound, 0.0)
+
+
+class KaimingNormal(_Fans):
+    def spec(self, dim: int) -> Spec:
+        return ("normal", 0.0, self.gain / math.sqrt(self.fans(dim)[0]), 0.0)
+
+
+_BY_NAME = {
+    "zeros": Zeros, "constant": Constant, "uniform": Uniform, "normal": Normal,
+    "truncated_normal": TruncatedNormal, "xavier_uniform": XavierUniform, "xavier_normal": XavierNormal,
+    "kaiming_uniform": KaimingUniform, "kaiming_normal": KaimingNormal,
+}
+
+
+def resolve_initializer(init) -> Initializer:
+    """Accepts an Initializer, a name such as "xavier_uniform", or None (truncated normal)."""
+    if init is None:
+        return TruncatedNormal()
+    if isinstance(init, Initializer):
+        return init
+    if isinstance(init, str) and init in _BY_NAME:
+        return _BY_NAME[init]()
+    raise ValueError(f"unknown initializer {init!r}; use one of {sorted(_BY_NAME)} or an Initializer instance")

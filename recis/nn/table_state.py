@@ -1,0 +1,62 @@
+"""state_dict support shared by the modules that own table groups."""
+from typing import Dict, Iterable, List
+
+import torch
+
+from recis.nn.hash_table import STATE_KEYS, TableGroup
+
+_SLOT_KIND_CODES = ["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw", "ftrl"]
+
+
+def save_groups(groups: Iterable[TableGroup], destination: Dict, prefix: str) -> None:
+    """Writes every logical table as `{prefix}{table}.{ids,rows,slots,counts,last_seen}` plus
+    per-group `{prefix}{first table}._group.{step,sketch,slot_kind}`; all values are tensors."""
+    for group in groups:
+        for table in group.tables:
+            for key, value in table.export().items():
+                destination[f"{prefix}{table.name}.{key}"] = value
+        head = f"{prefix}{group.tables[0].name}._group."
+        for key, value in group.group_state().items():
+            destination[head + key] = value
+        code = _SLOT_KIND_CODES.index(group.slot_kind) if group.slot_kind else -1
+        destination[head + "slot_kind"] = torch.tensor(code, dtype=torch.int64)
+
+
+def load_groups(groups: Iterable[TableGroup], state_dict: Dict, prefix: str, strict: bool,
+                missing_keys: List[str], unexpected_keys: List[str], error_msgs: List[str]) -> None:
+    for group in groups:
+        head = f"{prefix}{group.tables[0].name}._group."
+        kind_key = head + "slot_kind"
+        if kind_key in state_dict:
+            code = int(state_dict[kind_key])
+            saved_kind = _SLOT_KIND_CODES[code] if code >= 0 else None
+            _adopt_slot_layout(group, saved_kind, state_dict, prefix)
+        group.load_group_state({k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)})
+        for table in group.tables:
+            keys = {k: f"{prefix}{table.name}.{k}" for k in STATE_KEYS}
+            absent = [full for full in keys.values() if full not in state_dict]
+            if absent:
+                missing_keys.extend(absent)
+                continue
+            try:
+                table.clear()
+                table.load({k: state_dict[full] for k, full in keys.items()})
+            except (ValueError, TypeError, KeyError, RuntimeError) as e:
+                error_msgs.append(f"table {table.name!r}: {e}")
+
+
+def _adopt_slot_layout(group: TableGroup, saved_kind, state_dict: Dict, prefix: str) -> None:
+    """A fresh module (no optimizer yet) takes the saved slot layout, so the optimizer that is
+    created afterwards finds its state; an attached optimizer of another kind is an error."""
+    if saved_kind is None or saved_kind == group.slot_kind:
+        return
+    if group.slot_kind is not None:
+        raise ValueError(f"tables {group.names}: the state was saved with a {saved_kind} optimizer, but a "
+                         f"{group.slot_kind} optimizer is attached")
+    width = state_dict[f"{prefix}{group.tables[0].name}.slots"].shape[1]
+    group._impl.set_slots(width, [0.0] * width, True)
+    group.slot_kind = saved_kind
+
+
+def groups_repr(groups: Iterable[TableGroup]) -> str:
+    return ", ".join(f"{'+'.join(g.names)}(dim={g.embedding_dim}, live={len(g)})" for g in groups)
