@@ -16,8 +16,7 @@ def _lookup_forward_fake(token, table, values, offsets, weights, feature_ns, bat
     dim = _table_dims[table]
     n = values.shape[0]
     out = values.new_empty((n, dim) if combiner == COMBINERS[None] else (batch_size, out_cols), dtype=torch.float32)
-    unique = torch.library.get_ctx().new_dynamic_size()
-    return out, values.new_empty((unique,), dtype=torch.int64), values.new_empty((n,), dtype=torch.int32)
+    return out, values.new_empty((n,), dtype=torch.int64), values.new_empty((n,), dtype=torch.int32)
 
 
 @torch.library.register_fake("recis::lookup_backward")

@@ -1,5 +1,7 @@
 #include "hashtable/hash_table.h"
 
+#include "ops/dedup.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -96,19 +98,6 @@ void HashTable::fill_initial(uint32_t ns, int64_t id, float* dst) const {
   fill_initial_row(init_, seeds_[ns], id, dst, store_.dim());
 }
 
-uint32_t HashTable::new_row(uint32_t ns, int64_t id) {
-  const uint32_t r = store_.allocate();
-  RowMeta* m = store_.meta(r);
-  m->id = id;
-  m->count = 0;
-  m->last_seen = step_;
-  fill_initial(ns, id, store_.emb(r));
-  if (!slot_init_.empty()) std::memcpy(store_.slots(r), slot_init_.data(), sizeof(float) * slot_init_.size());
-  maps_[ns]->insert_absent(id, r);
-  ++stats_.inserts;
-  return r;
-}
-
 void HashTable::drop_row(uint32_t ns, int64_t id) {
   const int64_t r = maps_[ns]->erase(id);
   if (r >= 0) store_.release(static_cast<uint32_t>(r));
@@ -151,7 +140,7 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming) {
 }
 
 void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-                        int64_t* rows) {
+                        int64_t* rows, bool admit_all) {
   const uint32_t step = step_;
   // Parallel find; hits update their metadata (distinct keys own distinct rows).
   at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
@@ -173,25 +162,54 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
   // Misses: admission decides who gets a row.
   std::vector<int64_t> admit;
   std::vector<uint64_t> incoming(maps_.size(), 0);
+  const bool gated = sketch_.enabled() && !admit_all;
   for (int64_t i = 0; i < n; ++i) {
     if (rows[i] >= 0) continue;
-    if (sketch_.enabled() && sketch_.peek_add(ids[i], ns[i], counts[i]) < min_count_) continue;
+    if (gated && sketch_.peek_add(ids[i], ns[i], counts[i]) < min_count_) continue;
     admit.push_back(i);
     ++incoming[ns[i]];
   }
   for (uint32_t s = 0; s < maps_.size(); ++s)
     if (incoming[s]) make_room(s, incoming[s]);
-  if (sketch_.enabled())
+  if (gated)
     for (int64_t i = 0; i < n; ++i)
       if (rows[i] < 0) sketch_.add(ids[i], ns[i], counts[i]);
+  insert_new(ns, ids, counts, admit, rows);
+  for (int64_t i = 0; i < n; ++i) stats_.not_admitted += rows[i] < 0;
+}
+
+void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts,
+                           const std::vector<int64_t>& which, int64_t* rows) {
+  if (which.empty()) return;
+  std::vector<uint64_t> incoming(maps_.size(), 0);
+  for (int64_t i : which) ++incoming[ns[i]];
   for (uint32_t s = 0; s < maps_.size(); ++s)
     if (incoming[s]) maps_[s]->reserve(maps_[s]->size() + incoming[s]);
-  for (int64_t i : admit) {
-    const uint32_t r = new_row(ns[i], ids[i]);
-    store_.meta(r)->count = counts[i];
+  for (int64_t i : which) {
+    const uint32_t r = store_.allocate();
+    RowMeta* m = store_.meta(r);
+    m->id = ids[i];
+    m->count = counts ? counts[i] : 1;
+    m->last_seen = step_;
     rows[i] = r;
   }
-  for (int64_t i = 0; i < n; ++i) stats_.not_admitted += rows[i] < 0;
+  // Initial values are a pure function of (seed, id), so rows can be filled in parallel.
+  const int64_t w = store_.slot_width();
+  at::parallel_for(0, static_cast<int64_t>(which.size()), 256, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t i = which[k];
+      const uint32_t r = static_cast<uint32_t>(rows[i]);
+      fill_initial(ns[i], ids[i], store_.emb(r));
+      if (w) std::memcpy(store_.slots(r), slot_init_.data(), sizeof(float) * w);
+    }
+  });
+  constexpr size_t kAhead = 8;
+  for (size_t k = 0; k < which.size(); ++k) {
+    if (k + kAhead < which.size()) maps_[ns[which[k + kAhead]]]->prefetch(ids[which[k + kAhead]]);
+    const int64_t i = which[k];
+    maps_[ns[i]]->insert_absent(ids[i], static_cast<uint32_t>(rows[i]));
+  }
+  stats_.inserts += which.size();
 }
 
 void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const {
@@ -206,20 +224,16 @@ void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) 
 }
 
 void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) {
-  find(ns, ids, n, rows);
-  // Distinct missing ids, in first-seen order.
-  std::vector<int64_t> missing;
-  for (int64_t i = 0; i < n; ++i)
-    if (rows[i] < 0) missing.push_back(ids[i]);
-  std::sort(missing.begin(), missing.end());
-  missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
-  make_room(ns, missing.size());
-  maps_[ns]->reserve(maps_[ns]->size() + missing.size());
-  for (int64_t i = 0; i < n; ++i) {
-    if (rows[i] >= 0) continue;
-    const int64_t r = maps_[ns]->find(ids[i]);
-    rows[i] = r >= 0 ? r : new_row(ns, ids[i]);
-  }
+  check_ns(ns);
+  DedupResult uniq;
+  std::vector<int32_t> inverse(n);
+  const int64_t bounds[2] = {0, n};
+  dedup_keys(ids, bounds, &ns, 1, inverse.data(), uniq);
+  std::vector<int64_t> urows(uniq.size());
+  resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), uniq.size(), true, urows.data(), true);
+  at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) rows[i] = urows[inverse[i]];
+  });
 }
 
 int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {

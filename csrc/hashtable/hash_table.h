@@ -52,8 +52,9 @@ class HashTable {
   // Resolves U distinct (ns, id) keys to rows. In training, hits get their count and
   // last-seen step updated, and misses are admitted, evicted for and inserted; keys that
   // get no row come back as -1. `counts` holds the sightings of each key in the batch.
+  // `admit_all` bypasses admission (explicit inserts).
   void resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-               int64_t* rows);
+               int64_t* rows, bool admit_all = false);
   void find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const;
   // Inserts whatever is missing (no admission); capacity rules still apply.
   void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
@@ -87,7 +88,9 @@ class HashTable {
   std::mutex mu;  // one op at a time per table
 
  private:
-  uint32_t new_row(uint32_t ns, int64_t id);
+  // Gives the keys `which` (indices into ns/ids/counts) fresh rows, written to rows[i].
+  void insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, const std::vector<int64_t>& which,
+                  int64_t* rows);
   void drop_row(uint32_t ns, int64_t id);
   void make_room(uint32_t ns, uint64_t incoming);
   uint32_t protected_from() const;

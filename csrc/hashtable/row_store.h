@@ -47,7 +47,9 @@ class RowStore {
   size_t memory_bytes() const;
 
  private:
+  size_t block_bytes() const { return stride_ * kBlockRows; }
   char* new_block() const;
+  void free_block(char* b) const;
   void free_blocks();
 
   int64_t dim_, slot_width_;

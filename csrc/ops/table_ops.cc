@@ -3,7 +3,10 @@
 #include <Python.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstring>
+#include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <vector>
 
@@ -143,14 +146,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       seg_begin.push_back(e);
     }
     // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
+    auto T0 = std::chrono::steady_clock::now();
     static thread_local DedupResult uniq;
     dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
                uniq);
     const int64_t U = uniq.size();
     unique_rows = at::empty({U}, at::TensorOptions().dtype(at::kLong));
     int64_t* rows = unique_rows.data_ptr<int64_t>();
+    auto T1 = std::chrono::steady_clock::now();
     table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
 
+    auto T2 = std::chrono::steady_clock::now();
     // A row pointer per unique key; keys without a row read zeros or their initial value.
     static thread_local std::vector<const float*> ptrs;
     static thread_local std::vector<float> fallback;
@@ -172,7 +178,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       }
     }
     const BagLayout L = make_layout(offsets, num_bags, batch, feature_ns, col_offsets, out_cols, combiner, w);
+    auto T3 = std::chrono::steady_clock::now();
     pooled_forward(L, ptrs.data(), inverse.data_ptr<int32_t>(), dim, out.data_ptr<float>());
+    auto T4 = std::chrono::steady_clock::now();
+    if (getenv("RECIS_TRACE")) fprintf(stderr, "dedup %.2f resolve %.2f ptrs %.2f pool %.2f U=%ld\n",
+      std::chrono::duration<double, std::milli>(T1-T0).count(), std::chrono::duration<double, std::milli>(T2-T1).count(),
+      std::chrono::duration<double, std::milli>(T3-T2).count(), std::chrono::duration<double, std::milli>(T4-T3).count(), (long)uniq.size());
   }
   bump(token);
   return {out, unique_rows, inverse};
@@ -185,14 +196,18 @@ void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_o
   TORCH_CHECK_TYPE(grad_out_in.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
                    grad_out_in.scalar_type());
   const at::Tensor grad_out = grad_out_in.contiguous(), offsets = offsets_in.contiguous();
-  const int64_t n = inverse.size(0), U = unique_rows.size(0);
+  const int64_t n = inverse.size(0);
   const int64_t num_bags = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
   const float* w = optional_weights(weights, n);
   auto table = table_from_handle(handle);
   const int64_t dim = table->dim();
   {
     GilRelease nogil;
     std::lock_guard<std::mutex> lock(table->mu);
+    const int32_t* inv = inverse.data_ptr<int32_t>();
+    int64_t U = 0;
+    for (int64_t i = 0; i < n; ++i) U = std::max<int64_t>(U, inv[i] + 1);
     PendingGrads& pg = table->pending();
     const int64_t start = pg.n;
     float* grads = pg.append(U, dim, table->step());

@@ -44,10 +44,13 @@ class _HashLookup(torch.autograd.Function):
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
         ctx.token, ctx.handle = token, handle
         ctx.args = (feature_ns, batch, col_offsets, combiner)
-        return out
+        # The data-dependent outputs are returned too (non-differentiable), so torch.compile
+        # sees where their dynamic sizes come from.
+        ctx.mark_non_differentiable(unique_rows, inverse)
+        return out, unique_rows, inverse
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _unique_grad=None, _inverse_grad=None):
         offsets, weights, unique_rows, inverse = ctx.saved_tensors
         feature_ns, batch, col_offsets, combiner = ctx.args
         ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
@@ -60,8 +63,9 @@ def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Opt
                 train: bool) -> torch.Tensor:
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
     if train and torch.is_grad_enabled():
-        return _HashLookup.apply(group.anchor, group.token, group.handle, values, offsets, weights, feature_ns, batch,
-                                 col_offsets, out_cols, combiner, train)
+        out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, values, offsets, weights, feature_ns,
+                                      batch, col_offsets, out_cols, combiner, train)
+        return out
     out, _, _ = ops.lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
                                    col_offsets, out_cols, combiner, train)
     return out

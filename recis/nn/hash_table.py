@@ -96,10 +96,11 @@ class TableGroup:
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
         from recis.nn.functional import hash_lookup
 
-        if train:
+        if train and self.ttl is not None:
             self._tick_eviction()
         return hash_lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train)
 
+    @torch.compiler.disable
     def _tick_eviction(self) -> None:
         step = self._impl.get_step()
         if self.ttl is not None and step > 0 and step % self.ttl.interval_steps == 0:

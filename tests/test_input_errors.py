@@ -1,0 +1,259 @@
+"""Bad inputs and bad configurations fail loudly, with messages that name the problem, and
+leave the tables as they were."""
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.nn import EmbeddingCollection, HashEmbedding, TableConfig, sparse_tables
+from recis.optim import SparseAdam, SparseSGD
+
+VALUES = torch.tensor([1, 2, 3], dtype=torch.int64)
+OFFSETS = torch.tensor([0, 1, 3], dtype=torch.int64)
+
+
+def _assert_untouched(emb):
+    assert len(emb.table) == 0, "a rejected batch must not insert ids"
+    assert emb.group.step == 0, "a rejected batch must not advance the table's step"
+
+
+# --------------------------------------------------------------------------- id dtypes
+
+@pytest.mark.parametrize("dtype,name", [
+    (torch.float32, "float32"), (torch.float64, "float64"), (torch.int16, "int16"), (torch.int8, "int8"),
+    (torch.uint8, "uint8"), (torch.bool, "bool"),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_non_integer_or_narrow_ids_raise_type_error(dtype, name, training):
+    emb = HashEmbedding(4).train(training)
+    with pytest.raises(TypeError, match=name):
+        emb(VALUES.to(dtype), OFFSETS)
+    _assert_untouched(emb)
+
+
+@pytest.mark.parametrize("method", ["find", "find_or_insert", "erase", "lookup"])
+@pytest.mark.parametrize("dtype,name", [(torch.float32, "float32"), (torch.int16, "int16")])
+def test_table_methods_reject_bad_id_dtypes(method, dtype, name):
+    emb = HashEmbedding(4)
+    with pytest.raises(TypeError, match=name):
+        getattr(emb.table, method)(VALUES.to(dtype))
+    assert len(emb.table) == 0
+
+
+def test_raw_op_rejects_float_ids():
+    emb = HashEmbedding(4)
+    with pytest.raises(TypeError, match="Float"):
+        torch.ops.recis.find(emb.group.handle, 0, VALUES.float())
+
+
+def test_int32_ids_are_accepted_and_mean_the_same_ids():
+    a, b = HashEmbedding(4, seed=1), HashEmbedding(4, seed=1)
+    out32 = a(VALUES.int(), OFFSETS)
+    out64 = b(VALUES, OFFSETS)
+    assert torch.equal(out32, out64)
+    assert sorted(a.table.export()["ids"].tolist()) == [1, 2, 3]
+
+
+def test_offsets_dtype():
+    emb = HashEmbedding(4)
+    with pytest.raises(TypeError, match="int32"):
+        emb(VALUES, OFFSETS.int())
+    with pytest.raises(TypeError, match="float32"):
+        emb(VALUES, OFFSETS.float())
+    _assert_untouched(emb)
+
+
+def test_per_sample_weights_dtype_and_shape():
+    emb = HashEmbedding(4)
+    with pytest.raises(TypeError, match="float64"):
+        emb(VALUES, OFFSETS, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        emb(VALUES, OFFSETS, torch.ones(2))
+    _assert_untouched(emb)
+
+
+def test_values_must_be_1d():
+    emb = HashEmbedding(4)
+    with pytest.raises(ValueError):
+        emb(VALUES.reshape(3, 1), OFFSETS)
+    _assert_untouched(emb)
+
+
+# --------------------------------------------------------------------------- offsets
+
+@pytest.mark.parametrize("offsets,what", [
+    ([0, 2, 1, 3], "non-decreasing"),
+    ([0, 3, 0, 3], "non-decreasing"),
+    ([0, -1, 3], "non-decreasing"),
+    ([0, 1, 2], "last offset"),
+    ([0, 1, 4], "last offset"),
+    ([1, 2, 3], "start at 0"),
+    ([-1, 0, 3], "start at 0"),
+], ids=["not-monotone", "not-monotone-2", "negative", "last-short", "last-long", "first-1", "first-neg"])
+@pytest.mark.parametrize("combiner", ["sum", "mean", None])
+@pytest.mark.parametrize("training", [True, False])
+def test_bad_offsets_raise_value_error(offsets, what, combiner, training):
+    emb = HashEmbedding(4, combiner=combiner).train(training)
+    with pytest.raises(ValueError, match=what):
+        emb(VALUES, torch.tensor(offsets, dtype=torch.int64))
+    _assert_untouched(emb)
+
+
+def test_empty_offsets_raise_value_error():
+    emb = HashEmbedding(4)
+    with pytest.raises(ValueError):
+        emb(VALUES, torch.empty(0, dtype=torch.int64))
+    _assert_untouched(emb)
+
+
+def test_bad_offsets_in_a_keyed_jagged_tensor():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["f", "g"])])
+    kjt = KeyedJaggedTensor(keys=["f", "g"], values=torch.tensor([1, 2, 3, 4]),
+                            offsets=torch.tensor([0, 2, 1, 3, 4]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ec(kjt)
+    assert len(ec.tables()["t"]) == 0
+
+
+# --------------------------------------------------------------------------- devices
+
+@pytest.mark.parametrize("which", ["values", "offsets", "per_sample_weights"])
+def test_wrong_device_is_reported(which):
+    emb = HashEmbedding(4)
+    args = {"values": VALUES, "offsets": OFFSETS, "per_sample_weights": torch.ones(3)}
+    args[which] = args[which].to("meta")
+    with pytest.raises(RuntimeError) as info:
+        emb(args["values"], args["offsets"], args["per_sample_weights"])
+    msg = str(info.value)
+    assert "meta" in msg and "cpu" in msg, msg
+    assert which in msg, msg
+    _assert_untouched(emb)
+
+
+def test_wrong_device_in_embedding_collection():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["f"])])
+    kjt = KeyedJaggedTensor(keys=["f"], values=VALUES.to("meta"), offsets=OFFSETS.to("meta"))
+    with pytest.raises(RuntimeError, match="meta"):
+        ec(kjt)
+    assert len(ec.tables()["t"]) == 0
+
+
+def test_table_methods_report_wrong_device():
+    emb = HashEmbedding(4)
+    emb.table.find_or_insert(VALUES)
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.ops.recis.lookup_forward(emb.group.token, emb.group.handle, VALUES, OFFSETS.to("cpu"),
+                                       torch.ones(3, device="meta"), [0], 2, [0], 4, 0, False)
+
+
+# --------------------------------------------------------------------------- configs
+
+@pytest.mark.parametrize("combiner", ["max", "SUM", "", 0])
+def test_bad_combiner(combiner):
+    with pytest.raises(ValueError, match="combiner"):
+        HashEmbedding(4, combiner=combiner)
+    with pytest.raises(ValueError, match="combiner"):
+        TableConfig("t", 4, combiner=combiner)
+
+
+@pytest.mark.parametrize("dim", [0, -1, -8])
+def test_non_positive_dim(dim):
+    with pytest.raises(ValueError, match="embedding_dim"):
+        HashEmbedding(dim)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        TableConfig("t", dim)
+
+
+def test_non_int_dim():
+    with pytest.raises(ValueError):
+        HashEmbedding(4.0)
+    with pytest.raises(ValueError):
+        TableConfig("t", 4.5)
+
+
+@pytest.mark.parametrize("init", ["glorot", "Uniform", "", "xavier"])
+def test_unknown_initializer_name(init):
+    with pytest.raises(ValueError, match="initializer"):
+        HashEmbedding(4, initializer=init)
+    with pytest.raises(ValueError, match="initializer"):
+        TableConfig("t", 4, initializer=init)
+
+
+def test_known_initializer_names_work():
+    for name in ["zeros", "uniform", "normal", "truncated_normal", "xavier_uniform", "kaiming_normal"]:
+        emb = HashEmbedding(4, initializer=name)
+        assert emb(VALUES, OFFSETS).shape == (2, 4)
+
+
+def test_bad_missing_mode():
+    with pytest.raises(ValueError, match="missing"):
+        HashEmbedding(4, missing="random")
+    with pytest.raises(ValueError, match="missing"):
+        TableConfig("t", 4, missing="random")
+
+
+def test_duplicate_table_names():
+    with pytest.raises(ValueError, match="duplicate table names"):
+        EmbeddingCollection([TableConfig("t", 4, ["a"]), TableConfig("t", 8, ["b"])])
+
+
+def test_feature_claimed_by_two_tables():
+    with pytest.raises(ValueError, match="'f'"):
+        EmbeddingCollection([TableConfig("t", 4, ["f"]), TableConfig("u", 4, ["g", "f"])])
+
+
+def test_duplicate_feature_in_one_table():
+    with pytest.raises(ValueError, match="duplicate feature"):
+        TableConfig("t", 4, ["a", "b", "a"])
+
+
+def test_bad_collection_arguments():
+    with pytest.raises(ValueError):
+        EmbeddingCollection([])
+    with pytest.raises(ValueError, match="output"):
+        EmbeddingCollection([TableConfig("t", 4)], output="list")
+    with pytest.raises(ValueError, match="dict"):
+        EmbeddingCollection([TableConfig("t", 4, combiner=None)])
+
+
+@pytest.mark.parametrize("factory", [
+    lambda t: SparseSGD(t, lr=-0.1),
+    lambda t: SparseAdam(t, lr=0.1, betas=(1.0, 0.9)),
+    lambda t: SparseAdam(t, lr=0.1, eps=-1.0),
+])
+def test_bad_optimizer_hyperparameters(factory):
+    with pytest.raises(ValueError):
+        factory(sparse_tables(HashEmbedding(4)))
+
+
+def test_one_sparse_optimizer_per_table():
+    emb = HashEmbedding(4)
+    opt = SparseSGD(sparse_tables(emb), lr=0.1)  # noqa: F841  (kept alive)
+    with pytest.raises(ValueError, match="one sparse optimizer"):
+        SparseAdam(sparse_tables(emb), lr=0.1)
+
+
+# --------------------------------------------------------------------------- KJT features
+
+def test_missing_feature_raises_key_error_naming_it():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id", "item_id"])])
+    kjt = KeyedJaggedTensor.from_lengths_sync(["user_id"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+    with pytest.raises(KeyError, match="item_id"):
+        ec(kjt)
+    assert len(ec.tables()["t"]) == 0
+
+
+def test_missing_feature_of_second_group_raises_key_error():
+    ec = EmbeddingCollection([TableConfig("a", 4, ["fa"]), TableConfig("b", 8, ["fb"])])
+    kjt = KeyedJaggedTensor.from_lengths_sync(["fa", "other"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+    with pytest.raises(KeyError) as info:
+        ec(kjt)
+    assert "fb" in str(info.value) and "fa" not in str(info.value).split("keys")[0]
+    assert all(len(t) == 0 for t in ec.tables().values())
+
+
+@pytest.mark.parametrize("dtype,name", [(torch.float32, "float32"), (torch.int16, "int16")])
+def test_kjt_with_bad_id_dtype(dtype, name):
+    ec = EmbeddingCollection([TableConfig("t", 4, ["f"])])
+    kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2], dtype=dtype), torch.tensor([1, 1]))
+    with pytest.raises(TypeError, match=name):
+        ec(kjt)
