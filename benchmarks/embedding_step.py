@@ -2,7 +2,7 @@
 
 All contestants run in ONE process on the same pre-generated batches, interleaved round-robin
 (warm-up steps first), so that machine noise hits every method alike.  The workload and the peer
-setups follow ``shared/research/cpu-embedding-baselines.md``:
+setups follow the project's CPU baseline study (BENCHMARKS.md):
 
 * recis ``EmbeddingCollection`` (one logical table per feature, merged by recis into one physical
   table, fused row-wise Adagrad); it gets the raw 63-bit ids, so hashing is included;

@@ -19,7 +19,7 @@ TORCH_LIBRARY(recis, m) {
   m.def("clear_pending(Tensor(a!) token, int table) -> ()");
   m.def("find(int table, int ns, Tensor ids) -> Tensor");
   m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
-  m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> int");
+  m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> SymInt");
   m.def("gather(int table, Tensor rows) -> Tensor");
 }
 

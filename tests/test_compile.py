@@ -70,7 +70,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.slow
 def test_compiled_training_matches_eager_aot_eager(fresh_dynamo):
     _assert_same_training(_train(None), _train("aot_eager"))
 
@@ -78,6 +77,36 @@ def test_compiled_training_matches_eager_aot_eager(fresh_dynamo):
 @pytest.mark.slow
 def test_compiled_training_matches_eager_inductor(fresh_dynamo):
     _assert_same_training(_train(None), _train("inductor"))
+
+
+def test_compiled_training_captures_the_ops_in_one_graph(fresh_dynamo):
+    """With fullgraph=True the training forward traces without graph breaks: the lookup and its
+    backward are ops of the compiled graph (not eager fallbacks), and the results match eager."""
+    targets = set()
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def recording_backend(gm, example_inputs):
+        for mod in gm.modules():
+            if isinstance(mod, torch.fx.GraphModule):
+                targets.update(str(n.target) for n in mod.graph.nodes)
+        return aot_eager(gm, example_inputs)
+
+    torch.manual_seed(0)
+    model = _Model()
+    run = torch.compile(model, backend=recording_backend, fullgraph=True)
+    sparse = SparseAdagrad(sparse_tables(model), lr=0.1)
+    ref = _Model()
+    ref.lin.load_state_dict(model.lin.state_dict())
+    ref_sparse = SparseAdagrad(sparse_tables(ref), lr=0.1)
+    for values, offsets in BATCHES:
+        for m, fn, opt in ((model, run, sparse), (ref, ref, ref_sparse)):
+            ((fn(values, offsets) - 1.0) ** 2).sum().backward()
+            opt.step()
+    assert any("recis.lookup_forward" in t for t in targets), sorted(targets)
+    assert any("recis.lookup_backward" in t for t in targets), sorted(targets)
+    assert len(model.emb.table) == len(ref.emb.table) == 7
+    ids = torch.tensor([1, 2, 3, 5, 7, 9, 11])
+    torch.testing.assert_close(model.emb.table.lookup(ids), ref.emb.table.lookup(ids), rtol=1e-6, atol=1e-6)
 
 
 def test_compiled_eval_lookup_is_in_the_graph(fresh_dynamo):

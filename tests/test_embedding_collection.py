@@ -151,6 +151,24 @@ def test_matches_torchrec_embedding_bag_collection_forward_and_backward():
         torch.testing.assert_close(state["rows"], prev_rows - wgrad, rtol=RTOL, atol=ATOL)
 
 
+def test_large_batch_matches_torchrec():
+    """Enough values for the multi-threaded dedup / pooling paths, ids shared across features."""
+    g = torch.Generator().manual_seed(0)
+    configs = [TableConfig("a", 8, ["f1", "f2"], initializer=Uniform(-1, 1), seed=1),
+               TableConfig("b", 8, ["f3"], combiner="mean", initializer=Uniform(-1, 1), seed=2)]
+    ec = EmbeddingCollection(configs)
+    keys, batch = ["f3", "f1", "f2"], 1500
+    lengths = torch.randint(0, 8, (len(keys) * batch,), generator=g)
+    pool = torch.randint(-(2**62), 2**62, (2000,), generator=g)
+    values = pool[torch.randint(0, pool.numel(), (int(lengths.sum()),), generator=g)]
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys, values, lengths)
+    kt = ec(kjt)
+    ebc, mapped, _ = _torchrec_reference(ec, kjt)
+    ref = ebc(mapped).to_dict()
+    for f in keys:
+        torch.testing.assert_close(kt.to_dict()[f].detach(), ref[f].detach(), rtol=RTOL, atol=ATOL)
+
+
 def test_weighted_kjt_matches_torchrec():
     ec = EmbeddingCollection(_configs())
     kjt = _kjt(weights=True)

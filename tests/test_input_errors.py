@@ -137,14 +137,6 @@ def test_wrong_device_in_embedding_collection():
     assert len(ec.tables()["t"]) == 0
 
 
-def test_table_methods_report_wrong_device():
-    emb = HashEmbedding(4)
-    emb.table.find_or_insert(VALUES)
-    with pytest.raises(RuntimeError, match="meta"):
-        torch.ops.recis.lookup_forward(emb.group.token, emb.group.handle, VALUES, OFFSETS.to("cpu"),
-                                       torch.ones(3, device="meta"), [0], 2, [0], 4, 0, False)
-
-
 # --------------------------------------------------------------------------- configs
 
 @pytest.mark.parametrize("combiner", ["max", "SUM", "", 0])

@@ -52,6 +52,13 @@ void PendingGrads::merge_duplicates(int64_t dim) {
   }
   n = out;
   segments = 1;
+  // A sum of finite gradients can still overflow.
+  for (int64_t i = 0; i < n; ++i) {
+    const float* g = grads.data() + i * dim;
+    float probe = 0.f;
+    for (int64_t j = 0; j < dim; ++j) probe += g[j] * 0.f;
+    finite[i] &= probe == probe;
+  }
 }
 
 // ---------------------------------------------------------------- HashTable

@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <chrono>
-#include <cstdio>
 #include <mutex>
 #include <vector>
 
@@ -146,17 +144,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       seg_begin.push_back(e);
     }
     // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
-    auto T0 = std::chrono::steady_clock::now();
     static thread_local DedupResult uniq;
     dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
                uniq);
     const int64_t U = uniq.size();
-    unique_rows = at::empty({U}, at::TensorOptions().dtype(at::kLong));
+    // Sized by the batch, not by the number of unique ids, so shapes stay static for
+    // torch.compile; entries past the unique count are -1.
+    unique_rows = at::empty({n}, at::TensorOptions().dtype(at::kLong));
     int64_t* rows = unique_rows.data_ptr<int64_t>();
-    auto T1 = std::chrono::steady_clock::now();
     table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+    std::fill(rows + U, rows + n, int64_t(-1));
 
-    auto T2 = std::chrono::steady_clock::now();
     // A row pointer per unique key; keys without a row read zeros or their initial value.
     static thread_local std::vector<const float*> ptrs;
     static thread_local std::vector<float> fallback;
@@ -178,12 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       }
     }
     const BagLayout L = make_layout(offsets, num_bags, batch, feature_ns, col_offsets, out_cols, combiner, w);
-    auto T3 = std::chrono::steady_clock::now();
     pooled_forward(L, ptrs.data(), inverse.data_ptr<int32_t>(), dim, out.data_ptr<float>());
-    auto T4 = std::chrono::steady_clock::now();
-    if (getenv("RECIS_TRACE")) fprintf(stderr, "dedup %.2f resolve %.2f ptrs %.2f pool %.2f U=%ld\n",
-      std::chrono::duration<double, std::milli>(T1-T0).count(), std::chrono::duration<double, std::milli>(T2-T1).count(),
-      std::chrono::duration<double, std::milli>(T3-T2).count(), std::chrono::duration<double, std::milli>(T4-T3).count(), (long)uniq.size());
   }
   bump(token);
   return {out, unique_rows, inverse};
@@ -279,7 +272,7 @@ at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const a
   return rows;
 }
 
-int64_t erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids_in) {
+c10::SymInt erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids_in) {
   check_ids(ids_in, "ids");
   const at::Tensor ids = ids_in.contiguous();
   auto table = table_from_handle(handle);

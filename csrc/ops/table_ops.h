@@ -20,7 +20,7 @@ at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::Arr
 void clear_pending(at::Tensor& token, int64_t handle);
 at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids);
 at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
-int64_t erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
+c10::SymInt erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
 at::Tensor gather(int64_t handle, const at::Tensor& rows);
 
 }  // namespace recis
