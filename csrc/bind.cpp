@@ -11,7 +11,7 @@ namespace py = pybind11;
 TORCH_LIBRARY(recis, m) {
   m.def(
       "lookup_forward(Tensor(a!) token, int table, Tensor values, Tensor offsets, Tensor? weights, int[] feature_ns, "
-      "int batch_size, int[] col_offsets, int out_cols, int combiner, bool train) -> (Tensor, Tensor, Tensor)");
+      "int batch_size, int[] col_offsets, int out_cols, int combiner, int lookup_mode) -> (Tensor, Tensor, Tensor)");
   m.def(
       "lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
       "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner) -> ()");

@@ -12,7 +12,7 @@ ops = torch.ops.recis
 
 @torch.library.register_fake("recis::lookup_forward")
 def _lookup_forward_fake(token, table, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols,
-                         combiner, train):
+                         combiner, lookup_mode):
     dim = _table_dims[table]
     n = values.shape[0]
     out = values.new_empty((n, dim) if combiner == COMBINERS[None] else (batch_size, out_cols), dtype=torch.float32)

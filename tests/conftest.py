@@ -4,7 +4,6 @@ The helpers here are deliberately independent of recis: they are plain Python / 
 that the tests compare the library against.
 """
 import math
-import random
 from typing import Dict, Iterable, List
 
 import pytest
@@ -29,11 +28,6 @@ def gen():
     g = torch.Generator()
     g.manual_seed(20240611)
     return g
-
-
-@pytest.fixture
-def rng():
-    return random.Random(1234)
 
 
 def ids_tensor(ids: Iterable[int]) -> torch.Tensor:

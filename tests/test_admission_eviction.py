@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import INT64_MIN, assert_exports_equal, export_as_dict, ids_tensor, offsets_for
-from recis.nn import (FrequencyAdmission, HashEmbedding, LFUEviction, TableConfig, TableGroup, TTLEviction, Uniform,
-                      EmbeddingCollection)
+from recis.nn import (EmbeddingCollection, FrequencyAdmission, HashEmbedding, LFUEviction, TableConfig, TableGroup,
+                      TTLEviction, Uniform)
 from recis.optim import SparseRowwiseAdagrad, SparseSGD
 
 DIM = 4

@@ -160,18 +160,18 @@ def test_opcheck_find_or_insert():
 
 
 @pytest.mark.parametrize("combiner", [0, 1, 2])
-@pytest.mark.parametrize("train", [False, True])
-def test_opcheck_lookup_forward(combiner, train):
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_opcheck_lookup_forward(combiner, mode):
     g = _table()
     args = (g.token, g.handle, torch.tensor([1, 2, 3, 9]), torch.tensor([0, 2, 4]), torch.tensor([1.0, 2, 3, 4]),
-            [0], 2, [0], 4, combiner, train)
+            [0], 2, [0], 4, combiner, mode)
     torch.library.opcheck(ops.lookup_forward.default, args, test_utils=_BASIC)
 
 
 def test_opcheck_lookup_backward_and_update():
     g = _table()
     values, offsets = torch.tensor([1, 2, 3, 2]), torch.tensor([0, 2, 4])
-    out, unique, inverse = ops.lookup_forward(g.token, g.handle, values, offsets, None, [0], 2, [0], 4, 0, True)
+    out, unique, inverse = ops.lookup_forward(g.token, g.handle, values, offsets, None, [0], 2, [0], 4, 0, 1)
     torch.library.opcheck(ops.lookup_backward.default,
                           (g.token, g.handle, torch.ones(2, 4), offsets, None, unique, inverse, [0], 2, [0], 0),
                           test_utils=("test_schema", "test_faketensor"))

@@ -123,13 +123,11 @@ class IdMapMachine(RuleBasedStateMachine):
         r = random.Random(seed)
         ids = [r.getrandbits(64) - 2 ** 63 for _ in range(n)]
         t = self.table(ns)
-        caps = {self.group._impl.map_capacity(ns)}
         step = -(-n // chunks)
         for start in range(0, n, step):
             part = ids[start:start + step]
             rows = t.find_or_insert(ids_tensor(part))
             self.record_inserts(ns, part, rows)
-            caps.add(self.group._impl.map_capacity(ns))
             assert len(t) <= 0.8 * self.group._impl.map_capacity(ns) + 1e-9
         # Keep the pool of known ids small: only a few of these are reused later.
         self.known.update(ids[:5])

@@ -12,7 +12,7 @@ ops = torch.ops.recis
 SCHEMAS = {
     "lookup_forward": "recis::lookup_forward(Tensor(a!) token, int table, Tensor values, Tensor offsets, "
                       "Tensor? weights, int[] feature_ns, int batch_size, int[] col_offsets, int out_cols, "
-                      "int combiner, bool train) -> (Tensor, Tensor, Tensor)",
+                      "int combiner, int lookup_mode) -> (Tensor, Tensor, Tensor)",
     "lookup_backward": "recis::lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, "
                        "Tensor? weights, Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, "
                        "int[] col_offsets, int combiner) -> ()",
@@ -85,8 +85,7 @@ def test_fake_lookup_forward_pooled(combiner, batch):
         values = torch.empty(7 if batch else 0, dtype=torch.int64)
         offsets = torch.empty(batch + 1, dtype=torch.int64)
         weights = torch.empty(values.shape[0], dtype=torch.float32)
-        out, unique, inverse = ops.lookup_forward(token, h, values, offsets, weights, [0], batch, [0], 6, combiner,
-                                                  True)
+        out, unique, inverse = ops.lookup_forward(token, h, values, offsets, weights, [0], batch, [0], 6, combiner, 1)
         assert out.shape == (batch, 6) and out.dtype == torch.float32
         assert unique.dim() == 1 and unique.dtype == torch.int64
         # either a data-dependent size (the unique rows) or a static one slot per value
@@ -103,7 +102,7 @@ def test_fake_lookup_forward_multi_feature_out_cols():
         values = torch.empty(9, dtype=torch.int64)
         offsets = torch.empty(3 * 2 + 1, dtype=torch.int64)
         out, unique, inverse = ops.lookup_forward(token, emb.group.handle, values, offsets, None, [0, -1, 0], 2,
-                                                  [0, 0, 4], 8, 0, False)
+                                                  [0, 0, 4], 8, 0, 0)
         assert out.shape == (2, 8) and out.dtype == torch.float32
         assert inverse.shape == (9,) and inverse.dtype == torch.int32
 
@@ -114,8 +113,7 @@ def test_fake_lookup_forward_unpooled():
         token = torch.zeros(1, dtype=torch.int64)
         values = torch.empty(11, dtype=torch.int64)
         offsets = torch.empty(4, dtype=torch.int64)
-        out, unique, inverse = ops.lookup_forward(token, emb.group.handle, values, offsets, None, [0], 3, [0], 5, 2,
-                                                  True)
+        out, unique, inverse = ops.lookup_forward(token, emb.group.handle, values, offsets, None, [0], 3, [0], 5, 2, 1)
         assert out.shape == (11, 5) and out.dtype == torch.float32
         assert inverse.shape == (11,) and inverse.dtype == torch.int32
 
@@ -123,10 +121,10 @@ def test_fake_lookup_forward_unpooled():
 def test_fake_lookup_forward_matches_real_dtypes_and_shapes():
     emb = _emb(6)
     values, offsets = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1, 4])
-    real = ops.lookup_forward(emb.group.token, emb.group.handle, values, offsets, None, [0], 2, [0], 6, 0, False)
+    real = ops.lookup_forward(emb.group.token, emb.group.handle, values, offsets, None, [0], 2, [0], 6, 0, 0)
     with _fake_mode() as mode:
         fake = ops.lookup_forward(mode.from_tensor(emb.group.token), emb.group.handle, mode.from_tensor(values),
-                                  mode.from_tensor(offsets), None, [0], 2, [0], 6, 0, False)
+                                  mode.from_tensor(offsets), None, [0], 2, [0], 6, 0, 0)
     for r, f in zip(real, fake):
         assert r.dtype == f.dtype and r.device == f.device and r.dim() == f.dim()
     assert real[0].shape == fake[0].shape and real[2].shape == fake[2].shape

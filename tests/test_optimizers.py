@@ -381,16 +381,16 @@ def test_state_dict_round_trip_continues_identically():
         torch.testing.assert_close(_rows(b), _rows(a), rtol=0, atol=0)
 
 
-def test_optimizer_state_dict_has_step_counts():
+def test_step_count_lives_in_the_table_state():
+    """Adam's bias-correction step is table state: it travels with the module's state_dict."""
     emb = _make_emb()
     opt = SparseAdam(sparse_tables(emb), lr=0.01)
     for values, offsets, _, target in _batches(2):
         _loss(emb(values, offsets), target).backward()
         opt.step()
-    sd = opt.state_dict()
-    steps = [int(s["step"]) for s in sd["state"].values()]
-    assert steps == [2]
-    assert sd["param_groups"][0]["lr"] == 0.01
+    assert emb.group.optimizer_step == 2
+    assert int(emb.state_dict()["table._group.optimizer_step"]) == 2
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.01
 
 
 # --------------------------------------------------------------------------- accumulation, zero_grad

@@ -60,7 +60,7 @@ def trained_embedding(steps=5, opt_cls=SparseAdam):
 def test_state_dict_contents_match_an_independent_model():
     emb, _ = trained_embedding(steps=6)
     sd = emb.state_dict()
-    assert set(sd) == {f"table.{k}" for k in STATE_KEYS} | {"table._group.step", "table._group.slot_kind"}
+    assert set(sd) == {f"table.{k}" for k in STATE_KEYS} | {"table._group.step", "table._group.slot_kind", "table._group.optimizer_step"}
     assert all(isinstance(v, torch.Tensor) for v in sd.values())
     # Python model of what the table has seen: counts per occurrence, last training step.
     count, last = {}, {}
@@ -233,6 +233,7 @@ def test_embedding_collection_round_trip_and_identical_training():
     sd = ec.state_dict()
     expected_keys = {f"{t}.{k}" for t in ("user", "item", "geo") for k in STATE_KEYS}
     expected_keys |= {"user._group.step", "user._group.slot_kind", "geo._group.step", "geo._group.slot_kind",
+                      "user._group.optimizer_step", "geo._group.optimizer_step",
                       "geo._group.sketch"}
     assert set(sd) == expected_keys
     # Each logical table's entry equals that table's export.

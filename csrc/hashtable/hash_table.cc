@@ -15,8 +15,7 @@ namespace recis {
 
 // ---------------------------------------------------------------- PendingGrads
 
-float* PendingGrads::append(int64_t count, int64_t dim, uint32_t step) {
-  if (n == 0) first_step = step;
+float* PendingGrads::append(int64_t count, int64_t dim) {
   const int64_t total = n + count;
   if (static_cast<int64_t>(rows.size()) < total) {
     rows.resize(total);
@@ -111,11 +110,11 @@ void HashTable::drop_row(uint32_t ns, int64_t id) {
 }
 
 uint32_t HashTable::protected_from() const {
-  // Rows seen at or after this step may still receive pending gradients: never evict them.
-  return pending_.n > 0 ? std::min(pending_.first_step, step_) : step_;
+  // Rows seen at or after this step may still receive gradients: never evict them.
+  return window_open_ ? std::min(window_start_, step_) : step_;
 }
 
-void HashTable::make_room(uint32_t ns, uint64_t incoming) {
+void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep) {
   const uint64_t cap = capacity_[ns];
   if (cap == 0) return;
   const uint64_t size = maps_[ns]->size();
@@ -132,7 +131,8 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming) {
   const uint32_t guard = protected_from();
   maps_[ns]->for_each_row([&](uint32_t r) {
     const RowMeta* m = store_.meta(r);
-    if (m->last_seen < guard) cands.push_back({m->count, m->last_seen, m->id});
+    if (m->last_seen < guard && !std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
+      cands.push_back({m->count, m->last_seen, m->id});
   });
   TORCH_CHECK(cands.size() >= need, "recis: table capacity ", cap, " (namespace ", ns, ") cannot hold the ", incoming,
               " new ids of one batch: only ", cands.size(), " rows are old enough to evict");
@@ -147,26 +147,17 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming) {
 }
 
 void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-                        int64_t* rows, bool admit_all) {
-  const uint32_t step = step_;
-  // Parallel find; hits update their metadata (distinct keys own distinct rows).
+                        int64_t* rows, bool admit_all, bool touch_hits) {
   at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
     constexpr int64_t kAhead = 8;
     for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
     for (int64_t i = b; i < e; ++i) {
       if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
-      const int64_t r = maps_[ns[i]]->find(ids[i]);
-      rows[i] = r;
-      if (r >= 0 && train) {
-        RowMeta* m = store_.meta(static_cast<uint32_t>(r));
-        const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
-        m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
-        m->last_seen = step;
-      }
+      rows[i] = maps_[ns[i]]->find(ids[i]);
     }
   });
   if (!train) return;
-  // Misses: admission decides who gets a row.
+  // Misses: admission decides who gets a row; room is made (or refused) before any change.
   std::vector<int64_t> admit;
   std::vector<uint64_t> incoming(maps_.size(), 0);
   const bool gated = sketch_.enabled() && !admit_all;
@@ -176,8 +167,31 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
     admit.push_back(i);
     ++incoming[ns[i]];
   }
+  bool full = false;
   for (uint32_t s = 0; s < maps_.size(); ++s)
-    if (incoming[s]) make_room(s, incoming[s]);
+    full |= incoming[s] && capacity_[s] && maps_[s]->size() + incoming[s] > capacity_[s];
+  if (full) {
+    // This batch's hits must survive the eviction that makes room for its new ids.
+    std::vector<int64_t> hits;
+    for (int64_t i = 0; i < n; ++i)
+      if (rows[i] >= 0) hits.push_back(rows[i]);
+    std::sort(hits.begin(), hits.end());
+    for (uint32_t s = 0; s < maps_.size(); ++s)
+      if (incoming[s]) make_room(s, incoming[s], hits);
+  }
+  if (touch_hits) {
+    // Distinct keys own distinct rows, so hits update their metadata in parallel.
+    const uint32_t step = step_;
+    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        if (rows[i] < 0) continue;
+        RowMeta* m = store_.meta(static_cast<uint32_t>(rows[i]));
+        const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
+        m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
+        m->last_seen = step;
+      }
+    });
+  }
   if (gated)
     for (int64_t i = 0; i < n; ++i)
       if (rows[i] < 0) sketch_.add(ids[i], ns[i], counts[i]);
@@ -237,7 +251,7 @@ void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64
   const int64_t bounds[2] = {0, n};
   dedup_keys(ids, bounds, &ns, 1, inverse.data(), uniq);
   std::vector<int64_t> urows(uniq.size());
-  resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), uniq.size(), true, urows.data(), true);
+  resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), uniq.size(), true, urows.data(), true, false);
   at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) rows[i] = urows[inverse[i]];
   });

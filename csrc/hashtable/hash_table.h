@@ -23,8 +23,7 @@ struct PendingGrads {
   std::vector<uint8_t> finite;
   int64_t n = 0;
   int segments = 0;
-  uint32_t first_step = 0;
-  float* append(int64_t count, int64_t dim, uint32_t step);
+  float* append(int64_t count, int64_t dim);
   void clear() { n = 0, segments = 0; }
   // Sums rows that appear in several segments (gradient accumulation) into one entry.
   void merge_duplicates(int64_t dim);
@@ -49,12 +48,13 @@ class HashTable {
   MissingMode missing() const { return missing_; }
 
   // ---- lookups ----
-  // Resolves U distinct (ns, id) keys to rows. In training, hits get their count and
-  // last-seen step updated, and misses are admitted, evicted for and inserted; keys that
-  // get no row come back as -1. `counts` holds the sightings of each key in the batch.
-  // `admit_all` bypasses admission (explicit inserts).
+  // Resolves n distinct (ns, id) keys to rows. In training, hits get their count and
+  // last-seen step updated (unless `!touch_hits`), and misses are admitted, evicted for and
+  // inserted; keys that get no row come back as -1. `counts` holds the sightings of each key
+  // in the batch. `admit_all` bypasses admission (explicit inserts). When it throws (capacity),
+  // the table is unchanged.
   void resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-               int64_t* rows, bool admit_all = false);
+               int64_t* rows, bool admit_all = false, bool touch_hits = true);
   void find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const;
   // Inserts whatever is missing (no admission); capacity rules still apply.
   void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
@@ -80,6 +80,13 @@ class HashTable {
   uint32_t step() const { return step_; }
   void set_step(uint32_t s) { step_ = s; }
   void advance_step() { ++step_; }
+  // Rows looked up by a forward that expects a backward stay protected from eviction until
+  // the optimizer consumes (or drops) the pending gradients, so a gradient never lands on a
+  // row that was handed to another id.
+  void open_grad_window() {
+    if (!window_open_) window_open_ = true, window_start_ = step_;
+  }
+  void close_grad_window() { window_open_ = false; }
   CountSketch& sketch() { return sketch_; }
   PendingGrads& pending() { return pending_; }
   const TableStats& stats() const { return stats_; }
@@ -92,7 +99,8 @@ class HashTable {
   void insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, const std::vector<int64_t>& which,
                   int64_t* rows);
   void drop_row(uint32_t ns, int64_t id);
-  void make_room(uint32_t ns, uint64_t incoming);
+  // Evicts (LFU) so `incoming` new ids fit under the capacity; rows in `keep` (sorted) stay.
+  void make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep);
   uint32_t protected_from() const;
 
   RowStore store_;
@@ -107,6 +115,8 @@ class HashTable {
   CountSketch sketch_;
   MissingMode missing_ = MissingMode::kZeros;
   uint32_t step_ = 0;
+  bool window_open_ = false;
+  uint32_t window_start_ = 0;
   PendingGrads pending_;
   TableStats stats_;
 };

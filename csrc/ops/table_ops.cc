@@ -97,10 +97,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
                                                               const c10::optional<at::Tensor>& weights,
                                                               at::IntArrayRef feature_ns, int64_t batch,
                                                               at::IntArrayRef col_offsets, int64_t out_cols,
-                                                              int64_t combiner, bool train) {
+                                                              int64_t combiner, int64_t mode) {
   check_ids(values_in, "values");
   check_ids(offsets_in, "offsets");
   TORCH_CHECK_VALUE(combiner >= 0 && combiner <= 2, "recis: unknown combiner code ", combiner);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
+  const bool train = mode != 0;
   const int64_t F = static_cast<int64_t>(feature_ns.size());
   TORCH_CHECK_VALUE(F >= 1 && batch >= 0, "recis: need at least one feature and a non-negative batch");
   TORCH_CHECK_VALUE(static_cast<int64_t>(col_offsets.size()) == F, "recis: col_offsets needs one entry per feature");
@@ -124,7 +126,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
     std::lock_guard<std::mutex> lock(table->mu);
     const int64_t* off = offsets.data_ptr<int64_t>();
     check_offsets(off, num_bags, n);
-    if (train) table->advance_step();
     // One dedup segment per run of consecutive features in this call; skipped values get -1.
     std::vector<int64_t> seg_begin;
     std::vector<uint32_t> seg_ns;
@@ -152,7 +153,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
     // torch.compile; entries past the unique count are -1.
     unique_rows = at::empty({n}, at::TensorOptions().dtype(at::kLong));
     int64_t* rows = unique_rows.data_ptr<int64_t>();
-    table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+    const uint32_t step_before = table->step();
+    if (train) table->advance_step();
+    try {
+      table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+    } catch (...) {
+      table->set_step(step_before);  // a refused batch leaves no trace
+      throw;
+    }
+    if (mode == 2) table->open_grad_window();
     std::fill(rows + U, rows + n, int64_t(-1));
 
     // A row pointer per unique key; keys without a row read zeros or their initial value.
@@ -203,7 +212,7 @@ void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_o
     for (int64_t i = 0; i < n; ++i) U = std::max<int64_t>(U, inv[i] + 1);
     PendingGrads& pg = table->pending();
     const int64_t start = pg.n;
-    float* grads = pg.append(U, dim, table->step());
+    float* grads = pg.append(U, dim);
     std::memcpy(pg.rows.data() + start, unique_rows.data_ptr<int64_t>(), sizeof(int64_t) * U);
     const BagLayout L =
         make_layout(offsets, num_bags, batch, feature_ns, col_offsets, grad_out.size(-1), combiner, w);
@@ -234,6 +243,7 @@ at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::Arr
                           pg.finite.data(), pg.n);
     }
     pg.clear();
+    table->close_grad_window();
   }
   bump(token);
   return at::tensor({applied, nonfinite}, at::TensorOptions().dtype(at::kLong));
@@ -243,6 +253,7 @@ void clear_pending(at::Tensor& token, int64_t handle) {
   auto table = table_from_handle(handle);
   std::lock_guard<std::mutex> lock(table->mu);
   table->pending().clear();
+  table->close_grad_window();
   bump(token);
 }
 

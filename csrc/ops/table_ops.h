@@ -11,7 +11,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
                                                               const c10::optional<at::Tensor>& weights,
                                                               at::IntArrayRef feature_ns, int64_t batch,
                                                               at::IntArrayRef col_offsets, int64_t out_cols,
-                                                              int64_t combiner, bool train);
+                                                              int64_t combiner, int64_t mode);
 void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
                      const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
                      at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner);

@@ -5,6 +5,10 @@ import torch
 
 from recis._ops import ops
 
+# lookup_forward modes: eval (find only), train (insert), train with a backward to come
+# (its rows are also protected from eviction until the optimizer step).
+LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
+
 
 def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor], device: torch.device,
                  what: str = "HashEmbedding") -> torch.Tensor:
@@ -38,9 +42,9 @@ class _HashLookup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchor, token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
-                combiner, train):
+                combiner):
         out, unique_rows, inverse = ops.lookup_forward(token, handle, values, offsets, weights, feature_ns, batch,
-                                                       col_offsets, out_cols, combiner, train)
+                                                       col_offsets, out_cols, combiner, LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
         ctx.token, ctx.handle = token, handle
         ctx.args = (feature_ns, batch, col_offsets, combiner)
@@ -55,7 +59,7 @@ class _HashLookup(torch.autograd.Function):
         feature_ns, batch, col_offsets, combiner = ctx.args
         ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
                             col_offsets, combiner)
-        return (None,) * 12
+        return (None,) * 11
 
 
 def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
@@ -64,8 +68,9 @@ def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Opt
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
     if train and torch.is_grad_enabled():
         out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, values, offsets, weights, feature_ns,
-                                      batch, col_offsets, out_cols, combiner, train)
+                                      batch, col_offsets, out_cols, combiner)
         return out
+    mode = LOOKUP_TRAIN if train else LOOKUP_EVAL
     out, _, _ = ops.lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
-                                   col_offsets, out_cols, combiner, train)
+                                   col_offsets, out_cols, combiner, mode)
     return out

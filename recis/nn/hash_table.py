@@ -78,6 +78,7 @@ class TableGroup:
             for ns in range(len(names)):
                 self._impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
         self.slot_kind: Optional[str] = None
+        self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
         self._optimizer = None
         self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
 
@@ -133,7 +134,8 @@ class TableGroup:
 
     # ---- state ----
     def group_state(self) -> Dict[str, torch.Tensor]:
-        state = {"step": torch.tensor(self.step, dtype=torch.int64)}
+        state = {"step": torch.tensor(self.step, dtype=torch.int64),
+                 "optimizer_step": torch.tensor(self.optimizer_step, dtype=torch.int64)}
         if self.admission is not None:
             state["sketch"] = self._impl.get_sketch()
         return state
@@ -141,6 +143,8 @@ class TableGroup:
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
         if "step" in state:
             self._impl.set_step(int(state["step"]))
+        if "optimizer_step" in state:
+            self.optimizer_step = int(state["optimizer_step"])
         if "sketch" in state:
             if self.admission is None:
                 raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")

@@ -71,19 +71,19 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 table = self._by_anchor[id(anchor)]
                 if table._impl.pending_rows() == 0:
                     continue
-                state = self.state[anchor]
-                state["step"] = state.get("step", 0) + 1
+                # The step count lives in the table (and its state_dict), like the slots.
+                table.optimizer_step += 1
                 applied, nonfinite = ops.apply_update(table.token, table.handle, OPTIM_KINDS[self.kind],
-                                                      [float(h) for h in self.hyper(pg, state["step"])],
+                                                      [float(h) for h in self.hyper(pg, table.optimizer_step)],
                                                       self.skip_nonfinite).tolist()
                 if nonfinite:
-                    self._report_nonfinite(table, nonfinite, applied, state)
+                    self._report_nonfinite(table, nonfinite, applied)
         return loss
 
-    def _report_nonfinite(self, table: TableGroup, nonfinite: int, applied: int, state: Dict) -> None:
+    def _report_nonfinite(self, table: TableGroup, nonfinite: int, applied: int) -> None:
         self.nonfinite_rows += nonfinite
         if not self.skip_nonfinite:
-            state["step"] -= 1
+            table.optimizer_step -= 1
             raise FloatingPointError(
                 f"{type(self).__name__}: {nonfinite} rows of tables {table.names} got NaN/Inf gradients; no row of "
                 f"those tables was updated in this step (pass skip_nonfinite=True to skip only those rows)")
