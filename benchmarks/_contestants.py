@@ -103,7 +103,7 @@ class Recis(Contestant):
             self.tables[f"t{f}"].find_or_insert(ids.to(self.device))
         self.warm_s = time.perf_counter() - t0
         self.rss_warm = rss_bytes() - rss0
-        self.opt = SparseRowwiseAdagrad(sparse_tables(self.ec), lr=LR, eps=EPS)
+        self.opt = SparseRowwiseAdagrad(sparse_tables(self.ec), lr=LR, eps=EPS, fused=True)
         self.rss_growth = rss_bytes() - rss0
         self.live = self.n_live()
 

@@ -413,6 +413,7 @@ def parse_args(argv=None):
     p.add_argument("--n-batches", type=int, default=4, help="pre-generated batches to cycle through")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--only", metavar="KEYS", help="comma-separated contestant keys to run (e.g. recis,tbe)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each round wait up to S seconds for other processes to go quiet")
     p.add_argument("--json", metavar="PATH", help="write all results as JSON")
@@ -479,6 +480,9 @@ def main(argv=None):
     log("building contestants")
     order = [Recis(wl, device), EmbBag(wl, device, "SGD"), EmbBag(wl, device, "Adagrad"),
              TBE(wl, device), TorchrecDMP(wl, device)]
+    if args.only:
+        keep = set(args.only.split(","))
+        order = [c for c in order if c.key in keep]
     built, skipped = build_all(order, log)
     recis_c = next((c for c in built if c.key == "recis"), None)
     if recis_c is not None:

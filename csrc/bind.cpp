@@ -15,6 +15,10 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
       "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner) -> ()");
+  m.def(
+      "lookup_backward_apply(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
+      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner, "
+      "int kind, float[] hyper) -> Tensor");
   m.def("apply_update(Tensor(a!) token, int table, int kind, float[] hyper, bool skip_nonfinite) -> Tensor");
   m.def("clear_pending(Tensor(a!) token, int table) -> ()");
   m.def("find(int table, int ns, Tensor ids) -> Tensor");
@@ -26,6 +30,7 @@ TORCH_LIBRARY(recis, m) {
 TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("lookup_forward", &recis::lookup_forward);
   m.impl("lookup_backward", &recis::lookup_backward);
+  m.impl("lookup_backward_apply", &recis::lookup_backward_apply);
   m.impl("apply_update", &recis::apply_update);
   m.impl("clear_pending", &recis::clear_pending);
   m.impl("find", &recis::find);
@@ -113,7 +118,7 @@ PYBIND11_MODULE(_C, m) {
       .def("size", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.size(ns); }))
       .def("map_capacity", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.map_capacity(ns); }))
       .def("memory_bytes", locked(+[](HashTable& t) { return t.memory_bytes(); }))
-      .def("row_stride_bytes", locked(+[](HashTable& t) { return t.store().stride_bytes(); }))
+      .def("row_bytes", locked(+[](HashTable& t) { return t.store().row_bytes(); }))
       .def("get_step", locked(+[](HashTable& t) { return t.step(); }))
       .def("set_step", locked(+[](HashTable& t, uint32_t s) { t.set_step(s); }))
       .def("set_slots", locked(+[](HashTable& t, int64_t width, std::vector<float> init, bool reset) {

@@ -57,3 +57,9 @@ _table_dims: dict = {}
 @torch.library.register_fake("recis::erase")
 def _erase_fake(token, table, ns, ids):
     return torch.library.get_ctx().new_dynamic_size()
+
+
+@torch.library.register_fake("recis::lookup_backward_apply")
+def _lookup_backward_apply_fake(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+                                batch_size, col_offsets, combiner, kind, hyper):
+    return token.new_empty((2,), dtype=torch.int64)

@@ -1,4 +1,4 @@
-// Row storage in blocks: per row a metadata header, the embedding and the optimizer slots.
+// Row storage in blocks: per row a metadata record, the embedding and the optimizer slots.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -6,7 +6,7 @@
 
 namespace recis {
 
-// 16 bytes of metadata at the head of every row.
+// 16 bytes of metadata per row.
 struct RowMeta {
   int64_t id;          // the full 64-bit id that owns the row
   uint32_t count;      // sightings since insertion (saturating)
@@ -14,7 +14,9 @@ struct RowMeta {
 };
 
 // Rows live in fixed-size blocks that never move, so row pointers stay valid while the
-// store grows. Freed rows go to a free list and are reused before the store grows.
+// store grows. Each block holds three arrays (metadata, embeddings, slots): embeddings of
+// 16-float multiples start on cache lines, so a lookup reads dim/16 lines and nothing else.
+// Freed rows go to a free list and are reused before the store grows.
 class RowStore {
  public:
   static constexpr int kBlockShift = 14;  // 16384 rows per block
@@ -28,12 +30,13 @@ class RowStore {
 
   int64_t dim() const { return dim_; }
   int64_t slot_width() const { return slot_width_; }
-  size_t stride_bytes() const { return stride_; }
+  size_t row_bytes() const { return sizeof(RowMeta) + sizeof(float) * static_cast<size_t>(dim_ + slot_width_); }
 
-  char* row(uint32_t r) const { return blocks_[r >> kBlockShift] + static_cast<size_t>(r & (kBlockRows - 1)) * stride_; }
-  RowMeta* meta(uint32_t r) const { return reinterpret_cast<RowMeta*>(row(r)); }
-  float* emb(uint32_t r) const { return reinterpret_cast<float*>(row(r) + sizeof(RowMeta)); }
-  float* slots(uint32_t r) const { return emb(r) + dim_; }
+  RowMeta* meta(uint32_t r) const { return blocks_[r >> kBlockShift].meta + (r & kMask); }
+  float* emb(uint32_t r) const { return blocks_[r >> kBlockShift].emb + static_cast<size_t>(r & kMask) * dim_; }
+  float* slots(uint32_t r) const {
+    return blocks_[r >> kBlockShift].slots + static_cast<size_t>(r & kMask) * slot_width_;
+  }
 
   // Returns a row index whose contents are undefined; the caller initializes it.
   uint32_t allocate();
@@ -41,20 +44,23 @@ class RowStore {
   uint32_t live_rows() const { return high_water_ - static_cast<uint32_t>(free_.size()); }
   uint32_t high_water() const { return high_water_; }
 
-  // Changes the slot width, keeping metadata and embeddings; new slots get `slot_init`.
+  // Changes the slot width, keeping metadata and embeddings; every row's slots get `slot_init`.
   void relayout(int64_t slot_width, const std::vector<float>& slot_init);
   void clear();
   size_t memory_bytes() const;
 
  private:
-  size_t block_bytes() const { return stride_ * kBlockRows; }
-  char* new_block() const;
-  void free_block(char* b) const;
+  static constexpr uint32_t kMask = kBlockRows - 1;
+  struct Block {
+    RowMeta* meta;
+    float* emb;
+    float* slots;
+  };
+  void add_block();
   void free_blocks();
 
   int64_t dim_, slot_width_;
-  size_t stride_;
-  std::vector<char*> blocks_;
+  std::vector<Block> blocks_;
   uint32_t high_water_ = 0;
   std::vector<uint32_t> free_;
 };

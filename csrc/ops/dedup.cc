@@ -1,11 +1,18 @@
 #include "ops/dedup.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 
 #include "common/hashing.h"
 
 namespace recis {
 namespace {
+
+// Keys are split into a fixed number of hash partitions and values into a fixed number of
+// chunks, so the unique order (partition by partition, first-seen within each) does not
+// depend on the thread count.
+constexpr int64_t kParts = 8;
 
 struct Entry {
   int64_t id;
@@ -17,6 +24,12 @@ struct Entry {
 struct DedupWorkspace {
   std::vector<Entry> entries;
   uint32_t epoch = 0;
+  // [chunk][partition]: positions of the chunk's values that hash into the partition, in
+  // value order, and (after step 2) their index among the partition's unique keys.
+  std::vector<std::vector<std::vector<int64_t>>> pos;
+  std::vector<std::vector<std::vector<int32_t>>> local;
+  std::vector<std::vector<std::vector<uint32_t>>> ns;  // namespaces, when segments differ
+  std::vector<DedupResult> parts;
 };
 
 uint64_t next_pow2(uint64_t x) {
@@ -25,18 +38,20 @@ uint64_t next_pow2(uint64_t x) {
   return p;
 }
 
+inline int32_t partition_of(uint64_t h) { return static_cast<int32_t>(h >> 61); }  // kParts = 8
+
 }  // namespace
 
 void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
                 int32_t* inverse, DedupResult& out) {
   int64_t n = 0;
   for (int64_t s = 0; s < segments; ++s) n += bounds[2 * s + 1] - bounds[2 * s];
-  static thread_local DedupWorkspace ws;
-  // Load <= 0.5 keeps probe runs short; the table is batch-sized and stays in cache.
-  const uint64_t cap = next_pow2(static_cast<uint64_t>(2 * n));
-  const uint64_t mask = cap - 1;
-  if (ws.entries.size() < cap) {
-    ws.entries.assign(cap, Entry{0, 0, 0});
+  static thread_local DedupWorkspace tls;
+  DedupWorkspace& ws = tls;  // worker threads must see the caller's workspace
+  // Per partition a table at load <= 0.5; tables are batch-sized and stay in cache.
+  const uint64_t part_cap = next_pow2(static_cast<uint64_t>(2 * n / kParts + 16));
+  if (ws.entries.size() < part_cap * kParts) {
+    ws.entries.assign(part_cap * kParts, Entry{0, 0, 0});
     ws.epoch = 0;
   }
   if (++ws.epoch == 0) {  // wrapped: stale stamps could alias the new epoch
@@ -44,37 +59,91 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
     ws.epoch = 1;
   }
   const uint32_t epoch = ws.epoch;
-  Entry* table = ws.entries.data();
-  out.ids.clear(), out.ns.clear(), out.counts.clear();
+  ws.pos.resize(kParts, std::vector<std::vector<int64_t>>(kParts));
+  ws.local.resize(kParts, std::vector<std::vector<int32_t>>(kParts));
+  ws.ns.resize(kParts, std::vector<std::vector<uint32_t>>(kParts));
+  ws.parts.resize(kParts);
   bool single_ns = true;
   for (int64_t s = 1; s < segments; ++s) single_ns &= seg_ns[s] == seg_ns[0];
-  // A single pass in value order: unique keys come out in first-seen order, which makes the
-  // rows of new ids independent of the thread count.
-  constexpr int64_t kAhead = 8;
-  for (int64_t s = 0; s < segments; ++s) {
-    const uint32_t ns = seg_ns[s];
-    const int64_t b = bounds[2 * s], e = bounds[2 * s + 1];
-    for (int64_t i = b; i < e; ++i) {
-      if (i + kAhead < e) __builtin_prefetch(&table[hash_id(values[i + kAhead], ns) & mask]);
-      const int64_t id = values[i];
-      for (uint64_t j = hash_id(id, ns) & mask;; j = (j + 1) & mask) {
-        Entry& en = table[j];
-        if (en.epoch != epoch) {
-          en = Entry{id, epoch, static_cast<uint32_t>(out.ids.size())};
-          inverse[i] = static_cast<int32_t>(en.local);
-          out.ids.push_back(id);
-          out.ns.push_back(ns);
-          out.counts.push_back(1);
-          break;
-        }
-        if (en.id == id && (single_ns || out.ns[en.local] == ns)) {
-          inverse[i] = static_cast<int32_t>(en.local);
-          ++out.counts[en.local];
-          break;
+  // Values are cut into kParts chunks of (almost) equal size, across segments.
+  std::vector<int64_t> seg_start(segments + 1, 0);
+  for (int64_t s = 0; s < segments; ++s) seg_start[s + 1] = seg_start[s] + bounds[2 * s + 1] - bounds[2 * s];
+  auto for_chunk = [&](int64_t c, auto&& f) {  // f(value position, namespace)
+    const int64_t lo = n * c / kParts, hi = n * (c + 1) / kParts;
+    for (int64_t s = 0; s < segments; ++s) {
+      const int64_t a = std::max(lo, seg_start[s]), b = std::min(hi, seg_start[s + 1]);
+      for (int64_t k = a; k < b; ++k) f(bounds[2 * s] + (k - seg_start[s]), seg_ns[s]);
+    }
+  };
+
+  // 1. Bucket every value by key-hash partition (parallel over value chunks).
+  at::parallel_for(0, kParts, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      for (auto& v : ws.pos[c]) v.clear();
+      for (auto& v : ws.ns[c]) v.clear();
+      for_chunk(c, [&](int64_t i, uint32_t ns) {
+        const int32_t p = partition_of(hash_id(values[i], ns));
+        ws.pos[c][p].push_back(i);
+        if (!single_ns) ws.ns[c][p].push_back(ns);
+      });
+    }
+  });
+  // 2. Each partition dedups its values in value order (parallel over partitions).
+  at::parallel_for(0, kParts, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      DedupResult& part = ws.parts[p];
+      part.ids.clear(), part.ns.clear(), part.counts.clear();
+      Entry* table = ws.entries.data() + p * part_cap;
+      const uint64_t mask = part_cap - 1;
+      for (int64_t c = 0; c < kParts; ++c) {
+        const std::vector<int64_t>& pos = ws.pos[c][p];
+        std::vector<int32_t>& local = ws.local[c][p];
+        local.resize(pos.size());
+        for (size_t k = 0; k < pos.size(); ++k) {
+          const int64_t i = pos[k], id = values[i];
+          const uint32_t ns = single_ns ? seg_ns[0] : ws.ns[c][p][k];
+          for (uint64_t j = hash_id(id, ns) & mask;; j = (j + 1) & mask) {
+            Entry& en = table[j];
+            if (en.epoch != epoch) {
+              en = Entry{id, epoch, static_cast<uint32_t>(part.ids.size())};
+              part.ids.push_back(id);
+              part.ns.push_back(ns);
+              part.counts.push_back(1);
+              local[k] = static_cast<int32_t>(en.local);
+              break;
+            }
+            if (en.id == id && (single_ns || part.ns[en.local] == ns)) {
+              ++part.counts[en.local];
+              local[k] = static_cast<int32_t>(en.local);
+              break;
+            }
+          }
         }
       }
     }
-  }
+  });
+  // 3. Concatenate the partitions; each chunk writes the global indices of its own values.
+  int64_t base[kParts + 1] = {0};
+  for (int64_t p = 0; p < kParts; ++p) base[p + 1] = base[p] + ws.parts[p].size();
+  out.ids.resize(base[kParts]);
+  out.ns.resize(base[kParts]);
+  out.counts.resize(base[kParts]);
+  at::parallel_for(0, kParts, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const DedupResult& part = ws.parts[p];
+      std::copy(part.ids.begin(), part.ids.end(), out.ids.begin() + base[p]);
+      std::copy(part.ns.begin(), part.ns.end(), out.ns.begin() + base[p]);
+      std::copy(part.counts.begin(), part.counts.end(), out.counts.begin() + base[p]);
+    }
+  });
+  at::parallel_for(0, kParts, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c)
+      for (int64_t p = 0; p < kParts; ++p) {
+        const std::vector<int64_t>& pos = ws.pos[c][p];
+        const std::vector<int32_t>& local = ws.local[c][p];
+        for (size_t k = 0; k < pos.size(); ++k) inverse[pos[k]] = static_cast<int32_t>(base[p] + local[k]);
+      }
+  });
 }
 
 }  // namespace recis

@@ -14,7 +14,7 @@ struct DedupResult {
 
 // Segment s covers values [bounds[2s], bounds[2s + 1]) of namespace seg_ns[s]; values outside
 // every segment are left alone. Writes inverse[i] (index into the unique keys).
-// Unique keys are numbered in first-seen order.
+// Unique keys are numbered by hash partition, then first-seen order, whatever the thread count.
 void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
                 int32_t* inverse, DedupResult& out);
 

@@ -44,23 +44,22 @@ void pool_bags(const BagLayout& L, const float* const* rows, const int32_t* inve
   }
 }
 
+// Sums the upstream gradients of unique row u into g; returns whether g is finite.
+// Prefetches upstream rows a few positions ahead, up to CSR position `prefetch_end`.
 template <int D>
-void grad_rows(const int64_t* csr, const int64_t* src, const float* scale, const float* grad_out, int64_t dim_rt,
-               int64_t ub, int64_t ue, float* grads, uint8_t* finite) {
+bool grad_one(const int64_t* csr, const int64_t* src, const float* scale, const float* grad_out, int64_t dim_rt,
+              int64_t u, int64_t prefetch_end, float* g) {
   const int64_t dim = D > 0 ? D : dim_rt;
-  for (int64_t u = ub; u < ue; ++u) {
-    float* g = grads + u * dim;
-    for (int64_t j = 0; j < dim; ++j) g[j] = 0.f;
-    for (int64_t p = csr[u]; p < csr[u + 1]; ++p) {
-      if (p + kPrefetchAhead < csr[ue]) prefetch_row(grad_out + src[p + kPrefetchAhead], dim);
-      const float* go = grad_out + src[p];
-      const float c = scale[p];
-      for (int64_t j = 0; j < dim; ++j) g[j] += c * go[j];
-    }
-    float probe = 0.f;  // NaN iff some element is NaN or +-Inf (Inf * 0 = NaN)
-    for (int64_t j = 0; j < dim; ++j) probe += g[j] * 0.f;
-    finite[u] = probe == probe;
+  for (int64_t j = 0; j < dim; ++j) g[j] = 0.f;
+  for (int64_t p = csr[u]; p < csr[u + 1]; ++p) {
+    if (p + kPrefetchAhead < prefetch_end) prefetch_row(grad_out + src[p + kPrefetchAhead], dim);
+    const float* go = grad_out + src[p];
+    const float c = scale[p];
+    for (int64_t j = 0; j < dim; ++j) g[j] += c * go[j];
   }
+  float probe = 0.f;  // NaN iff some element is NaN or +-Inf (Inf * 0 = NaN)
+  for (int64_t j = 0; j < dim; ++j) probe += g[j] * 0.f;
+  return probe == probe;
 }
 
 template <class F>
@@ -76,8 +75,9 @@ void dispatch_dim(int64_t dim, F&& f) {
 }
 
 struct BackwardWorkspace {
-  std::vector<int64_t> csr, cursor, src;
+  std::vector<int64_t> csr, src;
   std::vector<float> scale;
+  std::vector<std::vector<int32_t>> counts;  // per chunk: counts, then cursors
 };
 
 }  // namespace
@@ -104,46 +104,99 @@ void pooled_forward(const BagLayout& L, const float* const* rows, const int32_t*
   });
 }
 
-void unique_row_grads(const BagLayout& L, const float* grad_out, const int32_t* inverse, int64_t n_values,
-                      int64_t n_unique, int64_t dim, float* grads, uint8_t* finite) {
+// CSR of value positions per unique row: for each, where its upstream gradient lives
+// (offset into grad_out) and how much of it flows back.
+BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t n_values, int64_t n_unique,
+                             int64_t dim) {
   static thread_local BackwardWorkspace tls;
   BackwardWorkspace& ws = tls;
-  // CSR of value positions per unique row: counts, then an exclusive scan.
-  ws.csr.assign(n_unique + 1, 0);
-  for (int64_t i = 0; i < n_values; ++i)
-    if (inverse[i] >= 0) ++ws.csr[inverse[i] + 1];
-  for (int64_t u = 0; u < n_unique; ++u) ws.csr[u + 1] += ws.csr[u];
-  ws.cursor.assign(ws.csr.begin(), ws.csr.end() - 1);
   if (static_cast<int64_t>(ws.src.size()) < n_values) {
     ws.src.resize(n_values);
     ws.scale.resize(n_values);
   }
-  // For every value: where its upstream gradient lives and how much of it flows back.
   const bool pooled = L.combiner != Combiner::kNone;
   const int64_t bags = pooled ? L.num_bags : n_values;
-  for (int64_t k = 0; k < bags; ++k) {
-    if (pooled && L.feature_ns[k / L.batch] < 0) continue;
-    if (!pooled && inverse[k] < 0) continue;
-    const int64_t s = pooled ? L.offsets[k] : k, e = pooled ? L.offsets[k + 1] : k + 1;
-    int64_t base;
-    float c = 1.f;
-    if (pooled) {
-      const int64_t f = k / L.batch, b = k - f * L.batch;
-      base = b * L.out_cols + L.col_offsets[f];
-      if (L.combiner == Combiner::kMean && e > s) c = 1.f / static_cast<float>(e - s);
-    } else {
-      base = k * dim;
+  // Chunks of bags, one per thread; each counts its values per unique row, then fills its
+  // share of every row's CSR range right after the earlier chunks' share (value order).
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), bags / 4096 + 1));
+  ws.counts.resize(chunks);
+  auto bag_range = [&](int64_t c) { return std::make_pair(bags * c / chunks, bags * (c + 1) / chunks); };
+  auto values_of = [&](int64_t k) {
+    return pooled ? std::make_pair(L.offsets[k], L.offsets[k + 1]) : std::make_pair(k, k + 1);
+  };
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      std::vector<int32_t>& cnt = ws.counts[c];
+      cnt.assign(n_unique, 0);
+      const auto [kb, ke] = bag_range(c);
+      const int64_t vb = pooled ? L.offsets[kb] : kb, ve = pooled ? L.offsets[ke] : ke;
+      for (int64_t i = vb; i < ve; ++i)
+        if (inverse[i] >= 0) ++cnt[inverse[i]];
     }
-    for (int64_t i = s; i < e; ++i) {
-      const int64_t p = ws.cursor[inverse[i]]++;
-      ws.src[p] = base;
-      ws.scale[p] = L.weights ? c * L.weights[i] : c;
+  });
+  ws.csr.assign(n_unique + 1, 0);
+  for (int64_t u = 0; u < n_unique; ++u) {
+    int64_t at = ws.csr[u];
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int32_t k = ws.counts[c][u];
+      ws.counts[c][u] = static_cast<int32_t>(at);  // becomes the chunk's cursor for row u
+      at += k;
     }
+    ws.csr[u + 1] = at;
   }
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      std::vector<int32_t>& cursor = ws.counts[c];
+      const auto [kb, ke] = bag_range(c);
+      for (int64_t k = kb; k < ke; ++k) {
+        if (pooled && L.feature_ns[k / L.batch] < 0) continue;
+        const auto [s, e] = values_of(k);
+        int64_t base = k * dim;
+        float scale = 1.f;
+        if (pooled) {
+          const int64_t f = k / L.batch, b = k - f * L.batch;
+          base = b * L.out_cols + L.col_offsets[f];
+          if (L.combiner == Combiner::kMean && e > s) scale = 1.f / static_cast<float>(e - s);
+        }
+        for (int64_t i = s; i < e; ++i) {
+          if (inverse[i] < 0) continue;
+          const int64_t p = cursor[inverse[i]]++;
+          ws.src[p] = base;
+          ws.scale[p] = L.weights ? scale * L.weights[i] : scale;
+        }
+      }
+    }
+  });
+  return ws;
+}
+
+void unique_row_grads(const BagLayout& L, const float* grad_out, const int32_t* inverse, int64_t n_values,
+                      int64_t n_unique, int64_t dim, float* grads, uint8_t* finite) {
+  const BackwardWorkspace& ws = build_csr(L, inverse, n_values, n_unique, dim);
   dispatch_dim(dim, [&](auto d) {
     at::parallel_for(0, n_unique, 64, [&](int64_t ub, int64_t ue) {
-      grad_rows<decltype(d)::value>(ws.csr.data(), ws.src.data(), ws.scale.data(), grad_out, dim, ub, ue, grads,
-                                    finite);
+      for (int64_t u = ub; u < ue; ++u)
+        finite[u] = grad_one<decltype(d)::value>(ws.csr.data(), ws.src.data(), ws.scale.data(), grad_out, dim, u,
+                                                 ws.csr[ue], grads + u * dim);
+    });
+  });
+}
+
+void for_each_unique_grad(const BagLayout& L, const float* grad_out, const int32_t* inverse, int64_t n_values,
+                          int64_t n_unique, int64_t dim, const GradSink& sink,
+                          const std::function<void(int64_t)>& prefetch) {
+  const BackwardWorkspace& ws = build_csr(L, inverse, n_values, n_unique, dim);
+  constexpr int64_t kRowsAhead = 4;
+  dispatch_dim(dim, [&](auto d) {
+    at::parallel_for(0, n_unique, 64, [&](int64_t ub, int64_t ue) {
+      std::vector<float> buf(dim);
+      for (int64_t u = ub; u < std::min(ue, ub + kRowsAhead); ++u) prefetch(u);
+      for (int64_t u = ub; u < ue; ++u) {
+        if (u + kRowsAhead < ue) prefetch(u + kRowsAhead);
+        const bool finite = grad_one<decltype(d)::value>(ws.csr.data(), ws.src.data(), ws.scale.data(), grad_out, dim,
+                                                         u, ws.csr[ue], buf.data());
+        sink(u, buf.data(), finite);
+      }
     });
   });
 }

@@ -1,6 +1,7 @@
 // Pooled forward over jagged bags, and the per-unique-row gradient of the backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace recis {
@@ -30,5 +31,12 @@ void pooled_forward(const BagLayout& L, const float* const* rows, const int32_t*
 // the result does not depend on the thread count.
 void unique_row_grads(const BagLayout& L, const float* grad_out, const int32_t* inverse, int64_t n_values,
                       int64_t n_unique, int64_t dim, float* grads, uint8_t* finite);
+
+// Calls sink(u, g, finite) once per unique row u, in parallel, with g its summed gradient in
+// a per-thread buffer (valid only during the call), and prefetch(u) a few rows ahead.
+using GradSink = std::function<void(int64_t u, const float* g, bool finite)>;
+void for_each_unique_grad(const BagLayout& L, const float* grad_out, const int32_t* inverse, int64_t n_values,
+                          int64_t n_unique, int64_t dim, const GradSink& sink,
+                          const std::function<void(int64_t)>& prefetch);
 
 }  // namespace recis

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -220,6 +221,56 @@ void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_o
                      pg.finite.data() + start);
   }
   bump(token);
+}
+
+at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out_in,
+                                 const at::Tensor& offsets_in, const c10::optional<at::Tensor>& weights,
+                                 const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
+                                 int64_t batch, at::IntArrayRef col_offsets, int64_t combiner, int64_t kind,
+                                 at::ArrayRef<double> hyper_in) {
+  check_cpu(grad_out_in, "the output gradient");
+  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
+                   grad_out_in.scalar_type());
+  const at::Tensor grad_out = grad_out_in.contiguous(), offsets = offsets_in.contiguous();
+  const int64_t n = inverse.size(0);
+  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
+  const float* w = optional_weights(weights, n);
+  const std::vector<double> hyper(hyper_in.begin(), hyper_in.end());
+  auto table = table_from_handle(handle);
+  std::atomic<int64_t> applied{0}, nonfinite{0};
+  {
+    GilRelease nogil;
+    std::lock_guard<std::mutex> lock(table->mu);
+    TORCH_CHECK(table->pending().n == 0, "recis: fused backward with gradients still pending; call step() first");
+    RowStore& store = table->store();
+    const RowRule rule = make_row_rule(static_cast<OptimKind>(kind), hyper, store.slot_width(), store.dim());
+    const int32_t* inv = inverse.data_ptr<int32_t>();
+    const int64_t* rows = unique_rows.data_ptr<int64_t>();
+    int64_t U = 0;
+    for (int64_t i = 0; i < n; ++i) U = std::max<int64_t>(U, inv[i] + 1);
+    const BagLayout L =
+        make_layout(offsets, offsets.size(0) - 1, batch, feature_ns, col_offsets, grad_out.size(-1), combiner, w);
+    // Each unique row's gradient is summed and applied at once: no gradient buffer. A row
+    // whose gradient is not finite is left untouched and counted.
+    for_each_unique_grad(
+        L, grad_out.data_ptr<float>(), inv, n, U, store.dim(),
+        [&](int64_t u, const float* g, bool finite) {
+          if (rows[u] < 0) return;
+          if (!finite) {
+            ++nonfinite;
+            return;
+          }
+          const uint32_t r = static_cast<uint32_t>(rows[u]);
+          rule(store.emb(r), store.slots(r), g, store.dim());
+          ++applied;
+        },
+        [&](int64_t u) {
+          if (rows[u] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[u]));
+        });
+    table->close_grad_window();
+  }
+  bump(token);
+  return at::tensor({applied.load(), nonfinite.load()}, at::TensorOptions().dtype(at::kLong));
 }
 
 at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper_in,

@@ -15,6 +15,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
 void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
                      const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
                      at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner);
+// Backward and optimizer update in one pass (fused mode): no pending gradients.
+at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out,
+                                 const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
+                                 const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
+                                 int64_t batch, at::IntArrayRef col_offsets, int64_t combiner, int64_t kind,
+                                 at::ArrayRef<double> hyper);
 at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper,
                         bool skip_nonfinite);
 void clear_pending(at::Tensor& token, int64_t handle);

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace recis {
@@ -131,9 +132,14 @@ struct Ftrl {
 template <class Rule>
 void run(RowStore& store, const Rule& rule, const int64_t* rows, const float* grads, const uint8_t* finite, int64_t n) {
   const int64_t d = store.dim();
+  auto prefetch = [&](int64_t i) {
+    if (rows[i] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[i]));
+  };
+  constexpr int64_t kAhead = 8;
   at::parallel_for(0, n, 128, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) prefetch(i);
     for (int64_t i = b; i < e; ++i) {
-      if (i + 4 < e && rows[i + 4] >= 0) __builtin_prefetch(store.row(static_cast<uint32_t>(rows[i + 4])));
+      if (i + kAhead < e) prefetch(i + kAhead);
       if (rows[i] < 0 || !finite[i]) continue;
       const uint32_t r = static_cast<uint32_t>(rows[i]);
       rule(store.emb(r), store.slots(r), grads + i * d, d);
@@ -143,12 +149,36 @@ void run(RowStore& store, const Rule& rule, const int64_t* rows, const float* gr
 
 }  // namespace
 
-void apply_sparse_update(RowStore& store, OptimKind kind, const std::vector<double>& hyper, const int64_t* rows,
-                         const float* grads, const uint8_t* finite, int64_t n) {
+void prefetch_for_update(const RowStore& store, uint32_t r) {
+  const float* p = store.emb(r);
+  for (int64_t j = 0; j < store.dim(); j += 16) __builtin_prefetch(p + j, 1);
+  const float* s = store.slots(r);
+  for (int64_t j = 0; j < store.slot_width(); j += 16) __builtin_prefetch(s + j, 1);
+}
+
+static void check_layout(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
   TORCH_CHECK_VALUE(hyper.size() == hyper_size_for(kind), "optimizer kind ", static_cast<int>(kind), " takes ",
                     hyper_size_for(kind), " hyperparameters, got ", hyper.size());
-  TORCH_CHECK_VALUE(store.slot_width() == slot_width_for(kind, store.dim()), "table slots (width ",
-                    store.slot_width(), ") do not match optimizer kind ", static_cast<int>(kind));
+  TORCH_CHECK_VALUE(slot_width == slot_width_for(kind, dim), "table slots (width ", slot_width,
+                    ") do not match optimizer kind ", static_cast<int>(kind));
+}
+
+RowRule make_row_rule(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
+  check_layout(kind, hyper, slot_width, dim);
+  switch (kind) {
+    case OptimKind::kSgd: return Sgd(hyper);
+    case OptimKind::kAdagrad: return Adagrad(hyper);
+    case OptimKind::kRowwiseAdagrad: return RowwiseAdagrad(hyper);
+    case OptimKind::kAdam: return Adam<false>(hyper);
+    case OptimKind::kAdamW: return Adam<true>(hyper);
+    case OptimKind::kFtrl: return Ftrl(hyper);
+  }
+  TORCH_CHECK_VALUE(false, "unknown optimizer kind ", static_cast<int>(kind));
+}
+
+void apply_sparse_update(RowStore& store, OptimKind kind, const std::vector<double>& hyper, const int64_t* rows,
+                         const float* grads, const uint8_t* finite, int64_t n) {
+  check_layout(kind, hyper, store.slot_width(), store.dim());
   switch (kind) {
     case OptimKind::kSgd: return run(store, Sgd(hyper), rows, grads, finite, n);
     case OptimKind::kAdagrad: return run(store, Adagrad(hyper), rows, grads, finite, n);

@@ -1,6 +1,7 @@
 // Fused in-place optimizer updates of table rows and their slots.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "hashtable/row_store.h"
@@ -18,6 +19,13 @@ enum class OptimKind : int32_t { kSgd = 0, kAdagrad = 1, kRowwiseAdagrad = 2, kA
 
 int64_t slot_width_for(OptimKind kind, int64_t dim);
 size_t hyper_size_for(OptimKind kind);
+
+// Rows are read-modify-write at random: prefetch one whole, for writing, a few rows ahead.
+void prefetch_for_update(const RowStore& store, uint32_t r);
+
+// Updates one row in place: (embedding, slots, gradient, dim).
+using RowRule = std::function<void(float*, float*, const float*, int64_t)>;
+RowRule make_row_rule(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim);
 
 // Applies grads[i] to row rows[i] for every i with rows[i] >= 0 and finite[i] != 0.
 // Rows must be distinct. Parallel over rows.

@@ -1,4 +1,5 @@
 """Functional layer: input checks and the autograd.Function around the fused lookup ops."""
+import weakref
 from typing import List, Optional
 
 import torch
@@ -36,6 +37,18 @@ def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[
     return values
 
 
+# handle -> TableGroup, for groups driven by a fused sparse optimizer (see recis.optim).
+_FUSED_GROUPS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+
+
+def fused_group(handle: int):
+    """The table group of `handle` if its optimizer updates rows during backward, else None."""
+    group = _FUSED_GROUPS.get(handle)
+    if group is None or group.fused_optimizer() is None or group._impl.pending_rows() > 0:
+        return None
+    return group
+
+
 class _HashLookup(torch.autograd.Function):
     """Forward: dedup + find-or-insert + pooled lookup in one op. Backward: per-unique-row
     gradients into the table's pending buffer, which the sparse optimizer applies in place."""
@@ -57,8 +70,13 @@ class _HashLookup(torch.autograd.Function):
     def backward(ctx, grad_out, _unique_grad=None, _inverse_grad=None):
         offsets, weights, unique_rows, inverse = ctx.saved_tensors
         feature_ns, batch, col_offsets, combiner = ctx.args
-        ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                            col_offsets, combiner)
+        group = None if torch.compiler.is_compiling() else fused_group(ctx.handle)
+        if group is not None:
+            group.fused_optimizer().fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+                                                   batch, col_offsets, combiner)
+        else:
+            ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+                                batch, col_offsets, combiner)
         return (None,) * 11
 
 

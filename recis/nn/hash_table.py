@@ -78,13 +78,17 @@ class TableGroup:
             for ns in range(len(names)):
                 self._impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
         self.slot_kind: Optional[str] = None
+        self._fused = False
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
         self._optimizer = None
         self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
 
     # ---- optimizer attachment ----
-    def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float]) -> None:
-        """Lays out this table's slots for `optimizer`; one sparse optimizer per table."""
+    def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float], fused: bool = False) -> None:
+        """Lays out this table's slots for `optimizer`; one sparse optimizer per table. A fused
+        optimizer updates the rows during backward instead of in step()."""
+        from recis.nn.functional import _FUSED_GROUPS
+
         current = self._optimizer() if self._optimizer is not None else None
         if current is not None and current is not optimizer:
             raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
@@ -92,6 +96,16 @@ class TableGroup:
         self._impl.set_slots(len(slot_init), [float(v) for v in slot_init], self.slot_kind != kind)
         self.slot_kind = kind
         self._optimizer = weakref.ref(optimizer)
+        self._fused = fused
+        if fused:
+            _FUSED_GROUPS[self.handle] = self
+        else:
+            _FUSED_GROUPS.pop(self.handle, None)
+
+    def fused_optimizer(self):
+        """The attached optimizer if it is alive and fused, else None."""
+        opt = self._optimizer() if self._optimizer is not None else None
+        return opt if opt is not None and self._fused else None
 
     # ---- lookups ----
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
@@ -170,7 +184,7 @@ class HashTable:
     def memory_bytes(self) -> int:
         """This table's share: its id map plus its rows (with slots and metadata)."""
         impl = self.group._impl
-        return impl.map_capacity(self.ns) * 8 + len(self) * impl.row_stride_bytes()
+        return impl.map_capacity(self.ns) * 8 + len(self) * impl.row_bytes()
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""

@@ -27,9 +27,9 @@ def _check_betas(betas: Tuple[float, float]) -> None:
 class SparseSGD(SparseOptimizer):
     kind = "sgd"
 
-    def __init__(self, tables, lr: float = 0.01, weight_decay: float = 0.0, skip_nonfinite: bool = False):
+    def __init__(self, tables, lr: float = 0.01, weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
         _check("lr", lr), _check("weight_decay", weight_decay)
-        super().__init__(tables, dict(lr=lr, weight_decay=weight_decay), skip_nonfinite)
+        super().__init__(tables, dict(lr=lr, weight_decay=weight_decay), skip_nonfinite, fused)
 
     def hyper(self, g, step):
         return [g["lr"], g["weight_decay"]]
@@ -41,12 +41,12 @@ class SparseAdagrad(SparseOptimizer):
     kind = "adagrad"
 
     def __init__(self, tables, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, skip_nonfinite: bool = False):
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, skip_nonfinite: bool = False, fused: bool = False):
         for n, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
                      ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
             _check(n, v)
         super().__init__(tables, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value, eps=eps), skip_nonfinite)
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps), skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [g["initial_accumulator_value"]] * dim
@@ -62,12 +62,12 @@ class SparseRowwiseAdagrad(SparseOptimizer):
     kind = "rowwise_adagrad"
 
     def __init__(self, tables, lr: float = 0.01, eps: float = 1e-8, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, skip_nonfinite: bool = False):
+                 initial_accumulator_value: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
         for n, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay),
                      ("initial_accumulator_value", initial_accumulator_value)):
             _check(n, v)
         super().__init__(tables, dict(lr=lr, eps=eps, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value), skip_nonfinite)
+                                      initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [g["initial_accumulator_value"]]
@@ -83,9 +83,9 @@ class SparseAdam(SparseOptimizer):
     kind = "adam"
 
     def __init__(self, tables, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, skip_nonfinite: bool = False):
+                 weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
         _check("lr", lr), _check("eps", eps), _check("weight_decay", weight_decay), _check_betas(betas)
-        super().__init__(tables, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), skip_nonfinite)
+        super().__init__(tables, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [0.0] * (2 * dim)
@@ -100,8 +100,8 @@ class SparseAdamW(SparseAdam):
     kind = "adamw"
 
     def __init__(self, tables, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, skip_nonfinite: bool = False):
-        super().__init__(tables, lr, betas, eps, weight_decay, skip_nonfinite)
+                 weight_decay: float = 1e-2, skip_nonfinite: bool = False, fused: bool = False):
+        super().__init__(tables, lr, betas, eps, weight_decay, skip_nonfinite, fused)
 
 
 class SparseFTRL(SparseOptimizer):
@@ -112,13 +112,13 @@ class SparseFTRL(SparseOptimizer):
     kind = "ftrl"
 
     def __init__(self, tables, lr: float = 0.05, beta: float = 1.0, l1: float = 0.0, l2: float = 0.0,
-                 lr_power: float = -0.5, initial_accumulator_value: float = 0.1, skip_nonfinite: bool = False):
+                 lr_power: float = -0.5, initial_accumulator_value: float = 0.1, skip_nonfinite: bool = False, fused: bool = False):
         _check("lr", lr, inclusive=False), _check("beta", beta), _check("l1", l1), _check("l2", l2)
         _check("initial_accumulator_value", initial_accumulator_value)
         if lr_power > 0:
             raise ValueError(f"invalid lr_power: {lr_power} (must be <= 0)")
         super().__init__(tables, dict(lr=lr, beta=beta, l1=l1, l2=l2, lr_power=lr_power,
-                                      initial_accumulator_value=initial_accumulator_value), skip_nonfinite)
+                                      initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [0.0] * dim + [g["initial_accumulator_value"]] * dim

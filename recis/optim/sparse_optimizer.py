@@ -1,8 +1,16 @@
 """Base class of the fused sparse optimizers. Their state lives in the tables' row slots.
 
-The backward pass leaves per-unique-row gradients in each table; `step()` applies them in
-place with one fused C++ call per table group. Gradients from several backward passes
-before a `step()` are summed (gradient accumulation); `zero_grad()` drops them.
+By default the backward pass leaves per-unique-row gradients in each table and `step()`
+applies them in place with one fused C++ call per table group. Gradients from several
+backward passes before a `step()` are summed (gradient accumulation); `zero_grad()` drops
+them; a NaN/Inf gradient makes `step()` raise before any row of that table changes.
+
+With `fused=True` the rows are updated during backward itself, as fbgemm's TBE does: each
+unique row's gradient is summed and applied at once, with no gradient buffer. This is the
+fastest mode; it has no gradient accumulation, `step()` has nothing left to do for those
+tables, and a row whose gradient is NaN/Inf is left untouched while the other rows of that
+backward are updated (the error, or warning, is raised from `backward()`). Under
+torch.compile the deferred path is used.
 """
 import abc
 import warnings
@@ -38,16 +46,19 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     kind: str = ""
 
     def __init__(self, tables: Union[Iterable[HashTable], torch.nn.Module], defaults: Dict,
-                 skip_nonfinite: bool = False):
+                 skip_nonfinite: bool = False, fused: bool = False):
         self._tables: List[TableGroup] = _groups_of(tables)
         self.skip_nonfinite = skip_nonfinite
+        self.fused = fused
         self.nonfinite_rows = 0
         super().__init__([g.anchor for g in self._tables], defaults)
         self._by_anchor = {id(g.anchor): g for g in self._tables}
+        self._group_of = {}
         for pg in self.param_groups:
             for anchor in pg["params"]:
                 table = self._by_anchor[id(anchor)]
-                table.attach_optimizer(self, self.kind, self.slot_init(table.embedding_dim, pg))
+                self._group_of[id(anchor)] = pg
+                table.attach_optimizer(self, self.kind, self.slot_init(table.embedding_dim, pg), fused)
 
     def slot_init(self, dim: int, group: Dict) -> Sequence[float]:
         return []
@@ -80,9 +91,26 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                     self._report_nonfinite(table, nonfinite, applied)
         return loss
 
-    def _report_nonfinite(self, table: TableGroup, nonfinite: int, applied: int) -> None:
+    @torch.no_grad()
+    def fused_backward(self, table: TableGroup, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
+                       col_offsets, combiner) -> None:
+        """Called from the lookup's backward in fused mode: sums and applies each row's gradient."""
+        pg = self._group_of[id(table.anchor)]
+        table.optimizer_step += 1
+        applied, nonfinite = ops.lookup_backward_apply(
+            table.token, table.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
+            col_offsets, combiner, OPTIM_KINDS[self.kind],
+            [float(h) for h in self.hyper(pg, table.optimizer_step)]).tolist()
+        if nonfinite:
+            self._report_nonfinite(table, nonfinite, applied, fused=True)
+
+    def _report_nonfinite(self, table: TableGroup, nonfinite: int, applied: int, fused: bool = False) -> None:
         self.nonfinite_rows += nonfinite
         if not self.skip_nonfinite:
+            if fused:
+                raise FloatingPointError(
+                    f"{type(self).__name__}: {nonfinite} rows of tables {table.names} got NaN/Inf gradients and were "
+                    f"left untouched; {applied} other rows were updated (fused mode updates during backward)")
             table.optimizer_step -= 1
             raise FloatingPointError(
                 f"{type(self).__name__}: {nonfinite} rows of tables {table.names} got NaN/Inf gradients; no row of "
