@@ -26,9 +26,14 @@ $(VENV)/.deps-installed: requirements.txt Makefile
 	$(PIP) install -q $(TORCHREC_DEPS)
 	touch $@
 
-$(VENV)/.recis-built: $(VENV)/.deps-installed setup.py $(CSRC)
-	MAX_JOBS=2 $(VPY) setup.py -q build_ext --inplace
+# Registers the checkout in the venv (editable); rebuilt only when setup.py changes.
+$(VENV)/.recis-registered: $(VENV)/.deps-installed setup.py
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# Incremental (ninja) rebuild of recis._C in place whenever a C++ source changes.
+$(VENV)/.recis-built: $(VENV)/.recis-registered $(CSRC)
+	MAX_JOBS=2 $(VPY) setup.py -q build_ext --inplace
 	touch $@
 
 build: install

@@ -72,28 +72,21 @@ void fill_initial_row(const InitSpec& spec, uint64_t seed, int64_t id, float* ds
       }
       return;
     }
-    case InitKind::kNormal: {
-      float z[kChunk];
-      for (int64_t j0 = 0; j0 < dim; j0 += kChunk) {
-        const int64_t n = dim - j0 < kChunk ? dim - j0 : kChunk;
-        fill_normal(key, 0, j0, n, z);
-        for (int64_t k = 0; k < n; ++k) dst[j0 + k] = spec.a + spec.b * z[k];
-      }
-      return;
-    }
+    case InitKind::kNormal:
     case InitKind::kTruncatedNormal: {
-      // Values outside +-c are redrawn with the next attempt's counter, so each value stays a
-      // pure function of (seed, id, column). 32 misses in a row has probability < 1e-40 at c = 2.
+      // Truncated: values outside +-c are redrawn with the next attempt's counter, so each value
+      // stays a pure function of (seed, id, column). 32 misses in a row: probability < 1e-40 at c = 2.
+      const bool truncate = spec.kind == InitKind::kTruncatedNormal;
       float z[kChunk];
       for (int64_t j0 = 0; j0 < dim; j0 += kChunk) {
         const int64_t n = dim - j0 < kChunk ? dim - j0 : kChunk;
         fill_normal(key, 0, j0, n, z);
-        for (int64_t k = 0; k < n; ++k) {
+        for (int64_t k = 0; k < n && truncate; ++k) {
           for (uint64_t attempt = 1; std::fabs(z[k]) > spec.c && attempt < 32; ++attempt)
             fill_normal(key, kAttemptStep * attempt, j0 + k, 1, &z[k]);
           if (std::fabs(z[k]) > spec.c) z[k] = std::copysign(spec.c, z[k]);
-          dst[j0 + k] = spec.a + spec.b * z[k];
         }
+        for (int64_t k = 0; k < n; ++k) dst[j0 + k] = spec.a + spec.b * z[k];
       }
       return;
     }

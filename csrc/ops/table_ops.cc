@@ -308,28 +308,29 @@ void clear_pending(at::Tensor& token, int64_t handle) {
   bump(token);
 }
 
-at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids_in) {
+// Runs f(table, ns, ids, n, rows) on a checked id tensor under the table's lock, without the GIL.
+template <class F>
+at::Tensor rows_of_ids(int64_t handle, int64_t ns, const at::Tensor& ids_in, F&& f) {
   check_ids(ids_in, "ids");
   const at::Tensor ids = ids_in.contiguous();
   auto table = table_from_handle(handle);
   at::Tensor rows = at::empty({ids.size(0)}, at::TensorOptions().dtype(at::kLong));
   GilRelease nogil;
   std::lock_guard<std::mutex> lock(table->mu);
-  table->find(static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0), rows.data_ptr<int64_t>());
+  table->check_ns(static_cast<uint32_t>(ns));
+  f(*table, static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0), rows.data_ptr<int64_t>());
   return rows;
 }
 
-at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids_in) {
-  check_ids(ids_in, "ids");
-  const at::Tensor ids = ids_in.contiguous();
-  auto table = table_from_handle(handle);
-  at::Tensor rows = at::empty({ids.size(0)}, at::TensorOptions().dtype(at::kLong));
-  {
-    GilRelease nogil;
-    std::lock_guard<std::mutex> lock(table->mu);
-    table->check_ns(static_cast<uint32_t>(ns));
-    table->find_or_insert(static_cast<uint32_t>(ns), ids.data_ptr<int64_t>(), ids.size(0), rows.data_ptr<int64_t>());
-  }
+at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids) {
+  return rows_of_ids(handle, ns, ids, [](HashTable& t, uint32_t s, const int64_t* v, int64_t n, int64_t* r) {
+    t.find(s, v, n, r);
+  });
+}
+
+at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids) {
+  at::Tensor rows = rows_of_ids(handle, ns, ids, [](HashTable& t, uint32_t s, const int64_t* v, int64_t n,
+                                                    int64_t* r) { t.find_or_insert(s, v, n, r); });
   bump(token);
   return rows;
 }
