@@ -148,12 +148,25 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
 
 void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
                         int64_t* rows, bool admit_all, bool touch_hits) {
+  // Without a capacity nothing can refuse the batch, so hits update their metadata while its
+  // cache line is still hot from the find; otherwise only after room is made.
+  bool bounded = false;
+  for (uint64_t c : capacity_) bounded |= c != 0;
+  const bool touch_now = train && touch_hits && !bounded;
+  const uint32_t step = step_;
+  auto touch = [&](int64_t i) {
+    RowMeta* m = store_.meta(static_cast<uint32_t>(rows[i]));
+    const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
+    m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
+    m->last_seen = step;
+  };
   at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
     constexpr int64_t kAhead = 8;
     for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
     for (int64_t i = b; i < e; ++i) {
       if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
       rows[i] = maps_[ns[i]]->find(ids[i]);
+      if (touch_now && rows[i] >= 0) touch(i);
     }
   });
   if (!train) return;
@@ -179,17 +192,11 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
     for (uint32_t s = 0; s < maps_.size(); ++s)
       if (incoming[s]) make_room(s, incoming[s], hits);
   }
-  if (touch_hits) {
+  if (touch_hits && !touch_now) {
     // Distinct keys own distinct rows, so hits update their metadata in parallel.
-    const uint32_t step = step_;
     at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        if (rows[i] < 0) continue;
-        RowMeta* m = store_.meta(static_cast<uint32_t>(rows[i]));
-        const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
-        m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
-        m->last_seen = step;
-      }
+      for (int64_t i = b; i < e; ++i)
+        if (rows[i] >= 0) touch(i);
     });
   }
   if (gated)

@@ -24,11 +24,14 @@ struct Entry {
 struct DedupWorkspace {
   std::vector<Entry> entries;
   uint32_t epoch = 0;
-  // [chunk][partition]: positions of the chunk's values that hash into the partition, in
-  // value order, and (after step 2) their index among the partition's unique keys.
+  // [chunk][partition]: the chunk's values that hash into the partition, in value order:
+  // their position, id and hash (read back sequentially), namespace (when segments differ),
+  // and after step 2 their index among the partition's unique keys.
   std::vector<std::vector<std::vector<int64_t>>> pos;
+  std::vector<std::vector<std::vector<int64_t>>> ids;
+  std::vector<std::vector<std::vector<uint64_t>>> hashes;
   std::vector<std::vector<std::vector<int32_t>>> local;
-  std::vector<std::vector<std::vector<uint32_t>>> ns;  // namespaces, when segments differ
+  std::vector<std::vector<std::vector<uint32_t>>> ns;
   std::vector<DedupResult> parts;
 };
 
@@ -60,6 +63,8 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   }
   const uint32_t epoch = ws.epoch;
   ws.pos.resize(kParts, std::vector<std::vector<int64_t>>(kParts));
+  ws.ids.resize(kParts, std::vector<std::vector<int64_t>>(kParts));
+  ws.hashes.resize(kParts, std::vector<std::vector<uint64_t>>(kParts));
   ws.local.resize(kParts, std::vector<std::vector<int32_t>>(kParts));
   ws.ns.resize(kParts, std::vector<std::vector<uint32_t>>(kParts));
   ws.parts.resize(kParts);
@@ -79,11 +84,15 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   // 1. Bucket every value by key-hash partition (parallel over value chunks).
   at::parallel_for(0, kParts, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      for (auto& v : ws.pos[c]) v.clear();
-      for (auto& v : ws.ns[c]) v.clear();
+      for (int64_t p = 0; p < kParts; ++p) {
+        ws.pos[c][p].clear(), ws.ids[c][p].clear(), ws.hashes[c][p].clear(), ws.ns[c][p].clear();
+      }
       for_chunk(c, [&](int64_t i, uint32_t ns) {
-        const int32_t p = partition_of(hash_id(values[i], ns));
+        const uint64_t h = hash_id(values[i], ns);
+        const int32_t p = partition_of(h);
         ws.pos[c][p].push_back(i);
+        ws.ids[c][p].push_back(values[i]);
+        ws.hashes[c][p].push_back(h);
         if (!single_ns) ws.ns[c][p].push_back(ns);
       });
     }
@@ -96,13 +105,15 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       Entry* table = ws.entries.data() + p * part_cap;
       const uint64_t mask = part_cap - 1;
       for (int64_t c = 0; c < kParts; ++c) {
-        const std::vector<int64_t>& pos = ws.pos[c][p];
+        const std::vector<int64_t>& ids = ws.ids[c][p];
+        const std::vector<uint64_t>& hashes = ws.hashes[c][p];
         std::vector<int32_t>& local = ws.local[c][p];
-        local.resize(pos.size());
-        for (size_t k = 0; k < pos.size(); ++k) {
-          const int64_t i = pos[k], id = values[i];
+        local.resize(ids.size());
+        for (size_t k = 0; k < ids.size(); ++k) {
+          if (k + 8 < ids.size()) __builtin_prefetch(&table[hashes[k + 8] & mask]);
+          const int64_t id = ids[k];
           const uint32_t ns = single_ns ? seg_ns[0] : ws.ns[c][p][k];
-          for (uint64_t j = hash_id(id, ns) & mask;; j = (j + 1) & mask) {
+          for (uint64_t j = hashes[k] & mask;; j = (j + 1) & mask) {
             Entry& en = table[j];
             if (en.epoch != epoch) {
               en = Entry{id, epoch, static_cast<uint32_t>(part.ids.size())};
