@@ -4,6 +4,7 @@ pre-generated batches into the contestant's input, ``step(i)`` runs one full tra
 
 from __future__ import annotations
 
+import abc
 import gc
 import socket
 import time
@@ -51,7 +52,7 @@ def make_tbe(sizes, dim, device):
 # contestants: build() makes the tables, prepare() converts batches, step(i) runs one training step
 # ----------------------------------------------------------------------------------------------
 
-class Contestant:
+class Contestant(abc.ABC):
     key = label = optimizer = ""
     idmap = False
 
@@ -59,18 +60,21 @@ class Contestant:
         self.wl, self.device = wl, device
         self.inputs, self.grad, self.B = [], None, 0
 
+    @abc.abstractmethod
     def build(self):
-        raise NotImplementedError
+        """Creates the tables and optimizer (timed separately from the steps)."""
 
     def prepare(self, batches, grad):
         self.B, self.grad = batches[0].batch_size, grad.to(self.device)
         self.inputs = [self.convert(b) for b in batches]
 
+    @abc.abstractmethod
     def convert(self, b):
-        raise NotImplementedError
+        """This contestant's input for batch `b`."""
 
+    @abc.abstractmethod
     def step(self, i):
-        raise NotImplementedError
+        """One training step on prepared batch `i`."""
 
     def close(self):
         keep = {"key", "label", "optimizer", "idmap", "opt_name", "wl", "device"}

@@ -27,7 +27,8 @@ def _check_betas(betas: Tuple[float, float]) -> None:
 class SparseSGD(SparseOptimizer):
     kind = "sgd"
 
-    def __init__(self, tables, lr: float = 0.01, weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
+    def __init__(self, tables, lr: float = 0.01, weight_decay: float = 0.0, skip_nonfinite: bool = False,
+                 fused: bool = False):
         _check("lr", lr), _check("weight_decay", weight_decay)
         super().__init__(tables, dict(lr=lr, weight_decay=weight_decay), skip_nonfinite, fused)
 
@@ -41,12 +42,14 @@ class SparseAdagrad(SparseOptimizer):
     kind = "adagrad"
 
     def __init__(self, tables, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, skip_nonfinite: bool = False, fused: bool = False):
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, skip_nonfinite: bool = False,
+                 fused: bool = False):
         for n, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
                      ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
             _check(n, v)
         super().__init__(tables, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value, eps=eps), skip_nonfinite, fused)
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps),
+                         skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [g["initial_accumulator_value"]] * dim
@@ -85,7 +88,8 @@ class SparseAdam(SparseOptimizer):
     def __init__(self, tables, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
         _check("lr", lr), _check("eps", eps), _check("weight_decay", weight_decay), _check_betas(betas)
-        super().__init__(tables, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), skip_nonfinite, fused)
+        super().__init__(tables, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
+                         skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
         return [0.0] * (2 * dim)
@@ -112,7 +116,8 @@ class SparseFTRL(SparseOptimizer):
     kind = "ftrl"
 
     def __init__(self, tables, lr: float = 0.05, beta: float = 1.0, l1: float = 0.0, l2: float = 0.0,
-                 lr_power: float = -0.5, initial_accumulator_value: float = 0.1, skip_nonfinite: bool = False, fused: bool = False):
+                 lr_power: float = -0.5, initial_accumulator_value: float = 0.1, skip_nonfinite: bool = False,
+                 fused: bool = False):
         _check("lr", lr, inclusive=False), _check("beta", beta), _check("l1", l1), _check("l2", l2)
         _check("initial_accumulator_value", initial_accumulator_value)
         if lr_power > 0:
