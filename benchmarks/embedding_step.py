@@ -226,10 +226,12 @@ def idmap_rates(wl: Workload, batch, device, reps):
     all_ids = torch.from_numpy(wl.ids.reshape(-1).copy())[torch.randperm(wl.vocab, generator=g)].to(device)
     chunk = batch.n_ids
 
-    def fill(initializer):
+    def fill(initializer, reserve=False):
         emb = HashEmbedding(wl.dim, combiner="sum", seed=0, initializer=initializer)
         if device.type != "cpu":
             emb = emb.to(device)
+        if reserve:
+            emb.table.reserve(wl.vocab)
         _sync(device)
         t0 = time.perf_counter()
         for s in range(0, wl.vocab, chunk):
@@ -245,6 +247,12 @@ def idmap_rates(wl: Workload, batch, device, reps):
             t_zero.append(dt)
             del emb
         res["insert_zeros_init_ids_per_s"] = wl.vocab / statistics.median(t_zero)
+        t_res = []
+        for _ in range(reps):
+            emb, dt = fill(Zeros(), reserve=True)
+            t_res.append(dt)
+            del emb
+        res["insert_reserved_ids_per_s"] = wl.vocab / statistics.median(t_res)
     t_ins = []
     for _ in range(reps):
         emb, dt = fill(None)  # default initializer (deterministic per (seed, id))
@@ -536,6 +544,8 @@ def main(argv=None):
             print(f"- recis insert of {im['vocab']:,} fresh ids into an empty table (find_or_insert in chunks of "
                   f"{im['insert_chunk']:,}, growth included): "
                   + (f"{zero / 1e6:.2f} M ids/s with Zeros() rows (~insert alone), " if zero else "")
+                  + (f"{im['insert_reserved_ids_per_s'] / 1e6:.2f} M ids/s into a reserve()d table with Zeros() rows "
+                     "(map insert alone: no rehash, no page faults), " if "insert_reserved_ids_per_s" in im else "")
                   + f"{im['insert_default_init_ids_per_s'] / 1e6:.2f} M ids/s including the default row "
                   f"initialization; table without optimizer: {im['bytes_per_row_no_optimizer']:.1f} B/row")
         except Exception as e:  # noqa: BLE001

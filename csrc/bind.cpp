@@ -130,6 +130,11 @@ PYBIND11_MODULE(_C, m) {
              t.set_capacity(ns, cap, static_cast<recis::EvictPolicy>(policy), frac);
            }))
       .def("set_missing", locked(+[](HashTable& t, int mode) { t.set_missing(static_cast<recis::MissingMode>(mode)); }))
+      .def("reserve", [](Handle& h, uint32_t ns, uint64_t n) {
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(h.table->mu);
+             h.table->reserve(ns, n);
+           })
       .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
       .def("clear", locked(+[](HashTable& t) { t.clear(); }))
       .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))

@@ -1,4 +1,5 @@
 """Scale checks of the id map: a million distinct ids, and growth by many rehashes."""
+import pytest
 import torch
 
 from conftest import distinct_random_int64, random_int64
@@ -71,3 +72,22 @@ def test_rehash_growth_keeps_every_id_and_load_bounded(gen):
     rows = t.find(all_ids)
     assert bool((rows >= 0).all())
     assert torch.unique(rows).numel() == all_ids.numel()
+
+
+def test_reserve_presizes_without_changing_contents():
+    g = TableGroup(4, names=["t"], seeds=[3])
+    t = g.tables[0]
+    t.find_or_insert(torch.tensor([1, 2, 3]))
+    before = t.export()
+    t.reserve(100_000)
+    cap = g._impl.map_capacity(0)
+    assert cap * 0.8 >= 100_003
+    rows = t.find_or_insert(torch.arange(10, 100_010))
+    assert g._impl.map_capacity(0) == cap, "no rehash after reserve"
+    assert len(set(rows.tolist())) == 100_000
+    after = t.export()
+    keep = torch.isin(after["ids"], before["ids"])
+    order = after["ids"][keep].argsort()
+    torch.testing.assert_close(after["rows"][keep][order], before["rows"][before["ids"].argsort()])
+    with pytest.raises(ValueError):
+        t.reserve(-1)

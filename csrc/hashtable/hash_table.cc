@@ -67,7 +67,7 @@ HashTable::HashTable(int64_t dim, const std::vector<uint64_t>& seeds, InitSpec i
       evict_fraction_(seeds.size(), 0.0), init_(init) {
   TORCH_CHECK_VALUE(dim > 0, "embedding_dim must be positive, got ", dim);
   TORCH_CHECK_VALUE(!seeds.empty(), "a table needs at least one namespace");
-  for (uint32_t ns = 0; ns < seeds.size(); ++ns) maps_.push_back(std::make_unique<IdMap>(&store_, ns));
+  for (uint32_t ns = 0; ns < seeds.size(); ++ns) maps_.push_back(std::make_unique<IdMap>(ns));
 }
 
 HashTable::~HashTable() = default;
@@ -82,7 +82,7 @@ void HashTable::set_slots(int64_t width, const std::vector<float>& init, bool re
   store_.relayout(width, init);
   if (same_width && width > 0 && reset) {
     for (auto& m : maps_)
-      m->for_each_row([&](uint32_t r) { std::memcpy(store_.slots(r), init.data(), sizeof(float) * width); });
+      m->for_each([&](int64_t, uint32_t r) { std::memcpy(store_.slots(r), init.data(), sizeof(float) * width); });
   }
   slot_init_ = init;
 }
@@ -98,6 +98,13 @@ void HashTable::set_capacity(uint32_t ns, uint64_t capacity, EvictPolicy policy,
   capacity_[ns] = capacity;
   policy_[ns] = policy;
   evict_fraction_[ns] = evict_fraction;
+}
+
+void HashTable::reserve(uint32_t ns, uint64_t n) {
+  check_ns(ns);
+  TORCH_CHECK_VALUE(n <= RowStore::kMaxRows, "recis: cannot reserve ", n, " rows");
+  maps_[ns]->reserve(maps_[ns]->size() + n);
+  store_.reserve(static_cast<uint32_t>(n));
 }
 
 void HashTable::fill_initial(uint32_t ns, int64_t id, float* dst) const {
@@ -129,10 +136,10 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
   };
   std::vector<Cand> cands;
   const uint32_t guard = protected_from();
-  maps_[ns]->for_each_row([&](uint32_t r) {
+  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
     const RowMeta* m = store_.meta(r);
     if (m->last_seen < guard && !std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
-      cands.push_back({m->count, m->last_seen, m->id});
+      cands.push_back({m->count, m->last_seen, id});
   });
   TORCH_CHECK(cands.size() >= need, "recis: table capacity ", cap, " (namespace ", ns, ") cannot hold the ", incoming,
               " new ids of one batch: only ", cands.size(), " rows are old enough to evict");
@@ -216,7 +223,6 @@ void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_
   for (int64_t i : which) {
     const uint32_t r = store_.allocate();
     RowMeta* m = store_.meta(r);
-    m->id = ids[i];
     m->count = counts ? counts[i] : 1;
     m->last_seen = step_;
     rows[i] = r;
@@ -282,9 +288,9 @@ int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
   int64_t evicted = 0;
   for (uint32_t ns = 0; ns < maps_.size(); ++ns) {
     std::vector<int64_t> old;
-    maps_[ns]->for_each_row([&](uint32_t r) {
+    maps_[ns]->for_each([&](int64_t id, uint32_t r) {
       const RowMeta* m = store_.meta(r);
-      if (m->last_seen < guard && step_ - m->last_seen > ttl_steps) old.push_back(m->id);
+      if (m->last_seen < guard && step_ - m->last_seen > ttl_steps) old.push_back(id);
     });
     for (int64_t id : old) drop_row(ns, id);
     evicted += static_cast<int64_t>(old.size());
@@ -298,9 +304,9 @@ void HashTable::export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, i
   check_ns(ns);
   const int64_t dim = store_.dim(), w = store_.slot_width();
   int64_t i = 0;
-  maps_[ns]->for_each_row([&](uint32_t r) {
+  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
     const RowMeta* m = store_.meta(r);
-    ids[i] = m->id;
+    ids[i] = id;
     counts[i] = m->count;
     last_seen[i] = m->last_seen;
     std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);

@@ -60,6 +60,8 @@ class HashTable {
   void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
   int64_t erase(uint32_t ns, const int64_t* ids, int64_t n);
   void fill_initial(uint32_t ns, int64_t id, float* dst) const;
+  // Pre-sizes namespace ns for `n` more ids: no rehash and no fresh pages while they arrive.
+  void reserve(uint32_t ns, uint64_t n);
   int64_t evict_ttl(uint32_t ttl_steps);
 
   // ---- export / import of one namespace ----

@@ -77,6 +77,17 @@ uint32_t RowStore::allocate() {
   return high_water_++;
 }
 
+void RowStore::reserve(uint32_t n) {
+  const uint64_t want = static_cast<uint64_t>(high_water_) + n;
+  while (static_cast<uint64_t>(blocks_.size()) * kBlockRows < want) {
+    add_block();
+    const Block& b = blocks_.back();  // touch the pages now rather than on the hot path
+    std::memset(b.meta, 0, sizeof(RowMeta) * kBlockRows);
+    std::memset(b.emb, 0, array_bytes(dim_));
+    if (slot_width_) std::memset(b.slots, 0, array_bytes(slot_width_));
+  }
+}
+
 void RowStore::relayout(int64_t slot_width, const std::vector<float>& slot_init) {
   if (slot_width == slot_width_) return;
   for (size_t bi = 0; bi < blocks_.size(); ++bi) {

@@ -6,9 +6,8 @@
 
 namespace recis {
 
-// 16 bytes of metadata per row.
+// 8 bytes of metadata per row (the id itself lives in the id map's slot).
 struct RowMeta {
-  int64_t id;          // the full 64-bit id that owns the row
   uint32_t count;      // sightings since insertion (saturating)
   uint32_t last_seen;  // table step of the last training lookup
 };
@@ -44,6 +43,8 @@ class RowStore {
   uint32_t live_rows() const { return high_water_ - static_cast<uint32_t>(free_.size()); }
   uint32_t high_water() const { return high_water_; }
 
+  // Allocates and pre-faults blocks so that `n` more rows need no new memory.
+  void reserve(uint32_t n);
   // Changes the slot width, keeping metadata and embeddings; every row's slots get `slot_init`.
   void relayout(int64_t slot_width, const std::vector<float>& slot_init);
   void clear();

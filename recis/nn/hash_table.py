@@ -186,6 +186,13 @@ class HashTable:
         impl = self.group._impl
         return impl.map_capacity(self.ns) * 8 + len(self) * impl.row_bytes()
 
+    def reserve(self, n: int) -> None:
+        """Pre-sizes the id map and row blocks for `n` more ids, so that they arrive without
+        rehashing or faulting in fresh memory (optional: tables grow on their own)."""
+        if n < 0:
+            raise ValueError(f"table {self.name!r}: reserve needs n >= 0, got {n}")
+        self.group._impl.reserve(self.ns, int(n))
+
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""
         return ops.find(self.group.handle, self.ns, _ids(ids))
