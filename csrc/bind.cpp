@@ -118,6 +118,7 @@ PYBIND11_MODULE(_C, m) {
       .def("size", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.size(ns); }))
       .def("map_capacity", locked(+[](HashTable& t, uint32_t ns) { t.check_ns(ns); return t.map_capacity(ns); }))
       .def("memory_bytes", locked(+[](HashTable& t) { return t.memory_bytes(); }))
+      .def("map_bytes", locked(+[](HashTable& t, uint32_t ns) { return t.map_bytes(ns); }))
       .def("row_bytes", locked(+[](HashTable& t) { return t.store().row_bytes(); }))
       .def("get_step", locked(+[](HashTable& t) { return t.step(); }))
       .def("set_step", locked(+[](HashTable& t, uint32_t s) { t.set_step(s); }))

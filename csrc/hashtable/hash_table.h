@@ -77,6 +77,7 @@ class HashTable {
   uint64_t size(uint32_t ns) const { return maps_.at(ns)->size(); }
   uint64_t map_capacity(uint32_t ns) const { return maps_.at(ns)->capacity(); }
   size_t memory_bytes() const;
+  size_t map_bytes(uint32_t ns) const { return maps_.at(ns)->memory_bytes(); }
   const RowStore& store() const { return store_; }
   RowStore& store() { return store_; }
   uint32_t step() const { return step_; }

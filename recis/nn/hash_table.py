@@ -184,7 +184,7 @@ class HashTable:
     def memory_bytes(self) -> int:
         """This table's share: its id map plus its rows (with slots and metadata)."""
         impl = self.group._impl
-        return impl.map_capacity(self.ns) * 8 + len(self) * impl.row_bytes()
+        return impl.map_bytes(self.ns) + len(self) * impl.row_bytes()
 
     def reserve(self, n: int) -> None:
         """Pre-sizes the id map and row blocks for `n` more ids, so that they arrive without
