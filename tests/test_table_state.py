@@ -351,3 +351,24 @@ def test_sgd_state_has_no_slots():
     fresh.load_state_dict(sd)
     SparseSGD(fresh.group.tables)
     assert_exports_equal(fresh.table.export(), emb.table.export())
+
+
+def test_deepcopy_gives_an_independent_table_with_the_same_state():
+    emb = HashEmbedding(4, seed=2)
+    opt = SparseAdam([emb.table], lr=0.1)
+    emb(torch.tensor([1, 2, 3]), torch.tensor([0, 3])).sum().backward()
+    opt.step()
+    twin = copy.deepcopy(emb)
+    a, b = emb.table.export(), twin.table.export()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert twin.group.optimizer_step == emb.group.optimizer_step == 1
+    twin.table.erase(torch.tensor([1]))
+    assert len(twin.table) == 2 and len(emb.table) == 3
+
+
+def test_pickling_a_table_is_refused_with_a_pointer_to_state_dict():
+    import pickle
+
+    with pytest.raises(TypeError, match="state_dict"):
+        pickle.dumps(HashEmbedding(4))

@@ -82,6 +82,25 @@ class TableGroup:
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
         self._optimizer = None
         self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
+        self._config = dict(embedding_dim=embedding_dim, names=list(names), seeds=list(seeds),
+                            initializer=self.initializer, admission=admission, eviction=eviction,
+                            capacity=capacity, missing=missing, dtype=dtype)
+
+    def __deepcopy__(self, memo):
+        """A detached copy with the same rows, slots and metadata (no optimizer attached)."""
+        copy = TableGroup(**self._config)
+        memo[id(self)] = copy
+        if self.slot_kind is not None:
+            width = self._impl.slot_width
+            copy._impl.set_slots(width, [0.0] * width, True)
+            copy.slot_kind = self.slot_kind
+        copy.load_group_state(self.group_state())
+        for mine, theirs in zip(self.tables, copy.tables):
+            theirs.load(mine.export())
+        return copy
+
+    def __reduce__(self):
+        raise TypeError(f"tables {self.names} cannot be pickled; save module.state_dict() (tensors only) instead")
 
     # ---- optimizer attachment ----
     def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float], fused: bool = False) -> None:
