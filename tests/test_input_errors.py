@@ -249,3 +249,11 @@ def test_kjt_with_bad_id_dtype(dtype, name):
     kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2], dtype=dtype), torch.tensor([1, 1]))
     with pytest.raises(TypeError, match=name):
         ec(kjt)
+
+
+def test_trainable_per_sample_weights_are_refused_not_silently_ignored():
+    emb = HashEmbedding(4)
+    weights = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="detach"):
+        emb(torch.tensor([1, 2, 3]), torch.tensor([0, 3]), weights)
+    emb(torch.tensor([1, 2, 3]), torch.tensor([0, 3]), weights.detach())  # fine

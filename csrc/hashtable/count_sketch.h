@@ -24,8 +24,6 @@ class CountSketch {
     return add_impl(id, ns, c, idx, true);
   }
   std::vector<uint32_t>& counts() { return counts_; }
-  uint64_t width() const { return width_; }
-  int depth() const { return depth_; }
   size_t memory_bytes() const { return counts_.capacity() * sizeof(uint32_t); }
 
   static constexpr int kMaxDepth = 8;

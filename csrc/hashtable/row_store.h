@@ -40,7 +40,6 @@ class RowStore {
   // Returns a row index whose contents are undefined; the caller initializes it.
   uint32_t allocate();
   void release(uint32_t r) { free_.push_back(r); }
-  uint32_t live_rows() const { return high_water_ - static_cast<uint32_t>(free_.size()); }
   uint32_t high_water() const { return high_water_; }
 
   // Allocates and pre-faults blocks so that `n` more rows need no new memory.

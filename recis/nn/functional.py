@@ -34,6 +34,9 @@ def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[
             raise TypeError(f"{what}: per_sample_weights must be float32, got dtype {weights.dtype}")
         if weights.shape != values.shape:
             raise ValueError(f"{what}: per_sample_weights has shape {tuple(weights.shape)}, values {tuple(values.shape)}")
+        if weights.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{what}: per_sample_weights require grad, but recis does not differentiate with respect "
+                             "to them; pass per_sample_weights.detach()")
     return values
 
 
