@@ -53,12 +53,15 @@ at::Tensor long_tensor(int64_t n) { return at::empty({n}, at::TensorOptions().dt
 
 py::tuple export_ns(Handle& h, uint32_t ns) {
   HashTable& t = *h.table;
-  std::lock_guard<std::mutex> lock(t.mu);
-  const int64_t n = static_cast<int64_t>(t.size(ns)), dim = t.dim(), w = t.slot_width();
-  at::Tensor ids = long_tensor(n), counts = long_tensor(n), last = long_tensor(n);
-  at::Tensor emb = at::empty({n, dim}), slots = at::empty({n, w});
+  at::Tensor ids, emb, slots, counts, last;
   {
+    // GIL first, then the table lock: a thread holding the lock never waits for the GIL.
     py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(t.mu);
+    t.check_ns(ns);
+    const int64_t n = static_cast<int64_t>(t.size(ns)), dim = t.dim(), w = t.slot_width();
+    ids = long_tensor(n), counts = long_tensor(n), last = long_tensor(n);
+    emb = at::empty({n, dim}), slots = at::empty({n, w});
     t.export_ns(ns, ids.data_ptr<int64_t>(), emb.data_ptr<float>(), slots.data_ptr<float>(),
                 counts.data_ptr<int64_t>(), last.data_ptr<int64_t>());
   }
