@@ -26,9 +26,9 @@ $(VENV)/.deps-installed: requirements.txt Makefile
 	$(PIP) install -q $(TORCHREC_DEPS)
 	touch $@
 
-# Registers the checkout in the venv (editable); rebuilt only when setup.py changes.
+# Registers the checkout in the venv (editable, without building: the next rule builds).
 $(VENV)/.recis-registered: $(VENV)/.deps-installed setup.py
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	RECIS_NO_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 # Incremental (ninja) rebuild of recis._C in place whenever a C++ source changes.

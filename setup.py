@@ -34,7 +34,9 @@ setup(
     description="Sparse-dense training of recommendation and relevance models on PyTorch",
     packages=find_packages(include=["recis", "recis.*"]),
     python_requires=">=3.10",
-    ext_modules=[extension()],
+    # The Makefile registers the checkout with RECIS_NO_EXT=1 and builds the extension in place
+    # (incrementally) right after; a plain `pip install .` builds it here.
+    ext_modules=[] if os.environ.get("RECIS_NO_EXT") else [extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
 )
