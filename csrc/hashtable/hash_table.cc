@@ -259,11 +259,18 @@ void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) 
 
 void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) {
   check_ns(ns);
-  DedupResult uniq;
-  std::vector<int32_t> inverse(n);
+  // Reused across calls (no fresh pages per batch of inserts).
+  static thread_local DedupResult uniq_tls;
+  static thread_local std::vector<int32_t> inverse_tls;
+  static thread_local std::vector<int64_t> urows_tls;
+  // References, so that worker threads see this thread's buffers.
+  DedupResult& uniq = uniq_tls;
+  std::vector<int32_t>& inverse = inverse_tls;
+  std::vector<int64_t>& urows = urows_tls;
+  inverse.resize(n);
   const int64_t bounds[2] = {0, n};
   dedup_keys(ids, bounds, &ns, 1, inverse.data(), uniq);
-  std::vector<int64_t> urows(uniq.size());
+  urows.resize(uniq.size());
   resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), uniq.size(), true, urows.data(), true, false);
   at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) rows[i] = urows[inverse[i]];
