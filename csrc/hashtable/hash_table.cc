@@ -1,5 +1,6 @@
 #include "hashtable/hash_table.h"
 
+#include "common/finite.h"
 #include "ops/dedup.h"
 
 #include <ATen/Parallel.h>
@@ -52,12 +53,7 @@ void PendingGrads::merge_duplicates(int64_t dim) {
   n = out;
   segments = 1;
   // A sum of finite gradients can still overflow.
-  for (int64_t i = 0; i < n; ++i) {
-    const float* g = grads.data() + i * dim;
-    float probe = 0.f;
-    for (int64_t j = 0; j < dim; ++j) probe += g[j] * 0.f;
-    finite[i] &= probe == probe;
-  }
+  for (int64_t i = 0; i < n; ++i) finite[i] &= all_finite(grads.data() + i * dim, dim);
 }
 
 // ---------------------------------------------------------------- HashTable
@@ -209,21 +205,19 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
   if (gated)
     for (int64_t i = 0; i < n; ++i)
       if (rows[i] < 0) sketch_.add(ids[i], ns[i], counts[i]);
-  insert_new(ns, ids, counts, admit, rows);
+  insert_new(ns, ids, counts, admit, incoming, rows);
   for (int64_t i = 0; i < n; ++i) stats_.not_admitted += rows[i] < 0;
 }
 
 void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts,
-                           const std::vector<int64_t>& which, int64_t* rows) {
+                           const std::vector<int64_t>& which, const std::vector<uint64_t>& incoming, int64_t* rows) {
   if (which.empty()) return;
-  std::vector<uint64_t> incoming(maps_.size(), 0);
-  for (int64_t i : which) ++incoming[ns[i]];
   for (uint32_t s = 0; s < maps_.size(); ++s)
     if (incoming[s]) maps_[s]->reserve(maps_[s]->size() + incoming[s]);
   for (int64_t i : which) {
     const uint32_t r = store_.allocate();
     RowMeta* m = store_.meta(r);
-    m->count = counts ? counts[i] : 1;
+    m->count = counts[i];
     m->last_seen = step_;
     rows[i] = r;
   }

@@ -98,9 +98,10 @@ class HashTable {
   std::mutex mu;  // one op at a time per table
 
  private:
-  // Gives the keys `which` (indices into ns/ids/counts) fresh rows, written to rows[i].
+  // Gives the keys `which` (indices into ns/ids/counts) fresh rows, written to rows[i];
+  // incoming[s] counts those of namespace s.
   void insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, const std::vector<int64_t>& which,
-                  int64_t* rows);
+                  const std::vector<uint64_t>& incoming, int64_t* rows);
   void drop_row(uint32_t ns, int64_t id);
   // Evicts (LFU) so `incoming` new ids fit under the capacity; rows in `keep` (sorted) stay.
   void make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep);

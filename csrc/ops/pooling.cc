@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/finite.h"
+
 namespace recis {
 namespace {
 
@@ -57,9 +59,7 @@ bool grad_one(const int64_t* csr, const int64_t* src, const float* scale, const 
     const float c = scale[p];
     for (int64_t j = 0; j < dim; ++j) g[j] += c * go[j];
   }
-  float probe = 0.f;  // NaN iff some element is NaN or +-Inf (Inf * 0 = NaN)
-  for (int64_t j = 0; j < dim; ++j) probe += g[j] * 0.f;
-  return probe == probe;
+  return all_finite(g, dim);
 }
 
 template <class F>

@@ -87,6 +87,28 @@ BagLayout make_layout(const at::Tensor& offsets, int64_t num_bags, int64_t batch
                    static_cast<Combiner>(combiner), weights};
 }
 
+// What both backward ops need: checked inputs, the bag layout and the number of unique rows
+// (the largest inverse index + 1; unique_rows past it holds -1).
+struct BackwardInputs {
+  at::Tensor grad_out, offsets;
+  const float* weights;
+  int64_t n, n_unique;
+};
+
+BackwardInputs backward_inputs(const at::Tensor& grad_out, const at::Tensor& offsets,
+                               const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows,
+                               const at::Tensor& inverse) {
+  check_cpu(grad_out, "the output gradient");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
+                   grad_out.scalar_type());
+  const int64_t n = inverse.size(0);
+  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
+  const int32_t* inv = inverse.data_ptr<int32_t>();
+  int64_t n_unique = 0;
+  for (int64_t i = 0; i < n; ++i) n_unique = std::max<int64_t>(n_unique, inv[i] + 1);
+  return {grad_out.contiguous(), offsets.contiguous(), optional_weights(weights, n), n, n_unique};
+}
+
 void bump(at::Tensor& token) {
   if (token.defined() && token.numel() > 0) token.add_(1);
 }
@@ -192,68 +214,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
   return {out, unique_rows, inverse};
 }
 
-void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out_in, const at::Tensor& offsets_in,
+void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
                      const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
                      at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner) {
-  check_cpu(grad_out_in, "the output gradient");
-  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
-                   grad_out_in.scalar_type());
-  const at::Tensor grad_out = grad_out_in.contiguous(), offsets = offsets_in.contiguous();
-  const int64_t n = inverse.size(0);
-  const int64_t num_bags = offsets.size(0) - 1;
-  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
-  const float* w = optional_weights(weights, n);
+  const BackwardInputs in = backward_inputs(grad_out, offsets, weights, unique_rows, inverse);
   auto table = table_from_handle(handle);
-  const int64_t dim = table->dim();
+  const int64_t dim = table->dim(), U = in.n_unique;
   {
     GilRelease nogil;
     std::lock_guard<std::mutex> lock(table->mu);
-    const int32_t* inv = inverse.data_ptr<int32_t>();
-    int64_t U = 0;
-    for (int64_t i = 0; i < n; ++i) U = std::max<int64_t>(U, inv[i] + 1);
     PendingGrads& pg = table->pending();
     const int64_t start = pg.n;
     float* grads = pg.append(U, dim);
     std::memcpy(pg.rows.data() + start, unique_rows.data_ptr<int64_t>(), sizeof(int64_t) * U);
-    const BagLayout L =
-        make_layout(offsets, num_bags, batch, feature_ns, col_offsets, grad_out.size(-1), combiner, w);
-    unique_row_grads(L, grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), n, U, dim, grads,
+    const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
+                                    in.grad_out.size(-1), combiner, in.weights);
+    unique_row_grads(L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, U, dim, grads,
                      pg.finite.data() + start);
   }
   bump(token);
 }
 
-at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out_in,
-                                 const at::Tensor& offsets_in, const c10::optional<at::Tensor>& weights,
+at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out,
+                                 const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
                                  const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
                                  int64_t batch, at::IntArrayRef col_offsets, int64_t combiner, int64_t kind,
                                  at::ArrayRef<double> hyper_in) {
-  check_cpu(grad_out_in, "the output gradient");
-  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
-                   grad_out_in.scalar_type());
-  const at::Tensor grad_out = grad_out_in.contiguous(), offsets = offsets_in.contiguous();
-  const int64_t n = inverse.size(0);
-  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
-  const float* w = optional_weights(weights, n);
+  const BackwardInputs in = backward_inputs(grad_out, offsets, weights, unique_rows, inverse);
   const std::vector<double> hyper(hyper_in.begin(), hyper_in.end());
   auto table = table_from_handle(handle);
-  std::atomic<int64_t> applied{0}, nonfinite{0};
+  const int64_t* rows = unique_rows.data_ptr<int64_t>();
+  int64_t with_row = 0;
+  for (int64_t u = 0; u < in.n_unique; ++u) with_row += rows[u] >= 0;
+  std::atomic<int64_t> nonfinite{0};  // rare: touched only for rows with NaN/Inf gradients
   {
     GilRelease nogil;
     std::lock_guard<std::mutex> lock(table->mu);
     TORCH_CHECK(table->pending().n == 0, "recis: fused backward with gradients still pending; call step() first");
     RowStore& store = table->store();
     const RowRule rule = make_row_rule(static_cast<OptimKind>(kind), hyper, store.slot_width(), store.dim());
-    const int32_t* inv = inverse.data_ptr<int32_t>();
-    const int64_t* rows = unique_rows.data_ptr<int64_t>();
-    int64_t U = 0;
-    for (int64_t i = 0; i < n; ++i) U = std::max<int64_t>(U, inv[i] + 1);
-    const BagLayout L =
-        make_layout(offsets, offsets.size(0) - 1, batch, feature_ns, col_offsets, grad_out.size(-1), combiner, w);
+    const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
+                                    in.grad_out.size(-1), combiner, in.weights);
     // Each unique row's gradient is summed and applied at once: no gradient buffer. A row
     // whose gradient is not finite is left untouched and counted.
     for_each_unique_grad(
-        L, grad_out.data_ptr<float>(), inv, n, U, store.dim(),
+        L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, in.n_unique, store.dim(),
         [&](int64_t u, const float* g, bool finite) {
           if (rows[u] < 0) return;
           if (!finite) {
@@ -262,7 +267,6 @@ at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Te
           }
           const uint32_t r = static_cast<uint32_t>(rows[u]);
           rule(store.emb(r), store.slots(r), g, store.dim());
-          ++applied;
         },
         [&](int64_t u) {
           if (rows[u] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[u]));
@@ -270,7 +274,8 @@ at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Te
     table->close_grad_window();
   }
   bump(token);
-  return at::tensor({applied.load(), nonfinite.load()}, at::TensorOptions().dtype(at::kLong));
+  const int64_t bad = nonfinite.load();
+  return at::tensor({with_row - bad, bad}, at::TensorOptions().dtype(at::kLong));
 }
 
 at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper_in,

@@ -129,24 +129,6 @@ struct Ftrl {
   }
 };
 
-template <class Rule>
-void run(RowStore& store, const Rule& rule, const int64_t* rows, const float* grads, const uint8_t* finite, int64_t n) {
-  const int64_t d = store.dim();
-  auto prefetch = [&](int64_t i) {
-    if (rows[i] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[i]));
-  };
-  constexpr int64_t kAhead = 8;
-  at::parallel_for(0, n, 128, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) prefetch(i);
-    for (int64_t i = b; i < e; ++i) {
-      if (i + kAhead < e) prefetch(i + kAhead);
-      if (rows[i] < 0 || !finite[i]) continue;
-      const uint32_t r = static_cast<uint32_t>(rows[i]);
-      rule(store.emb(r), store.slots(r), grads + i * d, d);
-    }
-  });
-}
-
 }  // namespace
 
 void prefetch_for_update(const RowStore& store, uint32_t r) {
@@ -156,12 +138,14 @@ void prefetch_for_update(const RowStore& store, uint32_t r) {
   for (int64_t j = 0; j < store.slot_width(); j += 16) __builtin_prefetch(s + j, 1);
 }
 
-static void check_layout(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
+namespace {
+void check_layout(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
   TORCH_CHECK_VALUE(hyper.size() == hyper_size_for(kind), "optimizer kind ", static_cast<int>(kind), " takes ",
                     hyper_size_for(kind), " hyperparameters, got ", hyper.size());
   TORCH_CHECK_VALUE(slot_width == slot_width_for(kind, dim), "table slots (width ", slot_width,
                     ") do not match optimizer kind ", static_cast<int>(kind));
 }
+}  // namespace
 
 RowRule make_row_rule(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
   check_layout(kind, hyper, slot_width, dim);
@@ -178,15 +162,21 @@ RowRule make_row_rule(OptimKind kind, const std::vector<double>& hyper, int64_t 
 
 void apply_sparse_update(RowStore& store, OptimKind kind, const std::vector<double>& hyper, const int64_t* rows,
                          const float* grads, const uint8_t* finite, int64_t n) {
-  check_layout(kind, hyper, store.slot_width(), store.dim());
-  switch (kind) {
-    case OptimKind::kSgd: return run(store, Sgd(hyper), rows, grads, finite, n);
-    case OptimKind::kAdagrad: return run(store, Adagrad(hyper), rows, grads, finite, n);
-    case OptimKind::kRowwiseAdagrad: return run(store, RowwiseAdagrad(hyper), rows, grads, finite, n);
-    case OptimKind::kAdam: return run(store, Adam<false>(hyper), rows, grads, finite, n);
-    case OptimKind::kAdamW: return run(store, Adam<true>(hyper), rows, grads, finite, n);
-    case OptimKind::kFtrl: return run(store, Ftrl(hyper), rows, grads, finite, n);
-  }
+  const RowRule rule = make_row_rule(kind, hyper, store.slot_width(), store.dim());
+  const int64_t d = store.dim();
+  auto prefetch = [&](int64_t i) {
+    if (rows[i] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[i]));
+  };
+  constexpr int64_t kAhead = 8;
+  at::parallel_for(0, n, 128, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) prefetch(i);
+    for (int64_t i = b; i < e; ++i) {
+      if (i + kAhead < e) prefetch(i + kAhead);
+      if (rows[i] < 0 || !finite[i]) continue;
+      const uint32_t r = static_cast<uint32_t>(rows[i]);
+      rule(store.emb(r), store.slots(r), grads + i * d, d);
+    }
+  });
 }
 
 }  // namespace recis

@@ -11,15 +11,23 @@ from recis._ops import ops
 LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
 
 
+def as_ids(ids, what: str) -> torch.Tensor:
+    """An int64 id tensor from ids given as int64 or int32 (tensor or sequence); TypeError otherwise."""
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.as_tensor(ids)
+    if ids.dtype == torch.int32:
+        ids = ids.long()
+    if ids.dtype != torch.int64:
+        raise TypeError(f"{what}: ids must be int64 (or int32), got dtype {ids.dtype}")
+    return ids
+
+
 def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor], device: torch.device,
                  what: str = "HashEmbedding") -> torch.Tensor:
     """Validates a jagged batch; returns int64 values. Offsets' contents are checked in C++."""
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"{what}: values must be a tensor, got {type(values).__name__}")
-    if values.dtype == torch.int32:
-        values = values.long()
-    if values.dtype != torch.int64:
-        raise TypeError(f"{what}: ids must be int64 (or int32), got dtype {values.dtype}")
+    values = as_ids(values, what)
     if values.dim() != 1:
         raise ValueError(f"{what}: values must be 1-D, got shape {tuple(values.shape)}")
     if offsets.dtype != torch.int64:

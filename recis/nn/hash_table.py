@@ -13,7 +13,8 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from recis import _C
-from recis._ops import INIT_KINDS, ops, _table_dims
+from recis._ops import COMBINERS, INIT_KINDS, ops, _table_dims
+from recis.nn.functional import _FUSED_GROUPS, LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
@@ -91,9 +92,7 @@ class TableGroup:
         copy = TableGroup(**self._config)
         memo[id(self)] = copy
         if self.slot_kind is not None:
-            width = self._impl.slot_width
-            copy._impl.set_slots(width, [0.0] * width, True)
-            copy.slot_kind = self.slot_kind
+            copy.reserve_slots(self.slot_kind, self._impl.slot_width)
         copy.load_group_state(self.group_state())
         for mine, theirs in zip(self.tables, copy.tables):
             theirs.load(mine.export())
@@ -106,8 +105,6 @@ class TableGroup:
     def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float], fused: bool = False) -> None:
         """Lays out this table's slots for `optimizer`; one sparse optimizer per table. A fused
         optimizer updates the rows during backward instead of in step()."""
-        from recis.nn.functional import _FUSED_GROUPS
-
         current = self._optimizer() if self._optimizer is not None else None
         if current is not None and current is not optimizer:
             raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
@@ -121,6 +118,12 @@ class TableGroup:
         else:
             _FUSED_GROUPS.pop(self.handle, None)
 
+    def reserve_slots(self, kind: str, width: int) -> None:
+        """Lays out slots for a `kind` optimizer that is not attached yet (state is loaded next);
+        the optimizer created afterwards keeps them."""
+        self._impl.set_slots(width, [0.0] * width, True)
+        self.slot_kind = kind
+
     def fused_optimizer(self):
         """The attached optimizer if it is alive and fused, else None."""
         opt = self._optimizer() if self._optimizer is not None else None
@@ -128,8 +131,6 @@ class TableGroup:
 
     # ---- lookups ----
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
-        from recis.nn.functional import hash_lookup
-
         if train and self.ttl is not None:
             self._tick_eviction()
         return hash_lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train)
@@ -228,11 +229,12 @@ class HashTable:
         return ops.gather(self.group.handle, _ids(rows))
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings of `ids` without inserting: zeros (or initial values, per `missing`) if absent."""
-        rows = self.find(ids)
-        out = self.gather(rows)
-        if self.group.missing == "init" and bool((rows < 0).any()):
-            out[rows < 0] = self.initial_rows(_ids(ids)[rows < 0])
+        """Embeddings of `ids` without inserting: zeros (or initial values, per `missing`) if absent.
+        The same kernel as an eval-mode forward with no pooling; nothing in the table changes."""
+        ids = _ids(ids)
+        offsets = torch.tensor([0, ids.numel()], dtype=torch.int64)
+        out, _, _ = ops.lookup_forward(self.group.token, self.group.handle, ids, offsets, None, [self.ns], 1, [0],
+                                       self.embedding_dim, COMBINERS[None], LOOKUP_EVAL)
         return out
 
     def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -261,10 +263,4 @@ class HashTable:
 
 
 def _ids(t) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    if t.dtype == torch.int32:
-        t = t.long()
-    if t.dtype != torch.int64:
-        raise TypeError(f"ids must be an int64 (or int32) tensor, got dtype {t.dtype}")
-    return t.reshape(-1)
+    return as_ids(t, "HashTable").reshape(-1)

@@ -53,9 +53,7 @@ def _adopt_slot_layout(group: TableGroup, saved_kind, state_dict: Dict, prefix: 
     if group.slot_kind is not None:
         raise ValueError(f"tables {group.names}: the state was saved with a {saved_kind} optimizer, but a "
                          f"{group.slot_kind} optimizer is attached")
-    width = state_dict[f"{prefix}{group.tables[0].name}.slots"].shape[1]
-    group._impl.set_slots(width, [0.0] * width, True)
-    group.slot_kind = saved_kind
+    group.reserve_slots(saved_kind, state_dict[f"{prefix}{group.tables[0].name}.slots"].shape[1])
 
 
 def groups_repr(groups: Iterable[TableGroup]) -> str:
