@@ -164,7 +164,7 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
     m->last_seen = step;
   };
   at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
-    constexpr int64_t kAhead = 8;
+    constexpr int64_t kAhead = IdMap::kAhead;
     for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
     for (int64_t i = b; i < e; ++i) {
       if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
@@ -212,43 +212,47 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
 void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_t* counts,
                            const std::vector<int64_t>& which, const std::vector<uint64_t>& incoming, int64_t* rows) {
   if (which.empty()) return;
+  const int64_t k_new = static_cast<int64_t>(which.size());
+  static thread_local std::vector<uint32_t> fresh_tls;
+  std::vector<uint32_t>& fresh = fresh_tls;
+  fresh.resize(which.size());
+  store_.allocate(k_new, fresh.data());
   for (uint32_t s = 0; s < maps_.size(); ++s)
     if (incoming[s]) maps_[s]->reserve(maps_[s]->size() + incoming[s]);
-  for (int64_t i : which) {
-    const uint32_t r = store_.allocate();
-    RowMeta* m = store_.meta(r);
-    m->count = counts[i];
-    m->last_seen = step_;
-    rows[i] = r;
-  }
-  // Initial values are a pure function of (seed, id), so rows can be filled in parallel.
+  // Initial values are a pure function of (seed, id), so rows are filled in parallel.
   const int64_t w = store_.slot_width();
-  at::parallel_for(0, static_cast<int64_t>(which.size()), 256, [&](int64_t b, int64_t e) {
+  const uint32_t step = step_;
+  at::parallel_for(0, k_new, 1024, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       const int64_t i = which[k];
-      const uint32_t r = static_cast<uint32_t>(rows[i]);
+      const uint32_t r = fresh[k];
+      RowMeta* m = store_.meta(r);
+      m->count = counts[i];
+      m->last_seen = step;
       fill_initial(ns[i], ids[i], store_.emb(r));
       if (w) std::memcpy(store_.slots(r), slot_init_.data(), sizeof(float) * w);
+      rows[i] = r;
     }
   });
-  constexpr size_t kAhead = 8;
-  for (size_t k = 0; k < which.size(); ++k) {
-    if (k + kAhead < which.size()) maps_[ns[which[k + kAhead]]]->prefetch(ids[which[k + kAhead]]);
-    const int64_t i = which[k];
-    maps_[ns[i]]->insert_absent(ids[i], static_cast<uint32_t>(rows[i]));
-  }
+  // Distinct absent ids claim distinct map slots (CAS), so they are mapped in parallel too; a
+  // separate pass keeps the CAS from waiting on the row stores above.
+  at::parallel_for(0, k_new, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      if (k + IdMap::kAhead < e) {
+        const int64_t a = which[k + IdMap::kAhead];
+        maps_[ns[a]]->prefetch(ids[a]);
+      }
+      const int64_t i = which[k];
+      maps_[ns[i]]->place_absent_concurrent(ids[i], fresh[k]);
+    }
+  });
+  for (uint32_t s = 0; s < maps_.size(); ++s) maps_[s]->add_size(incoming[s]);
   stats_.inserts += which.size();
 }
 
 void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const {
   check_ns(ns);
-  const IdMap& m = *maps_[ns];
-  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      if (i + 8 < e) m.prefetch(ids[i + 8]);
-      rows[i] = m.find(ids[i]);
-    }
-  });
+  maps_[ns]->find_batch(ids, n, rows);
 }
 
 void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) {

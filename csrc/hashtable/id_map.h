@@ -18,6 +18,9 @@ class IdMap {
   static constexpr int64_t kMissing = -1;
   static constexpr double kMaxLoad = 0.8;
   static constexpr double kGrowLoad = 0.67;
+  // How many ids ahead batched probes prefetch their home slot (enough misses in flight to
+  // cover DRAM latency with two threads).
+  static constexpr int64_t kAhead = 16;
 
   explicit IdMap(uint32_t ns) : ns_(ns) {}
 
@@ -25,17 +28,25 @@ class IdMap {
     if (cap_ == 0) return kMissing;
     for (uint64_t i = home(id);; i = next(i)) {
       const Slot& s = slots_[i];
+      if (s.id == id && s.row1 != 0) return static_cast<int64_t>(s.row1) - 1;
       if (s.row1 == 0) return kMissing;
-      if (s.id == id) return static_cast<int64_t>(s.row1) - 1;
     }
   }
-  // Prefetches the home slot of `id` (used a few ids ahead in batched finds).
+  // Prefetches the home slot of `id` and the next cache line, where its probe run often
+  // continues (used kAhead ids ahead in batched probes).
   void prefetch(int64_t id) const {
-    if (cap_) __builtin_prefetch(&slots_[home(id)]);
+    if (!cap_) return;
+    const char* p = reinterpret_cast<const char*>(&slots_[home(id)]);
+    __builtin_prefetch(p);
+    __builtin_prefetch(p + 64);
   }
 
-  // Inserts an id known to be absent.
-  void insert_absent(int64_t id, uint32_t row);
+  // Claims a slot for an absent id; safe while other threads claim slots for other absent ids.
+  // The caller reserves room first and reports the new ids with add_size() afterwards.
+  void place_absent_concurrent(int64_t id, uint32_t row);
+  void add_size(uint64_t n) { size_ += n; }
+  // Rows of n ids (kMissing where absent), in parallel with prefetching.
+  void find_batch(const int64_t* ids, int64_t n, int64_t* rows) const;
   // Removes `id`; returns its row or kMissing.
   int64_t erase(int64_t id);
   // Makes room for `n` live ids without a rehash on the way.
@@ -61,7 +72,6 @@ class IdMap {
   };
   uint64_t home(int64_t id) const { return reduce_range(hash_id(id, ns_), cap_); }
   uint64_t next(uint64_t i) const { return i + 1 == cap_ ? 0 : i + 1; }
-  void place(int64_t id, uint32_t row);
   void rehash(uint64_t new_cap);
 
   uint32_t ns_;

@@ -66,15 +66,17 @@ void RowStore::free_blocks() {
   blocks_.clear();
 }
 
-uint32_t RowStore::allocate() {
-  if (!free_.empty()) {
-    const uint32_t r = free_.back();
+void RowStore::allocate(int64_t n, uint32_t* out) {
+  int64_t k = 0;
+  for (; k < n && !free_.empty(); ++k) {
+    out[k] = free_.back();
     free_.pop_back();
-    return r;
   }
-  if (high_water_ >= kMaxRows) throw std::length_error("recis: a table holds at most 2^32 - 2 rows per process");
-  if ((high_water_ >> kBlockShift) >= blocks_.size()) add_block();
-  return high_water_++;
+  if (static_cast<uint64_t>(high_water_) + (n - k) > kMaxRows)
+    throw std::length_error("recis: a table holds at most 2^32 - 2 rows per process");
+  const uint64_t end = static_cast<uint64_t>(high_water_) + (n - k);
+  while (static_cast<uint64_t>(blocks_.size()) * kBlockRows < end) add_block();
+  for (; k < n; ++k) out[k] = high_water_++;
 }
 
 void RowStore::reserve(uint32_t n) {

@@ -37,8 +37,9 @@ class RowStore {
     return blocks_[r >> kBlockShift].slots + static_cast<size_t>(r & kMask) * slot_width_;
   }
 
-  // Returns a row index whose contents are undefined; the caller initializes it.
-  uint32_t allocate();
+  // Allocates n rows (free list first, then fresh rows) into out[0..n). Their contents are
+  // undefined; the caller initializes them.
+  void allocate(int64_t n, uint32_t* out);
   void release(uint32_t r) { free_.push_back(r); }
   uint32_t high_water() const { return high_water_; }
 
