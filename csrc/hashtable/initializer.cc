@@ -30,14 +30,16 @@ inline float fast_log(float u) {
 }
 
 // cos(2 pi v) for v in [0, 1): quadrant reduction to |r| <= pi/4, then Taylor polynomials.
+// Branch-free (selects, no floor call), so the caller's loop vectorizes.
 inline float fast_cos_turns(float v) {
-  const float q = std::floor(4.f * v + 0.5f);
-  const float r = 6.283185307179586f * (v - 0.25f * q);
+  const int32_t quadrant = static_cast<int32_t>(4.f * v + 0.5f);  // v >= 0: truncation is floor
+  const float r = 6.283185307179586f * (v - 0.25f * static_cast<float>(quadrant));
   const float r2 = r * r;
   const float c = 1.f + r2 * (-0.5f + r2 * (1.f / 24 + r2 * (-1.f / 720 + r2 * (1.f / 40320))));
   const float s = r * (1.f + r2 * (-1.f / 6 + r2 * (1.f / 120 + r2 * (-1.f / 5040 + r2 * (1.f / 362880)))));
-  const int quadrant = static_cast<int>(q) & 3;
-  return quadrant == 0 ? c : quadrant == 1 ? -s : quadrant == 2 ? -c : s;
+  // quadrant 0: c, 1: -s, 2: -c, 3: s
+  const float mag = (quadrant & 1) ? s : c;
+  return ((quadrant + 1) & 2) ? -mag : mag;
 }
 
 // Box-Muller (cosine branch) from two 24-bit uniforms of one counter value. The counters
