@@ -1,0 +1,212 @@
+"""Trainer hooks: each gets called at fit start/end, after every optimizer step, and after evaluations."""
+import csv
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+
+class Hook:
+    """Override what you need. `logs` holds floats (loss, lr, examples/s, metrics)."""
+
+    def on_fit_start(self, trainer) -> None: ...
+
+    def on_step_end(self, trainer, step: int, logs: Dict[str, float]) -> None: ...
+
+    def on_eval_end(self, trainer, step: int, metrics: Dict[str, float]) -> None: ...
+
+    def on_fit_end(self, trainer) -> None: ...
+
+
+class ProgressBar(Hook):
+    """A tqdm bar with loss and examples/s."""
+
+    def on_fit_start(self, trainer):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.config.max_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, trainer, step, logs):
+        self.bar.update(step - self.bar.n)
+        if "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs.get('examples_per_s', 0):.0f}")
+
+    def on_fit_end(self, trainer):
+        self.bar.close()
+
+
+class CSVLogger(Hook):
+    """Appends every logged row (train and eval) to `{log_dir}/metrics.csv`."""
+
+    def __init__(self, log_dir: str):
+        self.path = os.path.join(log_dir, "metrics.csv")
+        self.rows: List[Dict[str, float]] = []
+
+    def _write(self, row):
+        self.rows.append(row)
+        keys = sorted({k for r in self.rows for k in r}, key=lambda k: (k not in ("step", "split"), k))
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    def on_step_end(self, trainer, step, logs):
+        if "loss" in logs:
+            self._write({"step": step, "split": "train", **logs})
+
+    def on_eval_end(self, trainer, step, metrics):
+        self._write({"step": step, "split": "eval", **metrics})
+
+
+class TensorBoardLogger(Hook):
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir)
+
+    def on_step_end(self, trainer, step, logs):
+        for k, v in logs.items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+
+    def on_eval_end(self, trainer, step, metrics):
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"eval/{k}", v, step)
+
+    def on_fit_end(self, trainer):
+        self.writer.flush()
+        self.writer.close()
+
+
+class CurvePlot(Hook):
+    """Writes `{log_dir}/curve.png`: training loss and eval AUC over steps, at the end of fit."""
+
+    def __init__(self, log_dir: str):
+        self.path = os.path.join(log_dir, "curve.png")
+        self.train, self.eval = [], []
+
+    def on_step_end(self, trainer, step, logs):
+        if "loss" in logs:
+            self.train.append((step, logs["loss"]))
+
+    def on_eval_end(self, trainer, step, metrics):
+        self.eval.append((step, metrics))
+
+    def on_fit_end(self, trainer):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if self.train:
+            ax.plot(*zip(*self.train), label="train loss", color="tab:blue")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        keys = [k for k in ("auc", "gauc") if any(k in m for _, m in self.eval)]
+        if keys:
+            ax2 = ax.twinx()
+            for k, color in zip(keys, ("tab:red", "tab:green")):
+                pts = [(s, m[k]) for s, m in self.eval if k in m]
+                ax2.plot(*zip(*pts), marker="o", label=f"eval {k}", color=color)
+            ax2.set_ylabel("AUC")
+            ax2.legend(loc="lower right")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        fig.savefig(self.path, dpi=100)
+        plt.close(fig)
+
+
+class EarlyStopping(Hook):
+    """Stops fit when eval `metric` has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, metric: str = "auc", patience: int = 3, mode: str = "max", min_delta: float = 0.0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"EarlyStopping mode must be 'max' or 'min', got {mode!r}")
+        if patience < 1:
+            raise ValueError(f"EarlyStopping patience must be >= 1, got {patience}")
+        self.metric, self.patience, self.mode, self.min_delta = metric, patience, mode, min_delta
+        self.best: Optional[float] = None
+        self.bad = 0
+
+    def on_eval_end(self, trainer, step, metrics):
+        if self.metric not in metrics:
+            raise KeyError(f"EarlyStopping watches {self.metric!r}, but evaluation gave {sorted(metrics)}")
+        value = metrics[self.metric]
+        better = self.best is None or (value > self.best + self.min_delta if self.mode == "max"
+                                       else value < self.best - self.min_delta)
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                trainer.request_stop(f"early stopping: {self.metric} did not improve for {self.patience} evaluations")
+
+
+class TableStats(Hook):
+    """Every `every` steps: runs TTL eviction on tables that have a TTL policy (besides the ticks
+    inside lookups) and logs live rows, inserts and evictions of every table group."""
+
+    def __init__(self, every: int = 100, evict: bool = True):
+        self.every, self.evict = every, evict
+
+    def on_step_end(self, trainer, step, logs):
+        if step % self.every:
+            return
+        from recis.nn import sparse_tables
+
+        seen = set()
+        for table in sparse_tables(trainer.model):
+            group = table.group
+            if id(group) in seen:
+                continue
+            seen.add(id(group))
+            if self.evict and group.ttl is not None:
+                group.evict_expired()
+            stats = group.stats()
+            name = "+".join(group.names)
+            for key in ("live", "inserts", "evictions"):
+                if key in stats:
+                    logs[f"table/{name}/{key}"] = float(stats[key])
+
+
+class Profiler(Hook):
+    """Profiles steps [start, start + steps) with torch.profiler and writes a Chrome trace to `path`."""
+
+    def __init__(self, path: str, start: int = 10, steps: int = 5):
+        self.path, self.start, self.steps = path, start, steps
+        self.prof = None
+
+    def on_step_end(self, trainer, step, logs):
+        if step == self.start and self.prof is None:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+            self.prof.__enter__()
+        elif self.prof is not None and step == self.start + self.steps:
+            self._finish()
+
+    def _finish(self):
+        self.prof.__exit__(None, None, None)
+        self.prof.export_chrome_trace(self.path)
+        self.prof = None
+
+    def on_fit_end(self, trainer):
+        if self.prof is not None:
+            self._finish()
+
+
+class Throughput:
+    """Examples/s over the steps since the last read."""
+
+    def __init__(self):
+        self.t0, self.n = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        rate = self.n / max(now - self.t0, 1e-9)
+        self.t0, self.n = now, 0
+        return rate

@@ -1,0 +1,287 @@
+"""Trainer: the training loop over a recis model, its sparse optimizer and any dense torch optimizer."""
+import contextlib
+import math
+import time
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from recis.train.config import TrainerConfig
+from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger, Throughput
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss was NaN or Inf; nothing was updated or saved for that step."""
+
+
+class Trainer:
+    """Trains `model` (batch -> logits [B]) with BCE-with-logits by default.
+
+    `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
+    any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
+    per optimizer step. `metrics` maps names to metric objects with update(preds, labels[, groups]),
+    compute() and reset() (recis.metrics). Batches carry `.labels`, `.size` (or labels' length),
+    and, for GAUC, the column `config.group_key` in `.extras`. A `checkpoint` manager gets the
+    model, optimizers, schedulers, trainer state and the training data's resume state.
+    """
+
+    def __init__(self, model: nn.Module, sparse_optimizer=None, dense_optimizer=None, *,
+                 sparse_scheduler=None, dense_scheduler=None, loss_fn: Optional[Callable] = None,
+                 metrics: Optional[Mapping[str, object]] = None, config: Optional[TrainerConfig] = None,
+                 hooks: Sequence[Hook] = (), checkpoint=None):
+        self.model = model
+        self.sparse_optimizer, self.dense_optimizer = sparse_optimizer, dense_optimizer
+        self.sparse_scheduler, self.dense_scheduler = sparse_scheduler, dense_scheduler
+        self.loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+        self.metrics = dict(metrics or {})
+        self.config = config or TrainerConfig()
+        self.checkpoint = checkpoint
+        if self.config.grad_accum_steps > 1 and sparse_optimizer is not None and getattr(sparse_optimizer, "fused",
+                                                                                         False):
+            raise ValueError("gradient accumulation needs a non-fused sparse optimizer (fused=True updates rows "
+                             "inside backward)")
+        grouped = [name for name, m in self.metrics.items() if getattr(m, "needs_groups", False)]
+        if grouped and self.config.group_key is None:
+            raise ValueError(f"metrics {grouped} need a group per example: set TrainerConfig.group_key to the batch "
+                             "extras column that holds it (e.g. the user id)")
+        self.hooks: List[Hook] = list(hooks)
+        if self.config.log_dir:
+            import os
+
+            os.makedirs(self.config.log_dir, exist_ok=True)
+            self.hooks += [CSVLogger(self.config.log_dir), CurvePlot(self.config.log_dir)]
+            if self.config.tensorboard:
+                self.hooks.append(TensorBoardLogger(self.config.log_dir))
+        if self.config.progress:
+            self.hooks.append(ProgressBar())
+        self.step = 0          # optimizer steps taken
+        self.epoch = 0         # completed passes over the training data
+        self.skipped_nonfinite = 0
+        self.history: List[Dict[str, float]] = []
+        self._stop_reason: Optional[str] = None
+        if self.config.seed is not None:
+            torch.manual_seed(self.config.seed)
+
+    # ---- public API ----
+    def fit(self, train: Iterable, eval_data: Optional[Iterable] = None) -> List[Dict[str, float]]:
+        """Trains for `config.epochs` passes (or `config.max_steps` steps); returns the eval history."""
+        cfg = self.config
+        self._stop_reason = None
+        for h in self.hooks:
+            h.on_fit_start(self)
+        try:
+            while self.epoch < cfg.epochs and not self._done():
+                self._train_epoch(train, eval_data)
+                if self._stop_reason is None and not self._done():
+                    self.epoch += 1
+                    if hasattr(train, "set_epoch"):
+                        train.set_epoch(self.epoch)
+            if eval_data is not None and (not self.history or self.history[-1]["step"] != self.step):
+                self._run_eval(eval_data)
+        finally:
+            for h in self.hooks:
+                h.on_fit_end(self)
+        return self.history
+
+    def evaluate(self, data: Iterable) -> Dict[str, float]:
+        """Metrics (and mean loss) over `data`, in eval mode without touching the tables."""
+        was_training = self.model.training
+        self.model.eval()
+        for m in self.metrics.values():
+            m.reset()
+        total, n = 0.0, 0
+        try:
+            with torch.no_grad(), self._autocast():
+                for batch in data:
+                    logits = self.model(batch).float()
+                    labels = batch.labels.float()
+                    total += float(self.loss_fn(logits, labels)) * labels.numel()
+                    n += labels.numel()
+                    self._update_metrics(torch.sigmoid(logits), labels, batch)
+        finally:
+            self.model.train(was_training)
+        result = {"loss": total / max(n, 1), "examples": float(n)}
+        for name, m in self.metrics.items():
+            result[name] = float(m.compute())
+        return result
+
+    def predict(self, data: Iterable) -> torch.Tensor:
+        """Click probabilities of every example in `data`, concatenated."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            with torch.no_grad(), self._autocast():
+                for batch in data:
+                    out.append(torch.sigmoid(self.model(batch).float()))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0)
+
+    def request_stop(self, reason: str) -> None:
+        """Ends fit after the current step (hooks call this, e.g. early stopping)."""
+        self._stop_reason = reason
+
+    @property
+    def stop_reason(self) -> Optional[str]:
+        return self._stop_reason
+
+    # ---- state (for checkpoints) ----
+    def state_dict(self) -> Dict:
+        return {"step": self.step, "epoch": self.epoch, "skipped_nonfinite": self.skipped_nonfinite,
+                "history": self.history, "rng": torch.get_rng_state().tolist()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        self.history = list(state.get("history", []))
+        if "rng" in state:
+            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+
+    # ---- internals ----
+    def _done(self) -> bool:
+        return self._stop_reason is not None or (self.config.max_steps is not None
+                                                 and self.step >= self.config.max_steps)
+
+    def _autocast(self):
+        if not self.config.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=_device_type(self.model), dtype=torch.bfloat16)
+
+    def _zero_grad(self):
+        for opt in (self.dense_optimizer, self.sparse_optimizer):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+
+    def _train_epoch(self, train: Iterable, eval_data) -> None:
+        cfg = self.config
+        self.model.train()
+        meter, micro, loss_sum, loss_n = Throughput(), 0, 0.0, 0
+        self._zero_grad()
+        for batch in train:
+            labels = batch.labels.float()
+            with self._autocast():
+                logits = self.model(batch).float()
+            loss = self.loss_fn(logits, labels)
+            if not torch.isfinite(loss):
+                if cfg.on_nonfinite == "raise":
+                    self._zero_grad()
+                    raise NonFiniteLossError(f"loss is {float(loss)} at step {self.step + 1} (epoch {self.epoch}); "
+                                             "training stopped before any update, and no checkpoint was written")
+                self.skipped_nonfinite += 1
+                self._zero_grad()
+                micro = 0
+                continue
+            (loss / cfg.grad_accum_steps).backward()
+            micro += 1
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            meter.add(labels.numel())
+            if micro < cfg.grad_accum_steps:
+                continue
+            micro = 0
+            self._optimizer_step()
+            logs: Dict[str, float] = {}
+            if self.step % cfg.log_every == 0:
+                logs = {"loss": loss_sum / loss_n, "examples_per_s": meter.read(), **self._lrs()}
+                loss_sum, loss_n = 0.0, 0
+            for h in self.hooks:
+                h.on_step_end(self, self.step, logs)
+            if cfg.eval_every and eval_data is not None and self.step % cfg.eval_every == 0:
+                self._run_eval(eval_data)
+            if cfg.checkpoint_every and self.checkpoint is not None and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint(train)
+            if self._done():
+                return
+
+    def _optimizer_step(self) -> None:
+        if self.config.clip_grad_norm is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+        if self.dense_optimizer is not None:
+            self.dense_optimizer.step()
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.step()
+        for sched in (self.dense_scheduler, self.sparse_scheduler):
+            if sched is not None:
+                sched.step()
+        self._zero_grad()
+        self.step += 1
+
+    def _lrs(self) -> Dict[str, float]:
+        out = {}
+        for name, opt in (("lr_dense", self.dense_optimizer), ("lr_sparse", self.sparse_optimizer)):
+            if opt is not None:
+                out[name] = float(opt.param_groups[0]["lr"])
+        return out
+
+    def _update_metrics(self, probs, labels, batch) -> None:
+        groups = None
+        if self.config.group_key is not None:
+            extras = getattr(batch, "extras", None) or {}
+            if self.config.group_key not in extras:
+                raise KeyError(f"config.group_key {self.config.group_key!r} is not among the batch's extras "
+                               f"{sorted(extras)}")
+            groups = _as_tensor(extras[self.config.group_key])
+        for m in self.metrics.values():
+            if groups is not None and getattr(m, "needs_groups", False):
+                m.update(probs, labels, groups=groups)
+            else:
+                m.update(probs, labels)
+
+    def _run_eval(self, eval_data) -> Dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = self.evaluate(eval_data)
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics["step"] = float(self.step)
+        self.history.append(metrics)
+        for h in self.hooks:
+            h.on_eval_end(self, self.step, metrics)
+        return metrics
+
+    def save_checkpoint(self, train=None):
+        """Saves through the checkpoint manager (model, optimizers, schedulers, trainer and data state)."""
+        if self.checkpoint is None:
+            raise ValueError("Trainer has no checkpoint manager")
+        extra = {"trainer": self.state_dict()}
+        if train is not None and hasattr(train, "state_dict"):
+            extra["data"] = train.state_dict()
+        for name, sched in (("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler)):
+            if sched is not None:
+                extra[name] = sched.state_dict()
+        return self.checkpoint.save(self.step, model=self.model, optimizers=self._optimizers(), extra_state=extra)
+
+    def resume(self, path="latest", train=None) -> bool:
+        """Loads a checkpoint (the latest complete one by default) into everything; returns False if
+        the directory holds none yet."""
+        if self.checkpoint is None:
+            raise ValueError("Trainer has no checkpoint manager")
+        extra = self.checkpoint.load(path, model=self.model, optimizers=self._optimizers())
+        if extra is None:
+            return False
+        self.load_state_dict(extra["trainer"])
+        if train is not None and "data" in extra:
+            train.load_state_dict(extra["data"])
+        for name, sched in (("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler)):
+            if sched is not None and name in extra:
+                sched.load_state_dict(extra[name])
+        return True
+
+    def _optimizers(self) -> Dict[str, object]:
+        return {name: opt for name, opt in (("sparse", self.sparse_optimizer), ("dense", self.dense_optimizer))
+                if opt is not None}
+
+
+def _device_type(model: nn.Module) -> str:
+    for p in model.parameters():
+        return p.device.type
+    return "cpu"
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if hasattr(x, "to_numpy"):
+        x = x.to_numpy(zero_copy_only=False)
+    return torch.as_tensor(x)

@@ -1,0 +1,115 @@
+"""Trainer: it learns, accumulates exactly, stops on NaN, logs, and validates its config."""
+import csv
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.metrics import AUC, GAUC, LogLoss
+from recis.models import DeepFM
+from recis.optim import SparseAdagrad, SparseSGD
+from recis.train import EarlyStopping, NonFiniteLossError, Trainer, TrainerConfig
+
+
+def make_batches(n_batches=6, batch_size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        user = torch.randint(0, 40, (batch_size,), generator=g)
+        item = torch.randint(0, 30, (batch_size,), generator=g)
+        dense = torch.randn(batch_size, 2, generator=g)
+        logit = 2.0 * ((user % 2) == (item % 2)).float() - 1.0 + dense[:, 0]
+        labels = (torch.rand(batch_size, generator=g) < torch.sigmoid(2 * logit)).float()
+        kjt = KeyedJaggedTensor.from_lengths_sync(["user", "item"], torch.cat([user, item]),
+                                                  torch.ones(2 * batch_size, dtype=torch.long))
+        out.append(SimpleNamespace(sparse=kjt, dense=dense, labels=labels, size=batch_size,
+                                   extras={"user": user}))
+    return out
+
+
+def make_trainer(config, seed=0, sparse_cls=SparseAdagrad, lr=0.1, metrics=True):
+    torch.manual_seed(seed)
+    model = DeepFM(["user", "item"], 2, 8, hidden=(16,))
+    ms = {"auc": AUC(), "gauc": GAUC(), "logloss": LogLoss()} if metrics else None
+    return Trainer(model, sparse_cls(model, lr=lr), torch.optim.SGD(model.parameters(), lr=lr), metrics=ms,
+                   config=config)
+
+
+def test_fit_learns_and_reports_metrics(tmp_path):
+    cfg = TrainerConfig(epochs=6, log_every=2, eval_every=6, log_dir=str(tmp_path), tensorboard=True,
+                        progress=False, group_key="user")
+    trainer = make_trainer(cfg)
+    history = trainer.fit(make_batches(), make_batches(3, seed=1))
+    assert trainer.step == 36 and trainer.epoch == 6
+    assert history[-1]["auc"] > 0.65 and history[-1]["auc"] > history[0]["auc"]
+    assert 0 < history[-1]["gauc"] <= 1 and math.isfinite(history[-1]["logloss"])
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    """Two micro-batches of 32 with accumulation give the same update as one batch of 64."""
+    big = make_batches(2, 64)
+    halves = []
+    for b in big:
+        for sl in (slice(0, 32), slice(32, 64)):
+            kjt = KeyedJaggedTensor.from_lengths_sync(
+                ["user", "item"], torch.cat([b.sparse["user"].values()[sl], b.sparse["item"].values()[sl]]),
+                torch.ones(64, dtype=torch.long))
+            halves.append(SimpleNamespace(sparse=kjt, dense=b.dense[sl], labels=b.labels[sl]))
+    t1 = make_trainer(TrainerConfig(progress=False), sparse_cls=SparseSGD, metrics=False)
+    t2 = make_trainer(TrainerConfig(progress=False, grad_accum_steps=2), sparse_cls=SparseSGD, metrics=False)
+    t1.fit(big)
+    t2.fit(halves)
+    assert t1.step == t2.step == 2
+    assert_same_model(t1.model, t2.model)
+
+
+def assert_same_model(a, b):
+    """Dense parameters equal, and every table holds the same ids with the same rows (row order may differ)."""
+    for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=n)
+    for ec_a, ec_b in ((a.embeddings, b.embeddings), (a.linear, b.linear)):
+        for name, table in ec_a.tables().items():
+            other = ec_b.tables()[name]
+            ids = table.export()["ids"]
+            assert sorted(ids.tolist()) == sorted(other.export()["ids"].tolist())
+            torch.testing.assert_close(table.lookup(ids), other.lookup(ids), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_nan_loss_stops_with_the_step_number_and_updates_nothing():
+    batches = make_batches(3)
+    batches[2].dense = batches[2].dense.clone()
+    batches[2].dense[0, 0] = float("nan")
+    trainer = make_trainer(TrainerConfig(progress=False), metrics=False)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        trainer.fit(batches)
+    assert trainer.step == 2
+    skip = make_trainer(TrainerConfig(progress=False, on_nonfinite="skip"), metrics=False)
+    skip.fit(batches)
+    assert skip.step == 2 and skip.skipped_nonfinite == 1
+
+
+def test_max_steps_and_early_stopping():
+    trainer = make_trainer(TrainerConfig(epochs=50, max_steps=7, progress=False), metrics=False)
+    trainer.fit(make_batches())
+    assert trainer.step == 7
+    stopper = make_trainer(TrainerConfig(epochs=50, eval_every=1, progress=False, group_key="user"), lr=0.0)
+    stopper.hooks.append(EarlyStopping("auc", patience=2))
+    stopper.fit(make_batches(2), make_batches(1, seed=3))
+    assert stopper.step == 3 and "early stopping" in stopper.stop_reason
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="group_key"):
+        make_trainer(TrainerConfig(progress=False))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\] in trainer"):
+        TrainerConfig.from_dict({"epoch": 2})
+    with pytest.raises(TypeError, match="trainer.max_steps must be"):
+        TrainerConfig.from_dict({"max_steps": "10"})
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        TrainerConfig(grad_accum_steps=0)
