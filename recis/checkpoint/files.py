@@ -1,0 +1,207 @@
+"""Atomic checkpoint directories and verified reads.
+
+A checkpoint is written into a temporary directory inside the checkpoint root; each file is
+fsynced and checksummed, the manifest is written last, the directory is fsynced and then
+renamed to its final name (and the root fsynced). A directory with a final name therefore
+always holds a complete checkpoint; a crash leaves at most a `.tmp-*` directory, which the
+next save removes. Files are read only through safetensors and json, after their checksum.
+"""
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from recis.checkpoint.errors import CheckpointCorruptError, CheckpointNotFoundError
+
+MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_CHUNK)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def fsync_path(path: Path) -> None:
+    """fsyncs a file or a directory (so that its entries are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+
+
+def manifest_digest(manifest: Dict) -> str:
+    """sha256 of the manifest without its own digest field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def prepare_tensors(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """CPU, contiguous tensors that share no memory (what safetensors stores)."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+class AtomicDirectory:
+    """`with AtomicDirectory(root, name) as d: d.write_tensors(...); d.commit(manifest)`; an
+    exception (or no commit) removes the temporary directory."""
+
+    def __init__(self, root: Path, name: str):
+        self.root, self.name = Path(root), name
+        self.final = self.root / name
+        self.tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.files: Dict[str, Dict[str, Any]] = {}
+
+    def __enter__(self) -> "AtomicDirectory":
+        if self.final.exists():
+            raise FileExistsError(f"checkpoint {self.final} already exists; remove it or save under another step")
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fsync_path(self.root.parent)
+        self.tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def _record(self, name: str) -> None:
+        path = self.tmp / name
+        fsync_path(path)
+        self.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def write_tensors(self, name: str, tensors: Dict[str, torch.Tensor]) -> None:
+        save_file(prepare_tensors(tensors), str(self.tmp / name))
+        self._record(name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_text(self.tmp / name, json_text(obj))
+        self._record(name)
+
+    def commit(self, manifest: Dict) -> Path:
+        """Writes the manifest (with the file list and checksums) last, then renames."""
+        manifest = dict(manifest, files=self.files)
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        write_text(self.tmp / MANIFEST, json_text(manifest))
+        fsync_path(self.tmp / MANIFEST)
+        fsync_path(self.tmp)
+        if self.final.exists():
+            raise FileExistsError(f"checkpoint {self.final} appeared while saving; not replacing it")
+        os.rename(self.tmp, self.final)
+        fsync_path(self.root)
+        return self.final
+
+
+def write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def remove_tree(path: Path) -> None:
+    """Renames `path` to a temporary name first, so that a crash mid-delete never leaves a
+    half-deleted directory under its checkpoint name."""
+    trash = path.parent / f"{TMP_PREFIX}delete-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, trash)
+    fsync_path(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Removes `.tmp-*` directories left by interrupted saves or deletes (one writer per root)."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- reading
+def read_manifest(directory: Path, expected_format: str) -> Dict:
+    """The manifest of `directory`, checked for JSON syntax, format and its own digest."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path} is missing: {directory} is not a complete checkpoint")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointCorruptError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointCorruptError(f"{path}: format is {found!r}, expected {expected_format!r}")
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise CheckpointCorruptError(f"{path}: the manifest's own checksum does not match its content")
+    if not isinstance(manifest.get("files"), dict):
+        raise CheckpointCorruptError(f"{path}: no file list")
+    return manifest
+
+
+def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
+    """The path of a file the manifest lists, after checking its size and sha256."""
+    entry = manifest["files"].get(name)
+    path = Path(directory) / name
+    if entry is None:
+        raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint file {path} is missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise CheckpointCorruptError(f"checkpoint file {path} fails its checksum: sha256 {digest}, the manifest "
+                                     f"says {entry['sha256']}")
+    return path
+
+
+def read_tensors(directory: Path, manifest: Dict, name: str) -> Dict[str, torch.Tensor]:
+    path = verified_path(directory, manifest, name)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointCorruptError(f"checkpoint file {path} is not a valid safetensors file ({e})") from None
+
+
+def read_json(directory: Path, manifest: Dict, name: str) -> Any:
+    path = verified_path(directory, manifest, name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointCorruptError(f"checkpoint file {path} is not valid JSON ({e})") from None
+
+
+def check_no_unlisted_files(directory: Path, manifest: Dict) -> None:
+    """Refuses a checkpoint directory holding files its manifest does not list (e.g. a planted
+    torch or Python object file): such a file is never opened, and the checkpoint is not trusted."""
+    listed = set(manifest["files"]) | {MANIFEST}
+    extra = sorted(p.name for p in Path(directory).iterdir() if p.name not in listed)
+    if extra:
+        raise CheckpointCorruptError(f"checkpoint {directory} holds files its manifest does not list: {extra}; "
+                                     "refusing to load it (remove them if they are yours)")

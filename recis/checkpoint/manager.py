@@ -1,0 +1,315 @@
+"""CheckpointManager: atomic, checksummed, incremental checkpoints of a model, its optimizers
+and any trainer / IO state; keeps the last N.
+
+Layout of `directory/step-000000000100/` (safetensors and JSON only, nothing pickled):
+
+- `sparse.safetensors`  hash tables: ids, rows, optimizer slots, counts, last_seen, group state
+  (an incremental checkpoint: the rows touched since its parent, plus every live id)
+- `dense.safetensors`   the model's other parameters and buffers
+- `state.json` + `state.safetensors`  optimizer / scheduler state_dicts and `extra_state`
+- `manifest.json`       format version, step, kind, parent, table configs, files and sha256
+"""
+import json
+import re
+import uuid
+import warnings
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+import recis
+from recis.checkpoint import files, tables
+from recis.checkpoint.codec import decode, encode
+from recis.checkpoint.errors import (CheckpointCorruptError, CheckpointError, CheckpointNotFoundError,
+                                     IncompatibleCheckpointError)
+from recis.checkpoint.finite import check_finite as _check_finite
+
+FORMAT = "recis.checkpoint"
+VERSION = 1
+SPARSE, DENSE, STATE_JSON, STATE_TENSORS = "sparse.safetensors", "dense.safetensors", "state.json", "state.safetensors"
+_NAME = re.compile(r"^step-(\d+)$")
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint on disk: `kind` is "full" or "incremental" (`parent` names the
+    checkpoint it builds on); `chain_length` counts the checkpoints needed to load it."""
+
+    path: Path
+    step: int
+    kind: str
+    parent: Optional[str]
+    id: str
+    chain_length: int
+
+
+@dataclass
+class _Baseline:
+    """The checkpoint that the model's in-memory state last matched (saved or loaded)."""
+
+    model: "weakref.ref"
+    path: Path
+    name: str
+    id: str
+    chain_length: int
+    table_steps: Dict[str, int]
+    tables: Dict[str, dict]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:012d}"
+
+
+def _info(path: Path, manifest: Dict) -> CheckpointInfo:
+    parent = manifest.get("parent")
+    return CheckpointInfo(path, int(manifest["step"]), manifest["kind"], parent["name"] if parent else None,
+                          manifest["id"], int(manifest["chain_length"]))
+
+
+def _type_name(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _read_checked_manifest(path: Path) -> Dict:
+    manifest = files.read_manifest(path, FORMAT)
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
+        raise IncompatibleCheckpointError(f"{path} has format version {manifest.get('version')!r}; this recis reads "
+                                          f"versions up to {VERSION}")
+    return manifest
+
+
+class CheckpointManager:
+    """Saves to and loads from `directory` (one writer per directory).
+
+    `keep_last`: complete checkpoints to keep (None: all); older ones are deleted once a new
+    one is complete, except those a kept incremental checkpoint builds on. `full_every`: with
+    the default `save(incremental=None)`, every `full_every`-th save is full and the others are
+    incremental (1: always full)."""
+
+    def __init__(self, directory: PathLike, keep_last: Optional[int] = 3, full_every: int = 1):
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f"keep_last must be None or an int >= 1, got {keep_last!r}")
+        if not isinstance(full_every, int) or full_every < 1:
+            raise ValueError(f"full_every must be an int >= 1, got {full_every!r}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.full_every = full_every
+        self._baseline: Optional[_Baseline] = None
+
+    # ------------------------------------------------------------ listing
+    def checkpoints(self) -> List[CheckpointInfo]:
+        """Complete checkpoints (with a valid manifest), oldest step first."""
+        out = []
+        if not self.directory.is_dir():
+            return out
+        for p in self.directory.iterdir():
+            if not (_NAME.match(p.name) and p.is_dir()):
+                continue
+            try:
+                out.append(_info(p, _read_checked_manifest(p)))
+            except CheckpointError as e:
+                warnings.warn(f"skipping {p}: {e}", RuntimeWarning, stacklevel=2)
+        return sorted(out, key=lambda i: i.step)
+
+    def latest(self) -> Optional[CheckpointInfo]:
+        """The complete checkpoint with the highest step, or None."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def resolve(self, checkpoint: PathLike = "latest") -> Path:
+        """The directory of `checkpoint`: "latest", a name inside `directory`, or a path."""
+        if checkpoint == "latest":
+            info = self.latest()
+            if info is None:
+                raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
+            return info.path
+        path = Path(checkpoint)
+        if not path.is_absolute() and (self.directory / path).is_dir():
+            return self.directory / path
+        return path
+
+    # ------------------------------------------------------------ saving
+    def save(self, step: int, model: nn.Module, optimizers: Optional[Mapping[str, Any]] = None,
+             extra_state: Optional[Mapping[str, Any]] = None, incremental: Optional[bool] = None,
+             check_finite: bool = True) -> Path:
+        """Writes checkpoint `step` atomically and returns its directory.
+
+        `optimizers`: name -> any object with state_dict()/load_state_dict() (sparse and dense
+        optimizers, LR schedulers). `extra_state`: trainer / IO state (JSON values and tensors,
+        nested in dicts, lists and tuples). `incremental`: True or False forces the kind; None
+        follows `full_every`. Refuses (NonFiniteStateError, nothing written) when a value to be
+        saved is NaN/Inf, and refuses while sparse gradients wait for an optimizer step."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        optimizers = dict(optimizers or {})
+        entries = tables.table_groups(model)
+        tables.check_quiescent(entries)
+        sparse, dense = tables.split_state(model.state_dict(), entries)
+        configs = json.loads(json.dumps(tables.configs_of(entries, sparse)))
+        table_steps = {e.key: e.group.step for e in entries}
+        parent = self._parent_for(model, configs, incremental)
+        if parent is not None:
+            sparse = tables.delta(sparse, entries, parent.table_steps)
+        dense_tensors = {k: v for k, v in dense.items() if isinstance(v, torch.Tensor)}
+        state_tensors: Dict[str, torch.Tensor] = {}
+        state = {
+            "model": encode({k: v for k, v in dense.items() if k not in dense_tensors}, state_tensors, "model"),
+            "optimizers": {name: encode(opt.state_dict(), state_tensors, f"optimizers/{name}")
+                           for name, opt in optimizers.items()},
+            "extra": encode(dict(extra_state or {}), state_tensors, "extra"),
+        }
+        name = checkpoint_name(step)
+        if check_finite:
+            everything = {**{f"sparse/{k}": v for k, v in sparse.items()},
+                          **{f"dense/{k}": v for k, v in dense_tensors.items()}, **state_tensors}
+            _check_finite(tensors=everything, what=f"checkpoint {self.directory / name} (nothing was written)")
+        manifest = {
+            "format": FORMAT, "version": VERSION, "step": step, "kind": "incremental" if parent else "full",
+            "parent": {"name": parent.name, "id": parent.id} if parent else None,
+            "chain_length": parent.chain_length + 1 if parent else 1,
+            "id": uuid.uuid4().hex, "created": datetime.now(timezone.utc).isoformat(),
+            "recis_version": recis.__version__, "torch_version": torch.__version__,
+            "tables": configs, "table_steps": table_steps,
+            "optimizers": {n: _type_name(o) for n, o in optimizers.items()},
+        }
+        files.remove_stale_temporaries(self.directory)
+        with files.AtomicDirectory(self.directory, name) as d:
+            d.write_tensors(SPARSE, sparse)
+            d.write_tensors(DENSE, dense_tensors)
+            d.write_tensors(STATE_TENSORS, state_tensors)
+            d.write_json(STATE_JSON, state)
+            path = d.commit(manifest)
+        self._remember(model, path, manifest)
+        self._retain()
+        return path
+
+    def _parent_for(self, model: nn.Module, configs: Dict, incremental: Optional[bool]) -> Optional[_Baseline]:
+        if incremental is False:
+            return None
+        b = self._baseline
+        reason = None
+        if b is None or b.model() is not model:
+            reason = "this manager has not saved or loaded this model yet"
+        elif b.path.parent.resolve() != self.directory.resolve():
+            reason = f"the last checkpoint, {b.path}, is in another directory"
+        elif b.tables != configs:
+            reason = f"the table configs changed since checkpoint {b.name}"
+        else:
+            try:
+                on_disk = _read_checked_manifest(b.path)
+                if on_disk["id"] != b.id:
+                    reason = f"checkpoint {b.name} was replaced"
+            except CheckpointError as e:
+                reason = f"checkpoint {b.name} is unusable ({e})"
+        if reason is not None:
+            if incremental:
+                raise CheckpointError(f"cannot save an incremental checkpoint: {reason}; save a full one first")
+            return None
+        if incremental is None and b.chain_length >= self.full_every:
+            return None
+        return b
+
+    def _remember(self, model: nn.Module, path: Path, manifest: Dict) -> None:
+        self._baseline = _Baseline(weakref.ref(model), path, path.name, manifest["id"], int(manifest["chain_length"]),
+                                   dict(manifest["table_steps"]), manifest["tables"])
+
+    def _retain(self) -> None:
+        if self.keep_last is None:
+            return
+        infos = self.checkpoints()
+        by_name = {i.path.name: i for i in infos}
+        needed = set()
+        for info in infos[-self.keep_last:]:
+            while info is not None and info.path.name not in needed:
+                needed.add(info.path.name)
+                info = by_name.get(info.parent) if info.parent else None
+        for info in infos:
+            if info.path.name not in needed:
+                files.remove_tree(info.path)
+
+    # ------------------------------------------------------------ loading
+    def chain(self, checkpoint: PathLike = "latest") -> List[Tuple[Path, Dict]]:
+        """(directory, manifest) of the full checkpoint and the incrementals up to `checkpoint`."""
+        path = self.resolve(checkpoint)
+        out, seen = [], set()
+        while True:
+            manifest = _read_checked_manifest(path)
+            files.check_no_unlisted_files(path, manifest)
+            out.append((path, manifest))
+            seen.add(manifest["id"])
+            parent = manifest.get("parent")
+            if parent is None:
+                return out[::-1]
+            parent_path = path.parent / parent["name"]
+            if not parent_path.is_dir():
+                raise CheckpointNotFoundError(f"{path} is incremental on {parent_path}, which is missing")
+            parent_id = _read_checked_manifest(parent_path)["id"]
+            if parent_id != parent["id"] or parent_id in seen:
+                raise CheckpointCorruptError(f"{parent_path} is not the checkpoint that {path} was built on "
+                                             f"(id {parent_id}, expected {parent['id']})")
+            path = parent_path
+
+    def load(self, checkpoint: PathLike = "latest", model: Optional[nn.Module] = None,
+             optimizers: Optional[Mapping[str, Any]] = None, strict: bool = True) -> Dict[str, Any]:
+        """Restores `model` and `optimizers` (name -> object with load_state_dict, as saved)
+        from `checkpoint` ("latest", a name or a path; incremental ones with their chain) and
+        returns the saved `extra_state`. Every file is checked against its sha256 before
+        anything is changed. `strict=False` accepts table configs that differ in anything but
+        the shapes (seeds, initializer, eviction, ...)."""
+        chain = self.chain(checkpoint)
+        path, manifest = chain[-1]
+        where = f"checkpoint {path}"
+        optimizers = dict(optimizers or {})
+        for name, opt in optimizers.items():
+            saved = manifest["optimizers"].get(name)
+            if saved is None:
+                raise IncompatibleCheckpointError(f"{where} has no state for optimizer {name!r} (it has "
+                                                  f"{sorted(manifest['optimizers'])})")
+            if saved != _type_name(opt):
+                raise IncompatibleCheckpointError(f"{where}: optimizer {name!r} was saved from {saved}, got "
+                                                  f"{_type_name(opt)}")
+        state_tensors = files.read_tensors(path, manifest, STATE_TENSORS)
+        state = files.read_json(path, manifest, STATE_JSON)
+        if model is not None:
+            entries = tables.table_groups(model)
+            tables.check_compatible(manifest["tables"], entries, where, strict)
+            model_state = self._model_state(chain, state, state_tensors)
+            try:
+                model.load_state_dict(model_state, strict=True)
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise IncompatibleCheckpointError(f"{where} does not fit the model: {e}") from None
+        for name, opt in optimizers.items():
+            try:
+                opt.load_state_dict(decode(state["optimizers"][name], state_tensors))
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise IncompatibleCheckpointError(f"{where}: optimizer {name!r} does not fit: {e}") from None
+        if model is not None:
+            self._remember(model, path, manifest)
+        return decode(state["extra"], state_tensors)
+
+    def _model_state(self, chain, state: Dict, state_tensors: Dict) -> Dict[str, Any]:
+        base_path, base = chain[0]
+        sparse = files.read_tensors(base_path, base, SPARSE)
+        for path, manifest in chain[1:]:
+            sparse = tables.apply_delta(sparse, files.read_tensors(path, manifest, SPARSE), manifest["tables"],
+                                        f"checkpoint {path}")
+        path, manifest = chain[-1]
+        dense = files.read_tensors(path, manifest, DENSE)
+        return {**dense, **decode(state["model"], state_tensors), **sparse}
+
+
+def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, optimizers: Optional[Mapping[str, Any]] = None,
+                    strict: bool = True) -> Dict[str, Any]:
+    """Loads a checkpoint directory, or the latest checkpoint of a checkpoint root; returns
+    its `extra_state` (see CheckpointManager.load)."""
+    path = Path(path)
+    if (path / files.MANIFEST).is_file():
+        return CheckpointManager(path.parent, keep_last=None).load(path, model, optimizers, strict)
+    return CheckpointManager(path, keep_last=None).load("latest", model, optimizers, strict)

@@ -1,0 +1,12 @@
+"""Real and synthetic datasets for recis, as Parquet or streaming `pyarrow.dataset`s.
+
+- `movielens`: MovieLens-1M ratings with user and movie features, random and by-time splits.
+- `criteo`, `avazu`: readers and Parquet converters for the public CTR datasets' text formats.
+- `synthetic`: a seeded, streaming Criteo-like generator with a planted logistic model.
+
+See docs/datasets.md.
+"""
+from recis.datasets import avazu, criteo, movielens, synthetic
+from recis.datasets._cache import cache_dir
+
+__all__ = ["avazu", "cache_dir", "criteo", "movielens", "synthetic"]

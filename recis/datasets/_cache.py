@@ -1,0 +1,53 @@
+"""Where datasets are cached, and how a cache entry is written so that it is never half there."""
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def cache_dir(override: Optional[PathLike] = None) -> Path:
+    """The root of recis' dataset cache.
+
+    In order: ``override``, ``$RECIS_CACHE_DIR``, ``$XDG_CACHE_HOME/recis``, ``~/.cache/recis``.
+    The directory is not created here.
+
+    >>> import os
+    >>> str(cache_dir("/data/cache"))
+    '/data/cache'
+    """
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get("RECIS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "recis"
+
+
+@contextlib.contextmanager
+def atomic_directory(final: PathLike) -> Iterator[Path]:
+    """Yields an empty temporary directory next to ``final``; renames it to ``final`` on success.
+
+    If the body raises, the temporary directory is removed and ``final`` is untouched, so an
+    interrupted build never leaves a half-written cache entry. If another process created
+    ``final`` in the meantime, its copy is kept and ours is discarded (both are complete).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp)  # lost a race against another complete writer
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
