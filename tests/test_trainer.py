@@ -69,16 +69,17 @@ def test_gradient_accumulation_equals_the_big_batch():
     assert_same_model(t1.model, t2.model)
 
 
-def assert_same_model(a, b):
+def assert_same_model(a, b, exact=False):
     """Dense parameters equal, and every table holds the same ids with the same rows (row order may differ)."""
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-6)
     for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(x, y, **tol, msg=n)
     for ec_a, ec_b in ((a.embeddings, b.embeddings), (a.linear, b.linear)):
         for name, table in ec_a.tables().items():
             other = ec_b.tables()[name]
             ids = table.export()["ids"]
             assert sorted(ids.tolist()) == sorted(other.export()["ids"].tolist())
-            torch.testing.assert_close(table.lookup(ids), other.lookup(ids), rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(table.lookup(ids), other.lookup(ids), **tol, msg=name)
 
 
 def test_nan_loss_stops_with_the_step_number_and_updates_nothing():
@@ -113,3 +114,32 @@ def test_config_errors_name_the_key():
         TrainerConfig.from_dict({"max_steps": "10"})
     with pytest.raises(ValueError, match="grad_accum_steps"):
         TrainerConfig(grad_accum_steps=0)
+
+
+def test_resume_from_a_checkpoint_equals_uninterrupted_training(tmp_path):
+    from recis.checkpoint import CheckpointManager
+
+    data = make_batches(5)
+    full = make_trainer(TrainerConfig(epochs=2, progress=False), metrics=False)
+    full.fit(data)
+
+    first = make_trainer(TrainerConfig(epochs=2, max_steps=7, checkpoint_every=7, progress=False), metrics=False)
+    first.checkpoint = CheckpointManager(tmp_path)
+    first.fit(data)
+    assert first.step == 7 and first.epoch == 1
+
+    second = make_trainer(TrainerConfig(epochs=2, progress=False), seed=123, metrics=False)
+    second.checkpoint = CheckpointManager(tmp_path)
+    assert second.resume(train=data)
+    assert second.step == 7 and second.epoch_batches == 2
+    second.fit(data)
+    assert second.step == full.step == 10
+    assert_same_model(full.model, second.model, exact=True)
+
+
+def test_resume_without_checkpoints_reports_false(tmp_path):
+    from recis.checkpoint import CheckpointManager
+
+    trainer = make_trainer(TrainerConfig(progress=False), metrics=False)
+    trainer.checkpoint = CheckpointManager(tmp_path)
+    assert trainer.resume() is False

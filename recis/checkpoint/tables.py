@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointError, IncompatibleCheckpointError
-from recis.nn import EmbeddingCollection, HashEmbedding, TableGroup
+from recis.nn import TableGroup, named_table_groups
 from recis.nn.hash_table import STATE_KEYS, split_eviction
 
 GROUP_SUFFIX = "._group."
@@ -42,14 +42,12 @@ class GroupEntry:
                                                                      for k in self.table_keys)
 
     def pending_rows(self) -> int:
-        # TODO(recis.nn): a public TableGroup.pending_rows would avoid reaching into _impl.
-        return int(self.group._impl.pending_rows())
+        return self.group.pending_rows()
 
     def config(self, slot_width: int) -> dict:
         """The group's table config as JSON (what a checkpoint must be compatible with)."""
         g = self.group
-        # TODO(recis.nn): seeds and the LFU policy are only kept in TableGroup._config.
-        cfg = g._config
+        cfg = g.config
         ttl, lfu = split_eviction(cfg["eviction"])
         adm = g.admission
         kind, *params = g.initializer.spec(g.embedding_dim)
@@ -65,14 +63,7 @@ class GroupEntry:
 
 def table_groups(model: nn.Module) -> List[GroupEntry]:
     """Every table group of `model`, once per state_dict prefix it is saved under."""
-    out = []
-    for name, module in model.named_modules(remove_duplicate=False):
-        prefix = f"{name}." if name else ""
-        if isinstance(module, EmbeddingCollection):
-            out.extend(GroupEntry(prefix, g) for g in module.groups)
-        elif isinstance(module, HashEmbedding):
-            out.append(GroupEntry(prefix, module.group))
-    return out
+    return [GroupEntry(prefix, g) for prefix, g in named_table_groups(model, remove_duplicate=False)]
 
 
 def split_state(state: Dict, entries: List[GroupEntry]) -> Tuple[Dict, Dict]:

@@ -1,5 +1,5 @@
 """recis.nn: hash embedding tables and the modules built on them."""
-from typing import List
+from typing import List, Tuple
 
 from torch import nn
 
@@ -11,22 +11,31 @@ from recis.nn.initializers import (Constant, Initializer, KaimingNormal, Kaiming
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
 
+def named_table_groups(model: nn.Module, remove_duplicate: bool = True) -> List[Tuple[str, TableGroup]]:
+    """(state_dict prefix of the owning module, group) for every table group of `model`, in module order."""
+    out = []
+    for name, module in model.named_modules(remove_duplicate=remove_duplicate):
+        prefix = f"{name}." if name else ""
+        if isinstance(module, EmbeddingCollection):
+            out.extend((prefix, g) for g in module.groups)
+        elif isinstance(module, HashEmbedding):
+            out.append((prefix, module.group))
+    return out
+
+
 def sparse_tables(model: nn.Module) -> List[HashTable]:
     """Every hash table of `model`, in module order; give them to a recis.optim optimizer."""
     seen, tables = set(), []
-    for module in model.modules():
-        groups = getattr(module, "groups", None) if isinstance(module, EmbeddingCollection) else None
-        if isinstance(module, HashEmbedding):
-            groups = [module.group]
-        for group in groups or []:
-            if id(group) not in seen:
-                seen.add(id(group))
-                tables.extend(group.tables)
+    for _, group in named_table_groups(model):
+        if id(group) not in seen:
+            seen.add(id(group))
+            tables.extend(group.tables)
     return tables
 
 
 __all__ = [
     "EmbeddingCollection", "TableConfig", "HashEmbedding", "HashTable", "TableGroup", "sparse_tables",
+    "named_table_groups",
     "FrequencyAdmission", "TTLEviction", "LFUEviction", "Initializer", "Constant", "Zeros", "Uniform", "Normal",
     "TruncatedNormal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal",
 ]

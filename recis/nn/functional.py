@@ -55,7 +55,7 @@ _FUSED_GROUPS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDic
 def fused_group(handle: int):
     """The table group of `handle` if its optimizer updates rows during backward, else None."""
     group = _FUSED_GROUPS.get(handle)
-    if group is None or group.fused_optimizer() is None or group._impl.pending_rows() > 0:
+    if group is None or group.fused_optimizer() is None or group.pending_rows() > 0:
         return None
     return group
 

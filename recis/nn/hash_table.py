@@ -166,6 +166,15 @@ class TableGroup:
     def stats(self) -> Dict[str, int]:
         return dict(self._impl.stats(), live=len(self), step=self.step)
 
+    @property
+    def config(self) -> Dict:
+        """The constructor arguments of this group (dim, names, seeds, policies, ...), as a copy."""
+        return dict(self._config)
+
+    def pending_rows(self) -> int:
+        """Rows holding gradients that wait for the sparse optimizer's step()."""
+        return int(self._impl.pending_rows())
+
     # ---- state ----
     def group_state(self) -> Dict[str, torch.Tensor]:
         state = {"step": torch.tensor(self.step, dtype=torch.int64),

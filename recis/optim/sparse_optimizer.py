@@ -80,7 +80,7 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for pg in self.param_groups:
             for anchor in pg["params"]:
                 table = self._by_anchor[id(anchor)]
-                if table._impl.pending_rows() == 0:
+                if table.pending_rows() == 0:
                     continue
                 # The step count lives in the table (and its state_dict), like the slots.
                 table.optimizer_step += 1

@@ -155,14 +155,9 @@ class TableStats(Hook):
     def on_step_end(self, trainer, step, logs):
         if step % self.every:
             return
-        from recis.nn import sparse_tables
+        from recis.nn import named_table_groups
 
-        seen = set()
-        for table in sparse_tables(trainer.model):
-            group = table.group
-            if id(group) in seen:
-                continue
-            seen.add(id(group))
+        for _, group in named_table_groups(trainer.model):
             if self.evict and group.ttl is not None:
                 group.evict_expired()
             stats = group.stats()

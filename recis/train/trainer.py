@@ -58,6 +58,8 @@ class Trainer:
         self.step = 0          # optimizer steps taken
         self.epoch = 0         # completed passes over the training data
         self.skipped_nonfinite = 0
+        self.epoch_batches = 0  # batches consumed in the current epoch (for resuming data without state)
+        self._fast_forward = 0
         self.history: List[Dict[str, float]] = []
         self._stop_reason: Optional[str] = None
         if self.config.seed is not None:
@@ -129,12 +131,14 @@ class Trainer:
 
     # ---- state (for checkpoints) ----
     def state_dict(self) -> Dict:
-        return {"step": self.step, "epoch": self.epoch, "skipped_nonfinite": self.skipped_nonfinite,
-                "history": self.history, "rng": torch.get_rng_state().tolist()}
+        return {"step": self.step, "epoch": self.epoch, "epoch_batches": self.epoch_batches,
+                "skipped_nonfinite": self.skipped_nonfinite, "history": self.history,
+                "rng": torch.get_rng_state().tolist()}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        self.epoch_batches = int(state.get("epoch_batches", 0))
         self.history = list(state.get("history", []))
         if "rng" in state:
             torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
@@ -159,7 +163,14 @@ class Trainer:
         self.model.train()
         meter, micro, loss_sum, loss_n = Throughput(), 0, 0.0, 0
         self._zero_grad()
+        skip, self._fast_forward = self._fast_forward, 0
+        if not skip:
+            self.epoch_batches = 0
         for batch in train:
+            if skip:  # resuming data that keeps no state of its own: skip what was consumed
+                skip -= 1
+                continue
+            self.epoch_batches += 1
             labels = batch.labels.float()
             with self._autocast():
                 logits = self.model(batch).float()
@@ -247,9 +258,6 @@ class Trainer:
         extra = {"trainer": self.state_dict()}
         if train is not None and hasattr(train, "state_dict"):
             extra["data"] = train.state_dict()
-        for name, sched in (("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler)):
-            if sched is not None:
-                extra[name] = sched.state_dict()
         return self.checkpoint.save(self.step, model=self.model, optimizers=self._optimizers(), extra_state=extra)
 
     def resume(self, path="latest", train=None) -> bool:
@@ -257,20 +265,21 @@ class Trainer:
         the directory holds none yet."""
         if self.checkpoint is None:
             raise ValueError("Trainer has no checkpoint manager")
-        extra = self.checkpoint.load(path, model=self.model, optimizers=self._optimizers())
-        if extra is None:
+        if path == "latest" and self.checkpoint.latest() is None:
             return False
+        extra = self.checkpoint.load(path, model=self.model, optimizers=self._optimizers())
         self.load_state_dict(extra["trainer"])
-        if train is not None and "data" in extra:
+        if train is not None and hasattr(train, "load_state_dict") and "data" in extra:
             train.load_state_dict(extra["data"])
-        for name, sched in (("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler)):
-            if sched is not None and name in extra:
-                sched.load_state_dict(extra[name])
+        else:
+            self._fast_forward = self.epoch_batches
         return True
 
     def _optimizers(self) -> Dict[str, object]:
-        return {name: opt for name, opt in (("sparse", self.sparse_optimizer), ("dense", self.dense_optimizer))
-                if opt is not None}
+        """Everything with a state_dict besides the model: optimizers and LR schedulers."""
+        named = (("sparse", self.sparse_optimizer), ("dense", self.dense_optimizer),
+                 ("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler))
+        return {name: obj for name, obj in named if obj is not None}
 
 
 def _device_type(model: nn.Module) -> str:
