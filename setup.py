@@ -38,5 +38,6 @@ setup(
     # (incrementally) right after; a plain `pip install .` builds it here.
     ext_modules=[] if os.environ.get("RECIS_NO_EXT") else [extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["recis = recis.cli:main"]},
     zip_safe=False,
 )

@@ -58,6 +58,7 @@ class Trainer:
         self.step = 0          # optimizer steps taken
         self.epoch = 0         # completed passes over the training data
         self.skipped_nonfinite = 0
+        self.examples = 0       # training examples consumed
         self.epoch_batches = 0  # batches consumed in the current epoch (for resuming data without state)
         self._fast_forward = 0
         self.history: List[Dict[str, float]] = []
@@ -189,6 +190,7 @@ class Trainer:
             loss_sum += float(loss.detach())
             loss_n += 1
             meter.add(labels.numel())
+            self.examples += labels.numel()
             if micro < cfg.grad_accum_steps:
                 continue
             micro = 0

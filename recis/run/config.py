@@ -1,0 +1,136 @@
+"""RunConfig: one YAML file describes a whole job (data, features, model, optimizers, trainer, checkpoints).
+
+>>> cfg = RunConfig.from_dict({"data": {"dataset": "movielens"}, "features": "movielens",
+...                            "model": {"name": "deepfm", "embedding_dim": 8}})
+>>> cfg.model.name, cfg.optim.sparse["name"], cfg.trainer.epochs
+('deepfm', 'rowwise_adagrad', 1)
+>>> RunConfig.from_dict({"model": {"name": "deepfm"}, "modle": {}})
+Traceback (most recent call last):
+...
+ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'features', 'model', 'optim', 'trainer'])
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from recis.config_utils import check_types, from_mapping
+from recis.train.config import TrainerConfig
+
+DATASETS = ("movielens", "synthetic")
+
+
+@dataclass
+class DataConfig:
+    """`dataset` names a built-in dataset (movielens: `split` random|time); otherwise `train` and
+    `eval` give files or directories (Parquet, ORC or CSV, `format` to force one)."""
+
+    dataset: Optional[str] = None
+    split: str = "random"
+    train: Optional[Union[str, List[str]]] = None
+    eval: Optional[Union[str, List[str]]] = None
+    format: Optional[str] = None
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    shuffle_buffer: int = 0
+    seed: int = 0
+    prefetch: int = 2
+    synthetic_rows: int = 200_000
+
+    def __post_init__(self):
+        check_types(self, "data")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS} or null, got {self.dataset!r}")
+        if self.dataset is None and self.train is None:
+            raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ModelConfig:
+    """`name` is a key of recis.models.MODELS; the other keys are that model's arguments."""
+
+    name: str = "deepfm"
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    sparse: Dict[str, Any] = field(default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05})
+    dense: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 0.001})
+
+    def __post_init__(self):
+        check_types(self, "optim")
+        for part in ("sparse", "dense"):
+            if "name" not in getattr(self, part):
+                raise ValueError(f"optim.{part} needs a name")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None
+    keep_last: int = 3
+    every: Optional[int] = None
+    resume: bool = True
+
+    def __post_init__(self):
+        check_types(self, "checkpoint")
+        if self.keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig
+    features: Union[str, Dict[str, Any], List[Any]]
+    model: ModelConfig
+    optim: OptimConfig
+    trainer: TrainerConfig
+    checkpoint: CheckpointConfig
+    base_dir: str = "."
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], base_dir: str = ".") -> "RunConfig":
+        known = ["checkpoint", "data", "features", "model", "optim", "trainer"]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config (known: {known})")
+        model = dict(values.get("model") or {})
+        name = model.pop("name", "deepfm")
+        if not isinstance(name, str):
+            raise TypeError(f"model.name must be str, got {type(name).__name__}")
+        # Output directories are relative to the working directory; input files to the config file.
+        trainer = from_mapping(TrainerConfig, values.get("trainer"), "trainer")
+        ckpt = from_mapping(CheckpointConfig, values.get("checkpoint"), "checkpoint")
+        data = from_mapping(DataConfig, values.get("data") or {"dataset": "movielens"}, "data")
+        for name in ("train", "eval"):
+            paths = getattr(data, name)
+            if isinstance(paths, str):
+                setattr(data, name, _resolve(base_dir, paths))
+            elif paths is not None:
+                setattr(data, name, [_resolve(base_dir, p) for p in paths])
+        features = values.get("features", data.dataset)
+        if features is None:
+            raise ValueError("config needs a features section (a feature engine config, a file, or a dataset name)")
+        if isinstance(features, str) and features not in DATASETS:
+            features = _resolve(base_dir, features)
+        return cls(data, features, ModelConfig(name, model), from_mapping(OptimConfig, values.get("optim"), "optim"),
+                   trainer, ckpt, base_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "RunConfig":
+        """Loads a YAML job file (yaml.safe_load: nothing in it is executed)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path} does not exist")
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+        return cls.from_dict(values, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))

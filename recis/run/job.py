@@ -1,0 +1,119 @@
+"""Job: builds the whole pipeline of a RunConfig (data -> feature engine -> model -> optimizers -> Trainer)."""
+import copy
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from recis import optim as sparse_optim
+from recis.run.config import RunConfig
+
+SPARSE_OPTIMIZERS = {"sgd": sparse_optim.SparseSGD, "adagrad": sparse_optim.SparseAdagrad,
+                     "rowwise_adagrad": sparse_optim.SparseRowwiseAdagrad, "adam": sparse_optim.SparseAdam,
+                     "adamw": sparse_optim.SparseAdamW, "ftrl": sparse_optim.SparseFTRL}
+DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                    "adagrad": torch.optim.Adagrad}
+GROUP_COLUMN = "group_id"  # pass-through column that GAUC groups by (the user id for MovieLens)
+
+
+def _optimizer(table: Dict, spec: Dict, where: str, params):
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in table:
+        raise ValueError(f"{where}.name must be one of {sorted(table)}, got {name!r}")
+    try:
+        return table[name](params, **spec)
+    except TypeError as e:
+        raise TypeError(f"{where} ({name}): {e}") from None
+
+
+def feature_config(cfg: RunConfig) -> Dict:
+    """The feature engine config: a built-in dataset's, a file, or inline."""
+    features = cfg.features
+    if features == "movielens":
+        from recis.datasets import movielens
+
+        features = movielens.feature_config()
+        if cfg.trainer.group_key == GROUP_COLUMN:
+            features["features"].append({"name": GROUP_COLUMN, "kind": "passthrough", "column": "user_id"})
+    return features
+
+
+def data_files(cfg: RunConfig) -> Tuple[object, Optional[object]]:
+    d = cfg.data
+    if d.dataset == "movielens":
+        from recis.datasets import movielens
+
+        files = movielens.load(split=d.split, seed=d.seed)
+        return str(files.train), str(files.test)
+    return d.train, d.eval
+
+
+class Job:
+    """Everything one `recis train` needs, built from a RunConfig."""
+
+    def __init__(self, cfg: RunConfig):
+        from recis.checkpoint import CheckpointManager
+        from recis.features import FeatureEngine
+        from recis.io import ArrowDataset
+        from recis.metrics import AUC, GAUC, Calibration, LogLoss
+        from recis.models import MODELS
+        from recis.train import Trainer
+
+        self.cfg = cfg
+        if cfg.trainer.seed is not None:
+            torch.manual_seed(cfg.trainer.seed)
+        self.engine = FeatureEngine.from_config(feature_config(cfg))
+        train_src, eval_src = data_files(cfg)
+        d = cfg.data
+        self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
+                                       shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
+                                       transform=self.engine, prefetch=d.prefetch)
+        self.eval_data = None
+        if eval_src is not None:
+            self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
+                                          transform=self.engine, prefetch=d.prefetch)
+        if cfg.model.name not in MODELS:
+            raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {cfg.model.name!r}")
+        sparse_names = [s.name for s in self.engine.specs if s.kind == "sparse"]
+        args = dict(cfg.model.args)
+        args.setdefault("dense_dim", len(self.engine.dense_names))
+        try:
+            self.model = MODELS[cfg.model.name](sparse_names, **args)
+        except TypeError as e:
+            raise TypeError(f"model ({cfg.model.name}): {e}") from None
+        self.sparse_optimizer = _optimizer(SPARSE_OPTIMIZERS, cfg.optim.sparse, "optim.sparse", self.model)
+        self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense",
+                                          list(self.model.parameters()))
+        metrics = {"auc": AUC(), "logloss": LogLoss(), "calibration": Calibration()}
+        if cfg.trainer.group_key is not None:
+            metrics["gauc"] = GAUC()
+        ckpt = CheckpointManager(cfg.checkpoint.dir, keep_last=cfg.checkpoint.keep_last) if cfg.checkpoint.dir \
+            else None
+        trainer_cfg = copy.copy(cfg.trainer)
+        trainer_cfg.checkpoint_every = cfg.checkpoint.every
+        self.trainer = Trainer(self.model, self.sparse_optimizer, self.dense_optimizer, metrics=metrics,
+                               config=trainer_cfg, checkpoint=ckpt)
+
+    def train(self) -> Dict[str, float]:
+        """Trains (resuming from the latest checkpoint when configured) and returns the final
+        evaluation plus training throughput."""
+        if self.trainer.checkpoint is not None and self.cfg.checkpoint.resume:
+            self.trainer.resume(train=self.train_data)
+        t0 = time.perf_counter()
+        examples0 = self.trainer.examples
+        history = self.trainer.fit(self.train_data, self.eval_data)
+        seconds = time.perf_counter() - t0
+        result = dict(history[-1]) if history else {}
+        result["train_seconds"] = seconds
+        result["train_examples"] = float(self.trainer.examples - examples0)
+        result["train_examples_per_s"] = result["train_examples"] / max(seconds - result.get("eval_seconds", 0), 1e-9)
+        return result
+
+    def evaluate(self, checkpoint: str = "latest") -> Dict[str, float]:
+        if self.trainer.checkpoint is None:
+            raise ValueError("evaluate needs checkpoint.dir in the config")
+        self.trainer.checkpoint.load(checkpoint, model=self.model)
+        if self.eval_data is None:
+            raise ValueError("evaluate needs eval data (data.eval, or a built-in dataset)")
+        return self.trainer.evaluate(self.eval_data)
