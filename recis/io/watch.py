@@ -1,0 +1,96 @@
+"""Finds files that finished landing in a directory or in time-window subdirectories.
+
+A data file (see recis.io.files.is_data_name: hidden, `_`-prefixed and temporary names never
+are) is complete when all of these hold:
+
+1. its size and mtime are the same at two polls at least `settle_s` seconds apart;
+2. Parquet: it starts and ends with the magic `PAR1`; ORC: it starts with `ORC` and ends with a
+   postscript that ends with `ORC` (writers add these last, on close);
+3. with `marker` (e.g. "_SUCCESS"), a file of that name exists in the file's directory.
+
+CSV has no footer, so for CSV (1) and (3) decide: writers should write under a temporary name
+and rename, or write the marker after the data, or never pause longer than `settle_s`.
+Files are keyed by their path relative to the root ("dt=2026112700/part-0.csv") and returned in
+order: explicit windows in their given order, then by key.
+"""
+import glob
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from recis.io.files import format_of, has_complete_footer, is_data_name, scan_files, stable_shard
+
+
+class DirectoryWatcher:
+    """Polls `root` (or its `windows`: a list of subdirectory names, or a glob pattern relative
+    to root such as "dt=*") for complete data files.
+
+    >>> import os, tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> with open(os.path.join(root, "a.csv"), "w") as f:
+    ...     _ = f.write("x\\n1\\n")
+    >>> w = DirectoryWatcher(root, settle_s=0.0, format_name="csv")
+    >>> w.poll(), w.poll()   # complete once two polls agree
+    ([], ['a.csv'])
+    """
+
+    def __init__(self, root: str, windows: Union[None, str, Sequence[str]] = None, *, settle_s: float = 1.0,
+                 marker: Optional[str] = None, format_name: Optional[str] = None):
+        if settle_s < 0:
+            raise ValueError(f"settle_s must be >= 0, got {settle_s}")
+        if windows is not None and not isinstance(windows, str):
+            windows = [os.fspath(w) for w in windows]
+            bad = [w for w in windows if os.path.isabs(w) or not is_data_name(w)]
+            if bad:
+                raise ValueError(f"windows must be relative, non-hidden subdirectories of root, got {bad}")
+        self.root = os.fspath(root)
+        self.windows = windows
+        self.settle_s = settle_s
+        self.marker = marker
+        self.format_name = format_name
+        self.waiting = 0
+        self._seen: Dict[str, Tuple[int, int, float]] = {}  # key -> (size, mtime_ns, time first seen so)
+
+    def window_dirs(self) -> List[str]:
+        """The watched subdirectories, in order ("" is the root itself)."""
+        if self.windows is None:
+            return [""]
+        if isinstance(self.windows, str):
+            found = glob.glob(os.path.join(glob.escape(self.root), self.windows))
+            rel = (os.path.relpath(p, self.root).replace(os.sep, "/") for p in found if os.path.isdir(p))
+            return sorted(r for r in rel if is_data_name(r))
+        return list(self.windows)
+
+    def poll(self, exclude=frozenset(), shard: int = 0, num_shards: int = 1) -> List[str]:
+        """Keys of the complete files of this shard that are not in `exclude`, in order."""
+        now = time.monotonic()
+        ready, seen = [], {}
+        for order, window in enumerate(self.window_dirs()):
+            base = os.path.join(self.root, window) if window else self.root
+            for rel, st in scan_files(base):
+                key = f"{window.rstrip('/')}/{rel}" if window else rel
+                if key in exclude or (num_shards > 1 and stable_shard(key, num_shards) != shard):
+                    continue
+                sig = (st.st_size, st.st_mtime_ns)
+                prev = self._seen.get(key)
+                if prev is None or prev[:2] != sig:
+                    seen[key] = (*sig, now)
+                    continue
+                seen[key] = prev
+                if self._complete(key, os.path.join(base, rel), st.st_size, now - prev[2]):
+                    ready.append((order, key))
+                    del seen[key]
+        self._seen = seen
+        self.waiting = len(seen)
+        return [key for _, key in sorted(ready)]
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _complete(self, key: str, path: str, size: int, stable_for: float) -> bool:
+        if stable_for < self.settle_s or stable_for <= 0:
+            return False
+        if self.marker and not os.path.exists(os.path.join(os.path.dirname(path), self.marker)):
+            return False
+        fmt = self.format_name or format_of(key)
+        return has_complete_footer(path, fmt, size) if fmt in ("parquet", "orc") else True
