@@ -38,8 +38,9 @@ $(VENV)/.recis-built: $(VENV)/.recis-registered $(CSRC)
 
 build: install
 
+# Gets MovieLens-1M, trains DeepFM on the CPU and prints test AUC, GAUC, logloss and examples/s.
 demo: install
-	$(VPY) benchmarks/embedding_step.py --quick
+	$(VPY) -m recis train examples/movielens_deepfm.yaml --json runs/movielens_deepfm/result.json
 
 test: install
 	$(VPY) -m pytest $(PYTEST_ARGS)

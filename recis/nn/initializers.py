@@ -134,11 +134,18 @@ _BY_NAME = {
 
 
 def resolve_initializer(init) -> Initializer:
-    """Accepts an Initializer, a name such as "xavier_uniform", or None (truncated normal)."""
+    """Accepts an Initializer, a name such as "xavier_uniform", a mapping {"name": ..., **arguments}
+    (as in YAML configs), or None (truncated normal)."""
     if init is None:
         return TruncatedNormal()
     if isinstance(init, Initializer):
         return init
     if isinstance(init, str) and init in _BY_NAME:
         return _BY_NAME[init]()
+    if isinstance(init, dict) and init.get("name") in _BY_NAME:
+        args = {k: v for k, v in init.items() if k != "name"}
+        try:
+            return _BY_NAME[init["name"]](**args)
+        except TypeError as e:
+            raise ValueError(f"initializer {init!r}: {e}") from None
     raise ValueError(f"unknown initializer {init!r}; use one of {sorted(_BY_NAME)} or an Initializer instance")

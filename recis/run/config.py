@@ -106,12 +106,12 @@ class RunConfig:
         trainer = from_mapping(TrainerConfig, values.get("trainer"), "trainer")
         ckpt = from_mapping(CheckpointConfig, values.get("checkpoint"), "checkpoint")
         data = from_mapping(DataConfig, values.get("data") or {"dataset": "movielens"}, "data")
-        for name in ("train", "eval"):
-            paths = getattr(data, name)
+        for split in ("train", "eval"):
+            paths = getattr(data, split)
             if isinstance(paths, str):
-                setattr(data, name, _resolve(base_dir, paths))
+                setattr(data, split, _resolve(base_dir, paths))
             elif paths is not None:
-                setattr(data, name, [_resolve(base_dir, p) for p in paths])
+                setattr(data, split, [_resolve(base_dir, p) for p in paths])
         features = values.get("features", data.dataset)
         if features is None:
             raise ValueError("config needs a features section (a feature engine config, a file, or a dataset name)")

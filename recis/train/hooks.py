@@ -113,7 +113,8 @@ class CurvePlot(Hook):
                 ax2.plot(*zip(*pts), marker="o", label=f"eval {k}", color=color)
             ax2.set_ylabel("AUC")
             ax2.legend(loc="lower right")
-        ax.legend(loc="upper right")
+        if self.train:
+            ax.legend(loc="upper right")
         fig.tight_layout()
         fig.savefig(self.path, dpi=100)
         plt.close(fig)

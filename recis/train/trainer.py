@@ -293,6 +293,6 @@ def _device_type(model: nn.Module) -> str:
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
-    if hasattr(x, "to_numpy"):
-        x = x.to_numpy(zero_copy_only=False)
+    if hasattr(x, "to_numpy"):  # an Arrow column: copy (its buffers are read-only)
+        return torch.tensor(x.to_numpy(zero_copy_only=False))
     return torch.as_tensor(x)
