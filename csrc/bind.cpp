@@ -32,6 +32,7 @@ TORCH_LIBRARY(recis, m) {
   m.def("feat_hash_str(Tensor[] offsets, Tensor[] data, Tensor?[] index, Tensor?[] mask, int[] seeds, "
         "int[] num_hashes) -> Tensor[]");
   m.def("feat_hash_int(Tensor[] values, int[] seeds, int[] num_hashes) -> Tensor[]");
+  m.def("feat_same_bytes(Tensor[] a, Tensor[] b) -> Tensor");
   m.def("feat_cross(Tensor[] values, Tensor?[] splits, int[] arity, int[] cap, int[] seeds, int rows) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("feat_mod(Tensor[] values, int[] n) -> Tensor[]");
@@ -58,6 +59,7 @@ TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("gather", &recis::gather);
   m.impl("feat_hash_str", &recis::feat_hash_str);
   m.impl("feat_hash_int", &recis::feat_hash_int);
+  m.impl("feat_same_bytes", &recis::feat_same_bytes);
   m.impl("feat_cross", &recis::feat_cross);
   m.impl("feat_mod", &recis::feat_mod);
   m.impl("feat_bucketize", &recis::feat_bucketize);

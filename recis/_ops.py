@@ -119,3 +119,8 @@ def _feat_truncate_fake(values, splits, max_len, keep_last, pad_value, pad, rows
 def _feat_cross_fake(values, splits, arity, cap, seeds, rows):
     like = values[0] if values else torch.empty(0)
     return _fake_jagged(like, len(arity), rows) + (like.new_empty((len(arity), 1), dtype=torch.int64),)
+
+
+@torch.library.register_fake("recis::feat_same_bytes")
+def _feat_same_bytes_fake(a, b):
+    return (a[0] if a else torch.empty(0)).new_empty((len(a),), dtype=torch.bool)

@@ -242,3 +242,11 @@ def test_fake_kernels_give_shapes_without_data():
         values, lengths, offsets = ops.feat_assemble_sparse([v, v], [1, 1], [None, None], [None, None], [None, None],
                                                             [None, None], 6)
         assert lengths.shape == (12,) and offsets.shape == (13,)
+
+
+def test_same_bytes_compares_pairs_in_one_call():
+    a = torch.arange(3 << 20, dtype=torch.int32)  # several 1 MiB chunks
+    b = a.clone()
+    b[-1] += 1
+    got = ops.feat_same_bytes([a, a, a, torch.empty(0)], [a.clone(), b, a[:-1], torch.empty(0, dtype=torch.int8)])
+    assert got.tolist() == [True, False, False, True]

@@ -6,6 +6,8 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -75,6 +77,30 @@ decltype(auto) visit_ints(const IntView& v, const F& f) {
   return v.wide ? f(static_cast<const int64_t*>(v.p)) : f(static_cast<const int32_t*>(v.p));
 }
 
+// A 1-D output tensor for per-batch results: storages that this thread handed out before are
+// reused once nothing else references them (the caller dropped its batch), so a stream of
+// batches does not fault in fresh pages for every output.
+inline at::Tensor pooled_empty(int64_t n, at::ScalarType dtype) {
+  constexpr size_t kPool = 16;
+  static thread_local std::vector<c10::Storage> pool;
+  const size_t need = static_cast<size_t>(n) * c10::elementSize(dtype);
+  const auto opts = at::TensorOptions().dtype(dtype);
+  for (auto& st : pool)
+    if (st.use_count() == 1 && st.nbytes() >= need && st.nbytes() <= 2 * need + 4096)
+      return at::empty({0}, opts).set_(st, 0, {n}, {1});
+  at::Tensor fresh = at::empty({n}, opts);
+  if (pool.size() < kPool) {
+    pool.push_back(fresh.storage());
+  } else {
+    for (auto& st : pool)
+      if (st.use_count() == 1) {
+        st = fresh.storage();
+        break;
+      }
+  }
+  return fresh;
+}
+
 // Raised from a kernel loop (kept out of line so the loop stays tight).
 [[noreturn]] inline void index_error(int64_t e, int64_t p, int64_t n) {
   TORCH_CHECK_INDEX(false, "recis features: index ", e, " at position ", p, " is outside [0, ", n, ")");
@@ -101,10 +127,13 @@ inline IntView optional_ints(const c10::optional<at::Tensor>& t, const char* wha
   return IntView(*t, what);
 }
 
-template <class T>
-void check_same_size(const T& list, size_t n, const char* what) {
-  TORCH_CHECK_VALUE(list.size() == n, "recis features: ", what, " has ", list.size(), " entries, expected ", n);
+// Every per-column argument of a fused call needs one entry per column:
+// check_sizes(F, {FEAT_ARG(seeds), FEAT_ARG(mask)}).
+inline void check_sizes(size_t n, std::initializer_list<std::pair<size_t, const char*>> args) {
+  for (const auto& [size, what] : args)
+    TORCH_CHECK_VALUE(size == n, "recis features: ", what, " has ", size, " entries, expected ", n);
 }
+#define FEAT_ARG(x) std::pair<size_t, const char*>((x).size(), #x)
 
 }  // namespace feat
 }  // namespace recis

@@ -1,5 +1,8 @@
 #include "features/hash_ops.h"
 
+#include <atomic>
+#include <cstring>
+
 #include "features/jagged.h"
 #include "features/xxhash64.h"
 
@@ -23,11 +26,8 @@ std::vector<at::Tensor> feat_hash_str(at::TensorList offsets, at::TensorList dat
                                       const c10::List<c10::optional<at::Tensor>>& mask, at::IntArrayRef seeds,
                                       at::IntArrayRef num_hashes) {
   const size_t F = offsets.size();
-  feat::check_same_size(data, F, "data");
-  feat::check_same_size(index, F, "index");
-  feat::check_same_size(mask, F, "mask");
-  feat::check_same_size(seeds, F, "seeds");
-  feat::check_same_size(num_hashes, F, "num_hashes");
+  feat::check_sizes(F,
+                    {FEAT_ARG(data), FEAT_ARG(index), FEAT_ARG(mask), FEAT_ARG(seeds), FEAT_ARG(num_hashes)});
   std::vector<IntView> off(F), idx(F);
   std::vector<const uint8_t*> bytes(F);
   std::vector<const bool*> valid(F);
@@ -81,8 +81,7 @@ std::vector<at::Tensor> feat_hash_str(at::TensorList offsets, at::TensorList dat
 
 std::vector<at::Tensor> feat_hash_int(at::TensorList values, at::IntArrayRef seeds, at::IntArrayRef num_hashes) {
   const size_t F = values.size();
-  feat::check_same_size(seeds, F, "seeds");
-  feat::check_same_size(num_hashes, F, "num_hashes");
+  feat::check_sizes(F, {FEAT_ARG(seeds), FEAT_ARG(num_hashes)});
   std::vector<int64_t> sizes(F);
   std::vector<at::Tensor> out(F);
   for (size_t i = 0; i < F; ++i) {
@@ -113,9 +112,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
                                                                       at::IntArrayRef arity, at::IntArrayRef cap,
                                                                       at::IntArrayRef seeds, int64_t rows) {
   const int64_t F = static_cast<int64_t>(arity.size());
-  feat::check_same_size(cap, F, "cap");
-  feat::check_same_size(seeds, F, "seeds");
-  feat::check_same_size(splits, values.size(), "splits");
+  feat::check_sizes(F, {FEAT_ARG(cap), FEAT_ARG(seeds)});
+  feat::check_sizes(values.size(), {FEAT_ARG(splits)});
   TORCH_CHECK_VALUE(rows >= 0, "recis features: rows must be >= 0, got ", rows);
   std::vector<int64_t> first(F + 1, 0);
   for (int64_t f = 0; f < F; ++f) {
@@ -124,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
     TORCH_CHECK_VALUE(cap[f] >= 0, "recis features: the cross cap must be >= 0, got ", cap[f]);
     first[f + 1] = first[f] + arity[f];
   }
-  feat::check_same_size(values, static_cast<size_t>(first[F]), "values");
+  feat::check_sizes(static_cast<size_t>(first[F]), {FEAT_ARG(values)});
   std::vector<feat::Rows> in(first[F]);
   std::vector<const int64_t*> vals(first[F]);
   for (int64_t j = 0; j < first[F]; ++j) {
@@ -179,6 +177,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
         }
       });
   return {out.values, out.lengths, out.offsets, out.counters};
+}
+
+at::Tensor feat_same_bytes(at::TensorList a, at::TensorList b) {
+  feat::check_sizes(a.size(), {FEAT_ARG(b)});
+  const int64_t n = static_cast<int64_t>(a.size());
+  at::Tensor out = at::ones({n}, at::TensorOptions().dtype(at::kBool));
+  bool* same = out.data_ptr<bool>();
+  std::vector<int64_t> sizes(n);
+  for (int64_t i = 0; i < n; ++i) {
+    for (const at::Tensor* t : {&a[i], &b[i]}) {
+      TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(),
+                  "recis features: same_bytes needs contiguous cpu tensors");
+    }
+    same[i] = a[i].nbytes() == b[i].nbytes();
+    sizes[i] = same[i] ? static_cast<int64_t>(a[i].nbytes()) : 0;
+  }
+  std::vector<std::atomic<bool>> differ(n);
+  for (auto& d : differ) d.store(false);
+  feat::NoGil nogil;
+  feat::for_chunks(feat::make_chunks(sizes, 1 << 20), [&](const Chunk& c) {
+    if (c.end == c.begin || differ[c.item].load(std::memory_order_relaxed)) return;
+    const auto* pa = static_cast<const uint8_t*>(a[c.item].data_ptr()) + c.begin;
+    const auto* pb = static_cast<const uint8_t*>(b[c.item].data_ptr()) + c.begin;
+    if (pa != pb && std::memcmp(pa, pb, c.end - c.begin) != 0) differ[c.item].store(true, std::memory_order_relaxed);
+  });
+  for (int64_t i = 0; i < n; ++i) same[i] = same[i] && !differ[i].load();
+  return out;
 }
 
 }  // namespace recis

@@ -25,4 +25,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
                                                                       at::IntArrayRef arity, at::IntArrayRef cap,
                                                                       at::IntArrayRef seeds, int64_t rows);
 
+// out[i] = whether a[i] and b[i] hold the same bytes (any dtypes; contiguous). One call compares
+// many pairs in parallel: the engine's check that a column's dictionary did not change.
+at::Tensor feat_same_bytes(at::TensorList a, at::TensorList b);
+
 }  // namespace recis

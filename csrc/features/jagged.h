@@ -21,8 +21,8 @@ template <class Count, class Write>
 JaggedOut build_jagged(int64_t items, int64_t rows, int64_t n_counters, const Count& count, const Write& write) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   JaggedOut out;
-  out.lengths = at::empty({items * rows}, i64);
-  out.offsets = at::empty({items * rows + 1}, i64);
+  out.lengths = pooled_empty(items * rows, at::kLong);
+  out.offsets = pooled_empty(items * rows + 1, at::kLong);
   out.counters = at::zeros({items, n_counters}, i64);
   const auto chunks = make_chunks(std::vector<int64_t>(items, rows), kGrain);
   const int64_t nc = static_cast<int64_t>(chunks.size()), width = std::max<int64_t>(n_counters, 1);
@@ -43,7 +43,7 @@ JaggedOut build_jagged(int64_t items, int64_t rows, int64_t n_counters, const Co
     base[c + 1] += base[c];
     for (int64_t k = 0; k < n_counters; ++k) counters[chunks[c].item * n_counters + k] += ctr[c * width + k];
   }
-  out.values = at::empty({base[nc]}, i64);
+  out.values = pooled_empty(base[nc], at::kLong);
   int64_t* off = out.offsets.data_ptr<int64_t>();
   int64_t* vals = out.values.data_ptr<int64_t>();
   at::parallel_for(0, nc, 1, [&](int64_t lo, int64_t hi) {

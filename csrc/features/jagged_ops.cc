@@ -89,11 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feat_assemble_sparse(at::TensorLi
                                                                     const OptTensors& fill, const OptTensors& splits,
                                                                     int64_t rows) {
   const size_t F = values.size();
-  feat::check_same_size(widths, F, "widths");
-  feat::check_same_size(index, F, "index");
-  feat::check_same_size(mask, F, "mask");
-  feat::check_same_size(fill, F, "fill");
-  feat::check_same_size(splits, F, "splits");
+  feat::check_sizes(F,
+                    {FEAT_ARG(widths), FEAT_ARG(index), FEAT_ARG(mask), FEAT_ARG(fill), FEAT_ARG(splits)});
   TORCH_CHECK_VALUE(rows >= 0, "recis features: rows must be >= 0, got ", rows);
   std::vector<Column> cols(F);
   std::vector<const int64_t*> vals(F), fills(F, nullptr);
@@ -167,9 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feat_assemble_sparse(at::TensorLi
 at::Tensor feat_assemble_dense(at::TensorList values, const OptTensors& index, const OptTensors& mask,
                                const OptTensors& fill, int64_t rows) {
   const int64_t F = static_cast<int64_t>(values.size());
-  feat::check_same_size(index, F, "index");
-  feat::check_same_size(mask, F, "mask");
-  feat::check_same_size(fill, F, "fill");
+  feat::check_sizes(F, {FEAT_ARG(index), FEAT_ARG(mask), FEAT_ARG(fill)});
   TORCH_CHECK_VALUE(rows >= 0, "recis features: rows must be >= 0, got ", rows);
   std::vector<Column> cols(F);
   std::vector<double> fills(F, 0.0);
@@ -180,7 +175,8 @@ at::Tensor feat_assemble_dense(at::TensorList values, const OptTensors& index, c
     cols[f] = make_column(values[f], 1, index.get(f), mask.get(f), c10::nullopt, rows);
     const auto fl = fill.get(f);
     if (fl.has_value() && fl->defined()) {
-      TORCH_CHECK_TYPE(fl->scalar_type() == at::kDouble && fl->numel() == 1, "recis features: a dense fill must be one float64");
+      TORCH_CHECK_TYPE(fl->scalar_type() == at::kDouble && fl->numel() == 1,
+                       "recis features: a dense fill must be one float64");
       fills[f] = fl->data_ptr<double>()[0];
     } else if (cols[f].mask) {
       for (int64_t r = 0; r < rows; ++r)
@@ -188,7 +184,7 @@ at::Tensor feat_assemble_dense(at::TensorList values, const OptTensors& index, c
                           " and no fill value");
     }
   }
-  at::Tensor out = at::empty({rows, F}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor out = feat::pooled_empty(rows * F, at::kFloat).view({rows, F});
   float* dst = out.data_ptr<float>();
   feat::NoGil nogil;
   feat::for_chunks(feat::make_chunks({rows}, feat::kGrain / 4), [&](const feat::Chunk& ch) {
@@ -215,11 +211,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_truncate(at::Ten
                                                                          at::IntArrayRef pad_value, at::IntArrayRef pad,
                                                                          int64_t rows) {
   const size_t F = values.size();
-  feat::check_same_size(splits, F, "splits");
-  feat::check_same_size(max_len, F, "max_len");
-  feat::check_same_size(keep_last, F, "keep_last");
-  feat::check_same_size(pad_value, F, "pad_value");
-  feat::check_same_size(pad, F, "pad");
+  feat::check_sizes(F,
+                    {FEAT_ARG(splits), FEAT_ARG(max_len), FEAT_ARG(keep_last), FEAT_ARG(pad_value), FEAT_ARG(pad)});
   TORCH_CHECK_VALUE(rows >= 0, "recis features: rows must be >= 0, got ", rows);
   std::vector<Column> cols(F);
   std::vector<const int64_t*> vals(F);

@@ -75,7 +75,7 @@ const double* log1p_table() {
 }  // namespace
 
 std::vector<at::Tensor> feat_mod(at::TensorList values, at::IntArrayRef n) {
-  feat::check_same_size(n, values.size(), "n");
+  feat::check_sizes(values.size(), {FEAT_ARG(n)});
   std::vector<FloorMod> mods;
   for (int64_t m : n) {
     TORCH_CHECK_VALUE(m > 0, "recis features: mod needs n > 0, got ", m);
@@ -85,7 +85,7 @@ std::vector<at::Tensor> feat_mod(at::TensorList values, at::IntArrayRef n) {
 }
 
 std::vector<at::Tensor> feat_bucketize(at::TensorList values, at::TensorList boundaries) {
-  feat::check_same_size(boundaries, values.size(), "boundaries");
+  feat::check_sizes(values.size(), {FEAT_ARG(boundaries)});
   std::vector<const double*> b(values.size());
   std::vector<int64_t> nb(values.size());
   for (size_t i = 0; i < values.size(); ++i) {
@@ -103,7 +103,7 @@ std::vector<at::Tensor> feat_bucketize(at::TensorList values, at::TensorList bou
 }
 
 std::vector<at::Tensor> feat_log1p(at::TensorList values, at::IntArrayRef mode) {
-  feat::check_same_size(mode, values.size(), "mode");
+  feat::check_sizes(values.size(), {FEAT_ARG(mode)});
   for (int64_t m : mode) TORCH_CHECK_VALUE(m == 0 || m == 1, "recis features: unknown log1p mode ", m);
   const double* table = log1p_table();
   return map_values<double>(values, false, "log1p", [&](int64_t i, auto v) {
@@ -119,15 +119,13 @@ std::vector<at::Tensor> feat_log1p(at::TensorList values, at::IntArrayRef mode) 
 }
 
 std::vector<at::Tensor> feat_normalize(at::TensorList values, at::ArrayRef<double> mean, at::ArrayRef<double> std) {
-  feat::check_same_size(mean, values.size(), "mean");
-  feat::check_same_size(std, values.size(), "std");
+  feat::check_sizes(values.size(), {FEAT_ARG(mean), FEAT_ARG(std)});
   return map_values<double>(values, false, "normalize",
                             [&](int64_t i, auto v) { return (static_cast<double>(v) - mean[i]) / std[i]; });
 }
 
 std::vector<at::Tensor> feat_clip(at::TensorList values, at::ArrayRef<double> lo, at::ArrayRef<double> hi) {
-  feat::check_same_size(lo, values.size(), "lo");
-  feat::check_same_size(hi, values.size(), "hi");
+  feat::check_sizes(values.size(), {FEAT_ARG(lo), FEAT_ARG(hi)});
   return map_values<double>(values, false, "clip", [&](int64_t i, auto v) {
     const double x = static_cast<double>(v);
     return x < lo[i] ? lo[i] : (x > hi[i] ? hi[i] : x);

@@ -9,7 +9,7 @@ the masked positions, and `splits` (list offsets) when rows hold several positio
 >>> col.domain, len(col.values), col.index.tolist(), col.mask.tolist(), col.nulls
 ('str', 1, [0, 0, 0], [True, False, True], 1)
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -65,8 +65,15 @@ class Column:
         """True when values are one id per position, nothing masked: ready for jagged ops."""
         return self.index is None and self.mask is None and self.width == 1 and self.domain == "int"
 
+    def evolve(self, **changes) -> "Column":
+        """A copy with some fields changed (dataclasses.replace without its per-call overhead)."""
+        new = object.__new__(Column)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def with_values(self, values, domain: str, width: int = 1, fill=None) -> "Column":
-        return replace(self, values=values, domain=domain, width=width, fill=fill)
+        return self.evolve(values=values, domain=domain, width=width, fill=fill)
 
 
 _INT = {pa.int8(): torch.int8, pa.int16(): torch.int16, pa.int32(): torch.int32, pa.int64(): torch.int64,
@@ -156,7 +163,7 @@ def _dictionary(arr: pa.DictionaryArray, rows: int, decode: bool) -> Column:
         entry_ok = inner.mask[safe] if len(arr.dictionary) else torch.zeros(len(arr), dtype=torch.bool)
         mask = entry_ok if mask is None else mask & entry_ok
         nulls = int((~mask).sum())
-    return replace(inner, rows=rows, index=index, mask=mask, nulls=nulls, per_position=decode)
+    return inner.evolve(rows=rows, index=index, mask=mask, nulls=nulls, per_position=decode)
 
 
 def _null(n: int, rows: int) -> Column:
@@ -180,7 +187,7 @@ def _list(arr: pa.Array, rows: int, decode: bool) -> Column:
     if domain_of(child.type) == "list":
         raise FeatureTypeError(f"nested lists are not supported (found {t})")
     inner = _flat(child, len(child), decode)
-    return replace(inner, rows=rows, splits=offsets, null_rows=arr.null_count)
+    return inner.evolve(rows=rows, splits=offsets, null_rows=arr.null_count)
 
 
 def _flat(arr: pa.Array, rows: int, decode: bool) -> Column:

@@ -21,7 +21,7 @@ feature's ops on its own rows, op by op: the same results, used as a baseline an
 """
 import os
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 import pyarrow as pa
@@ -29,7 +29,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.features import kernels
-from recis.features.arrow import Column, FeatureTypeError, ingest
+from recis.features.arrow import Column, FeatureTypeError, Strings, ingest
 from recis.features.batch import Batch
 from recis.features.ops import FillMissing
 from recis.features.plan import Node, Plan
@@ -38,6 +38,22 @@ from recis.features.spec import FeatureSpec, load_specs, specs_to_config
 __all__ = ["FeatureEngine", "MissingColumnError"]
 
 _DOMAIN = {"str": "strings (utf8 / binary)", "int": "integers", "float": "floats", "null": "nulls"}
+
+
+@dataclass
+class _Dictionary:
+    """The last dictionary seen in a column: kept (with its buffers) to compare the next one to."""
+
+    dictionary: pa.Array
+    version: int
+    repeats: int  # batches since, with an equal dictionary
+    buffers: List[torch.Tensor]
+
+
+def _buffers(col: Column) -> List[torch.Tensor]:
+    """The tensors that hold a dictionary column's values (what a later dictionary is compared to)."""
+    v = col.values
+    return [v.offsets, v.data] if isinstance(v, Strings) else [v]
 
 
 class MissingColumnError(LookupError):
@@ -60,7 +76,7 @@ class FeatureEngine:
         # sources to convert: all but the columns that are only passed through
         self._convert = {n.id for n in self.plan.sources if n.consumers or any(
             self.plan.outputs[s.name] is n for s in self.specs if s.kind != "passthrough")}
-        self._dicts: Dict[str, list] = {}  # column -> [dictionary, version, times seen again]
+        self._dicts: Dict[str, _Dictionary] = {}  # column -> its last dictionary
         self._cache: Dict[int, tuple] = {}  # node id -> (version, values, domain, width, fill)
         self.reset_stats()
 
@@ -123,7 +139,7 @@ class FeatureEngine:
             arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
         return arr
 
-    def _source(self, node: Node, data, rows: int, versions: Dict[int, Optional[tuple]]) -> Column:
+    def _source(self, node: Node, data, rows: int) -> Column:
         arr = self._arrow(data, node.column)
         try:
             col = ingest(arr, decode=not self.fused)
@@ -133,27 +149,46 @@ class FeatureEngine:
         counts = self._node_counts.setdefault(node.id, Counter())
         counts["nulls"] += col.nulls
         counts["null_rows"] += col.null_rows
-        versions[node.id] = None
-        t = arr.type
-        if self.fused and (pa.types.is_dictionary(t) or (hasattr(t, "value_type") and pa.types.is_dictionary(t.value_type))):
-            versions[node.id], col = self._dictionary_version(node.column, arr, col)
         return col
 
-    def _dictionary_version(self, column: str, arr: pa.Array, col: Column):
-        """(cache version, column): the same version while the column's dictionary is unchanged.
+    def _dictionary_versions(self, data, values: Dict[int, Column]) -> Dict[int, Optional[tuple]]:
+        """Source node -> cache version: the same while the column's dictionary does not change
+        (every column's dictionary is compared with its last one, all in one call).
 
         A string dictionary larger than the batch is hashed per position (through the index)
         the first time it is seen, and once for all later batches when it comes back."""
-        dictionary = arr.dictionary if pa.types.is_dictionary(arr.type) else arr.values.dictionary
-        entry = self._dicts.get(column)
-        if entry is not None and (entry[0] is dictionary or entry[0].equals(dictionary)):
-            entry[2] += 1
-        else:
-            entry = self._dicts[column] = [dictionary, (entry[1] + 1) if entry else 0, 0]
-        if entry[2] == 0 and col.domain == "str" and len(dictionary) > col.index.numel():
-            col.per_position = True
-            return None, col
-        return (column, entry[1]), col
+        found = []  # (node, column, its dictionary, what was last seen in that column)
+        for n in self.plan.sources:
+            col = values.get(n.id)
+            t = col.arrow_type if col is not None else None
+            if t is not None and (pa.types.is_dictionary(t) or (hasattr(t, "value_type")
+                                                                and pa.types.is_dictionary(t.value_type))):
+                arr = self._arrow(data, n.column)
+                d = arr.dictionary if pa.types.is_dictionary(t) else arr.values.dictionary
+                found.append((n, col, d, self._dicts.get(n.column)))
+        same = [last is not None and last.dictionary is d for _, _, d, last in found]
+        check = [k for k, (_, col, d, last) in enumerate(found) if last is not None and not same[k]
+                 and len(last.dictionary) == len(d) and len(last.buffers) == len(_buffers(col))]
+        if check:
+            equal = kernels.same_bytes([b for k in check for b in found[k][3].buffers],
+                                       [b for k in check for b in _buffers(found[k][1])])
+            self._counts["kernel_calls"] += 1
+            i = 0
+            for k in check:
+                m = len(found[k][3].buffers)
+                same[k], i = all(equal[i:i + m]), i + m
+        versions = {}
+        for (n, col, d, last), unchanged in zip(found, same):
+            if unchanged:
+                last.repeats += 1
+            else:
+                last = self._dicts[n.column] = _Dictionary(d, last.version + 1 if last else 0, 0, _buffers(col))
+            if last.repeats == 0 and col.domain == "str" and len(d) > col.index.numel():
+                col.per_position = True
+                versions[n.id] = None
+            else:
+                versions[n.id] = (n.column, last.version)
+        return versions
 
     def _where(self, node: Node) -> str:
         root = node
@@ -165,14 +200,15 @@ class FeatureEngine:
     def _check_domain(self, node: Node, col: Column):
         if col.domain not in node.op.reads:
             expected = " or ".join(_DOMAIN[d] for d in sorted(node.op.reads) if d != "null")
-            raise FeatureTypeError(f"{self._where(node)}: op '{node.op.name}' expects {expected}, found "
-                                   f"{_DOMAIN[col.domain]} (Arrow type {col.arrow_type})")
+            raise FeatureTypeError(f"{self._where(node)}: op '{node.op.name}' expects {expected}, found Arrow type "
+                                   f"{col.arrow_type}")
 
     def _run_fused(self, data, rows: int) -> Dict[int, Column]:
-        plan, values, versions = self.plan, {}, {}
+        plan, values = self.plan, {}
         for n in plan.sources:
             if n.id in self._convert:
-                values[n.id] = self._source(n, data, rows, versions)
+                values[n.id] = self._source(n, data, rows)
+        versions = self._dictionary_versions(data, values)
         for n in plan.nodes:
             if n.kind != "source":
                 versions[n.id] = versions[n.inputs[0].id] if n.elementwise else None
@@ -191,7 +227,7 @@ class FeatureEngine:
             for n in level:
                 if n.id in hit:
                     _, vals, domain, width, fill = self._cache[n.id]
-                    values[n.id] = replace(values[n.root.id], values=vals, domain=domain, width=width, fill=fill)
+                    values[n.id] = values[n.root.id].evolve(values=vals, domain=domain, width=width, fill=fill)
                     self._counts["cache_hits"] += 1
                 elif n.id in needed:
                     groups.setdefault(n.group, []).append(n)
@@ -211,7 +247,7 @@ class FeatureEngine:
                     continue
                 if n.kind == "source":
                     if n.id in self._convert:
-                        values[n.id] = self._source(n, data, rows, {})
+                        values[n.id] = self._source(n, data, rows)
                 else:
                     self._eval([n], values, rows)
         return values
@@ -226,8 +262,8 @@ class FeatureEngine:
                 cols = [values[i.id] for i in n.inputs]
                 for i, c in zip(n.inputs, cols):
                     if c.domain not in ("int", "null"):
-                        raise FeatureTypeError(f"{self._where(n)}: cross input {i.label()!r} gives {_DOMAIN[c.domain]}"
-                                               f" (Arrow type {c.arrow_type}); crosses need integer ids (add a hash)")
+                        raise FeatureTypeError(f"{self._where(n)}: cross input {i.label()!r} gives Arrow type "
+                                               f"{c.arrow_type}; crosses need integer ids (add a hash)")
                     self._count_materialize(n, c)
                 groups.append(cols)
             self._counts["kernel_calls"] += 1
@@ -278,14 +314,12 @@ class FeatureEngine:
             where = f"{s.kind} feature {s.name!r}" + (f" (column {s.column!r})" if s.column else "")
             if dense:
                 if col.domain not in ("int", "float") or col.splits is not None:
-                    kind = "lists" if col.splits is not None else _DOMAIN[col.domain]
-                    raise FeatureTypeError(f"{where}: expects one number per row, found {kind} (Arrow type "
-                                           f"{col.arrow_type})")
+                    raise FeatureTypeError(f"{where}: expects one number per row, found Arrow type {col.arrow_type}")
                 if col.mask is not None and col.fill is None and col.nulls:
                     raise ValueError(f"{where}: {col.nulls} null values in this batch and no fill_missing op")
             elif col.domain not in ("int", "null"):
-                raise FeatureTypeError(f"{where}: sparse ids must be integers, found {_DOMAIN[col.domain]} (Arrow type "
-                                       f"{col.arrow_type}); add a hash op")
+                raise FeatureTypeError(f"{where}: sparse ids must be integers, found Arrow type {col.arrow_type}; "
+                                       "add a hash op")
             self._count_materialize(node, col, s.name)
             cols.append(col)
         return cols

@@ -7,7 +7,6 @@ same kernel as the values it stands in for.
 >>> hex(xxh64(["abc"])[0].item() & (2**64 - 1))   # published XXH64 test vector
 '0x44bc2cf5ad770999'
 """
-from dataclasses import replace
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +17,8 @@ from recis import _ops  # noqa: F401  (registers torch.ops.recis.feat_*)
 from recis.features.arrow import Column, FeatureTypeError, Strings, ingest
 from recis.features.ops import Bucketize, Clip, FillMissing, Hash, Log1p, Mod, MultiHash, Normalize, Op, Truncate
 
-__all__ = ["xxh64", "run_ops", "fill", "materialize", "assemble_sparse", "assemble_dense", "truncate", "cross"]
+__all__ = ["xxh64", "run_ops", "fill", "materialize", "assemble_sparse", "assemble_dense", "truncate", "cross",
+           "same_bytes"]
 
 ops = torch.ops.recis
 
@@ -60,7 +60,7 @@ def _hash(op_list: Sequence[Op], cols: Sequence[Column]) -> List[Column]:
             res = ops.feat_hash_int(items, g_seeds, g_ks)
         for j, (i, c) in enumerate(zip(group, gcols)):
             new = c.with_values(res[j], "int", c.width * ks[i], res[fill_at[j]] if fill_at[j] >= 0 else None)
-            out[i] = replace(new, index=None, per_position=False) if through[j] else new
+            out[i] = new.evolve(index=None, per_position=False) if through[j] else new
     return out
 
 
@@ -120,8 +120,8 @@ def fill(op: FillMissing, col: Column) -> Column:
     if col.domain == "null":  # an all-null column takes the fill's type
         empty = Strings(torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.uint8)) if domain == "str" \
             else value[:0]
-        return replace(col, domain=domain, values=empty, fill=value)
-    return replace(col, fill=value)
+        return col.evolve(domain=domain, values=empty, fill=value)
+    return col.evolve(fill=value)
 
 
 def _sparse_args(cols: Sequence[Column]):
@@ -202,6 +202,11 @@ def xxh64(values, seed: int = 0) -> torch.Tensor:
     col = ingest(values, decode=True)
     if col.domain not in ("str", "int"):
         raise FeatureTypeError(f"xxh64 hashes strings or integers, got Arrow type {values.type}")
-    col = replace(col, per_position=col.index is not None)
+    col = col.evolve(per_position=col.index is not None)
     out = run_ops([Hash(seed)], [col])[0]
     return out.values if out.index is None else out.values[out.index.long()]
+
+
+def same_bytes(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> List[bool]:
+    """Whether a[i] and b[i] hold the same bytes, for all pairs in one call."""
+    return ops.feat_same_bytes(list(a), list(b)).tolist()
