@@ -3,6 +3,7 @@ cache, batches of every shape (empty, all-null, lists, dictionaries, chunked tab
 Batch object."""
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
 from hypothesis import given, settings
@@ -250,3 +251,28 @@ def test_same_bytes_compares_pairs_in_one_call():
     b[-1] += 1
     got = ops.feat_same_bytes([a, a, a, torch.empty(0)], [a.clone(), b, a[:-1], torch.empty(0, dtype=torch.int8)])
     assert got.tolist() == [True, False, False, True]
+
+
+def test_feature_kernels_release_the_gil(restore_threads):
+    from test_gil_release import _loop_rate, _python_work_during
+    torch.set_num_threads(1)  # leave the second core to the Python loop
+    n = 2_000_000
+    strings = pa.compute.cast(pa.array(np.arange(n)), pa.string())
+    engine = FeatureEngine([{"name": "s", "kind": "sparse", "column": "s", "ops": [{"op": "hash"}, {"op": "mod", "n": 9}]}])
+    table = pa.table({"s": strings})
+    rate = _loop_rate()
+    count, seconds = _python_work_during(lambda: engine(table))
+    # Holding the GIL through the kernels would allow little more than the Python glue's looping.
+    assert seconds > 0.02, "the engine call is too short to tell"
+    assert count > 0.2 * rate * seconds, (count, rate, seconds)
+
+
+def test_an_engine_pickles_to_a_fresh_copy():
+    import pickle
+    engine = FeatureEngine(MIXED)
+    table = mixed_table(np.random.default_rng(6), 20)
+    first = engine(table)
+    copy = pickle.loads(pickle.dumps(engine))
+    assert copy.specs == engine.specs and copy.stats()["batches"] == 0
+    assert_batches_equal(copy(table), first)
+    assert repr(copy) == "FeatureEngine(8 sparse, 2 dense, 1 label, 1 passthrough, 26 nodes, fused=True)"

@@ -81,7 +81,7 @@ decltype(auto) visit_ints(const IntView& v, const F& f) {
 // reused once nothing else references them (the caller dropped its batch), so a stream of
 // batches does not fault in fresh pages for every output.
 inline at::Tensor pooled_empty(int64_t n, at::ScalarType dtype) {
-  constexpr size_t kPool = 16;
+  constexpr size_t kPool = 8;
   static thread_local std::vector<c10::Storage> pool;
   const size_t need = static_cast<size_t>(n) * c10::elementSize(dtype);
   const auto opts = at::TensorOptions().dtype(dtype);

@@ -64,7 +64,8 @@ class FeatureEngine:
     """Compiles feature specs once; each call turns a record batch into a `Batch`.
 
     features: FeatureSpec objects or their dicts. fused=False: the unfused baseline (no fusion,
-    no sharing, no dictionary-domain evaluation)."""
+    no sharing, no dictionary-domain evaluation). An engine keeps per-column caches and counters:
+    use one per thread (a pickled copy, as DataLoader workers get, starts afresh)."""
 
     def __init__(self, features: Sequence[Union[FeatureSpec, dict]], fused: bool = True):
         self.specs = load_specs(list(features))
@@ -79,6 +80,17 @@ class FeatureEngine:
         self._dicts: Dict[str, _Dictionary] = {}  # column -> its last dictionary
         self._cache: Dict[int, tuple] = {}  # node id -> (version, values, domain, width, fill)
         self.reset_stats()
+
+    def __getstate__(self):  # DataLoader workers get the specs; caches and counters start empty
+        return {"specs": self.specs, "fused": self.fused}
+
+    def __setstate__(self, state):
+        self.__init__(state["specs"], fused=state["fused"])
+
+    def __repr__(self) -> str:
+        kinds = Counter(s.kind for s in self.specs)
+        return (f"FeatureEngine({', '.join(f'{n} {k}' for k, n in kinds.items())}, {len(self.plan.nodes)} nodes, "
+                f"fused={self.fused})")
 
     @classmethod
     def from_config(cls, source: Union[str, os.PathLike, dict, list], fused: bool = True) -> "FeatureEngine":
