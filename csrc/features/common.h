@@ -6,6 +6,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 #include <utility>
 #include <string>
@@ -42,12 +43,25 @@ inline std::vector<Chunk> make_chunks(const std::vector<int64_t>& sizes, int64_t
   return chunks;
 }
 
-// Runs fn(chunk) for every chunk, in parallel over the intra-op thread pool.
+// Runs fn(c) for c in [0, n) on the intra-op thread pool, handing out indices one at a time
+// (columns differ in cost: a static split would leave a thread idle).
+template <class F>
+void parallel_dynamic(int64_t n, const F& fn) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  if (threads <= 1 || at::in_parallel_region()) {
+    for (int64_t c = 0; c < n; ++c) fn(c);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(c);
+  });
+}
+
+// Runs fn(chunk) for every chunk, in parallel.
 template <class F>
 void for_chunks(const std::vector<Chunk>& chunks, const F& fn) {
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) fn(chunks[c]);
-  });
+  parallel_dynamic(static_cast<int64_t>(chunks.size()), [&](int64_t c) { fn(chunks[c]); });
 }
 
 constexpr int64_t kGrain = 1 << 14;
@@ -81,7 +95,7 @@ decltype(auto) visit_ints(const IntView& v, const F& f) {
 // reused once nothing else references them (the caller dropped its batch), so a stream of
 // batches does not fault in fresh pages for every output.
 inline at::Tensor pooled_empty(int64_t n, at::ScalarType dtype) {
-  constexpr size_t kPool = 8;
+  constexpr size_t kPool = 16;
   static thread_local std::vector<c10::Storage> pool;
   const size_t need = static_cast<size_t>(n) * c10::elementSize(dtype);
   const auto opts = at::TensorOptions().dtype(dtype);
@@ -99,6 +113,21 @@ inline at::Tensor pooled_empty(int64_t n, at::ScalarType dtype) {
       }
   }
   return fresh;
+}
+
+// One output per column of a fused call, as views of one pooled buffer.
+inline std::vector<at::Tensor> pooled_outputs(const std::vector<int64_t>& sizes, at::ScalarType dtype) {
+  int64_t total = 0;
+  for (int64_t n : sizes) total += n;
+  at::Tensor buffer = pooled_empty(total, dtype);
+  std::vector<at::Tensor> out;
+  out.reserve(sizes.size());
+  int64_t offset = 0;
+  for (int64_t n : sizes) {
+    out.push_back(buffer.narrow(0, offset, n));
+    offset += n;
+  }
+  return out;
 }
 
 // Raised from a kernel loop (kept out of line so the loop stays tight).

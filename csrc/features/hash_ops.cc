@@ -14,9 +14,14 @@ using feat::IntView;
 
 constexpr int64_t kMaxCrossArity = 16;
 
-at::Tensor hashes_out(int64_t n, int64_t k, const char* what) {
-  TORCH_CHECK_VALUE(k >= 1, "recis features: ", what, ": num_hashes must be >= 1, got ", k);
-  return at::empty({n * k}, at::TensorOptions().dtype(at::kLong));
+// The outputs of a hash call: positions * num_hashes ids per column.
+std::vector<at::Tensor> hashes_out(const std::vector<int64_t>& sizes, at::IntArrayRef num_hashes) {
+  std::vector<int64_t> n(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    TORCH_CHECK_VALUE(num_hashes[i] >= 1, "recis features: num_hashes must be >= 1, got ", num_hashes[i]);
+    n[i] = sizes[i] * num_hashes[i];
+  }
+  return feat::pooled_outputs(n, at::kLong);
 }
 
 }  // namespace
@@ -43,8 +48,8 @@ std::vector<at::Tensor> feat_hash_str(at::TensorList offsets, at::TensorList dat
     idx[i] = feat::optional_ints(index.get(i), "dictionary index");
     sizes[i] = idx[i] ? idx[i].n : n_str[i];
     valid[i] = feat::mask_ptr(mask.get(i), sizes[i], "string");
-    out[i] = hashes_out(sizes[i], num_hashes[i], "hash");
   }
+  out = hashes_out(sizes, num_hashes);
   feat::NoGil nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const Chunk& c) {
     const int64_t i = c.item, k = num_hashes[i];
@@ -89,8 +94,8 @@ std::vector<at::Tensor> feat_hash_int(at::TensorList values, at::IntArrayRef see
     TORCH_CHECK_TYPE(at::isIntegralType(values[i].scalar_type(), /*includeBool=*/false),
                      "recis features: hash_int needs integer values, got ", values[i].scalar_type());
     sizes[i] = values[i].numel();
-    out[i] = hashes_out(sizes[i], num_hashes[i], "hash");
   }
+  out = hashes_out(sizes, num_hashes);
   feat::NoGil nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const Chunk& c) {
     const int64_t i = c.item, k = num_hashes[i];
@@ -145,18 +150,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
   };
   auto out = feat::build_jagged(
       F, rows, 1,
-      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t* ctr) {
+      [&](int64_t f, int64_t b, int64_t e, int64_t* ctr) {
+        int64_t total = 0;
         for (int64_t r = b; r < e; ++r) {
-          const int64_t n = product(f, r);
-          len[r - b] = std::min(n, cap[f]);
-          ctr[0] += n - len[r - b];
+          const int64_t n = product(f, r), kept = std::min(n, cap[f]);
+          ctr[0] += n - kept;
+          total += kept;
         }
+        return total;
       },
-      [&](int64_t f, int64_t b, int64_t e, int64_t* dst) {
+      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t* dst) {
         const int64_t m = arity[f];
         uint8_t buf[8 * kMaxCrossArity];
         for (int64_t r = b; r < e; ++r) {
           const int64_t kept = std::min(product(f, r), cap[f]);
+          len[r - b] = kept;
           int64_t digit[kMaxCrossArity] = {0};
           for (int64_t t = 0; t < kept; ++t) {
             for (int64_t j = 0; j < m; ++j) {

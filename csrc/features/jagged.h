@@ -13,30 +13,22 @@ struct JaggedOut {
   at::Tensor counters; // int64 [items, n_counters]: what count() reported per item
 };
 
-// count(item, begin, end, len, ctr) writes the lengths of rows [begin, end) of an item to
-// len[0 .. end - begin) and may add to ctr[0 .. n_counters); write(item, begin, end, dst) then
-// writes those rows' values, back to back, at dst. Two parallel passes with a scan of the chunk
-// totals in between, so the result does not depend on the thread count.
-template <class Count, class Write>
-JaggedOut build_jagged(int64_t items, int64_t rows, int64_t n_counters, const Count& count, const Write& write) {
-  const auto i64 = at::TensorOptions().dtype(at::kLong);
+// total(item, begin, end, ctr) returns how many values rows [begin, end) of an item hold and
+// may add to ctr[0 .. n_counters); write(item, begin, end, len, dst) then writes those rows'
+// lengths to len[0 .. end - begin) and their values, back to back, at dst. Two parallel passes
+// with a scan of the chunk totals in between (the first reads little, the second writes each
+// output once), so the result does not depend on the thread count.
+template <class Total, class Write>
+JaggedOut build_jagged(int64_t items, int64_t rows, int64_t n_counters, const Total& total, const Write& write) {
   JaggedOut out;
   out.lengths = pooled_empty(items * rows, at::kLong);
   out.offsets = pooled_empty(items * rows + 1, at::kLong);
-  out.counters = at::zeros({items, n_counters}, i64);
+  out.counters = at::zeros({items, n_counters}, at::TensorOptions().dtype(at::kLong));
   const auto chunks = make_chunks(std::vector<int64_t>(items, rows), kGrain);
   const int64_t nc = static_cast<int64_t>(chunks.size()), width = std::max<int64_t>(n_counters, 1);
   std::vector<int64_t> base(nc + 1, 0), ctr(nc * width, 0);
-  int64_t* len = out.lengths.data_ptr<int64_t>();
-  at::parallel_for(0, nc, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const Chunk& ch = chunks[c];
-      int64_t* l = len + ch.item * rows + ch.begin;
-      count(ch.item, ch.begin, ch.end, l, ctr.data() + c * width);
-      int64_t total = 0;
-      for (int64_t r = 0; r < ch.end - ch.begin; ++r) total += l[r];
-      base[c + 1] = total;
-    }
+  parallel_dynamic(nc, [&](int64_t c) {
+    base[c + 1] = total(chunks[c].item, chunks[c].begin, chunks[c].end, ctr.data() + c * width);
   });
   int64_t* counters = out.counters.data_ptr<int64_t>();
   for (int64_t c = 0; c < nc; ++c) {
@@ -44,19 +36,21 @@ JaggedOut build_jagged(int64_t items, int64_t rows, int64_t n_counters, const Co
     for (int64_t k = 0; k < n_counters; ++k) counters[chunks[c].item * n_counters + k] += ctr[c * width + k];
   }
   out.values = pooled_empty(base[nc], at::kLong);
+  int64_t* len = out.lengths.data_ptr<int64_t>();
   int64_t* off = out.offsets.data_ptr<int64_t>();
   int64_t* vals = out.values.data_ptr<int64_t>();
-  at::parallel_for(0, nc, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const Chunk& ch = chunks[c];
-      const int64_t* l = len + ch.item * rows;
-      int64_t o = base[c];
-      for (int64_t r = ch.begin; r < ch.end; ++r) {
-        off[ch.item * rows + r] = o;
-        o += l[r];
-      }
-      write(ch.item, ch.begin, ch.end, vals + base[c]);
+  parallel_dynamic(nc, [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    int64_t* l = len + ch.item * rows + ch.begin;
+    int64_t* o = off + ch.item * rows + ch.begin;
+    write(ch.item, ch.begin, ch.end, l, vals + base[c]);
+    int64_t at = base[c];
+    for (int64_t r = 0; r < ch.end - ch.begin; ++r) {
+      o[r] = at;
+      at += l[r];
     }
+    TORCH_CHECK(at == base[c + 1], "recis features: a jagged chunk wrote ", at - base[c], " values, counted ",
+                base[c + 1] - base[c]);
   });
   off[items * rows] = base[nc];
   return out;

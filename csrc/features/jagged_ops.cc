@@ -109,26 +109,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feat_assemble_sparse(at::TensorLi
   feat::NoGil nogil;
   auto out = feat::build_jagged(
       static_cast<int64_t>(F), rows, 0,
-      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t*) {
+      [&](int64_t f, int64_t b, int64_t e, int64_t*) {
+        const Column& c = cols[f];
+        const int64_t pb = c.rows.begin(b), pe = c.rows.begin(e);  // the rows' positions are contiguous
+        int64_t n = pe - pb;
+        if (c.mask && !fills[f]) {
+          n = 0;
+          for (int64_t p = pb; p < pe; ++p) n += c.mask[p];
+        }
+        return n * c.width;
+      },
+      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t* dst) {
         const Column& c = cols[f];
         const bool drop = c.mask && !fills[f];
-        if (!c.rows.splits) {
-          for (int64_t r = b; r < e; ++r) len[r - b] = (drop ? c.mask[r] : 1) * c.width;
-          return;
-        }
-        for (int64_t r = b; r < e; ++r) {
-          const int64_t pb = c.rows.begin(r), pe = c.rows.end(r);
-          int64_t n = pe - pb;
-          if (drop) {
-            n = 0;
-            for (int64_t p = pb; p < pe; ++p) n += c.mask[p];
-          }
-          len[r - b] = n * c.width;
-        }
-      },
-      [&](int64_t f, int64_t b, int64_t e, int64_t* dst) {
-        const Column& c = cols[f];
         if (!c.rows.splits && c.width == 1) {
+          for (int64_t r = b; r < e; ++r) len[r - b] = drop ? c.mask[r] : 1;
           if (!c.mask && !c.index) {
             std::copy(vals[f] + b, vals[f] + e, dst);
             return;
@@ -146,16 +141,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feat_assemble_sparse(at::TensorLi
           return;
         }
         const int64_t w = c.width;
-        for (int64_t p = c.rows.begin(b), pe = c.rows.begin(e); p < pe; ++p) {
-          const int64_t* src;
-          if (!c.mask || c.mask[p]) {
-            src = vals[f] + entry_of(c, p) * w;
-          } else if (fills[f]) {
-            src = fills[f];
-          } else {
-            continue;
+        for (int64_t r = b; r < e; ++r) {
+          int64_t n = 0;
+          for (int64_t p = c.rows.begin(r), pe = c.rows.end(r); p < pe; ++p) {
+            const int64_t* src;
+            if (!c.mask || c.mask[p]) {
+              src = vals[f] + entry_of(c, p) * w;
+            } else if (fills[f]) {
+              src = fills[f];
+            } else {
+              continue;
+            }
+            for (int64_t j = 0; j < w; ++j) *dst++ = src[j];
+            n += w;
           }
-          for (int64_t j = 0; j < w; ++j) *dst++ = src[j];
+          len[r - b] = n;
         }
       });
   return {out.values, out.lengths, out.offsets};
@@ -226,20 +226,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_truncate(at::Ten
   feat::NoGil nogil;
   auto out = feat::build_jagged(
       static_cast<int64_t>(F), rows, 2,
-      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t* ctr) {
+      [&](int64_t f, int64_t b, int64_t e, int64_t* ctr) {
+        int64_t total = 0;
         for (int64_t r = b; r < e; ++r) {
           const int64_t n = cols[f].rows.end(r) - cols[f].rows.begin(r), kept = std::min(n, max_len[f]);
-          len[r - b] = pad[f] ? max_len[f] : kept;
+          const int64_t len = pad[f] ? max_len[f] : kept;
           ctr[0] += n - kept;
-          ctr[1] += len[r - b] - kept;
+          ctr[1] += len - kept;
+          total += len;
         }
+        return total;
       },
-      [&](int64_t f, int64_t b, int64_t e, int64_t* dst) {
+      [&](int64_t f, int64_t b, int64_t e, int64_t* len, int64_t* dst) {
         for (int64_t r = b; r < e; ++r) {
           const int64_t pb = cols[f].rows.begin(r), pe = cols[f].rows.end(r), kept = std::min(pe - pb, max_len[f]);
           const int64_t* src = vals[f] + (keep_last[f] ? pe - kept : pb);
           dst = std::copy(src, src + kept, dst);
           if (pad[f]) dst = std::fill_n(dst, max_len[f] - kept, pad_value[f]);
+          len[r - b] = pad[f] ? max_len[f] : kept;
         }
       });
   return {out.values, out.lengths, out.offsets, out.counters};

@@ -25,8 +25,8 @@ std::vector<at::Tensor> map_values(at::TensorList values, bool ints_only, const 
                        " needs numeric values, got ", t);
     }
     sizes[i] = values[i].numel();
-    out[i] = at::empty({sizes[i]}, at::TensorOptions().dtype(out_type));
   }
+  out = feat::pooled_outputs(sizes, out_type);
   feat::NoGil nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const feat::Chunk& c) {
     OutT* dst = out[c.item].data_ptr<OutT>();
