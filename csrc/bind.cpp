@@ -40,6 +40,7 @@ TORCH_LIBRARY(recis, m) {
   m.def("feat_log1p(Tensor[] values, int[] mode) -> Tensor[]");
   m.def("feat_normalize(Tensor[] values, float[] mean, float[] std) -> Tensor[]");
   m.def("feat_clip(Tensor[] values, float[] lo, float[] hi) -> Tensor[]");
+  m.def("feat_unpack_bits(Tensor[] bitmaps, int[] bit_offsets, int[] lengths) -> Tensor[]");
   m.def("feat_assemble_sparse(Tensor[] values, int[] widths, Tensor?[] index, Tensor?[] mask, Tensor?[] fill, "
         "Tensor?[] splits, int rows) -> (Tensor, Tensor, Tensor)");
   m.def("feat_assemble_dense(Tensor[] values, Tensor?[] index, Tensor?[] mask, Tensor?[] fill, int rows) -> Tensor");
@@ -66,6 +67,7 @@ TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("feat_log1p", &recis::feat_log1p);
   m.impl("feat_normalize", &recis::feat_normalize);
   m.impl("feat_clip", &recis::feat_clip);
+  m.impl("feat_unpack_bits", &recis::feat_unpack_bits);
   m.impl("feat_assemble_sparse", &recis::feat_assemble_sparse);
   m.impl("feat_assemble_dense", &recis::feat_assemble_dense);
   m.impl("feat_truncate", &recis::feat_truncate);

@@ -124,3 +124,8 @@ def _feat_cross_fake(values, splits, arity, cap, seeds, rows):
 @torch.library.register_fake("recis::feat_same_bytes")
 def _feat_same_bytes_fake(a, b):
     return (a[0] if a else torch.empty(0)).new_empty((len(a),), dtype=torch.bool)
+
+
+@torch.library.register_fake("recis::feat_unpack_bits")
+def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
+    return [b.new_empty((n,), dtype=torch.bool) for b, n in zip(bitmaps, lengths)]

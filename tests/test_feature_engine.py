@@ -224,7 +224,8 @@ def test_null_counters():
 
 
 FEAT_OPS = ["feat_hash_str", "feat_hash_int", "feat_cross", "feat_mod", "feat_bucketize", "feat_log1p",
-            "feat_normalize", "feat_clip", "feat_assemble_sparse", "feat_assemble_dense", "feat_truncate"]
+            "feat_normalize", "feat_clip", "feat_assemble_sparse", "feat_assemble_dense", "feat_truncate",
+            "feat_same_bytes", "feat_unpack_bits"]
 
 
 @pytest.mark.parametrize("name", FEAT_OPS)

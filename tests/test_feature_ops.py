@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recis.features import FeatureEngine
+from recis.features.arrow import ingest
 from test_feature_reference import ref_cross_hash, ref_dense, ref_hash, ref_sparse
 
 ops = torch.ops.recis
@@ -190,3 +191,14 @@ def test_dense_chain_with_nulls_and_negative_values():
     check_dense(features, table2)
     batch = FeatureEngine(features)(table)
     assert math.isnan(batch.dense[5, 0].item())  # NaN flows through (it is not a null)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.booleans(), max_size=200), st.integers(0, 200), st.integers(0, 200))
+def test_validity_bitmaps_unpack_like_arrow(valid, start, length):
+    arr = pa.array([1 if v else None for v in valid], type=pa.int32()).slice(start, length)
+    col = ingest(arr)
+    expected = [v is not None for v in arr.to_pylist()]
+    assert (col.mask.tolist() if col.mask is not None else [True] * len(arr)) == expected
+    bitmap = torch.tensor([0b10110010, 0b00000001], dtype=torch.uint8)
+    assert ops.feat_unpack_bits([bitmap], [3], [7])[0].tolist() == [False, True, True, False, True, True, False]

@@ -1,6 +1,8 @@
 #include "features/value_ops.h"
 
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "features/common.h"
@@ -72,6 +74,15 @@ const double* log1p_table() {
   return table.data();
 }
 
+// kSpread[b] holds the 8 bits of b (least significant first) as 8 bytes of 0 / 1.
+constexpr std::array<uint64_t, 256> spread_table() {
+  std::array<uint64_t, 256> t{};
+  for (int b = 0; b < 256; ++b)
+    for (int k = 0; k < 8; ++k) t[b] |= static_cast<uint64_t>((b >> k) & 1) << (8 * k);
+  return t;
+}
+constexpr std::array<uint64_t, 256> kSpread = spread_table();
+
 }  // namespace
 
 std::vector<at::Tensor> feat_mod(at::TensorList values, at::IntArrayRef n) {
@@ -130,6 +141,31 @@ std::vector<at::Tensor> feat_clip(at::TensorList values, at::ArrayRef<double> lo
     const double x = static_cast<double>(v);
     return x < lo[i] ? lo[i] : (x > hi[i] ? hi[i] : x);
   });
+}
+
+std::vector<at::Tensor> feat_unpack_bits(at::TensorList bitmaps, at::IntArrayRef bit_offsets, at::IntArrayRef lengths) {
+  feat::check_sizes(bitmaps.size(), {FEAT_ARG(bit_offsets), FEAT_ARG(lengths)});
+  std::vector<int64_t> sizes(lengths.begin(), lengths.end());
+  for (size_t i = 0; i < bitmaps.size(); ++i) {
+    TORCH_CHECK_TYPE(bitmaps[i].scalar_type() == at::kByte, "recis features: a bitmap must be uint8, got ",
+                     bitmaps[i].scalar_type());
+    feat::check_cpu_1d(bitmaps[i], "bitmap");
+    TORCH_CHECK_VALUE(bit_offsets[i] >= 0 && lengths[i] >= 0 && bit_offsets[i] + lengths[i] <= 8 * bitmaps[i].numel(),
+                      "recis features: bits [", bit_offsets[i], ", ", bit_offsets[i] + lengths[i],
+                      ") run past a bitmap of ", bitmaps[i].numel(), " bytes");
+  }
+  auto out = feat::pooled_outputs(sizes, at::kBool);
+  feat::NoGil nogil;
+  feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const feat::Chunk& c) {
+    const uint8_t* bits = bitmaps[c.item].data_ptr<uint8_t>();
+    bool* dst = out[c.item].data_ptr<bool>();
+    const int64_t off = bit_offsets[c.item];
+    int64_t i = c.begin;
+    for (; i < c.end && ((off + i) & 7); ++i) dst[i] = (bits[(off + i) >> 3] >> ((off + i) & 7)) & 1;
+    for (; i + 8 <= c.end; i += 8) std::memcpy(dst + i, &kSpread[bits[(off + i) >> 3]], 8);  // a whole byte
+    for (; i < c.end; ++i) dst[i] = (bits[(off + i) >> 3] >> ((off + i) & 7)) & 1;
+  });
+  return out;
 }
 
 }  // namespace recis

@@ -18,4 +18,8 @@ std::vector<at::Tensor> feat_normalize(at::TensorList values, at::ArrayRef<doubl
 // min(max(x, lo[i]), hi[i]); NaN stays NaN. float64.
 std::vector<at::Tensor> feat_clip(at::TensorList values, at::ArrayRef<double> lo, at::ArrayRef<double> hi);
 
+// Arrow validity bitmaps as bool tensors: bits [bit_offsets[i], bit_offsets[i] + lengths[i]) of
+// bitmaps[i] (uint8, least significant bit first), one call for all columns.
+std::vector<at::Tensor> feat_unpack_bits(at::TensorList bitmaps, at::IntArrayRef bit_offsets, at::IntArrayRef lengths);
+
 }  // namespace recis

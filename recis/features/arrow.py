@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-__all__ = ["Strings", "Column", "ingest", "domain_of", "FeatureTypeError"]
+__all__ = ["Strings", "Column", "Bits", "ingest", "unpack_masks", "domain_of", "FeatureTypeError"]
 
 
 class FeatureTypeError(TypeError):
@@ -48,7 +48,7 @@ class Column:
     values: Union[torch.Tensor, Strings]
     width: int = 1
     index: Optional[torch.Tensor] = None
-    mask: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None  # (a `Bits` until unpack_masks)
     fill: Optional[Union[torch.Tensor, Strings]] = None
     splits: Optional[torch.Tensor] = None
     nulls: int = 0  # masked positions
@@ -109,18 +109,34 @@ def _view(buf: Optional[pa.Buffer], dtype: torch.dtype, start: int, count: int) 
     return torch.frombuffer(buf, dtype=dtype, count=count, offset=start * dtype.itemsize)
 
 
-def _mask(arr: pa.Array) -> Optional[torch.Tensor]:
-    """Validity of arr's slots as a bool tensor, or None when nothing is null."""
+@dataclass
+class Bits:
+    """A validity bitmap not unpacked yet: bits [offset, offset + n) of `bitmap` (uint8)."""
+
+    bitmap: torch.Tensor
+    offset: int
+    n: int
+
+
+def _mask(arr: pa.Array):
+    """Validity of arr's slots: None when nothing is null, else `Bits` (see unpack_masks)."""
     if arr.null_count == 0:
         return None
     bitmap = arr.buffers()[0]
     if bitmap is None:  # null type: no bitmap, everything null
         return torch.zeros(len(arr), dtype=torch.bool)
     first = arr.offset // 8
-    nbytes = (arr.offset + len(arr) + 7) // 8 - first
-    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8, count=nbytes, offset=first), bitorder="little")
-    start = arr.offset % 8
-    return torch.from_numpy(bits[start:start + len(arr)].view(np.bool_))
+    return Bits(_view(bitmap, torch.uint8, first, (arr.offset + len(arr) + 7) // 8 - first), arr.offset % 8, len(arr))
+
+
+def unpack_masks(cols) -> None:
+    """Turns the columns' pending `Bits` masks into bool tensors, all in one kernel call."""
+    todo = [c for c in cols if isinstance(c.mask, Bits)]
+    if todo:
+        masks = torch.ops.recis.feat_unpack_bits([c.mask.bitmap for c in todo], [c.mask.offset for c in todo],
+                                                 [c.mask.n for c in todo])
+        for c, m in zip(todo, masks):
+            c.mask = m
 
 
 def _primitive(arr: pa.Array, rows: int) -> Column:
@@ -159,6 +175,9 @@ def _dictionary(arr: pa.DictionaryArray, rows: int, decode: bool) -> Column:
     inner = _flat(arr.dictionary, len(arr.dictionary), decode)
     mask, nulls = _mask(indices), indices.null_count
     if inner.mask is not None:  # null dictionary entries make their positions null
+        here = Column(rows=rows, domain="null", values=index, mask=mask)
+        unpack_masks([inner, here])
+        mask = here.mask
         safe = index.long().clamp(0, max(len(arr.dictionary) - 1, 0))
         entry_ok = inner.mask[safe] if len(arr.dictionary) else torch.zeros(len(arr), dtype=torch.bool)
         mask = entry_ok if mask is None else mask & entry_ok
@@ -203,13 +222,16 @@ def _flat(arr: pa.Array, rows: int, decode: bool) -> Column:
     return _primitive(arr, rows)
 
 
-def ingest(arr: Union[pa.Array, pa.ChunkedArray], decode: bool = False) -> Column:
+def ingest(arr: Union[pa.Array, pa.ChunkedArray], decode: bool = False, lazy_mask: bool = False) -> Column:
     """An Arrow array (or chunked array) as a `Column`, sharing Arrow's buffers where it can.
 
     decode=True reads dictionaries of numbers as plain columns (string dictionaries keep their
-    index: string kernels read through it per position)."""
+    index: string kernels read through it per position). lazy_mask=True leaves the validity
+    as `Bits` for a later unpack_masks over many columns."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
     col = _flat(arr, len(arr), decode)
     col.arrow_type = arr.type
+    if not lazy_mask:
+        unpack_masks([col])
     return col

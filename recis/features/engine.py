@@ -29,7 +29,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.features import kernels
-from recis.features.arrow import Column, FeatureTypeError, Strings, ingest
+from recis.features.arrow import Column, FeatureTypeError, Strings, ingest, unpack_masks
 from recis.features.batch import Batch
 from recis.features.ops import FillMissing
 from recis.features.plan import Node, Plan
@@ -154,7 +154,7 @@ class FeatureEngine:
     def _source(self, node: Node, data, rows: int) -> Column:
         arr = self._arrow(data, node.column)
         try:
-            col = ingest(arr, decode=not self.fused)
+            col = ingest(arr, decode=not self.fused, lazy_mask=True)
         except FeatureTypeError as e:
             raise FeatureTypeError(f"{self._where(node)}: {e}") from None
         col.arrow_type = arr.type
@@ -220,6 +220,7 @@ class FeatureEngine:
         for n in plan.sources:
             if n.id in self._convert:
                 values[n.id] = self._source(n, data, rows)
+        unpack_masks(values.values())
         versions = self._dictionary_versions(data, values)
         for n in plan.nodes:
             if n.kind != "source":
@@ -260,6 +261,7 @@ class FeatureEngine:
                 if n.kind == "source":
                     if n.id in self._convert:
                         values[n.id] = self._source(n, data, rows)
+                        unpack_masks([values[n.id]])
                 else:
                     self._eval([n], values, rows)
         return values
