@@ -1,6 +1,9 @@
 // recis._C: the torch op library `recis` (schemas + CPU kernels) and the HashTable class.
 #include <torch/extension.h>
 
+#include "features/hash_ops.h"
+#include "features/jagged_ops.h"
+#include "features/value_ops.h"
 #include "hashtable/hash_table.h"
 #include "hashtable/registry.h"
 #include "ops/table_ops.h"
@@ -25,6 +28,24 @@ TORCH_LIBRARY(recis, m) {
   m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
   m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> SymInt");
   m.def("gather(int table, Tensor rows) -> Tensor");
+  // Feature engine (recis.features): each op runs over a list of columns in one call.
+  m.def("feat_hash_str(Tensor[] offsets, Tensor[] data, Tensor?[] index, Tensor?[] mask, int[] seeds, "
+        "int[] num_hashes) -> Tensor[]");
+  m.def("feat_hash_int(Tensor[] values, int[] seeds, int[] num_hashes) -> Tensor[]");
+  m.def("feat_same_bytes(Tensor[] a, Tensor[] b) -> Tensor");
+  m.def("feat_cross(Tensor[] values, Tensor?[] splits, int[] arity, int[] cap, int[] seeds, int rows) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("feat_mod(Tensor[] values, int[] n) -> Tensor[]");
+  m.def("feat_bucketize(Tensor[] values, Tensor[] boundaries) -> Tensor[]");
+  m.def("feat_log1p(Tensor[] values, int[] mode) -> Tensor[]");
+  m.def("feat_normalize(Tensor[] values, float[] mean, float[] std) -> Tensor[]");
+  m.def("feat_clip(Tensor[] values, float[] lo, float[] hi) -> Tensor[]");
+  m.def("feat_unpack_bits(Tensor[] bitmaps, int[] bit_offsets, int[] lengths) -> Tensor[]");
+  m.def("feat_assemble_sparse(Tensor[] values, int[] widths, Tensor?[] index, Tensor?[] mask, Tensor?[] fill, "
+        "Tensor?[] splits, int rows) -> (Tensor, Tensor, Tensor)");
+  m.def("feat_assemble_dense(Tensor[] values, Tensor?[] index, Tensor?[] mask, Tensor?[] fill, int rows) -> Tensor");
+  m.def("feat_truncate(Tensor[] values, Tensor?[] splits, int[] max_len, int[] keep_last, int[] pad_value, "
+        "int[] pad, int rows) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(recis, CPU, m) {
@@ -37,6 +58,19 @@ TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("find_or_insert", &recis::find_or_insert);
   m.impl("erase", &recis::erase);
   m.impl("gather", &recis::gather);
+  m.impl("feat_hash_str", &recis::feat_hash_str);
+  m.impl("feat_hash_int", &recis::feat_hash_int);
+  m.impl("feat_same_bytes", &recis::feat_same_bytes);
+  m.impl("feat_cross", &recis::feat_cross);
+  m.impl("feat_mod", &recis::feat_mod);
+  m.impl("feat_bucketize", &recis::feat_bucketize);
+  m.impl("feat_log1p", &recis::feat_log1p);
+  m.impl("feat_normalize", &recis::feat_normalize);
+  m.impl("feat_clip", &recis::feat_clip);
+  m.impl("feat_unpack_bits", &recis::feat_unpack_bits);
+  m.impl("feat_assemble_sparse", &recis::feat_assemble_sparse);
+  m.impl("feat_assemble_dense", &recis::feat_assemble_dense);
+  m.impl("feat_truncate", &recis::feat_truncate);
 }
 
 namespace {

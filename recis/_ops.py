@@ -63,3 +63,69 @@ def _erase_fake(token, table, ns, ids):
 def _lookup_backward_apply_fake(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                                 batch_size, col_offsets, combiner, kind, hyper):
     return token.new_empty((2,), dtype=torch.int64)
+
+
+# ---- feature engine ops (recis.features): lists of columns in, one output per column ----------
+
+def _like(t, n, dtype):
+    return t.new_empty((n,), dtype=dtype)
+
+
+@torch.library.register_fake("recis::feat_hash_str")
+def _feat_hash_str_fake(offsets, data, index, mask, seeds, num_hashes):
+    return [_like(o, (i.shape[0] if i is not None else o.shape[0] - 1) * k, torch.int64)
+            for o, i, k in zip(offsets, index, num_hashes)]
+
+
+@torch.library.register_fake("recis::feat_hash_int")
+def _feat_hash_int_fake(values, seeds, num_hashes):
+    return [_like(v, v.shape[0] * k, torch.int64) for v, k in zip(values, num_hashes)]
+
+
+def _fake_map(dtype):
+    def fake(values, *params):
+        return [_like(v, v.shape[0], dtype) for v in values]
+    return fake
+
+
+for _name, _dtype in (("mod", torch.int64), ("bucketize", torch.int64), ("log1p", torch.float64),
+                      ("normalize", torch.float64), ("clip", torch.float64)):
+    torch.library.register_fake(f"recis::feat_{_name}")(_fake_map(_dtype))
+
+
+def _fake_jagged(like, items, rows):
+    n = torch.library.get_ctx().new_dynamic_size()
+    return (_like(like, n, torch.int64), _like(like, items * rows, torch.int64),
+            _like(like, items * rows + 1, torch.int64))
+
+
+@torch.library.register_fake("recis::feat_assemble_sparse")
+def _feat_assemble_sparse_fake(values, widths, index, mask, fill, splits, rows):
+    return _fake_jagged(values[0] if values else torch.empty(0), len(values), rows)
+
+
+@torch.library.register_fake("recis::feat_assemble_dense")
+def _feat_assemble_dense_fake(values, index, mask, fill, rows):
+    return (values[0] if values else torch.empty(0)).new_empty((rows, len(values)), dtype=torch.float32)
+
+
+@torch.library.register_fake("recis::feat_truncate")
+def _feat_truncate_fake(values, splits, max_len, keep_last, pad_value, pad, rows):
+    like = values[0] if values else torch.empty(0)
+    return _fake_jagged(like, len(values), rows) + (like.new_empty((len(values), 2), dtype=torch.int64),)
+
+
+@torch.library.register_fake("recis::feat_cross")
+def _feat_cross_fake(values, splits, arity, cap, seeds, rows):
+    like = values[0] if values else torch.empty(0)
+    return _fake_jagged(like, len(arity), rows) + (like.new_empty((len(arity), 1), dtype=torch.int64),)
+
+
+@torch.library.register_fake("recis::feat_same_bytes")
+def _feat_same_bytes_fake(a, b):
+    return (a[0] if a else torch.empty(0)).new_empty((len(a),), dtype=torch.bool)
+
+
+@torch.library.register_fake("recis::feat_unpack_bits")
+def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
+    return [b.new_empty((n,), dtype=torch.bool) for b, n in zip(bitmaps, lengths)]
