@@ -16,7 +16,7 @@ Before timing, the fused engine's output is checked against the unfused engine a
 xxhash package. Prints a markdown table (medians over rounds, ratios) and the targets.
 
     python benchmarks/io_bench.py --quick
-    python benchmarks/io_bench.py --rows 2000000 --json results.json
+    python benchmarks/io_bench.py --rows 2000000 --wait-idle 10 --json results.json
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ sys.path.insert(0, _HERE)
 if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout without `pip install -e .`
     sys.path.insert(1, os.path.dirname(_HERE))
 from _workload import Probe  # noqa: E402
+from embedding_step import wait_idle  # noqa: E402
 
 from recis.features import FeatureEngine  # noqa: E402
 
@@ -180,12 +181,16 @@ def check(path, batch_size):
 
 # ---- timing ----------------------------------------------------------------------------------
 
-def run_interleaved(contestants, rounds):
+def run_interleaved(contestants, rounds, idle_s=0.0):
+    """Round-robin over the contestants (rotating who goes first); with idle_s, each run first
+    waits up to idle_s seconds for the other processes to leave the cores."""
     res = {k: {"rows_s": [], "engine_s": [], "bg": []} for k in contestants}
     gc.collect()
     for r in range(rounds):
         keys = list(contestants)
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if idle_s > 0:
+                wait_idle(idle_s)
             p0 = Probe()
             rows, engine_s = contestants[k]()
             wall, _, bg = Probe().since(p0)
@@ -205,6 +210,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=65536)
     p.add_argument("--threads", type=int, default=2, help="torch threads and pyarrow CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before each run wait up to S seconds for other processes to go idle")
     p.add_argument("--keep", metavar="DIR", help="write (or reuse) the Parquet file in DIR instead of a temp dir")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -235,7 +242,7 @@ def main(argv=None):
         "recis FeatureEngine unfused -> KJT": recis_engine(path, args.batch_size, False),
         "pandas + per-feature torch -> KJT": pandas_torch(path, args.batch_size),
     }
-    res = run_interleaved(contestants, args.rounds)
+    res = run_interleaved(contestants, args.rounds, args.wait_idle)
     med = {k: statistics.median(v["rows_s"]) for k, v in res.items()}
     eng = {k: statistics.median(v["engine_s"]) for k, v in res.items()}
     fused, unfused = "recis FeatureEngine fused -> KJT", "recis FeatureEngine unfused -> KJT"

@@ -15,20 +15,14 @@ constexpr uint64_t P5 = 0x27D4EB2F165667C5ULL;
 
 inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
-inline uint64_t read64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
+// A little-endian uint64_t or uint32_t at p (any alignment).
+template <class T>
+inline T read_le(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap64(v);
-#endif
-  return v;
-}
-
-inline uint32_t read32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap32(v);
+  if constexpr (sizeof(T) == 8) v = __builtin_bswap64(v);
+  else v = __builtin_bswap32(v);
 #endif
   return v;
 }
@@ -58,10 +52,10 @@ inline uint64_t xxh64(const void* data, uint64_t len, uint64_t seed) {
     uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
     const uint8_t* const limit = end - 32;
     do {
-      v1 = round(v1, read64(p));
-      v2 = round(v2, read64(p + 8));
-      v3 = round(v3, read64(p + 16));
-      v4 = round(v4, read64(p + 24));
+      v1 = round(v1, read_le<uint64_t>(p));
+      v2 = round(v2, read_le<uint64_t>(p + 8));
+      v3 = round(v3, read_le<uint64_t>(p + 16));
+      v4 = round(v4, read_le<uint64_t>(p + 24));
       p += 32;
     } while (p <= limit);
     h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18);
@@ -73,9 +67,9 @@ inline uint64_t xxh64(const void* data, uint64_t len, uint64_t seed) {
     h = seed + P5;
   }
   h += len;
-  for (; p + 8 <= end; p += 8) h = rotl(h ^ round(0, read64(p)), 27) * P1 + P4;
+  for (; p + 8 <= end; p += 8) h = rotl(h ^ round(0, read_le<uint64_t>(p)), 27) * P1 + P4;
   if (p + 4 <= end) {
-    h = rotl(h ^ (static_cast<uint64_t>(read32(p)) * P1), 23) * P2 + P3;
+    h = rotl(h ^ (static_cast<uint64_t>(read_le<uint32_t>(p)) * P1), 23) * P2 + P3;
     p += 4;
   }
   for (; p < end; ++p) h = rotl(h ^ (static_cast<uint64_t>(*p) * P5), 11) * P1;

@@ -68,8 +68,8 @@ def _map(kernel, domain: Optional[str], args: Sequence[list]):
     """Runner for the one-value-in, one-value-out kernels; args are per-column parameter lists."""
     def run(op_list, cols):
         items, fill_at = _with_fills(cols, [c.values for c in cols])
-        extra = [[a[i] for i, c in enumerate(cols) if c.fill is not None] for a in args(op_list)]
-        res = kernel(items, *[a + e for a, e in zip(args(op_list), extra)])
+        params = args(op_list)  # per column; a fill takes its column's parameters
+        res = kernel(items, *[a + [a[i] for i, c in enumerate(cols) if c.fill is not None] for a in params])
         return [c.with_values(res[j], domain or c.domain, c.width, res[fill_at[j]] if fill_at[j] >= 0 else None)
                 for j, c in enumerate(cols)]
     return run

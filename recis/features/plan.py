@@ -40,6 +40,7 @@ class Node:
     consumers: List["Node"] = field(default_factory=list)
     is_output: bool = False
     root: Optional["Node"] = None  # the source under a run of elementwise ops (dictionary cache)
+    cacheable: bool = False  # keeps its dictionary-domain output across batches (set by Plan)
 
     @property
     def group(self) -> str:
@@ -51,12 +52,6 @@ class Node:
     @property
     def elementwise(self) -> bool:
         return self.kind == "op" and not self.op.structural
-
-    @property
-    def cacheable(self) -> bool:
-        """Keeps its dictionary-domain output across batches: the end of an elementwise run."""
-        return (self.elementwise and self.root is not None and not isinstance(self.op, FillMissing)
-                and (self.is_output or any(not c.elementwise for c in self.consumers)))
 
     def label(self) -> str:
         if self.kind == "source":
@@ -81,6 +76,9 @@ class Plan:
             self.outputs[s.name] = self._feature(s, scope=s.name)
         for s in specs:
             self.outputs[s.name].is_output = True
+        for n in self.nodes:  # the ends of elementwise runs keep their dictionary-domain results
+            n.cacheable = (n.elementwise and n.root is not None and not isinstance(n.op, FillMissing)
+                           and (n.is_output or any(not c.elementwise for c in n.consumers)))
         self.levels: List[List[Node]] = [[] for _ in range(max((n.level for n in self.nodes), default=0))]
         for n in self.nodes:
             if n.level:
