@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <Python.h>
 
+#include "common/gil.h"
+#include "common/storage_pool.h"
+
 #include <algorithm>
 #include <atomic>
 #include <initializer_list>
@@ -15,13 +18,6 @@
 namespace recis {
 namespace feat {
 
-// Releases the GIL for a kernel's lifetime when the calling thread holds it.
-struct NoGil {
-  PyThreadState* state = (Py_IsInitialized() && PyGILState_Check()) ? PyEval_SaveThread() : nullptr;
-  ~NoGil() {
-    if (state) PyEval_RestoreThread(state);
-  }
-};
 
 // A range [begin, end) of one item (column) of a fused call.
 struct Chunk {
@@ -95,24 +91,8 @@ decltype(auto) visit_ints(const IntView& v, const F& f) {
 // reused once nothing else references them (the caller dropped its batch), so a stream of
 // batches does not fault in fresh pages for every output.
 inline at::Tensor pooled_empty(int64_t n, at::ScalarType dtype) {
-  constexpr size_t kPool = 16;
-  static thread_local std::vector<c10::Storage> pool;
-  const size_t need = static_cast<size_t>(n) * c10::elementSize(dtype);
-  const auto opts = at::TensorOptions().dtype(dtype);
-  for (auto& st : pool)
-    if (st.use_count() == 1 && st.nbytes() >= need && st.nbytes() <= 2 * need + 4096)
-      return at::empty({0}, opts).set_(st, 0, {n}, {1});
-  at::Tensor fresh = at::empty({n}, opts);
-  if (pool.size() < kPool) {
-    pool.push_back(fresh.storage());
-  } else {
-    for (auto& st : pool)
-      if (st.use_count() == 1) {
-        st = fresh.storage();
-        break;
-      }
-  }
-  return fresh;
+  static thread_local StoragePool pool(16);
+  return pool.empty({n}, dtype);
 }
 
 // One output per column of a fused call, as views of one pooled buffer.

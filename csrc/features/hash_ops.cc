@@ -50,7 +50,7 @@ std::vector<at::Tensor> feat_hash_str(at::TensorList offsets, at::TensorList dat
     valid[i] = feat::mask_ptr(mask.get(i), sizes[i], "string");
   }
   out = hashes_out(sizes, num_hashes);
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const Chunk& c) {
     const int64_t i = c.item, k = num_hashes[i];
     const IntView& o = off[i];
@@ -96,7 +96,7 @@ std::vector<at::Tensor> feat_hash_int(at::TensorList values, at::IntArrayRef see
     sizes[i] = values[i].numel();
   }
   out = hashes_out(sizes, num_hashes);
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const Chunk& c) {
     const int64_t i = c.item, k = num_hashes[i];
     const uint64_t seed = static_cast<uint64_t>(seeds[i]);
@@ -138,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_cross(at::Tensor
     feat::check_rows(in[j], rows, values[j].numel(), "cross input");
     vals[j] = values[j].data_ptr<int64_t>();
   }
-  feat::NoGil nogil;
+  GilRelease nogil;
   constexpr int64_t kHuge = int64_t(1) << 62;
   auto product = [&](int64_t f, int64_t r) {
     int64_t n = 1;
@@ -203,7 +203,7 @@ at::Tensor feat_same_bytes(at::TensorList a, at::TensorList b) {
   }
   std::vector<std::atomic<bool>> differ(n);
   for (auto& d : differ) d.store(false);
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks(sizes, 1 << 20), [&](const Chunk& c) {
     if (c.end == c.begin || differ[c.item].load(std::memory_order_relaxed)) return;
     const auto* pa = static_cast<const uint8_t*>(a[c.item].data_ptr()) + c.begin;

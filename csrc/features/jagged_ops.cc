@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feat_assemble_sparse(at::TensorLi
       fills[f] = fl->data_ptr<int64_t>();
     }
   }
-  feat::NoGil nogil;
+  GilRelease nogil;
   auto out = feat::build_jagged(
       static_cast<int64_t>(F), rows, 0,
       [&](int64_t f, int64_t b, int64_t e, int64_t*) {
@@ -186,7 +186,7 @@ at::Tensor feat_assemble_dense(at::TensorList values, const OptTensors& index, c
   }
   at::Tensor out = feat::pooled_empty(rows * F, at::kFloat).view({rows, F});
   float* dst = out.data_ptr<float>();
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks({rows}, feat::kGrain / 4), [&](const feat::Chunk& ch) {
     for (int64_t f = 0; f < F; ++f) {
       const Column& c = cols[f];
@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> feat_truncate(at::Ten
     cols[f] = make_column(values[f], 1, c10::nullopt, c10::nullopt, splits.get(f), rows);
     vals[f] = values[f].data_ptr<int64_t>();
   }
-  feat::NoGil nogil;
+  GilRelease nogil;
   auto out = feat::build_jagged(
       static_cast<int64_t>(F), rows, 2,
       [&](int64_t f, int64_t b, int64_t e, int64_t* ctr) {

@@ -29,7 +29,7 @@ std::vector<at::Tensor> map_values(at::TensorList values, bool ints_only, const 
     sizes[i] = values[i].numel();
   }
   out = feat::pooled_outputs(sizes, out_type);
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const feat::Chunk& c) {
     OutT* dst = out[c.item].data_ptr<OutT>();
     AT_DISPATCH_ALL_TYPES(values[c.item].scalar_type(), "feat_map_values", [&] {
@@ -155,7 +155,7 @@ std::vector<at::Tensor> feat_unpack_bits(at::TensorList bitmaps, at::IntArrayRef
                       ") run past a bitmap of ", bitmaps[i].numel(), " bytes");
   }
   auto out = feat::pooled_outputs(sizes, at::kBool);
-  feat::NoGil nogil;
+  GilRelease nogil;
   feat::for_chunks(feat::make_chunks(sizes, feat::kGrain), [&](const feat::Chunk& c) {
     const uint8_t* bits = bitmaps[c.item].data_ptr<uint8_t>();
     bool* dst = out[c.item].data_ptr<bool>();

@@ -13,20 +13,11 @@
 #include "ops/dedup.h"
 #include "ops/pooling.h"
 #include "optim/sparse_update.h"
+#include "common/gil.h"
+#include "common/storage_pool.h"
 
 namespace recis {
 namespace {
-
-// Releases the GIL for the duration of a kernel when the calling thread holds it.
-struct GilRelease {
-  PyThreadState* state = nullptr;
-  GilRelease() {
-    if (Py_IsInitialized() && PyGILState_Check()) state = PyEval_SaveThread();
-  }
-  ~GilRelease() {
-    if (state) PyEval_RestoreThread(state);
-  }
-};
 
 void check_cpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), "recis: the table lives on cpu but ", what, " is on ", t.device(),
@@ -58,27 +49,10 @@ const float* optional_weights(const c10::optional<at::Tensor>& w, int64_t n) {
   return w->data_ptr<float>();
 }
 
-// Hands out output memory that nobody references any more, so steady-state steps do not
-// fault in fresh pages for their (often > 32 MB) output. Each call gets a fresh tensor.
+// Lookup outputs reuse their storage across steps (a few of them: each can be tens of MB).
 at::Tensor reusable_output(at::IntArrayRef shape) {
-  static thread_local std::vector<c10::Storage> pool;
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  int64_t numel = 1;
-  for (int64_t s : shape) numel *= s;
-  const size_t nbytes = static_cast<size_t>(numel) * sizeof(float);
-  for (auto& st : pool)
-    if (st.use_count() == 1 && st.nbytes() == nbytes) return at::empty({0}, opts).set_(st, 0, shape, {});
-  at::Tensor fresh = at::empty(shape, opts);
-  if (pool.size() < 4) {
-    pool.push_back(fresh.storage());
-  } else {
-    for (auto& st : pool)
-      if (st.use_count() == 1) {
-        st = fresh.storage();
-        break;
-      }
-  }
-  return fresh;
+  static thread_local StoragePool pool(4);
+  return pool.empty(shape, at::kFloat);
 }
 
 BagLayout make_layout(const at::Tensor& offsets, int64_t num_bags, int64_t batch, at::IntArrayRef feature_ns,
