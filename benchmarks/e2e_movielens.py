@@ -5,7 +5,7 @@ MLP, FM + linear term, row-wise Adagrad for the tables and Adam for the dense pa
 size, epochs, seed), read the data through the same ArrowDataset + FeatureEngine path, and are
 trained and evaluated by the same recis Trainer and metrics:
 
-* recis:    recis.run.Job, exactly what `make demo` runs (hash tables, fused row-wise Adagrad);
+* recis:    recis.run.Job, exactly what `make demo` runs (hash tables, row-wise Adagrad as configured);
 * torchrec: EmbeddingBagCollections (one table per feature, plus the linear term's) inside
             DistributedModelParallel on one gloo rank, fused EXACT_ROWWISE_ADAGRAD, over a
             vocabulary of every hashed id of train+test built before timing; the id remap
@@ -125,7 +125,9 @@ def run_recis(cfg) -> Outcome:
     from recis.run import Job
 
     job = Job(cfg)
-    return timed_fit("recis", job.trainer, job.train_data, job.eval_data, "hash tables, fused row-wise Adagrad")
+    mode = "fused into backward" if job.sparse_optimizer.fused else "applied in step()"
+    return timed_fit("recis", job.trainer, job.train_data, job.eval_data,
+                     f"hash tables, {cfg.optim.sparse['name']} {mode}")
 
 
 class RemappedEngine:
