@@ -143,3 +143,26 @@ def test_resume_without_checkpoints_reports_false(tmp_path):
     trainer = make_trainer(TrainerConfig(progress=False), metrics=False)
     trainer.checkpoint = CheckpointManager(tmp_path)
     assert trainer.resume() is False
+
+
+def test_bf16_autocast_profiler_and_table_stats_hooks(tmp_path):
+    from recis.train import Profiler, TableStats
+
+    trainer = make_trainer(TrainerConfig(epochs=2, bf16=True, log_every=1, progress=False), metrics=False)
+    logged = []
+
+    class Capture(TableStats):
+        def on_step_end(self, trainer, step, logs):
+            super().on_step_end(trainer, step, logs)
+            logged.append(dict(logs))
+
+    trace = tmp_path / "trace.json"
+    trainer.hooks += [Profiler(str(trace), start=2, steps=3), Capture(every=4, evict=False)]
+    trainer.fit(make_batches(4))
+    assert trainer.step == 8 and math.isfinite(logged[-1]["loss"])
+    assert trace.stat().st_size > 0  # a Chrome trace of steps 2-4
+    live = {k: v for row in logged for k, v in row.items() if k.endswith("/live")}
+    from recis.nn import sparse_tables
+
+    assert sum(live.values()) == sum(len(t) for t in sparse_tables(trainer.model)) > 0
+
