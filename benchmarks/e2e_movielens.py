@@ -270,7 +270,8 @@ def main(argv=None) -> int:
         results, cmp = run(cfg, order)
         total = time.perf_counter() - t0
     print(f"\nDeepFM on MovieLens-1M, {cfg.trainer.epochs} epoch(s), batch {cfg.data.batch_size}, sample {sample:g}, "
-          f"{torch.get_num_threads()} threads, total {total:.0f}s\n")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"total {total:.0f}s\n")
     print(markdown(results, cmp))
     if args.json:
         with open(args.json, "w") as fh:
