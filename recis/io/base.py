@@ -18,6 +18,7 @@ from it; a resumed run yields exactly the batches the uninterrupted run would ha
   workers is DataLoader's round robin, which restarts at worker 0. The loaded state stays on the
   dataset object for later DataLoader iterators until `load_state_dict(None)`.
 """
+import abc
 import hashlib
 import json
 from dataclasses import dataclass
@@ -105,14 +106,14 @@ class ArrowIterableBase(torch.utils.data.IterableDataset):
         self._num_shards: Optional[int] = None
         self._shard: Optional[int] = None
 
-    # --- subclass hooks -------------------------------------------------------------------
+    # --- subclass hooks (IterableDataset's metaclass is ABCMeta, so these are enforced) ----
+    @abc.abstractmethod
     def _shard_stream(self, shard: int, num_shards: int, cursor: Optional[Cursor]) -> Iterator[tuple]:
         """(record batch or None, rows, cursor after it) for one shard from `cursor` on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _config_state(self) -> dict:
         """What a state must match to be loaded (options that change batches or positions)."""
-        raise NotImplementedError
 
     def _stopped(self) -> bool:
         return False
