@@ -1,0 +1,99 @@
+"""run_local: runs a function on N local processes joined in a torch.distributed group.
+
+For tests, benchmarks and notebooks; production jobs use `torchrun`. Each rank runs
+`fn(*args)` after `init_process_group` (gloo by default, over a file store in a fresh temporary
+directory, so no port is needed); results come back per rank, in rank order.
+
+>>> [r.value for r in run_local(_rank_and_world, 2)] 
+[(0, 2), (1, 2)]
+"""
+import datetime
+import os
+import pickle
+import queue
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass
+class RankResult:
+    rank: int
+    ok: bool
+    value: Any = None
+    error: Optional[str] = None      # the formatted traceback when fn raised
+    exitcode: Optional[int] = None   # the process exit code (None while it had not exited)
+
+
+def _worker(fn, rank, world_size, store, backend, collective_timeout_s, threads, args, results):
+    torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=collective_timeout_s))
+        # Plain pickle bytes: tensors are copied, not shared through file descriptors that die with this process.
+        results.put((rank, True, pickle.dumps(fn(*args)), None))
+    except BaseException:  # noqa: BLE001 (reported to the parent with its traceback)
+        results.put((rank, False, None, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, backend: str = "gloo",
+              collective_timeout_s: float = 60.0, threads_per_rank: int = 1,
+              raise_on_error: bool = True) -> List[RankResult]:
+    """Runs `fn(*args)` on `world_size` local ranks (fn and args must be picklable: a module-level
+    function). Raises RuntimeError with the first failing rank's traceback unless
+    `raise_on_error=False`; a rank still running after `timeout_s` is killed and reported."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    ctx = mp.get_context("spawn")
+    tmp = tempfile.mkdtemp(prefix="recis-dist-")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, os.path.join(tmp, "store"), backend,
+                                               collective_timeout_s, threads_per_rank, args, results), daemon=True)
+             for r in range(world_size)]
+    out = {r: RankResult(r, False) for r in range(world_size)}
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        pending = set(range(world_size))
+        while pending and time.monotonic() < deadline:
+            try:
+                rank, ok, value, error = results.get(timeout=0.2)
+                out[rank] = RankResult(rank, ok, pickle.loads(value) if ok else None, error)
+                pending.discard(rank)
+            except queue.Empty:
+                for r in list(pending):  # a rank that died without reporting
+                    if procs[r].exitcode is not None:
+                        out[r] = RankResult(r, False, error=f"rank {r} exited with code {procs[r].exitcode} "
+                                                            "without a result")
+                        pending.discard(r)
+        for r in pending:
+            out[r] = RankResult(r, False, error=f"rank {r} did not finish within {timeout_s:g} s")
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for r, p in enumerate(procs):
+            out[r].exitcode = p.exitcode
+        shutil.rmtree(tmp, ignore_errors=True)
+    ranked = [out[r] for r in range(world_size)]
+    failed = [r for r in ranked if not r.ok]
+    if failed and raise_on_error:
+        raise RuntimeError(f"rank {failed[0].rank} of {world_size} failed:\n{failed[0].error}")
+    return ranked
+
+
+def _rank_and_world():
+    return dist.get_rank(), dist.get_world_size()

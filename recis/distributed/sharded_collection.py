@@ -1,0 +1,365 @@
+"""ShardedEmbeddingCollection: an EmbeddingCollection whose table groups are spread over ranks.
+
+Forward, in two halves so a pipeline can overlap the first with the previous batch's compute:
+
+1. `input_dist`: dedup the batch's ids per table, send each unique id (with its number of
+   occurrences, so admission counts stay exact) to its owner in one all-to-all for all
+   row-wise and table-wise groups; replicated groups all-gather their ids instead.
+2. `compute`: each owner finds or inserts the ids it received and returns their rows in a
+   second all-to-all; the requester pools them into the usual KeyedTensor / dict output.
+
+Backward runs the exchange in reverse: row gradients (averaged over ranks, like DDP) go back
+to the owners, whose fused sparse optimizer updates the rows. Each rank holds only the rows it
+owns; a state_dict therefore holds this rank's shard (see recis.checkpoint for sharded saves).
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recis._ops import COMBINERS
+from recis.distributed.comm_ops import AllReduceGrad, RowsExchange
+from recis.distributed.env import ShardingEnv
+from recis.distributed.owner import owner_of
+from recis.distributed.planner import REPLICATED, TABLE_WISE, ShardingPlan
+from recis.nn import EmbeddingCollection
+from recis.nn.functional import check_jagged
+from recis.nn.table_state import load_groups, save_groups
+
+_NS_BITS = 32
+
+
+@dataclass
+class _GroupInput:
+    """One table group's part of a local batch: its unique keys and each feature's bags."""
+
+    uniq_ids: torch.Tensor       # [m] unique ids, grouped by namespace
+    uniq_ns: torch.Tensor        # [m] namespace of each
+    uniq_counts: torch.Tensor    # [m] occurrences in the local batch
+    bags: List[tuple] = field(default_factory=list)  # per feature: (name, kjt index, inverse, offsets, weights)
+
+
+@dataclass
+class PendingLookup:
+    """What `input_dist` hands to `compute` (the ids exchange may still be in flight)."""
+
+    features: object
+    batch: int
+    groups: List[_GroupInput]
+    send_perm: torch.Tensor = None       # sorted send position of every sharded key (pre-sort order)
+    send_counts: List[int] = None
+    recv_counts: List[int] = None
+    send_group: torch.Tensor = None      # group of every key in send order
+    received: torch.Tensor = None        # [n, 3] (group << 32 | ns, id, count), or in flight
+    work: object = None
+    replicated: Dict[int, tuple] = field(default_factory=dict)  # group -> (union ns, ids, counts, my positions)
+    stats: Dict[str, int] = field(default_factory=dict)
+
+
+class ShardedEmbeddingCollection(EmbeddingCollection):
+    """Wraps the groups of an EmbeddingCollection (sharing them: an optimizer made over the
+    unsharded module keeps working); made by `recis.distributed.shard`."""
+
+    def __init__(self, module: EmbeddingCollection, plan: ShardingPlan, env: ShardingEnv):
+        nn.Module.__init__(self)
+        self.output, self.configs, self.groups = module.output, module.configs, module.groups
+        self._plans, self._tables = module._plans, module._tables
+        self.train(module.training)
+        self.env = env
+        self.group_plans = [plan.for_table(g.tables[0].name) for g in self.groups]
+        for g, p in zip(self.groups, self.group_plans):
+            if sorted(p.tables) != sorted(g.names):
+                raise ValueError(f"the sharding plan places tables {p.tables} together, but they form the table "
+                                 f"group {g.names}")
+        self._seeds = [[int(s) for s in g.config["seeds"]] for g in self.groups]
+        self._dims = torch.tensor([g.embedding_dim for g in self.groups], dtype=torch.int64)
+        self._sketch_base: Dict[int, torch.Tensor] = {}
+        self.comm_stats: Dict[str, int] = {}
+        for gi in range(len(self.groups)):
+            self._drop_unowned(gi)
+
+    # ---------------------------------------------------------------- ownership
+    def owned(self, gi: int, ns: int, ids: torch.Tensor) -> torch.Tensor:
+        """Mask of the ids of table `ns` of group `gi` that this rank holds."""
+        plan, env = self.group_plans[gi], self.env
+        if plan.sharding == REPLICATED:
+            return torch.ones_like(ids, dtype=torch.bool)
+        if plan.sharding == TABLE_WISE:
+            return torch.full_like(ids, plan.rank == env.rank, dtype=torch.bool)
+        return owner_of(ids, self._seeds[gi][ns], env.world_size) == env.rank
+
+    def _owners(self, gi: int, ns: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        plan, env = self.group_plans[gi], self.env
+        if plan.sharding == TABLE_WISE:
+            return torch.full_like(ids, plan.rank)
+        out = torch.empty_like(ids)
+        for t in range(len(self._seeds[gi])):
+            m = ns == t
+            out[m] = owner_of(ids[m], self._seeds[gi][t], env.world_size)
+        return out
+
+    def _drop_unowned(self, gi: int) -> None:
+        for t in self.groups[gi].tables:
+            ids = t.export()["ids"]
+            if ids.numel():
+                t.erase(ids[~self.owned(gi, t.ns, ids)])
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, features):
+        return self.compute(self.input_dist(features))
+
+    def input_dist(self, features) -> PendingLookup:
+        """Dedups the batch and starts the ids exchange (asynchronously)."""
+        keys = features.keys()
+        if features.variable_stride_per_key():
+            raise ValueError("ShardedEmbeddingCollection does not take variable-batch (VBE) KeyedJaggedTensors")
+        index = {k: i for i, k in enumerate(keys)}
+        absent = [f for f in self.feature_names() if f not in index]
+        if absent:
+            raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
+        batch = features.stride()
+        offsets = features.offsets()
+        values = check_jagged(features.values(), offsets, features.weights_or_none(), torch.device("cpu"),
+                              "ShardedEmbeddingCollection")
+        weights = features.weights_or_none()
+        bounds = offsets[::batch].tolist() if batch > 0 else [0] * (len(keys) + 1)
+        groups = [self._group_input(cols, index, values, offsets, weights, batch, bounds)
+                  for _, cols, _ in self._plans]
+        pending = PendingLookup(features, batch, groups)
+        self._start_exchange(pending)
+        self._gather_replicated(pending)
+        return pending
+
+    def _group_input(self, cols, index, values, offsets, weights, batch, bounds) -> _GroupInput:
+        per_ns: Dict[int, List[int]] = {}
+        for j, (f, ns, _) in enumerate(cols):
+            per_ns.setdefault(ns, []).append(j)
+        inverse = [None] * len(cols)
+        ids_parts, ns_parts, count_parts, base = [], [], [], 0
+        for ns in sorted(per_ns):
+            spans = [(bounds[index[cols[j][0]]], bounds[index[cols[j][0]] + 1]) for j in per_ns[ns]]
+            ids = torch.cat([values[s:e] for s, e in spans]) if len(spans) > 1 else values[spans[0][0]:spans[0][1]]
+            uniq, inv, counts = torch.unique(ids, sorted=True, return_inverse=True, return_counts=True)
+            start = 0
+            for j, (s, e) in zip(per_ns[ns], spans):
+                inverse[j] = inv[start:start + e - s] + base
+                start += e - s
+            ids_parts.append(uniq)
+            ns_parts.append(torch.full_like(uniq, ns))
+            count_parts.append(counts)
+            base += uniq.numel()
+        bags = []
+        for j, (f, _, _) in enumerate(cols):
+            i = index[f]
+            s = bounds[i]
+            w = weights[s:bounds[i + 1]] if weights is not None else None
+            bags.append((f, i, inverse[j], offsets[i * batch:(i + 1) * batch + 1] - s, w))
+        return _GroupInput(torch.cat(ids_parts), torch.cat(ns_parts), torch.cat(count_parts), bags)
+
+    def _start_exchange(self, p: PendingLookup) -> None:
+        env = self.env
+        sharded = [gi for gi, plan in enumerate(self.group_plans) if plan.sharding != REPLICATED]
+        tags, ids, counts, owners, group_of = [], [], [], [], []
+        for gi in sharded:
+            g = p.groups[gi]
+            tags.append((gi << _NS_BITS) | g.uniq_ns)
+            ids.append(g.uniq_ids)
+            counts.append(g.uniq_counts)
+            owners.append(self._owners(gi, g.uniq_ns, g.uniq_ids))
+            group_of.append(torch.full_like(g.uniq_ids, gi))
+        if not sharded:
+            return
+        owners_t = torch.cat(owners)
+        perm = torch.sort(owners_t, stable=True).indices
+        keys = torch.stack([torch.cat(tags), torch.cat(ids), torch.cat(counts)], dim=1)[perm]
+        send = torch.bincount(owners_t, minlength=env.world_size)
+        recv = env.exchange_counts(send, what="embedding ids count exchange")
+        p.send_perm = torch.empty_like(perm)
+        p.send_perm[perm] = torch.arange(perm.numel())
+        p.send_group = torch.cat(group_of)[perm]
+        p.send_counts, p.recv_counts = send.tolist(), recv.tolist()
+        p.received, p.work = env.all_to_all(keys, p.send_counts, p.recv_counts, what="embedding ids all-to-all",
+                                            async_op=True)
+        remote = sum(c for r, c in enumerate(p.send_counts) if r != env.rank)
+        p.stats.update(ids_bytes=remote * 3 * 8, count_bytes=8 * (env.world_size - 1) if env.distributed else 0,
+                       keys=int(sum(int(g.uniq_counts.sum()) for g in p.groups)),
+                       unique_keys=int(keys.shape[0]), remote_keys=remote)
+
+    def _gather_replicated(self, p: PendingLookup) -> None:
+        env = self.env
+        for gi, plan in enumerate(self.group_plans):
+            if plan.sharding != REPLICATED:
+                continue
+            g = p.groups[gi]
+            mine = torch.stack([g.uniq_ns, g.uniq_ids, g.uniq_counts], dim=1)
+            everyone = torch.cat(env.all_gather_rows(mine, what=f"replicated table {plan.tables} ids all_gather"))
+            # The union, sorted by (namespace, id) identically on every rank, with summed counts.
+            u_ns, u_ids, u_counts, positions = [], [], [], torch.empty_like(g.uniq_ids)
+            base = 0
+            for ns in range(len(self._seeds[gi])):
+                sel = everyone[:, 0] == ns
+                uniq, inv = torch.unique(everyone[sel, 1], sorted=True, return_inverse=True)
+                counts = torch.zeros_like(uniq).scatter_add_(0, inv, everyone[sel, 2])
+                m = g.uniq_ns == ns
+                positions[m] = torch.searchsorted(uniq, g.uniq_ids[m]) + base
+                u_ns.append(torch.full_like(uniq, ns))
+                u_ids.append(uniq)
+                u_counts.append(counts)
+                base += uniq.numel()
+            p.replicated[gi] = (torch.cat(u_ns), torch.cat(u_ids), torch.cat(u_counts), positions)
+            if env.distributed:
+                p.stats["allgather_bytes"] = p.stats.get("allgather_bytes", 0) + sum(
+                    int(x.shape[0]) for x in [everyone]) * 3 * 8 - mine.shape[0] * 3 * 8
+
+    def compute(self, p: PendingLookup):
+        """Finishes the lookup started by `input_dist`; returns the module's output."""
+        rows = self._exchange_rows(p)
+        for gi, (u_ns, u_ids, u_counts, positions) in p.replicated.items():
+            union_rows = AllReduceGrad.apply(self._owner_lookup(gi, u_ns, u_ids, u_counts), self.env)
+            rows[gi] = union_rows.index_select(0, positions)
+        pooled, unpooled = [], {}
+        for gi, (combiner, cols, _) in enumerate(self._plans):
+            dim = self.groups[gi].embedding_dim
+            if combiner is None:
+                for f, i, inv, offs, _ in p.groups[gi].bags:
+                    part = rows[gi].index_select(0, inv)
+                    unpooled[f] = (part, 0, part.shape[0], i)
+            else:
+                pooled.append((self._pool(rows[gi], p.groups[gi].bags, combiner, p.batch, dim),
+                               [f for f, _, _ in cols], dim))
+        p.stats["rows_bytes"] = p.stats.get("rows_bytes", 0)
+        self.comm_stats = dict(p.stats)
+        return self._assemble(p.features, p.batch, pooled, unpooled)
+
+    def _owner_lookup(self, gi: int, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows of the given (namespace, id) keys in this rank's shard, inserted as in training;
+        each id is looked up `count` times so admission and LFU counts match one process."""
+        group = self.groups[gi]
+        order = torch.sort(ns, stable=True).indices
+        ns_s, ids_s, counts_s = ns[order], ids[order], counts[order]
+        values = torch.repeat_interleave(ids_s, counts_s)
+        tables = len(self._seeds[gi])
+        per_ns = torch.zeros(tables, dtype=torch.int64).scatter_add_(0, ns_s, counts_s)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_ns, 0)])
+        out = group.lookup(values, offsets, None, list(range(tables)), 1, [0] * tables, group.embedding_dim,
+                           COMBINERS[None], self.training)
+        first = torch.cumsum(counts_s, 0) - counts_s
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel())
+        return out.index_select(0, first).index_select(0, back)
+
+    def _exchange_rows(self, p: PendingLookup) -> Dict[int, torch.Tensor]:
+        """Serves the keys this rank owns and receives the rows of the keys it sent."""
+        env = self.env
+        if p.received is None:
+            return {}
+        if p.work is not None:
+            with env.failing_as("embedding ids all-to-all"):
+                p.work.wait()
+            p.work = None
+        recv = p.received
+        rgroup = recv[:, 0] >> _NS_BITS
+        rns = recv[:, 0] & ((1 << _NS_BITS) - 1)
+        widths = self._dims[rgroup]
+        pieces, starts = [], torch.empty_like(rgroup)
+        base = 0
+        for gi, plan in enumerate(self.group_plans):
+            if plan.sharding == REPLICATED:
+                continue
+            sel = (rgroup == gi).nonzero().squeeze(1)
+            rows = self._owner_lookup(gi, rns[sel], recv[sel, 1], recv[sel, 2])
+            starts[sel] = base + torch.arange(sel.numel()) * self.groups[gi].embedding_dim
+            base += rows.numel()
+            pieces.append(rows.reshape(-1))
+        flat = torch.cat(pieces) if pieces else torch.zeros(0)
+        flat = flat.index_select(0, _spans(starts, widths))
+        source = torch.repeat_interleave(torch.arange(env.world_size), torch.tensor(p.recv_counts))
+        serve = torch.zeros(env.world_size, dtype=torch.int64).scatter_add_(0, source, widths).tolist()
+        send_widths = self._dims[p.send_group]
+        owner = torch.repeat_interleave(torch.arange(env.world_size), torch.tensor(p.send_counts))
+        expect = torch.zeros(env.world_size, dtype=torch.int64).scatter_add_(0, owner, send_widths).tolist()
+        back = RowsExchange.apply(flat, env, serve, expect)
+        p.stats["rows_bytes"] = 4 * sum(c for r, c in enumerate(serve) if r != env.rank)
+        key_starts = torch.cumsum(send_widths, 0) - send_widths
+        out, base = {}, 0
+        for gi, plan in enumerate(self.group_plans):
+            if plan.sharding == REPLICATED:
+                continue
+            m = p.groups[gi].uniq_ids.numel()
+            dim = self.groups[gi].embedding_dim
+            pos = key_starts[p.send_perm[base:base + m]]
+            out[gi] = back.index_select(0, _spans(pos, torch.full_like(pos, dim))).view(m, dim)
+            base += m
+        return out
+
+    @staticmethod
+    def _pool(rows: torch.Tensor, bags, combiner: str, batch: int, dim: int) -> torch.Tensor:
+        """[B, features * dim]: each feature's bags pooled as the C++ kernel pools them."""
+        idx = torch.cat([inv for _, _, inv, _, _ in bags])
+        shifts, offs, total = 0, [], 0
+        for _, _, inv, o, _ in bags:
+            offs.append(o[:-1] + total)
+            total += inv.numel()
+        offs.append(torch.tensor([total], dtype=torch.int64))
+        offsets = torch.cat(offs)
+        ws = [w for *_, w in bags]
+        weights = None
+        if any(w is not None for w in ws):
+            weights = torch.cat([w if w is not None else torch.ones(inv.numel()) for (_, _, inv, _, _), w in
+                                 zip(bags, ws)])
+        out = F.embedding_bag(idx, rows, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
+        if combiner == "mean":
+            lengths = offsets[1:] - offsets[:-1]
+            scale = torch.where(lengths > 0, 1.0 / lengths.clamp(min=1).to(torch.float32), torch.ones(()))
+            out = out * scale.unsqueeze(1)
+        return out.view(len(bags), batch, dim).transpose(0, 1).reshape(batch, len(bags) * dim)
+
+    # ---------------------------------------------------------------- state
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+        save_groups(self.groups, destination, prefix)
+        # Admission sketches: rank 0 saves its sketch, the others only what they added since the
+        # last load, so the shards' sum is the sketch of one process.
+        for gi, base in self._sketch_base.items():
+            key = f"{prefix}{self.groups[gi].tables[0].name}._group.sketch"
+            if self.env.rank > 0 and key in destination:
+                destination[key] = destination[key] - base
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Takes a full (merged) state: keeps the rows this rank owns under the current plan."""
+        state = dict(state_dict)
+        for gi, group in enumerate(self.groups):
+            for t in group.tables:
+                key = f"{prefix}{t.name}.ids"
+                if key in state:
+                    keep = self.owned(gi, t.ns, state[key])
+                    for k in ("ids", "rows", "slots", "counts", "last_seen"):
+                        full = f"{prefix}{t.name}.{k}"
+                        if full in state:
+                            state[full] = state[full][keep]
+        load_groups(self.groups, state, prefix, strict, missing_keys, unexpected_keys, error_msgs)
+        for gi, group in enumerate(self.groups):
+            key = f"{prefix}{group.tables[0].name}._group.sketch"
+            if key in state:
+                self._sketch_base[gi] = state[key].clone()
+        heads = tuple(f"{prefix}{name}." for name in self._tables)
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+        nn.Module._load_from_state_dict(self, rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                        error_msgs)
+
+    def extra_repr(self) -> str:
+        plans = ", ".join(f"{'+'.join(p.tables)}: {p.sharding}" + (f"@{p.rank}" if p.rank is not None else "")
+                          for p in self.group_plans)
+        return f"rank={self.env.rank}/{self.env.world_size}, {plans}"
+
+
+def _spans(starts: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the spans [starts[i], starts[i] + widths[i]), concatenated."""
+    if starts.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    total = int(widths.sum())
+    begin = torch.cumsum(widths, 0) - widths
+    return torch.repeat_interleave(starts - begin, widths, output_size=total) + torch.arange(total)

@@ -1,0 +1,118 @@
+"""Module-level functions that the distributed tests run on every rank (spawned processes
+import them by name), and the single-process reference they are compared with."""
+import types
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.distributed import Planner, ShardingEnv, shard, wrap_dense
+from recis.models import DeepFM
+from recis.optim import SparseAdam, SparseRowwiseAdagrad
+
+FEATURES = ["user", "item", "genre"]
+
+
+def make_model(seed: int = 0, admission=None) -> DeepFM:
+    torch.manual_seed(seed)
+    extra = {"admission": admission} if admission is not None else {}
+    return DeepFM(FEATURES, dense_dim=2, embedding_dim=4, hidden=(8,), combiners={"genre": "mean"}, **extra)
+
+
+def global_batches(steps: int, batch: int, seed: int = 1) -> List[types.SimpleNamespace]:
+    """Deterministic batches with repeated ids (within and across ranks' slices) and empty bags."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        user = torch.randint(0, 40, (batch,), generator=g)
+        item = torch.randint(-20, 20, (batch,), generator=g) * 7919
+        glen = torch.randint(0, 4, (batch,), generator=g)
+        genre = torch.randint(0, 6, (int(glen.sum()),), generator=g)
+        out.append(types.SimpleNamespace(
+            user=user, item=item, genre_len=glen, genre=genre, dense=torch.rand(batch, 2, generator=g),
+            labels=(torch.rand(batch, generator=g) < 0.4).float()))
+    return out
+
+
+def slice_batch(b, start: int, end: int) -> types.SimpleNamespace:
+    """Examples [start, end) of a global batch, as the feature engine's Batch (sparse KJT, dense, labels)."""
+    goff = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(b.genre_len, 0)])
+    genre = b.genre[goff[start]:goff[end]]
+    lengths = torch.cat([torch.ones(end - start, dtype=torch.int64)] * 2 + [b.genre_len[start:end]])
+    kjt = KeyedJaggedTensor.from_lengths_sync(FEATURES, torch.cat([b.user[start:end], b.item[start:end], genre]),
+                                              lengths)
+    return types.SimpleNamespace(sparse=kjt, dense=b.dense[start:end], labels=b.labels[start:end],
+                                 size=end - start)
+
+
+def sparse_optimizer(model, kind: str, fused: bool):
+    if kind == "adam":
+        return SparseAdam(model, lr=0.05, fused=fused)
+    return SparseRowwiseAdagrad(model, lr=0.3, fused=fused)
+
+
+def train_steps(model, batches, kind: str = "rowwise_adagrad", fused: bool = True,
+                env: Optional[ShardingEnv] = None) -> List[float]:
+    """Trains one step per batch; returns the global mean loss of each step."""
+    env = env or ShardingEnv()
+    sparse = sparse_optimizer(model, kind, fused)
+    dense_model = wrap_dense(model, env)
+    dense = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for b in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(dense_model(b), b.labels)
+        dense.zero_grad()
+        sparse.zero_grad()
+        loss.backward()
+        dense.step()
+        sparse.step()
+        reported = loss.detach().clone()
+        env.all_reduce(reported)
+        losses.append(float(reported) / env.world_size)
+    return losses
+
+
+def table_contents(model) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Every table's state sorted by id (this rank's shard for a sharded model)."""
+    from recis.nn import sparse_tables
+
+    out = {}
+    for t in sparse_tables(model):
+        e = t.export()
+        order = torch.argsort(e["ids"])
+        out[t.name] = {k: v[order] for k, v in e.items()}
+    return out
+
+
+def merge_contents(parts: List[Dict[str, Dict[str, torch.Tensor]]], replicated=()) -> Dict[str, Dict]:
+    """The union of every rank's shard (replicated tables: rank 0's copy, checked equal on all)."""
+    out = {}
+    for name in parts[0]:
+        if name in replicated:
+            for p in parts[1:]:
+                for k, v in p[name].items():
+                    assert torch.equal(v, parts[0][name][k]), f"replica of {name}.{k} differs across ranks"
+            out[name] = parts[0][name]
+            continue
+        ids = torch.cat([p[name]["ids"] for p in parts])
+        assert ids.unique().numel() == ids.numel(), f"table {name}: an id is held by two ranks"
+        order = torch.argsort(ids)
+        out[name] = {k: torch.cat([p[name][k] for p in parts])[order] for k in parts[0][name]}
+    return out
+
+
+def sharded_training(steps: int, batch: int, kind: str, fused: bool, overrides: Dict[str, str], admission=None):
+    """Rank body: shards a DeepFM, trains on this rank's slice of each global batch."""
+    env = ShardingEnv.current()
+    model = shard(make_model(admission=admission), env, Planner(overrides=overrides), verbose=False)
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    batches = [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]
+    losses = train_steps(model, batches, kind, fused, env)
+    return losses, table_contents(model), {k: v.detach().clone() for k, v in model.state_dict().items()
+                                           if not k.split(".")[0] in ("embeddings", "linear")}
+
+
+def dist_rank() -> int:
+    return dist.get_rank()
