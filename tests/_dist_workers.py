@@ -53,12 +53,12 @@ def sparse_optimizer(model, kind: str, fused: bool):
 
 
 def train_steps(model, batches, kind: str = "rowwise_adagrad", fused: bool = True,
-                env: Optional[ShardingEnv] = None) -> List[float]:
-    """Trains one step per batch; returns the global mean loss of each step."""
+                env: Optional[ShardingEnv] = None, optimizers=None) -> List[float]:
+    """Trains one step per batch; returns the global mean loss of each step. `optimizers`:
+    (sparse, dense) to continue with, else fresh ones."""
     env = env or ShardingEnv()
-    sparse = sparse_optimizer(model, kind, fused)
+    sparse, dense = optimizers or make_optimizers(model, kind, fused)
     dense_model = wrap_dense(model, env)
-    dense = torch.optim.Adam(model.parameters(), lr=0.01)
     losses = []
     for b in batches:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(dense_model(b), b.labels)
@@ -71,6 +71,10 @@ def train_steps(model, batches, kind: str = "rowwise_adagrad", fused: bool = Tru
         env.all_reduce(reported)
         losses.append(float(reported) / env.world_size)
     return losses
+
+
+def make_optimizers(model, kind: str = "rowwise_adagrad", fused: bool = True):
+    return sparse_optimizer(model, kind, fused), torch.optim.Adam(model.parameters(), lr=0.01)
 
 
 def table_contents(model) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -116,3 +120,28 @@ def sharded_training(steps: int, batch: int, kind: str, fused: bool, overrides: 
 
 def dist_rank() -> int:
     return dist.get_rank()
+
+
+RESHARD_OVERRIDES = {"genre": "replicated", "linear_item": "table_wise:0"}
+
+
+def checkpoint_stage(directory: str, load: bool, first: int, last: int, batch: int, incremental: bool):
+    """Rank body: (load the latest checkpoint,) train global steps [first, last), save checkpoint
+    `last`; returns this rank's tables and its eval logits on its slice of an unseen batch."""
+    from recis.checkpoint import CheckpointManager
+
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(overrides=RESHARD_OVERRIDES), verbose=False)
+    sparse, dense = make_optimizers(model)
+    manager = CheckpointManager(directory, keep_last=None)
+    if load:
+        manager.load("latest", model, {"sparse": sparse, "dense": dense})
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    batches = [slice_batch(b, lo, hi) for b in global_batches(last, batch)[first:]]
+    train_steps(model, batches, env=env, optimizers=(sparse, dense))
+    manager.save(last, model, {"sparse": sparse, "dense": dense}, incremental=incremental)
+    model.eval()
+    with torch.no_grad():
+        logits = model(slice_batch(global_batches(1, batch, seed=99)[0], lo, hi))
+    return table_contents(model), logits

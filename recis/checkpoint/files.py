@@ -68,15 +68,36 @@ def prepare_tensors(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return out
 
 
-class AtomicDirectory:
+class DirectoryWriter:
+    """Writes fsynced, checksummed files into the directory `tmp` and records them in `files`
+    (what each rank of a sharded save uses to fill the directory that rank 0 commits)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = Path(tmp)
+        self.files: Dict[str, Dict[str, Any]] = {}
+
+    def _record(self, name: str) -> None:
+        path = self.tmp / name
+        fsync_path(path)
+        self.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def write_tensors(self, name: str, tensors: Dict[str, torch.Tensor]) -> None:
+        save_file(prepare_tensors(tensors), str(self.tmp / name))
+        self._record(name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_text(self.tmp / name, json_text(obj))
+        self._record(name)
+
+
+class AtomicDirectory(DirectoryWriter):
     """`with AtomicDirectory(root, name) as d: d.write_tensors(...); d.commit(manifest)`; an
     exception (or no commit) removes the temporary directory."""
 
     def __init__(self, root: Path, name: str):
         self.root, self.name = Path(root), name
         self.final = self.root / name
-        self.tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.files: Dict[str, Dict[str, Any]] = {}
+        super().__init__(self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
     def __enter__(self) -> "AtomicDirectory":
         if self.final.exists():
@@ -91,19 +112,6 @@ class AtomicDirectory:
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         return False
-
-    def _record(self, name: str) -> None:
-        path = self.tmp / name
-        fsync_path(path)
-        self.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-    def write_tensors(self, name: str, tensors: Dict[str, torch.Tensor]) -> None:
-        save_file(prepare_tensors(tensors), str(self.tmp / name))
-        self._record(name)
-
-    def write_json(self, name: str, obj: Any) -> None:
-        write_text(self.tmp / name, json_text(obj))
-        self._record(name)
 
     def commit(self, manifest: Dict) -> Path:
         """Writes the manifest (with the file list and checksums) last, then renames."""

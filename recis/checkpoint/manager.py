@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 import recis
-from recis.checkpoint import files, tables
+from recis.checkpoint import files, sharded, tables
 from recis.checkpoint.codec import decode, encode
 from recis.checkpoint.errors import (CheckpointCorruptError, CheckpointError, CheckpointNotFoundError,
                                      IncompatibleCheckpointError)
 from recis.checkpoint.finite import check_finite as _check_finite
+from recis.distributed.env import ShardingEnv
 
 FORMAT = "recis.checkpoint"
 VERSION = 1
@@ -148,7 +149,32 @@ class CheckpointManager:
         saved is NaN/Inf, and refuses while sparse gradients wait for an optimizer step."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        optimizers = dict(optimizers or {})
+        env = sharded.model_env(model)
+        name = checkpoint_name(step)
+        prepared, error = None, None
+        try:
+            prepared = self._prepare(step, model, dict(optimizers or {}), extra_state, incremental, check_finite, env)
+        except (CheckpointError, ValueError, FloatingPointError, RuntimeError) as e:
+            error = e
+        sharded.agree(env, error, f"preparing checkpoint {self.directory / name}")
+        write_local, manifest = prepared
+        manifest["id"] = env.broadcast_object(uuid.uuid4().hex, what="checkpoint id")
+        if env.distributed:
+            path = sharded.write_collectively(env, self.directory, name, write_local, manifest)
+        else:
+            files.remove_stale_temporaries(self.directory)
+            with files.AtomicDirectory(self.directory, name) as d:
+                write_local(d)
+                path = d.commit(manifest)
+        self._remember(model, path, manifest)
+        if env.rank == 0:
+            self._retain()
+        env.barrier("checkpoint retention")
+        return path
+
+    def _prepare(self, step, model, optimizers, extra_state, incremental, check_finite, env):
+        """(function writing this rank's files, manifest) of checkpoint `step`; raises before
+        anything is written when the state cannot be saved."""
         entries = tables.table_groups(model)
         tables.check_quiescent(entries)
         sparse, dense = tables.split_state(model.state_dict(), entries)
@@ -157,6 +183,10 @@ class CheckpointManager:
         parent = self._parent_for(model, configs, incremental)
         if parent is not None:
             sparse = tables.delta(sparse, entries, parent.table_steps)
+        if env.rank > 0:  # whole (replicated or unsharded) tables are saved by rank 0 alone
+            whole = sharded.rank0_only_groups(model)
+            skip = [e for e in entries if id(e.group) in whole]
+            sparse = {k: v for k, v in sparse.items() if not any(e.owns(k) for e in skip)}
         dense_tensors = {k: v for k, v in dense.items() if isinstance(v, torch.Tensor)}
         state_tensors: Dict[str, torch.Tensor] = {}
         state = {
@@ -174,21 +204,21 @@ class CheckpointManager:
             "format": FORMAT, "version": VERSION, "step": step, "kind": "incremental" if parent else "full",
             "parent": {"name": parent.name, "id": parent.id} if parent else None,
             "chain_length": parent.chain_length + 1 if parent else 1,
-            "id": uuid.uuid4().hex, "created": datetime.now(timezone.utc).isoformat(),
+            "created": datetime.now(timezone.utc).isoformat(),
             "recis_version": recis.__version__, "torch_version": torch.__version__,
-            "tables": configs, "table_steps": table_steps,
+            "tables": configs, "table_steps": table_steps, "world_size": env.world_size,
             "optimizers": {n: _type_name(o) for n, o in optimizers.items()},
         }
-        files.remove_stale_temporaries(self.directory)
-        with files.AtomicDirectory(self.directory, name) as d:
-            d.write_tensors(SPARSE, sparse)
-            d.write_tensors(DENSE, dense_tensors)
-            d.write_tensors(STATE_TENSORS, state_tensors)
-            d.write_json(STATE_JSON, state)
-            path = d.commit(manifest)
-        self._remember(model, path, manifest)
-        self._retain()
-        return path
+        names = _file_names(env.rank, env.world_size)
+
+        def write_local(d) -> None:
+            d.write_tensors(names["sparse"], sparse)
+            if env.rank == 0:
+                d.write_tensors(DENSE, dense_tensors)
+            d.write_tensors(names["state_tensors"], state_tensors)
+            d.write_json(names["state_json"], state)
+
+        return write_local, manifest
 
     def _parent_for(self, model: nn.Module, configs: Dict, incremental: Optional[bool]) -> Optional[_Baseline]:
         if incremental is False:
@@ -275,8 +305,12 @@ class CheckpointManager:
             if saved != _type_name(opt):
                 raise IncompatibleCheckpointError(f"{where}: optimizer {name!r} was saved from {saved}, got "
                                                   f"{_type_name(opt)}")
-        state_tensors = files.read_tensors(path, manifest, STATE_TENSORS)
-        state = files.read_json(path, manifest, STATE_JSON)
+        env = sharded.model_env(model) if model is not None else ShardingEnv.current()
+        sharded.check_world(env, path.name)
+        saved_world = int(manifest.get("world_size", 1))
+        names = _file_names(env.rank if saved_world == env.world_size else 0, saved_world)
+        state_tensors = files.read_tensors(path, manifest, names["state_tensors"])
+        state = files.read_json(path, manifest, names["state_json"])
         if model is not None:
             entries = tables.table_groups(model)
             tables.check_compatible(manifest["tables"], entries, where, strict)
@@ -292,17 +326,32 @@ class CheckpointManager:
                 raise IncompatibleCheckpointError(f"{where}: optimizer {name!r} does not fit: {e}") from None
         if model is not None:
             self._remember(model, path, manifest)
-        return decode(state["extra"], state_tensors)
+        extra = decode(state["extra"], state_tensors)
+        if saved_world != env.world_size and isinstance(extra, dict) and "data" in extra:
+            warnings.warn(f"{where} was saved by {saved_world} ranks and is loaded by {env.world_size}: the data "
+                          "position is not restored (tables, dense state and optimizers are)", RuntimeWarning,
+                          stacklevel=2)
+            extra = {k: v for k, v in extra.items() if k != "data"}
+        return extra
 
     def _model_state(self, chain, state: Dict, state_tensors: Dict) -> Dict[str, Any]:
         base_path, base = chain[0]
-        sparse = files.read_tensors(base_path, base, SPARSE)
+        sparse = sharded.read_sparse(base_path, base, SPARSE)
         for path, manifest in chain[1:]:
-            sparse = tables.apply_delta(sparse, files.read_tensors(path, manifest, SPARSE), manifest["tables"],
+            sparse = tables.apply_delta(sparse, sharded.read_sparse(path, manifest, SPARSE), manifest["tables"],
                                         f"checkpoint {path}")
         path, manifest = chain[-1]
         dense = files.read_tensors(path, manifest, DENSE)
         return {**dense, **decode(state["model"], state_tensors), **sparse}
+
+
+def _file_names(rank: int, world_size: int) -> Dict[str, str]:
+    """This rank's sparse and state file names (one process keeps the unsharded names)."""
+    if world_size == 1:
+        return {"sparse": SPARSE, "state_json": STATE_JSON, "state_tensors": STATE_TENSORS}
+    return {"sparse": sharded.shard_file("sparse", rank, world_size, "safetensors"),
+            "state_json": sharded.shard_file("state", rank, world_size, "json"),
+            "state_tensors": sharded.shard_file("state", rank, world_size, "safetensors")}
 
 
 def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, optimizers: Optional[Mapping[str, Any]] = None,
