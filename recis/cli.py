@@ -12,7 +12,7 @@ BENCHMARKS = {"embedding": "embedding_step.py", "io": "io_bench.py", "e2e": "e2e
 def _print_result(title: str, result: dict) -> None:
     print(f"\n{title}")
     for key in ("auc", "gauc", "logloss", "calibration", "loss", "examples", "train_examples_per_s",
-                "train_seconds"):
+                "train_seconds", "world_size"):
         if key in result:
             print(f"  {key:>22}: {result[key]:.4f}" if isinstance(result[key], float) else f"  {key:>22}: {result[key]}")
 
@@ -25,7 +25,10 @@ def _train(args) -> int:
         cfg.trainer.max_steps = args.max_steps
     if args.log_dir is not None:
         cfg.trainer.log_dir = args.log_dir
-    result = Job(cfg).train()
+    job = Job(cfg)
+    result = job.train()
+    if job.env.rank > 0:  # under torchrun, rank 0 reports for the job
+        return 0
     _print_result("test metrics (final evaluation)", result)
     if args.json:
         with open(args.json, "w") as f:
@@ -39,7 +42,10 @@ def _eval(args) -> int:
     cfg = RunConfig.from_yaml(args.config)
     if args.checkpoint_dir is not None:
         cfg.checkpoint.dir = args.checkpoint_dir
-    result = Job(cfg).evaluate(args.checkpoint)
+    job = Job(cfg)
+    result = job.evaluate(args.checkpoint)
+    if job.env.rank > 0:
+        return 0
     _print_result("evaluation", result)
     return 0
 

@@ -145,3 +145,58 @@ def checkpoint_stage(directory: str, load: bool, first: int, last: int, batch: i
     with torch.no_grad():
         logits = model(slice_batch(global_batches(1, batch, seed=99)[0], lo, hi))
     return table_contents(model), logits
+
+
+def trainer_run(directory: str, steps: int, batch: int, die_in_save: int = 0, die_rank: int = 1):
+    """Rank body: the Trainer on this rank's slices with a checkpoint every 2 steps, resuming
+    from the latest one. With `die_in_save` = k, rank `die_rank` is killed (os._exit) while
+    writing its files of the k-th save."""
+    import os
+
+    from recis.checkpoint import CheckpointManager, files
+    from recis.train import Trainer, TrainerConfig
+
+    env = ShardingEnv.current()
+    if die_in_save and env.rank == die_rank:
+        saves = {"n": 0}
+        original = files.DirectoryWriter.write_tensors
+
+        def dying(self, name, tensors):
+            if name.startswith("sparse"):
+                saves["n"] += 1
+                if saves["n"] == die_in_save:
+                    os._exit(17)
+            return original(self, name, tensors)
+
+        files.DirectoryWriter.write_tensors = dying
+    model = shard(make_model(), env, Planner(), verbose=False)
+    sparse, dense = make_optimizers(model)
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    data = [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]
+    trainer = Trainer(wrap_dense(model, env), sparse, dense, config=TrainerConfig(epochs=1, progress=False,
+                                                                                checkpoint_every=2),
+                      checkpoint=CheckpointManager(directory, keep_last=2), env=env)
+    resumed = trainer.resume()
+    start = trainer.step
+    trainer.fit(data)
+    return resumed, start, trainer.step, table_contents(model)
+
+
+def stalled_peer(stall_s: float):
+    """Rank body: rank 1 stalls (alive, silent) before its forward; rank 0's forward must fail
+    with a DistributedError after the collective timeout instead of waiting forever."""
+    import time
+
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(), verbose=False)
+    batch = slice_batch(global_batches(1, 16)[0], env.rank * 8, env.rank * 8 + 8)
+    if env.rank == 1:
+        time.sleep(stall_s)
+        return "stalled"
+    t0 = time.monotonic()
+    try:
+        model(batch)
+    except Exception as e:  # noqa: BLE001 (the test inspects what was raised)
+        return type(e).__name__, str(e), time.monotonic() - t0
+    return "no error"

@@ -12,6 +12,7 @@ Backward runs the exchange in reverse: row gradients (averaged over ranks, like 
 to the owners, whose fused sparse optimizer updates the rows. Each rank holds only the rows it
 owns; a state_dict therefore holds this rank's shard (see recis.checkpoint for sharded saves).
 """
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -55,7 +56,7 @@ class PendingLookup:
     received: torch.Tensor = None        # [n, 3] (group << 32 | ns, id, count), or in flight
     work: object = None
     replicated: Dict[int, tuple] = field(default_factory=dict)  # group -> (union ns, ids, counts, my positions)
-    stats: Dict[str, int] = field(default_factory=dict)
+    stats: Dict[str, float] = field(default_factory=dict)
 
 
 class ShardedEmbeddingCollection(EmbeddingCollection):
@@ -76,7 +77,8 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self._seeds = [[int(s) for s in g.config["seeds"]] for g in self.groups]
         self._dims = torch.tensor([g.embedding_dim for g in self.groups], dtype=torch.int64)
         self._sketch_base: Dict[int, torch.Tensor] = {}
-        self.comm_stats: Dict[str, int] = {}
+        self._prefetched: Dict[int, PendingLookup] = {}
+        self.comm_stats: Dict[str, float] = {}
         for gi in range(len(self.groups)):
             self._drop_unowned(gi)
 
@@ -108,7 +110,17 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
 
     # ---------------------------------------------------------------- forward
     def forward(self, features):
-        return self.compute(self.input_dist(features))
+        pending = self._prefetched.pop(id(features), None)
+        if pending is None or pending.features is not features:
+            pending = self.input_dist(features)
+        return self.compute(pending)
+
+    def prefetch(self, features) -> None:
+        """Starts the ids exchange of `features` now; the forward that later gets this very
+        KeyedJaggedTensor finishes it (see recis.distributed.pipeline)."""
+        while len(self._prefetched) >= 2:  # never consumed (e.g. training stopped): drop the oldest
+            self._prefetched.pop(next(iter(self._prefetched)))
+        self._prefetched[id(features)] = self.input_dist(features)
 
     def input_dist(self, features) -> PendingLookup:
         """Dedups the batch and starts the ids exchange (asynchronously)."""
@@ -256,8 +268,10 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         if p.received is None:
             return {}
         if p.work is not None:
-            with env.failing_as("embedding ids all-to-all"):
+            t0 = time.perf_counter()
+            with env.failing_as("embedding ids all-to-all"), torch.profiler.record_function("recis:ids_all_to_all_wait"):
                 p.work.wait()
+            p.stats["ids_wait_s"] = time.perf_counter() - t0
             p.work = None
         recv = p.received
         rgroup = recv[:, 0] >> _NS_BITS
@@ -280,7 +294,8 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         send_widths = self._dims[p.send_group]
         owner = torch.repeat_interleave(torch.arange(env.world_size), torch.tensor(p.send_counts))
         expect = torch.zeros(env.world_size, dtype=torch.int64).scatter_add_(0, owner, send_widths).tolist()
-        back = RowsExchange.apply(flat, env, serve, expect)
+        with torch.profiler.record_function("recis:rows_all_to_all"):
+            back = RowsExchange.apply(flat, env, serve, expect)
         p.stats["rows_bytes"] = 4 * sum(c for r, c in enumerate(serve) if r != env.rank)
         key_starts = torch.cumsum(send_widths, 0) - send_widths
         out, base = {}, 0

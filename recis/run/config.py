@@ -7,7 +7,7 @@
 >>> RunConfig.from_dict({"model": {"name": "deepfm"}, "modle": {}})
 Traceback (most recent call last):
 ...
-ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'features', 'model', 'optim', 'trainer'])
+ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'distributed', 'features', 'model', 'optim', 'trainer'])
 """
 import os
 from dataclasses import dataclass, field
@@ -83,6 +83,30 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Used when launched by torchrun with more than one rank (ignored in one process).
+    `sharding`: table name -> "row_wise" | "replicated" | "table_wise" | "table_wise:RANK";
+    `expected_rows`: table name -> expected ids (the planner's size estimate); `dense`: "ddp",
+    "fsdp2" or "none"; `timeout_s`: how long a collective waits for a peer before failing;
+    `pipeline`: overlap the next batch's ids exchange with the current batch's compute."""
+
+    dense: str = "ddp"
+    sharding: Dict[str, str] = field(default_factory=dict)
+    expected_rows: Dict[str, int] = field(default_factory=dict)
+    replicate_max_bytes: int = 1 << 20
+    table_wise_max_bytes: int = 64 << 20
+    timeout_s: float = 300.0
+    pipeline: bool = True
+
+    def __post_init__(self):
+        check_types(self, "distributed")
+        if self.dense not in ("ddp", "fsdp2", "none"):
+            raise ValueError(f"distributed.dense must be 'ddp', 'fsdp2' or 'none', got {self.dense!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"distributed.timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig
     features: Union[str, Dict[str, Any], List[Any]]
@@ -90,11 +114,12 @@ class RunConfig:
     optim: OptimConfig
     trainer: TrainerConfig
     checkpoint: CheckpointConfig
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     base_dir: str = "."
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], base_dir: str = ".") -> "RunConfig":
-        known = ["checkpoint", "data", "features", "model", "optim", "trainer"]
+        known = ["checkpoint", "data", "distributed", "features", "model", "optim", "trainer"]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in config (known: {known})")
@@ -118,7 +143,7 @@ class RunConfig:
         if isinstance(features, str) and features not in DATASETS:
             features = _resolve(base_dir, features)
         return cls(data, features, ModelConfig(name, model), from_mapping(OptimConfig, values.get("optim"), "optim"),
-                   trainer, ckpt, base_dir)
+                   trainer, ckpt, from_mapping(DistributedConfig, values.get("distributed"), "distributed"), base_dir)
 
     @classmethod
     def from_yaml(cls, path: str) -> "RunConfig":

@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from recis import optim as sparse_optim
+from recis.distributed import wrap_dense
 from recis.run.config import RunConfig
 
 SPARSE_OPTIMIZERS = {"sgd": sparse_optim.SparseSGD, "adagrad": sparse_optim.SparseAdagrad,
@@ -60,7 +61,10 @@ class Job:
         from recis.models import MODELS
         from recis.train import Trainer
 
+        from recis.distributed import init_from_env
+
         self.cfg = cfg
+        self.env = init_from_env(timeout_s=cfg.distributed.timeout_s)
         if cfg.trainer.seed is not None:
             torch.manual_seed(cfg.trainer.seed)
         self.engine = FeatureEngine.from_config(feature_config(cfg))
@@ -68,11 +72,13 @@ class Job:
         d = cfg.data
         self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
                                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
-                                       transform=self.engine, prefetch=d.prefetch)
+                                       transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
+                                       world_size=self.env.world_size)
         self.eval_data = None
         if eval_src is not None:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
-                                          transform=self.engine, prefetch=d.prefetch)
+                                          transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
+                                          world_size=self.env.world_size)
         if cfg.model.name not in MODELS:
             raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {cfg.model.name!r}")
         sparse_names = [s.name for s in self.engine.specs if s.kind == "sparse"]
@@ -82,6 +88,8 @@ class Job:
             self.model = MODELS[cfg.model.name](sparse_names, **args)
         except TypeError as e:
             raise TypeError(f"model ({cfg.model.name}): {e}") from None
+        if self.env.distributed:
+            self.model = self._shard(self.model)
         self.sparse_optimizer = _optimizer(SPARSE_OPTIMIZERS, cfg.optim.sparse, "optim.sparse", self.model)
         self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense",
                                           list(self.model.parameters()))
@@ -92,8 +100,18 @@ class Job:
             else None
         trainer_cfg = copy.copy(cfg.trainer)
         trainer_cfg.checkpoint_every = cfg.checkpoint.every
-        self.trainer = Trainer(self.model, self.sparse_optimizer, self.dense_optimizer, metrics=metrics,
-                               config=trainer_cfg, checkpoint=ckpt)
+        if self.env.rank > 0:  # one progress bar and one set of logs per job
+            trainer_cfg.progress, trainer_cfg.log_dir = False, None
+        self.trainer = Trainer(wrap_dense(self.model, self.env, cfg.distributed.dense), self.sparse_optimizer,
+                               self.dense_optimizer, metrics=metrics, config=trainer_cfg, checkpoint=ckpt,
+                               env=self.env, pipeline=cfg.distributed.pipeline)
+
+    def _shard(self, model):
+        from recis.distributed import Planner, shard
+
+        dc = self.cfg.distributed
+        planner = Planner(dc.replicate_max_bytes, dc.table_wise_max_bytes, dc.expected_rows, dc.sharding)
+        return shard(model, self.env, planner)
 
     def train(self) -> Dict[str, float]:
         """Trains (resuming from the latest checkpoint when configured) and returns the final
@@ -106,14 +124,16 @@ class Job:
         seconds = time.perf_counter() - t0
         result = dict(history[-1]) if history else {}
         result["train_seconds"] = seconds
-        result["train_examples"] = float(self.trainer.examples - examples0)
+        examples = torch.tensor([float(self.trainer.examples - examples0)], dtype=torch.float64)
+        result["train_examples"] = float(self.env.all_reduce(examples, what="examples count"))  # all ranks
         result["train_examples_per_s"] = result["train_examples"] / max(seconds - result.get("eval_seconds", 0), 1e-9)
+        result["world_size"] = self.env.world_size
         return result
 
     def evaluate(self, checkpoint: str = "latest") -> Dict[str, float]:
         if self.trainer.checkpoint is None:
             raise ValueError("evaluate needs checkpoint.dir in the config")
-        self.trainer.checkpoint.load(checkpoint, model=self.model)
+        self.trainer.checkpoint.load(checkpoint, model=self.model)  # the plain module, not a DDP wrapper
         if self.eval_data is None:
             raise ValueError("evaluate needs eval data (data.eval, or a built-in dataset)")
         return self.trainer.evaluate(self.eval_data)

@@ -7,6 +7,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from recis.distributed.data import LockstepBatches, is_padding
+from recis.distributed.pipeline import pipelined
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger, Throughput
 
@@ -23,14 +25,20 @@ class Trainer:
     per optimizer step. `metrics` maps names to metric objects with update(preds, labels[, groups]),
     compute() and reset() (recis.metrics). Batches carry `.labels`, `.size` (or labels' length),
     and, for GAUC, the column `config.group_key` in `.extras`. A `checkpoint` manager gets the
-    model, optimizers, schedulers, trainer state and the training data's resume state.
+    model, optimizers, schedulers, trainer state and the training data's resume state. Under
+    torch.distributed (`env`), ranks step in lockstep, metrics are reduced over ranks, and with
+    `pipeline` the next batch's ids exchange overlaps the current step.
     """
 
     def __init__(self, model: nn.Module, sparse_optimizer=None, dense_optimizer=None, *,
                  sparse_scheduler=None, dense_scheduler=None, loss_fn: Optional[Callable] = None,
                  metrics: Optional[Mapping[str, object]] = None, config: Optional[TrainerConfig] = None,
-                 hooks: Sequence[Hook] = (), checkpoint=None):
+                 hooks: Sequence[Hook] = (), checkpoint=None, env=None, pipeline: bool = True):
+        from recis.distributed.env import ShardingEnv
+
         self.model = model
+        self.env = env or ShardingEnv.current()
+        self.pipeline = pipeline  # prefetch the next batch's ids exchange (sharded tables only)
         self.sparse_optimizer, self.dense_optimizer = sparse_optimizer, dense_optimizer
         self.sparse_scheduler, self.dense_scheduler = sparse_scheduler, dense_scheduler
         self.loss_fn = loss_fn or nn.BCEWithLogitsLoss()
@@ -71,6 +79,7 @@ class Trainer:
         """Trains for `config.epochs` passes (or `config.max_steps` steps); returns the eval history."""
         cfg = self.config
         self._stop_reason = None
+        train, eval_data = self._lockstep(train, False), self._lockstep(eval_data, True)
         for h in self.hooks:
             h.on_fit_start(self)
         try:
@@ -96,17 +105,26 @@ class Trainer:
         total, n = 0.0, 0
         try:
             with torch.no_grad(), self._autocast():
-                for batch in data:
+                for batch in self._lockstep(data, True):
                     logits = self.model(batch).float()
+                    if is_padding(batch):  # a rank that ran out keeps its peers' collectives company
+                        continue
                     labels = batch.labels.float()
                     total += float(self.loss_fn(logits, labels)) * labels.numel()
                     n += labels.numel()
                     self._update_metrics(torch.sigmoid(logits), labels, batch)
         finally:
             self.model.train(was_training)
+        if self.env.distributed:
+            sums = self.env.all_reduce(torch.tensor([total, float(n)], dtype=torch.float64), what="eval loss")
+            total, n = float(sums[0]), int(sums[1])
+            for m in self.metrics.values():
+                m.sync(self.env.group)
         result = {"loss": total / max(n, 1), "examples": float(n)}
         for name, m in self.metrics.items():
             result[name] = float(m.compute())
+            if self.env.distributed:
+                m.unsync()
         return result
 
     def predict(self, data: Iterable) -> torch.Tensor:
@@ -116,8 +134,10 @@ class Trainer:
         out = []
         try:
             with torch.no_grad(), self._autocast():
-                for batch in data:
-                    out.append(torch.sigmoid(self.model(batch).float()))
+                for batch in self._lockstep(data, True):
+                    probs = torch.sigmoid(self.model(batch).float())
+                    if not is_padding(batch):
+                        out.append(probs)
         finally:
             self.model.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
@@ -167,7 +187,7 @@ class Trainer:
         skip, self._fast_forward = self._fast_forward, 0
         if not skip:
             self.epoch_batches = 0
-        for batch in train:
+        for batch in (pipelined(train, self.model) if self.pipeline else train):
             if skip:  # resuming data that keeps no state of its own: skip what was consumed
                 skip -= 1
                 continue
@@ -260,7 +280,8 @@ class Trainer:
         extra = {"trainer": self.state_dict()}
         if train is not None and hasattr(train, "state_dict"):
             extra["data"] = train.state_dict()
-        return self.checkpoint.save(self.step, model=self.model, optimizers=self._optimizers(), extra_state=extra)
+        return self.checkpoint.save(self.step, model=_unwrap(self.model), optimizers=self._optimizers(),
+                                    extra_state=extra)
 
     def resume(self, path="latest", train=None) -> bool:
         """Loads a checkpoint (the latest complete one by default) into everything; returns False if
@@ -269,7 +290,7 @@ class Trainer:
             raise ValueError("Trainer has no checkpoint manager")
         if path == "latest" and self.checkpoint.latest() is None:
             return False
-        extra = self.checkpoint.load(path, model=self.model, optimizers=self._optimizers())
+        extra = self.checkpoint.load(path, model=_unwrap(self.model), optimizers=self._optimizers())
         self.load_state_dict(extra["trainer"])
         if train is not None and hasattr(train, "load_state_dict") and "data" in extra:
             train.load_state_dict(extra["data"])
@@ -277,11 +298,22 @@ class Trainer:
             self._fast_forward = self.epoch_batches
         return True
 
+    def _lockstep(self, data, pad: bool):
+        """`data` stepping in lockstep with the other ranks (as is in a single process)."""
+        if data is None or not self.env.distributed or isinstance(data, LockstepBatches):
+            return data
+        return LockstepBatches(data, self.env, pad)
+
     def _optimizers(self) -> Dict[str, object]:
         """Everything with a state_dict besides the model: optimizers and LR schedulers."""
         named = (("sparse", self.sparse_optimizer), ("dense", self.dense_optimizer),
                  ("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler))
         return {name: obj for name, obj in named if obj is not None}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (checkpoints hold the plain module's keys)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _device_type(model: nn.Module) -> str:
