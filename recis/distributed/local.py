@@ -81,6 +81,8 @@ def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, ba
             out[r] = RankResult(r, False, error=f"rank {r} did not finish within {timeout_s:g} s")
     finally:
         for p in procs:
+            if p.pid is None:  # never started
+                continue
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()

@@ -26,10 +26,16 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def owner_of(ids: torch.Tensor, seed: int, world_size: int) -> torch.Tensor:
-    """The owning rank (int64, in [0, world_size)) of each id of the table with `seed`."""
+def salt_of(seed: int) -> int:
+    """A table seed as the signed int64 that is mixed into its ids."""
+    salt = int(seed) & ((1 << 64) - 1)
+    return salt - (1 << 64) if salt >= 1 << 63 else salt
+
+
+def owner_of(ids: torch.Tensor, seed, world_size: int) -> torch.Tensor:
+    """The owning rank (int64, in [0, world_size)) of each id of the table with `seed` (an int,
+    or an int64 tensor of salts from `salt_of`, one per id)."""
     if world_size == 1:
         return torch.zeros_like(ids)
-    salt = int(seed) & ((1 << 64) - 1)
-    salt = salt - (1 << 64) if salt >= 1 << 63 else salt
+    salt = seed if isinstance(seed, torch.Tensor) else salt_of(seed)
     return torch.remainder(mix64(ids ^ salt), world_size)

@@ -23,7 +23,7 @@ from torch import nn
 from recis._ops import COMBINERS
 from recis.distributed.comm_ops import AllReduceGrad, RowsExchange
 from recis.distributed.env import ShardingEnv
-from recis.distributed.owner import owner_of
+from recis.distributed.owner import owner_of, salt_of
 from recis.distributed.planner import REPLICATED, TABLE_WISE, ShardingPlan
 from recis.nn import EmbeddingCollection
 from recis.nn.functional import check_jagged
@@ -75,6 +75,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                 raise ValueError(f"the sharding plan places tables {p.tables} together, but they form the table "
                                  f"group {g.names}")
         self._seeds = [[int(s) for s in g.config["seeds"]] for g in self.groups]
+        self._salts = [torch.tensor([salt_of(s) for s in seeds], dtype=torch.int64) for seeds in self._seeds]
         self._dims = torch.tensor([g.embedding_dim for g in self.groups], dtype=torch.int64)
         self._sketch_base: Dict[int, torch.Tensor] = {}
         self._prefetched: Dict[int, PendingLookup] = {}
@@ -96,11 +97,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         plan, env = self.group_plans[gi], self.env
         if plan.sharding == TABLE_WISE:
             return torch.full_like(ids, plan.rank)
-        out = torch.empty_like(ids)
-        for t in range(len(self._seeds[gi])):
-            m = ns == t
-            out[m] = owner_of(ids[m], self._seeds[gi][t], env.world_size)
-        return out
+        return owner_of(ids, self._salts[gi][ns], env.world_size)
 
     def _drop_unowned(self, gi: int) -> None:
         for t in self.groups[gi].tables:
@@ -246,24 +243,48 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         return self._assemble(p.features, p.batch, pooled, unpooled)
 
     def _owner_lookup(self, gi: int, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Rows of the given (namespace, id) keys in this rank's shard, inserted as in training;
-        each id is looked up `count` times so admission and LFU counts match one process."""
+        """Rows [n, dim] of the given (namespace, id) keys in this rank's shard, inserted as in
+        training. Each key is a bag of `count` copies of its id weighted (1, 0, ..., 0): the bag
+        sum is the row itself, exactly, and the table counts every occurrence, so admission and
+        LFU counts match one process."""
         group = self.groups[gi]
         order = torch.sort(ns, stable=True).indices
         ns_s, ids_s, counts_s = ns[order], ids[order], counts[order]
-        values = torch.repeat_interleave(ids_s, counts_s)
         tables = len(self._seeds[gi])
-        per_ns = torch.zeros(tables, dtype=torch.int64).scatter_add_(0, ns_s, counts_s)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_ns, 0)])
-        out = group.lookup(values, offsets, None, list(range(tables)), 1, [0] * tables, group.embedding_dim,
-                           COMBINERS[None], self.training)
-        first = torch.cumsum(counts_s, 0) - counts_s
+        per_ns = torch.bincount(ns_s, minlength=tables)
+        if not self.training or bool((counts_s == 1).all()):  # eval lookups count nothing
+            values, bag_offsets, weights = ids_s, None, None
+        else:
+            values = torch.repeat_interleave(ids_s, counts_s)
+            bag_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts_s, 0)])
+            weights = torch.zeros(values.numel())
+            weights[bag_offsets[:-1]] = 1.0
+        n = ids_s.numel()
+        if bag_offsets is None:  # one value per key: unpooled lookup, one bag per table
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_ns, 0)])
+            out = group.lookup(values, offsets, None, list(range(tables)), 1, [0] * tables, group.embedding_dim,
+                               COMBINERS[None], self.training)
+        else:  # one bag per key: key j of table t is bag j of feature t (columns t * dim), zero-padded
+            dim = group.embedding_dim
+            width = int(per_ns.max()) if n else 0
+            slot = torch.arange(n) - (torch.cumsum(per_ns, 0) - per_ns)[ns_s]
+            bag_len = torch.zeros(tables * width, dtype=torch.int64)
+            bag_len[ns_s * width + slot] = counts_s
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(bag_len, 0)])
+            pooled = group.lookup(values, offsets, weights, list(range(tables)), width,
+                                  [t * dim for t in range(tables)], tables * dim, COMBINERS["sum"], self.training)
+            back = torch.empty_like(order)
+            back[order] = torch.arange(order.numel())
+            if tables == 1:
+                return pooled.index_select(0, slot[back])
+            return pooled.view(width * tables, dim).index_select(0, (slot * tables + ns_s)[back])
         back = torch.empty_like(order)
         back[order] = torch.arange(order.numel())
-        return out.index_select(0, first).index_select(0, back)
+        return out.index_select(0, back)
 
     def _exchange_rows(self, p: PendingLookup) -> Dict[int, torch.Tensor]:
-        """Serves the keys this rank owns and receives the rows of the keys it sent."""
+        """Serves the keys this rank owns and receives the rows of the keys it sent: one
+        all-to-all of [keys, dim] rows per distinct embedding dim."""
         env = self.env
         if p.received is None:
             return {}
@@ -276,60 +297,64 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         recv = p.received
         rgroup = recv[:, 0] >> _NS_BITS
         rns = recv[:, 0] & ((1 << _NS_BITS) - 1)
-        widths = self._dims[rgroup]
-        pieces, starts = [], torch.empty_like(rgroup)
-        base = 0
-        for gi, plan in enumerate(self.group_plans):
-            if plan.sharding == REPLICATED:
-                continue
-            sel = (rgroup == gi).nonzero().squeeze(1)
-            rows = self._owner_lookup(gi, rns[sel], recv[sel, 1], recv[sel, 2])
-            starts[sel] = base + torch.arange(sel.numel()) * self.groups[gi].embedding_dim
-            base += rows.numel()
-            pieces.append(rows.reshape(-1))
-        flat = torch.cat(pieces) if pieces else torch.zeros(0)
-        flat = flat.index_select(0, _spans(starts, widths))
         source = torch.repeat_interleave(torch.arange(env.world_size), torch.tensor(p.recv_counts))
-        serve = torch.zeros(env.world_size, dtype=torch.int64).scatter_add_(0, source, widths).tolist()
-        send_widths = self._dims[p.send_group]
         owner = torch.repeat_interleave(torch.arange(env.world_size), torch.tensor(p.send_counts))
-        expect = torch.zeros(env.world_size, dtype=torch.int64).scatter_add_(0, owner, send_widths).tolist()
-        with torch.profiler.record_function("recis:rows_all_to_all"):
-            back = RowsExchange.apply(flat, env, serve, expect)
-        p.stats["rows_bytes"] = 4 * sum(c for r, c in enumerate(serve) if r != env.rank)
-        key_starts = torch.cumsum(send_widths, 0) - send_widths
-        out, base = {}, 0
-        for gi, plan in enumerate(self.group_plans):
-            if plan.sharding == REPLICATED:
-                continue
-            m = p.groups[gi].uniq_ids.numel()
-            dim = self.groups[gi].embedding_dim
-            pos = key_starts[p.send_perm[base:base + m]]
-            out[gi] = back.index_select(0, _spans(pos, torch.full_like(pos, dim))).view(m, dim)
-            base += m
+        sharded = [gi for gi, plan in enumerate(self.group_plans) if plan.sharding != REPLICATED]
+        served = {gi: (rgroup == gi).nonzero().squeeze(1) for gi in sharded}
+        rows = {gi: self._owner_lookup(gi, rns[sel], recv[sel, 1], recv[sel, 2]) for gi, sel in served.items()}
+        out, rows_bytes = {}, 0
+        for dim in sorted({self.groups[gi].embedding_dim for gi in sharded}):
+            members = [gi for gi in sharded if self.groups[gi].embedding_dim == dim]
+            # Owner: this dim's rows in received order (source-major), as one [n, dim] matrix.
+            mine = torch.isin(rgroup, torch.tensor(members))
+            position = torch.empty_like(rgroup)
+            base = 0
+            for gi in members:
+                position[served[gi]] = base + torch.arange(served[gi].numel())
+                base += served[gi].numel()
+            stacked = torch.cat([rows[gi] for gi in members]) if len(members) > 1 else rows[members[0]]
+            order = position[mine]
+            identity = order.numel() == stacked.shape[0] and bool((order == torch.arange(order.numel())).all())
+            serve_rows = stacked if identity else stacked.index_select(0, order)
+            serve = torch.bincount(source[mine], minlength=env.world_size).tolist()
+            # Requester: the rows of its own keys of this dim, in send order (owner-major).
+            wanted = torch.isin(p.send_group, torch.tensor(members))
+            expect = torch.bincount(owner[wanted], minlength=env.world_size).tolist()
+            with torch.profiler.record_function("recis:rows_all_to_all"):
+                back = RowsExchange.apply(serve_rows, env, serve, expect)
+            rows_bytes += 4 * dim * sum(c for r, c in enumerate(serve) if r != env.rank)
+            index_in_dim = torch.cumsum(wanted.to(torch.int64), 0) - 1
+            base = 0
+            for gi in sharded:
+                m = p.groups[gi].uniq_ids.numel()
+                if gi in members:
+                    out[gi] = back.index_select(0, index_in_dim[p.send_perm[base:base + m]])
+                base += m
+        p.stats["rows_bytes"] = rows_bytes
         return out
 
     @staticmethod
     def _pool(rows: torch.Tensor, bags, combiner: str, batch: int, dim: int) -> torch.Tensor:
-        """[B, features * dim]: each feature's bags pooled as the C++ kernel pools them."""
+        """[B, features * dim]: each feature's bags pooled as the C++ kernel pools them. The bags
+        are put in sample-major order first, so the output needs no transposing copy."""
+        nf = len(bags)
         idx = torch.cat([inv for _, _, inv, _, _ in bags])
-        shifts, offs, total = 0, [], 0
-        for _, _, inv, o, _ in bags:
-            offs.append(o[:-1] + total)
-            total += inv.numel()
-        offs.append(torch.tensor([total], dtype=torch.int64))
-        offsets = torch.cat(offs)
-        ws = [w for *_, w in bags]
+        lengths = torch.stack([o[1:] - o[:-1] for _, _, _, o, _ in bags], dim=1).reshape(-1)  # [B * F], (b, f)
+        starts = torch.stack([o[:-1] for _, _, _, o, _ in bags], dim=1)
+        starts = (starts + torch.tensor([0] + [inv.numel() for _, _, inv, _, _ in bags[:-1]]).cumsum(0)).reshape(-1)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+        total = idx.numel()
+        gather = torch.repeat_interleave(starts - offsets[:-1], lengths, output_size=total) + torch.arange(total)
         weights = None
-        if any(w is not None for w in ws):
-            weights = torch.cat([w if w is not None else torch.ones(inv.numel()) for (_, _, inv, _, _), w in
-                                 zip(bags, ws)])
-        out = F.embedding_bag(idx, rows, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
+        if any(w is not None for *_, w in bags):
+            weights = torch.cat([w if w is not None else torch.ones(inv.numel()) for _, _, inv, _, w in bags])
+            weights = weights.index_select(0, gather)
+        out = F.embedding_bag(idx.index_select(0, gather), rows, offsets, mode="sum", per_sample_weights=weights,
+                              include_last_offset=True)
         if combiner == "mean":
-            lengths = offsets[1:] - offsets[:-1]
             scale = torch.where(lengths > 0, 1.0 / lengths.clamp(min=1).to(torch.float32), torch.ones(()))
             out = out * scale.unsqueeze(1)
-        return out.view(len(bags), batch, dim).transpose(0, 1).reshape(batch, len(bags) * dim)
+        return out.view(batch, nf * dim)
 
     # ---------------------------------------------------------------- state
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -370,11 +395,3 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                           for p in self.group_plans)
         return f"rank={self.env.rank}/{self.env.world_size}, {plans}"
 
-
-def _spans(starts: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the spans [starts[i], starts[i] + widths[i]), concatenated."""
-    if starts.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    total = int(widths.sum())
-    begin = torch.cumsum(widths, 0) - widths
-    return torch.repeat_interleave(starts - begin, widths, output_size=total) + torch.arange(total)
