@@ -11,7 +11,7 @@ TORCHREC_DEPS ?= pyre-extensions tensordict torchmetrics tqdm
 CSRC := $(shell find csrc -name '*.cc' -o -name '*.h' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: install build demo test test-fast bench clean
+.PHONY: install build demo demo-dist test test-fast bench clean
 
 install: $(VENV)/.recis-built
 
@@ -41,6 +41,10 @@ build: install
 # Gets MovieLens-1M, trains DeepFM on the CPU and prints test AUC, GAUC, logloss and examples/s.
 demo: install
 	$(VPY) -m recis train examples/movielens_deepfm.yaml --json runs/movielens_deepfm/result.json
+
+# The same job on 2 CPU ranks (torchrun, gloo): tables sharded over the ranks, dense parameters in DDP.
+demo-dist: install
+	$(VENV)/bin/torchrun --nproc-per-node 2 -m recis train examples/movielens_deepfm.yaml --log-dir runs/movielens_deepfm_dist --json runs/movielens_deepfm_dist/result.json
 
 test: install
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -200,3 +200,41 @@ def stalled_peer(stall_s: float):
     except Exception as e:  # noqa: BLE001 (the test inspects what was raised)
         return type(e).__name__, str(e), time.monotonic() - t0
     return "no error"
+
+
+def mismatched_tables():
+    """Rank body: rank 1 builds its item table with another dim; shard() must refuse on every rank."""
+    from recis.nn import EmbeddingCollection, TableConfig
+
+    env = ShardingEnv.current()
+    dim = 8 if env.rank == 1 else 4
+    ec = EmbeddingCollection([TableConfig("user", 4), TableConfig("item", dim)])
+    try:
+        shard(torch.nn.Sequential(ec), env, verbose=False)
+    except Exception as e:  # noqa: BLE001 (the test inspects what was raised)
+        return type(e).__name__, str(e)
+    return None
+
+
+def pipelined_losses(pipeline: bool, steps: int, batch: int):
+    """Rank body: the Trainer with or without the pipelined ids exchange; losses, tables and the
+    time the forward waited for the ids exchange per step."""
+    from recis.train import Trainer, TrainerConfig
+    from recis.train.hooks import Hook
+
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(), verbose=False)
+    sparse, dense = make_optimizers(model)
+    per_rank = batch // env.world_size
+    data = [slice_batch(b, env.rank * per_rank, (env.rank + 1) * per_rank) for b in global_batches(steps, batch)]
+    waits, losses = [], []
+
+    class Record(Hook):
+        def on_step_end(self, trainer, step, logs):
+            waits.append(model.embeddings.comm_stats.get("ids_wait_s", 0.0))
+            losses.append(logs.get("loss"))
+
+    trainer = Trainer(wrap_dense(model, env), sparse, dense, hooks=[Record()], env=env, pipeline=pipeline,
+                      config=TrainerConfig(epochs=1, progress=False, log_every=1))
+    trainer.fit(data)
+    return losses, table_contents(model), waits
