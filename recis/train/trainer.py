@@ -7,6 +7,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from recis.towers.base import TowerOutput
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger, Throughput
 
@@ -16,7 +17,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Trainer:
-    """Trains `model` (batch -> logits [B]) with BCE-with-logits by default.
+    """Trains `model` (batch -> logits [B]) with BCE-with-logits by default. A tower
+    (recis.towers) returns a `TowerOutput` instead: its own loss (else `loss_fn(logits, labels)`),
+    and the targets its metrics compare with (else the batch labels).
 
     `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
     any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
@@ -97,11 +100,11 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in data:
-                    logits = self.model(batch).float()
-                    labels = batch.labels.float()
-                    total += float(self.loss_fn(logits, labels)) * labels.numel()
-                    n += labels.numel()
-                    self._update_metrics(torch.sigmoid(logits), labels, batch)
+                    logits, loss, targets = self._forward(batch)
+                    rows = logits.numel()
+                    total += float(loss) * rows
+                    n += rows
+                    self._update_metrics(torch.sigmoid(logits), targets, batch)
         finally:
             self.model.train(was_training)
         result = {"loss": total / max(n, 1), "examples": float(n)}
@@ -117,7 +120,7 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in data:
-                    out.append(torch.sigmoid(self.model(batch).float()))
+                    out.append(torch.sigmoid(_logits(self.model(batch))))
         finally:
             self.model.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
@@ -172,10 +175,7 @@ class Trainer:
                 skip -= 1
                 continue
             self.epoch_batches += 1
-            labels = batch.labels.float()
-            with self._autocast():
-                logits = self.model(batch).float()
-            loss = self.loss_fn(logits, labels)
+            logits, loss, _ = self._forward(batch)
             if not torch.isfinite(loss):
                 if cfg.on_nonfinite == "raise":
                     self._zero_grad()
@@ -189,8 +189,8 @@ class Trainer:
             micro += 1
             loss_sum += float(loss.detach())
             loss_n += 1
-            meter.add(labels.numel())
-            self.examples += labels.numel()
+            meter.add(logits.numel())
+            self.examples += logits.numel()
             if micro < cfg.grad_accum_steps:
                 continue
             micro = 0
@@ -207,6 +207,21 @@ class Trainer:
                 self.save_checkpoint(train)
             if self._done():
                 return
+
+    def _forward(self, batch):
+        """(logits [B] float, loss, metric targets) of one batch: a CTR model's logits with
+        `loss_fn`, or a tower's TowerOutput."""
+        with self._autocast():
+            out = self.model(batch)
+        if isinstance(out, TowerOutput):
+            logits = out.logits.float()
+            labels = batch.labels
+            loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, labels.float())
+            targets = out.targets if out.targets is not None else labels
+            return logits, loss, targets.float()
+        logits = out.float()
+        labels = batch.labels.float()
+        return logits, self.loss_fn(logits, labels), labels
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad_norm is not None:
@@ -282,6 +297,10 @@ class Trainer:
         named = (("sparse", self.sparse_optimizer), ("dense", self.dense_optimizer),
                  ("sparse_scheduler", self.sparse_scheduler), ("dense_scheduler", self.dense_scheduler))
         return {name: obj for name, obj in named if obj is not None}
+
+
+def _logits(out) -> torch.Tensor:
+    return (out.logits if isinstance(out, TowerOutput) else out).float()
 
 
 def _device_type(model: nn.Module) -> str:
