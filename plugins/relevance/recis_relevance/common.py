@@ -55,8 +55,11 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.model, self.source = load_encoder(cfg.encoder)
-        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        from recis_relevance.hub import resolve
+
+        self.model, source = load_encoder(resolve(cfg.encoder))
+        self.source = cfg.encoder if isinstance(cfg.encoder, str) else source
+        self.tokenizer = load_tokenizer(resolve(cfg.tokenizer))
         vocab = len(self.tokenizer)
         if vocab > self.model.config.vocab_size:
             raise ValueError(f"the tokenizer has {vocab} tokens but the encoder's vocab_size is "

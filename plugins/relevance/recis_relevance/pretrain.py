@@ -102,7 +102,7 @@ def pretrain_qe(tower, labels: Sequence[Tuple[str, str, float]], heads: Sequence
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(chunk)
+            total += float(loss.detach()) * len(chunk)
         history.append(total / len(labels))
     tower.clear_cache()
     return history

@@ -125,10 +125,13 @@ def build_task(items: pa.Table, queries: int = 300, per_query: int = 12, test_fr
                 "year": int(r["year"]), "genres": list(r["genres"]),
                 "item_text": f"{r['title']} | {', '.join(r['genres'])}",
                 "entities": [e.text for e in ents.extract(r)],
+                "want_genre": want, "avoid_genre": avoid, "decade": decade,
                 "label": grade(r["genres"], r["year"], want, avoid, decade)})
     schema = pa.schema([("query", pa.string()), ("query_id", pa.string()), ("item_id", pa.int64()),
                         ("title", pa.string()), ("year", pa.int32()), ("genres", pa.list_(pa.string())),
-                        ("item_text", pa.string()), ("entities", pa.list_(pa.string())), ("label", pa.int8())])
+                        ("item_text", pa.string()), ("entities", pa.list_(pa.string())),
+                        ("want_genre", pa.string()), ("avoid_genre", pa.string()), ("decade", pa.int32()),
+                        ("label", pa.int8())])
     tables = {}
     for split, recs in out.items():
         rng.shuffle(recs)

@@ -12,7 +12,8 @@ slots of `or_types`: "some genre matches"), c_k says e does not pull the item be
 
 G = 2 is the paper's binary form (item = AND of entity scores). The per-entity scores come back
 with the item's, so a prediction explains itself; `intervene` overrides entity scores or rules at
-inference; in eval mode QE scores go through a bounded LRU cache (`QECache`). [I]-marked choices
+inference; in eval mode QE scores go through a bounded LRU cache (`QECache`), emptied whenever
+the QE weights change (optimizer steps, checkpoint loads). [I]-marked choices
 of the method notes (heads, t-norm, weights, slots) are options of `EBRMConfig`.
 """
 import contextlib
@@ -134,7 +135,7 @@ class EBRMTower(Tower):
         self.cache = QECache(cfg.cache_size) if cfg.cache_size else None
         self._entity_overrides: List[EntityOverride] = []
         self._rule_overrides: Dict[str, RuleOverride] = {}
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_cache())
+        self._cache_stamp: tuple = ()
 
     @classmethod
     def from_features(cls, features: FeatureInfo, **args) -> "EBRMTower":
@@ -154,10 +155,9 @@ class EBRMTower(Tower):
         if self.cache is not None:
             self.cache.clear()
 
-    def train(self, mode: bool = True):
-        if mode:
-            self.clear_cache()  # the weights are about to change
-        return super().train(mode)
+    def _weights_stamp(self) -> tuple:
+        """Changes whenever a parameter of the QE model changes in place (optimizer steps, loads)."""
+        return tuple(p._version for p in self.qe.parameters()) + tuple(p._version for p in self.head.parameters())
 
     # ---- QE scores -------------------------------------------------------------------------
     def qe_logits(self, pairs: Sequence[Tuple[str, str]], use_cache: Optional[bool] = None) -> torch.Tensor:
@@ -171,6 +171,10 @@ class EBRMTower(Tower):
             return self._encode(pairs)
         if self.cache is None:
             raise ValueError("use_cache=True but the tower was built with cache_size=0")
+        stamp = self._weights_stamp()
+        if stamp != self._cache_stamp:  # the weights changed since the entries were computed
+            self.cache.clear()
+            self._cache_stamp = stamp
         found, missing = self.cache.lookup(pairs)
         if missing:
             fresh = self._encode(list(dict.fromkeys(missing)))

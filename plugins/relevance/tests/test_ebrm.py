@@ -64,7 +64,15 @@ def test_cached_inference_equals_uncached_and_repeats_hit(tiny):
     assert misses == len({(q, e) for q, es in zip(QUERIES, ENTITIES) for e in es})
     assert tower.cache.hit_rate == 1.0
     tower.train()
-    assert len(tower.cache) == 0  # training invalidates cached scores
+    assert len(tower.cache) == len({(q, e) for q, es in zip(QUERIES, ENTITIES) for e in es})
+    opt = torch.optim.SGD(tower.head.parameters(), lr=0.1)
+    tower(batch()).loss.backward()
+    opt.step()
+    tower.eval()
+    with torch.no_grad():
+        assert torch.allclose(tower.score(QUERIES, ENTITIES, use_cache=True)["grade_probs"],
+                              tower.score(QUERIES, ENTITIES, use_cache=False)["grade_probs"], atol=1e-6)
+    assert tower.cache.misses > 0  # the step emptied the cache: stale scores are never served
 
 
 def test_cache_is_bounded_lru():
