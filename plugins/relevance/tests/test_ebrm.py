@@ -10,7 +10,7 @@ from recis.checkpoint import CheckpointManager
 from recis.towers import BaseModelMismatchError, MissingTextColumnError
 from recis_relevance import EBRMTower, EntityOverride, RuleOverride, soft_and, soft_or
 
-from conftest import tiny_encoder
+from relevance_testing import tiny_encoder
 
 QUERIES = ["comedy movies", "horror from the 1990s not drama", "comedy movies", "romance films"]
 ENTITIES = [["genre: Comedy", "year: 1995"], ["genre: Horror", "genre: Drama", "year: 1988"],

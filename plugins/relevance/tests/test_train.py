@@ -13,7 +13,7 @@ from recis.run import Job, RunConfig
 from recis.towers import TowerNotFoundError, load_tower
 from recis_relevance.task import build_task, feature_config
 
-from conftest import WORDS, tiny_encoder
+from relevance_testing import WORDS, tiny_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
