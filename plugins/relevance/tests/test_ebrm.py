@@ -1,5 +1,6 @@
 """The EBRM tower on a tiny random BERT: aggregation against a reference, cache equivalence,
 gradients, interventions, explanations, errors, and what its checkpoints hold."""
+from relevance_testing import WORDS, tiny, tiny_encoder  # noqa: F401 (first: puts the plugin on the path)
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -10,7 +11,6 @@ from recis.checkpoint import CheckpointManager
 from recis.towers import BaseModelMismatchError, MissingTextColumnError
 from recis_relevance import EBRMTower, EntityOverride, RuleOverride, soft_and, soft_or
 
-from relevance_testing import tiny_encoder
 
 QUERIES = ["comedy movies", "horror from the 1990s not drama", "comedy movies", "romance films"]
 ENTITIES = [["genre: Comedy", "year: 1995"], ["genre: Horror", "genre: Drama", "year: 1988"],

@@ -1,4 +1,5 @@
 """Entity extraction (attribute columns and gazetteer), log-derived QE labels and the task's rules."""
+from relevance_testing import WORDS, tiny, tiny_encoder  # noqa: F401 (first: puts the plugin on the path)
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings

@@ -1,4 +1,5 @@
 """Soft-logic aggregators against a plain-Python reference, and their algebraic properties."""
+from relevance_testing import WORDS, tiny, tiny_encoder  # noqa: F401 (first: puts the plugin on the path)
 import math
 
 import pytest

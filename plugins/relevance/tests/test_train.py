@@ -1,5 +1,6 @@
 """EBRM through `recis train` (entry point, feature engine, Trainer, sparse + dense optimizers,
 checkpoints): it trains, resumes exactly, and the example runs in a small configuration."""
+from relevance_testing import WORDS, tiny, tiny_encoder  # noqa: F401 (first: puts the plugin on the path)
 import os
 
 import pyarrow as pa
@@ -13,7 +14,6 @@ from recis.run import Job, RunConfig
 from recis.towers import TowerNotFoundError, load_tower
 from recis_relevance.task import build_task, feature_config
 
-from relevance_testing import WORDS, tiny_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
