@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install build demo demo-dist test test-fast bench clean
 
-install: $(VENV)/.recis-built
+install: $(VENV)/.recis-built $(VENV)/.plugins-registered
 
 # Dependencies, in the order that keeps pip from pulling a CUDA torch or GPU fbgemm.
 $(VENV)/.deps-installed: requirements.txt Makefile
@@ -29,6 +29,12 @@ $(VENV)/.deps-installed: requirements.txt Makefile
 # Registers the checkout in the venv (editable, without building: the next rule builds).
 $(VENV)/.recis-registered: $(VENV)/.deps-installed setup.py
 	RECIS_NO_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# Plugin families under plugins/ (each its own package, registered through entry points).
+PLUGINS := plugins/relevance
+$(VENV)/.plugins-registered: $(VENV)/.recis-registered $(addsuffix /pyproject.toml,$(PLUGINS))
+	for p in $(PLUGINS); do $(PIP) install -q --no-build-isolation --no-deps -e $$p || exit 1; done
 	touch $@
 
 # Incremental (ninja) rebuild of recis._C in place whenever a C++ source changes.

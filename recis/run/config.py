@@ -51,7 +51,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """`name` is a key of recis.models.MODELS; the other keys are that model's arguments."""
+    """`name` is a key of recis.models.MODELS or an installed tower (entry-point group
+    `recis.towers`); the other keys are that model's arguments."""
 
     name: str = "deepfm"
     args: Dict[str, Any] = field(default_factory=dict)
@@ -61,12 +62,17 @@ class ModelConfig:
 class OptimConfig:
     sparse: Dict[str, Any] = field(default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05})
     dense: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 0.001})
+    # a tower's declared parameter groups -> their own dense-optimizer options (lr, weight_decay, ...)
+    groups: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         check_types(self, "optim")
         for part in ("sparse", "dense"):
             if "name" not in getattr(self, part):
                 raise ValueError(f"optim.{part} needs a name")
+        for name, spec in self.groups.items():
+            if not isinstance(spec, dict):
+                raise TypeError(f"optim.groups.{name} must be a mapping (e.g. {{lr: 1e-5}}), got {spec!r}")
 
 
 @dataclass

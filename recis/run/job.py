@@ -50,6 +50,29 @@ def data_files(cfg: RunConfig) -> Tuple[object, Optional[object]]:
     return d.train, d.eval
 
 
+def _build_model(cfg: RunConfig, engine, models: Dict):
+    """A model of recis.models (sparse features, dense_dim and the config's arguments), or an
+    installed tower (Tower.from_features with the engine's outputs)."""
+    name, args = cfg.model.name, dict(cfg.model.args)
+    if name in models:
+        sparse_names = [s.name for s in engine.specs if s.kind == "sparse"]
+        args.setdefault("dense_dim", len(engine.dense_names))
+        build = lambda: models[name](sparse_names, **args)  # noqa: E731
+    else:
+        from recis.towers import FeatureInfo, available_towers, load_tower
+
+        towers = available_towers()
+        if name not in towers:
+            raise ValueError(f"model.name must be one of {sorted(models)} or an installed tower "
+                             f"(installed towers: {sorted(towers) or 'none'}), got {name!r}")
+        cls = load_tower(name)
+        build = lambda: cls.from_features(FeatureInfo.of_engine(engine), **args)  # noqa: E731
+    try:
+        return build()
+    except TypeError as e:
+        raise TypeError(f"model ({name}): {e}") from None
+
+
 class Job:
     """Everything one `recis train` needs, built from a RunConfig."""
 
@@ -79,20 +102,23 @@ class Job:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size)
-        if cfg.model.name not in MODELS:
-            raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {cfg.model.name!r}")
-        sparse_names = [s.name for s in self.engine.specs if s.kind == "sparse"]
-        args = dict(cfg.model.args)
-        args.setdefault("dense_dim", len(self.engine.dense_names))
-        try:
-            self.model = MODELS[cfg.model.name](sparse_names, **args)
-        except TypeError as e:
-            raise TypeError(f"model ({cfg.model.name}): {e}") from None
+        self.model = _build_model(cfg, self.engine, MODELS)
+        from recis.nn import sparse_tables
+        from recis.towers import Tower
+
         if self.env.distributed:
             self.model = self._shard(self.model)
-        self.sparse_optimizer = _optimizer(SPARSE_OPTIMIZERS, cfg.optim.sparse, "optim.sparse", self.model)
-        self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense",
-                                          list(self.model.parameters()))
+        # a tower without hash tables has no sparse optimizer
+        self.sparse_optimizer = _optimizer(SPARSE_OPTIMIZERS, cfg.optim.sparse, "optim.sparse", self.model) \
+            if sparse_tables(self.model) else None
+        if isinstance(self.model, Tower):
+            dense_params = self.model.optimizer_groups(overrides=cfg.optim.groups)
+        elif cfg.optim.groups:
+            raise ValueError(f"optim.groups is for towers; model {cfg.model.name!r} declares no parameter groups")
+        else:
+            dense_params = list(self.model.parameters())
+        self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense", dense_params) \
+            if dense_params else None
         metrics = {"auc": AUC(), "logloss": LogLoss(), "calibration": Calibration()}
         if cfg.trainer.group_key is not None:
             metrics["gauc"] = GAUC()

@@ -9,6 +9,7 @@ from torch import nn
 
 from recis.distributed.data import LockstepBatches, is_padding
 from recis.distributed.pipeline import pipelined
+from recis.towers.base import TowerOutput
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger, Throughput
 
@@ -18,7 +19,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Trainer:
-    """Trains `model` (batch -> logits [B]) with BCE-with-logits by default.
+    """Trains `model` (batch -> logits [B]) with BCE-with-logits by default. A tower
+    (recis.towers) returns a `TowerOutput` instead: its own loss (else `loss_fn(logits, labels)`),
+    and the targets its metrics compare with (else the batch labels).
 
     `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
     any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
@@ -106,13 +109,13 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in self._lockstep(data, True):
-                    logits = self.model(batch).float()
+                    logits, loss, targets = self._forward(batch)
                     if is_padding(batch):  # a rank that ran out keeps its peers' collectives company
                         continue
-                    labels = batch.labels.float()
-                    total += float(self.loss_fn(logits, labels)) * labels.numel()
-                    n += labels.numel()
-                    self._update_metrics(torch.sigmoid(logits), labels, batch)
+                    rows = logits.numel()
+                    total += float(loss) * rows
+                    n += rows
+                    self._update_metrics(torch.sigmoid(logits), targets, batch)
         finally:
             self.model.train(was_training)
         if self.env.distributed:
@@ -135,7 +138,7 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in self._lockstep(data, True):
-                    probs = torch.sigmoid(self.model(batch).float())
+                    probs = torch.sigmoid(_logits(self.model(batch)))
                     if not is_padding(batch):
                         out.append(probs)
         finally:
@@ -192,10 +195,7 @@ class Trainer:
                 skip -= 1
                 continue
             self.epoch_batches += 1
-            labels = batch.labels.float()
-            with self._autocast():
-                logits = self.model(batch).float()
-            loss = self.loss_fn(logits, labels)
+            logits, loss, _ = self._forward(batch)
             if not torch.isfinite(loss):
                 if cfg.on_nonfinite == "raise":
                     self._zero_grad()
@@ -209,8 +209,8 @@ class Trainer:
             micro += 1
             loss_sum += float(loss.detach())
             loss_n += 1
-            meter.add(labels.numel())
-            self.examples += labels.numel()
+            meter.add(logits.numel())
+            self.examples += logits.numel()
             if micro < cfg.grad_accum_steps:
                 continue
             micro = 0
@@ -227,6 +227,21 @@ class Trainer:
                 self.save_checkpoint(train)
             if self._done():
                 return
+
+    def _forward(self, batch):
+        """(logits [B] float, loss, metric targets) of one batch: a CTR model's logits with
+        `loss_fn`, or a tower's TowerOutput."""
+        with self._autocast():
+            out = self.model(batch)
+        if isinstance(out, TowerOutput):
+            logits = out.logits.float()
+            labels = batch.labels
+            loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, labels.float())
+            targets = out.targets if out.targets is not None else labels
+            return logits, loss, targets.float()
+        logits = out.float()
+        labels = batch.labels.float()
+        return logits, self.loss_fn(logits, labels), labels
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad_norm is not None:
@@ -314,6 +329,10 @@ class Trainer:
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (checkpoints hold the plain module's keys)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _logits(out) -> torch.Tensor:
+    return (out.logits if isinstance(out, TowerOutput) else out).float()
 
 
 def _device_type(model: nn.Module) -> str:

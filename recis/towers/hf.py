@@ -1,0 +1,85 @@
+"""Hugging Face transformers encoders and tokenizers for towers (transformers is imported lazily).
+
+An encoder spec is a local path / hub name (pretrained weights), or a dict
+``{"config": {"model_type": "bert", ...}, "seed": 0}`` for a randomly initialised model (tests).
+A tokenizer spec is a path / name, or ``{"vocab": [...]}`` for a WordPiece tokenizer over a word list.
+
+>>> enc, source = load_encoder({"config": {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
+...                                        "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 20}})
+>>> type(enc).__name__, source
+('BertModel', 'random:bert:1:8:seed0')
+>>> tok = load_tokenizer({"vocab": ["red", "shoes"]})
+>>> tok("red shoes", "blue")["input_ids"]
+[2, 5, 6, 3, 1, 3]
+"""
+from typing import Any, Dict, Tuple, Union
+
+import torch
+
+__all__ = ["load_encoder", "load_tokenizer", "pool", "SPECIAL_TOKENS"]
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def load_encoder(spec: Union[str, Dict[str, Any]]) -> Tuple[torch.nn.Module, str]:
+    """(a transformers AutoModel, a string naming its weights for checkpoints' base reference)."""
+    from transformers import AutoConfig, AutoModel
+
+    if isinstance(spec, str):
+        try:
+            return AutoModel.from_pretrained(spec), spec
+        except OSError as e:
+            raise FileNotFoundError(f"encoder {spec!r}: cannot load pretrained weights ({e})") from None
+    if not isinstance(spec, dict) or "config" not in spec:
+        raise TypeError(f"encoder must be a path / hub name or {{config: {{model_type: ..., ...}}, seed: N}}, "
+                        f"got {spec!r}")
+    unknown = sorted(set(spec) - {"config", "seed"})
+    if unknown:
+        raise ValueError(f"encoder spec: unknown key(s) {unknown} (known: ['config', 'seed'])")
+    cfg = dict(spec["config"])
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("encoder.config needs a model_type (e.g. bert)")
+    seed = int(spec.get("seed", 0))
+    config = AutoConfig.for_model(model_type, **cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    return model, f"random:{model_type}:{config.num_hidden_layers}:{config.hidden_size}:seed{seed}"
+
+
+def load_tokenizer(spec: Union[str, Dict[str, Any]], lowercase: bool = True):
+    """A fast tokenizer: `AutoTokenizer.from_pretrained(spec)`, or WordPiece over `{"vocab": words}`
+    (the special tokens come first)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if isinstance(spec, str):
+        try:
+            return AutoTokenizer.from_pretrained(spec)
+        except OSError as e:
+            raise FileNotFoundError(f"tokenizer {spec!r}: cannot load ({e})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("vocab"), list):
+        raise TypeError(f"tokenizer must be a path / hub name or {{vocab: [words]}}, got {spec!r}")
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    words = [w for w in dict.fromkeys(SPECIAL_TOKENS + [str(w) for w in spec["vocab"]])]
+    tok = Tokenizer(WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = words.index("[CLS]"), words.index("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id),
+                                                                                 ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "cls") -> torch.Tensor:
+    """[N, T, H] token states -> [N, H]: the first token ('cls') or the masked mean ('mean')."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {how!r}")
