@@ -14,7 +14,7 @@ from recis.run import Job, RunConfig
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-def _write_ctr(path, rows, seed):
+def _write_ctr(path, rows, seed, row_group_size=None):
     rng = np.random.default_rng(seed)
     user = rng.integers(0, 50, rows)
     item = rng.integers(0, 40, rows)
@@ -22,7 +22,7 @@ def _write_ctr(path, rows, seed):
     logit = 2.0 * ((user % 2) == (item % 2)) - 1.0 + dense
     label = (rng.random(rows) < 1 / (1 + np.exp(-2 * logit))).astype(np.float32)
     pq.write_table(pa.table({"user": [f"u{u}" for u in user], "item": item.astype(np.int64), "x": dense,
-                             "label": label}), path)
+                             "label": label}), path, row_group_size=row_group_size)
 
 
 def _job_dict(tmp_path):
