@@ -193,7 +193,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                                             async_op=True)
         remote = sum(c for r, c in enumerate(p.send_counts) if r != env.rank)
         p.stats.update(ids_bytes=remote * 3 * 8, count_bytes=8 * (env.world_size - 1) if env.distributed else 0,
-                       keys=int(sum(int(g.uniq_counts.sum()) for g in p.groups)),
+                       keys=int(sum(int(p.groups[gi].uniq_counts.sum()) for gi in sharded)),
                        unique_keys=int(keys.shape[0]), remote_keys=remote)
 
     def _gather_replicated(self, p: PendingLookup) -> None:
