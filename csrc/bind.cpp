@@ -6,6 +6,7 @@
 #include "features/value_ops.h"
 #include "hashtable/hash_table.h"
 #include "hashtable/registry.h"
+#include "ops/row_pool_ops.h"
 #include "ops/table_ops.h"
 #include "optim/sparse_update.h"
 
@@ -28,6 +29,11 @@ TORCH_LIBRARY(recis, m) {
   m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
   m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> SymInt");
   m.def("gather(int table, Tensor rows) -> Tensor");
+  m.def("dedup_jagged(Tensor values, Tensor offsets, int[] feature_ns, int batch) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("pool_rows(Tensor rows, Tensor inverse, Tensor offsets, Tensor? weights, int[] feature_ns, int batch, "
+        "int[] col_offsets, int out_cols, int combiner) -> Tensor");
+  m.def("pool_rows_backward(Tensor grad_out, Tensor inverse, Tensor offsets, Tensor? weights, int[] feature_ns, "
+        "int batch, int[] col_offsets, int out_cols, int combiner, int n_rows, int dim) -> Tensor");
   // Feature engine (recis.features): each op runs over a list of columns in one call.
   m.def("feat_hash_str(Tensor[] offsets, Tensor[] data, Tensor?[] index, Tensor?[] mask, int[] seeds, "
         "int[] num_hashes) -> Tensor[]");
@@ -58,6 +64,9 @@ TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("find_or_insert", &recis::find_or_insert);
   m.impl("erase", &recis::erase);
   m.impl("gather", &recis::gather);
+  m.impl("dedup_jagged", &recis::dedup_jagged);
+  m.impl("pool_rows", &recis::pool_rows);
+  m.impl("pool_rows_backward", &recis::pool_rows_backward);
   m.impl("feat_hash_str", &recis::feat_hash_str);
   m.impl("feat_hash_int", &recis::feat_hash_int);
   m.impl("feat_same_bytes", &recis::feat_same_bytes);

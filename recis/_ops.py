@@ -50,6 +50,24 @@ def _gather_fake(table, rows):
     return rows.new_empty((rows.shape[0], _table_dims[table]), dtype=torch.float32)
 
 
+@torch.library.register_fake("recis::dedup_jagged")
+def _dedup_jagged_fake(values, offsets, feature_ns, batch):
+    u = torch.library.get_ctx().new_dynamic_size()
+    return (values.new_empty((u,)), values.new_empty((u,)), values.new_empty((u,)),
+            values.new_empty(values.shape, dtype=torch.int32))
+
+
+@torch.library.register_fake("recis::pool_rows")
+def _pool_rows_fake(rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner):
+    return rows.new_empty((batch, out_cols))
+
+
+@torch.library.register_fake("recis::pool_rows_backward")
+def _pool_rows_backward_fake(grad_out, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
+                             n_rows, dim):
+    return grad_out.new_empty((n_rows, dim))
+
+
 # handle -> embedding dim, so fake kernels know output widths without touching C++ state.
 _table_dims: dict = {}
 

@@ -11,6 +11,7 @@
 
 #include "hashtable/registry.h"
 #include "ops/dedup.h"
+#include "ops/op_checks.h"
 #include "ops/pooling.h"
 #include "optim/sparse_update.h"
 #include "common/gil.h"
@@ -19,46 +20,10 @@
 namespace recis {
 namespace {
 
-void check_cpu(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu(), "recis: the table lives on cpu but ", what, " is on ", t.device(),
-              "; move the input to the table's device");
-}
-
-void check_ids(const at::Tensor& t, const char* what) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "recis: ", what, " must be int64 ids, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1, "recis: ", what, " must be 1-D, got shape ", t.sizes());
-  check_cpu(t, what);
-}
-
-void check_offsets(const int64_t* off, int64_t num_bags, int64_t n_values) {
-  TORCH_CHECK_VALUE(off[0] == 0, "recis: offsets must start at 0, got ", off[0]);
-  for (int64_t k = 0; k < num_bags; ++k)
-    TORCH_CHECK_VALUE(off[k] <= off[k + 1], "recis: offsets must be non-decreasing, but offsets[", k, "]=", off[k],
-                      " > offsets[", k + 1, "]=", off[k + 1]);
-  TORCH_CHECK_VALUE(off[num_bags] == n_values, "recis: the last offset (", off[num_bags],
-                    ") must equal the number of values (", n_values, ")");
-}
-
-const float* optional_weights(const c10::optional<at::Tensor>& w, int64_t n) {
-  if (!w.has_value() || !w->defined()) return nullptr;
-  TORCH_CHECK_TYPE(w->scalar_type() == at::kFloat, "recis: per_sample_weights must be float32, got ", w->scalar_type());
-  TORCH_CHECK_VALUE(w->dim() == 1 && w->size(0) == n, "recis: per_sample_weights must have shape [", n, "], got ",
-                    w->sizes());
-  check_cpu(*w, "per_sample_weights");
-  TORCH_CHECK(w->is_contiguous(), "recis: per_sample_weights must be contiguous");
-  return w->data_ptr<float>();
-}
-
 // Lookup outputs reuse their storage across steps (a few of them: each can be tens of MB).
 at::Tensor reusable_output(at::IntArrayRef shape) {
   static thread_local StoragePool pool(4);
   return pool.empty(shape, at::kFloat);
-}
-
-BagLayout make_layout(const at::Tensor& offsets, int64_t num_bags, int64_t batch, at::IntArrayRef feature_ns,
-                      at::IntArrayRef col_offsets, int64_t out_cols, int64_t combiner, const float* weights) {
-  return BagLayout{offsets.data_ptr<int64_t>(), num_bags, batch, feature_ns.data(), col_offsets.data(), out_cols,
-                   static_cast<Combiner>(combiner), weights};
 }
 
 // What both backward ops need: checked inputs, the bag layout and the number of unique rows
@@ -101,11 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
   TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
   const bool train = mode != 0;
   const int64_t F = static_cast<int64_t>(feature_ns.size());
-  TORCH_CHECK_VALUE(F >= 1 && batch >= 0, "recis: need at least one feature and a non-negative batch");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(col_offsets.size()) == F, "recis: col_offsets needs one entry per feature");
-  const int64_t num_bags = F * batch;
-  TORCH_CHECK_VALUE(offsets_in.size(0) == num_bags + 1, "recis: offsets has ", offsets_in.size(0),
-                    " entries; expected num_bags + 1 = ", num_bags + 1);
+  const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);
   const at::Tensor values = values_in.contiguous(), offsets = offsets_in.contiguous();
   const int64_t n = values.size(0);
   TORCH_CHECK_VALUE(n < (int64_t(1) << 31), "recis: at most 2^31 - 1 values per call");
@@ -123,24 +84,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
     std::lock_guard<std::mutex> lock(table->mu);
     const int64_t* off = offsets.data_ptr<int64_t>();
     check_offsets(off, num_bags, n);
-    // One dedup segment per run of consecutive features in this call; skipped values get -1.
     std::vector<int64_t> seg_begin;
     std::vector<uint32_t> seg_ns;
     int32_t* inv = inverse.data_ptr<int32_t>();
-    for (int64_t f = 0; f < F; ++f) {
-      const int64_t s = off[f * batch], e = off[(f + 1) * batch];
-      if (feature_ns[f] < 0) {
-        std::fill(inv + s, inv + e, -1);
-        continue;
-      }
-      if (!seg_ns.empty() && seg_ns.back() == feature_ns[f] && seg_begin.back() == s) {
-        seg_begin.back() = e;  // extend the open segment
-        continue;
-      }
-      seg_ns.push_back(static_cast<uint32_t>(feature_ns[f]));
-      seg_begin.push_back(s);
-      seg_begin.push_back(e);
-    }
+    dedup_segments(off, feature_ns, batch, inv, seg_begin, seg_ns);
     // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
     static thread_local DedupResult uniq;
     dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,

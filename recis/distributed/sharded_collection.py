@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from recis._ops import COMBINERS
+from recis._ops import COMBINERS, ops
 from recis.distributed.comm_ops import AllReduceGrad, RowsExchange
 from recis.distributed.env import ShardingEnv
 from recis.distributed.owner import owner_of, salt_of
@@ -34,12 +33,14 @@ _NS_BITS = 32
 
 @dataclass
 class _GroupInput:
-    """One table group's part of a local batch: its unique keys and each feature's bags."""
+    """One table group's part of a local batch: its unique keys and where each value points."""
 
-    uniq_ids: torch.Tensor       # [m] unique ids, grouped by namespace
+    uniq_ids: torch.Tensor       # [m] unique ids (the C++ dedup's order)
     uniq_ns: torch.Tensor        # [m] namespace of each
     uniq_counts: torch.Tensor    # [m] occurrences in the local batch
-    bags: List[tuple] = field(default_factory=list)  # per feature: (name, kjt index, inverse, offsets, weights)
+    inverse: torch.Tensor        # [n] int32: each KJT value's unique key, -1 for other groups' features
+    feature_ns: List[int]        # per KJT key: its namespace in this group, or -1
+    col_offsets: List[int]       # per KJT key: its first output column
 
 
 @dataclass
@@ -57,6 +58,25 @@ class PendingLookup:
     work: object = None
     replicated: Dict[int, tuple] = field(default_factory=dict)  # group -> (union ns, ids, counts, my positions)
     stats: Dict[str, float] = field(default_factory=dict)
+
+
+class PoolRows(torch.autograd.Function):
+    """Pools bags of a KJT-ordered batch from a [keys, dim] row tensor (the C++ pooling of
+    lookup_forward, on rows that came from other ranks); backward sums per unique row."""
+
+    @staticmethod
+    def forward(ctx, rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner):
+        ctx.save_for_backward(inverse, offsets, weights)
+        ctx.args = (feature_ns, batch, col_offsets, out_cols, combiner, rows.shape[0], rows.shape[1])
+        return ops.pool_rows(rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, offsets, weights = ctx.saved_tensors
+        feature_ns, batch, col_offsets, out_cols, combiner, n_rows, dim = ctx.args
+        rows_grad = ops.pool_rows_backward(grad, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols,
+                                           combiner, n_rows, dim)
+        return (rows_grad,) + (None,) * 8
 
 
 class ShardedEmbeddingCollection(EmbeddingCollection):
@@ -133,39 +153,17 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         values = check_jagged(features.values(), offsets, features.weights_or_none(), torch.device("cpu"),
                               "ShardedEmbeddingCollection")
         weights = features.weights_or_none()
-        bounds = offsets[::batch].tolist() if batch > 0 else [0] * (len(keys) + 1)
-        groups = [self._group_input(cols, index, values, offsets, weights, batch, bounds)
-                  for _, cols, _ in self._plans]
+        groups = []
+        for _, cols, _ in self._plans:
+            feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)
+            for f, ns, col in cols:
+                feature_ns[index[f]], col_offsets[index[f]] = ns, col
+            ids, ns, counts, inverse = ops.dedup_jagged(values, offsets, feature_ns, batch)
+            groups.append(_GroupInput(ids, ns, counts, inverse, feature_ns, col_offsets))
         pending = PendingLookup(features, batch, groups)
         self._start_exchange(pending)
         self._gather_replicated(pending)
         return pending
-
-    def _group_input(self, cols, index, values, offsets, weights, batch, bounds) -> _GroupInput:
-        per_ns: Dict[int, List[int]] = {}
-        for j, (f, ns, _) in enumerate(cols):
-            per_ns.setdefault(ns, []).append(j)
-        inverse = [None] * len(cols)
-        ids_parts, ns_parts, count_parts, base = [], [], [], 0
-        for ns in sorted(per_ns):
-            spans = [(bounds[index[cols[j][0]]], bounds[index[cols[j][0]] + 1]) for j in per_ns[ns]]
-            ids = torch.cat([values[s:e] for s, e in spans]) if len(spans) > 1 else values[spans[0][0]:spans[0][1]]
-            uniq, inv, counts = torch.unique(ids, sorted=True, return_inverse=True, return_counts=True)
-            start = 0
-            for j, (s, e) in zip(per_ns[ns], spans):
-                inverse[j] = inv[start:start + e - s] + base
-                start += e - s
-            ids_parts.append(uniq)
-            ns_parts.append(torch.full_like(uniq, ns))
-            count_parts.append(counts)
-            base += uniq.numel()
-        bags = []
-        for j, (f, _, _) in enumerate(cols):
-            i = index[f]
-            s = bounds[i]
-            w = weights[s:bounds[i + 1]] if weights is not None else None
-            bags.append((f, i, inverse[j], offsets[i * batch:(i + 1) * batch + 1] - s, w))
-        return _GroupInput(torch.cat(ids_parts), torch.cat(ns_parts), torch.cat(count_parts), bags)
 
     def _start_exchange(self, p: PendingLookup) -> None:
         env = self.env
@@ -229,15 +227,23 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
             union_rows = AllReduceGrad.apply(self._owner_lookup(gi, u_ns, u_ids, u_counts), self.env)
             rows[gi] = union_rows.index_select(0, positions)
         pooled, unpooled = [], {}
-        for gi, (combiner, cols, _) in enumerate(self._plans):
-            dim = self.groups[gi].embedding_dim
+        features, batch = p.features, p.batch
+        offsets, weights = features.offsets(), features.weights_or_none()
+        index = {k: i for i, k in enumerate(features.keys())}
+        for gi, (combiner, cols, out_cols) in enumerate(self._plans):
+            g = p.groups[gi]
             if combiner is None:
-                for f, i, inv, offs, _ in p.groups[gi].bags:
-                    part = rows[gi].index_select(0, inv)
+                for f, _, _ in cols:
+                    i = index[f]
+                    s, e = int(offsets[i * batch]), int(offsets[(i + 1) * batch])
+                    part = rows[gi].index_select(0, g.inverse[s:e].long())
+                    if weights is not None:
+                        part = part * weights[s:e].unsqueeze(1)
                     unpooled[f] = (part, 0, part.shape[0], i)
             else:
-                pooled.append((self._pool(rows[gi], p.groups[gi].bags, combiner, p.batch, dim),
-                               [f for f, _, _ in cols], dim))
+                out = PoolRows.apply(rows[gi], g.inverse, offsets, weights, g.feature_ns, batch, g.col_offsets,
+                                     out_cols, COMBINERS[combiner])
+                pooled.append((out, [f for f, _, _ in cols], self.groups[gi].embedding_dim))
         p.stats["rows_bytes"] = p.stats.get("rows_bytes", 0)
         self.comm_stats = dict(p.stats)
         return self._assemble(p.features, p.batch, pooled, unpooled)
@@ -332,29 +338,6 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                 base += m
         p.stats["rows_bytes"] = rows_bytes
         return out
-
-    @staticmethod
-    def _pool(rows: torch.Tensor, bags, combiner: str, batch: int, dim: int) -> torch.Tensor:
-        """[B, features * dim]: each feature's bags pooled as the C++ kernel pools them. The bags
-        are put in sample-major order first, so the output needs no transposing copy."""
-        nf = len(bags)
-        idx = torch.cat([inv for _, _, inv, _, _ in bags])
-        lengths = torch.stack([o[1:] - o[:-1] for _, _, _, o, _ in bags], dim=1).reshape(-1)  # [B * F], (b, f)
-        starts = torch.stack([o[:-1] for _, _, _, o, _ in bags], dim=1)
-        starts = (starts + torch.tensor([0] + [inv.numel() for _, _, inv, _, _ in bags[:-1]]).cumsum(0)).reshape(-1)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
-        total = idx.numel()
-        gather = torch.repeat_interleave(starts - offsets[:-1], lengths, output_size=total) + torch.arange(total)
-        weights = None
-        if any(w is not None for *_, w in bags):
-            weights = torch.cat([w if w is not None else torch.ones(inv.numel()) for _, _, inv, _, w in bags])
-            weights = weights.index_select(0, gather)
-        out = F.embedding_bag(idx.index_select(0, gather), rows, offsets, mode="sum", per_sample_weights=weights,
-                              include_last_offset=True)
-        if combiner == "mean":
-            scale = torch.where(lengths > 0, 1.0 / lengths.clamp(min=1).to(torch.float32), torch.ones(()))
-            out = out * scale.unsqueeze(1)
-        return out.view(batch, nf * dim)
 
     # ---------------------------------------------------------------- state
     def _save_to_state_dict(self, destination, prefix, keep_vars):
