@@ -4,7 +4,8 @@ Each test builds the same table twice, once on the C++ backend and once on the T
 (backend="triton" on the CPU: the kernels of recis/gpu/kernels run in Triton's interpreter, as
 with TRITON_INTERPRET=1), feeds both the same batches and asserts equal results: rows found,
 pooled outputs, updated rows and optimizer slots, metadata. Sizes stay small: the interpreter
-runs kernels in Python.
+runs kernels in Python. Where a GPU is present, the tests taking `device` also run the compiled
+kernels on it (benchmarks/gpu_check.sh).
 """
 import pytest
 import torch
@@ -17,13 +18,20 @@ from recis.optim import SparseAdagrad, SparseAdam, SparseAdamW, SparseFTRL, Spar
 
 pytest.importorskip("triton")
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 INITS = [Uniform(-0.5, 0.5), Normal(0.1, 0.7), TruncatedNormal(0.0, 1.0, 0.5), Constant(0.25)]
 
 
-def pair(dim=5, names=("a",), seeds=(11,), **kw):
-    """The same table on the C++ backend and on the Triton backend."""
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Where the Triton table lives: cpu (interpreter) and, when present, cuda (compiled)."""
+    return torch.device(request.param)
+
+
+def pair(dim=5, names=("a",), seeds=(11,), device="cpu", **kw):
+    """The same table on the C++ backend and on the Triton backend (on `device`)."""
     cpp = TableGroup(dim, list(names), list(seeds), backend="cpp", **kw)
-    tri = TableGroup(dim, list(names), list(seeds), backend="triton", **kw)
+    tri = TableGroup(dim, list(names), list(seeds), backend="triton", device=device, **kw)
     assert tri._impl.__class__.__name__ == "TritonTable" and tri.handle < 0 < cpp.handle
     return cpp, tri
 
@@ -37,13 +45,17 @@ def batch(gen, n_bags=6, max_len=4, pool=None):
     return values, offsets_for(lengths), torch.rand(values.numel(), generator=gen)
 
 
+def cpu_export(table):
+    return {k: v.cpu() for k, v in table.export().items()}
+
+
 def exports(group):
-    return [sorted_export(t.export()) for t in group.tables]
+    return [sorted_export(cpu_export(t)) for t in group.tables]
 
 
 def assert_groups_equal(a, b):
     for x, y in zip(a.tables, b.tables):
-        assert_exports_equal(x.export(), y.export())
+        assert_exports_equal(cpu_export(x), cpu_export(y))
     assert a.step == b.step
     sa, sb = a.stats(), b.stats()
     for k in ("inserts", "evictions", "not_admitted", "live"):
@@ -52,17 +64,17 @@ def assert_groups_equal(a, b):
 
 # ----------------------------------------------------------------------------- initialization
 @pytest.mark.parametrize("init", INITS, ids=["uniform", "normal", "truncated", "constant"])
-def test_initial_rows_bit_for_bit(init, gen):
-    cpp, tri = pair(dim=19, names=("a", "b"), seeds=(3, 2**64 - 1), initializer=init)
-    ids = torch.cat([torch.tensor(EXTREME_IDS), torch.randint(INT64_MIN, INT64_MAX, (40,), generator=gen)])
+def test_initial_rows_bit_for_bit(init, gen, device):
+    cpp, tri = pair(dim=19, names=("a", "b"), seeds=(3, 2**64 - 1), device=device, initializer=init)
+    ids = torch.cat([torch.tensor(EXTREME_IDS), torch.randint(INT64_MIN, INT64_MAX, (24,), generator=gen)])
     for t_cpp, t_tri in zip(cpp.tables, tri.tables):
-        assert torch.equal(t_cpp.initial_rows(ids), t_tri.initial_rows(ids))
+        assert torch.equal(t_cpp.initial_rows(ids), t_tri.initial_rows(ids).cpu())
 
 
 def test_truncated_normal_resamples_like_the_cpu():
     # A cutoff this tight makes most first draws fall outside: the redraw loop runs many attempts.
     cpp, tri = pair(dim=9, initializer=TruncatedNormal(0.0, 1.0, 0.05))
-    ids = torch.arange(-30, 30)
+    ids = torch.arange(-15, 15)
     a, b = cpp.tables[0].initial_rows(ids), tri.tables[0].initial_rows(ids)
     assert torch.equal(a, b)
     assert float(b.abs().max()) <= float(torch.tensor(0.05))
@@ -104,29 +116,29 @@ def test_id_map_matches_a_dict_model(ops):
     assert sorted(exp["ids"].tolist()) == sorted(model)
 
 
-def test_same_ids_get_the_same_rows_as_the_cpu_with_growth_inside_a_batch(gen):
-    cpp, tri = pair(dim=4)
+def test_same_ids_get_the_same_rows_as_the_cpu_with_growth_inside_a_batch(gen, device):
+    cpp, tri = pair(dim=4, device=device)
     first = torch.tensor(EXTREME_IDS * 2)
     big = torch.cat([torch.randint(INT64_MIN, INT64_MAX, (150,), generator=gen), first])  # rehash: 16 -> 512 slots
     for ids in (first, big, big.flip(0)):
-        assert torch.equal(cpp.tables[0].find_or_insert(ids), tri.tables[0].find_or_insert(ids))
+        assert torch.equal(cpp.tables[0].find_or_insert(ids), tri.tables[0].find_or_insert(ids).cpu())
     assert tri._impl.map.cap >= 2 * len(tri)
     assert_groups_equal(cpp, tri)
     # Erase, then insert again: freed rows are reused in the same order.
     gone = big[::3]
     assert cpp.tables[0].erase(gone) == tri.tables[0].erase(gone)
     again = torch.cat([gone.flip(0), torch.tensor([99, 100])])
-    assert torch.equal(cpp.tables[0].find_or_insert(again), tri.tables[0].find_or_insert(again))
+    assert torch.equal(cpp.tables[0].find_or_insert(again), tri.tables[0].find_or_insert(again).cpu())
     assert_groups_equal(cpp, tri)
 
 
 # ----------------------------------------------------------------------------- pooled forward
-def _ec_pair(combiner, missing="zeros", **kw):
+def _ec_pair(combiner, missing="zeros", device="cpu", **kw):
     configs = [TableConfig("u", 6, ["u0", "u1"], combiner=combiner, seed=1, missing=missing, **kw),
                TableConfig("i", 6, ["i0"], combiner=combiner, seed=2, missing=missing, **kw)]
     out = "keyed" if combiner else "dict"
-    return EmbeddingCollection(configs, output=out, backend="cpp"), EmbeddingCollection(configs, output=out,
-                                                                                        backend="triton")
+    return (EmbeddingCollection(configs, output=out, backend="cpp"),
+            EmbeddingCollection(configs, output=out, backend="triton", device=device))
 
 
 def _kjt(gen, keys=("u0", "x", "u1", "i0"), batch_size=4, weighted=False):
@@ -142,32 +154,32 @@ def _same_outputs(a, b):
         for k in a:
             x, y = a[k], b[k]
             x, y = (x.values(), y.values()) if hasattr(x, "lengths") else (x, y)
-            assert torch.equal(x, y), k
+            assert torch.equal(x, y.cpu()), k
     else:
         assert a.keys() == b.keys()
-        assert torch.equal(a.values(), b.values())
+        assert torch.equal(a.values(), b.values().cpu())
 
 
 @pytest.mark.parametrize("combiner,weighted", [("sum", False), ("sum", True), ("mean", False), (None, True)])
-def test_lookup_forward_equals_the_cpu(combiner, weighted, gen):
-    cpp, tri = _ec_pair(combiner)
+def test_lookup_forward_equals_the_cpu(combiner, weighted, gen, device):
+    cpp, tri = _ec_pair(combiner, device=device)
     for _ in range(2):  # the second batch has hits and new ids
         kjt = _kjt(gen, weighted=weighted)
-        _same_outputs(cpp(kjt), tri(kjt))
+        _same_outputs(cpp(kjt), tri(kjt.to(device)))
     for g_cpp, g_tri in zip(cpp.groups, tri.groups):
         assert_groups_equal(g_cpp, g_tri)
 
 
 @pytest.mark.parametrize("missing", ["zeros", "init"])
-def test_eval_lookup_of_absent_ids(missing, gen):
-    cpp, tri = _ec_pair("sum", missing=missing)
+def test_eval_lookup_of_absent_ids(missing, gen, device):
+    cpp, tri = _ec_pair("sum", missing=missing, device=device)
     kjt = _kjt(gen)
-    cpp(kjt), tri(kjt)
+    cpp(kjt), tri(kjt.to(device))
     cpp.eval(), tri.eval()
     kjt = _kjt(gen)
-    _same_outputs(cpp(kjt), tri(kjt))
+    _same_outputs(cpp(kjt), tri(kjt.to(device)))
     ids = torch.tensor([INT64_MIN, 424242, INT64_MAX])
-    assert torch.equal(cpp.tables()["u"].lookup(ids), tri.tables()["u"].lookup(ids))
+    assert torch.equal(cpp.tables()["u"].lookup(ids), tri.tables()["u"].lookup(ids).cpu())
 
 
 def test_raw_op_outputs_match(gen):
@@ -196,11 +208,12 @@ OPTIMIZERS = {
 
 
 def _train(emb, opt, gen, fused, combiner, steps=2, accumulate=1):
+    dev = emb.group.device
     for _ in range(steps):
         for _ in range(accumulate):
-            values, offsets, weights = batch(gen, n_bags=5)
+            values, offsets, weights = (t.to(dev) for t in batch(gen, n_bags=5))
             out = emb(values, offsets if combiner else None, weights if combiner == "sum" else None)
-            target = torch.randn(out.shape, generator=gen)
+            target = torch.randn(out.shape, generator=gen).to(dev)
             ((out - target) ** 2).sum().backward()
         opt.step()
         opt.zero_grad()
@@ -208,17 +221,39 @@ def _train(emb, opt, gen, fused, combiner, steps=2, accumulate=1):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("fused", [False, True])
-def test_optimizer_updates_equal_the_cpu(name, fused):
+def test_optimizer_updates_equal_the_cpu(name, fused, device):
     combiner = {"sgd": "mean", "adagrad": None}.get(name, "sum")
     accumulate = 1 if fused else 2  # deferred mode also merges the gradients of two backwards
     results = []
-    for backend in ("cpp", "triton"):
-        emb = HashEmbedding(7, combiner=combiner, initializer=Uniform(-0.5, 0.5), seed=3, backend=backend)
+    for backend, dev in (("cpp", "cpu"), ("triton", device)):
+        emb = HashEmbedding(7, combiner=combiner, initializer=Uniform(-0.5, 0.5), seed=3, backend=backend,
+                            device=dev)
         opt = OPTIMIZERS[name](sparse_tables(emb), fused)
         _train(emb, opt, torch.Generator().manual_seed(5), fused, combiner, accumulate=accumulate)
         results.append(emb)
     assert_groups_equal(results[0].group, results[1].group)
     assert results[1].group.optimizer_step == 2
+
+
+def test_hot_rows_are_summed_in_chunks(monkeypatch):
+    """Rows seen more than hot_row_split times in a batch are summed chunk by chunk: the same
+    gradient up to float rounding; rows seen less often stay bit for bit."""
+    from recis.gpu.lookup import LookupOps
+
+    monkeypatch.setattr(LookupOps, "hot_row_split", 2)
+    values = torch.tensor([7, 7, 8, 7, 7, 7, 9, 8])
+    offsets = torch.tensor([0, 2, 3, 6, 6, 8])
+    grads = []
+    for backend in ("cpp", "triton"):
+        emb = HashEmbedding(3, combiner="mean", initializer=Constant(0.0), backend=backend)
+        opt = SparseSGD(sparse_tables(emb), lr=1.0)
+        out = emb(values, offsets)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)))
+        opt.step()
+        grads.append(-emb.table.lookup(torch.tensor([7, 8, 9])))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-6)  # 5 terms: chunked
+    assert torch.equal(grads[1][1:], grads[0][1:])  # 2 and 1 terms: exact
+    assert not torch.equal(grads[1][0], torch.zeros(3))
 
 
 def test_ftrl_general_power_is_close(gen):
@@ -264,16 +299,16 @@ class _nothing:
 
 
 # ----------------------------------------------------------------------------- admission, eviction
-def test_admission_and_lfu_eviction_like_the_cpu(gen):
+def test_admission_and_lfu_eviction_like_the_cpu(gen, device):
     kw = dict(initializer=Uniform(-1, 1), admission=FrequencyAdmission(min_count=2, sketch_width=1 << 12),
               eviction=LFUEviction(capacity=12, evict_fraction=0.25))
-    cpp, tri = pair(dim=3, **kw)
+    cpp, tri = pair(dim=3, device=device, **kw)
     pool = torch.arange(-20, 20)
     for _ in range(6):
         values, offsets, _ = batch(gen, n_bags=6, max_len=5, pool=pool)
         with torch.no_grad():  # no backward follows: rows of this batch are not protected
             for g in (cpp, tri):
-                g.lookup(values, offsets, None, [0], 6, [0], 3, 0, True)
+                g.lookup(values.to(g.device), offsets.to(g.device), None, [0], 6, [0], 3, 0, True)
         assert_groups_equal(cpp, tri)
         assert torch.equal(cpp._impl.get_sketch(), tri._impl.get_sketch().cpu())
     assert cpp.stats()["evictions"] > 0 and cpp.stats()["not_admitted"] > 0
@@ -312,7 +347,7 @@ def test_group_moves_between_backends_with_its_state(gen):
     state = emb.state_dict()
     twin = HashEmbedding(4, initializer=Uniform(-0.5, 0.5), admission=FrequencyAdmission(min_count=1))
     twin.load_state_dict(state)
-    assert_exports_equal(emb.table.export(), twin.table.export())
+    assert_exports_equal(cpu_export(emb.table), twin.table.export())
 
 
 def test_pending_gradients_block_a_move():

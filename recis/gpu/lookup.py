@@ -50,6 +50,11 @@ def kernel_hyper(kind: int, hyper: Sequence[float], dim: int, slot_width: int):
 class LookupOps:
     """Mixin of TritonTable: op entry points with torch.ops.recis signatures."""
 
+    # A row seen more often than this in one batch ("hot") gets its gradient summed in chunks of
+    # this many terms, then the chunks' sums are added: no lane waits for thousands of terms.
+    # Rows seen at most this often are summed in value order, bit for bit as on the CPU.
+    hot_row_split = 128
+
     def _check_ids(self, t: torch.Tensor, what: str) -> None:
         if t.dtype != torch.int64:
             raise TypeError(f"recis: {what} must be int64 ids, got {t.dtype}")
@@ -213,7 +218,26 @@ class LookupOps:
         csr[1:] = torch.cumsum(torch.bincount(inv[order], minlength=U), 0)
         src = base[order].contiguous()
         sc = scale[order].contiguous() if scale is not None else src
-        self._segment_sum(csr, src, sc, grad_out, None, grads, finite, scale is not None, False)
+        counts = csr[1:] - csr[:-1]
+        split = self.hot_row_split
+        if int(counts.max()) <= split:
+            self._segment_sum(csr, src, sc, grad_out, None, grads, finite, scale is not None, False)
+            return unique_rows[:U].clone(), grads, finite
+        # Hot rows: chunks of `split` terms (a row's chunks are consecutive), then one sum per row.
+        n_chunks = (counts + split - 1) // split
+        seg = torch.repeat_interleave(torch.arange(U, device=dev), n_chunks)
+        first = torch.cumsum(n_chunks, 0) - n_chunks
+        C = seg.numel()
+        ccsr = torch.empty(C + 1, dtype=torch.int64, device=dev)
+        ccsr[:C] = csr[seg] + (torch.arange(C, device=dev) - first[seg]) * split
+        ccsr[C] = csr[U]
+        partial = torch.empty(C, dim, device=dev)
+        pfinite = torch.empty(C, dtype=torch.int8, device=dev)
+        self._segment_sum(ccsr, src, sc, grad_out, None, partial, pfinite, scale is not None, False)
+        rcsr = torch.zeros(U + 1, dtype=torch.int64, device=dev)
+        rcsr[1:] = torch.cumsum(n_chunks, 0)
+        chunk_src = torch.arange(C, device=dev) * dim
+        self._segment_sum(rcsr, chunk_src, chunk_src, partial, None, grads, finite, False, False)
         return unique_rows[:U].clone(), grads, finite
 
     def _segment_sum(self, csr, src, scale, values, in_finite, out, finite, has_scale: bool, init_first: bool):
