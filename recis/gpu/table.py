@@ -233,7 +233,8 @@ class TritonTable(LookupOps):
         if gated and bool(miss.any()):
             self._sketch_op(ids, ns, counts, miss.to(torch.int8))
         self._insert_new(ns, ids, counts, which, incoming, rows)
-        self._stats["not_admitted"] += int((rows < 0).sum())
+        if gated:  # without admission every miss got a row (or the batch was refused)
+            self._stats["not_admitted"] += int((rows < 0).sum())
         return rows
 
     def _insert_new(self, ns, ids, counts, which, incoming, rows) -> None:
