@@ -310,42 +310,45 @@ def recis_memory(rc: Recis):
     return res
 
 
+def _gpu_bandwidth(out, wl, device, recis_c):
+    out["copy_bytes_per_s"] = copy = copy_bandwidth(device)
+    print(f"- device copy bandwidth (1 GiB tensor.copy_, read + write): {copy / 1e9:.0f} GB/s")
+    if recis_c is not None:
+        out["forward"] = fb = forward_bandwidth(recis_c.ec, recis_c.inputs[0], device)
+        print(f"- recis pooled forward, {fb['values']:,} values x dim {wl.dim} (rows read + output written): "
+              f"pooling kernel {fb['pool_ms']:.3f} ms = {fb['pool_bytes_per_s'] / 1e9:.0f} GB/s "
+              f"({fb['pool_bytes_per_s'] / copy:.0%} of copy); whole eval lookup with dedup, hashing and find "
+              f"{fb['lookup_ms']:.3f} ms = {fb['lookup_bytes_per_s'] / 1e9:.0f} GB/s")
+
+
+def _gpu_idmap(out, wl, device):
+    from recis.nn import HashEmbedding, Zeros
+    ids = torch.from_numpy(wl.ids.reshape(-1).copy()).to(device)
+    emb = HashEmbedding(wl.dim, initializer=Zeros(), device=device)
+    emb.table.find_or_insert(ids)
+    out["find"] = f = large_find_rate(emb.table, ids, device)
+    print(f"- recis id map find: {f['find_ids_per_s'] / 1e9:.2f} B ids/s ({f['find_ids']:,} present ids, "
+          f"load {f['load']:.2f}, {f['map_slots']:,} slots, all found: {f['all_present']})")
+    del emb
+    out["insert"] = ins = large_insert_rate(lambda: HashEmbedding(wl.dim, initializer=Zeros(), device=device).table,
+                                            ids, device)
+    print(f"- recis id map insert of {ins['insert_ids']:,} fresh ids (one find_or_insert, Zeros rows): "
+          f"{ins['insert_ids_per_s'] / 1e6:.0f} M ids/s with growth, "
+          f"{ins['insert_reserved_ids_per_s'] / 1e6:.0f} M ids/s into a reserve()d table")
+
+
 def gpu_section(wl, batches, device, recis_c, res, B):
     """Copy vs pooled-forward bandwidth, large-batch id map rates and the GPU targets (docs/gpu.md)."""
     out = {"device_name": torch.cuda.get_device_name(device)}
     print(f"\n## GPU ({out['device_name']})\n")
-    try:
-        out["copy_bytes_per_s"] = copy = copy_bandwidth(device)
-        print(f"- device copy bandwidth (1 GiB tensor.copy_, read + write): {copy / 1e9:.0f} GB/s")
-        if recis_c is not None:
-            fb = forward_bandwidth(recis_c.ec, recis_c.inputs[0], device)
-            out["forward"] = fb
-            print(f"- recis pooled forward, {fb['values']:,} values x dim {wl.dim} (rows read + output written): "
-                  f"pooling kernel {fb['pool_ms']:.3f} ms = {fb['pool_bytes_per_s'] / 1e9:.0f} GB/s "
-                  f"({fb['pool_bytes_per_s'] / copy:.0%} of copy); whole eval lookup with dedup, hashing and find "
-                  f"{fb['lookup_ms']:.3f} ms = {fb['lookup_bytes_per_s'] / 1e9:.0f} GB/s")
-    except Exception as e:  # noqa: BLE001
-        out["bandwidth_error"] = _reason(e)
-        print(f"- bandwidth: failed: {_reason(e)}")
-        traceback.print_exc()
-    try:
-        from recis.nn import HashEmbedding, Zeros
-        ids = torch.from_numpy(wl.ids.reshape(-1).copy()).to(device)
-        emb = HashEmbedding(wl.dim, initializer=Zeros(), device=device)
-        emb.table.find_or_insert(ids)
-        out["find"] = f = large_find_rate(emb.table, ids, device)
-        print(f"- recis id map find: {f['find_ids_per_s'] / 1e9:.2f} B ids/s ({f['find_ids']:,} present ids, "
-              f"load {f['load']:.2f}, {f['map_slots']:,} slots, all found: {f['all_present']})")
-        del emb
-        out["insert"] = ins = large_insert_rate(lambda: HashEmbedding(wl.dim, initializer=Zeros(),
-                                                                      device=device).table, ids, device)
-        print(f"- recis id map insert of {ins['insert_ids']:,} fresh ids (one find_or_insert, Zeros rows): "
-              f"{ins['insert_ids_per_s'] / 1e6:.0f} M ids/s with growth, "
-              f"{ins['insert_reserved_ids_per_s'] / 1e6:.0f} M ids/s into a reserve()d table")
-    except Exception as e:  # noqa: BLE001
-        out["idmap_error"] = _reason(e)
-        print(f"- id map rates: failed: {_reason(e)}")
-        traceback.print_exc()
+    for key, part in (("bandwidth", lambda: _gpu_bandwidth(out, wl, device, recis_c)),
+                      ("idmap", lambda: _gpu_idmap(out, wl, device))):
+        try:
+            part()
+        except Exception as e:  # noqa: BLE001 - one failing measurement must not stop the others
+            out[f"{key}_error"] = _reason(e)
+            print(f"- {key}: failed: {_reason(e)}")
+            traceback.print_exc()
     targets = {}
     step = res.get("recis", {}).get("median_ms")
     bag = res.get("embbag_adagrad", {}).get("median_ms")

@@ -21,16 +21,10 @@ def _home(ids, ns, shift):
 
 
 @triton.jit
-def find_kernel(map_ptr, ids_ptr, ns_ptr, rows_ptr, n, mask_slots, shift,
-                counts_ptr, add_ptr, last_ptr, step, TOUCH: tl.constexpr, BLOCK: tl.constexpr):
-    """rows[i] = row of (ns[i], ids[i]) or -1. With TOUCH (keys distinct), a hit's metadata is
-    updated: count += add[i] (saturating at 2^32 - 1) and last_seen = step."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    ids = tl.load(ids_ptr + offs, mask=m, other=0)
-    ns = tl.load(ns_ptr + offs, mask=m, other=0).to(tl.int64)
+def _probe(map_ptr, ids, ns, live, mask_slots, shift, BLOCK: tl.constexpr):
+    """(row or -1, slot) of each live lane's key: the slot of the hit, or where the run ended."""
     pos = _home(ids, ns, shift)
-    done = offs >= n
+    done = ~live
     row = tl.full([BLOCK], -1, tl.int64)
     while any_true(~done):
         key = tl.load(map_ptr + 2 * pos, mask=~done, other=0)
@@ -39,6 +33,19 @@ def find_kernel(map_ptr, ids_ptr, ns_ptr, rows_ptr, n, mask_slots, shift,
         row = tl.where(hit, (tag & 0xFFFFFFFF) - 1, row)
         done = done | hit | (tag == 0)
         pos = tl.where(done, pos, (pos + 1) & mask_slots)
+    return row, pos
+
+
+@triton.jit
+def find_kernel(map_ptr, ids_ptr, ns_ptr, rows_ptr, n, mask_slots, shift,
+                counts_ptr, add_ptr, last_ptr, step, TOUCH: tl.constexpr, BLOCK: tl.constexpr):
+    """rows[i] = row of (ns[i], ids[i]) or -1. With TOUCH (keys distinct), a hit's metadata is
+    updated: count += add[i] (saturating at 2^32 - 1) and last_seen = step."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    ids = tl.load(ids_ptr + offs, mask=m, other=0)
+    ns = tl.load(ns_ptr + offs, mask=m, other=0).to(tl.int64)
+    row, _ = _probe(map_ptr, ids, ns, m, mask_slots, shift, BLOCK)
     tl.store(rows_ptr + offs, row, mask=m)
     if TOUCH:
         t = m & (row >= 0)
@@ -77,17 +84,8 @@ def erase_kernel(map_ptr, ids_ptr, ns_ptr, rows_ptr, n, mask_slots, shift, BLOCK
     m = offs < n
     ids = tl.load(ids_ptr + offs, mask=m, other=0)
     ns = tl.load(ns_ptr + offs, mask=m, other=0).to(tl.int64)
-    pos = _home(ids, ns, shift)
-    done = offs >= n
-    row = tl.full([BLOCK], -1, tl.int64)
-    while any_true(~done):
-        key = tl.load(map_ptr + 2 * pos, mask=~done, other=0)
-        tag = tl.load(map_ptr + 2 * pos + 1, mask=~done, other=0)
-        hit = ~done & (tag > 0) & (key == ids) & ((tag >> 32) == ns)
-        row = tl.where(hit, (tag & 0xFFFFFFFF) - 1, row)
-        tl.store(map_ptr + 2 * pos + 1, tl.full([BLOCK], -1, tl.int64), mask=hit)
-        done = done | hit | (tag == 0)
-        pos = tl.where(done, pos, (pos + 1) & mask_slots)
+    row, pos = _probe(map_ptr, ids, ns, m, mask_slots, shift, BLOCK)
+    tl.store(map_ptr + 2 * pos + 1, tl.full([BLOCK], -1, tl.int64), mask=m & (row >= 0))
     tl.store(rows_ptr + offs, row, mask=m)
 
 
