@@ -126,7 +126,8 @@ class LookupOps:
         skipped = any(f < 0 for f in feature_ns)
         sel = (ns_v >= 0).nonzero().flatten() if skipped else None
         keys = values[sel] if skipped else values
-        uids, uns, ucounts, inv = dedup_keys(keys, ns_v[sel] if skipped else ns_v)
+        uids, uns, ucounts, inv = dedup_keys(keys, ns_v[sel] if skipped else ns_v,
+                                             one_ns=len({f for f in feature_ns if f >= 0}) == 1)
         if skipped:
             inverse[sel] = inv.to(torch.int32)
         else:
@@ -196,7 +197,10 @@ class LookupOps:
         dev, dim = self.device, self.dim
         grad_out = grad_out.contiguous()
         inv = inverse.to(torch.int64)
-        U = int(inv.max()) + 1 if n else 0
+        valid = inv >= 0
+        # Every unique key has a value, so the counts per key (by the largest index) give U.
+        counts = torch.bincount(inv[valid]) if n else inv.new_zeros(0)
+        U = counts.numel()
         grads = torch.empty(U, dim, device=dev)
         finite = torch.empty(U, dtype=torch.int8, device=dev)
         if U == 0:
@@ -212,15 +216,14 @@ class LookupOps:
                 scale = 1.0 / lens if w is None else (1.0 / lens) * w
         else:
             base = pos * dim
-        valid = inv >= 0
-        order = torch.argsort(torch.where(valid, inv, U), stable=True)[:int(valid.sum())]
         csr = torch.zeros(U + 1, dtype=torch.int64, device=dev)
-        csr[1:] = torch.cumsum(torch.bincount(inv[order], minlength=U), 0)
+        csr[1:] = torch.cumsum(counts, 0)
+        n_valid, longest = torch.stack([csr[-1], counts.max()]).tolist()
+        order = torch.argsort(torch.where(valid, inv, U), stable=True)[:n_valid]
         src = base[order].contiguous()
         sc = scale[order].contiguous() if scale is not None else src
-        counts = csr[1:] - csr[:-1]
         split = self.hot_row_split
-        if int(counts.max()) <= split:
+        if longest <= split:
             self._segment_sum(csr, src, sc, grad_out, None, grads, finite, scale is not None, False)
             return unique_rows[:U].clone(), grads, finite
         # Hot rows: chunks of `split` terms (a row's chunks are consecutive), then one sum per row.
@@ -289,7 +292,7 @@ class LookupOps:
         rows = torch.cat([p[0] for p in self._pending])
         grads = torch.cat([p[1] for p in self._pending])
         fin = torch.cat([p[2] for p in self._pending])
-        uniq, _, counts, inverse = dedup_keys(rows, torch.zeros_like(rows), by_partition=False)
+        uniq, _, counts, inverse = dedup_keys(rows, torch.zeros_like(rows), by_partition=False, one_ns=True)
         order = torch.argsort(inverse, stable=True)
         csr = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=self.device)
         csr[1:] = torch.cumsum(counts, 0)
