@@ -48,7 +48,8 @@ def kernel_hyper(kind: int, hyper: Sequence[float], dim: int, slot_width: int):
 
 
 class LookupOps:
-    """Mixin of TritonTable: op entry points with torch.ops.recis signatures."""
+    """Mixin of TritonTable: op entry points with torch.ops.recis signatures (run eagerly under
+    torch.compile: the graph breaks around them)."""
 
     # A row seen more often than this in one batch ("hot") gets its gradient summed in chunks of
     # this many terms, then the chunks' sums are added: no lane waits for thousands of terms.
@@ -91,6 +92,7 @@ class LookupOps:
             raise ValueError(f"recis: the last offset ({last}) must equal the number of values ({n})")
 
     # ---- forward ----
+    @torch.compiler.disable
     def lookup_forward(self, token, handle, values, offsets, weights, feature_ns: Sequence[int], batch: int,
                        col_offsets: Sequence[int], out_cols: int, combiner: int, mode: int):
         self._check_ids(values, "values")
@@ -252,6 +254,7 @@ class LookupOps:
             HAS_SCALE=has_scale, HAS_FINITE=in_finite is not None, INIT_FIRST=init_first, BLOCK_U=block_u,
             BLOCK_D=block_d, enable_fp_fusion=False)
 
+    @torch.compiler.disable
     def lookup_backward(self, token, handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
                         col_offsets, combiner) -> None:
         self._pending.append(self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
@@ -270,6 +273,7 @@ class LookupOps:
             r.emb, r.slots, rows, grads, finite, n, self.dim, max(self.slot_width, 1), *h, KIND=kind, SQRT=sqrt,
             BLOCK_R=block_r, BLOCK_D=block_d, enable_fp_fusion=False)
 
+    @torch.compiler.disable
     def lookup_backward_apply(self, token, handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                               batch, col_offsets, combiner, kind: int, hyper: List[float]) -> torch.Tensor:
         if self._pending:
@@ -302,6 +306,7 @@ class LookupOps:
                           False, True)
         return uniq, out, finite
 
+    @torch.compiler.disable
     def apply_update(self, token, handle, kind: int, hyper: List[float], skip_nonfinite: bool) -> torch.Tensor:
         applied = nonfinite = 0
         if self._pending:
@@ -318,17 +323,20 @@ class LookupOps:
         _bump(token)
         return torch.tensor([applied, nonfinite], dtype=torch.int64)
 
+    @torch.compiler.disable
     def clear_pending(self, token, handle) -> None:
         self._pending.clear()
         self.close_grad_window()
         _bump(token)
 
     # ---- ids -> rows ----
+    @torch.compiler.disable
     def find(self, handle, ns: int, ids: torch.Tensor) -> torch.Tensor:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
         return self.find_rows(ns, ids.contiguous())
 
+    @torch.compiler.disable
     def find_or_insert(self, token, handle, ns: int, ids: torch.Tensor) -> torch.Tensor:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
@@ -336,6 +344,7 @@ class LookupOps:
         _bump(token)
         return rows
 
+    @torch.compiler.disable
     def erase(self, token, handle, ns: int, ids: torch.Tensor) -> int:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
@@ -343,6 +352,7 @@ class LookupOps:
         _bump(token)
         return erased
 
+    @torch.compiler.disable
     def gather(self, handle, rows: torch.Tensor) -> torch.Tensor:
         self._check_ids(rows, "rows")
         out = torch.zeros(rows.numel(), self.dim, device=self.device)

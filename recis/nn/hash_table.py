@@ -272,7 +272,7 @@ class TableGroup:
         if "sketch" in state:
             if self.admission is None:
                 raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")
-            self._impl.set_sketch(state["sketch"])
+            self._impl.set_sketch(state["sketch"].to(self.device))
 
 
 class HashTable:
