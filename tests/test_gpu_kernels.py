@@ -300,7 +300,7 @@ class _nothing:
 
 # ----------------------------------------------------------------------------- admission, eviction
 def test_admission_and_lfu_eviction_like_the_cpu(gen, device):
-    kw = dict(initializer=Uniform(-1, 1), admission=FrequencyAdmission(min_count=2, sketch_width=1 << 12),
+    kw = dict(initializer=Uniform(-1, 1), admission=FrequencyAdmission(min_count=2, sketch_width=65521),
               eviction=LFUEviction(capacity=12, evict_fraction=0.25))
     cpp, tri = pair(dim=3, device=device, **kw)
     pool = torch.arange(-20, 20)

@@ -28,7 +28,7 @@ def hash_id(ids, ns):
 def reduce_range32(h, n):
     """floor(h * n / 2^64) for uint64 h and n < 2^32 (Lemire's reduction without 128-bit ints):
     exact, since hi * n + (lo * n >> 32) cannot overflow 64 bits."""
-    n64 = n.to(tl.uint64)
+    n64 = h * 0 + n  # n may arrive as a constexpr (Triton specializes an argument of 1)
     hi = h >> 32
     lo = h & 0xFFFFFFFF
     return (hi * n64 + ((lo * n64) >> 32)) >> 32

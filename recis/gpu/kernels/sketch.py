@@ -23,12 +23,13 @@ def sketch_kernel(counts_ptr, ids_ptr, ns_ptr, add_ptr, sel_ptr, est_ptr, n, wid
     ids = tl.load(ids_ptr + offs, mask=m, other=0)
     ns = tl.load(ns_ptr + offs, mask=m, other=0)
     h = hash_id(ids, ns)
+    row_len = tl.full([BLOCK], 0, tl.int64) + width  # 64-bit: depth * width may pass 2^31
     est = tl.full([BLOCK], 4294967295, tl.int64)
     hh = h
     for d in range(0, DEPTH):
         hh = hh + 0x9E3779B97F4A7C15
         hh = mix64(hh)
-        idx = d * width + reduce_range32(hh, width).to(tl.int64)
+        idx = row_len * d + reduce_range32(hh, width).to(tl.int64)
         est = tl.minimum(est, tl.load(counts_ptr + idx, mask=m, other=0))
     target = tl.minimum(est + tl.load(add_ptr + offs, mask=m, other=0), 4294967295)
     tl.store(est_ptr + offs, target, mask=m)
@@ -37,6 +38,6 @@ def sketch_kernel(counts_ptr, ids_ptr, ns_ptr, add_ptr, sel_ptr, est_ptr, n, wid
         for d in range(0, DEPTH):
             hh = hh + 0x9E3779B97F4A7C15
             hh = mix64(hh)
-            idx = d * width + reduce_range32(hh, width).to(tl.int64)
+            idx = row_len * d + reduce_range32(hh, width).to(tl.int64)
             tl.atomic_max(counts_ptr + idx, target, mask=m)
 
