@@ -8,7 +8,7 @@ bit for bit. Rows are addressed through `src`, one entry per unique key: >= 0 is
 import triton
 import triton.language as tl
 
-from .reduce import any_true, row_sum
+from .reduce import max_of, row_sum
 
 
 @triton.jit
@@ -38,8 +38,9 @@ def pooled_forward_kernel(offsets_ptr, inverse_ptr, src_ptr, emb_ptr, fb_ptr, w_
     s = tl.load(offsets_ptr + k, mask=active, other=0)
     length = tl.load(offsets_ptr + k + 1, mask=active, other=0) - s
     acc = tl.full([BLOCK_B, BLOCK_D], 0, tl.float32)
+    longest = max_of(length)  # once: the loop test is then a scalar compare, no block reduction
     j = 0
-    while any_true(j < length):
+    while j < longest:
         live = j < length
         i = s + j
         u = tl.load(inverse_ptr + i, mask=live, other=0)
@@ -91,8 +92,9 @@ def segment_sum_kernel(csr_ptr, src_ptr, scale_ptr, in_ptr, in_finite_ptr, out_p
     count = tl.load(csr_ptr + u + 1, mask=mu, other=0) - s
     acc = tl.full([BLOCK_U, BLOCK_D], 0, tl.float32)
     ok = mu
+    longest = max_of(count)
     j = 0
-    while any_true(j < count):
+    while j < longest:
         live = j < count
         p = s + j
         off = tl.load(src_ptr + p, mask=live, other=0)

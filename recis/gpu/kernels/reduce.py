@@ -26,6 +26,12 @@ def any_true(mask):
 
 
 @triton.jit
+def max_of(x):
+    """The largest element of a 1-D block (a scalar)."""
+    return tl.reduce(x, 0, _max)
+
+
+@triton.jit
 def row_sum(x):
     """Sums a 2-D block along its columns (tree order)."""
     return tl.reduce(x, 1, _add)
