@@ -1,6 +1,7 @@
 """The table ops of torch.ops.recis (lookup forward/backward, optimizer updates, find, erase,
 gather) for TritonTable, with the same signatures, so recis.nn and recis.optim call either
 backend the same way (recis._ops.table_ops)."""
+import functools
 import math
 from typing import List, Optional, Sequence
 
@@ -13,6 +14,16 @@ SLOT_WIDTHS = {0: lambda d: 0, 1: lambda d: d, 2: lambda d: 1, 3: lambda d: 2 * 
                5: lambda d: 2 * d}
 HYPER_SIZES = {0: 2, 1: 5, 2: 3, 3: 6, 4: 6, 5: 5}
 MAX_VALUES = 2**31 - 1
+
+
+def table_op(fn):
+    """An entry point of the table: one call at a time per table (like the C++ table's mutex),
+    run eagerly under torch.compile (the graph breaks around it)."""
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return fn(self, *args, **kwargs)
+    return torch.compiler.disable(run)
 
 
 def _pow2(n: int) -> int:
@@ -48,8 +59,7 @@ def kernel_hyper(kind: int, hyper: Sequence[float], dim: int, slot_width: int):
 
 
 class LookupOps:
-    """Mixin of TritonTable: op entry points with torch.ops.recis signatures (run eagerly under
-    torch.compile: the graph breaks around them)."""
+    """Mixin of TritonTable: op entry points with torch.ops.recis signatures."""
 
     # A row seen more often than this in one batch ("hot") gets its gradient summed in chunks of
     # this many terms, then the chunks' sums are added: no lane waits for thousands of terms.
@@ -92,7 +102,7 @@ class LookupOps:
             raise ValueError(f"recis: the last offset ({last}) must equal the number of values ({n})")
 
     # ---- forward ----
-    @torch.compiler.disable
+    @table_op
     def lookup_forward(self, token, handle, values, offsets, weights, feature_ns: Sequence[int], batch: int,
                        col_offsets: Sequence[int], out_cols: int, combiner: int, mode: int):
         self._check_ids(values, "values")
@@ -254,7 +264,7 @@ class LookupOps:
             HAS_SCALE=has_scale, HAS_FINITE=in_finite is not None, INIT_FIRST=init_first, BLOCK_U=block_u,
             BLOCK_D=block_d, enable_fp_fusion=False)
 
-    @torch.compiler.disable
+    @table_op
     def lookup_backward(self, token, handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
                         col_offsets, combiner) -> None:
         self._pending.append(self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
@@ -273,7 +283,7 @@ class LookupOps:
             r.emb, r.slots, rows, grads, finite, n, self.dim, max(self.slot_width, 1), *h, KIND=kind, SQRT=sqrt,
             BLOCK_R=block_r, BLOCK_D=block_d, enable_fp_fusion=False)
 
-    @torch.compiler.disable
+    @table_op
     def lookup_backward_apply(self, token, handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                               batch, col_offsets, combiner, kind: int, hyper: List[float]) -> torch.Tensor:
         if self._pending:
@@ -306,7 +316,7 @@ class LookupOps:
                           False, True)
         return uniq, out, finite
 
-    @torch.compiler.disable
+    @table_op
     def apply_update(self, token, handle, kind: int, hyper: List[float], skip_nonfinite: bool) -> torch.Tensor:
         applied = nonfinite = 0
         if self._pending:
@@ -323,20 +333,20 @@ class LookupOps:
         _bump(token)
         return torch.tensor([applied, nonfinite], dtype=torch.int64)
 
-    @torch.compiler.disable
+    @table_op
     def clear_pending(self, token, handle) -> None:
         self._pending.clear()
         self.close_grad_window()
         _bump(token)
 
     # ---- ids -> rows ----
-    @torch.compiler.disable
+    @table_op
     def find(self, handle, ns: int, ids: torch.Tensor) -> torch.Tensor:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
         return self.find_rows(ns, ids.contiguous())
 
-    @torch.compiler.disable
+    @table_op
     def find_or_insert(self, token, handle, ns: int, ids: torch.Tensor) -> torch.Tensor:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
@@ -344,7 +354,7 @@ class LookupOps:
         _bump(token)
         return rows
 
-    @torch.compiler.disable
+    @table_op
     def erase(self, token, handle, ns: int, ids: torch.Tensor) -> int:
         self._check_ids(ids, "ids")
         self.check_ns(ns)
@@ -352,7 +362,7 @@ class LookupOps:
         _bump(token)
         return erased
 
-    @torch.compiler.disable
+    @table_op
     def gather(self, handle, rows: torch.Tensor) -> torch.Tensor:
         self._check_ids(rows, "rows")
         out = torch.zeros(rows.numel(), self.dim, device=self.device)

@@ -3,6 +3,7 @@
 (recis.gpu.lookup). Same semantics as the C++ table: ids -> rows, initial values,
 admission, TTL/LFU eviction and the gradient window."""
 import math
+import threading
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from recis.datasets._counter_rng import mix_int
 from recis.gpu._flavors import flavor
 from recis.gpu.dedup import dedup_keys, first_seen_unique
 from recis.gpu.id_map import DeviceIdMap
-from recis.gpu.lookup import LookupOps
+from recis.gpu.lookup import LookupOps, table_op
 from recis.gpu.rows import UINT32_MAX, DeviceRows
 
 _SEED_SALT = 0x243F6A8885A308D3
@@ -59,7 +60,7 @@ class TritonTable(LookupOps):
         self._window_open, self._window_start = False, 0
         self._stats = {"inserts": 0, "evictions": 0, "not_admitted": 0}
         self._pending: List[tuple] = []
-        self._workspace: Dict[str, torch.Tensor] = {}
+        self._lock = threading.RLock()
         self.handle = 0  # set by the registry (recis._ops.register_triton_table)
 
     # ---- accessors (as recis._C.HashTable) ----
@@ -112,6 +113,7 @@ class TritonTable(LookupOps):
         return dict(self._stats)
 
     # ---- configuration ----
+    @table_op
     def set_slots(self, width: int, init: Sequence[float], reset: bool) -> None:
         if len(init) != width:
             raise ValueError(f"slot init has {len(init)} values, expected {width}")
@@ -140,14 +142,17 @@ class TritonTable(LookupOps):
     def set_missing(self, mode: int) -> None:
         self._missing = int(mode)
 
+    @table_op
     def reserve(self, ns: int, n: int) -> None:
         self.check_ns(ns)
         self.map.reserve(self.map.size + n)
         self.rows.reserve(n)
 
+    @table_op
     def get_sketch(self) -> torch.Tensor:
         return self._sketch.clone() if self._sketch is not None else torch.empty(0, dtype=torch.int64)
 
+    @table_op
     def set_sketch(self, v: torch.Tensor) -> None:
         n = self._sketch.numel() if self._sketch is not None else 0
         if v.numel() != n:
@@ -169,6 +174,7 @@ class TritonTable(LookupOps):
         self.k.init.init_rows_kernel[grid](ids, ns, self._ns_keys, dst, out, n, self._dim, a, b, c, KIND=kind,
                                            BLOCK_N=_BLOCK_N, BLOCK_D=block_d, enable_fp_fusion=False)
 
+    @table_op
     def initial_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
         self.check_ns(ns)
         if ids.dtype != torch.int64:
@@ -285,6 +291,7 @@ class TritonTable(LookupOps):
         self._drop(ns, ids[order[:k]].contiguous())
         self._stats["evictions"] += k
 
+    @table_op
     def evict_ttl(self, ttl_steps: int) -> int:
         guard, evicted = self._protected_from(), 0
         for ns in range(self.num_namespaces):
@@ -308,12 +315,14 @@ class TritonTable(LookupOps):
         return self._drop(ns, uniq)
 
     # ---- state ----
+    @table_op
     def export_ns(self, ns: int):
         self.check_ns(ns)
         ids, rws = self.map.live(ns)
         r = self.rows
         return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
 
+    @table_op
     def import_ns(self, ns: int, ids: torch.Tensor, rows: torch.Tensor, slots=None, counts=None, last_seen=None):
         self.check_ns(ns)
         n = ids.numel()
@@ -336,6 +345,7 @@ class TritonTable(LookupOps):
         if has_slots:
             r.slots[where] = slots.to(dev, torch.float32)
 
+    @table_op
     def clear(self) -> None:
         self.map.clear()
         self.rows.clear()
