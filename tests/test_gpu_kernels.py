@@ -142,7 +142,7 @@ def _ec_pair(combiner, missing="zeros", device="cpu", **kw):
 
 
 def _kjt(gen, keys=("u0", "x", "u1", "i0"), batch_size=4, weighted=False):
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    KeyedJaggedTensor = pytest.importorskip("torchrec.sparse.jagged_tensor").KeyedJaggedTensor
 
     values, offsets, weights = batch(gen, n_bags=len(keys) * batch_size)
     return KeyedJaggedTensor(keys=list(keys), values=values, offsets=offsets, weights=weights if weighted else None)
