@@ -132,7 +132,7 @@ class EmbBag(Contestant):
         self.opt_name = opt_name
         self.key = f"embbag_{opt_name.lower()}"
         self.label = f"torch.nn.EmbeddingBag(sum, sparse=True) + {opt_name}"
-        self.optimizer = "SGD" if opt_name == "SGD" else "Adagrad (elementwise)"
+        self.optimizer = {"SGD": "SGD", "SparseAdam": "Adam (lazy, sparse)"}.get(opt_name, "Adagrad (elementwise)")
 
     def build(self):
         wl = self.wl
@@ -140,6 +140,8 @@ class EmbBag(Contestant):
                                          include_last_offset=True, device=self.device)
         if self.opt_name == "SGD":
             self.opt = torch.optim.SGD(self.emb.parameters(), lr=LR)
+        elif self.opt_name == "SparseAdam":
+            self.opt = torch.optim.SparseAdam(self.emb.parameters(), lr=LR)
         else:
             self.opt = torch.optim.Adagrad(self.emb.parameters(), lr=LR, eps=EPS)
 

@@ -7,7 +7,7 @@ setups follow the project's CPU baseline study (BENCHMARKS.md):
 * recis ``EmbeddingCollection`` (one logical table per feature, merged by recis into one physical
   table, fused row-wise Adagrad); it gets the raw 63-bit ids, so hashing is included;
 * ``torch.nn.EmbeddingBag(mode="sum", sparse=True)`` + ``torch.optim.SGD`` / ``torch.optim.Adagrad``
-  on pre-mapped rows of one shared table;
+  (and ``torch.optim.SparseAdam`` on CUDA) on pre-mapped rows of one shared table;
 * fbgemm CPU TBE, one table per feature, fused EXACT_ROWWISE_ADAGRAD, pre-mapped rows;
 * torchrec ``DistributedModelParallel(EmbeddingBagCollection)`` on a 1-rank gloo group (the planner
   picks the fused TBE kernel), one table per feature, fused row-wise Adagrad, pre-mapped rows.
@@ -17,6 +17,11 @@ cross-checks recis against ``nn.EmbeddingBag`` (forward) and against TBE (one ro
 
     python benchmarks/embedding_step.py --quick
     python benchmarks/embedding_step.py --json results.json
+    python benchmarks/embedding_step.py --device cuda --skip-scaling   # recis tables on the GPU (Triton)
+
+With ``--device cuda`` recis' tables live in GPU memory (Triton kernels, recis.gpu), and the run
+also measures the device's copy bandwidth, the pooled forward's bandwidth and the id map's find
+and insert rates on large batches, and checks the GPU targets (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout wit
     sys.path.insert(1, os.path.dirname(_HERE))
 from _contestants import (EPS, LR, TBE, EmbBag, Recis, Skip, TorchrecDMP, _kjt, _reason,  # noqa: E402
                           make_tbe)
+from _device_rates import copy_bandwidth, forward_bandwidth, large_find_rate, large_insert_rate  # noqa: E402
 from _workload import Probe, Workload  # noqa: E402
 
 TIMED_PER_ROUND = 3
@@ -304,6 +310,63 @@ def recis_memory(rc: Recis):
     return res
 
 
+def _gpu_bandwidth(out, wl, device, recis_c):
+    out["copy_bytes_per_s"] = copy = copy_bandwidth(device)
+    print(f"- device copy bandwidth (1 GiB tensor.copy_, read + write): {copy / 1e9:.0f} GB/s")
+    if recis_c is not None:
+        out["forward"] = fb = forward_bandwidth(recis_c.ec, recis_c.inputs[0], device)
+        print(f"- recis pooled forward, {fb['values']:,} values x dim {wl.dim} (rows read + output written): "
+              f"pooling kernel {fb['pool_ms']:.3f} ms = {fb['pool_bytes_per_s'] / 1e9:.0f} GB/s "
+              f"({fb['pool_bytes_per_s'] / copy:.0%} of copy); whole eval lookup with dedup, hashing and find "
+              f"{fb['lookup_ms']:.3f} ms = {fb['lookup_bytes_per_s'] / 1e9:.0f} GB/s")
+
+
+def _gpu_idmap(out, wl, device):
+    from recis.nn import HashEmbedding, Zeros
+    ids = torch.from_numpy(wl.ids.reshape(-1).copy()).to(device)
+    emb = HashEmbedding(wl.dim, initializer=Zeros(), device=device)
+    emb.table.find_or_insert(ids)
+    out["find"] = f = large_find_rate(emb.table, ids, device)
+    print(f"- recis id map find: {f['find_ids_per_s'] / 1e9:.2f} B ids/s ({f['find_ids']:,} present ids, "
+          f"load {f['load']:.2f}, {f['map_slots']:,} slots, all found: {f['all_present']})")
+    del emb
+    out["insert"] = ins = large_insert_rate(lambda: HashEmbedding(wl.dim, initializer=Zeros(), device=device).table,
+                                            ids, device)
+    print(f"- recis id map insert of {ins['insert_ids']:,} fresh ids (one find_or_insert, Zeros rows): "
+          f"{ins['insert_ids_per_s'] / 1e6:.0f} M ids/s with growth, "
+          f"{ins['insert_reserved_ids_per_s'] / 1e6:.0f} M ids/s into a reserve()d table")
+
+
+def gpu_section(wl, batches, device, recis_c, res, B):
+    """Copy vs pooled-forward bandwidth, large-batch id map rates and the GPU targets (docs/gpu.md)."""
+    out = {"device_name": torch.cuda.get_device_name(device)}
+    print(f"\n## GPU ({out['device_name']})\n")
+    for key, part in (("bandwidth", lambda: _gpu_bandwidth(out, wl, device, recis_c)),
+                      ("idmap", lambda: _gpu_idmap(out, wl, device))):
+        try:
+            part()
+        except Exception as e:  # noqa: BLE001 - one failing measurement must not stop the others
+            out[f"{key}_error"] = _reason(e)
+            print(f"- {key}: failed: {_reason(e)}")
+            traceback.print_exc()
+    targets = {}
+    step = res.get("recis", {}).get("median_ms")
+    bag = res.get("embbag_adagrad", {}).get("median_ms")
+    if step and bag:
+        targets["step_vs_embbag_adagrad"] = {"ratio": bag / step, "target": 3.0, "ok": bag / step >= 3.0}
+    if "find" in out:
+        f = out["find"]["find_ids_per_s"]
+        targets["find_ids_per_s"] = {"value": f, "target": 1e9, "ok": f >= 1e9 and out["find"]["load"] <= 0.5}
+    if "forward" in out and "copy_bytes_per_s" in out:
+        r = out["forward"]["pool_bytes_per_s"] / out["copy_bytes_per_s"]
+        targets["forward_share_of_copy"] = {"ratio": r, "target": 0.5, "ok": r >= 0.5}
+    out["targets"] = targets
+    print("\nGPU targets: " + "; ".join(
+        f"{k} {v.get('ratio', v.get('value')):.3g} (target {v['target']:g}): {'PASS' if v['ok'] else 'FAIL'}"
+        for k, v in targets.items()))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -488,6 +551,8 @@ def main(argv=None):
     log("building contestants")
     order = [Recis(wl, device), EmbBag(wl, device, "SGD"), EmbBag(wl, device, "Adagrad"),
              TBE(wl, device), TorchrecDMP(wl, device)]
+    if device.type == "cuda":
+        order.insert(3, EmbBag(wl, device, "SparseAdam"))
     if args.only:
         keep = set(args.only.split(","))
         order = [c for c in order if c.key in keep]
@@ -524,6 +589,8 @@ def main(argv=None):
               "kernels stall when a core is taken, so treat those rows as unreliable (see --wait-idle).")
     results["main"] = {c.key: {"label": c.label, "optimizer": c.optimizer, "idmap": c.idmap,
                                **(res.get(c.key) or {"skipped": skipped.get(c.key)})} for c in order}
+    if device.type == "cuda":
+        results["gpu"] = gpu_section(wl, batches, device, recis_c, res, args.batch)
 
     # ---- id map rates and memory ----
     print()

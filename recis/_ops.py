@@ -1,4 +1,8 @@
-"""The single place that loads recis._C and gives each torch op its fake (meta) kernel."""
+"""The single place that loads recis._C, gives each torch op its fake (meta) kernel and picks the
+backend of each table op: C++ (torch.ops.recis) or Triton (recis.gpu) by the table's handle."""
+import itertools
+import weakref
+
 import torch
 
 from recis import _C  # noqa: F401  (registers torch.ops.recis.*)
@@ -8,6 +12,29 @@ OPTIM_KINDS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "adamw":
 INIT_KINDS = {"constant": 0, "uniform": 1, "normal": 2, "truncated_normal": 3}
 
 ops = torch.ops.recis
+
+# Tables of the Triton backend (recis.gpu.TritonTable) under negative handles; C++ handles are > 0.
+_TRITON_TABLES: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_triton_handles = itertools.count(-1, -1)
+
+
+def register_triton_table(table) -> int:
+    """Gives a TritonTable its handle (negative, never reused)."""
+    handle = next(_triton_handles)
+    table.handle = handle
+    _TRITON_TABLES[handle] = table
+    return handle
+
+
+def table_ops(handle: int):
+    """What implements the table ops of `handle`: torch.ops.recis for a C++ table, else the
+    TritonTable, whose methods take the same arguments as the ops."""
+    if handle > 0:
+        return ops
+    table = _TRITON_TABLES.get(handle)
+    if table is None:
+        raise ValueError(f"recis: unknown table handle {handle}")
+    return table
 
 
 @torch.library.register_fake("recis::lookup_forward")

@@ -24,7 +24,7 @@ from recis.nn.functional import check_jagged
 from recis.nn.hash_table import EvictionArg, HashTable, TableGroup, split_eviction
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission
-from recis.nn.table_state import groups_repr, load_groups, save_groups
+from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
 
 
 @dataclass
@@ -73,9 +73,11 @@ class EmbeddingCollection(nn.Module):
     """Takes a torchrec KeyedJaggedTensor; returns a torchrec KeyedTensor of pooled features
     (or, with `output="dict"` or unpooled tables, a dict of tensors / JaggedTensors).
     Output keys follow the table groups, then the tables and features in config order.
-    Features of the input that no table names are ignored."""
+    Features of the input that no table names are ignored. The tables live on `device` and move
+    with the module (`.to(device)`, `.cuda()`); `backend` picks C++ or Triton kernels (TableGroup)."""
 
-    def __init__(self, tables: Sequence[TableConfig], output: str = "keyed"):
+    def __init__(self, tables: Sequence[TableConfig], output: str = "keyed", device=None,
+                 backend: Optional[str] = None):
         super().__init__()
         if output not in ("keyed", "dict"):
             raise ValueError(f"output must be 'keyed' or 'dict', got {output!r}")
@@ -100,7 +102,8 @@ class EmbeddingCollection(nn.Module):
         for configs in by_key.values():
             c0 = configs[0]
             group = TableGroup(c0.embedding_dim, [c.name for c in configs], [c.seed for c in configs],
-                               c0.initializer, c0.admission, c0.eviction, c0.capacity, c0.missing, c0.dtype)
+                               c0.initializer, c0.admission, c0.eviction, c0.capacity, c0.missing, c0.dtype,
+                               device=device, backend=backend)
             feats = [(f, ns) for ns, c in enumerate(configs) for f in c.feature_names]
             cols = [(f, ns, i * c0.embedding_dim) for i, (f, ns) in enumerate(feats)]
             self.groups.append(group)
@@ -126,7 +129,7 @@ class EmbeddingCollection(nn.Module):
             raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
         batch = features.stride()
         offsets = features.offsets()
-        values = check_jagged(features.values(), offsets, features.weights_or_none(), torch.device("cpu"),
+        values = check_jagged(features.values(), offsets, features.weights_or_none(), self.groups[0].device,
                               "EmbeddingCollection")
         weights = features.weights_or_none()
         pooled, unpooled = [], {}
@@ -160,6 +163,11 @@ class EmbeddingCollection(nn.Module):
         for f, (out, start, end, i) in unpooled.items():
             result[f] = JaggedTensor(values=out[start:end], lengths=lengths[i * batch:(i + 1) * batch])
         return {f: result[f] for f in self.feature_names()}
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        move_groups(self.groups, fn)
+        return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -4,7 +4,7 @@ from typing import List, Optional
 
 import torch
 
-from recis._ops import ops
+from recis._ops import table_ops
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
@@ -67,8 +67,9 @@ class _HashLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
                 combiner):
-        out, unique_rows, inverse = ops.lookup_forward(token, handle, values, offsets, weights, feature_ns, batch,
-                                                       col_offsets, out_cols, combiner, LOOKUP_TRAIN_WITH_GRAD)
+        out, unique_rows, inverse = table_ops(handle).lookup_forward(
+            token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
+            LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
         ctx.token, ctx.handle = token, handle
         ctx.args = (feature_ns, batch, col_offsets, combiner)
@@ -86,8 +87,8 @@ class _HashLookup(torch.autograd.Function):
             group.fused_optimizer().fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                                                    batch, col_offsets, combiner)
         else:
-            ops.lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
-                                batch, col_offsets, combiner)
+            table_ops(ctx.handle).lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows,
+                                                  inverse, feature_ns, batch, col_offsets, combiner)
         return (None,) * 11
 
 
@@ -100,6 +101,6 @@ def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Opt
                                       batch, col_offsets, out_cols, combiner)
         return out
     mode = LOOKUP_TRAIN if train else LOOKUP_EVAL
-    out, _, _ = ops.lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
-                                   col_offsets, out_cols, combiner, mode)
+    out, _, _ = table_ops(group.handle).lookup_forward(group.token, group.handle, values, offsets, weights,
+                                                       feature_ns, batch, col_offsets, out_cols, combiner, mode)
     return out

@@ -1,5 +1,6 @@
-"""Hash tables: `TableGroup` is one physical table (rows + optimizer slots in C++), shared by
-one or more logical `HashTable`s, each with its own 64-bit id space.
+"""Hash tables: `TableGroup` is one physical table (rows + optimizer slots), shared by one or
+more logical `HashTable`s, each with its own 64-bit id space. On the CPU the table lives in C++;
+on CUDA in device memory, run by Triton kernels (recis.gpu); `TableGroup.to(device)` moves it.
 
 >>> group = TableGroup(4, names=["user"], seeds=[7])
 >>> table = group.tables[0]
@@ -7,13 +8,14 @@ one or more logical `HashTable`s, each with its own 64-bit id space.
 >>> len(table), bool(rows[0] == rows[2])
 (2, True)
 """
+import os
 import weakref
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 from recis import _C
-from recis._ops import COMBINERS, INIT_KINDS, ops, _table_dims
+from recis._ops import COMBINERS, INIT_KINDS, _table_dims, register_triton_table, table_ops
 from recis.nn.functional import _FUSED_GROUPS, LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
@@ -21,6 +23,31 @@ from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
 MISSING_MODES = {"zeros": 0, "init": 1}
 STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")
+BACKENDS = ("auto", "cpp", "triton")
+BACKEND_ENV = "RECIS_TABLE_BACKEND"
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """"cpp" or "triton" for a table on `device`: "auto" (the default, or $RECIS_TABLE_BACKEND)
+    is C++ on the CPU and Triton on CUDA; "triton" on the CPU runs the Triton kernels in
+    Triton's interpreter (slow: meant for tests and kernel development)."""
+    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"recis tables live on cpu or cuda devices, got {device}")
+    if backend == "auto":
+        return "cpp" if device.type == "cpu" else "triton"
+    if backend == "cpp" and device.type != "cpu":
+        raise ValueError(f"the C++ table backend runs on the cpu only, got device {device}")
+    return backend
+
+
+def _device(device) -> torch.device:
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def split_eviction(eviction: EvictionArg):
@@ -47,7 +74,8 @@ class TableGroup:
 
     def __init__(self, embedding_dim: int, names: Sequence[str], seeds: Sequence[int], initializer=None,
                  admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
-                 capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32):
+                 capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32,
+                 device=None, backend: Optional[str] = None):
         if not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
         if dtype != torch.float32:
@@ -60,24 +88,19 @@ class TableGroup:
             raise TypeError(f"admission must be a FrequencyAdmission or None, got {admission!r}")
         self.embedding_dim = embedding_dim
         self.initializer = resolve_initializer(initializer)
-        kind, a, b, c = self.initializer.spec(embedding_dim)
-        self._impl = _C.HashTable(embedding_dim, [int(s) & (2**64 - 1) for s in seeds], INIT_KINDS[kind], a, b, c)
-        self.handle = self._impl.handle
-        _table_dims[self.handle] = embedding_dim
-        weakref.finalize(self, _table_dims.pop, self.handle, None)
+        self._seeds = [int(s) & (2**64 - 1) for s in seeds]
         self.token = torch.zeros(1, dtype=torch.int64)
-        # Leaf tensor that ties the table into autograd and into torch.optim param groups.
-        self.anchor = torch.empty(0, requires_grad=True)
-        self.ttl, lfu = split_eviction(eviction)
-        self.capacity = resolve_capacity(capacity, lfu)
+        self.ttl, self._lfu = split_eviction(eviction)
+        self.capacity = resolve_capacity(capacity, self._lfu)
         self.admission = admission
         self.missing = missing
-        if admission is not None:
-            self._impl.set_admission(admission.min_count, admission.sketch_width, admission.sketch_depth)
-        self._impl.set_missing(MISSING_MODES[missing])
-        if self.capacity is not None:
-            for ns in range(len(names)):
-                self._impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
+        self.device = _device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self._slot_init: Sequence[float] = []
+        self._stats_base = {"inserts": 0, "evictions": 0, "not_admitted": 0}
+        self._impl = self._new_impl(self.device, self.backend)
+        # Leaf tensor that ties the table into autograd and into torch.optim param groups.
+        self.anchor = torch.empty(0, requires_grad=True, device=self.device)
         self.slot_kind: Optional[str] = None
         self._fused = False
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
@@ -87,9 +110,64 @@ class TableGroup:
                             initializer=self.initializer, admission=admission, eviction=eviction,
                             capacity=capacity, missing=missing, dtype=dtype)
 
+    def _new_impl(self, device: torch.device, backend: str):
+        """A configured, empty table of this group's config on `device`."""
+        kind, a, b, c = self.initializer.spec(self.embedding_dim)
+        if backend == "cpp":
+            impl = _C.HashTable(self.embedding_dim, self._seeds, INIT_KINDS[kind], a, b, c)
+            handle = impl.handle
+        else:
+            from recis.gpu import TritonTable
+
+            impl = TritonTable(self.embedding_dim, self._seeds, INIT_KINDS[kind], a, b, c, device=device)
+            handle = register_triton_table(impl)
+        _table_dims[handle] = self.embedding_dim
+        weakref.finalize(self, _table_dims.pop, handle, None)
+        self.handle = handle
+        if self.admission is not None:
+            impl.set_admission(self.admission.min_count, self.admission.sketch_width, self.admission.sketch_depth)
+        impl.set_missing(MISSING_MODES[self.missing])
+        if self.capacity is not None:
+            lfu = self._lfu
+            for ns in range(len(self._seeds)):
+                impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
+        return impl
+
+    def to(self, device=None, backend: Optional[str] = None) -> "TableGroup":
+        """Moves the table (rows, slots, metadata, step, admission sketch) to `device`, or to
+        another backend; the optimizer attached stays attached. Gradients waiting for the
+        optimizer's step() must be applied or dropped first. Returns self."""
+        device = _device(device if device is not None else self.device)
+        backend = resolve_backend(backend if backend is not None else
+                                  ("auto" if device.type != self.device.type else self.backend), device)
+        if device == self.device and backend == self.backend:
+            return self
+        if self.pending_rows():
+            raise RuntimeError(f"tables {self.names}: {self.pending_rows()} rows hold gradients for the sparse "
+                               "optimizer; call its step() or zero_grad() before moving the tables")
+        old, old_handle = self._impl, self.handle
+        impl = self._new_impl(device, backend)
+        if old.slot_width or self.slot_kind is not None:
+            impl.set_slots(old.slot_width, list(self._slot_init) or [0.0] * old.slot_width, True)
+        impl.set_step(old.get_step())
+        if self.admission is not None:
+            impl.set_sketch(old.get_sketch().to(device))
+        for ns in range(len(self._seeds)):
+            ids, rows, slots, counts, last = (t.to(device) for t in old.export_ns(ns))
+            impl.import_ns(ns, ids, rows, slots, counts, last)
+        for k, v in old.stats().items():
+            self._stats_base[k] += v
+        self._impl, self.device, self.backend = impl, device, backend
+        _table_dims.pop(old_handle, None)
+        self.anchor.data = self.anchor.data.to(device)
+        if _FUSED_GROUPS.get(old_handle) is self:
+            del _FUSED_GROUPS[old_handle]
+            _FUSED_GROUPS[self.handle] = self
+        return self
+
     def __deepcopy__(self, memo):
         """A detached copy with the same rows, slots and metadata (no optimizer attached)."""
-        copy = TableGroup(**self._config)
+        copy = TableGroup(**self._config, device=self.device, backend=self.backend)
         memo[id(self)] = copy
         if self.slot_kind is not None:
             copy.reserve_slots(self.slot_kind, self._impl.slot_width)
@@ -110,6 +188,7 @@ class TableGroup:
             raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
                              "a table takes one sparse optimizer")
         self._impl.set_slots(len(slot_init), [float(v) for v in slot_init], self.slot_kind != kind)
+        self._slot_init = [float(v) for v in slot_init]
         self.slot_kind = kind
         self._optimizer = weakref.ref(optimizer)
         self._fused = fused
@@ -122,6 +201,7 @@ class TableGroup:
         """Lays out slots for a `kind` optimizer that is not attached yet (state is loaded next);
         the optimizer created afterwards keeps them."""
         self._impl.set_slots(width, [0.0] * width, True)
+        self._slot_init = [0.0] * width
         self.slot_kind = kind
 
     def fused_optimizer(self):
@@ -164,7 +244,8 @@ class TableGroup:
         return self._impl.memory_bytes()
 
     def stats(self) -> Dict[str, int]:
-        return dict(self._impl.stats(), live=len(self), step=self.step)
+        stats = {k: v + self._stats_base.get(k, 0) for k, v in self._impl.stats().items()}
+        return dict(stats, live=len(self), step=self.step)
 
     @property
     def config(self) -> Dict:
@@ -191,7 +272,7 @@ class TableGroup:
         if "sketch" in state:
             if self.admission is None:
                 raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")
-            self._impl.set_sketch(state["sketch"])
+            self._impl.set_sketch(state["sketch"].to(self.device))
 
 
 class HashTable:
@@ -224,31 +305,33 @@ class HashTable:
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""
-        return ops.find(self.group.handle, self.ns, _ids(ids))
+        return table_ops(self.group.handle).find(self.group.handle, self.ns, self._ids(ids))
 
     def find_or_insert(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, inserting missing ids (no admission; capacity rules apply)."""
-        return ops.find_or_insert(self.group.token, self.group.handle, self.ns, _ids(ids))
+        return table_ops(self.group.handle).find_or_insert(self.group.token, self.group.handle, self.ns,
+                                                           self._ids(ids))
 
     def erase(self, ids: torch.Tensor) -> int:
-        return ops.erase(self.group.token, self.group.handle, self.ns, _ids(ids))
+        return table_ops(self.group.handle).erase(self.group.token, self.group.handle, self.ns, self._ids(ids))
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """Embeddings of the given rows ([n, dim]); -1 gives zeros."""
-        return ops.gather(self.group.handle, _ids(rows))
+        return table_ops(self.group.handle).gather(self.group.handle, self._ids(rows))
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of `ids` without inserting: zeros (or initial values, per `missing`) if absent.
         The same kernel as an eval-mode forward with no pooling; nothing in the table changes."""
-        ids = _ids(ids)
-        offsets = torch.tensor([0, ids.numel()], dtype=torch.int64)
-        out, _, _ = ops.lookup_forward(self.group.token, self.group.handle, ids, offsets, None, [self.ns], 1, [0],
-                                       self.embedding_dim, COMBINERS[None], LOOKUP_EVAL)
+        ids = self._ids(ids)
+        offsets = torch.tensor([0, ids.numel()], dtype=torch.int64, device=ids.device)
+        out, _, _ = table_ops(self.group.handle).lookup_forward(self.group.token, self.group.handle, ids, offsets,
+                                                                None, [self.ns], 1, [0], self.embedding_dim,
+                                                                COMBINERS[None], LOOKUP_EVAL)
         return out
 
     def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The deterministic initial rows of `ids` (what a fresh insert would get)."""
-        return self.group._impl.initial_rows(self.ns, _ids(ids))
+        return self.group._impl.initial_rows(self.ns, self._ids(ids))
 
     def export(self) -> Dict[str, torch.Tensor]:
         """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id."""
@@ -263,13 +346,14 @@ class HashTable:
         if slots is not None and slots.numel() > 0 and slots.shape[1] != self.group._impl.slot_width:
             raise ValueError(f"table {self.name!r}: state has {slots.shape[1]} optimizer slots per row, the table "
                              f"has {self.group._impl.slot_width}; create the same sparse optimizer before loading")
-        self.group._impl.import_ns(self.ns, _ids(state["ids"]), state["rows"].to(torch.float32), slots,
-                                   state.get("counts"), state.get("last_seen"))
+        dev = self.group.device
+        opt = [t.to(dev) if t is not None else None for t in (slots, state.get("counts"), state.get("last_seen"))]
+        self.group._impl.import_ns(self.ns, self._ids(state["ids"]), state["rows"].to(dev, torch.float32), *opt)
 
     def clear(self) -> None:
         """Erases every id of this table."""
         self.erase(self.export()["ids"])
 
-
-def _ids(t) -> torch.Tensor:
-    return as_ids(t, "HashTable").reshape(-1)
+    def _ids(self, t) -> torch.Tensor:
+        """int64 ids on the table's device (these calls are not the hot path: inputs are moved)."""
+        return as_ids(t, "HashTable").reshape(-1).to(self.group.device)

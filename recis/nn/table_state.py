@@ -56,5 +56,14 @@ def _adopt_slot_layout(group: TableGroup, saved_kind, state_dict: Dict, prefix: 
     group.reserve_slots(saved_kind, state_dict[f"{prefix}{group.tables[0].name}.slots"].shape[1])
 
 
+def move_groups(groups: Iterable[TableGroup], fn) -> None:
+    """Moves the groups to where nn.Module._apply's `fn` sends tensors (.to(device), .cuda(),
+    .cpu()); dtype casts leave them alone (tables store float32)."""
+    for group in groups:
+        target = fn(torch.empty(0, device=group.device)).device
+        if target != group.device:
+            group.to(target)
+
+
 def groups_repr(groups: Iterable[TableGroup]) -> str:
     return ", ".join(f"{'+'.join(g.names)}(dim={g.embedding_dim}, live={len(g)})" for g in groups)

@@ -1,0 +1,44 @@
+"""64-bit mixing in Triton, bit for bit the functions of csrc/common/hashing.h."""
+import triton
+import triton.language as tl
+
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+@triton.jit
+def mix64(x):
+    """splitmix64 finalizer on uint64 values (wrapping arithmetic, logical shifts)."""
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9
+    x ^= x >> 27
+    x *= 0x94D049BB133111EB
+    x ^= x >> 31
+    return x
+
+
+@triton.jit
+def hash_id(ids, ns):
+    """hash_id(id, ns) = mix64(id + golden * (ns + 1)) as uint64; ids int64, ns int32/int64."""
+    u = ids.to(tl.uint64, bitcast=True)
+    k = (ns.to(tl.int64) + 1).to(tl.uint64, bitcast=True)
+    return mix64(u + k * 0x9E3779B97F4A7C15)
+
+
+@triton.jit
+def reduce_range32(h, n):
+    """floor(h * n / 2^64) for uint64 h and n < 2^32 (Lemire's reduction without 128-bit ints):
+    exact, since hi * n + (lo * n >> 32) cannot overflow 64 bits."""
+    n64 = h * 0 + n  # n may arrive as a constexpr (Triton specializes an argument of 1)
+    hi = h >> 32
+    lo = h & 0xFFFFFFFF
+    return (hi * n64 + ((lo * n64) >> 32)) >> 32
+
+
+@triton.jit
+def hash_partition_kernel(ids_ptr, ns_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """out[i] = hash_id(ids[i], ns[i]) as int64 (the dedup order uses its top 3 bits)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    ids = tl.load(ids_ptr + offs, mask=m, other=0)
+    ns = tl.load(ns_ptr + offs, mask=m, other=0)
+    tl.store(out_ptr + offs, hash_id(ids, ns).to(tl.int64, bitcast=True), mask=m)

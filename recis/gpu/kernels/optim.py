@@ -1,0 +1,99 @@
+"""Fused sparse optimizer updates: one pass reads a row, its slots and its gradient and writes
+the row and slots back. The formulas are csrc/optim/sparse_update.cc's, operation for operation
+(IEEE division and square root; launch with `enable_fp_fusion=False`), so results are equal
+to the CPU's bit for bit. FTRL with lr_power != -0.5 computes n^p as exp2(p * log2(n)), which
+can differ from the C library's powf in the last bits.
+
+Kinds (KIND) and hyperparameters h0..h4, prepared on the host as the C++ prepares them:
+  0 SGD              h = [lr, weight_decay]
+  1 Adagrad          h = [lr / (1 + (step - 1) * lr_decay), weight_decay, eps]
+  2 row-wise Adagrad h = [lr, weight_decay, eps]
+  3 Adam / 4 AdamW   h = [lr, beta1, beta2, eps, weight_decay, lr / bc1, 1 / sqrt(bc2)]
+  5 FTRL             h = [alpha, beta, l1, l2, p = -lr_power, 0^p]
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _root(n, p, root0, SQRT: tl.constexpr):
+    """n^p (root0 = 0^p, from the host)."""
+    if SQRT:
+        return tl.sqrt_rn(n)
+    else:
+        return tl.where(n > 0, tl.exp2(p * tl.log2(tl.maximum(n, n * 0.0 + 1e-38))), n * 0.0 + root0)
+
+
+@triton.jit
+def sparse_update_kernel(emb_ptr, slots_ptr, rows_ptr, grads_ptr, finite_ptr, n, dim, width,
+                         h0, h1, h2, h3, h4, h5, h6, KIND: tl.constexpr, SQRT: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Applies grads[i] to row rows[i] for i < n with rows[i] >= 0 and finite[i] != 0.
+    Rows must be distinct (the caller dedups them)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    mc = cols < dim
+    mi = i < n
+    row = tl.load(rows_ptr + i, mask=mi, other=-1)
+    act = mi & (row >= 0) & (tl.load(finite_ptr + i, mask=mi, other=0) != 0)
+    r = tl.where(act, row, 0)
+    m2 = act[:, None] & mc[None, :]
+    wp = emb_ptr + r[:, None] * dim + cols[None, :]
+    w = tl.load(wp, mask=m2, other=0.0)
+    # Scalars enter through tensors: scalar-only arithmetic would run in double in the interpreter.
+    one = tl.full([BLOCK_R, BLOCK_D], 1.0, tl.float32)
+    g = tl.load(grads_ptr + i[:, None] * dim + cols[None, :], mask=m2, other=0.0)
+    if KIND == 0:
+        w = w - h0 * (g + h1 * w)
+    elif KIND == 1:
+        sp = slots_ptr + r[:, None] * width + cols[None, :]
+        s = tl.load(sp, mask=m2, other=0.0)
+        gj = g + h1 * w
+        s = s + gj * gj
+        w = w - tl.math.div_rn(h0 * gj, tl.sqrt_rn(s) + h2)
+        tl.store(sp, s, mask=m2)
+    elif KIND == 2:
+        # The sum of squares runs column by column, in the C++ order (a tree sum rounds otherwise).
+        sq = tl.full([BLOCK_R], 0, tl.float32)
+        for j in range(0, BLOCK_D):  # columns past dim add 0 * 0
+            mj = act & (j < dim)
+            gc = tl.load(grads_ptr + i * dim + j, mask=mj, other=0.0)
+            if h1 != 0.0:
+                gc = gc + h1 * tl.load(emb_ptr + r * dim + j, mask=mj, other=0.0)
+            sq = sq + gc * gc
+        acc = tl.load(slots_ptr + r * width, mask=act, other=0.0)
+        acc = acc + tl.math.div_rn(sq, tl.full([BLOCK_R], 0, tl.float32) + dim)
+        tl.store(slots_ptr + r * width, acc, mask=act)
+        mult = tl.math.div_rn(tl.full([BLOCK_R], 0, tl.float32) + h0, tl.sqrt_rn(acc) + h2)
+        if h1 != 0.0:
+            w = w - mult[:, None] * (g + h1 * w)
+        else:
+            w = w - mult[:, None] * g
+    elif KIND == 3 or KIND == 4:
+        mp = slots_ptr + r[:, None] * width + cols[None, :]
+        m = tl.load(mp, mask=m2, other=0.0)
+        v = tl.load(mp + dim, mask=m2, other=0.0)
+        if KIND == 4:
+            w = w * (one - (one * h0) * h4)
+            gj = g
+        else:
+            gj = g + h4 * w
+        m = h1 * m + (one - h1) * gj
+        v = h2 * v + (one - h2) * gj * gj
+        w = w - tl.math.div_rn(h5 * m, tl.sqrt_rn(v) * h6 + h3)
+        tl.store(mp, m, mask=m2)
+        tl.store(mp + dim, v, mask=m2)
+    else:
+        zp = slots_ptr + r[:, None] * width + cols[None, :]
+        z = tl.load(zp, mask=m2, other=0.0)
+        nn = tl.load(zp + dim, mask=m2, other=0.0)
+        n_new = nn + g * g
+        root_new = _root(n_new, h4, h5, SQRT)
+        sigma = tl.math.div_rn(root_new - _root(nn, h4, h5, SQRT), tl.full([BLOCK_R, BLOCK_D], 0, tl.float32) + h0)
+        z = z + (g - sigma * w)
+        sign = tl.where(z > 0.0, one, -one)
+        den = tl.math.div_rn(h1 + root_new, tl.full([BLOCK_R, BLOCK_D], 0, tl.float32) + h0) + h3
+        w = tl.where(tl.abs(z) <= h2, 0.0, -tl.math.div_rn(z - sign * h2, den))
+        tl.store(zp, z, mask=m2)
+        tl.store(zp + dim, n_new, mask=m2)
+    tl.store(wp, w, mask=m2)

@@ -1,0 +1,361 @@
+"""TritonTable: the GPU backend of a TableGroup, with the interface of the C++ recis._C.HashTable
+(sizes, slots, policies, state export/import) plus the table ops of torch.ops.recis
+(recis.gpu.lookup). Same semantics as the C++ table: ids -> rows, initial values,
+admission, TTL/LFU eviction and the gradient window."""
+import math
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from recis.datasets._counter_rng import mix_int
+from recis.gpu._flavors import flavor
+from recis.gpu.dedup import dedup_keys, first_seen_unique
+from recis.gpu.id_map import DeviceIdMap
+from recis.gpu.lookup import LookupOps, table_op
+from recis.gpu.rows import UINT32_MAX, DeviceRows
+
+_SEED_SALT = 0x243F6A8885A308D3
+_BLOCK_N = 32
+MAX_SKETCH_WIDTH = 2**32 - 1
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+class TritonTable(LookupOps):
+    """One physical table in device memory (`device` may be "cpu": the kernels then run in
+    Triton's interpreter, which is how the tests check them against the C++ table)."""
+
+    def __init__(self, dim: int, seeds: Sequence[int], init_kind: int, a: float, b: float, c: float,
+                 device="cuda"):
+        if dim <= 0:
+            raise ValueError(f"embedding_dim must be positive, got {dim}")
+        if not seeds:
+            raise ValueError("a table needs at least one namespace")
+        self.device = torch.device(device)
+        self.k = flavor(self.device)
+        self._dim = int(dim)
+        self._seeds = [int(s) & (2**64 - 1) for s in seeds]
+        self._init = (int(init_kind), _f32(a), _f32(b), _f32(c))
+        self._ns_keys = torch.tensor([_signed(mix_int(s ^ _SEED_SALT)) for s in self._seeds], dtype=torch.int64,
+                                     device=self.device)
+        n = len(self._seeds)
+        self.map = DeviceIdMap(n, self.device)
+        self.rows = DeviceRows(self._dim, self.device)
+        self._capacity: List[int] = [0] * n
+        self._policy: List[int] = [0] * n
+        self._evict_fraction: List[float] = [0.0] * n
+        self._min_count = 0
+        self._sketch: Optional[torch.Tensor] = None
+        self._sketch_shape = (0, 0)
+        self._missing = 0
+        self._step = 0
+        self._window_open, self._window_start = False, 0
+        self._stats = {"inserts": 0, "evictions": 0, "not_admitted": 0}
+        self._pending: List[tuple] = []
+        self._lock = threading.RLock()
+        self.handle = 0  # set by the registry (recis._ops.register_triton_table)
+
+    # ---- accessors (as recis._C.HashTable) ----
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def slot_width(self) -> int:
+        return self.rows.width
+
+    @property
+    def num_namespaces(self) -> int:
+        return len(self._seeds)
+
+    def check_ns(self, ns: int) -> None:
+        if not 0 <= ns < self.num_namespaces:
+            raise IndexError(f"namespace {ns} out of range for a table with {self.num_namespaces}")
+
+    def size(self, ns: int) -> int:
+        self.check_ns(ns)
+        return self.map.sizes[ns]
+
+    def map_capacity(self, ns: int) -> int:
+        self.check_ns(ns)
+        return self.map.cap
+
+    def map_bytes(self, ns: int) -> int:
+        """This namespace's share of the group's one map (by live ids)."""
+        total = self.map.size
+        return self.map.memory_bytes() * self.map.sizes[ns] // total if total else 0
+
+    def memory_bytes(self) -> int:
+        sketch = self._sketch.numel() * 4 if self._sketch is not None else 0
+        return self.map.memory_bytes() + self.rows.memory_bytes() + sketch
+
+    def row_bytes(self) -> int:
+        return self.rows.row_bytes()
+
+    def get_step(self) -> int:
+        return self._step
+
+    def set_step(self, s: int) -> None:
+        self._step = int(s)
+
+    def pending_rows(self) -> int:
+        return sum(int(p[0].numel()) for p in self._pending)
+
+    def stats(self) -> Dict[str, int]:
+        return dict(self._stats)
+
+    # ---- configuration ----
+    @table_op
+    def set_slots(self, width: int, init: Sequence[float], reset: bool) -> None:
+        if len(init) != width:
+            raise ValueError(f"slot init has {len(init)} values, expected {width}")
+        same = width == self.rows.width
+        self.rows.relayout(width, [_f32(v) for v in init])
+        if same and width > 0 and reset:
+            for ns in range(self.num_namespaces):
+                self.rows.reset_slots(self.map.live(ns)[1])
+
+    def set_admission(self, min_count: int, width: int, depth: int) -> None:
+        if not 1 <= depth <= 8:
+            raise ValueError(f"sketch depth must be in [1, 8], got {depth}")
+        if min_count > 1 and not 1 <= width <= MAX_SKETCH_WIDTH:
+            raise ValueError(f"GPU admission sketch width must be in [1, 2^32 - 1], got {width}")
+        self._min_count = int(min_count)
+        if min_count > 1:
+            self._sketch = torch.zeros(width * depth, dtype=torch.int64, device=self.device)
+            self._sketch_shape = (int(width), int(depth))
+        else:
+            self._sketch, self._sketch_shape = None, (0, 0)
+
+    def set_capacity(self, ns: int, capacity: int, policy: int, evict_fraction: float) -> None:
+        self.check_ns(ns)
+        self._capacity[ns], self._policy[ns], self._evict_fraction[ns] = int(capacity), int(policy), evict_fraction
+
+    def set_missing(self, mode: int) -> None:
+        self._missing = int(mode)
+
+    @table_op
+    def reserve(self, ns: int, n: int) -> None:
+        self.check_ns(ns)
+        self.map.reserve(self.map.size + n)
+        self.rows.reserve(n)
+
+    @table_op
+    def get_sketch(self) -> torch.Tensor:
+        return self._sketch.clone() if self._sketch is not None else torch.empty(0, dtype=torch.int64)
+
+    @table_op
+    def set_sketch(self, v: torch.Tensor) -> None:
+        n = self._sketch.numel() if self._sketch is not None else 0
+        if v.numel() != n:
+            raise ValueError(f"admission sketch has {n} counters, the state holds {v.numel()}")
+        if n:
+            self._sketch.copy_(v.to(torch.int64).clamp(0, UINT32_MAX).reshape(-1))
+
+    # ---- initialization ----
+    def _fill_initial(self, ids: torch.Tensor, ns: torch.Tensor, dst: torch.Tensor, out: torch.Tensor) -> None:
+        """out[dst[i]] = initial row of (ns[i], ids[i])."""
+        n = ids.numel()
+        if n == 0:
+            return
+        kind, a, b, c = self._init
+        if kind == 1:
+            b = float(np.float32(b) - np.float32(a))  # the span, as the C++ computes it
+        block_d = min(64, triton_next_pow2(self._dim))
+        grid = (-(-n // _BLOCK_N), -(-self._dim // block_d))
+        self.k.init.init_rows_kernel[grid](ids, ns, self._ns_keys, dst, out, n, self._dim, a, b, c, KIND=kind,
+                                           BLOCK_N=_BLOCK_N, BLOCK_D=block_d, enable_fp_fusion=False)
+
+    @table_op
+    def initial_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
+        self.check_ns(ns)
+        if ids.dtype != torch.int64:
+            raise TypeError(f"ids must be int64, got {ids.dtype}")
+        ids = ids.to(self.device).contiguous()
+        out = torch.empty(ids.numel(), self._dim, device=self.device)
+        self._fill_initial(ids, self._ns_tensor(ns, ids.numel()), torch.arange(ids.numel(), device=self.device), out)
+        return out
+
+    def _ns_tensor(self, ns: int, n: int) -> torch.Tensor:
+        return torch.full((n,), ns, dtype=torch.int64, device=self.device)
+
+    # ---- resolve: ids -> rows, with admission, eviction and inserts ----
+    def _protected_from(self) -> int:
+        return min(self._window_start, self._step) if self._window_open else self._step
+
+    def open_grad_window(self) -> None:
+        if not self._window_open:
+            self._window_open, self._window_start = True, self._step
+
+    def close_grad_window(self) -> None:
+        self._window_open = False
+
+    def _sketch_op(self, ids, ns, add, sel=None) -> torch.Tensor:
+        n = ids.numel()
+        est = torch.empty(n, dtype=torch.int64, device=self.device)
+        if n:
+            width, depth = self._sketch_shape
+            self.k.sketch.sketch_kernel[(-(-n // 128),)](self._sketch, ids, ns, add, sel if sel is not None else add,
+                                                         est, n, width, DEPTH=depth, COMMIT=sel is not None,
+                                                         BLOCK=128)
+        return est
+
+    def resolve(self, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, train: bool,
+                admit_all: bool = False, touch_hits: bool = True) -> torch.Tensor:
+        """Rows of distinct keys (-1: no row), as HashTable::resolve in C++."""
+        bounded = any(self._capacity)
+        touch_now = train and touch_hits and not bounded
+        r = self.rows
+        rows = self.map.find(ids, ns, (r.counts, counts, r.last_seen, self._step) if touch_now else None)
+        if not train:
+            return rows
+        miss = rows < 0
+        gated = self._sketch is not None and not admit_all
+        if gated:
+            admit = miss & (self._sketch_op(ids, ns, counts) >= self._min_count)
+        else:
+            admit = miss
+        which = admit.nonzero().flatten()
+        incoming = torch.bincount(ns[which], minlength=self.num_namespaces).tolist() if which.numel() else \
+            [0] * self.num_namespaces
+        full = any(incoming[s] and self._capacity[s] and self.map.sizes[s] + incoming[s] > self._capacity[s]
+                   for s in range(self.num_namespaces))
+        if full:
+            hits = rows[rows >= 0]
+            for s in range(self.num_namespaces):
+                if incoming[s]:
+                    self._make_room(s, incoming[s], hits)
+        if touch_hits and not touch_now:
+            hit = rows >= 0
+            r.touch(rows[hit], counts[hit], self._step)
+        if gated and bool(miss.any()):
+            self._sketch_op(ids, ns, counts, miss.to(torch.int8))
+        self._insert_new(ns, ids, counts, which, incoming, rows)
+        if gated:  # without admission every miss got a row (or the batch was refused)
+            self._stats["not_admitted"] += int((rows < 0).sum())
+        return rows
+
+    def _insert_new(self, ns, ids, counts, which, incoming, rows) -> None:
+        k = which.numel()
+        if k == 0:
+            return
+        fresh = self.rows.allocate(k)
+        ids_n, ns_n = ids[which].contiguous(), ns[which].contiguous()
+        r = self.rows
+        r.counts[fresh] = counts[which]
+        r.last_seen[fresh] = self._step
+        self._fill_initial(ids_n, ns_n, fresh, r.emb)
+        r.reset_slots(fresh)
+        rows[which] = fresh
+        self.map.insert(ids_n, ns_n, fresh, incoming)
+        self._stats["inserts"] += k
+
+    def _drop(self, ns: int, ids: torch.Tensor) -> int:
+        """Erases distinct ids of namespace ns; their rows go to the free list in id order."""
+        freed = self.map.erase(ids, self._ns_tensor(ns, ids.numel()))
+        freed = freed[freed >= 0]
+        self.map.note_erased(ns, freed.numel())
+        self.rows.release(freed)
+        return freed.numel()
+
+    def _make_room(self, ns: int, incoming: int, keep: torch.Tensor) -> None:
+        cap = self._capacity[ns]
+        size = self.map.sizes[ns]
+        if cap == 0 or size + incoming <= cap:
+            return
+        need = size + incoming - cap
+        if self._policy[ns] == 0:
+            raise RuntimeError(f"recis: table capacity reached: namespace {ns} holds {size} of {cap} rows and "
+                               f"{incoming} new ids arrived; configure an eviction policy or raise the capacity "
+                               "(no row was overwritten)")
+        ids, rws = self.map.live(ns)
+        last = self.rows.last_seen[rws]
+        cand = (last < self._protected_from()) & ~torch.isin(rws, keep)
+        ids, rws, last = ids[cand], rws[cand], last[cand]
+        if ids.numel() < need:
+            raise RuntimeError(f"recis: table capacity {cap} (namespace {ns}) cannot hold the {incoming} new ids of "
+                               f"one batch: only {ids.numel()} rows are old enough to evict")
+        k = min(max(need, math.ceil(self._evict_fraction[ns] * cap)), ids.numel())
+        # Least frequent first, then least recent, then smallest id: stable sorts, last key first.
+        order = torch.argsort(ids, stable=True)
+        order = order[torch.argsort(last[order], stable=True)]
+        order = order[torch.argsort(self.rows.counts[rws][order], stable=True)]
+        self._drop(ns, ids[order[:k]].contiguous())
+        self._stats["evictions"] += k
+
+    @table_op
+    def evict_ttl(self, ttl_steps: int) -> int:
+        guard, evicted = self._protected_from(), 0
+        for ns in range(self.num_namespaces):
+            ids, rws = self.map.live(ns)
+            last = self.rows.last_seen[rws]
+            old = (last < guard) & (self._step - last > ttl_steps)
+            evicted += self._drop(ns, ids[old].contiguous())
+        self._stats["evictions"] += evicted
+        return evicted
+
+    # ---- ids -> rows without a lookup ----
+    def find_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
+        return self.map.find(ids, self._ns_tensor(ns, ids.numel()))
+
+    def find_or_insert_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
+        uniq, uns, counts, inverse = dedup_keys(ids, self._ns_tensor(ns, ids.numel()))
+        return self.resolve(uns, uniq, counts, True, admit_all=True, touch_hits=False)[inverse]
+
+    def erase_ids(self, ns: int, ids: torch.Tensor) -> int:
+        uniq, _, _ = first_seen_unique(ids)
+        return self._drop(ns, uniq)
+
+    # ---- state ----
+    @table_op
+    def export_ns(self, ns: int):
+        self.check_ns(ns)
+        ids, rws = self.map.live(ns)
+        r = self.rows
+        return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
+
+    @table_op
+    def import_ns(self, ns: int, ids: torch.Tensor, rows: torch.Tensor, slots=None, counts=None, last_seen=None):
+        self.check_ns(ns)
+        n = ids.numel()
+        if ids.dtype != torch.int64:
+            raise TypeError(f"import: ids must be int64, got {ids.dtype}")
+        if rows.dtype != torch.float32:
+            raise TypeError(f"import: rows must be float32, got {rows.dtype}")
+        if rows.dim() != 2 or rows.shape[0] != n or rows.shape[1] != self._dim:
+            raise ValueError(f"import: rows must be [{n}, {self._dim}], got {list(rows.shape)}")
+        has_slots = slots is not None and slots.numel() > 0
+        if has_slots and (slots.dim() != 2 or slots.shape[0] != n or slots.shape[1] != self.slot_width):
+            raise ValueError(f"import: slots must be [{n}, {self.slot_width}], got {list(slots.shape)}")
+        dev = self.device
+        where = self.find_or_insert_rows(ns, ids.to(dev).contiguous())
+        r = self.rows
+        r.counts[where] = counts.to(dev, torch.int64).clamp(0, UINT32_MAX) if counts is not None else 0
+        r.last_seen[where] = last_seen.to(dev, torch.int64).clamp(0, UINT32_MAX) if last_seen is not None \
+            else self._step
+        r.emb[where] = rows.to(dev)
+        if has_slots:
+            r.slots[where] = slots.to(dev, torch.float32)
+
+    @table_op
+    def clear(self) -> None:
+        self.map.clear()
+        self.rows.clear()
+        self._pending.clear()
+        if self._sketch is not None:
+            self._sketch.zero_()
+
+
+def triton_next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
