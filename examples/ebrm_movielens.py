@@ -23,20 +23,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def small_model(task) -> dict:
-    """A tiny random BERT with a word-list tokenizer over the task's words (no download)."""
-    from recis_relevance.entities import words
-
-    vocab = sorted({w for t in (task.train, task.test) for col in ("query", "item_text")
-                    for s in t[col].to_pylist() for w in words(s)}
-                   | {w for t in (task.train, task.test) for es in t["entities"].to_pylist() for e in es
-                      for w in words(e)} | {":", ",", "|", "(", ")", "-"})
-    return {"encoder": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
-                                   "num_attention_heads": 2, "intermediate_size": 64,
-                                   "vocab_size": len(vocab) + 8, "max_position_embeddings": 64}, "seed": 0},
-            "tokenizer": {"vocab": vocab}, "pooling": "cls"}
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny random BERT and a small task (tests)")
@@ -52,7 +38,7 @@ def main(argv=None) -> dict:
     from recis.run import Job, RunConfig
     from recis_relevance.evaluate import evaluate
     from recis_relevance.pretrain import pretrain_qe, qe_labels_from_logs, simulate_click_logs
-    from recis_relevance.task import build_task, movie_items
+    from recis_relevance.task import build_task, movie_items, tiny_encoder_options
     from recis_relevance.tower import EntityOverride
 
     out = Path(args.out)
@@ -70,7 +56,7 @@ def main(argv=None) -> dict:
     if args.epochs is not None:
         cfg.trainer.epochs = args.epochs
     if args.small:
-        cfg.model.args.update(small_model(task))
+        cfg.model.args.update(tiny_encoder_options(task))
         cfg.optim.dense["lr"] = 1e-3
     job = Job(cfg)
     tower = job.model

@@ -32,11 +32,13 @@ def accuracy(true: Sequence[int], pred: Sequence[int]) -> float:
 
 @torch.no_grad()
 def predict_grades(tower, engine, table: pa.Table, batch_size: int = 256) -> Dict[str, object]:
-    """Runs `tower` (eval mode) over `table` through `engine`: predicted grades, true grades, seconds."""
+    """Runs `tower` (eval mode) over `table` through `engine`: predicted grades (`pred`), true grades
+    (`true`), grade probabilities (`probs`, [N, grades]) and `seconds` of tower forward."""
     was = tower.training
     tower.eval()
     pred: List[int] = []
     true: List[int] = []
+    probs: List[torch.Tensor] = []
     seconds = 0.0
     try:
         for start in range(0, table.num_rows, batch_size):
@@ -45,10 +47,12 @@ def predict_grades(tower, engine, table: pa.Table, batch_size: int = 256) -> Dic
             out = tower(batch)
             seconds += time.perf_counter() - t0
             pred += [int(g) for g in out.outputs["grade"]]
+            probs.append(out.outputs["grade_probs"].detach().float().cpu())
             true += [int(round(float(x))) for x in batch.labels]
     finally:
         tower.train(was)
-    return {"pred": pred, "true": true, "seconds": seconds}
+    return {"pred": pred, "true": true, "seconds": seconds,
+            "probs": torch.cat(probs) if probs else torch.zeros(0, 0)}
 
 
 def evaluate(tower, engine, table: pa.Table, batch_size: int = 256, classes: Optional[Sequence[int]] = None

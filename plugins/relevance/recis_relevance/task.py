@@ -23,9 +23,10 @@ from typing import Dict, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recis_relevance.entities import EntityExtractor
+from recis_relevance.entities import EntityExtractor, words
 
-__all__ = ["grade", "query_text", "movie_items", "build_task", "RelevanceTask", "GAZETTEER", "extractor"]
+__all__ = ["grade", "query_text", "movie_items", "build_task", "RelevanceTask", "GAZETTEER", "extractor",
+           "feature_config", "tiny_encoder_options"]
 
 DECADES = (1930, 1940, 1950, 1960, 1970, 1980, 1990)
 NEAR = 2  # years outside the decade that still count as a partial match
@@ -148,3 +149,16 @@ def feature_config(sparse: bool = True) -> dict:
                   {"name": "entity_ids", "kind": "sparse", "column": "entities", "ops": [{"op": "hash"}]}]
     feats.append({"name": "label", "kind": "label", "column": "label"})
     return {"features": feats}
+
+
+def tiny_encoder_options(task: RelevanceTask, seed: int = 0) -> dict:
+    """Encoder options of a tiny random BERT (hidden 32, 2 layers) with a word-list tokenizer over
+    the task's words: a relevance tower on the task without any download (tests, `--small`)."""
+    vocab = sorted({w for t in (task.train, task.test) for col in ("query", "item_text")
+                    for s in t[col].to_pylist() for w in words(s)}
+                   | {w for t in (task.train, task.test) for es in t["entities"].to_pylist() for e in es
+                      for w in words(e)} | {":", ",", "|", "(", ")", "-"})
+    return {"encoder": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
+                                   "num_attention_heads": 2, "intermediate_size": 64,
+                                   "vocab_size": len(vocab) + 8, "max_position_embeddings": 64}, "seed": seed},
+            "tokenizer": {"vocab": vocab}, "pooling": "cls"}
