@@ -238,3 +238,24 @@ def pipelined_losses(pipeline: bool, steps: int, batch: int):
                       config=TrainerConfig(epochs=1, progress=False, log_every=1))
     trainer.fit(data)
     return losses, table_contents(model), waits
+
+
+def fsdp2_training(steps: int, batch: int):
+    """Rank body: sharded tables with the dense part under FSDP2 (fully_shard) instead of DDP."""
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(), verbose=False)
+    sparse = sparse_optimizer(model, "rowwise_adagrad", True)
+    wrap_dense(model, env, mode="fsdp2")
+    dense = torch.optim.Adam(model.parameters(), lr=0.01)
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    losses = []
+    for b in [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
+        dense.zero_grad()
+        loss.backward()
+        dense.step()
+        reported = loss.detach().clone()
+        env.all_reduce(reported)
+        losses.append(float(reported) / env.world_size)
+    return losses, table_contents(model)

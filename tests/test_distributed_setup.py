@@ -51,3 +51,12 @@ def test_pipelined_training_equals_unpipelined():
             assert torch.equal(a.value[1][name]["ids"], want["ids"])
             torch.testing.assert_close(a.value[1][name]["rows"], want["rows"], atol=1e-6, rtol=1e-6)
         assert len(a.value[2]) == 6
+
+
+@pytest.mark.slow
+def test_fsdp2_dense_trains_the_single_process_model():
+    results = run_local(w.fsdp2_training, 2, 4, 16, timeout_s=180)
+    model = w.make_model()
+    want = w.train_steps(model, [w.slice_batch(b, 0, 16) for b in w.global_batches(4, 16)])
+    for r in results:
+        assert r.value[0] == pytest.approx(want, abs=1e-5)

@@ -8,6 +8,7 @@
 """
 import hashlib
 import json
+from functools import partial
 from typing import Optional
 
 import torch
@@ -93,7 +94,21 @@ def wrap_dense(model: nn.Module, env: Optional[ShardingEnv] = None, mode: str = 
         return torch.nn.parallel.DistributedDataParallel(model, process_group=env.group)
     from torch.distributed.fsdp import fully_shard
 
+    sharded = set()
     for child in model.children():
         if any(p.requires_grad for p in child.parameters()) and not isinstance(child, EmbeddingCollection):
             fully_shard(child)
+            sharded.update(id(p) for p in child.parameters())
+    # The root's own parameters (a scalar bias, say, which fully_shard refuses) stay replicated:
+    # same start on every rank, gradients averaged as soon as they are accumulated.
+    for p in model.parameters():
+        if id(p) in sharded or not p.requires_grad:
+            continue
+        with torch.no_grad():
+            torch.distributed.broadcast(p.data, src=0, group=env.group)
+        p.register_post_accumulate_grad_hook(partial(_average_grad, env=env))
     return model
+
+
+def _average_grad(param: torch.Tensor, env: ShardingEnv) -> None:
+    env.all_reduce(param.grad, "replicated parameter gradients").div_(env.world_size)
