@@ -162,6 +162,7 @@ def run_torchrec(cfg) -> Outcome:
     if cfg.model.name != "deepfm" or sparse_spec.pop("name") != "rowwise_adagrad":
         raise ValueError(f"the torchrec twin is DeepFM with row-wise Adagrad, got model {cfg.model.name!r} and "
                          f"sparse optimizer {cfg.optim.sparse['name']!r}")
+    sparse_spec.pop("fused", None)  # the twin's TBE kernel is always fused
     unsupported = sorted(set(sparse_spec) - {"lr", "eps"})
     if unsupported or "lr" not in sparse_spec:
         raise ValueError(f"the torchrec twin takes optim.sparse lr (required) and eps, got {cfg.optim.sparse}")
