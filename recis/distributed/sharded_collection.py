@@ -25,7 +25,6 @@ from recis.distributed.env import ShardingEnv
 from recis.distributed.owner import owner_of, salt_of
 from recis.distributed.planner import REPLICATED, TABLE_WISE, ShardingPlan
 from recis.nn import EmbeddingCollection
-from recis.nn.functional import check_jagged
 from recis.nn.table_state import load_groups, save_groups
 
 _NS_BITS = 32
@@ -141,18 +140,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
 
     def input_dist(self, features) -> PendingLookup:
         """Dedups the batch and starts the ids exchange (asynchronously)."""
-        keys = features.keys()
-        if features.variable_stride_per_key():
-            raise ValueError("ShardedEmbeddingCollection does not take variable-batch (VBE) KeyedJaggedTensors")
-        index = {k: i for i, k in enumerate(keys)}
-        absent = [f for f in self.feature_names() if f not in index]
-        if absent:
-            raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
-        batch = features.stride()
-        offsets = features.offsets()
-        values = check_jagged(features.values(), offsets, features.weights_or_none(), torch.device("cpu"),
-                              "ShardedEmbeddingCollection")
-        weights = features.weights_or_none()
+        keys, index, batch, offsets, values, _ = self._checked_input(features, torch.device("cpu"))
         groups = []
         for _, cols, _ in self._plans:
             feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)

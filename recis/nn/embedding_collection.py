@@ -119,19 +119,22 @@ class EmbeddingCollection(nn.Module):
     def feature_names(self) -> List[str]:
         return [f for _, cols, _ in self._plans for f, _, _ in cols]
 
-    def forward(self, features):
+    def _checked_input(self, features, device: torch.device):
+        """(keys, key -> position, batch, offsets, int64 values, weights) of a checked KJT."""
+        what = type(self).__name__
         keys = features.keys()
         if features.variable_stride_per_key():
-            raise ValueError("EmbeddingCollection does not take variable-batch (VBE) KeyedJaggedTensors")
+            raise ValueError(f"{what} does not take variable-batch (VBE) KeyedJaggedTensors")
         index = {k: i for i, k in enumerate(keys)}
         absent = [f for f in self.feature_names() if f not in index]
         if absent:
             raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
-        batch = features.stride()
-        offsets = features.offsets()
-        values = check_jagged(features.values(), offsets, features.weights_or_none(), self.groups[0].device,
-                              "EmbeddingCollection")
-        weights = features.weights_or_none()
+        offsets, weights = features.offsets(), features.weights_or_none()
+        values = check_jagged(features.values(), offsets, weights, device, what)
+        return keys, index, features.stride(), offsets, values, weights
+
+    def forward(self, features):
+        keys, index, batch, offsets, values, weights = self._checked_input(features, self.groups[0].device)
         pooled, unpooled = [], {}
         for group, (combiner, cols, out_cols) in zip(self.groups, self._plans):
             feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)
