@@ -87,6 +87,10 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self.output, self.configs, self.groups = module.output, module.configs, module.groups
         self._plans, self._tables = module._plans, module._tables
         self.train(module.training)
+        on_device = [g.names for g in self.groups if g.device.type != "cpu"]
+        if on_device:
+            raise ValueError(f"tables {on_device} live on a GPU; sharded tables run on the CPU (gloo) for now: shard "
+                             "the model before moving it, and move only its dense part")
         self.env = env
         self.group_plans = [plan.for_table(g.tables[0].name) for g in self.groups]
         for g, p in zip(self.groups, self.group_plans):
@@ -326,6 +330,10 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                 base += m
         p.stats["rows_bytes"] = rows_bytes
         return out
+
+    def _apply(self, fn, recurse=True):
+        """Sharded tables stay on the CPU; moving the model moves its dense parts only."""
+        return nn.Module._apply(self, fn, recurse)
 
     # ---------------------------------------------------------------- state
     def _save_to_state_dict(self, destination, prefix, keep_vars):
