@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
 HERE = Path(__file__).resolve().parent
 
