@@ -1,5 +1,7 @@
 #include "ops/dedup.h"
 
+#include "common/small_work.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -81,8 +83,9 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
     }
   };
 
+  const int64_t grain = grain_for(n, kParts, 1);
   // 1. Bucket every value by key-hash partition (parallel over value chunks).
-  at::parallel_for(0, kParts, 1, [&](int64_t cb, int64_t ce) {
+  at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       for (int64_t p = 0; p < kParts; ++p) {
         ws.pos[c][p].clear(), ws.ids[c][p].clear(), ws.hashes[c][p].clear(), ws.ns[c][p].clear();
@@ -98,7 +101,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
     }
   });
   // 2. Each partition dedups its values in value order (parallel over partitions).
-  at::parallel_for(0, kParts, 1, [&](int64_t pb, int64_t pe) {
+  at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       DedupResult& part = ws.parts[p];
       part.ids.clear(), part.ns.clear(), part.counts.clear();
@@ -139,7 +142,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   out.ids.resize(base[kParts]);
   out.ns.resize(base[kParts]);
   out.counts.resize(base[kParts]);
-  at::parallel_for(0, kParts, 1, [&](int64_t pb, int64_t pe) {
+  at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       const DedupResult& part = ws.parts[p];
       std::copy(part.ids.begin(), part.ids.end(), out.ids.begin() + base[p]);
@@ -147,7 +150,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       std::copy(part.counts.begin(), part.counts.end(), out.counts.begin() + base[p]);
     }
   });
-  at::parallel_for(0, kParts, 1, [&](int64_t cb, int64_t ce) {
+  at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c)
       for (int64_t p = 0; p < kParts; ++p) {
         const std::vector<int64_t>& pos = ws.pos[c][p];

@@ -1,5 +1,7 @@
 #include "ops/pooling.h"
 
+#include "common/small_work.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -85,7 +87,7 @@ struct BackwardWorkspace {
 void pooled_forward(const BagLayout& L, const float* const* rows, const int32_t* inverse, int64_t dim, float* out) {
   if (L.combiner == Combiner::kNone) {
     const int64_t n = L.offsets[L.num_bags];
-    at::parallel_for(0, n, 512, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, grain_for(n, n, 512), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         if (inverse[i] < 0) continue;
         if (i + kPrefetchAhead < e && inverse[i + kPrefetchAhead] >= 0)
@@ -99,7 +101,7 @@ void pooled_forward(const BagLayout& L, const float* const* rows, const int32_t*
     return;
   }
   dispatch_dim(dim, [&](auto d) {
-    at::parallel_for(0, L.num_bags, 256,
+    at::parallel_for(0, L.num_bags, grain_for(L.offsets[L.num_bags], L.num_bags, 256),
                      [&](int64_t kb, int64_t ke) { pool_bags<decltype(d)::value>(L, rows, inverse, dim, out, kb, ke); });
   });
 }
@@ -174,7 +176,7 @@ void unique_row_grads(const BagLayout& L, const float* grad_out, const int32_t* 
                       int64_t n_unique, int64_t dim, float* grads, uint8_t* finite) {
   const BackwardWorkspace& ws = build_csr(L, inverse, n_values, n_unique, dim);
   dispatch_dim(dim, [&](auto d) {
-    at::parallel_for(0, n_unique, 64, [&](int64_t ub, int64_t ue) {
+    at::parallel_for(0, n_unique, grain_for(n_values, n_unique, 64), [&](int64_t ub, int64_t ue) {
       for (int64_t u = ub; u < ue; ++u)
         finite[u] = grad_one<decltype(d)::value>(ws.csr.data(), ws.src.data(), ws.scale.data(), grad_out, dim, u,
                                                  ws.csr[ue], grads + u * dim);
@@ -188,7 +190,7 @@ void for_each_unique_grad(const BagLayout& L, const float* grad_out, const int32
   const BackwardWorkspace& ws = build_csr(L, inverse, n_values, n_unique, dim);
   constexpr int64_t kRowsAhead = 4;
   dispatch_dim(dim, [&](auto d) {
-    at::parallel_for(0, n_unique, 64, [&](int64_t ub, int64_t ue) {
+    at::parallel_for(0, n_unique, grain_for(n_values, n_unique, 64), [&](int64_t ub, int64_t ue) {
       std::vector<float> buf(dim);
       for (int64_t u = ub; u < std::min(ue, ub + kRowsAhead); ++u) prefetch(u);
       for (int64_t u = ub; u < ue; ++u) {
