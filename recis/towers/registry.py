@@ -10,7 +10,7 @@ in-process (tests, notebooks).
 
 >>> class Nothing(Tower):
 ...     def forward(self, batch):
-...         raise NotImplementedError
+...         return batch.dense.sum(1)   # logits, as a CTR model returns
 >>> register_tower("nothing_doctest", Nothing)
 >>> load_tower("nothing_doctest") is Nothing, "nothing_doctest" in available_towers()
 (True, True)

@@ -1,6 +1,7 @@
 """The baselines EBRM is compared with: a plain cross-encoder on (query, item text) and a
 bi-encoder (query and item encoded apart, a head over [u, v, |u - v|, u * v]). Both classify
 the grade directly (softmax over `grades`)."""
+import abc
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Union
 
@@ -32,7 +33,7 @@ class TextPairConfig(EncoderConfig):
         return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
 
 
-class _TextPairTower(Tower):
+class _TextPairTower(Tower, abc.ABC):
     def __init__(self, config: Optional[TextPairConfig] = None, **options):
         super().__init__()
         if config is None:
@@ -53,8 +54,9 @@ class _TextPairTower(Tower):
                                  f"pass-through features are {list(features.passthrough)}")
         return cls(cfg)
 
+    @abc.abstractmethod
     def grade_logits(self, queries, items) -> torch.Tensor:
-        raise NotImplementedError
+        """[B, grades] logits of each (query, item text) pair."""
 
     def forward(self, batch) -> TowerOutput:
         queries = text_column(batch, self.config.query_column)
