@@ -53,12 +53,12 @@ def sparse_optimizer(model, kind: str, fused: bool):
 
 
 def train_steps(model, batches, kind: str = "rowwise_adagrad", fused: bool = True,
-                env: Optional[ShardingEnv] = None, optimizers=None) -> List[float]:
+                env: Optional[ShardingEnv] = None, optimizers=None, dense_mode: str = "ddp") -> List[float]:
     """Trains one step per batch; returns the global mean loss of each step. `optimizers`:
-    (sparse, dense) to continue with, else fresh ones."""
+    (sparse, dense) to continue with, else fresh ones (made after the dense part is wrapped)."""
     env = env or ShardingEnv()
+    dense_model = wrap_dense(model, env, mode=dense_mode)
     sparse, dense = optimizers or make_optimizers(model, kind, fused)
-    dense_model = wrap_dense(model, env)
     losses = []
     for b in batches:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(dense_model(b), b.labels)
@@ -244,18 +244,8 @@ def fsdp2_training(steps: int, batch: int):
     """Rank body: sharded tables with the dense part under FSDP2 (fully_shard) instead of DDP."""
     env = ShardingEnv.current()
     model = shard(make_model(), env, Planner(), verbose=False)
-    sparse = sparse_optimizer(model, "rowwise_adagrad", True)
-    wrap_dense(model, env, mode="fsdp2")
-    dense = torch.optim.Adam(model.parameters(), lr=0.01)
     per_rank = batch // env.world_size
     lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
-    losses = []
-    for b in [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
-        dense.zero_grad()
-        loss.backward()
-        dense.step()
-        reported = loss.detach().clone()
-        env.all_reduce(reported)
-        losses.append(float(reported) / env.world_size)
+    losses = train_steps(model, [slice_batch(b, lo, hi) for b in global_batches(steps, batch)], env=env,
+                         dense_mode="fsdp2")
     return losses, table_contents(model)

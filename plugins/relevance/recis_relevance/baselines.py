@@ -2,8 +2,8 @@
 bi-encoder (query and item encoded apart, a head over [u, v, |u - v|, u * v]). Both classify
 the grade directly (softmax over `grades`)."""
 import abc
-from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional, Union
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -28,9 +28,6 @@ class TextPairConfig(EncoderConfig):
     def __post_init__(self):
         super().__post_init__()
         self.grade_spec = GradeSpec(self.grades, self.label_base, self.relevant_grade)
-
-    def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
 
 
 class _TextPairTower(Tower, abc.ABC):

@@ -4,7 +4,7 @@ its parameter groups (full fine-tuning, frozen, or LoRA), and graded labels.
 Labels are grades `label_base .. label_base + grades - 1` (e.g. 1..4); the metrics' probability
 is P(grade >= relevant_grade).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -47,6 +47,10 @@ class EncoderConfig:
         unknown = sorted(set(self.lora) - {"rank", "alpha", "targets", "dropout"})
         if unknown:
             raise ValueError(f"lora: unknown key(s) {unknown} (known: alpha, dropout, rank, targets)")
+
+    def encoder_config(self) -> "EncoderConfig":
+        """The encoder options alone (of a subclass's config that carries more)."""
+        return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
 
 
 class TextEncoder(nn.Module):

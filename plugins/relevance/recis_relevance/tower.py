@@ -17,7 +17,7 @@ the QE weights change (optimizer steps, checkpoint loads). [I]-marked choices
 of the method notes (heads, t-norm, weights, slots) are options of `EBRMConfig`.
 """
 import contextlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,11 +36,9 @@ __all__ = ["EBRMConfig", "EBRMTower", "EntityOverride", "RuleOverride"]
 
 
 @dataclass
-class EBRMConfig:
+class EBRMConfig(EncoderConfig):
     """Options of the EBRM tower (the encoder's are those of `EncoderConfig`)."""
 
-    encoder: Union[str, Dict[str, Any]]
-    tokenizer: Union[str, Dict[str, Any], None] = None
     query_column: str = "query"
     entities_column: str = "entities"
     grades: int = 2
@@ -53,15 +51,9 @@ class EBRMConfig:
     sparse_features: List[str] = field(default_factory=list)
     sparse_dim: int = 8
     sparse_weight: float = 1.0
-    pooling: str = "cls"
-    max_length: int = 48
-    dropout: float = 0.1
-    freeze: str = "none"
-    lora: Dict[str, Any] = field(default_factory=lambda: {"rank": 8, "alpha": 16.0, "targets": ["query", "value"]})
-    encoder_lr: Optional[float] = None
-    head_lr: Optional[float] = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_tnorm(self.tnorm)
         for t, w in self.type_weights.items():
             if not isinstance(w, (int, float)) or not 0 <= w <= 1:
@@ -71,10 +63,6 @@ class EBRMConfig:
         if self.sparse_dim < 1:
             raise ValueError(f"sparse_dim must be >= 1, got {self.sparse_dim}")
         self.grade_spec = GradeSpec(self.grades, self.label_base, self.relevant_grade)
-
-    def encoder_config(self) -> EncoderConfig:
-        names = {f.name for f in fields(EncoderConfig)}
-        return EncoderConfig(**{k: getattr(self, k) for k in names})
 
 
 @dataclass(frozen=True)
