@@ -249,3 +249,42 @@ def fsdp2_training(steps: int, batch: int):
     losses = train_steps(model, [slice_batch(b, lo, hi) for b in global_batches(steps, batch)], env=env,
                          dense_mode="fsdp2")
     return losses, table_contents(model)
+
+
+# ---- row ownership (test_owner_hash) ----------------------------------------------------------
+def owner_tables(seed_a: int, seed_b: int):
+    """Two tables of one table group (same dim and options), with different seeds."""
+    from recis.nn import TableConfig
+
+    return [TableConfig("a", 4, seed=seed_a), TableConfig("b", 4, seed=seed_b)]
+
+
+def owner_batch(rank: int) -> Dict[str, List[int]]:
+    """Rank `rank`'s ids per feature (one id per example): int64 extremes, ids both ranks send, and
+    ids only this rank sends."""
+    shared = [0, -1, 1, -(2 ** 63), 2 ** 63 - 1, 123456789012345, -77]
+    own = [rank * 1000 + k * 7919 for k in range(12)] + [(rank + 1) * (1 << 50) + k for k in range(5)]
+    return {"a": shared + own, "b": list(reversed(own)) + shared}
+
+
+def owner_kjt(batch: Dict[str, List[int]]) -> KeyedJaggedTensor:
+    n = len(batch["a"])
+    return KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor(batch["a"] + batch["b"], dtype=torch.int64),
+                                               torch.ones(2 * n, dtype=torch.int64))
+
+
+def owner_placement(seed_a: int, seed_b: int, preloaded: List[int]):
+    """Rank body: fills an unsharded collection with `preloaded` ids, shards it row-wise (each rank
+    keeps what it owns), then runs one training forward on this rank's batch. Returns the ids each
+    table holds after sharding and after the forward, and the forward's output per feature."""
+    from recis.nn import EmbeddingCollection
+
+    env = ShardingEnv.current()
+    ec = EmbeddingCollection(owner_tables(seed_a, seed_b), output="dict")
+    for t in ec.tables().values():
+        t.find_or_insert(torch.tensor(preloaded, dtype=torch.int64))
+    model = shard(ec, env, Planner(overrides={"a": "row_wise"}), verbose=False)
+    held = lambda: {n: sorted(t.export()["ids"].tolist()) for n, t in model.tables().items()}  # noqa: E731
+    before = held()
+    out = model(owner_kjt(owner_batch(env.rank)))
+    return before, held(), {k: v.detach().clone() for k, v in out.items()}
