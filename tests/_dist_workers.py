@@ -288,3 +288,35 @@ def owner_placement(seed_a: int, seed_b: int, preloaded: List[int]):
     before = held()
     out = model(owner_kjt(owner_batch(env.rank)))
     return before, held(), {k: v.detach().clone() for k, v in out.items()}
+
+
+# ---- replicated tables (test_distributed_replicated) ------------------------------------------
+def replicated_batch(rank: int):
+    """(ids, bag lengths, loss coefficients [B, dim]) of rank `rank`: bags of 0-3 ids with repeats,
+    some ids seen by both ranks and some by one rank only."""
+    g = torch.Generator().manual_seed(100 + rank)
+    lengths = torch.tensor([1, 3, 0, 2, 2, 1], dtype=torch.int64)
+    ids = torch.randint(0, 6, (int(lengths.sum()),), generator=g) * 1009 + torch.randint(0, 2, (1,), generator=g)
+    ids[0] = 424242 + rank  # an id only this rank sends
+    return ids, lengths, torch.randn(lengths.numel(), 4, generator=g)
+
+
+def replicated_sgd_step(lr: float):
+    """Rank body: a replicated (combiner "mean") table trained one plain-SGD step on this rank's batch
+    with loss sum(pooled * coefficients), deferred and fused; returns each table's (ids, rows)."""
+    from recis.nn import EmbeddingCollection, TableConfig
+    from recis.optim import SparseSGD
+
+    env = ShardingEnv.current()
+    ids, lengths, coef = replicated_batch(env.rank)
+    out = {}
+    for fused in (False, True):
+        ec = EmbeddingCollection([TableConfig("r", 4, combiner="mean", seed=3)], output="dict")
+        model = shard(ec, env, Planner(overrides={"r": "replicated"}), verbose=False)
+        assert model.group_plans[0].sharding == "replicated"
+        opt = SparseSGD(model, lr=lr, fused=fused)
+        pooled = model(KeyedJaggedTensor.from_lengths_sync(["r"], ids, lengths))["r"]
+        (pooled * coef).sum().backward()
+        opt.step()
+        out[fused] = table_contents(model)["r"]
+    return out
