@@ -185,6 +185,28 @@ def test_gradient_accumulation_steps_the_schedulers_once_per_optimizer_step():
     assert trainer.sparse_scheduler.last_epoch == trainer.dense_scheduler.last_epoch == 4
 
 
+def test_an_epoch_ending_mid_accumulation_steps_on_what_it_accumulated(tmp_path):
+    """Five micro-batches per epoch with grad_accum_steps=2: each epoch's fifth micro-batch makes
+    a step of its own (its loss divided by 2, as Lightning and the HF Trainer do) instead of being
+    trained and dropped; the schedulers step with it, nothing is left pending after fit, and the
+    final checkpoint can be saved."""
+    batches = make_batches(5, seed=3)
+    trainer, snap = make_trainer(TrainerConfig(grad_accum_steps=2, epochs=2, log_every=1, progress=False),
+                                 checkpoint=CheckpointManager(tmp_path))
+    w0 = trainer.model.dense.weight.detach().squeeze(0).clone()
+    init = initial_rows_of(trainer)
+    trainer.fit(batches)
+    steps = windows(batches, 2, epochs=2)
+    assert [len(m) for m in steps] == [2, 2, 1, 2, 2, 1]
+    assert trainer.step == 6 and trainer.examples == 40
+    sparse, dense = lrs_used(snap, steps, 2, {}, w0, init)
+    assert sparse == pytest.approx([expected_sparse_lr(t) for t in range(6)], rel=1e-3)
+    assert dense == pytest.approx([expected_dense_lr(t) for t in range(6)], rel=1e-3)
+    check_trajectory(snap, reference(steps, 2, init, w0))
+    assert trainer.model.emb.group.pending_rows() == 0
+    assert trainer.save_checkpoint().name == "step-000000000006"
+
+
 @pytest.mark.parametrize("accum", [1, 2])
 def test_resume_mid_schedule_continues_the_schedule(tmp_path, accum):
     """Stop after step 3 (checkpointed), resume into a fresh trainer whose schedulers start over,

@@ -25,7 +25,8 @@ class Trainer:
 
     `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
     any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
-    per optimizer step. `metrics` maps names to metric objects with update(preds, labels[, groups]),
+    per optimizer step. With `grad_accum_steps` > 1 an epoch that ends mid-accumulation steps on
+    the micro-batches it has (each loss still divided by `grad_accum_steps`). `metrics` maps names to metric objects with update(preds, labels[, groups]),
     compute() and reset() (recis.metrics). Batches carry `.labels`, `.size` (or labels' length),
     and, for GAUC, the column `config.group_key` in `.extras`. A `checkpoint` manager gets the
     model, optimizers, schedulers, trainer state and the training data's resume state. Under
@@ -185,7 +186,7 @@ class Trainer:
     def _train_epoch(self, train: Iterable, eval_data) -> None:
         cfg = self.config
         self.model.train()
-        meter, micro, loss_sum, loss_n = Throughput(), 0, 0.0, 0
+        meter, micro, window = Throughput(), 0, [0.0, 0]  # window: loss sum and count since the last log
         self._zero_grad()
         skip, self._fast_forward = self._fast_forward, 0
         if not skip:
@@ -207,26 +208,33 @@ class Trainer:
                 continue
             (loss / cfg.grad_accum_steps).backward()
             micro += 1
-            loss_sum += float(loss.detach())
-            loss_n += 1
+            window[0] += float(loss.detach())
+            window[1] += 1
             meter.add(logits.numel())
             self.examples += logits.numel()
             if micro < cfg.grad_accum_steps:
                 continue
             micro = 0
-            self._optimizer_step()
-            logs: Dict[str, float] = {}
-            if self.step % cfg.log_every == 0:
-                logs = {"loss": loss_sum / loss_n, "examples_per_s": meter.read(), **self._lrs()}
-                loss_sum, loss_n = 0.0, 0
-            for h in self.hooks:
-                h.on_step_end(self, self.step, logs)
-            if cfg.eval_every and eval_data is not None and self.step % cfg.eval_every == 0:
-                self._run_eval(eval_data)
-            if cfg.checkpoint_every and self.checkpoint is not None and self.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint(train)
+            self._step(train, eval_data, meter, window)
             if self._done():
                 return
+        if micro:  # the epoch ended mid-accumulation: step on what it accumulated (as Lightning and HF do)
+            self._step(train, eval_data, meter, window)
+
+    def _step(self, train, eval_data, meter: Throughput, window: List[float]) -> None:
+        """One optimizer step, then the logs, hooks, evaluation and checkpoint that follow it."""
+        cfg = self.config
+        self._optimizer_step()
+        logs: Dict[str, float] = {}
+        if self.step % cfg.log_every == 0:
+            logs = {"loss": window[0] / window[1], "examples_per_s": meter.read(), **self._lrs()}
+            window[:] = [0.0, 0]
+        for h in self.hooks:
+            h.on_step_end(self, self.step, logs)
+        if cfg.eval_every and eval_data is not None and self.step % cfg.eval_every == 0:
+            self._run_eval(eval_data)
+        if cfg.checkpoint_every and self.checkpoint is not None and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint(train)
 
     def _forward(self, batch):
         """(logits [B] float, loss, metric targets) of one batch: a CTR model's logits with
