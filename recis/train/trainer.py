@@ -26,10 +26,11 @@ class Trainer:
     `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
     any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
     per optimizer step. With `grad_accum_steps` > 1 an epoch that ends mid-accumulation steps on
-    the micro-batches it has (each loss still divided by `grad_accum_steps`). `metrics` maps names to metric objects with update(preds, labels[, groups]),
-    compute() and reset() (recis.metrics). Batches carry `.labels`, `.size` (or labels' length),
-    and, for GAUC, the column `config.group_key` in `.extras`. A `checkpoint` manager gets the
-    model, optimizers, schedulers, trainer state and the training data's resume state. Under
+    the micro-batches it has (each loss still divided by `grad_accum_steps`). `metrics` maps names
+    to metric objects with update(preds, labels[, groups]), compute() and reset() (recis.metrics).
+    Batches carry `.labels`, `.size` (or labels' length), and, for GAUC, the column
+    `config.group_key` in `.extras`. A `checkpoint` manager gets the model, optimizers,
+    schedulers, trainer state and the training data's resume state. Under
     torch.distributed (`env`), ranks step in lockstep, metrics are reduced over ranks, and with
     `pipeline` the next batch's ids exchange overlaps the current step.
     """
