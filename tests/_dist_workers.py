@@ -320,3 +320,23 @@ def replicated_sgd_step(lr: float):
         opt.step()
         out[fused] = table_contents(model)["r"]
     return out
+
+
+def nonfinite_skip_run(steps: int, batch: int, bad_step: int, bad_rank: int):
+    """Rank body: the Trainer with on_nonfinite="skip" where only rank `bad_rank` sees a NaN in
+    its batch of step `bad_step`; returns (steps taken, batches skipped, dense parameters)."""
+    from recis.train import Trainer, TrainerConfig
+
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(), verbose=False)
+    sparse, dense = make_optimizers(model)
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    data = [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]
+    if env.rank == bad_rank:
+        data[bad_step].dense = data[bad_step].dense.clone()
+        data[bad_step].dense[0, 0] = float("nan")
+    trainer = Trainer(wrap_dense(model, env), sparse, dense,
+                      config=TrainerConfig(progress=False, on_nonfinite="skip"), env=env)
+    trainer.fit(data)
+    return trainer.step, trainer.skipped_nonfinite, {n: p.detach().clone() for n, p in model.named_parameters()}

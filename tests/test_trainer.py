@@ -95,6 +95,38 @@ def test_nan_loss_stops_with_the_step_number_and_updates_nothing():
     assert skip.step == 2 and skip.skipped_nonfinite == 1
 
 
+def test_a_skipped_nonfinite_batch_drops_only_itself_under_accumulation():
+    """With grad_accum_steps=2, a NaN batch between two good micro-batches is dropped alone: the
+    model equals one trained on the good batches only (the NaN batch repeats b0's ids, so the
+    tables hold the same ids either way)."""
+    good = make_batches(4)
+    bad = SimpleNamespace(sparse=good[0].sparse, dense=good[0].dense.clone(), labels=good[0].labels)
+    bad.dense[0, 0] = float("nan")
+    cfg = dict(progress=False, grad_accum_steps=2)
+    ref = make_trainer(TrainerConfig(**cfg), sparse_cls=SparseSGD, metrics=False)
+    ref.fit(good)
+    skip = make_trainer(TrainerConfig(on_nonfinite="skip", **cfg), sparse_cls=SparseSGD, metrics=False)
+    skip.fit([good[0], bad, good[1], good[2], good[3]])
+    assert skip.skipped_nonfinite == 1 and skip.step == ref.step == 2
+    assert skip.examples == ref.examples == 4 * 64
+    assert_same_model(ref.model, skip.model)
+
+
+@pytest.mark.slow
+def test_ranks_skip_a_nonfinite_batch_together():
+    """Only rank 1 sees a NaN at step 2: both ranks drop that step's batch (rank 0 must not wait in
+    the backward's collectives for a peer that skipped), take the same steps and stay in sync."""
+    from recis.distributed.local import run_local
+
+    import _dist_workers as w
+
+    results = run_local(w.nonfinite_skip_run, 2, 5, 32, 2, 1, collective_timeout_s=20, timeout_s=180)
+    (steps0, skipped0, params0), (steps1, skipped1, params1) = (r.value for r in results)
+    assert steps0 == steps1 == 4 and skipped0 == skipped1 == 1
+    for name, p in params0.items():
+        torch.testing.assert_close(p, params1[name], rtol=0, atol=0, msg=name)
+
+
 def test_max_steps_and_early_stopping():
     trainer = make_trainer(TrainerConfig(epochs=50, max_steps=7, progress=False), metrics=False)
     trainer.fit(make_batches())

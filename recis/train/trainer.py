@@ -1,6 +1,5 @@
 """Trainer: the training loop over a recis model, its sparse optimizer and any dense torch optimizer."""
 import contextlib
-import math
 import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -179,6 +178,16 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=_device_type(self.model), dtype=torch.bfloat16)
 
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: ranks skip (or stop) a batch together, so no
+        rank waits in a backward collective for a peer that dropped its batch."""
+        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)  # on the loss device (nccl: cuda)
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            self.env.all_reduce(flag, what="loss finiteness", op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def _zero_grad(self):
         for opt in (self.dense_optimizer, self.sparse_optimizer):
             if opt is not None:
@@ -198,14 +207,16 @@ class Trainer:
                 continue
             self.epoch_batches += 1
             logits, loss, _ = self._forward(batch)
-            if not torch.isfinite(loss):
+            if not self._finite_everywhere(loss):
                 if cfg.on_nonfinite == "raise":
                     self._zero_grad()
-                    raise NonFiniteLossError(f"loss is {float(loss)} at step {self.step + 1} (epoch {self.epoch}); "
+                    where = f"loss is {float(loss)}" if not torch.isfinite(loss) else \
+                        f"loss is finite on rank {self.env.rank} but not on a peer rank"
+                    raise NonFiniteLossError(f"{where} at step {self.step + 1} (epoch {self.epoch}); "
                                              "training stopped before any update, and no checkpoint was written")
+                # Only this batch is dropped (before its backward): the micro-batches accumulated
+                # so far keep their gradients and still make up this step.
                 self.skipped_nonfinite += 1
-                self._zero_grad()
-                micro = 0
                 continue
             (loss / cfg.grad_accum_steps).backward()
             micro += 1
