@@ -16,7 +16,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -64,21 +64,7 @@ def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, ba
     try:
         for p in procs:
             p.start()
-        deadline = time.monotonic() + timeout_s
-        pending = set(range(world_size))
-        while pending and time.monotonic() < deadline:
-            try:
-                rank, ok, value, error = results.get(timeout=0.2)
-                out[rank] = RankResult(rank, ok, pickle.loads(value) if ok else None, error)
-                pending.discard(rank)
-            except queue.Empty:
-                for r in list(pending):  # a rank that died without reporting
-                    if procs[r].exitcode is not None:
-                        out[r] = RankResult(r, False, error=f"rank {r} exited with code {procs[r].exitcode} "
-                                                            "without a result")
-                        pending.discard(r)
-        for r in pending:
-            out[r] = RankResult(r, False, error=f"rank {r} did not finish within {timeout_s:g} s")
+        out.update(_collect(procs, results, timeout_s))
     finally:
         for p in procs:
             if p.pid is None:  # never started
@@ -95,6 +81,43 @@ def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, ba
     if failed and raise_on_error:
         raise RuntimeError(f"rank {failed[0].rank} of {world_size} failed:\n{failed[0].error}")
     return ranked
+
+
+def _collect(procs, results, timeout_s: float) -> Dict[int, RankResult]:
+    """Each rank's result from the `results` queue, or why it has none (it exited without one, or
+    is still running at the deadline)."""
+    out: Dict[int, RankResult] = {}
+
+    def record(item) -> None:
+        rank, ok, value, error = item
+        out[rank] = RankResult(rank, ok, pickle.loads(value) if ok else None, error)
+        pending.discard(rank)
+
+    deadline = time.monotonic() + timeout_s
+    pending = set(range(len(procs)))
+    while pending and time.monotonic() < deadline:
+        try:
+            record(results.get(timeout=0.2))
+            continue
+        except queue.Empty:
+            pass
+        exited = [r for r in pending if procs[r].exitcode is not None]
+        if not exited:
+            continue
+        # A rank's result is in the queue's pipe before the rank exits, but it may have arrived
+        # after the get above timed out: read everything there before calling a rank silent.
+        while True:
+            try:
+                record(results.get_nowait())
+            except queue.Empty:
+                break
+        for r in exited:
+            if r in pending:
+                out[r] = RankResult(r, False, error=f"rank {r} exited with code {procs[r].exitcode} without a result")
+                pending.discard(r)
+    for r in pending:
+        out[r] = RankResult(r, False, error=f"rank {r} did not finish within {timeout_s:g} s")
+    return out
 
 
 def _rank_and_world():
