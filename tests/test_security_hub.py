@@ -118,7 +118,7 @@ HOSTILE_SPECS = [
     "pip:https://example.com/gt_model-1.0-py3-none-any.whl", "pip:gt-model @ https://example.com/x.whl",
     "pip:gt-model[extra]", "pip:gt-model; python_version > '3'", "pip:gt-model>=1.0", "pip:gt-model~=1.0",
     "pip:gt-model==1.*", "pip:gt-model==", "pip:", "pip: gt-model", "pip:gt-model ", "pip:-",
-    "pip:git+https://example.com/repo.git", "pip:file:///tmp/x.whl", "pip:gt-model.whl", "pip:dir/x.whl",
+    "pip:git+https://example.com/repo.git", "pip:file:///data/x.whl", "pip:gt-model.whl", "pip:dir/x.whl",
     "pip:./not-a-wheel.txt",
 ]
 
