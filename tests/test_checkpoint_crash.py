@@ -50,8 +50,8 @@ def stop_at(point: str, work: Path) -> None:
     elif point == "rename":
         real_rename = os.rename
 
-        def hang_before_commit(src, dst):
-            if Path(src).name.startswith(ckfiles.TMP_PREFIX + "step-"):
+        def hang_before_commit(src, dst):  # the commit renames TMP_PREFIX.../step-N to step-N
+            if Path(src).parent.name.startswith(ckfiles.TMP_PREFIX + "step-") and Path(dst).name == Path(src).name:
                 hang(work)
             real_rename(src, dst)
         os.rename = hang_before_commit

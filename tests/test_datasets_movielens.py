@@ -287,3 +287,18 @@ def test_ml1m_is_cached(ml1m, monkeypatch):
     monkeypatch.setattr(movielens, "_pip_download", lambda dest: pytest.fail("downloaded twice"))
     again = movielens.load("time")
     assert again == ml1m["time"]
+
+
+def test_movielens_split_parameters_cannot_point_the_cache_elsewhere(tmp_path):
+    """The seed is part of the cache path: a string seed could walk out of the cache (through a
+    split directory that exists) and hand back someone else's Parquet files."""
+    cache = tmp_path / "cache"
+    (cache / "movielens-1m" / movielens._FORMAT / "random-seed0-test0.1").mkdir(parents=True)
+    outside = tmp_path / "outside" / "x-test0.1"
+    outside.mkdir(parents=True)
+    for k in ("train", "test"):
+        pq.write_table(pa.table({"planted": [1]}), outside / f"{k}.parquet")
+    with pytest.raises(ValueError, match="seed must be a non-negative int, got '0-test0.1/"):
+        movielens.load("random", cache=cache, seed="0-test0.1/../../../../outside/x")
+    with pytest.raises(ValueError, match="test_fraction must be a number in"):
+        movielens.load("time", cache=cache, test_fraction="0.1/../x")

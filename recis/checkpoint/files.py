@@ -1,15 +1,24 @@
 """Atomic checkpoint directories and verified reads.
 
-A checkpoint is written into a temporary directory inside the checkpoint root; each file is
-fsynced and checksummed, the manifest is written last, the directory is fsynced and then
-renamed to its final name (and the root fsynced). A directory with a final name therefore
-always holds a complete checkpoint; a crash leaves at most a `.tmp-*` directory, which the
-next save removes. Files are read only through safetensors and json, after their checksum.
+A checkpoint is built inside a temporary directory of the checkpoint root,
+`.recis-tmp-<name>-<pid>-<random>/<name>/`, whose parent holds the marker file `.recis-tmp`
+(written first thing); each file is fsynced and checksummed, the manifest is written last, the
+directory is fsynced and then renamed out to its final name (and the root fsynced). A directory
+with a final name therefore always holds a complete checkpoint; a crash leaves at most a
+temporary directory, which the next save removes. Old checkpoints are deleted by moving them
+into such a temporary directory first. Cleanup removes only directories that have both the
+prefix and the marker (a regular file with recis' text): never a symbolic link, never a
+directory a user made (`.tmp-foo`, `.recis-tmp-foo` without the marker).
+
+Files are read only through safetensors and json, after their checksum, and only if they are
+regular files directly inside the checkpoint directory: a symbolic link (wherever it points), a
+FIFO or a device in a checkpoint is refused by name.
 """
 import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Dict
@@ -21,13 +30,16 @@ from safetensors.torch import load_file, save_file
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointNotFoundError
 
 MANIFEST = "manifest.json"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".recis-tmp-"
+TMP_MARKER = ".recis-tmp"
+_MARKER_TEXT = "recis checkpoint temporary directory: the next save into this root removes it\n"
 _CHUNK = 1 << 22
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW), "rb") as f:
         while True:
             block = f.read(_CHUNK)
             if not block:
@@ -92,12 +104,16 @@ class DirectoryWriter:
 
 class AtomicDirectory(DirectoryWriter):
     """`with AtomicDirectory(root, name) as d: d.write_tensors(...); d.commit(manifest)`; an
-    exception (or no commit) removes the temporary directory."""
+    exception (or no commit) removes the temporary directory.
+
+    The files go to `d.tmp` = `root/.recis-tmp-<name>-<pid>-<random>/<name>/`; commit renames
+    `d.tmp` to `root/<name>` and then removes its marked, empty parent."""
 
     def __init__(self, root: Path, name: str):
         self.root, self.name = Path(root), name
         self.final = self.root / name
-        super().__init__(self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.wrapper = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        super().__init__(self.wrapper / name)
 
     def __enter__(self) -> "AtomicDirectory":
         if self.final.exists():
@@ -105,12 +121,13 @@ class AtomicDirectory(DirectoryWriter):
         if not self.root.is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
             fsync_path(self.root.parent)
+        make_temporary(self.wrapper)
         self.tmp.mkdir()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.wrapper.exists():
+            remove_temporary(self.wrapper)
         return False
 
     def commit(self, manifest: Dict) -> Path:
@@ -124,6 +141,7 @@ class AtomicDirectory(DirectoryWriter):
             raise FileExistsError(f"checkpoint {self.final} appeared while saving; not replacing it")
         os.rename(self.tmp, self.final)
         fsync_path(self.root)
+        remove_temporary(self.wrapper)
         return self.final
 
 
@@ -132,21 +150,84 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def make_temporary(path: Path) -> Path:
+    """Creates the temporary directory `path` (named `.recis-tmp-...`) with its marker file
+    written first thing, so that a crash at any later point leaves something cleanup recognizes."""
+    if not path.name.startswith(TMP_PREFIX):
+        raise ValueError(f"a recis temporary directory's name starts with {TMP_PREFIX!r}, got {path.name!r}")
+    path.mkdir()
+    write_text(path / TMP_MARKER, _MARKER_TEXT)
+    fsync_path(path / TMP_MARKER)
+    return path
+
+
+def is_recis_temporary(path: Path) -> bool:
+    """True for a real directory (not a link) named `.recis-tmp-*` that holds recis' marker (a
+    regular file with recis' text): what recis created, and nothing a user made."""
+    if not path.name.startswith(TMP_PREFIX) or path.is_symlink() or not path.is_dir():
+        return False
+    marker = path / TMP_MARKER
+    try:
+        if not stat.S_ISREG(os.lstat(marker).st_mode):
+            return False
+        with os.fdopen(os.open(marker, os.O_RDONLY | _NOFOLLOW), "rb") as f:
+            return f.read(len(_MARKER_TEXT) + 1) == _MARKER_TEXT.encode()
+    except OSError:
+        return False
+
+
+def remove_temporary(path: Path) -> None:
+    """Removes a recis temporary directory: its content first and the marker last, so that an
+    interrupted removal still leaves a directory that cleanup recognizes."""
+    for p in path.iterdir():
+        if p.name == TMP_MARKER:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    try:
+        (path / TMP_MARKER).unlink()
+        path.rmdir()
+    except OSError:
+        pass  # an interrupted removal left something behind; the next cleanup retries
+
+
 def remove_tree(path: Path) -> None:
-    """Renames `path` to a temporary name first, so that a crash mid-delete never leaves a
-    half-deleted directory under its checkpoint name."""
-    trash = path.parent / f"{TMP_PREFIX}delete-{path.name}-{uuid.uuid4().hex[:8]}"
-    os.rename(path, trash)
+    """Moves the checkpoint `path` into a new marked temporary directory first, so that a crash
+    mid-delete never leaves a half-deleted directory under its checkpoint name, and the next
+    cleanup finishes the job."""
+    trash = make_temporary(path.parent / f"{TMP_PREFIX}delete-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash / path.name)
     fsync_path(path.parent)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_temporary(trash)
 
 
 def remove_stale_temporaries(root: Path) -> None:
-    """Removes `.tmp-*` directories left by interrupted saves or deletes (one writer per root)."""
+    """Removes the temporary directories that interrupted saves or deletes left in `root` (one
+    writer per root): only those `is_recis_temporary` recognizes."""
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+            if is_recis_temporary(p):
+                remove_temporary(p)
+
+
+def regular_file(directory: Path, name: str) -> Path:
+    """`directory/name`, checked to be a regular file directly inside `directory` (not a link,
+    wherever it points, nor a FIFO or a device): what recis writes, and all it reads."""
+    path = Path(directory) / name
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise CheckpointCorruptError(f"{name!r} is not a plain file name inside checkpoint {directory}")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"checkpoint file {path} is missing") from None
+    if stat.S_ISLNK(mode):
+        raise CheckpointCorruptError(f"checkpoint file {path} is a symbolic link (to {os.readlink(path)}); checkpoint "
+                                     "files must be regular files inside the checkpoint directory")
+    if not stat.S_ISREG(mode):
+        raise CheckpointCorruptError(f"checkpoint file {path} is not a regular file (mode {oct(mode)})")
+    return path
 
 
 # ---------------------------------------------------------------- reading
@@ -155,8 +236,9 @@ def read_manifest(directory: Path, expected_format: str) -> Dict:
     path = Path(directory) / MANIFEST
     if not Path(directory).is_dir():
         raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise CheckpointNotFoundError(f"{path} is missing: {directory} is not a complete checkpoint")
+    regular_file(directory, MANIFEST)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -174,11 +256,9 @@ def read_manifest(directory: Path, expected_format: str) -> Dict:
 def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
     """The path of a file the manifest lists, after checking its size and sha256."""
     entry = manifest["files"].get(name)
-    path = Path(directory) / name
     if entry is None:
         raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint file {path} is missing")
+    path = regular_file(directory, name)
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")

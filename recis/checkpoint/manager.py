@@ -10,6 +10,7 @@ Layout of `directory/step-000000000100/` (safetensors and JSON only, nothing pic
 - `manifest.json`       format version, step, kind, parent, table configs, files and sha256
 """
 import json
+import os
 import re
 import uuid
 import warnings
@@ -70,8 +71,9 @@ def checkpoint_name(step: int) -> str:
 
 def _info(path: Path, manifest: Dict) -> CheckpointInfo:
     parent = manifest.get("parent")
-    return CheckpointInfo(path, int(manifest["step"]), manifest["kind"], parent["name"] if parent else None,
-                          manifest["id"], int(manifest["chain_length"]))
+    parent_name = parent.get("name") if isinstance(parent, dict) else None
+    return CheckpointInfo(path, int(manifest["step"]), manifest["kind"], parent_name, manifest["id"],
+                          int(manifest["chain_length"]))
 
 
 def _type_name(obj) -> str:
@@ -112,6 +114,10 @@ class CheckpointManager:
             return out
         for p in self.directory.iterdir():
             if not (_NAME.match(p.name) and p.is_dir()):
+                continue
+            if p.is_symlink():
+                warnings.warn(f"skipping {p}: it is a symbolic link (to {os.readlink(p)}); checkpoints are "
+                              f"directories inside {self.directory}", RuntimeWarning, stacklevel=2)
                 continue
             try:
                 out.append(_info(p, _read_checked_manifest(p)))
@@ -277,9 +283,7 @@ class CheckpointManager:
             parent = manifest.get("parent")
             if parent is None:
                 return out[::-1]
-            parent_path = path.parent / parent["name"]
-            if not parent_path.is_dir():
-                raise CheckpointNotFoundError(f"{path} is incremental on {parent_path}, which is missing")
+            parent_path = _parent_path(path, parent)
             parent_id = _read_checked_manifest(parent_path)["id"]
             if parent_id != parent["id"] or parent_id in seen:
                 raise CheckpointCorruptError(f"{parent_path} is not the checkpoint that {path} was built on "
@@ -343,6 +347,23 @@ class CheckpointManager:
         path, manifest = chain[-1]
         dense = files.read_tensors(path, manifest, DENSE)
         return {**dense, **decode(state["model"], state_tensors), **sparse}
+
+
+def _parent_path(path: Path, parent: Any) -> Path:
+    """The directory of an incremental checkpoint's parent: a checkpoint name (`step-<digits>`,
+    no separators, not absolute) naming a real directory (not a link) in the same root."""
+    name = parent.get("name") if isinstance(parent, dict) else None
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not isinstance(parent.get("id"), str):
+        raise CheckpointCorruptError(f"{path / files.MANIFEST}: parent {parent!r} is not a checkpoint name "
+                                     "(step-<digits>) with an id; an incremental checkpoint builds on a checkpoint in "
+                                     "its own root")
+    parent_path = path.parent / name
+    if parent_path.is_symlink():
+        raise CheckpointCorruptError(f"{path} is incremental on {parent_path}, which is a symbolic link (to "
+                                     f"{os.readlink(parent_path)}); the parent must be a directory in the same root")
+    if not parent_path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is incremental on {parent_path}, which is missing")
+    return parent_path
 
 
 def _file_names(rank: int, world_size: int) -> Dict[str, str]:

