@@ -258,3 +258,24 @@ def test_erased_then_reinserted_id_reproduces_initial_row(missing):
     assert torch.equal(again[0], first[0])
     assert torch.equal(again[2], first[2])
     assert torch.equal(again[1], trained[1])
+
+
+# ----------------------------------------------------------------------------- dense fill (init_)
+def test_init_fills_a_dense_tensor_from_the_rows_law():
+    """`init_` (torchrec's EmbeddingBagConfig.init_fn of a recis table) draws from the law of the
+    table's rows, its width taken from the tensor's last dim; a Parameter is filled in place."""
+    torch.manual_seed(5)
+    dense = lambda dim=DIM: torch.empty(N_IDS, dim)  # noqa: E731
+    check_uniform(Uniform(-0.3, 0.7).init_(dense()), -0.3, 0.7)
+    check_normal(Normal(0.5, 2.0).init_(dense()), 0.5, 2.0)
+    x = TruncatedNormal(mean=0.1, std=0.3, cutoff=1.0).init_(dense())
+    assert float(x.min()) >= 0.1 - 0.3 - 1e-6 and float(x.max()) <= 0.1 + 0.3 + 1e-6
+    assert abs(float(x.std()) / (0.3 * truncated_normal_std(1.0)) - 1) < 0.015
+    x = TruncatedNormal().init_(dense(16))  # std 1/sqrt(dim) of the tensor's width
+    assert abs(float(x.std()) / (0.25 * truncated_normal_std(2.0)) - 1) < 0.015
+    bound = math.sqrt(6.0 / (16 + 16))
+    check_uniform(XavierUniform().init_(dense(16)), -bound, bound)
+    assert torch.equal(Constant(-3.5).init_(dense()), torch.full((N_IDS, DIM), -3.5))
+    weight = torch.nn.Parameter(torch.zeros(100, DIM))
+    assert Uniform(1.0, 2.0).init_(weight) is weight
+    assert weight.is_leaf and float(weight.min()) >= 1.0

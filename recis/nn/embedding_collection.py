@@ -185,3 +185,22 @@ class EmbeddingCollection(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output={self.output!r}, groups=[{groups_repr(self.groups)}]"
+
+    # ---- torchrec's EmbeddingBagCollection interface (recis.nn.torchrec_compat), so that the
+    # collection stands in for one in torchrec's models (DLRM, DLRM_DCN, DLRM_Projection, SimpleDeepFMNN).
+    def embedding_bag_configs(self):
+        """torchrec EmbeddingBagConfigs of the tables, in output order: the KeyedTensor's keys are
+        their feature names in order. Needs output='keyed'. See recis.nn.torchrec_compat."""
+        from recis.nn.torchrec_compat import embedding_bag_configs
+
+        return embedding_bag_configs(self)
+
+    def is_weighted(self) -> bool:
+        """True: a KeyedJaggedTensor's weights, when it has them, scale each id's row before pooling
+        (an unweighted one pools with weight 1), like EmbeddingBagCollection(is_weighted=True)."""
+        return True
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tables live (all of them: they move together)."""
+        return self.groups[0].device

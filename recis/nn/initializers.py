@@ -6,11 +6,20 @@ so Xavier/Kaiming take them as arguments and default both to the embedding dim.
 
 >>> Uniform(-0.1, 0.1).spec(8)
 ('uniform', -0.1, 0.1, 0.0)
+
+`init_` fills a dense tensor from the same law, with torch's generator (for a dense twin of a
+table, e.g. torchrec's `EmbeddingBagConfig.init_fn`):
+
+>>> w = Uniform(-0.1, 0.1).init_(torch.empty(1000, 8))
+>>> bool(w.min() >= -0.1 and w.max() < 0.1)
+True
 """
 import abc
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+import torch
 
 Spec = Tuple[str, float, float, float]
 
@@ -19,6 +28,22 @@ class Initializer(abc.ABC):
     @abc.abstractmethod
     def spec(self, dim: int) -> Spec:
         """(kind, a, b, c) of the C++ generator for rows of width `dim`."""
+
+    def init_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Fills `tensor` ([rows, dim], in place, under no_grad) with draws from the law of new rows
+        of width dim: the same distribution, drawn by torch's generator rather than the
+        (seed, id, column) hash that gives a table row its values. Returns `tensor`."""
+        kind, a, b, c = self.spec(tensor.shape[-1])
+        with torch.no_grad():
+            if kind == "constant":
+                return tensor.fill_(a)
+            if kind == "uniform":
+                return tensor.uniform_(a, b)
+            if kind == "normal":
+                return tensor.normal_(a, b)
+            if kind == "truncated_normal":
+                return torch.nn.init.trunc_normal_(tensor, a, b, a - c * b, a + c * b)
+        raise ValueError(f"{type(self).__name__}: no dense fill for generator kind {kind!r}")
 
 
 def _check_positive(name: str, value: float) -> None:
