@@ -2,6 +2,7 @@
 checkpoint taken at the same point, and of the live model, through training, TTL eviction,
 explicit erases and inserts, ids that come back, and saves between a forward and its update.
 """
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -150,7 +151,9 @@ def test_missing_or_replaced_parent_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="step-000000000002 is incremental on .*step-000000000001, which is "
                                                 "missing"):
         mgr.load("latest", make_training()[0])
-    CheckpointManager(tmp_path).save(1, model, opts)  # another checkpoint under the parent's name
+    # another checkpoint under the parent's name (saved elsewhere: a root refuses a step below its newest)
+    planted = CheckpointManager(tmp_path / "elsewhere").save(1, model, opts)
+    os.rename(planted, base)
     with pytest.raises(CheckpointError, match="not the checkpoint that .*step-000000000002 was built on"):
         mgr.load("step-000000000002", make_training()[0])
 

@@ -91,3 +91,20 @@ def test_any_sequence_of_full_and_incremental_saves(tmp_path_factory, keep_last,
         step += gap
         steps.append((step, None if not steps and incremental else incremental))
     run_saves(tmp_path_factory.mktemp("ckpt"), keep_last, full_every, steps)
+
+
+@pytest.mark.parametrize("keep_last", [1, 3, None])
+def test_saving_a_step_below_one_on_disk_is_refused_and_nothing_is_removed(tmp_path, keep_last):
+    """A run rewound to step 5 (or restarted with resume off) must not save step 6 next to step 10:
+    retention by step would delete the new checkpoint, and 'latest' would resume the old branch."""
+    from recis.checkpoint import CheckpointError
+
+    model = HashEmbedding(2)
+    model(torch.tensor([1, 2]), torch.tensor([0, 1, 2]))
+    first = CheckpointManager(tmp_path, keep_last=None)
+    first.save(5, model)
+    first.save(10, model)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match=rf"cannot save step 6 .*\['{checkpoint_name(10)}'\]"):
+        CheckpointManager(tmp_path, keep_last=keep_last).save(6, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

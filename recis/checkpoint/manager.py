@@ -181,6 +181,13 @@ class CheckpointManager:
     def _prepare(self, step, model, optimizers, extra_state, incremental, check_finite, env):
         """(function writing this rank's files, manifest) of checkpoint `step`; raises before
         anything is written when the state cannot be saved."""
+        newer = [i.path.name for i in self.checkpoints() if i.step > step]
+        if newer:
+            # 'latest' (the highest step) would resume from those, and retention would delete
+            # the new checkpoint first: refuse before anything is written or removed.
+            raise CheckpointError(f"cannot save step {step} into {self.directory}: it holds newer checkpoints "
+                                  f"{newer} (was the run rewound to an older checkpoint, or started afresh with "
+                                  "resume off?); move them away or save into another directory")
         entries = tables.table_groups(model)
         tables.check_quiescent(entries)
         sparse, dense = tables.split_state(model.state_dict(), entries)
