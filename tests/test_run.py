@@ -85,3 +85,17 @@ def test_movielens_example_runs(tmp_path):
     cfg.trainer.log_dir = str(tmp_path)
     result = Job(cfg).train()
     assert result["examples"] == 100_021 and 0.5 < result["auc"] < 1
+
+
+def test_resume_off_with_checkpoints_of_an_earlier_run_is_refused_before_training(tmp_path):
+    from recis.run import Job, RunConfig
+
+    job = _job_dict(tmp_path)
+    job["trainer"]["max_steps"] = 40
+    Job(RunConfig.from_dict(job, base_dir=str(tmp_path))).train()
+    job["checkpoint"]["resume"] = False
+    again = Job(RunConfig.from_dict(job, base_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"checkpoint.dir .*ckpt holds checkpoints of an earlier run \(latest "
+                                         r"step-000000000040\) and checkpoint.resume is false"):
+        again.train()
+    assert again.trainer.step == 0

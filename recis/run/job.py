@@ -144,6 +144,10 @@ class Job:
         evaluation plus training throughput."""
         if self.trainer.checkpoint is not None and self.cfg.checkpoint.resume:
             self.trainer.resume(train=self.train_data)
+        elif self.trainer.checkpoint is not None and self.trainer.checkpoint.latest() is not None:
+            raise ValueError(f"checkpoint.dir {self.cfg.checkpoint.dir} holds checkpoints of an earlier run "
+                             f"(latest {self.trainer.checkpoint.latest().path.name}) and checkpoint.resume is false: "
+                             "set resume: true to continue that run, or give a new or empty directory")
         t0 = time.perf_counter()
         examples0 = self.trainer.examples
         history = self.trainer.fit(self.train_data, self.eval_data)
