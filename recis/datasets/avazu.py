@@ -40,6 +40,20 @@ SCHEMA = pa.schema([pa.field("id", pa.uint64()), pa.field("click", pa.int8()),
 LAYOUT = TextLayout("Avazu", SCHEMA, optional=("click",), header_required=True)
 
 
+def feature_config() -> dict:
+    """A suggested feature config for the Avazu columns (plain data, a fresh copy): every
+    categorical column and `hour` hashed (the row `id` is left out: unique per row), `click` the
+    label.
+
+    >>> config = feature_config()["features"]
+    >>> [f["name"] for f in config][:3], config[-1]
+    (['hour', 'C1', 'banner_pos'], {'name': 'click', 'kind': 'label', 'column': 'click'})
+    """
+    sparse = [{"name": c, "kind": "sparse", "column": c, "ops": [{"op": "hash"}]}
+              for c in ["hour"] + CATEGORICAL_COLUMNS]
+    return {"features": sparse + [{"name": "click", "kind": "label", "column": "click"}]}
+
+
 def dataset(src: Sources, *, block_size: int = DEFAULT_BLOCK_SIZE) -> ds.Dataset:
     """A streaming `pyarrow.dataset.Dataset` over Avazu CSV files (a file, a directory, or a list
     of them), with schema `SCHEMA`."""

@@ -67,6 +67,21 @@ def schema(num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE,
                      + [pa.field(c, pa.string()) for c in sparse_columns(num_sparse)])
 
 
+def feature_config(num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE) -> dict:
+    """A suggested feature config for the Criteo columns (plain data, a fresh copy): each `I*`
+    filled with 0 where missing and `log1p`-ed (negatives keep their sign), each `C*` hashed (a
+    missing one is an empty bag), and the label.
+
+    >>> [(f["name"], f["kind"]) for f in feature_config(1, 1)["features"]]
+    [('I1', 'dense'), ('C1', 'sparse'), ('label', 'label')]
+    """
+    schema(num_dense=num_dense, num_sparse=num_sparse)  # validates the counts
+    dense = [{"name": c, "kind": "dense", "column": c,
+              "ops": [{"op": "fill_missing", "value": 0.0}, {"op": "log1p"}]} for c in dense_columns(num_dense)]
+    sparse = [{"name": c, "kind": "sparse", "column": c, "ops": [{"op": "hash"}]} for c in sparse_columns(num_sparse)]
+    return {"features": dense + sparse + [{"name": LABEL, "kind": "label", "column": LABEL}]}
+
+
 def layout(dense_type: pa.DataType = pa.float64()) -> TextLayout:
     """The text layout of the original files (the label may be absent: the test split)."""
     return TextLayout("Criteo", schema(dense_type=dense_type), optional=(LABEL,),

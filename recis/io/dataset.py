@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from recis.config_utils import Range, check_value
 from recis.io.base import ArrowIterableBase, LoaderConfig, fingerprint
 from recis.io.errors import DataFileError
 from recis.io.files import infer_format, list_data_files
@@ -61,8 +62,7 @@ class ArrowDataset(ArrowIterableBase):
         config = LoaderConfig(batch_size, drop_last, shuffle_buffer, seed, on_error, prefetch, pin_memory,
                               read_batch_size, yield_state)
         super().__init__(config, transform, rank, world_size)
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"epochs must be an int >= 1 or None (forever), got {epochs!r}")
+        check_value("epochs", epochs, Optional[int], Range(ge=1))  # None: forever
         if schema is not None and not isinstance(schema, pa.Schema):
             raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
         self.epochs = epochs
@@ -96,8 +96,7 @@ class ArrowDataset(ArrowIterableBase):
     def set_epoch(self, epoch: int):
         """The next iteration (without a loaded state) starts at this epoch, like
         DistributedSampler.set_epoch: with epochs=1, call it before each pass to reshuffle."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        check_value("epoch", epoch, int, Range(ge=0))
         self.start_epoch = epoch
 
     def _config_state(self) -> dict:

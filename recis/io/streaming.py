@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 
 import pyarrow as pa
 
+from recis.config_utils import Range, check_value
 from recis.io.base import ArrowIterableBase, LoaderConfig
 from recis.io.errors import DataFileError
 from recis.io.files import infer_format
@@ -54,10 +55,8 @@ class StreamingArrowDataset(ArrowIterableBase):
         config = LoaderConfig(batch_size, drop_last, shuffle_buffer, seed, on_error, prefetch, pin_memory,
                               read_batch_size, yield_state)
         super().__init__(config, transform, rank, world_size)
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-        if stop_after_idle is not None and stop_after_idle < 0:
-            raise ValueError(f"stop_after_idle must be >= 0 or None, got {stop_after_idle}")
+        check_value("poll_interval", poll_interval, float, Range(gt=0))
+        check_value("stop_after_idle", stop_after_idle, Optional[float], Range(ge=0))
         if schema is not None and not isinstance(schema, pa.Schema):
             raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
         self._format = make_format(format) if format is not None else None

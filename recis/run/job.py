@@ -1,13 +1,18 @@
 """Job: builds the whole pipeline of a RunConfig (data -> feature engine -> model -> optimizers -> Trainer)."""
 import copy
+import inspect
 import time
+import typing
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from recis import optim as sparse_optim
+from recis.config_utils import check_value
 from recis.distributed import wrap_dense
+from recis.optim.hyper import check_options
 from recis.run.config import RunConfig
+from recis.run.datasets import DATASETS
 
 SPARSE_OPTIMIZERS = {"sgd": sparse_optim.SparseSGD, "adagrad": sparse_optim.SparseAdagrad,
                      "rowwise_adagrad": sparse_optim.SparseRowwiseAdagrad, "adam": sparse_optim.SparseAdam,
@@ -17,36 +22,52 @@ DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": t
 GROUP_COLUMN = "group_id"  # pass-through column that GAUC groups by (the user id for MovieLens)
 
 
-def _optimizer(table: Dict, spec: Dict, where: str, params):
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name not in table:
+def _optimizer_class(table: Dict, spec: Dict, where: str):
+    name = spec["name"]
+    if not isinstance(name, str) or name not in table:
         raise ValueError(f"{where}.name must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def check_optim(cfg: RunConfig) -> None:
+    """Checks every optimizer option of the job by name (recis.optim.hyper), before anything is built."""
+    for table, part in ((SPARSE_OPTIMIZERS, "sparse"), (DENSE_OPTIMIZERS, "dense")):
+        spec = getattr(cfg.optim, part)
+        cls = _optimizer_class(table, spec, f"optim.{part}")
+        check_options(f"optim.{part}", {k: v for k, v in spec.items() if k != "name"}, getattr(cls, "rules", None),
+                      constructor=cls)
+    dense = _optimizer_class(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense")
+    for group, options in cfg.optim.groups.items():
+        check_options(f"optim.groups.{group}", options, constructor=dense)
+
+
+def _optimizer(table: Dict, spec: Dict, where: str, params):
+    """table[spec.name](params, **options) (options checked by check_optim); a constructor's
+    error names the section."""
+    spec = dict(spec)
+    cls = _optimizer_class(table, spec, where)
+    name = spec.pop("name")
     try:
-        return table[name](params, **spec)
-    except TypeError as e:
-        raise TypeError(f"{where} ({name}): {e}") from None
+        return cls(params, **spec)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where} ({name}): {e}") from None
 
 
 def feature_config(cfg: RunConfig) -> Dict:
-    """The feature engine config: a built-in dataset's, a file, or inline."""
+    """The feature engine config: a built-in dataset's (recis.run.datasets), a file, or inline."""
     features = cfg.features
-    if features == "movielens":
-        from recis.datasets import movielens
-
-        features = movielens.feature_config()
-        if cfg.trainer.group_key == GROUP_COLUMN:
+    if isinstance(features, str) and features in DATASETS:
+        features = DATASETS[features].feature_config(cfg.data)
+        if features is not None and cfg.features == "movielens" and cfg.trainer.group_key == GROUP_COLUMN:
             features["features"].append({"name": GROUP_COLUMN, "kind": "passthrough", "column": "user_id"})
     return features
 
 
 def data_files(cfg: RunConfig) -> Tuple[object, Optional[object]]:
+    """(train, eval or None): a built-in dataset's (recis.run.datasets), or data.train / data.eval."""
     d = cfg.data
-    if d.dataset == "movielens":
-        from recis.datasets import movielens
-
-        files = movielens.load(split=d.split, seed=d.seed)
-        return str(files.train), str(files.test)
+    if d.dataset is not None:
+        return DATASETS[d.dataset].sources(d)
     return d.train, d.eval
 
 
@@ -55,6 +76,7 @@ def _build_model(cfg: RunConfig, engine, models: Dict):
     installed tower (Tower.from_features with the engine's outputs)."""
     name, args = cfg.model.name, dict(cfg.model.args)
     if name in models:
+        check_model_args(models[name].__init__, args)
         sparse_names = [s.name for s in engine.specs if s.kind == "sparse"]
         args.setdefault("dense_dim", len(engine.dense_names))
         build = lambda: models[name](sparse_names, **args)  # noqa: E731
@@ -66,11 +88,25 @@ def _build_model(cfg: RunConfig, engine, models: Dict):
             raise ValueError(f"model.name must be one of {sorted(models)} or an installed tower "
                              f"(installed towers: {sorted(towers) or 'none'}), got {name!r}")
         cls = load_tower(name)
+        check_model_args(cls.from_features, args)
         build = lambda: cls.from_features(FeatureInfo.of_engine(engine), **args)  # noqa: E731
     try:
         return build()
-    except TypeError as e:
-        raise TypeError(f"model ({name}): {e}") from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"model ({name}): {e}") from None
+
+
+def check_model_args(fn, args: Dict, where: str = "model") -> None:
+    """Checks each argument against the annotation of `fn`'s parameter of that name, naming
+    `where.arg` (arguments that `fn` does not name, and unannotated ones, are left to `fn`)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: nothing to check by
+        return
+    params = inspect.signature(fn).parameters
+    for key, value in args.items():
+        if key in params and key in hints:
+            check_value(f"{where}.{key}", value, hints[key])
 
 
 class Job:
@@ -87,6 +123,7 @@ class Job:
         from recis.distributed import init_from_env
 
         self.cfg = cfg
+        check_optim(cfg)
         self.env = init_from_env(timeout_s=cfg.distributed.timeout_s)
         if cfg.trainer.seed is not None:
             torch.manual_seed(cfg.trainer.seed)
