@@ -27,7 +27,7 @@ from typing import Dict, Iterable, Iterator, Optional, Union
 import torch
 
 from recis.config_utils import bounded, check_types
-from recis.io.errors import IOStats
+from recis.io.errors import ON_ERROR, IOStats
 from recis.io.pipeline import Cursor
 from recis.io.prefetch import Prefetcher, resolve_pin_memory
 from recis.io.sharding import resolve_shard
@@ -51,8 +51,8 @@ class LoaderConfig:
 
     def __post_init__(self):
         check_types(self, "")  # the dataset's arguments: named as the caller spells them
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         resolve_pin_memory(self.pin_memory)
 
 

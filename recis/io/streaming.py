@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from recis.config_utils import Range, check_value
 from recis.io.base import ArrowIterableBase, LoaderConfig
-from recis.io.errors import DataFileError
-from recis.io.files import infer_format
+from recis.io.errors import DataFileError, UnknownFormatError
+from recis.io.files import format_of, infer_format
 from recis.io.pipeline import Cursor, make_batches
 from recis.io.reader import FileReader, Unit, infer_schema
 from recis.io.schema import format_name, make_format, project
@@ -105,6 +105,11 @@ class StreamingArrowDataset(ArrowIterableBase):
     def _reader_for(self, key: str, path: str) -> Optional[FileReader]:
         """The reader (made from the first file when the schema is inferred); None when that
         file cannot give a schema and on_error="skip" (the file is counted as skipped)."""
+        if self._format is None and format_of(key) is None:  # e.g. a README landing in the directory
+            if self.config.on_error == "raise":
+                raise UnknownFormatError(path)
+            self.stats.skip(path, str(UnknownFormatError(path)))
+            return None
         if self._reader is None:
             file_format = self._format or make_format(infer_format([key]))
             schema, inferred_from = self._schema, None

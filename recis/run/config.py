@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from recis.config_utils import bounded, check_types, from_mapping
+from recis.io.errors import ON_ERROR
 from recis.run.datasets import DATASETS, dataset
 from recis.train.config import TrainerConfig
 
@@ -23,7 +24,9 @@ from recis.train.config import TrainerConfig
 class DataConfig:
     """`dataset` names a built-in dataset (recis.run.datasets: movielens, synthetic, criteo,
     avazu; `options` are its options); otherwise `train` and `eval` give files or directories
-    (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time)."""
+    (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
+    `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
+    in a data directory, instead of stopping (recis.io)."""
 
     dataset: Optional[str] = None
     split: str = "random"
@@ -35,10 +38,13 @@ class DataConfig:
     shuffle_buffer: int = bounded(0, ge=0)
     seed: int = bounded(0, ge=0, lt=1 << 64)
     prefetch: int = bounded(2, ge=0)
+    on_error: str = "raise"
     options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_types(self, "data")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.dataset is None:
             if self.train is None:
                 raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")

@@ -133,12 +133,12 @@ class Job:
         self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
                                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
                                        transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                       world_size=self.env.world_size)
+                                       world_size=self.env.world_size, on_error=d.on_error)
         self.eval_data = None
         if eval_src is not None:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                          world_size=self.env.world_size)
+                                          world_size=self.env.world_size, on_error=d.on_error)
         self.model = _build_model(cfg, self.engine, MODELS)
         from recis.nn import sparse_tables
         from recis.towers import Tower
@@ -191,6 +191,7 @@ class Job:
         result["train_examples"] = float(self.env.all_reduce(examples, what="examples count"))  # all ranks
         result["train_examples_per_s"] = result["train_examples"] / max(seconds - result.get("eval_seconds", 0), 1e-9)
         result["world_size"] = self.env.world_size
+        result["files_skipped"] = sum(len(d.stats.skipped) for d in (self.train_data, self.eval_data) if d is not None)
         return result
 
     def evaluate(self, checkpoint: str = "latest") -> Dict[str, float]:
