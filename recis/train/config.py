@@ -9,7 +9,9 @@ from recis.config_utils import bounded, check_types, from_mapping
 class TrainerConfig:
     """`max_steps` counts optimizer steps (after `grad_accum_steps` micro-batches each); `epochs`
     passes over the training data (the data may also repeat itself). `log_dir` receives the CSV and
-    TensorBoard logs and the training-curve PNG. `on_nonfinite="raise"` stops at a NaN/Inf loss
+    TensorBoard logs and the training-curve PNG. `progress`: a tqdm bar on a terminal; in a log
+    (stdout or stderr not a terminal, or under torchrun) a plain line every `progress_every` steps
+    (default: `log_every`) instead of carriage-return updates. `on_nonfinite="raise"` stops at a NaN/Inf loss
     (with the step number) before anything is updated or saved; `"skip"` drops that batch and counts it."""
 
     epochs: int = bounded(1, ge=1)
@@ -23,6 +25,7 @@ class TrainerConfig:
     log_dir: Optional[str] = None
     tensorboard: bool = True
     progress: bool = True
+    progress_every: Optional[int] = bounded(None, ge=1)
     on_nonfinite: str = "raise"
     group_key: Optional[str] = None
     seed: Optional[int] = bounded(None, ge=0, lt=1 << 64)

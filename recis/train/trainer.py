@@ -65,7 +65,7 @@ class Trainer:
             if self.config.tensorboard:
                 self.hooks.append(TensorBoardLogger(self.config.log_dir))
         if self.config.progress:
-            self.hooks.append(ProgressBar())
+            self.hooks.append(ProgressBar(every=self.config.progress_every or self.config.log_every))
         self.step = 0          # optimizer steps taken
         self.epoch = 0         # completed passes over the training data
         self.skipped_nonfinite = 0
