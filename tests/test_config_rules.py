@@ -208,3 +208,23 @@ def test_check_value_reports_the_element():
     with pytest.raises(TypeError, match=r"x.sizes key 3 must be a string, got int"):
         check_value("x.sizes", {3: 1}, typing.Dict[str, int], Range(ge=0))
     check_value("x.rows", [], typing.List[int], Range(ge=0))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"data": {"train": "x.parquet", "format": "parket"}, "features": {"features": []}},
+     r"data.format must be one of \('parquet', 'orc', 'csv'\) or null"),
+    ({"data": {"dataset": "movielens"}, "distributed": {"sharding": {"user": "rowwise"}}},
+     r"distributed.sharding.user: use one of .*got 'rowwise'"),
+    ({"data": {"dataset": "movielens"}, "distributed": {"sharding": {"user": "replicated:1"}}},
+     r"distributed.sharding.user: use one of .*got 'replicated:1'"),
+])
+def test_values_that_used_to_fail_only_at_run_time_fail_at_load_time(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(changes)
+
+
+def test_a_group_key_that_no_feature_passes_through_fails_before_training(tmp_path):
+    cfg = _job(tmp_path, trainer={"progress": False, "max_steps": 1, "group_key": "uid"})
+    with pytest.raises(ValueError, match=r"trainer.group_key 'uid' \(GAUC's group\) must name a passthrough feature; "
+                                         r"the features have none"):
+        Job(cfg)

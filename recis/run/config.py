@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from recis.config_utils import bounded, check_types, from_mapping
+from recis.distributed.planner import parse_override
 from recis.io.errors import ON_ERROR
+from recis.io.files import FORMATS
 from recis.run.datasets import DATASETS, dataset
 from recis.train.config import TrainerConfig
 
@@ -45,6 +47,9 @@ class DataConfig:
         check_types(self, "data")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS} or null (inferred from the file names), "
+                             f"got {self.format!r}")
         if self.dataset is None:
             if self.train is None:
                 raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")
@@ -123,6 +128,8 @@ class DistributedConfig:
         check_types(self, "distributed")
         if self.dense not in ("ddp", "fsdp2", "none"):
             raise ValueError(f"distributed.dense must be 'ddp', 'fsdp2' or 'none', got {self.dense!r}")
+        for table, spec in self.sharding.items():
+            parse_override(spec, f"distributed.sharding.{table}")
 
 
 @dataclass

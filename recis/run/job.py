@@ -128,6 +128,13 @@ class Job:
         if cfg.trainer.seed is not None:
             torch.manual_seed(cfg.trainer.seed)
         self.engine = FeatureEngine.from_config(feature_config(cfg))
+        key = cfg.trainer.group_key
+        if key is not None and key not in [s.name for s in self.engine.specs if s.kind == "passthrough"]:
+            passthrough = [s.name for s in self.engine.specs if s.kind == "passthrough"]
+            raise ValueError(f"trainer.group_key {key!r} (GAUC's group) must name a passthrough feature; the "
+                             f"features have {passthrough or 'none'}"
+                             + (" (with features: movielens, use group_key: group_id)" if cfg.features == "movielens"
+                                else ""))
         train_src, eval_src = data_files(cfg)
         d = cfg.data
         self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
