@@ -175,3 +175,40 @@ def test_the_issue_example_synthetic_with_defaults_runs(tmp_path, monkeypatch):
     assert main(["train", str(config), "--json", str(tmp_path / "result.json")]) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["examples"] == 20_000 and result["step"] == 2
+
+
+@pytest.mark.parametrize("name", ["criteo", "avazu"])
+def test_text_datasets_skip_files_not_in_their_format(name, tmp_path, monkeypatch):
+    """The job's data.on_error reaches the Criteo / Avazu readers: a README among the text files
+    is left out and counted (with 'raise', the error names it)."""
+    job, train_rows, eval_rows = PREPARE[name](tmp_path, monkeypatch)
+    train = tmp_path / "train_dir"
+    train.mkdir()
+    source = tmp_path / job["data"]["train"]
+    for f in (sorted(source.iterdir()) if source.is_dir() else [source]):
+        (train / f.name).write_bytes(f.read_bytes())
+    (train / "README").write_text("downloaded from the challenge site\n")
+    job["data"].update(train="train_dir", on_error="skip")
+    job.update({"model": {"name": "deepfm", "embedding_dim": 4, "hidden": [8]}, "trainer": {"progress": False}})
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job))
+    assert main(["train", str(config), "--json", str(tmp_path / "result.json")]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["train_examples"] == train_rows and result["files_skipped"] == 1
+    job["data"]["on_error"] = "raise"
+    config.write_text(yaml.safe_dump(job))
+    with pytest.raises(ValueError, match=r"train_dir/README: "):
+        main(["train", str(config)])
+
+
+def test_criteo_reader_counts_what_it_skips(tmp_path):
+    from recis.io import IOStats
+
+    (tmp_path / "day_0").write_text(_criteo_rows(20, 1))
+    (tmp_path / "notes.txt").write_text("a,b\n")
+    stats = IOStats()
+    assert criteo.dataset(tmp_path, on_error="skip", stats=stats).count_rows() == 20
+    assert list(stats.skipped) == [str(tmp_path / "notes.txt")] and stats.files_skipped == 1
+    assert "expected 39 or 40 ','-separated Criteo fields, found 2" in stats.skipped[str(tmp_path / "notes.txt")]
+    with pytest.raises(ValueError, match=r"notes.txt: expected 39 or 40"):
+        criteo.dataset(tmp_path)

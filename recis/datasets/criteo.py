@@ -23,7 +23,7 @@ keeps them integer but then every value must be an integer literal (as in the or
 >>> tmp.cleanup()
 """
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -32,6 +32,7 @@ from recis.datasets._cache import PathLike
 from recis.datasets._csv import (DEFAULT_BLOCK_SIZE, Sources, TextLayout, scan_batches, text_dataset,
                                  text_to_parquet)
 from recis.datasets._parquet import DEFAULT_ROW_GROUP_SIZE
+from recis.io.errors import IOStats
 
 LABEL = "label"
 NUM_DENSE = 13
@@ -89,10 +90,13 @@ def layout(dense_type: pa.DataType = pa.float64()) -> TextLayout:
 
 
 def dataset(src: Sources, *, dense_type: pa.DataType = pa.float64(),
-            block_size: int = DEFAULT_BLOCK_SIZE) -> ds.Dataset:
+            block_size: int = DEFAULT_BLOCK_SIZE, on_error: str = "raise",
+            stats: Optional[IOStats] = None) -> ds.Dataset:
     """A streaming `pyarrow.dataset.Dataset` over Criteo text files (a file, a directory, or a
-    list of them), with the schema `schema(dense_type=dense_type)`."""
-    return text_dataset(src, layout(dense_type), block_size)
+    list of them), with the schema `schema(dense_type=dense_type)`. A file that is not in the
+    Criteo format (a README) raises, or with on_error="skip" is left out and counted in `stats`
+    (a recis.io.IOStats)."""
+    return text_dataset(src, layout(dense_type), block_size, on_error, stats)
 
 
 def batches(src: Sources, *, dense_type: pa.DataType = pa.float64(),

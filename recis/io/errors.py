@@ -93,10 +93,11 @@ class IOStats:
     skipped: Dict[str, str] = field(default_factory=dict)
     files_waiting: int = 0
 
-    def skip(self, path: str, reason: str):
+    def skip(self, path: str, reason: str, log: bool = True):
         self.files_skipped += 1
         self.skipped[path] = reason
-        _log.warning("skipped file %s: %s", path, reason)
+        if log:
+            _log.warning("skipped file %s: %s", path, reason)
 
     def reset(self):
         self.__init__()

@@ -7,6 +7,9 @@
 | `criteo` | Criteo text files (TSV, or CSV with a header; `.gz` too) | `data.train`, `data.eval` | none |
 | `avazu` | Avazu CSV files | `data.train`, `data.eval` | none |
 
+With `data.on_error: skip`, a file in data.train / data.eval that is not in the dataset's text
+format (a README) is left out and counted in the job's `files_skipped`.
+
 `features: <dataset>` (the default when `data.dataset` is set) uses the dataset's suggested
 feature config. The cache is the datasets' (`$RECIS_CACHE_DIR`, see recis.datasets.cache_dir).
 
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple
 
 from recis.config_utils import bounded, check_fields, check_types, check_value, from_mapping
+from recis.io.errors import IOStats
 
 __all__ = ["DATASETS", "JobDataset", "SyntheticRows", "dataset"]
 
@@ -35,7 +39,10 @@ class JobDataset:
         if data.options:
             raise ValueError(f"data.options: dataset {self.name!r} takes no options, got {sorted(data.options)}")
 
-    def sources(self, data) -> Tuple[Any, Optional[Any]]:
+    def sources(self, data, stats: Tuple[Optional[IOStats], Optional[IOStats]] = (None, None)
+                ) -> Tuple[Any, Optional[Any]]:
+        """(train, eval or None); files left out while listing them (data.on_error: skip) are
+        counted in stats[0] / stats[1]."""
         raise NotImplementedError
 
     def feature_config(self, data) -> Dict:
@@ -52,7 +59,7 @@ class MovieLens(JobDataset):
         if data.split not in movielens.SPLITS:
             raise ValueError(f"data.split must be one of {movielens.SPLITS}, got {data.split!r}")
 
-    def sources(self, data):
+    def sources(self, data, stats=(None, None)):
         from recis.datasets import movielens
 
         files = movielens.load(split=data.split, seed=data.seed)
@@ -112,7 +119,7 @@ class Synthetic(JobDataset):
         _, config = self._split(data)
         return criteo.feature_config(config.num_dense, config.num_sparse)
 
-    def sources(self, data):
+    def sources(self, data, stats=(None, None)):
         from recis.datasets import cache_dir
         from recis.datasets._cache import atomic_directory
         from recis.datasets.synthetic import CriteoLike
@@ -148,9 +155,11 @@ class _TextFiles(JobDataset):
         if data.format is not None:
             raise ValueError(f"data.format is not used with data.dataset {self.name!r} (its reader knows the format)")
 
-    def sources(self, data):
+    def sources(self, data, stats=(None, None)):
         mod = self._module()
-        return mod.dataset(data.train), (mod.dataset(data.eval) if data.eval is not None else None)
+        train = mod.dataset(data.train, on_error=data.on_error, stats=stats[0])
+        return train, (mod.dataset(data.eval, on_error=data.on_error, stats=stats[1]) if data.eval is not None
+                       else None)
 
     def feature_config(self, data):
         return self._module().feature_config()

@@ -63,11 +63,12 @@ def feature_config(cfg: RunConfig) -> Dict:
     return features
 
 
-def data_files(cfg: RunConfig) -> Tuple[object, Optional[object]]:
-    """(train, eval or None): a built-in dataset's (recis.run.datasets), or data.train / data.eval."""
+def data_files(cfg: RunConfig, stats=(None, None)) -> Tuple[object, Optional[object]]:
+    """(train, eval or None): a built-in dataset's (recis.run.datasets), or data.train / data.eval.
+    Files a built-in dataset's reader leaves out (data.on_error: skip) are counted in stats."""
     d = cfg.data
     if d.dataset is not None:
-        return DATASETS[d.dataset].sources(d)
+        return DATASETS[d.dataset].sources(d, stats)
     return d.train, d.eval
 
 
@@ -115,7 +116,7 @@ class Job:
     def __init__(self, cfg: RunConfig):
         from recis.checkpoint import CheckpointManager
         from recis.features import FeatureEngine
-        from recis.io import ArrowDataset
+        from recis.io import ArrowDataset, IOStats
         from recis.metrics import AUC, GAUC, Calibration, LogLoss
         from recis.models import MODELS
         from recis.train import Trainer
@@ -135,7 +136,8 @@ class Job:
                              f"features have {passthrough or 'none'}"
                              + (" (with features: movielens, use group_key: group_id)" if cfg.features == "movielens"
                                 else ""))
-        train_src, eval_src = data_files(cfg)
+        listed = (IOStats(), IOStats())  # files left out while a built-in dataset lists its files
+        train_src, eval_src = data_files(cfg, listed)
         d = cfg.data
         self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
                                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
@@ -146,6 +148,10 @@ class Job:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size, on_error=d.on_error)
+        for data, early in zip((self.train_data, self.eval_data), listed):
+            for path, reason in early.skipped.items():
+                if data is not None:
+                    data.stats.skip(path, reason, log=False)  # logged when they were left out
         self.model = _build_model(cfg, self.engine, MODELS)
         from recis.nn import sparse_tables
         from recis.towers import Tower
