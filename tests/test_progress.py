@@ -78,3 +78,22 @@ def test_the_default_stream_is_stderr(no_launcher, capsys):
 def test_progress_every_is_checked():
     with pytest.raises(ValueError, match=r"trainer.progress_every must be an integer >= 1 or null, got 0"):
         TrainerConfig(progress_every=0)
+
+
+def test_only_rank_zero_reports_progress(no_launcher):
+    """A Trainer used directly on every rank of a job prints one progress report, not one per rank."""
+    import torch
+
+    from recis.distributed import ShardingEnv
+    from recis.models import DeepFM
+    from recis.optim import SparseAdagrad
+    from recis.train import Trainer
+
+    def hooks(rank):
+        model = DeepFM(["user", "item"], 2, 8, hidden=(16,))
+        env = ShardingEnv(rank=rank, world_size=2, group=object())
+        trainer = Trainer(model, SparseAdagrad(model, lr=0.1), torch.optim.SGD(model.parameters(), lr=0.1),
+                          config=TrainerConfig(progress=True), env=env)
+        return [type(h).__name__ for h in trainer.hooks]
+
+    assert hooks(0) == ["ProgressBar"] and hooks(1) == []

@@ -176,8 +176,8 @@ class Job:
             else None
         trainer_cfg = copy.copy(cfg.trainer)
         trainer_cfg.checkpoint_every = cfg.checkpoint.every
-        if self.env.rank > 0:  # one progress bar and one set of logs per job
-            trainer_cfg.progress, trainer_cfg.log_dir = False, None
+        if self.env.rank > 0:  # one set of logs per job (the Trainer reports progress on rank 0 only)
+            trainer_cfg.log_dir = None
         self.trainer = Trainer(wrap_dense(self.model, self.env, cfg.distributed.dense), self.sparse_optimizer,
                                self.dense_optimizer, metrics=metrics, config=trainer_cfg, checkpoint=ckpt,
                                env=self.env, pipeline=cfg.distributed.pipeline)
