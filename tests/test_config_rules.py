@@ -27,6 +27,7 @@ RECORDS = {
     "recis.io.errors.IOStats", "recis.io.pipeline.Cursor", "recis.io.reader.Unit",
     "recis.towers.base.ParamGroup",  # what Tower.declare recorded (declare checks lr / weight_decay by name)
     "recis.config_utils.Range",  # the rule itself
+    "recis_relevance.pretrain.ClickLog",  # item ids of a click log
 }
 # Configs under recis/nn that another change of issue 12 owns (the hash tables' TableConfig and
 # the initializers); they are not swept here yet.
@@ -36,6 +37,8 @@ OWNED_ELSEWHERE_MODULES = ("recis.nn.initializers",)
 SIGNED = {
     "CriteoLikeConfig.bias", "FillMissing.value", "Hash.seed", "MultiHash.seed", "Bucketize.boundaries",
     "Truncate.pad_value", "Normalize.mean", "Clip.min", "Clip.max",
+    "GradeSpec.base", "GradeSpec.relevant", "EBRMConfig.label_base", "EBRMConfig.relevant_grade",
+    "TextPairConfig.label_base", "TextPairConfig.relevant_grade",
 }
 # Valid values for the fields that have no default.
 REQUIRED = {
@@ -43,6 +46,8 @@ REQUIRED = {
     "Mod": {"n": 10}, "Bucketize": {"boundaries": (1.0,)}, "Truncate": {"max_len": 3},
     "Normalize": {"mean": 0.0, "std": 1.0}, "Clip": {"min": 0.0}, "FillMissing": {"value": 0},
     "FeatureSpec": {"name": "f", "kind": "sparse", "column": "c"}, "DataConfig": {"train": "data"},
+    "EncoderConfig": {"encoder": "enc"}, "EBRMConfig": {"encoder": "enc"}, "TextPairConfig": {"encoder": "enc"},
+    "EntityOverride": {"entity": "genre: drama", "value": 0.5}, "RuleOverride": {"type": "genre"},
 }
 
 
@@ -52,15 +57,27 @@ def _numeric(tp) -> bool:
     return any(_numeric(a) for a in typing.get_args(tp) if a is not Ellipsis)
 
 
+def _packages():
+    """recis and the plugins of this repository that are importable here."""
+    out = [recis]
+    try:
+        import recis_relevance
+    except ImportError:  # the plugin is not on the path: its own tests are skipped too
+        return out
+    return out + [recis_relevance]
+
+
 def _config_classes():
     found = {}
-    for info in pkgutil.walk_packages(recis.__path__, "recis."):
-        if info.name.endswith("__main__"):
-            continue
-        module = importlib.import_module(info.name)
-        for obj in vars(module).values():
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__.startswith("recis."):
-                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    for package in _packages():
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for obj in vars(module).values():
+                if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                        and obj.__module__.startswith(package.__name__ + ".")):
+                    found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     out = []
     for key, cls in sorted(found.items()):
         hints = typing.get_type_hints(cls)
