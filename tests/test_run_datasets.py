@@ -212,3 +212,34 @@ def test_criteo_reader_counts_what_it_skips(tmp_path):
     assert "expected 39 or 40 ','-separated Criteo fields, found 2" in stats.skipped[str(tmp_path / "notes.txt")]
     with pytest.raises(ValueError, match=r"notes.txt: expected 39 or 40"):
         criteo.dataset(tmp_path)
+
+
+def test_synthetic_files_split_over_ranks(tmp_path, monkeypatch):
+    """Small synthetic data are still written in several row groups, so that every rank of a
+    job gets a share (recis.io splits files by row group)."""
+    import pyarrow.parquet as pq
+
+    from recis.io import ArrowDataset
+    from recis.run.job import check_shards, data_files
+
+    monkeypatch.setenv("RECIS_CACHE_DIR", str(tmp_path))
+    cfg = RunConfig.from_dict({"data": {"dataset": "synthetic", "options": {"rows": 3000, "eval_rows": 300,
+                                                                             "num_sparse": 2, "cardinalities": 50}}})
+    train, _ = data_files(cfg)
+    data = ArrowDataset(train)
+    assert sum(pq.ParquetFile(f).num_row_groups for f in data.files) >= 2
+    check_shards(data, 2)
+
+
+def test_a_job_refuses_data_that_some_rank_would_not_get(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recis.io import ArrowDataset
+    from recis.run.job import check_shards
+
+    pq.write_table(pa.table({"x": list(range(100))}), tmp_path / "one.parquet")  # one row group
+    data = ArrowDataset(str(tmp_path / "one.parquet"))
+    check_shards(data, 1)
+    with pytest.raises(ValueError, match=r"data.train holds 1 shard unit\(s\) .* for 2 ranks"):
+        check_shards(data, 2)

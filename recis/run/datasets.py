@@ -88,7 +88,7 @@ class Synthetic(JobDataset):
     the generator's seed is `data.seed` unless `data.options.seed` sets it."""
 
     name = "synthetic"
-    _FORMAT = 1  # bump when the files written for the same options change
+    _FORMAT = 2  # bump when the files written for the same options change
 
     @staticmethod
     def _split(data):
@@ -132,8 +132,11 @@ class Synthetic(JobDataset):
         parts = {"train": (0, rows.rows), "eval": (rows.rows, rows.eval_rows)}
         for part, (start, n) in parts.items():
             if n and not (root / part).is_dir():
+                # row groups of at most 16k rows and at least 64 per split (up to 1k rows each), so
+                # that the ranks of a job get balanced shares (recis.io splits files by row group)
+                group = min(16 * 1024, max(1024, -(-n // 64)))
                 with atomic_directory(root / part) as tmp:
-                    gen.write_parquet(tmp, n, start=start)
+                    gen.write_parquet(tmp, n, start=start, row_group_size=group)
                     (tmp / "_CONFIG.json").write_text(key)  # "_" names are not data (recis.io.files)
         return str(root / "train"), (str(root / "eval") if rows.eval_rows else None)
 

@@ -97,6 +97,17 @@ def _build_model(cfg: RunConfig, engine, models: Dict):
         raise type(e)(f"model ({name}): {e}") from None
 
 
+def check_shards(data, world_size: int) -> None:
+    """Training steps in lockstep and stops at the first rank that runs out: a rank without any
+    shard unit (a file, or a Parquet row group) would end training before its first step."""
+    if world_size > 1:
+        units = len(data.units(world_size))
+        if units < world_size:
+            raise ValueError(f"data.train holds {units} shard unit(s) (files, or Parquet row groups) for {world_size} "
+                             f"ranks: a rank without data would stop training before its first step; split the "
+                             f"data into at least {world_size} files or row groups")
+
+
 def check_model_args(fn, args: Dict, where: str = "model") -> None:
     """Checks each argument against the annotation of `fn`'s parameter of that name, naming
     `where.arg` (arguments that `fn` does not name, and unannotated ones, are left to `fn`)."""
@@ -148,6 +159,7 @@ class Job:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size, on_error=d.on_error)
+        check_shards(self.train_data, self.env.world_size)
         for data, early in zip((self.train_data, self.eval_data), listed):
             for path, reason in early.skipped.items():
                 if data is not None:
