@@ -38,10 +38,6 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 @dataclass(frozen=True)
 class Op:
     """Base class. `name` is the op's config name; `kinds` the feature kinds that may use it."""
