@@ -12,7 +12,7 @@ BENCHMARKS = {"embedding": "embedding_step.py", "io": "io_bench.py", "e2e": "e2e
 def _print_result(title: str, result: dict) -> None:
     print(f"\n{title}")
     for key in ("auc", "gauc", "logloss", "calibration", "loss", "examples", "train_examples_per_s",
-                "train_seconds", "world_size"):
+                "train_seconds", "world_size", "files_skipped"):
         if key in result:
             print(f"  {key:>22}: {result[key]:.4f}" if isinstance(result[key], float) else f"  {key:>22}: {result[key]}")
 

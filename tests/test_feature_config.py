@@ -76,7 +76,7 @@ def test_specs_are_validated_dataclasses():
     ({"name": "f", "kind": "sparse", "cross": ["a"]}, "feature 'f': cross needs a list of at least 2"),
     ({"name": "f", "kind": "dense", "cross": ["a", "b"]}, "only sparse features can cross"),
     ({"name": "f", "kind": "sparse", "cross": ["a", {"col": "b"}]}, "a cross input is a name"),
-    ({"name": "f", "kind": "sparse", "cross": ["a", "b"], "cross_cap": 0}, "cross_cap must be a positive integer"),
+    ({"name": "f", "kind": "sparse", "cross": ["a", "b"], "cross_cap": 0}, "cross_cap must be an integer in \\[1, 2\\*\\*64\\), got 0"),
     ({"kind": "sparse", "column": "c"}, "missing key 'name'"),
 ])
 def test_config_errors_name_the_feature_and_key(feature, message):

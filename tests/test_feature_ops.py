@@ -180,7 +180,7 @@ def test_cross_by_hand_and_its_cap_counter():
 def test_dense_chain_with_nulls_and_negative_values():
     x = [3.0, None, -2.0, 0.0, 1e6, float("nan")]
     table = pa.table({"x": pa.array(x, type=pa.float64()), "i": pa.array([1, None, -5, 0, 7, 2], type=pa.int64())})
-    features = [{"name": "a", "kind": "dense", "column": "x",
+    features = [{"name": "a", "kind": "dense", "column": "x", "nan": "keep",
                  "ops": [{"op": "fill_missing", "value": 1}, {"op": "log1p"}, {"op": "normalize", "mean": 0.5, "std": 2}]},
                 {"name": "b", "kind": "dense", "column": "i",
                  "ops": [{"op": "fill_missing", "value": 0}, {"op": "log1p", "negative": "zero"}, {"op": "clip", "max": 1.5}]},
@@ -190,7 +190,7 @@ def test_dense_chain_with_nulls_and_negative_values():
     table2 = table.set_column(0, "x", pa.array([v if v is None or v == v else 0.0 for v in x], type=pa.float64()))
     check_dense(features, table2)
     batch = FeatureEngine(features)(table)
-    assert math.isnan(batch.dense[5, 0].item())  # NaN flows through (it is not a null)
+    assert math.isnan(batch.dense[5, 0].item())  # with nan: keep, NaN flows through (it is not a null)
 
 
 @settings(max_examples=30, deadline=None)

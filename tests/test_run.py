@@ -60,7 +60,7 @@ def test_config_errors_name_the_key(tmp_path):
     job = _job_dict(tmp_path)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\] in trainer"):
         RunConfig.from_dict({**job, "trainer": {"epoch": 1}}, str(tmp_path))
-    with pytest.raises(TypeError, match="data.batch_size must be int"):
+    with pytest.raises(TypeError, match=r"data.batch_size must be an integer >= 1, got str \(.128.\)"):
         RunConfig.from_dict({**job, "data": {**job["data"], "batch_size": "128"}}, str(tmp_path))
     with pytest.raises(ValueError, match="model.name must be one of"):
         Job(RunConfig.from_dict({**job, "model": {"name": "deepfn"}}, str(tmp_path)))

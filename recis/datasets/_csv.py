@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 
 from recis.datasets._cache import PathLike
 from recis.datasets._parquet import DEFAULT_ROW_GROUP_SIZE, write_batches
+from recis.io.errors import ON_ERROR, IOStats
 
 Sources = Union[PathLike, Sequence[PathLike]]
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -133,18 +134,33 @@ def _format(variant: _Variant, layout: TextLayout, block_size: int) -> ds.CsvFil
     return ds.CsvFileFormat(**_options(variant, layout, block_size))
 
 
-def _sniffed(src: Sources, layout: TextLayout) -> Iterator[Tuple[Path, _Variant]]:
-    """(path, variant) of each non-empty file of `src`, in order (empty files hold no rows)."""
+def _sniffed(src: Sources, layout: TextLayout, on_error: str = "raise",
+             stats: Optional[IOStats] = None) -> Iterator[Tuple[Path, _Variant]]:
+    """(path, variant) of each non-empty file of `src`, in order (empty files hold no rows). A
+    file whose first line is not the layout's (a README) raises, or with on_error="skip" is
+    left out and counted in `stats`."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    stats = stats if stats is not None else IOStats()
     for path in list_files(src):
-        line = first_line(path)
-        if line is not None:
-            yield path, _variant(path, line, layout)
+        try:
+            line = first_line(path)
+            variant = _variant(path, line, layout) if line is not None else None
+        except ValueError as e:
+            if on_error == "raise":
+                raise
+            stats.skip(str(path), str(e))
+            continue
+        if variant is not None:
+            yield path, variant
 
 
-def text_dataset(src: Sources, layout: TextLayout, block_size: int = DEFAULT_BLOCK_SIZE) -> ds.Dataset:
-    """One dataset over all files of `src`, scanned in file order, with `layout.schema`."""
+def text_dataset(src: Sources, layout: TextLayout, block_size: int = DEFAULT_BLOCK_SIZE, on_error: str = "raise",
+                 stats: Optional[IOStats] = None) -> ds.Dataset:
+    """One dataset over all files of `src`, scanned in file order, with `layout.schema`
+    (on_error / stats: see _sniffed)."""
     groups: List[Tuple[_Variant, List[str]]] = []
-    for path, variant in _sniffed(src, layout):
+    for path, variant in _sniffed(src, layout, on_error, stats):
         if not groups or groups[-1][0] != variant:
             groups.append((variant, []))
         groups[-1][1].append(str(path))

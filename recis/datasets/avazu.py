@@ -18,7 +18,7 @@ categorical columns are strings, including the numeric-looking ones (`C1`, `bann
 >>> tmp.cleanup()
 """
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +28,7 @@ from recis.datasets._cache import PathLike
 from recis.datasets._csv import (DEFAULT_BLOCK_SIZE, Sources, TextLayout, scan_batches, text_dataset,
                                  text_to_parquet)
 from recis.datasets._parquet import DEFAULT_ROW_GROUP_SIZE
+from recis.io.errors import IOStats
 
 CATEGORICAL_COLUMNS = [
     "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id", "app_domain",
@@ -40,10 +41,26 @@ SCHEMA = pa.schema([pa.field("id", pa.uint64()), pa.field("click", pa.int8()),
 LAYOUT = TextLayout("Avazu", SCHEMA, optional=("click",), header_required=True)
 
 
-def dataset(src: Sources, *, block_size: int = DEFAULT_BLOCK_SIZE) -> ds.Dataset:
+def feature_config() -> dict:
+    """A suggested feature config for the Avazu columns (plain data, a fresh copy): every
+    categorical column and `hour` hashed (the row `id` is left out: unique per row), `click` the
+    label.
+
+    >>> config = feature_config()["features"]
+    >>> [f["name"] for f in config][:3], config[-1]
+    (['hour', 'C1', 'banner_pos'], {'name': 'click', 'kind': 'label', 'column': 'click'})
+    """
+    sparse = [{"name": c, "kind": "sparse", "column": c, "ops": [{"op": "hash"}]}
+              for c in ["hour"] + CATEGORICAL_COLUMNS]
+    return {"features": sparse + [{"name": "click", "kind": "label", "column": "click"}]}
+
+
+def dataset(src: Sources, *, block_size: int = DEFAULT_BLOCK_SIZE, on_error: str = "raise",
+            stats: Optional[IOStats] = None) -> ds.Dataset:
     """A streaming `pyarrow.dataset.Dataset` over Avazu CSV files (a file, a directory, or a list
-    of them), with schema `SCHEMA`."""
-    return text_dataset(src, LAYOUT, block_size)
+    of them), with schema `SCHEMA`. A file that is not in the Avazu format (a README) raises, or
+    with on_error="skip" is left out and counted in `stats` (a recis.io.IOStats)."""
+    return text_dataset(src, LAYOUT, block_size, on_error, stats)
 
 
 def batches(src: Sources, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[pa.RecordBatch]:

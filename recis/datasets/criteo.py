@@ -23,7 +23,7 @@ keeps them integer but then every value must be an integer literal (as in the or
 >>> tmp.cleanup()
 """
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -32,6 +32,7 @@ from recis.datasets._cache import PathLike
 from recis.datasets._csv import (DEFAULT_BLOCK_SIZE, Sources, TextLayout, scan_batches, text_dataset,
                                  text_to_parquet)
 from recis.datasets._parquet import DEFAULT_ROW_GROUP_SIZE
+from recis.io.errors import IOStats
 
 LABEL = "label"
 NUM_DENSE = 13
@@ -67,6 +68,21 @@ def schema(num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE,
                      + [pa.field(c, pa.string()) for c in sparse_columns(num_sparse)])
 
 
+def feature_config(num_dense: int = NUM_DENSE, num_sparse: int = NUM_SPARSE) -> dict:
+    """A suggested feature config for the Criteo columns (plain data, a fresh copy): each `I*`
+    filled with 0 where missing and `log1p`-ed (negatives keep their sign), each `C*` hashed (a
+    missing one is an empty bag), and the label.
+
+    >>> [(f["name"], f["kind"]) for f in feature_config(1, 1)["features"]]
+    [('I1', 'dense'), ('C1', 'sparse'), ('label', 'label')]
+    """
+    schema(num_dense=num_dense, num_sparse=num_sparse)  # validates the counts
+    dense = [{"name": c, "kind": "dense", "column": c,
+              "ops": [{"op": "fill_missing", "value": 0.0}, {"op": "log1p"}]} for c in dense_columns(num_dense)]
+    sparse = [{"name": c, "kind": "sparse", "column": c, "ops": [{"op": "hash"}]} for c in sparse_columns(num_sparse)]
+    return {"features": dense + sparse + [{"name": LABEL, "kind": "label", "column": LABEL}]}
+
+
 def layout(dense_type: pa.DataType = pa.float64()) -> TextLayout:
     """The text layout of the original files (the label may be absent: the test split)."""
     return TextLayout("Criteo", schema(dense_type=dense_type), optional=(LABEL,),
@@ -74,10 +90,13 @@ def layout(dense_type: pa.DataType = pa.float64()) -> TextLayout:
 
 
 def dataset(src: Sources, *, dense_type: pa.DataType = pa.float64(),
-            block_size: int = DEFAULT_BLOCK_SIZE) -> ds.Dataset:
+            block_size: int = DEFAULT_BLOCK_SIZE, on_error: str = "raise",
+            stats: Optional[IOStats] = None) -> ds.Dataset:
     """A streaming `pyarrow.dataset.Dataset` over Criteo text files (a file, a directory, or a
-    list of them), with the schema `schema(dense_type=dense_type)`."""
-    return text_dataset(src, layout(dense_type), block_size)
+    list of them), with the schema `schema(dense_type=dense_type)`. A file that is not in the
+    Criteo format (a README) raises, or with on_error="skip" is left out and counted in `stats`
+    (a recis.io.IOStats)."""
+    return text_dataset(src, layout(dense_type), block_size, on_error, stats)
 
 
 def batches(src: Sources, *, dense_type: pa.DataType = pa.float64(),

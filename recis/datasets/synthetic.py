@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from recis.config_utils import bounded, check_types, is_integer
 from recis.datasets import _counter_rng as rng
 from recis.datasets import criteo
 from recis.datasets._cache import PathLike
@@ -59,32 +60,24 @@ _UNHEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.uint32)
 
 
-def _fraction_ok(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
-
-
 @dataclass(frozen=True)
 class CriteoLikeConfig:
     """What `CriteoLike` generates. `cardinalities`: one int for every categorical feature, one
     per feature, or None: Criteo Kaggle's when `num_sparse == 26`, else 100,000 each."""
-    num_dense: int = criteo.NUM_DENSE
-    num_sparse: int = criteo.NUM_SPARSE
-    cardinalities: Union[None, int, Sequence[int]] = None
-    zipf_exponent: float = 1.05
-    seed: int = 0
-    bias: float = -1.8
-    sparse_weight_std: float = 0.25
-    dense_weight_std: float = 0.2
-    dense_null_fraction: float = 0.0
-    sparse_null_fraction: float = 0.0
+    num_dense: int = bounded(criteo.NUM_DENSE, ge=0)
+    num_sparse: int = bounded(criteo.NUM_SPARSE, ge=0)
+    cardinalities: Union[None, int, Sequence[int]] = bounded(None, ge=1, le=_MAX_CARDINALITY)
+    zipf_exponent: float = bounded(1.05, ge=0)
+    seed: int = bounded(0, ge=0, lt=1 << 64)
+    bias: float = bounded(-1.8)
+    sparse_weight_std: float = bounded(0.25, ge=0)
+    dense_weight_std: float = bounded(0.2, ge=0)
+    dense_null_fraction: float = bounded(0.0, ge=0, lt=1)
+    sparse_null_fraction: float = bounded(0.0, ge=0, lt=1)
     dense_type: pa.DataType = field(default=pa.float64())
 
     def __post_init__(self):
-        for name in ("num_dense", "num_sparse", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_types(self, "CriteoLikeConfig")
         if self.dense_type not in criteo.DENSE_TYPES:
             raise TypeError(f"dense_type must be one of {[str(t) for t in criteo.DENSE_TYPES]}, "
                             f"got {self.dense_type}")
@@ -92,21 +85,11 @@ class CriteoLikeConfig:
         if card is None:
             card = (KAGGLE_CRITEO_CARDINALITIES if self.num_sparse == len(KAGGLE_CRITEO_CARDINALITIES)
                     else DEFAULT_CARDINALITY)
-        card = (card,) * self.num_sparse if isinstance(card, int) else tuple(card)
+        card = (card,) * self.num_sparse if is_integer(card) else tuple(card)
         if len(card) != self.num_sparse:
             raise ValueError(f"cardinalities lists {len(card)} values for {self.num_sparse} "
                              f"categorical features")
-        for i, c in enumerate(card):
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= _MAX_CARDINALITY:
-                raise ValueError(f"cardinality of C{i + 1} must be an int in [1, 2**32], got {c!r}")
         object.__setattr__(self, "cardinalities", tuple(int(c) for c in card))
-        if not (math.isfinite(self.zipf_exponent) and self.zipf_exponent >= 0):
-            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {self.zipf_exponent!r}")
-        for name in ("bias", "sparse_weight_std", "dense_weight_std"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
-        _fraction_ok("dense_null_fraction", self.dense_null_fraction)
-        _fraction_ok("sparse_null_fraction", self.sparse_null_fraction)
 
 
 def _fmix32(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ overridden by table name.
 1
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROW_WISE, TABLE_WISE, REPLICATED = "row_wise", "table_wise", "replicated"
 SHARDINGS = (ROW_WISE, TABLE_WISE, REPLICATED)
@@ -127,14 +127,23 @@ class Planner:
         if len(given) > 1:
             raise ValueError(f"tables {list(tables)} share one table group but have different overrides {given}")
         spec = given.pop()
-        kind, _, rank = spec.partition(":")
-        if kind not in SHARDINGS or (rank and kind != TABLE_WISE):
-            raise ValueError(f"override {spec!r} for tables {list(tables)}: use one of {SHARDINGS}, or 'table_wise:RANK'")
-        if rank:
-            if not rank.isdigit() or int(rank) >= world_size:
-                raise ValueError(f"override {spec!r} for tables {list(tables)}: rank must be in [0, {world_size})")
-            return kind, int(rank)
-        return kind, None
+        kind, rank = parse_override(spec, f"override {spec!r} for tables {list(tables)}")
+        if rank is not None and rank >= world_size:
+            raise ValueError(f"override {spec!r} for tables {list(tables)}: rank must be in [0, {world_size})")
+        return kind, rank
+
+
+def parse_override(spec, where: str) -> Tuple[str, Optional[int]]:
+    """(sharding, rank or None) of an override "row_wise" | "replicated" | "table_wise" |
+    "table_wise:RANK"; an error naming `where` otherwise (the rank's range is the plan's to check).
+
+    >>> parse_override("table_wise:1", "t"), parse_override("replicated", "t")
+    (('table_wise', 1), ('replicated', None))
+    """
+    kind, sep, rank = spec.partition(":") if isinstance(spec, str) else (None, "", "")
+    if kind not in SHARDINGS or (sep and (kind != TABLE_WISE or not rank.isdigit())):
+        raise ValueError(f"{where}: use one of {SHARDINGS}, or 'table_wise:RANK', got {spec!r}")
+    return kind, int(rank) if sep else None
 
 
 def _as_list(collections):

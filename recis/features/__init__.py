@@ -5,7 +5,7 @@ tensor, labels and pass-through columns). See docs/features.md.
 """
 from recis.features.arrow import FeatureTypeError
 from recis.features.batch import Batch
-from recis.features.engine import FeatureEngine, MissingColumnError
+from recis.features.engine import FeatureEngine, MissingColumnError, NonFiniteValueError
 from recis.features.kernels import xxh64
 from recis.features.ops import (Bucketize, Clip, FeatureConfigError, FillMissing, Hash, Log1p, Mod, MultiHash,
                                 Normalize, Op, Truncate)
@@ -14,4 +14,4 @@ from recis.features.spec import CrossInput, FeatureSpec, load_specs
 
 __all__ = ["FeatureEngine", "FeatureSpec", "CrossInput", "Batch", "Plan", "load_specs", "xxh64", "Op", "FillMissing",
            "Hash", "MultiHash", "Mod", "Bucketize", "Truncate", "Log1p", "Normalize", "Clip", "FeatureConfigError",
-           "FeatureTypeError", "MissingColumnError"]
+           "FeatureTypeError", "MissingColumnError", "NonFiniteValueError"]

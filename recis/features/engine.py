@@ -35,7 +35,7 @@ from recis.features.ops import FillMissing
 from recis.features.plan import Node, Plan
 from recis.features.spec import FeatureSpec, load_specs, specs_to_config
 
-__all__ = ["FeatureEngine", "MissingColumnError"]
+__all__ = ["FeatureEngine", "MissingColumnError", "NonFiniteValueError"]
 
 _DOMAIN = {"str": "strings (utf8 / binary)", "int": "integers", "float": "floats", "null": "nulls"}
 
@@ -60,6 +60,29 @@ class MissingColumnError(LookupError):
     """A column that a feature reads is not in the record batch."""
 
 
+class NonFiniteValueError(ValueError):
+    """A dense or label feature with `nan: error` (the default) met NaN or +/-inf in its column.
+    `feature`, `column`, `row` (0-based, within the record batch), `value` and `count` (in this
+    batch) say where."""
+
+    def __init__(self, message: str, feature: str, column: str, row: int, value: float, count: int):
+        super().__init__(message)
+        self.feature, self.column, self.row, self.value, self.count = feature, column, row, value, count
+
+
+def _non_finite(col: Column) -> Optional[torch.Tensor]:
+    """The positions of a float column that hold NaN or +/-inf (nulls excluded), or None if none."""
+    vals = col.values
+    bad = ~torch.isfinite(vals)
+    if not bool(bad.any()):
+        return None
+    if col.index is not None:
+        bad = bad[col.index.long().clamp(0, vals.numel() - 1)]
+    if col.mask is not None:
+        bad &= col.mask
+    return bad if bool(bad.any()) else None
+
+
 class FeatureEngine:
     """Compiles feature specs once; each call turns a record batch into a `Batch`.
 
@@ -77,6 +100,14 @@ class FeatureEngine:
         # sources to convert: all but the columns that are only passed through
         self._convert = {n.id for n in self.plan.sources if n.consumers or any(
             self.plan.outputs[s.name] is n for s in self.specs if s.kind != "passthrough")}
+        # source node id -> the dense / label features with nan: error that read it unchanged
+        self._nan_checks: Dict[int, List[FeatureSpec]] = {}
+        for s in self.specs:
+            if s.kind in ("dense", "label") and s.nan == "error":
+                node = self.plan.outputs[s.name]
+                while node.kind != "source":
+                    node = node.inputs[0]
+                self._nan_checks.setdefault(node.id, []).append(s)
         self._dicts: Dict[str, _Dictionary] = {}  # column -> its last dictionary
         self._cache: Dict[int, tuple] = {}  # node id -> (version, values, domain, width, fill)
         self.reset_stats()
@@ -117,14 +148,16 @@ class FeatureEngine:
 
     def stats(self) -> dict:
         """Counters since the last reset: batches, rows, kernel calls, node evaluations, dictionary
-        cache hits, and per feature the nulls seen / filled / dropped, null rows (empty bags), ids
-        cut by truncate or a cross cap and pad ids added."""
+        cache hits, and per feature the nulls seen / filled / dropped, null rows (empty bags),
+        non-finite values made nulls by `nan: fill` (nans), ids cut by truncate or a cross cap and
+        pad ids added."""
         per = {}
         for s in self.specs:
             c = Counter(self._feature_counts[s.name])
             for n in self.plan.closure(s.name):
                 c.update(self._node_counts.get(n.id, {}))
-            keys = ("nulls", "null_rows", "nulls_filled", "nulls_dropped", "truncated", "padded", "cross_capped")
+            keys = ("nulls", "null_rows", "nulls_filled", "nulls_dropped", "nans", "truncated", "padded",
+                    "cross_capped")
             per[s.name] = {k: int(c.get(k, 0)) for k in keys}
         return dict(self._counts, features=per)
 
@@ -162,6 +195,31 @@ class FeatureEngine:
         counts["nulls"] += col.nulls
         counts["null_rows"] += col.null_rows
         return col
+
+    def _non_finite_values(self, node: Node, col: Column) -> None:
+        """A float source read by dense / label features: non-finite values become nulls
+        (nan: fill, its own source node) or raise (nan: error); nan: keep leaves them."""
+        if col.domain != "float" or not (node.nan_to_null or node.id in self._nan_checks):
+            return
+        bad = _non_finite(col)
+        if bad is None:
+            return
+        count = int(bad.sum())
+        self._node_counts.setdefault(node.id, Counter())["nans"] += count
+        if node.nan_to_null:
+            col.mask = ~bad if col.mask is None else col.mask & ~bad
+            col.nulls += count
+            return
+        spec = self._nan_checks[node.id][0]
+        pos = int(bad.nonzero()[0, 0])
+        value = float(col.values[col.index[pos].long()] if col.index is not None else col.values[pos])
+        row = pos if col.splits is None else int(torch.searchsorted(col.splits, pos, right=True)) - 1
+        plural = "s" if count != 1 else ""
+        raise NonFiniteValueError(
+            f"{spec.kind} feature {spec.name!r} (column {node.column!r}): {value} at row {row} of the record batch "
+            f"(0-based; {count} non-finite value{plural} in this batch). Set nan: fill on the feature to give NaN "
+            f"and +/-inf its fill_missing value, or nan: keep to pass them on",
+            spec.name, node.column, row, value, count)
 
     def _dictionary_versions(self, data, values: Dict[int, Column]) -> Dict[int, Optional[tuple]]:
         """Source node -> cache version: the same while the column's dictionary does not change
@@ -221,6 +279,9 @@ class FeatureEngine:
             if n.id in self._convert:
                 values[n.id] = self._source(n, data, rows)
         unpack_masks(values.values())
+        for n in plan.sources:
+            if n.id in values:
+                self._non_finite_values(n, values[n.id])
         versions = self._dictionary_versions(data, values)
         for n in plan.nodes:
             if n.kind != "source":
@@ -262,6 +323,7 @@ class FeatureEngine:
                     if n.id in self._convert:
                         values[n.id] = self._source(n, data, rows)
                         unpack_masks([values[n.id]])
+                        self._non_finite_values(n, values[n.id])
                 else:
                     self._eval([n], values, rows)
         return values

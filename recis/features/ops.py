@@ -12,9 +12,10 @@ Traceback (most recent call last):
 ...
 recis.features.ops.FeatureConfigError: op 'mod': unknown key 'm' (allowed: n)
 """
-import math
 from dataclasses import MISSING, dataclass, fields
 from typing import ClassVar, Dict, FrozenSet, Optional, Tuple, Type, Union
+
+from recis.config_utils import bounded, check_types
 
 __all__ = ["FeatureConfigError", "Op", "FillMissing", "Hash", "MultiHash", "Mod", "Bucketize", "Truncate", "Log1p",
            "Normalize", "Clip", "OPS", "op_from_dict"]
@@ -37,15 +38,6 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _seed(op: str, seed) -> int:
-    _check(_is_int(seed) and -(2 ** 63) <= seed < U64, op, f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
-    return seed
-
-
 @dataclass(frozen=True)
 class Op:
     """Base class. `name` is the op's config name; `kinds` the feature kinds that may use it."""
@@ -54,6 +46,13 @@ class Op:
     kinds: ClassVar[FrozenSet[str]] = frozenset()
     reads: ClassVar[FrozenSet[str]] = ANY
     structural: ClassVar[bool] = False  # changes the rows' lengths: needs materialized ids
+
+    def __post_init__(self):
+        check_types(self, f"op '{self.name}'", sep=": ", error=FeatureConfigError)
+        self._validate()
+
+    def _validate(self):
+        """What the field annotations and their `bounded` rules do not say."""
 
     def out_domain(self, domain: str) -> str:
         return domain
@@ -71,13 +70,9 @@ class Op:
 class FillMissing(Op):
     """Null values become `value` (a string, int or float matching the column)."""
 
-    value: Union[str, int, float]
+    value: Union[str, int, float] = bounded(allow_inf=True)
     name: ClassVar[str] = "fill_missing"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse", "dense", "label"})
-
-    def __post_init__(self):
-        _check(isinstance(self.value, (str, int, float)) and not isinstance(self.value, bool), self.name,
-               f"value must be a string or a number, got {self.value!r}")
 
     def out_domain(self, domain: str) -> str:
         if domain != "null":
@@ -89,13 +84,10 @@ class FillMissing(Op):
 class Hash(Op):
     """XXH64 of each string (its bytes) or integer (8 little-endian bytes), seeded: int64 ids."""
 
-    seed: int = 0
+    seed: int = bounded(0, ge=-(2 ** 63), lt=U64)
     name: ClassVar[str] = "hash"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse"})
     reads: ClassVar[FrozenSet[str]] = frozenset({"str", "int", "null"})
-
-    def __post_init__(self):
-        _seed(self.name, self.seed)
 
     def out_domain(self, domain: str) -> str:
         return "int"
@@ -105,16 +97,11 @@ class Hash(Op):
 class MultiHash(Op):
     """`num_hashes` ids per value: XXH64 with seeds seed, seed + 1, ..."""
 
-    num_hashes: int
-    seed: int = 0
+    num_hashes: int = bounded(ge=1, le=64)
+    seed: int = bounded(0, ge=-(2 ** 63), lt=U64)
     name: ClassVar[str] = "multi_hash"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse"})
     reads: ClassVar[FrozenSet[str]] = frozenset({"str", "int", "null"})
-
-    def __post_init__(self):
-        _check(_is_int(self.num_hashes) and 1 <= self.num_hashes <= 64, self.name,
-               f"num_hashes must be an integer in [1, 64], got {self.num_hashes!r}")
-        _seed(self.name, self.seed)
 
     def out_domain(self, domain: str) -> str:
         return "int"
@@ -124,28 +111,24 @@ class MultiHash(Op):
 class Mod(Op):
     """Floor modulo (Python's %): ids in [0, n)."""
 
-    n: int
+    n: int = bounded(ge=1, lt=2 ** 63)
     name: ClassVar[str] = "mod"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse"})
     reads: ClassVar[FrozenSet[str]] = frozenset({"int", "null"})
-
-    def __post_init__(self):
-        _check(_is_int(self.n) and 1 <= self.n < 2 ** 63, self.name, f"n must be an integer in [1, 2**63), got {self.n!r}")
 
 
 @dataclass(frozen=True)
 class Bucketize(Op):
     """Bucket index of each number: how many boundaries are <= it (numpy searchsorted side='right')."""
 
-    boundaries: Tuple[float, ...]
+    boundaries: Tuple[float, ...] = bounded(allow_inf=True)
     name: ClassVar[str] = "bucketize"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse", "dense", "label"})
     reads: ClassVar[FrozenSet[str]] = NUMERIC
 
-    def __post_init__(self):
+    def _validate(self):
         b = self.boundaries
-        _check(isinstance(b, (list, tuple)) and len(b) > 0 and all(_is_number(x) and not math.isnan(x) for x in b),
-               self.name, f"boundaries must be a non-empty list of numbers, got {b!r}")
+        _check(len(b) > 0, self.name, f"boundaries must be a non-empty list of numbers, got {b!r}")
         _check(all(x <= y for x, y in zip(b, b[1:])), self.name, f"boundaries must be sorted, got {list(b)}")
         object.__setattr__(self, "boundaries", tuple(float(x) for x in b))
 
@@ -158,20 +141,16 @@ class Truncate(Op):
     """Keeps the first (keep='first') or last max_len ids of each row; with pad_value, shorter
     rows are padded to exactly max_len ids (pads go after the kept ids)."""
 
-    max_len: int
+    max_len: int = bounded(ge=1)
     keep: str = "first"
-    pad_value: Optional[int] = None
+    pad_value: Optional[int] = bounded(None, ge=-(2 ** 63), lt=2 ** 63)
     name: ClassVar[str] = "truncate"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"sparse"})
     reads: ClassVar[FrozenSet[str]] = frozenset({"int", "null"})
     structural: ClassVar[bool] = True
 
-    def __post_init__(self):
-        _check(_is_int(self.max_len) and self.max_len >= 1, self.name,
-               f"max_len must be an integer >= 1, got {self.max_len!r}")
+    def _validate(self):
         _check(self.keep in ("first", "last"), self.name, f"keep must be 'first' or 'last', got {self.keep!r}")
-        _check(self.pad_value is None or (_is_int(self.pad_value) and -(2 ** 63) <= self.pad_value < 2 ** 63),
-               self.name, f"pad_value must be an int64 or null, got {self.pad_value!r}")
 
 
 @dataclass(frozen=True)
@@ -183,7 +162,7 @@ class Log1p(Op):
     kinds: ClassVar[FrozenSet[str]] = frozenset({"dense", "label"})
     reads: ClassVar[FrozenSet[str]] = NUMERIC
 
-    def __post_init__(self):
+    def _validate(self):
         _check(self.negative in ("sign", "zero"), self.name,
                f"negative must be 'sign' or 'zero', got {self.negative!r}")
 
@@ -195,16 +174,11 @@ class Log1p(Op):
 class Normalize(Op):
     """(x - mean) / std."""
 
-    mean: float
-    std: float
+    mean: float = bounded()
+    std: float = bounded(gt=0)
     name: ClassVar[str] = "normalize"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"dense", "label"})
     reads: ClassVar[FrozenSet[str]] = NUMERIC
-
-    def __post_init__(self):
-        _check(_is_number(self.mean) and math.isfinite(self.mean), self.name, f"mean must be finite, got {self.mean!r}")
-        _check(_is_number(self.std) and math.isfinite(self.std) and self.std > 0, self.name,
-               f"std must be a finite number > 0, got {self.std!r}")
 
     def out_domain(self, domain: str) -> str:
         return "float"
@@ -214,16 +188,13 @@ class Normalize(Op):
 class Clip(Op):
     """Clamps into [min, max] (either bound may be left out); NaN stays NaN."""
 
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: Optional[float] = bounded(None, allow_inf=True)
+    max: Optional[float] = bounded(None, allow_inf=True)
     name: ClassVar[str] = "clip"
     kinds: ClassVar[FrozenSet[str]] = frozenset({"dense", "label"})
     reads: ClassVar[FrozenSet[str]] = NUMERIC
 
-    def __post_init__(self):
-        for key in ("min", "max"):
-            v = getattr(self, key)
-            _check(v is None or (_is_number(v) and not math.isnan(v)), self.name, f"{key} must be a number, got {v!r}")
+    def _validate(self):
         _check(self.min is not None or self.max is not None, self.name, "needs min, max or both")
         _check(self.min is None or self.max is None or self.min <= self.max, self.name,
                f"min ({self.min}) must be <= max ({self.max})")

@@ -41,6 +41,7 @@ class Node:
     is_output: bool = False
     root: Optional["Node"] = None  # the source under a run of elementwise ops (dictionary cache)
     cacheable: bool = False  # keeps its dictionary-domain output across batches (set by Plan)
+    nan_to_null: bool = False  # a source whose non-finite floats read as nulls (features with nan: fill)
 
     @property
     def group(self) -> str:
@@ -55,7 +56,7 @@ class Node:
 
     def label(self) -> str:
         if self.kind == "source":
-            return self.column
+            return f"{self.column} (NaN as null)" if self.nan_to_null else self.column
         if self.kind == "cross":
             return "cross(" + ", ".join(i.label() for i in self.inputs) + ")"
         return f"{self.op.name}({self.inputs[0].label()})"
@@ -116,7 +117,9 @@ class Plan:
             start = self._node(("cross", s.cross_cap, s.cross_seed) + tuple(i.id for i in inputs), scope,
                                kind="cross", inputs=inputs, cap=s.cross_cap, seed=s.cross_seed)
         else:
-            start = self._node(("column", s.column), scope, kind="source", column=s.column)
+            fill = s.nan == "fill"  # its own source node: the column with non-finite floats masked as nulls
+            start = self._node(("column", s.column) + (("nan_to_null",) if fill else ()), scope, kind="source",
+                               column=s.column, nan_to_null=fill)
         out = self._chain(start, s.ops, scope)
         if self.cse or scope == s.name:  # unfused copies inside a cross belong to the cross only
             self._mark(out, s.name)

@@ -20,11 +20,15 @@ import os
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from recis.features.ops import OPS, FeatureConfigError, Op, op_from_dict
+from recis.config_utils import bounded, check_types
+from recis.features.ops import OPS, FeatureConfigError, FillMissing, Op, op_from_dict
 
-__all__ = ["KINDS", "CrossInput", "FeatureSpec", "load_specs", "check_specs", "specs_to_config"]
+__all__ = ["KINDS", "NAN_MODES", "CrossInput", "FeatureSpec", "load_specs", "check_specs", "specs_to_config"]
 
 KINDS = ("sparse", "dense", "label", "passthrough")
+#: What a non-finite value (NaN, +inf, -inf) in a dense or label feature's column does: raise an
+#: error naming the feature, column and row; become a null (then the fill_missing value); or flow on.
+NAN_MODES = ("error", "fill", "keep")
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ class FeatureSpec:
     column: Optional[str] = None
     cross: Optional[Tuple[CrossInput, ...]] = None
     ops: Tuple[Op, ...] = ()
-    cross_cap: int = 256  # most ids a row's cross may produce (the cartesian product is cut)
-    cross_seed: int = 0
+    cross_cap: int = bounded(256, ge=1, lt=2 ** 64)  # most ids a row's cross may produce (the product is cut)
+    cross_seed: int = bounded(0, ge=0, lt=2 ** 64)
+    nan: str = "error"  # dense and label: what a non-finite input value (NaN, +/-inf) does
 
     def __post_init__(self):
         where = f"feature {self.name!r}"
@@ -78,6 +83,7 @@ class FeatureSpec:
             raise FeatureConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.column is not None and (not isinstance(self.column, str) or not self.column):
             raise FeatureConfigError(f"{where}: column must be a non-empty string, got {self.column!r}")
+        check_types(self, where, sep=": ", error=FeatureConfigError)
         if self.cross is not None:
             if self.kind != "sparse":
                 raise FeatureConfigError(f"{where}: only sparse features can cross, this one is {self.kind}")
@@ -88,13 +94,6 @@ class FeatureSpec:
             object.__setattr__(self, "cross", tuple(_wrap(where, CrossInput.parse, c) for c in self.cross))
         if (self.column is None) == (self.cross is None):
             raise FeatureConfigError(f"{where}: give exactly one of column and cross")
-        for key in ("cross_cap", "cross_seed"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2 ** 64 or (key == "cross_cap" and v < 1):
-                raise FeatureConfigError(f"{where}: {key} must be a {'positive' if key == 'cross_cap' else 'non-negative'}"
-                                         f" integer, got {v!r}")
-        if not isinstance(self.ops, (list, tuple)):
-            raise FeatureConfigError(f"{where}: ops must be a list, got {self.ops!r}")
         ops = tuple(_wrap(where, op_from_dict, o) if not isinstance(o, Op) else o for o in self.ops)
         for o in ops:
             if self.kind not in o.kinds:
@@ -102,6 +101,13 @@ class FeatureSpec:
                 raise FeatureConfigError(f"{where}: op '{o.name}' is not allowed in a {self.kind} feature "
                                          f"(allowed: {', '.join(allowed) or 'none'})")
         object.__setattr__(self, "ops", ops)
+        if self.nan not in NAN_MODES:
+            raise FeatureConfigError(f"{where}: nan must be one of {', '.join(NAN_MODES)}, got {self.nan!r}")
+        if self.nan != "error" and self.kind not in ("dense", "label"):
+            raise FeatureConfigError(f"{where}: nan applies to dense and label features, this one is {self.kind}")
+        if self.nan == "fill" and not any(isinstance(o, FillMissing) for o in ops):
+            raise FeatureConfigError(f"{where}: nan: fill needs a fill_missing op (its value replaces NaN and "
+                                     "+/-inf, as it replaces nulls)")
 
     @classmethod
     def from_dict(cls, d: Dict) -> "FeatureSpec":
@@ -129,6 +135,8 @@ class FeatureSpec:
                 out["cross_seed"] = self.cross_seed
         if self.ops:
             out["ops"] = [o.to_dict() for o in self.ops]
+        if self.nan != "error":
+            out["nan"] = self.nan
         return out
 
 

@@ -26,7 +26,8 @@ from typing import Dict, Iterable, Iterator, Optional, Union
 
 import torch
 
-from recis.io.errors import IOStats
+from recis.config_utils import bounded, check_types
+from recis.io.errors import ON_ERROR, IOStats
 from recis.io.pipeline import Cursor
 from recis.io.prefetch import Prefetcher, resolve_pin_memory
 from recis.io.sharding import resolve_shard
@@ -38,24 +39,20 @@ STATE_FORMAT = "recis.io/1"
 class LoaderConfig:
     """Options shared by the datasets (validated here; see ArrowDataset for their meaning)."""
 
-    batch_size: int = 1024
+    batch_size: int = bounded(1024, ge=1)
     drop_last: bool = False
-    shuffle_buffer: int = 0
-    seed: int = 0
+    shuffle_buffer: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, lt=1 << 64)
     on_error: str = "raise"
-    prefetch: int = 0
+    prefetch: int = bounded(0, ge=0)
     pin_memory: Union[str, bool] = "auto"
-    read_batch_size: int = 65536
+    read_batch_size: int = bounded(65536, ge=1)
     yield_state: bool = False
 
     def __post_init__(self):
-        for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0),
-                          ("read_batch_size", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        check_types(self, "")  # the dataset's arguments: named as the caller spells them
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         resolve_pin_memory(self.pin_memory)
 
 

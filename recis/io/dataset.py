@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from recis.config_utils import Range, check_value
 from recis.io.base import ArrowIterableBase, LoaderConfig, fingerprint
-from recis.io.errors import DataFileError
-from recis.io.files import infer_format, list_data_files
+from recis.io.errors import DataFileError, IOStats, UnknownFormatError
+from recis.io.files import format_of, infer_format, list_data_files
 from recis.io.pipeline import Cursor, make_batches
 from recis.io.reader import FileReader, Unit, infer_schema
 from recis.io.schema import format_name, make_format, project
@@ -61,13 +62,12 @@ class ArrowDataset(ArrowIterableBase):
         config = LoaderConfig(batch_size, drop_last, shuffle_buffer, seed, on_error, prefetch, pin_memory,
                               read_batch_size, yield_state)
         super().__init__(config, transform, rank, world_size)
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"epochs must be an int >= 1 or None (forever), got {epochs!r}")
+        check_value("epochs", epochs, Optional[int], Range(ge=1))  # None: forever
         if schema is not None and not isinstance(schema, pa.Schema):
             raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
         self.epochs = epochs
         self.start_epoch = self._run_start = 0
-        files, sources, source_of, partitions, dataset_schema = _resolve_source(source, format)
+        files, sources, source_of, partitions, dataset_schema = _resolve_source(source, format, on_error, self.stats)
         self.files: List[str] = files
         self._partitions = partitions
         self._source_of = source_of
@@ -96,8 +96,7 @@ class ArrowDataset(ArrowIterableBase):
     def set_epoch(self, epoch: int):
         """The next iteration (without a loaded state) starts at this epoch, like
         DistributedSampler.set_epoch: with epochs=1, call it before each pass to reshuffle."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        check_value("epoch", epoch, int, Range(ge=0))
         self.start_epoch = epoch
 
     def _config_state(self) -> dict:
@@ -171,8 +170,10 @@ class ArrowDataset(ArrowIterableBase):
                 yield batch, i, row, last
 
 
-def _resolve_source(source, format):
-    """(files, [(FileFormat, filesystem)], {file: source index}, {file: partition}, schema or None)."""
+def _resolve_source(source, format, on_error: str = "raise", stats: Optional[IOStats] = None):
+    """(files, [(FileFormat, filesystem)], {file: source index}, {file: partition}, schema or None).
+    Without a format, a file whose name says none is an UnknownFormatError, or with
+    on_error="skip" left out and counted in `stats`."""
     if isinstance(source, ds.Dataset):
         children = _file_datasets(source)
         files, sources, source_of, partitions = [], [], {}, {}
@@ -199,6 +200,14 @@ def _resolve_source(source, format):
     if format is None:
         if not files:
             raise ValueError(f"no data files in {source!r}")
+        if on_error == "skip":
+            for f in files:
+                if format_of(f) is None:
+                    stats.skip(f, str(UnknownFormatError(f)))
+            files = [f for f in files if format_of(f) is not None]
+            if not files:
+                raise ValueError(f"no file in {source!r} has a name that says its format (.parquet, .orc, .csv); "
+                                 f"pass format=")
         format = infer_format(files)
     file_format = make_format(format)
     format_name(file_format)

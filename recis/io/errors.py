@@ -7,8 +7,14 @@ mismatches, the expected and found types.
 >>> print(err)
 column 'user_id' not found in file 'data/part-0.parquet' (the file has columns: item_id, label)
 """
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
+
+#: What a dataset does with a file it cannot read: raise an error naming it, or skip it (counted
+#: in IOStats with the reason, and logged).
+ON_ERROR = ("raise", "skip")
+_log = logging.getLogger("recis.io")
 
 
 class DataFileError(Exception):
@@ -60,6 +66,15 @@ class CorruptFileError(DataFileError):
         self.reason = reason
 
 
+class UnknownFormatError(DataFileError, ValueError):
+    """A file's name does not say its format (no .parquet / .orc / .csv extension) and the
+    dataset was given no format: a README or a .json file in a data directory."""
+
+    def __init__(self, path: str):
+        super().__init__(path, f"cannot infer the format of {path!r} from its name; pass "
+                               "format='parquet'|'orc'|'csv' (or on_error='skip' to skip such files)")
+
+
 @dataclass
 class IOStats:
     """Counters of one dataset object in one process (each DataLoader worker has its own).
@@ -78,9 +93,11 @@ class IOStats:
     skipped: Dict[str, str] = field(default_factory=dict)
     files_waiting: int = 0
 
-    def skip(self, path: str, reason: str):
+    def skip(self, path: str, reason: str, log: bool = True):
         self.files_skipped += 1
         self.skipped[path] = reason
+        if log:
+            _log.warning("skipped file %s: %s", path, reason)
 
     def reset(self):
         self.__init__()

@@ -15,6 +15,8 @@ import os
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
+from recis.io.errors import UnknownFormatError
+
 TEMP_SUFFIXES = (".tmp", ".temp", ".inprogress", ".partial", ".part", ".crc", ".copying")
 _COMPRESSION = (".gz", ".bz2", ".zst", ".lz4", ".zstd")
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".orc": "orc", ".csv": "csv"}
@@ -39,12 +41,13 @@ def format_of(path: str) -> Optional[str]:
 
 
 def infer_format(paths: Sequence[str]) -> str:
-    """The one format that the files' extensions name; an error if they name none or several."""
+    """The one format that the files' extensions name; an error if they name none or several
+    (an UnknownFormatError naming the first file whose name says no format)."""
     found = {}
     for p in paths:
         fmt = format_of(p)
         if fmt is None:
-            raise ValueError(f"cannot infer the format of {p!r} from its name; pass format='parquet'|'orc'|'csv'")
+            raise UnknownFormatError(p)
         found.setdefault(fmt, p)
     if len(found) != 1:
         detail = ", ".join(f"{p!r} is {f}" for f, p in found.items()) or "no files"

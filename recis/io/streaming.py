@@ -18,9 +18,10 @@ from typing import Optional, Sequence, Union
 
 import pyarrow as pa
 
+from recis.config_utils import Range, check_value
 from recis.io.base import ArrowIterableBase, LoaderConfig
-from recis.io.errors import DataFileError
-from recis.io.files import infer_format
+from recis.io.errors import DataFileError, UnknownFormatError
+from recis.io.files import format_of, infer_format
 from recis.io.pipeline import Cursor, make_batches
 from recis.io.reader import FileReader, Unit, infer_schema
 from recis.io.schema import format_name, make_format, project
@@ -54,10 +55,8 @@ class StreamingArrowDataset(ArrowIterableBase):
         config = LoaderConfig(batch_size, drop_last, shuffle_buffer, seed, on_error, prefetch, pin_memory,
                               read_batch_size, yield_state)
         super().__init__(config, transform, rank, world_size)
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-        if stop_after_idle is not None and stop_after_idle < 0:
-            raise ValueError(f"stop_after_idle must be >= 0 or None, got {stop_after_idle}")
+        check_value("poll_interval", poll_interval, float, Range(gt=0))
+        check_value("stop_after_idle", stop_after_idle, Optional[float], Range(ge=0))
         if schema is not None and not isinstance(schema, pa.Schema):
             raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
         self._format = make_format(format) if format is not None else None
@@ -106,6 +105,11 @@ class StreamingArrowDataset(ArrowIterableBase):
     def _reader_for(self, key: str, path: str) -> Optional[FileReader]:
         """The reader (made from the first file when the schema is inferred); None when that
         file cannot give a schema and on_error="skip" (the file is counted as skipped)."""
+        if self._format is None and format_of(key) is None:  # e.g. a README landing in the directory
+            if self.config.on_error == "raise":
+                raise UnknownFormatError(path)
+            self.stats.skip(path, str(UnknownFormatError(path)))
+            return None
         if self._reader is None:
             file_format = self._format or make_format(infer_format([key]))
             schema, inferred_from = self._schema, None

@@ -18,6 +18,7 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from recis.config_utils import Range, check_value
 from recis.io.files import format_of, has_complete_footer, is_data_name, scan_files, stable_shard
 
 
@@ -36,8 +37,7 @@ class DirectoryWatcher:
 
     def __init__(self, root: str, windows: Union[None, str, Sequence[str]] = None, *, settle_s: float = 1.0,
                  marker: Optional[str] = None, format_name: Optional[str] = None):
-        if settle_s < 0:
-            raise ValueError(f"settle_s must be >= 0, got {settle_s}")
+        check_value("settle_s", settle_s, float, Range(ge=0))
         if windows is not None and not isinstance(windows, str):
             windows = [os.fspath(w) for w in windows]
             bad = [w for w in windows if os.path.isabs(w) or not is_data_name(w)]

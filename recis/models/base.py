@@ -4,6 +4,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from recis.config_utils import Range, check_value
 from recis.nn import EmbeddingCollection, TableConfig, Zeros
 
 
@@ -52,9 +53,8 @@ class CTRModel(nn.Module):
             raise ValueError(f"{type(self).__name__} needs at least one sparse feature")
         if len(set(sparse_features)) != len(sparse_features):
             raise ValueError(f"{type(self).__name__}: duplicate sparse features {list(sparse_features)}")
-        if dense_dim < 0 or embedding_dim < 1:
-            raise ValueError(f"{type(self).__name__}: dense_dim must be >= 0 and embedding_dim >= 1, got "
-                             f"{dense_dim} and {embedding_dim}")
+        check_value(f"{type(self).__name__} dense_dim", dense_dim, int, Range(ge=0))
+        check_value(f"{type(self).__name__} embedding_dim", embedding_dim, int, Range(ge=1))
         self.sparse_features = list(sparse_features)
         self.dense_dim = dense_dim
         self.embedding_dim = embedding_dim

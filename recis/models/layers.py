@@ -4,6 +4,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from recis.config_utils import Range, check_value
+
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}
 
 
@@ -18,8 +20,9 @@ class MLP(nn.Sequential):
                  dropout: float = 0.0):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"MLP activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"MLP dropout must be in [0, 1), got {dropout}")
+        check_value("MLP dropout", dropout, float, Range(ge=0, lt=1))
+        check_value("MLP hidden", list(hidden), Sequence[int], Range(ge=1))
+        check_value("MLP out_dim", out_dim, Optional[int], Range(ge=1))
         layers, width = [], in_dim
         for h in hidden:
             layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
@@ -53,8 +56,8 @@ class CrossNetwork(nn.Module):
 
     def __init__(self, dim: int, num_layers: int, low_rank: Optional[int] = None):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"CrossNetwork needs num_layers >= 1, got {num_layers}")
+        check_value("CrossNetwork num_layers", num_layers, int, Range(ge=1))
+        check_value("CrossNetwork low_rank", low_rank, Optional[int], Range(ge=1))
         if low_rank is None:
             self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
         else:

@@ -1,9 +1,18 @@
-"""Admission and eviction policies of a hash table.
+"""Admission and eviction policies of a hash table (each field's rule is stated next to it and
+checked on construction, naming the field).
 
 >>> FrequencyAdmission(min_count=3)
 FrequencyAdmission(min_count=3, sketch_width=1048576, sketch_depth=4)
+>>> TTLEviction(ttl_steps=0)
+Traceback (most recent call last):
+...
+ValueError: TTLEviction.ttl_steps must be an integer in [1, 2**32), got 0
 """
 from dataclasses import dataclass
+
+from recis.config_utils import bounded, check_types
+
+_U32 = 1 << 32  # the C++ table counts sightings and steps in 32 bits
 
 
 @dataclass(frozen=True)
@@ -12,17 +21,12 @@ class FrequencyAdmission:
     (`sketch_depth` rows of `sketch_width` 32-bit counters). Until then its lookups read zeros or
     its initial value (the table's `missing` flag) and its gradients are dropped."""
 
-    min_count: int = 2
-    sketch_width: int = 1 << 20
-    sketch_depth: int = 4
+    min_count: int = bounded(2, ge=1, lt=_U32)
+    sketch_width: int = bounded(1 << 20, ge=1, lt=_U32)
+    sketch_depth: int = bounded(4, ge=1, le=8)
 
     def __post_init__(self):
-        if self.min_count < 1:
-            raise ValueError(f"FrequencyAdmission.min_count must be >= 1, got {self.min_count}")
-        if self.sketch_width < 1:
-            raise ValueError(f"FrequencyAdmission.sketch_width must be >= 1, got {self.sketch_width}")
-        if not 1 <= self.sketch_depth <= 8:
-            raise ValueError(f"FrequencyAdmission.sketch_depth must be in [1, 8], got {self.sketch_depth}")
+        check_types(self, "FrequencyAdmission")
 
 
 @dataclass(frozen=True)
@@ -30,27 +34,21 @@ class TTLEviction:
     """Every `interval_steps` training steps, rows unseen for more than `ttl_steps` steps are
     erased. A returning id starts again from its deterministic initial row."""
 
-    ttl_steps: int
-    interval_steps: int = 100
+    ttl_steps: int = bounded(ge=1, lt=_U32)
+    interval_steps: int = bounded(100, ge=1)
 
     def __post_init__(self):
-        if self.ttl_steps < 1:
-            raise ValueError(f"TTLEviction.ttl_steps must be >= 1, got {self.ttl_steps}")
-        if self.interval_steps < 1:
-            raise ValueError(f"TTLEviction.interval_steps must be >= 1, got {self.interval_steps}")
+        check_types(self, "TTLEviction")
 
 
 @dataclass(frozen=True)
 class LFUEviction:
     """Keeps at most `capacity` ids. When new ids would pass it, the least frequently seen rows
     (ties: least recently seen) that were not used in the current step are erased, at least
-    `evict_fraction * capacity` at a time to amortize the scan."""
+    `evict_fraction * capacity` at a time to amortize the scan (0: only as many as needed)."""
 
-    capacity: int
-    evict_fraction: float = 0.01
+    capacity: int = bounded(ge=1, lt=1 << 63)
+    evict_fraction: float = bounded(0.01, ge=0, lt=1)
 
     def __post_init__(self):
-        if self.capacity < 1:
-            raise ValueError(f"LFUEviction.capacity must be >= 1, got {self.capacity}")
-        if not 0.0 <= self.evict_fraction < 1.0:
-            raise ValueError(f"LFUEviction.evict_fraction must be in [0, 1), got {self.evict_fraction}")
+        check_types(self, "LFUEviction")

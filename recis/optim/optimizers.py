@@ -5,23 +5,20 @@
 >>> opt = SparseRowwiseAdagrad(sparse_tables(emb), lr=0.05)
 >>> emb(torch.tensor([1, 2]), torch.tensor([0, 2])).sum().backward()
 >>> opt.step()
+
+Hyperparameters are checked by name on construction (recis.optim.hyper):
+
+>>> SparseSGD(sparse_tables(emb), lr=-0.1)
+Traceback (most recent call last):
+...
+ValueError: SparseSGD.lr must be a finite number >= 0, got -0.1
 """
 from typing import Tuple
 
 import torch  # noqa: F401  (doctest namespace)
 
+from recis.config_utils import Range
 from recis.optim.sparse_optimizer import SparseOptimizer
-
-
-def _check(name: str, value: float, low: float = 0.0, inclusive: bool = True) -> None:
-    ok = value >= low if inclusive else value > low
-    if not ok:
-        raise ValueError(f"invalid {name}: {value} (must be {'>=' if inclusive else '>'} {low})")
-
-
-def _check_betas(betas: Tuple[float, float]) -> None:
-    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-        raise ValueError(f"invalid betas: {betas} (each must be in [0, 1))")
 
 
 class SparseSGD(SparseOptimizer):
@@ -29,7 +26,6 @@ class SparseSGD(SparseOptimizer):
 
     def __init__(self, tables, lr: float = 0.01, weight_decay: float = 0.0, skip_nonfinite: bool = False,
                  fused: bool = False):
-        _check("lr", lr), _check("weight_decay", weight_decay)
         super().__init__(tables, dict(lr=lr, weight_decay=weight_decay), skip_nonfinite, fused)
 
     def hyper(self, g, step):
@@ -44,9 +40,6 @@ class SparseAdagrad(SparseOptimizer):
     def __init__(self, tables, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, skip_nonfinite: bool = False,
                  fused: bool = False):
-        for n, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
-                     ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
-            _check(n, v)
         super().__init__(tables, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps),
                          skip_nonfinite, fused)
@@ -66,9 +59,6 @@ class SparseRowwiseAdagrad(SparseOptimizer):
 
     def __init__(self, tables, lr: float = 0.01, eps: float = 1e-8, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
-        for n, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay),
-                     ("initial_accumulator_value", initial_accumulator_value)):
-            _check(n, v)
         super().__init__(tables, dict(lr=lr, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
 
@@ -87,8 +77,7 @@ class SparseAdam(SparseOptimizer):
 
     def __init__(self, tables, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
-        _check("lr", lr), _check("eps", eps), _check("weight_decay", weight_decay), _check_betas(betas)
-        super().__init__(tables, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
+        super().__init__(tables, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
                          skip_nonfinite, fused)
 
     def slot_init(self, dim, g):
@@ -114,14 +103,11 @@ class SparseFTRL(SparseOptimizer):
     -(z - sign(z) l1) / ((beta + n'^-p) / lr + l2), with p = lr_power (-0.5 in the paper)."""
 
     kind = "ftrl"
+    rules = {"lr": Range(gt=0)}  # FTRL divides by lr
 
     def __init__(self, tables, lr: float = 0.05, beta: float = 1.0, l1: float = 0.0, l2: float = 0.0,
                  lr_power: float = -0.5, initial_accumulator_value: float = 0.1, skip_nonfinite: bool = False,
                  fused: bool = False):
-        _check("lr", lr, inclusive=False), _check("beta", beta), _check("l1", l1), _check("l2", l2)
-        _check("initial_accumulator_value", initial_accumulator_value)
-        if lr_power > 0:
-            raise ValueError(f"invalid lr_power: {lr_power} (must be <= 0)")
         super().__init__(tables, dict(lr=lr, beta=beta, l1=l1, l2=l2, lr_power=lr_power,
                                       initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
 

@@ -19,7 +19,9 @@ from typing import Dict, Iterable, List, Sequence, Union
 import torch
 
 from recis._ops import OPTIM_KINDS, table_ops
+from recis.config_utils import Range, check_value
 from recis.nn.hash_table import HashTable, TableGroup
+from recis.optim.hyper import check_options
 
 
 def _groups_of(tables) -> List[TableGroup]:
@@ -44,9 +46,16 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     """Subclasses set `kind` and define `slot_init(dim, group)` and `hyper(group, step)`."""
 
     kind: str = ""
+    rules: Dict[str, Range] = {}  # this optimizer's own rules for hyperparameters (recis.optim.hyper)
 
     def __init__(self, tables: Union[Iterable[HashTable], torch.nn.Module], defaults: Dict,
                  skip_nonfinite: bool = False, fused: bool = False):
+        name = type(self).__name__
+        check_options(name, defaults, self.rules)
+        check_value(f"{name}.skip_nonfinite", skip_nonfinite, bool)
+        check_value(f"{name}.fused", fused, bool)
+        if "betas" in defaults:
+            defaults = dict(defaults, betas=tuple(defaults["betas"]))
         self._tables: List[TableGroup] = _groups_of(tables)
         self.skip_nonfinite = skip_nonfinite
         self.fused = fused

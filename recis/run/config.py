@@ -15,38 +15,57 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from recis.config_utils import check_types, from_mapping
+from recis.config_utils import bounded, check_types, from_mapping
+from recis.distributed.planner import parse_override
+from recis.io.errors import ON_ERROR
+from recis.io.files import FORMATS
+from recis.run.datasets import DATASETS, dataset
 from recis.train.config import TrainerConfig
-
-DATASETS = ("movielens", "synthetic")
-
 
 @dataclass
 class DataConfig:
-    """`dataset` names a built-in dataset (movielens: `split` random|time); otherwise `train` and
-    `eval` give files or directories (Parquet, ORC or CSV, `format` to force one)."""
+    """`dataset` names a built-in dataset (recis.run.datasets: movielens, synthetic, criteo,
+    avazu; `options` are its options); otherwise `train` and `eval` give files or directories
+    (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
+    `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
+    in a data directory, instead of stopping (recis.io)."""
 
     dataset: Optional[str] = None
     split: str = "random"
     train: Optional[Union[str, List[str]]] = None
     eval: Optional[Union[str, List[str]]] = None
     format: Optional[str] = None
-    batch_size: int = 1024
-    eval_batch_size: int = 8192
-    shuffle_buffer: int = 0
-    seed: int = 0
-    prefetch: int = 2
-    synthetic_rows: int = 200_000
+    batch_size: int = bounded(1024, ge=1)
+    eval_batch_size: int = bounded(8192, ge=1)
+    shuffle_buffer: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, lt=1 << 64)
+    prefetch: int = bounded(2, ge=0)
+    on_error: str = "raise"
+    options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_types(self, "data")
-        if self.dataset is not None and self.dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {DATASETS} or null, got {self.dataset!r}")
-        if self.dataset is None and self.train is None:
-            raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS} or null (inferred from the file names), "
+                             f"got {self.format!r}")
+        if self.dataset is None:
+            if self.train is None:
+                raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")
+            if self.options:
+                raise ValueError(f"data.options are a built-in dataset's options; no data.dataset is set "
+                                 f"(got options {sorted(self.options)})")
+            return
+        ds = dataset(self.dataset)
+        if not ds.reads_files:
+            given = [k for k in ("train", "eval", "format") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"data.{given[0]} is not used with data.dataset {self.dataset!r} (it brings its "
+                                 f"own data); leave it out, or drop data.dataset to read your own files")
+        if self.split != "random" and self.dataset != "movielens":
+            raise ValueError(f"data.split is MovieLens' option; data.dataset is {self.dataset!r}")
+        ds.check(self)
 
 
 @dataclass
@@ -77,15 +96,16 @@ class OptimConfig:
 
 @dataclass
 class CheckpointConfig:
+    """`dir` (none: no checkpoints), the `keep_last` checkpoints kept, one saved `every` N steps
+    (none: only at the end), and whether a job `resume`s from the latest one."""
+
     dir: Optional[str] = None
-    keep_last: int = 3
-    every: Optional[int] = None
+    keep_last: int = bounded(3, ge=1)
+    every: Optional[int] = bounded(None, ge=1)
     resume: bool = True
 
     def __post_init__(self):
         check_types(self, "checkpoint")
-        if self.keep_last < 1:
-            raise ValueError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
 
 
 @dataclass
@@ -98,18 +118,18 @@ class DistributedConfig:
 
     dense: str = "ddp"
     sharding: Dict[str, str] = field(default_factory=dict)
-    expected_rows: Dict[str, int] = field(default_factory=dict)
-    replicate_max_bytes: int = 1 << 20
-    table_wise_max_bytes: int = 64 << 20
-    timeout_s: float = 300.0
+    expected_rows: Dict[str, int] = bounded(default_factory=dict, ge=0)
+    replicate_max_bytes: int = bounded(1 << 20, ge=0)
+    table_wise_max_bytes: int = bounded(64 << 20, ge=0)
+    timeout_s: float = bounded(300.0, gt=0)
     pipeline: bool = True
 
     def __post_init__(self):
         check_types(self, "distributed")
         if self.dense not in ("ddp", "fsdp2", "none"):
             raise ValueError(f"distributed.dense must be 'ddp', 'fsdp2' or 'none', got {self.dense!r}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"distributed.timeout_s must be > 0, got {self.timeout_s}")
+        for table, spec in self.sharding.items():
+            parse_override(spec, f"distributed.sharding.{table}")
 
 
 @dataclass

@@ -1,13 +1,18 @@
 """Job: builds the whole pipeline of a RunConfig (data -> feature engine -> model -> optimizers -> Trainer)."""
 import copy
+import inspect
 import time
+import typing
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from recis import optim as sparse_optim
+from recis.config_utils import check_value
 from recis.distributed import wrap_dense
+from recis.optim.hyper import check_options
 from recis.run.config import RunConfig
+from recis.run.datasets import DATASETS
 
 SPARSE_OPTIMIZERS = {"sgd": sparse_optim.SparseSGD, "adagrad": sparse_optim.SparseAdagrad,
                      "rowwise_adagrad": sparse_optim.SparseRowwiseAdagrad, "adam": sparse_optim.SparseAdam,
@@ -17,36 +22,53 @@ DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": t
 GROUP_COLUMN = "group_id"  # pass-through column that GAUC groups by (the user id for MovieLens)
 
 
-def _optimizer(table: Dict, spec: Dict, where: str, params):
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name not in table:
+def _optimizer_class(table: Dict, spec: Dict, where: str):
+    name = spec["name"]
+    if not isinstance(name, str) or name not in table:
         raise ValueError(f"{where}.name must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def check_optim(cfg: RunConfig) -> None:
+    """Checks every optimizer option of the job by name (recis.optim.hyper), before anything is built."""
+    for table, part in ((SPARSE_OPTIMIZERS, "sparse"), (DENSE_OPTIMIZERS, "dense")):
+        spec = getattr(cfg.optim, part)
+        cls = _optimizer_class(table, spec, f"optim.{part}")
+        check_options(f"optim.{part}", {k: v for k, v in spec.items() if k != "name"}, getattr(cls, "rules", None),
+                      constructor=cls)
+    dense = _optimizer_class(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense")
+    for group, options in cfg.optim.groups.items():
+        check_options(f"optim.groups.{group}", options, constructor=dense)
+
+
+def _optimizer(table: Dict, spec: Dict, where: str, params):
+    """table[spec.name](params, **options) (options checked by check_optim); a constructor's
+    error names the section."""
+    spec = dict(spec)
+    cls = _optimizer_class(table, spec, where)
+    name = spec.pop("name")
     try:
-        return table[name](params, **spec)
-    except TypeError as e:
-        raise TypeError(f"{where} ({name}): {e}") from None
+        return cls(params, **spec)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where} ({name}): {e}") from None
 
 
 def feature_config(cfg: RunConfig) -> Dict:
-    """The feature engine config: a built-in dataset's, a file, or inline."""
+    """The feature engine config: a built-in dataset's (recis.run.datasets), a file, or inline."""
     features = cfg.features
-    if features == "movielens":
-        from recis.datasets import movielens
-
-        features = movielens.feature_config()
-        if cfg.trainer.group_key == GROUP_COLUMN:
+    if isinstance(features, str) and features in DATASETS:
+        features = DATASETS[features].feature_config(cfg.data)
+        if features is not None and cfg.features == "movielens" and cfg.trainer.group_key == GROUP_COLUMN:
             features["features"].append({"name": GROUP_COLUMN, "kind": "passthrough", "column": "user_id"})
     return features
 
 
-def data_files(cfg: RunConfig) -> Tuple[object, Optional[object]]:
+def data_files(cfg: RunConfig, stats=(None, None)) -> Tuple[object, Optional[object]]:
+    """(train, eval or None): a built-in dataset's (recis.run.datasets), or data.train / data.eval.
+    Files a built-in dataset's reader leaves out (data.on_error: skip) are counted in stats."""
     d = cfg.data
-    if d.dataset == "movielens":
-        from recis.datasets import movielens
-
-        files = movielens.load(split=d.split, seed=d.seed)
-        return str(files.train), str(files.test)
+    if d.dataset is not None:
+        return DATASETS[d.dataset].sources(d, stats)
     return d.train, d.eval
 
 
@@ -55,6 +77,7 @@ def _build_model(cfg: RunConfig, engine, models: Dict):
     installed tower (Tower.from_features with the engine's outputs)."""
     name, args = cfg.model.name, dict(cfg.model.args)
     if name in models:
+        check_model_args(models[name].__init__, args)
         sparse_names = [s.name for s in engine.specs if s.kind == "sparse"]
         args.setdefault("dense_dim", len(engine.dense_names))
         build = lambda: models[name](sparse_names, **args)  # noqa: E731
@@ -66,11 +89,36 @@ def _build_model(cfg: RunConfig, engine, models: Dict):
             raise ValueError(f"model.name must be one of {sorted(models)} or an installed tower "
                              f"(installed towers: {sorted(towers) or 'none'}), got {name!r}")
         cls = load_tower(name)
+        check_model_args(cls.from_features, args)
         build = lambda: cls.from_features(FeatureInfo.of_engine(engine), **args)  # noqa: E731
     try:
         return build()
-    except TypeError as e:
-        raise TypeError(f"model ({name}): {e}") from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"model ({name}): {e}") from None
+
+
+def check_shards(data, world_size: int) -> None:
+    """Training steps in lockstep and stops at the first rank that runs out: a rank without any
+    shard unit (a file, or a Parquet row group) would end training before its first step."""
+    if world_size > 1:
+        units = len(data.units(world_size))
+        if units < world_size:
+            raise ValueError(f"data.train holds {units} shard unit(s) (files, or Parquet row groups) for {world_size} "
+                             f"ranks: a rank without data would stop training before its first step; split the "
+                             f"data into at least {world_size} files or row groups")
+
+
+def check_model_args(fn, args: Dict, where: str = "model") -> None:
+    """Checks each argument against the annotation of `fn`'s parameter of that name, naming
+    `where.arg` (arguments that `fn` does not name, and unannotated ones, are left to `fn`)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: nothing to check by
+        return
+    params = inspect.signature(fn).parameters
+    for key, value in args.items():
+        if key in params and key in hints:
+            check_value(f"{where}.{key}", value, hints[key])
 
 
 class Job:
@@ -79,7 +127,7 @@ class Job:
     def __init__(self, cfg: RunConfig):
         from recis.checkpoint import CheckpointManager
         from recis.features import FeatureEngine
-        from recis.io import ArrowDataset
+        from recis.io import ArrowDataset, IOStats
         from recis.metrics import AUC, GAUC, Calibration, LogLoss
         from recis.models import MODELS
         from recis.train import Trainer
@@ -87,21 +135,35 @@ class Job:
         from recis.distributed import init_from_env
 
         self.cfg = cfg
+        check_optim(cfg)
         self.env = init_from_env(timeout_s=cfg.distributed.timeout_s)
         if cfg.trainer.seed is not None:
             torch.manual_seed(cfg.trainer.seed)
         self.engine = FeatureEngine.from_config(feature_config(cfg))
-        train_src, eval_src = data_files(cfg)
+        key = cfg.trainer.group_key
+        if key is not None and key not in [s.name for s in self.engine.specs if s.kind == "passthrough"]:
+            passthrough = [s.name for s in self.engine.specs if s.kind == "passthrough"]
+            raise ValueError(f"trainer.group_key {key!r} (GAUC's group) must name a passthrough feature; the "
+                             f"features have {passthrough or 'none'}"
+                             + (" (with features: movielens, use group_key: group_id)" if cfg.features == "movielens"
+                                else ""))
+        listed = (IOStats(), IOStats())  # files left out while a built-in dataset lists its files
+        train_src, eval_src = data_files(cfg, listed)
         d = cfg.data
         self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
                                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
                                        transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                       world_size=self.env.world_size)
+                                       world_size=self.env.world_size, on_error=d.on_error)
         self.eval_data = None
         if eval_src is not None:
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                          world_size=self.env.world_size)
+                                          world_size=self.env.world_size, on_error=d.on_error)
+        check_shards(self.train_data, self.env.world_size)
+        for data, early in zip((self.train_data, self.eval_data), listed):
+            for path, reason in early.skipped.items():
+                if data is not None:
+                    data.stats.skip(path, reason, log=False)  # logged when they were left out
         self.model = _build_model(cfg, self.engine, MODELS)
         from recis.nn import sparse_tables
         from recis.towers import Tower
@@ -126,8 +188,8 @@ class Job:
             else None
         trainer_cfg = copy.copy(cfg.trainer)
         trainer_cfg.checkpoint_every = cfg.checkpoint.every
-        if self.env.rank > 0:  # one progress bar and one set of logs per job
-            trainer_cfg.progress, trainer_cfg.log_dir = False, None
+        if self.env.rank > 0:  # one set of logs per job (the Trainer reports progress on rank 0 only)
+            trainer_cfg.log_dir = None
         self.trainer = Trainer(wrap_dense(self.model, self.env, cfg.distributed.dense), self.sparse_optimizer,
                                self.dense_optimizer, metrics=metrics, config=trainer_cfg, checkpoint=ckpt,
                                env=self.env, pipeline=cfg.distributed.pipeline)
@@ -158,6 +220,7 @@ class Job:
         result["train_examples"] = float(self.env.all_reduce(examples, what="examples count"))  # all ranks
         result["train_examples_per_s"] = result["train_examples"] / max(seconds - result.get("eval_seconds", 0), 1e-9)
         result["world_size"] = self.env.world_size
+        result["files_skipped"] = sum(len(d.stats.skipped) for d in (self.train_data, self.eval_data) if d is not None)
         return result
 
     def evaluate(self, checkpoint: str = "latest") -> Dict[str, float]:

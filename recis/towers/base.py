@@ -36,6 +36,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from recis.optim.hyper import check_options
+
 __all__ = ["TowerOutput", "ParamGroup", "FeatureInfo", "Tower", "BaseModelMismatchError", "KINDS"]
 
 KINDS = ("dense", "frozen", "adapter")
@@ -122,9 +124,8 @@ class Tower(nn.Module):
             raise ValueError(f"group {name!r}: kind must be one of {KINDS}, got {kind!r}")
         if name in self._declared or name == DEFAULT_GROUP:
             raise ValueError(f"group {name!r} is declared twice (or uses the reserved name {DEFAULT_GROUP!r})")
-        for what, v in (("lr", lr), ("weight_decay", weight_decay)):
-            if v is not None and (not isinstance(v, (int, float)) or v < 0):
-                raise ValueError(f"group {name!r}: {what} must be a number >= 0, got {v!r}")
+        check_options(f"group {name!r}", {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay))
+                                           if v is not None})
         if isinstance(params, nn.Module):
             named = list(params.named_parameters())
         else:

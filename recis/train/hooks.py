@@ -1,10 +1,13 @@
 """Trainer hooks: each gets called at fit start/end, after every optimizer step, and after evaluations."""
 import csv
 import os
+import sys
 import time
 from typing import Dict, List, Optional
 
 import torch
+
+from recis.config_utils import Range, check_value
 
 
 class Hook:
@@ -19,21 +22,76 @@ class Hook:
     def on_fit_end(self, trainer) -> None: ...
 
 
+def under_launcher() -> bool:
+    """Whether this process was started by torchrun / torch.distributed.elastic (its output is
+    then usually collected into a log, not shown on a terminal)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class ProgressBar(Hook):
-    """A tqdm bar with loss and examples/s."""
+    """A tqdm bar with loss and examples/s on a terminal; in a log (the output stream or stdout is
+    not a terminal, or the process runs under torchrun) one plain line every `every` steps and at
+    the end, without carriage returns.
+
+    stream: where to write (default: sys.stderr, tqdm's). every: steps between lines (default 50).
+    `bar` is None in the plain-line mode."""
+
+    def __init__(self, stream=None, every: int = 50):
+        check_value("ProgressBar every", every, int, Range(ge=1))
+        self.stream, self.every = stream, every
+        self.bar = None
 
     def on_fit_start(self, trainer):
-        from tqdm.auto import tqdm
+        self.out = self.stream if self.stream is not None else sys.stderr
+        self.lines = not (_isatty(self.out) and _isatty(sys.stdout)) or under_launcher()
+        self.total = trainer.config.max_steps
+        self.loss: Optional[float] = None
+        self.rate: Optional[float] = None
+        self.last = trainer.step
+        self.t0 = time.perf_counter()
+        if not self.lines:
+            from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=trainer.config.max_steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=trainer.step, unit="step", dynamic_ncols=True, file=self.out)
 
     def on_step_end(self, trainer, step, logs):
-        self.bar.update(step - self.bar.n)
         if "loss" in logs:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs.get('examples_per_s', 0):.0f}")
+            self.loss, self.rate = logs["loss"], logs.get("examples_per_s", 0.0)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs.get('examples_per_s', 0):.0f}")
+        elif step % self.every == 0:
+            self._line(step)
+
+    def _line(self, step: int) -> None:
+        parts = [f"step {step}" + (f"/{self.total}" if self.total else "")]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.rate is not None:
+            parts.append(f"examples/s {self.rate:.0f}")
+        parts.append(f"elapsed {time.perf_counter() - self.t0:.1f}s")
+        print("  ".join(parts), file=self.out, flush=True)
+        self.last = step
+
+    def on_eval_end(self, trainer, step, metrics):
+        if self.bar is None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "gauc", "logloss", "loss"))
+            print(f"eval at step {step}  {shown}".rstrip(), file=self.out, flush=True)
 
     def on_fit_end(self, trainer):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif trainer.step != self.last:
+            self._line(trainer.step)
 
 
 class CSVLogger(Hook):

@@ -65,8 +65,8 @@ class Trainer:
             self.hooks += [CSVLogger(self.config.log_dir), CurvePlot(self.config.log_dir)]
             if self.config.tensorboard:
                 self.hooks.append(TensorBoardLogger(self.config.log_dir))
-        if self.config.progress:
-            self.hooks.append(ProgressBar())
+        if self.config.progress and self.env.rank == 0:  # one progress report per job, not one per rank
+            self.hooks.append(ProgressBar(every=self.config.progress_every or self.config.log_every))
         self.step = 0          # optimizer steps taken
         self.epoch = 0         # completed passes over the training data
         self.skipped_nonfinite = 0

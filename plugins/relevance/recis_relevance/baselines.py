@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from recis.config_utils import bounded
 from recis.towers import FeatureInfo, Tower, TowerOutput, text_column
 
 from recis_relevance.common import EncoderConfig, GradeSpec, build_text_encoder, labels_of, nll
@@ -21,9 +22,9 @@ class TextPairConfig(EncoderConfig):
 
     query_column: str = "query"
     item_column: str = "item_text"
-    grades: int = 2
-    label_base: int = 0
-    relevant_grade: Optional[int] = None
+    grades: int = bounded(2, ge=2)
+    label_base: int = bounded(0)
+    relevant_grade: Optional[int] = bounded(None)
 
     def __post_init__(self):
         super().__post_init__()

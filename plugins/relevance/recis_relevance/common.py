@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from recis.config_utils import bounded, check_types
 from recis.towers import Tower, apply_lora, resolve_model, tokenize
 from recis.towers.hf import load_encoder, load_tokenizer, pool
 
@@ -27,14 +28,15 @@ class EncoderConfig:
     encoder: Union[str, Dict[str, Any]]
     tokenizer: Union[str, Dict[str, Any], None] = None
     pooling: str = "cls"
-    max_length: int = 48
-    dropout: float = 0.1
+    max_length: int = bounded(48, ge=4)
+    dropout: float = bounded(0.1, ge=0, lt=1)
     freeze: str = "none"
     lora: Dict[str, Any] = field(default_factory=lambda: {"rank": 8, "alpha": 16.0, "targets": ["query", "value"]})
-    encoder_lr: Optional[float] = None
-    head_lr: Optional[float] = None
+    encoder_lr: Optional[float] = bounded(None, ge=0)
+    head_lr: Optional[float] = bounded(None, ge=0)
 
     def __post_init__(self):
+        check_types(self, type(self).__name__)  # a subclass's own fields too
         if self.freeze not in FREEZE:
             raise ValueError(f"freeze must be one of {FREEZE}, got {self.freeze!r}")
         if self.pooling not in ("cls", "mean"):
@@ -43,8 +45,6 @@ class EncoderConfig:
             if not isinstance(self.encoder, str):
                 raise ValueError("a randomly initialised encoder needs a tokenizer (a path or {vocab: [...]})")
             self.tokenizer = self.encoder
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
         unknown = sorted(set(self.lora) - {"rank", "alpha", "targets", "dropout"})
         if unknown:
             raise ValueError(f"lora: unknown key(s) {unknown} (known: alpha, dropout, rank, targets)")
@@ -94,13 +94,12 @@ def build_text_encoder(tower: Tower, cfg: EncoderConfig) -> TextEncoder:
 class GradeSpec:
     """Graded labels `base .. base + grades - 1`; P(grade >= relevant) is the metric probability."""
 
-    grades: int = 2
-    base: int = 0
-    relevant: Optional[int] = None
+    grades: int = bounded(2, ge=2)
+    base: int = bounded(0)
+    relevant: Optional[int] = bounded(None)
 
     def __post_init__(self):
-        if self.grades < 2:
-            raise ValueError(f"grades must be >= 2, got {self.grades}")
+        check_types(self, "GradeSpec")
         rel = self.relevant_index
         if not 1 <= rel <= self.grades - 1:
             raise ValueError(f"relevant_grade must be in {self.base + 1}..{self.base + self.grades - 1}, got "

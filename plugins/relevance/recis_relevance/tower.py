@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from recis.config_utils import bounded, check_types
 from recis.models.base import feature_tables
 from recis.nn import EmbeddingCollection
 from recis.towers import FeatureInfo, Tower, TowerOutput, list_column, text_column
@@ -41,27 +42,20 @@ class EBRMConfig(EncoderConfig):
 
     query_column: str = "query"
     entities_column: str = "entities"
-    grades: int = 2
-    label_base: int = 0
-    relevant_grade: Optional[int] = None
+    grades: int = bounded(2, ge=2)
+    label_base: int = bounded(0)
+    relevant_grade: Optional[int] = bounded(None)
     tnorm: str = "product"
-    type_weights: Dict[str, float] = field(default_factory=dict)
+    type_weights: Dict[str, float] = bounded(default_factory=dict, ge=0, le=1)
     or_types: List[str] = field(default_factory=list)
-    cache_size: int = 100_000
+    cache_size: int = bounded(100_000, ge=1)
     sparse_features: List[str] = field(default_factory=list)
-    sparse_dim: int = 8
-    sparse_weight: float = 1.0
+    sparse_dim: int = bounded(8, ge=1)
+    sparse_weight: float = bounded(1.0, ge=0, le=1)
 
     def __post_init__(self):
-        super().__post_init__()
+        super().__post_init__()  # checks every field's type and range, these included
         check_tnorm(self.tnorm)
-        for t, w in self.type_weights.items():
-            if not isinstance(w, (int, float)) or not 0 <= w <= 1:
-                raise ValueError(f"type_weights[{t!r}] must be in [0, 1], got {w!r}")
-        if not 0 <= self.sparse_weight <= 1:
-            raise ValueError(f"sparse_weight must be in [0, 1], got {self.sparse_weight}")
-        if self.sparse_dim < 1:
-            raise ValueError(f"sparse_dim must be >= 1, got {self.sparse_dim}")
         self.grade_spec = GradeSpec(self.grades, self.label_base, self.relevant_grade)
 
 
@@ -71,14 +65,13 @@ class EntityOverride:
     query). `head`: 'match', a level 1..grades-1 (c_k) or 'all'."""
 
     entity: str
-    value: float
-    head: Union[str, int] = "all"
+    value: float = bounded(ge=0, le=1)
+    head: Union[str, int] = bounded("all", ge=1)
     query: Optional[str] = None
 
     def __post_init__(self):
+        check_types(self, f"override of {self.entity!r}", sep=": ")
         Entity.parse(self.entity)
-        if not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"override of {self.entity!r}: value must be in [0, 1], got {self.value}")
 
 
 @dataclass(frozen=True)
@@ -87,12 +80,11 @@ class RuleOverride:
     the type is a `required` OR slot."""
 
     type: str
-    weight: Optional[float] = None
+    weight: Optional[float] = bounded(None, ge=0, le=1)
     required: Optional[bool] = None
 
     def __post_init__(self):
-        if self.weight is not None and not 0 <= self.weight <= 1:
-            raise ValueError(f"rule override of {self.type!r}: weight must be in [0, 1], got {self.weight}")
+        check_types(self, f"rule override of {self.type!r}", sep=": ")
 
 
 class EBRMTower(Tower):
