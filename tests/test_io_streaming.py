@@ -196,3 +196,25 @@ def test_streaming_schema_given_handles_all_null_first_file(tmp_path):
     inferred = StreamingArrowDataset(str(tmp_path), batch_size=8, stop_after_idle=0.5, **FAST)
     with pytest.raises(Exception, match="pass schema="):
         list(inferred)
+
+
+@pytest.mark.parametrize("key", ["../outside/secret.csv", "/etc/secret.csv", "a/../../secret.csv", "./a.csv",
+                                 "a//b.csv", "a\\..\\b.csv", ".hidden.csv"])
+def test_a_saved_position_cannot_name_a_file_outside_the_root(tmp_path, key):
+    """A checkpoint's data position is data from a file: its file keys are checked, so a crafted
+    one can't make a resumed stream read a file outside the watched root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.csv").write_text("id\n666\n")
+    _land(str(root / "a.parquet"), id_table(0, 4))
+    kw = dict(batch_size=4, stop_after_idle=0.3, **FAST)
+    data = StreamingArrowDataset(str(root), **kw)
+    assert ids_of(data) == [0, 1, 2, 3]
+    state = json.loads(json.dumps(data.state_dict()))
+    shard = state["shards"]["0"]
+    shard["files"], shard["unit"] = [key] + shard["files"], 0
+    resumed = StreamingArrowDataset(str(root), **kw)
+    with pytest.raises(ValueError, match="is not a data file's path relative to the root"):
+        resumed.load_state_dict(state)
+        ids_of(resumed)

@@ -31,6 +31,26 @@ def is_data_name(relpath: str) -> bool:
     return not parts[-1].lower().endswith(TEMP_SUFFIXES)
 
 
+def check_data_key(key) -> str:
+    """`key` if it is a data file's path relative to a root, as `scan_files` gives them: '/'-separated,
+    no empty, '.' or '..' component, not absolute, no backslash or NUL, and a data name. A key
+    read back from saved state can therefore never name a file outside the root.
+
+    >>> check_data_key("dt=1/part-0.parquet")
+    'dt=1/part-0.parquet'
+    >>> check_data_key("../outside/secret.csv")
+    Traceback (most recent call last):
+    ...
+    ValueError: file key '../outside/secret.csv' is not a data file's path relative to the root (no '..', '.', empty or absolute components, no backslash, not hidden or temporary)
+    """
+    parts = key.split("/") if isinstance(key, str) else []
+    if (not parts or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts)
+            or not is_data_name(key)):
+        raise ValueError(f"file key {key!r} is not a data file's path relative to the root (no '..', '.', empty or "
+                         "absolute components, no backslash, not hidden or temporary)")
+    return key
+
+
 def format_of(path: str) -> Optional[str]:
     """The format named by a file's extension (compression suffixes ignored), or None."""
     name = path.lower()

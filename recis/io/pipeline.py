@@ -21,6 +21,8 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
+from recis.io.files import check_data_key
+
 # (batch, unit index, index of its first row in the unit, whether it ends the unit)
 Rows = Iterator[Tuple[pa.RecordBatch, int, int, bool]]
 
@@ -60,9 +62,9 @@ class Cursor:
             values[k] = v
         files = d.get("files")
         if files is not None:
-            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            if not isinstance(files, list):
                 raise ValueError("shard state field 'files' must be a list of file names")
-            files = list(files)
+            files = [check_data_key(f) for f in files]
         return cls(**values, files=files, files_len=len(files) if files is not None else 0)
 
 

@@ -19,7 +19,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from recis.config_utils import Range, check_value
-from recis.io.files import format_of, has_complete_footer, is_data_name, scan_files, stable_shard
+from recis.io.files import check_data_key, format_of, has_complete_footer, is_data_name, scan_files, stable_shard
 
 
 class DirectoryWatcher:
@@ -85,7 +85,9 @@ class DirectoryWatcher:
         return [key for _, key in sorted(ready)]
 
     def path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        """The file of `key` under the root (a key from saved state is checked first: it can
+        never name a file outside the root)."""
+        return os.path.join(self.root, *check_data_key(key).split("/"))
 
     def _complete(self, key: str, path: str, size: int, stable_for: float) -> bool:
         if stable_for < self.settle_s or stable_for <= 0:
