@@ -185,6 +185,12 @@ PYBIND11_MODULE(_C, m) {
       .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
       .def("clear", locked(+[](HashTable& t) { t.clear(); }))
       .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))
+      .def("live_forwards", [](Handle& h) { return h.table->live_forwards(); })
+      .def("set_keep_grads", locked(+[](HashTable& t, bool keep) {
+             t.set_keep_grads(keep);
+             if (!keep) t.clear_pending();
+           }))
+      .def("set_name", locked(+[](HashTable& t, uint32_t ns, std::string name) { t.set_name(ns, std::move(name)); }))
       .def("stats", locked(+[](HashTable& t) {
              const auto& s = t.stats();
              return py::dict(py::arg("inserts") = s.inserts, py::arg("evictions") = s.evictions,

@@ -352,7 +352,7 @@ def test_group_moves_between_backends_with_its_state(gen):
 
 def test_pending_gradients_block_a_move():
     emb = HashEmbedding(2)
-    SparseSGD(sparse_tables(emb), lr=0.1)
+    opt = SparseSGD(sparse_tables(emb), lr=0.1)  # noqa: F841  (held: gradients wait for it)
     emb(torch.tensor([1]), torch.tensor([0, 1])).sum().backward()
     with pytest.raises(RuntimeError, match="step\\(\\) or zero_grad\\(\\)"):
         emb.group.to("cpu", backend="triton")

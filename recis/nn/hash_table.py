@@ -8,6 +8,7 @@ on CUDA in device memory, run by Triton kernels (recis.gpu); `TableGroup.to(devi
 >>> len(table), bool(rows[0] == rows[2])
 (2, True)
 """
+import functools
 import os
 import weakref
 from typing import Dict, Optional, Sequence, Union
@@ -87,6 +88,7 @@ class TableGroup:
         if admission is not None and not isinstance(admission, FrequencyAdmission):
             raise TypeError(f"admission must be a FrequencyAdmission or None, got {admission!r}")
         self.embedding_dim = embedding_dim
+        self._ns_names = [str(n) for n in names]
         self.initializer = resolve_initializer(initializer)
         self._seeds = [int(s) & (2**64 - 1) for s in seeds]
         self.token = torch.zeros(1, dtype=torch.int64)
@@ -98,13 +100,13 @@ class TableGroup:
         self.backend = resolve_backend(backend, self.device)
         self._slot_init: Sequence[float] = []
         self._stats_base = {"inserts": 0, "evictions": 0, "not_admitted": 0}
+        self._optimizer = None
         self._impl = self._new_impl(self.device, self.backend)
         # Leaf tensor that ties the table into autograd and into torch.optim param groups.
         self.anchor = torch.empty(0, requires_grad=True, device=self.device)
         self.slot_kind: Optional[str] = None
         self._fused = False
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
-        self._optimizer = None
         self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
         self._config = dict(embedding_dim=embedding_dim, names=list(names), seeds=list(seeds),
                             initializer=self.initializer, admission=admission, eviction=eviction,
@@ -127,6 +129,9 @@ class TableGroup:
         if self.admission is not None:
             impl.set_admission(self.admission.min_count, self.admission.sketch_width, self.admission.sketch_depth)
         impl.set_missing(MISSING_MODES[self.missing])
+        for ns, name in enumerate(self._ns_names):
+            impl.set_name(ns, name)
+        impl.set_keep_grads(self._attached() is not None)
         if self.capacity is not None:
             lfu = self._lfu
             for ns in range(len(self._seeds)):
@@ -145,6 +150,10 @@ class TableGroup:
         if self.pending_rows():
             raise RuntimeError(f"tables {self.names}: {self.pending_rows()} rows hold gradients for the sparse "
                                "optimizer; call its step() or zero_grad() before moving the tables")
+        if self.live_forwards():
+            raise RuntimeError(f"tables {self.names}: {self.live_forwards()} forward passes in training mode still "
+                               "have their autograd graphs (their backward would reach the rows left behind); call "
+                               "backward() or drop their outputs before moving the tables")
         old, old_handle = self._impl, self.handle
         impl = self._new_impl(device, backend)
         if old.slot_width or self.slot_kind is not None:
@@ -183,14 +192,15 @@ class TableGroup:
     def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float], fused: bool = False) -> None:
         """Lays out this table's slots for `optimizer`; one sparse optimizer per table. A fused
         optimizer updates the rows during backward instead of in step()."""
-        current = self._optimizer() if self._optimizer is not None else None
+        current = self._attached()
         if current is not None and current is not optimizer:
             raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
                              "a table takes one sparse optimizer")
         self._impl.set_slots(len(slot_init), [float(v) for v in slot_init], self.slot_kind != kind)
         self._slot_init = [float(v) for v in slot_init]
         self.slot_kind = kind
-        self._optimizer = weakref.ref(optimizer)
+        self._optimizer = weakref.ref(optimizer, functools.partial(_optimizer_gone, weakref.ref(self)))
+        self._impl.set_keep_grads(True)
         self._fused = fused
         if fused:
             _FUSED_GROUPS[self.handle] = self
@@ -204,9 +214,13 @@ class TableGroup:
         self._slot_init = [0.0] * width
         self.slot_kind = kind
 
+    def _attached(self):
+        """The attached sparse optimizer if it is alive, else None."""
+        return self._optimizer() if self._optimizer is not None else None
+
     def fused_optimizer(self):
         """The attached optimizer if it is alive and fused, else None."""
-        opt = self._optimizer() if self._optimizer is not None else None
+        opt = self._attached()
         return opt if opt is not None and self._fused else None
 
     # ---- lookups ----
@@ -253,8 +267,16 @@ class TableGroup:
         return dict(self._config)
 
     def pending_rows(self) -> int:
-        """Rows holding gradients that wait for the sparse optimizer's step()."""
+        """Rows holding gradients that wait for the sparse optimizer's step(). Backward keeps
+        gradients only for tables with a sparse optimizer attached: without one a table is not
+        trained (like a frozen parameter) and nothing waits."""
         return int(self._impl.pending_rows())
+
+    def live_forwards(self) -> int:
+        """Training-mode forward passes through these tables whose autograd graph is still alive
+        (a backward may still come). Their rows are protected from eviction until the graph is
+        freed: after backward(), or when the outputs are dropped."""
+        return int(self._impl.live_forwards())
 
     # ---- state ----
     def group_state(self) -> Dict[str, torch.Tensor]:
@@ -273,6 +295,14 @@ class TableGroup:
             if self.admission is None:
                 raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")
             self._impl.set_sketch(state["sketch"].to(self.device))
+
+
+def _optimizer_gone(group_ref, optimizer_ref) -> None:
+    """The sparse optimizer of a group was garbage-collected: its gradients can never be
+    applied, so the group drops them and backward stops keeping new ones."""
+    group = group_ref()
+    if group is not None and group._optimizer is optimizer_ref:
+        group._impl.set_keep_grads(False)
 
 
 class HashTable:
