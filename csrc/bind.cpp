@@ -126,6 +126,9 @@ void import_ns(Handle& h, uint32_t ns, const at::Tensor& ids, const at::Tensor& 
                       "import: slots must be [", n, ", ", t.slot_width(), "], got ", slots->sizes());
     slots_c = slots->to(at::kFloat).contiguous();
   }
+  for (auto [what, t] : {std::make_pair("counts", &counts), std::make_pair("last_seen", &last)})
+    TORCH_CHECK_VALUE(!*t || ((*t)->dim() == 1 && (*t)->size(0) == n), "import: ", what, " must be [", n,
+                      "] (one per id), got ", (*t)->sizes());
   if (counts) counts_c = counts->to(at::kLong).contiguous();
   if (last) last_c = last->to(at::kLong).contiguous();
   py::gil_scoped_release nogil;

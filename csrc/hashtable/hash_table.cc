@@ -399,6 +399,21 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
                           const int64_t* counts, const int64_t* last_seen) {
   check_ns(ns);
   const int64_t dim = store_.dim(), w = store_.slot_width();
+  {
+    // Two entries for one id would leave whichever came last: refuse before any change.
+    std::vector<int64_t> sorted(ids, ids + n);
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> dups;
+    for (int64_t i = 1; i < n && dups.size() < 5; ++i)
+      if (sorted[i] == sorted[i - 1] && (dups.empty() || dups.back() != sorted[i])) dups.push_back(sorted[i]);
+    if (!dups.empty()) {
+      std::ostringstream msg;
+      msg << "recis: cannot load " << label(ns) << ": its state lists ids more than once (";
+      for (size_t i = 0; i < dups.size(); ++i) msg << (i ? ", " : "") << dups[i];
+      msg << (dups.size() == 5 ? ", ..." : "") << "); each id must appear once; nothing was loaded";
+      TORCH_CHECK_VALUE(false, msg.str());
+    }
+  }
   std::vector<int64_t> rows(n);
   find_or_insert(ns, ids, n, rows.data());
   at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {

@@ -410,8 +410,18 @@ class TritonTable(LookupOps):
         has_slots = slots is not None and slots.numel() > 0
         if has_slots and (slots.dim() != 2 or slots.shape[0] != n or slots.shape[1] != self.slot_width):
             raise ValueError(f"import: slots must be [{n}, {self.slot_width}], got {list(slots.shape)}")
+        for what, t in (("counts", counts), ("last_seen", last_seen)):
+            if t is not None and (t.dim() != 1 or t.shape[0] != n):
+                raise ValueError(f"import: {what} must be [{n}] (one per id), got {list(t.shape)}")
         dev = self.device
-        where = self.find_or_insert_rows(ns, ids.to(dev).contiguous())
+        ids = ids.to(dev).contiguous()
+        uniq, seen = torch.unique(ids, return_counts=True)
+        dups = uniq[seen > 1][:6].tolist()
+        if dups:
+            shown = ", ".join(map(str, dups[:5])) + (", ..." if len(dups) > 5 else "")
+            raise ValueError(f"recis: cannot load {self._label(ns)}: its state lists ids more than once ({shown}); "
+                             "each id must appear once; nothing was loaded")
+        where = self.find_or_insert_rows(ns, ids)
         r = self.rows
         r.counts[where] = counts.to(dev, torch.int64).clamp(0, UINT32_MAX) if counts is not None else 0
         r.last_seen[where] = last_seen.to(dev, torch.int64).clamp(0, UINT32_MAX) if last_seen is not None \
