@@ -243,6 +243,54 @@ def test_missing_feature_of_second_group_raises_key_error():
     assert all(len(t) == 0 for t in ec.tables().values())
 
 
+def _with_extra_key():
+    return KeyedJaggedTensor.from_lengths_sync(["user_id", "item_idd"], torch.tensor([1, 2, 3]),
+                                               torch.tensor([1, 1, 1, 0]))
+
+
+def test_a_key_no_table_serves_is_an_error_naming_it():
+    """A misspelt feature name used to be skipped without a word (and never trained)."""
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])])
+    with pytest.raises(KeyError) as info:
+        ec(_with_extra_key())
+    msg = str(info.value)
+    assert "['item_idd']" in msg and "extra_keys='ignore'" in msg and "['user_id']" in msg
+    assert len(ec.tables()["t"]) == 0
+
+
+def test_extra_keys_ignore_skips_keys_no_table_serves():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys="ignore")
+    kt = ec(_with_extra_key())
+    assert kt.keys() == ["user_id"] and kt.values().shape == (2, 4)
+    assert sorted(ec.tables()["t"].export()["ids"].tolist()) == [1, 2]  # item_idd's id 3 went nowhere
+    with pytest.raises(ValueError, match="extra_keys must be one of"):
+        EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys="warn")
+
+
+def test_extra_keys_may_list_the_keys_to_skip():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys=["item_idd"])
+    assert ec(_with_extra_key()).values().shape == (2, 4)
+    other = KeyedJaggedTensor.from_lengths_sync(["user_id", "other"], torch.tensor([1, 2, 3]),
+                                                torch.tensor([1, 1, 1, 0]))
+    with pytest.raises(KeyError, match="other"):
+        ec(other)
+    with pytest.raises(ValueError, match="which tables serve"):
+        EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys=["user_id"])
+
+
+@pytest.mark.parametrize("extra_keys", ["error", "ignore"])
+def test_sharded_collection_keeps_the_extra_keys_choice(extra_keys):
+    from recis.distributed import shard
+
+    model = shard(torch.nn.Sequential(EmbeddingCollection([TableConfig("t", 4, ["user_id"])],
+                                                          extra_keys=extra_keys)))
+    if extra_keys == "error":
+        with pytest.raises(KeyError, match="item_idd"):
+            model(_with_extra_key())
+    else:
+        assert model(_with_extra_key()).values().shape == (2, 4)
+
+
 @pytest.mark.parametrize("dtype,name", [(torch.float32, "float32"), (torch.int16, "int16")])
 def test_kjt_with_bad_id_dtype(dtype, name):
     ec = EmbeddingCollection([TableConfig("t", 4, ["f"])])
