@@ -1,10 +1,12 @@
 """Bad inputs and bad configurations fail loudly, with messages that name the problem, and
 leave the tables as they were."""
+import numpy as np
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recis.nn import EmbeddingCollection, HashEmbedding, TableConfig, sparse_tables
+from recis.nn import (EmbeddingCollection, FrequencyAdmission, HashEmbedding, LFUEviction, TableConfig, TableGroup,
+                      TTLEviction, sparse_tables)
 from recis.optim import SparseAdam, SparseSGD
 
 VALUES = torch.tensor([1, 2, 3], dtype=torch.int64)
@@ -156,9 +158,9 @@ def test_non_positive_dim(dim):
 
 
 def test_non_int_dim():
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="embedding_dim must be an int"):
         HashEmbedding(4.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="embedding_dim must be an int"):
         TableConfig("t", 4.5)
 
 
@@ -181,6 +183,71 @@ def test_bad_missing_mode():
         HashEmbedding(4, missing="random")
     with pytest.raises(ValueError, match="missing"):
         TableConfig("t", 4, missing="random")
+
+
+_BAD_NUMBERS = [  # (argument, bad value, error type): never rounded, parsed or wrapped around
+    ("embedding_dim", True, TypeError), ("embedding_dim", 4.0, TypeError), ("embedding_dim", 0, ValueError),
+    ("seed", 1.5, TypeError), ("seed", "7", TypeError), ("seed", True, TypeError), ("seed", 2**64, ValueError),
+    ("seed", -(2**63) - 1, ValueError),
+    ("capacity", 10.5, TypeError), ("capacity", "10", TypeError), ("capacity", True, TypeError),
+    ("capacity", 0, ValueError), ("capacity", 2**63, ValueError),
+]
+
+
+def _table_args(arg, value):
+    kw = {"embedding_dim": 4, "seed": 3, "capacity": None}
+    kw[arg] = value
+    return kw
+
+
+@pytest.mark.parametrize("arg,value,err", _BAD_NUMBERS)
+def test_table_numbers_are_checked_naming_the_argument_and_table(arg, value, err):
+    kw = _table_args(arg, value)
+    makers = {
+        "HashEmbedding": lambda: HashEmbedding(kw["embedding_dim"], seed=kw["seed"], capacity=kw["capacity"],
+                                               name="clicks"),
+        "TableConfig": lambda: TableConfig("clicks", kw["embedding_dim"], seed=kw["seed"], capacity=kw["capacity"]),
+        "TableGroup": lambda: TableGroup(kw["embedding_dim"], ["clicks"], [kw["seed"]], capacity=kw["capacity"]),
+    }
+    for what, make in makers.items():
+        with pytest.raises(err) as info:
+            make()
+        msg = str(info.value)
+        assert "'clicks'" in msg and arg in msg, (what, msg)
+
+
+def test_policy_numbers_are_checked_where_a_table_takes_them():
+    with pytest.raises(TypeError, match=r"table 'clicks': LFUEviction.capacity must be an int"):
+        HashEmbedding(4, name="clicks", eviction=LFUEviction(capacity=2.5))
+    with pytest.raises(ValueError, match=r"table 'clicks': TTLEviction.ttl_steps must be in \[1, 4294967295\]"):
+        TableConfig("clicks", 4, eviction=TTLEviction(ttl_steps=2**32))
+    with pytest.raises(TypeError, match=r"table 'clicks': FrequencyAdmission.min_count must be an int"):
+        TableGroup(4, ["clicks"], [1], admission=FrequencyAdmission(min_count=2.5))
+    with pytest.raises(ValueError, match="disagrees"):
+        HashEmbedding(4, capacity=3, eviction=LFUEviction(capacity=4))
+
+
+def test_table_names_and_seeds_are_lists_that_match():
+    with pytest.raises(TypeError, match="names must be a list"):
+        TableGroup(4, "abc", [1, 2, 3])           # a string is not three names
+    with pytest.raises(ValueError, match="duplicate table names"):
+        TableGroup(4, ["a", "a"], [1, 2])
+    with pytest.raises(ValueError, match="without '.'"):
+        HashEmbedding(4, name="a.b")
+    with pytest.raises(ValueError, match="one seed per table name"):
+        TableGroup(4, ["a", "b"], [1])
+    with pytest.raises(TypeError, match="feature_names must be a list"):
+        TableConfig("t", 4, feature_names="user_id")  # not ["u", "s", "e", ...]
+    with pytest.raises(TypeError, match="reserve"):
+        HashEmbedding(4).table.reserve(2.5)
+
+
+def test_numpy_ints_are_ints():
+    emb = HashEmbedding(np.int64(4), seed=np.uint64(2**64 - 1), capacity=np.int32(8))
+    assert emb.embedding_dim == 4 and type(emb.embedding_dim) is int and emb.group.capacity == 8
+    same = HashEmbedding(4, seed=-1)              # the signed spelling of the same 64-bit seed
+    ids = torch.tensor([1, 2])
+    assert torch.equal(emb.table.initial_rows(ids), same.table.initial_rows(ids))
 
 
 def test_duplicate_table_names():

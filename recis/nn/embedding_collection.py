@@ -21,7 +21,8 @@ from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.nn.hash_table import EvictionArg, HashTable, TableGroup, split_eviction
+from recis.nn.hash_table import (SEED_RANGE, EvictionArg, HashTable, TableGroup, check_policy_numbers,
+                                 resolve_capacity, split_eviction, table_int)
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
@@ -46,8 +47,13 @@ class TableConfig:
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str) or "." in self.name:
             raise ValueError(f"TableConfig.name must be a non-empty string without '.', got {self.name!r}")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise ValueError(f"table {self.name!r}: embedding_dim must be a positive int, got {self.embedding_dim!r}")
+        where = f"table {self.name!r}"
+        self.embedding_dim = table_int(self.embedding_dim, "embedding_dim", where, 1)
+        if self.seed is not None:
+            self.seed = table_int(self.seed, "seed", where, *SEED_RANGE)
+        if isinstance(self.feature_names, str) or not all(isinstance(f, str) and f for f in self.feature_names):
+            raise TypeError(f"{where}: feature_names must be a list of non-empty strings, got {self.feature_names!r}")
+        self.feature_names = list(self.feature_names)
         if not self.feature_names:
             self.feature_names = [self.name]
         if len(set(self.feature_names)) != len(self.feature_names):
@@ -59,7 +65,9 @@ class TableConfig:
         if self.dtype != torch.float32:
             raise TypeError(f"table {self.name!r}: recis tables store float32 rows, got {self.dtype}")
         self.initializer = resolve_initializer(self.initializer)
-        split_eviction(self.eviction)
+        ttl, lfu = split_eviction(self.eviction)
+        resolve_capacity(self.capacity, lfu, where)
+        check_policy_numbers(self.admission, ttl, where)
         if self.seed is None:
             self.seed = zlib.crc32(self.name.encode())
 

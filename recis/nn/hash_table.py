@@ -9,9 +9,10 @@ on CUDA in device memory, run by Triton kernels (recis.gpu); `TableGroup.to(devi
 (2, True)
 """
 import functools
+import numbers
 import os
 import weakref
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -62,12 +63,62 @@ def split_eviction(eviction: EvictionArg):
     return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
 
 
-def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction]) -> Optional[int]:
-    if capacity is not None and capacity < 1:
-        raise ValueError(f"capacity must be >= 1, got {capacity}")
-    if lfu is not None and capacity is not None and capacity != lfu.capacity:
-        raise ValueError(f"capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
-    return lfu.capacity if lfu is not None else capacity
+SEED_RANGE = (-(2**63), 2**64 - 1)  # seeds are 64-bit: signed or unsigned spellings
+MAX_CAPACITY = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+
+
+def table_int(value, arg: str, where: str, lo: int, hi: Optional[int] = None) -> int:
+    """`value` as an int in [lo, hi]; a TypeError or ValueError naming `arg` and `where` (the
+    table) otherwise. bools, floats and strings are refused, never rounded or parsed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {arg} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{where}: {arg} must be {span}, got {value}")
+    return value
+
+
+def check_table_names(names, where: str = "TableGroup") -> List[str]:
+    """Table names: a non-empty list of distinct non-empty strings without '.' (state_dict keys
+    are `{table}.{field}`)."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{where}: names must be a list of table names, got {names!r}")
+    for n in names:
+        if not isinstance(n, str) or not n or "." in n:
+            raise ValueError(f"{where}: table names must be non-empty strings without '.', got {n!r}")
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: duplicate table names {dup}")
+    if not names:
+        raise ValueError(f"{where}: needs at least one table name")
+    return list(names)
+
+
+def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction], where: str = "table") -> Optional[int]:
+    if capacity is not None:
+        capacity = table_int(capacity, "capacity", where, 1, MAX_CAPACITY)
+    if lfu is not None:
+        cap = table_int(lfu.capacity, "LFUEviction.capacity", where, 1, MAX_CAPACITY)
+        frac = lfu.evict_fraction
+        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 <= frac < 1.0:
+            raise ValueError(f"{where}: LFUEviction.evict_fraction must be a number in [0, 1), got {frac!r}")
+        if capacity is not None and capacity != cap:
+            raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={cap})")
+        return cap
+    return capacity
+
+
+def check_policy_numbers(admission: Optional[FrequencyAdmission], ttl: Optional[TTLEviction], where: str) -> None:
+    """The policies' numbers as the table stores them (32-bit steps and counters)."""
+    if ttl is not None:
+        table_int(ttl.ttl_steps, "TTLEviction.ttl_steps", where, 1, UINT32_MAX)
+        table_int(ttl.interval_steps, "TTLEviction.interval_steps", where, 1)
+    if admission is not None:
+        table_int(admission.min_count, "FrequencyAdmission.min_count", where, 1, UINT32_MAX)
+        table_int(admission.sketch_width, "FrequencyAdmission.sketch_width", where, 1, 2**64 - 1)
+        table_int(admission.sketch_depth, "FrequencyAdmission.sketch_depth", where, 1, 8)
 
 
 class TableGroup:
@@ -77,23 +128,26 @@ class TableGroup:
                  admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
                  capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32,
                  device=None, backend: Optional[str] = None):
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        names = check_table_names(names)
+        where = f"table {names[0]!r}" if len(names) == 1 else f"tables {names}"
+        embedding_dim = table_int(embedding_dim, "embedding_dim", where, 1)
         if dtype != torch.float32:
-            raise TypeError(f"recis tables store float32 rows; got dtype={dtype}")
+            raise TypeError(f"{where}: recis tables store float32 rows; got dtype={dtype}")
         if missing not in MISSING_MODES:
-            raise ValueError(f"missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
-        if len(names) != len(seeds) or not names:
-            raise ValueError("a TableGroup needs one seed per table name, and at least one table")
+            raise ValueError(f"{where}: missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(names) != len(seeds):
+            raise ValueError(f"{where}: a TableGroup needs a list of one seed per table name, got seeds={seeds!r}")
+        seeds = [table_int(s, "seed", f"table {n!r}", *SEED_RANGE) for n, s in zip(names, seeds)]
         if admission is not None and not isinstance(admission, FrequencyAdmission):
-            raise TypeError(f"admission must be a FrequencyAdmission or None, got {admission!r}")
+            raise TypeError(f"{where}: admission must be a FrequencyAdmission or None, got {admission!r}")
         self.embedding_dim = embedding_dim
-        self._ns_names = [str(n) for n in names]
+        self._ns_names = names
         self.initializer = resolve_initializer(initializer)
-        self._seeds = [int(s) & (2**64 - 1) for s in seeds]
+        self._seeds = [s & (2**64 - 1) for s in seeds]
         self.token = torch.zeros(1, dtype=torch.int64)
         self.ttl, self._lfu = split_eviction(eviction)
-        self.capacity = resolve_capacity(capacity, self._lfu)
+        self.capacity = resolve_capacity(capacity, self._lfu, where)
+        check_policy_numbers(admission, self.ttl, where)
         self.admission = admission
         self.missing = missing
         self.device = _device(device)
@@ -329,9 +383,7 @@ class HashTable:
     def reserve(self, n: int) -> None:
         """Pre-sizes the id map and row blocks for `n` more ids, so that they arrive without
         rehashing or faulting in fresh memory (optional: tables grow on their own)."""
-        if n < 0:
-            raise ValueError(f"table {self.name!r}: reserve needs n >= 0, got {n}")
-        self.group._impl.reserve(self.ns, int(n))
+        self.group._impl.reserve(self.ns, table_int(n, "reserve(n)", f"table {self.name!r}", 0))
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""
