@@ -355,6 +355,33 @@ def test_hash_table_load_refuses_per_row_fields_of_the_wrong_length(backend):
     assert len(t) == 0
 
 
+def test_unknown_keys_under_a_table_are_unexpected_not_ignored():
+    """A misspelt per-table or group field used to be dropped silently, even with strict=True."""
+    emb = make_emb()
+    with torch.no_grad():
+        emb(ids_tensor([1, 2]), offsets_for([2]))
+    state = emb.state_dict()
+    state["table.last_sen"] = state["table.last_seen"]
+    state["table._group.stepp"] = torch.tensor(3)
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*"table.last_sen", "table._group.stepp"'):
+        make_emb().load_state_dict(state)
+    result = make_emb().load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == ["table._group.stepp", "table.last_sen"]
+    ec = EmbeddingCollection([TableConfig("a", DIM, ["fa"]), TableConfig("b", DIM, ["fb"])])
+    state = ec.state_dict()
+    state["b.rowz"] = state["b.rows"]
+    assert ec.load_state_dict(state, strict=False).unexpected_keys == ["b.rowz"]
+
+
+def test_hash_table_load_refuses_unknown_fields():
+    t = TableGroup(DIM, names=["t"], seeds=[4]).tables[0]
+    with pytest.raises(KeyError, match=r"unknown keys \['cnts'\]"):
+        t.load({"ids": ids_tensor([1]), "rows": torch.zeros(1, DIM), "cnts": torch.tensor([3])})
+    with pytest.raises(KeyError, match=r"unknown keys \['stepp'\]"):
+        t.group.load_group_state({"stepp": torch.tensor(3)})
+    assert len(t) == 0 and t.group.step == 0
+
+
 def test_load_state_dict_with_duplicate_ids_is_an_error():
     emb = make_emb()
     with torch.no_grad():

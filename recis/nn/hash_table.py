@@ -24,7 +24,8 @@ from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
 EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
 MISSING_MODES = {"zeros": 0, "init": 1}
-STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")
+STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")  # per logical table (export / load)
+GROUP_STATE_KEYS = ("step", "optimizer_step", "sketch")       # per group (group_state / load_group_state)
 BACKENDS = ("auto", "cpp", "triton")
 BACKEND_ENV = "RECIS_TABLE_BACKEND"
 
@@ -341,6 +342,9 @@ class TableGroup:
         return state
 
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
+        unknown = sorted(set(state) - set(GROUP_STATE_KEYS))
+        if unknown:
+            raise KeyError(f"tables {self.names}: group state has unknown keys {unknown} (known: {GROUP_STATE_KEYS})")
         if "step" in state:
             self._impl.set_step(int(state["step"]))
         if "optimizer_step" in state:
@@ -424,6 +428,9 @@ class HashTable:
         missing = [k for k in ("ids", "rows") if k not in state]
         if missing:
             raise KeyError(f"table {self.name!r}: state lacks {missing}")
+        unknown = sorted(set(state) - set(STATE_KEYS))
+        if unknown:
+            raise KeyError(f"table {self.name!r}: state has unknown keys {unknown} (known: {STATE_KEYS})")
         slots = state.get("slots")
         if slots is not None and slots.numel() > 0 and slots.shape[1] != self.group._impl.slot_width:
             raise ValueError(f"table {self.name!r}: state has {slots.shape[1]} optimizer slots per row, the table "
