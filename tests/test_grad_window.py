@@ -391,3 +391,21 @@ class TritonGradWindowMachine(GradWindowMachine):
 
 TritonGradWindowMachine.TestCase.settings = settings(max_examples=8, stateful_step_count=20, deadline=None)
 test_grad_window_against_a_model_triton = pytest.mark.slow(TritonGradWindowMachine.TestCase)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_saved_tensor_hook_that_copies_does_not_release_the_rows_early(backend):
+    """Offloading hooks copy saved tensors (the copy does not carry the hold); the forward's
+    rows stay held until its backward all the same."""
+    emb = _emb(backend, 2)
+
+    def pack(t):
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = emb(ids_tensor([1, 2]))
+    assert emb.group.live_forwards() == 1
+    with torch.no_grad(), pytest.raises(RuntimeError, match="1 forward pass"):
+        emb(ids_tensor([3]))
+    out.sum().backward()
+    assert emb.group.live_forwards() == 0
