@@ -243,7 +243,7 @@ def test_eval_and_no_grad_forwards_hold_nothing():
 # ============================================================================ stateful model
 class GradWindowMachine(RuleBasedStateMachine):
     """Training forwards (outputs kept), backward passes, dropped outputs, no_grad and eval
-    lookups, step(), zero_grad() and TTL sweeps on a small LFU table, against a model that
+    lookups, step(), zero_grad(), erases and TTL sweeps on a small LFU table, against a model that
     knows each id's count, last-seen step and value. The model's rule: rows seen at or after
     the step of the oldest live training forward, or at or after the smallest last-seen step of
     the rows with pending gradients, are never evicted; everything else is fair game, least
@@ -361,6 +361,18 @@ class GradWindowMachine(RuleBasedStateMachine):
         self.opt.zero_grad()
         self.pending = {}
 
+    @rule(ids=st.lists(st.sampled_from(POOL), min_size=1, max_size=3, unique=True))
+    def erase(self, ids):
+        guard = self._guard()
+        held = [i for i in ids if i in self.rows and self.rows[i][1] >= guard]
+        if held and (self.live or self.pending):
+            with pytest.raises(RuntimeError, match="cannot erase"):
+                self.emb.table.erase(ids_tensor(ids))
+            return
+        assert self.emb.table.erase(ids_tensor(ids)) == sum(i in self.rows for i in ids)
+        for i in ids:
+            self.rows.pop(i, None)
+
     @rule()
     def ttl_sweep(self):
         guard = self._guard()
@@ -409,3 +421,29 @@ def test_a_saved_tensor_hook_that_copies_does_not_release_the_rows_early(backend
         emb(ids_tensor([3]))
     out.sum().backward()
     assert emb.group.live_forwards() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_erase_refuses_rows_a_gradient_may_still_reach(backend):
+    """An erased row goes to the next new id: erasing an id whose gradient is pending (or whose
+    forward awaits its backward) would hand that gradient to another id."""
+    emb = _emb(backend, 8)
+    opt = SparseSGD(emb.group.tables, lr=1.0)
+    emb(ids_tensor([1, 2])).sum().backward()               # 1 and 2: gradients pending
+    with pytest.raises(RuntimeError) as err:
+        emb.table.erase(ids_tensor([2, 5]))
+    assert "cannot erase 1 ids of table 'table' (namespace 0), namely 2:" in str(err.value)
+    assert "waiting for the sparse optimizer" in str(err.value)
+    assert sorted(_present(emb, [1, 2])) == [1, 2]          # nothing was erased
+    out = emb(ids_tensor([3]))                              # 3: held by a live forward
+    with pytest.raises(RuntimeError, match="1 forward pass"):
+        emb.table.erase(ids_tensor([3]))
+    opt.step()
+    out.sum().backward()
+    opt.step()                                              # nothing holds any row now
+    assert emb.table.erase(ids_tensor([1, 2, 3])) == 3
+    with torch.no_grad():
+        emb(ids_tensor([7, 8, 9]))                          # reuse the freed rows
+    init = dict(zip([1, 7, 8, 9], _initial([1, 7, 8, 9])))
+    for i in (7, 8, 9):                                     # no stray gradient reached them
+        assert torch.equal(emb.table.lookup(ids_tensor([i]))[0], init[i]), i

@@ -168,6 +168,24 @@ uint32_t HashTable::protected_from() const {
   return guard;
 }
 
+namespace {
+
+// What holds a table's rows (some live forwards and/or pending gradients), and how to release them.
+void describe_holds(std::ostringstream& out, int64_t forwards, int64_t pending) {
+  out << "Rows stay protected while a gradient may still reach them; here they are held by ";
+  if (forwards) {
+    out << forwards << " forward pass" << (forwards == 1 ? "" : "es")
+        << " in training mode whose outputs are still alive (a backward may still come)";
+    if (pending) out << " and by ";
+  }
+  if (pending) out << pending << " rows with gradients waiting for the sparse optimizer's step() or zero_grad()";
+  out << ". To release them, call backward() and the sparse optimizer's step() (or zero_grad()), or drop the "
+         "outputs you do not backpropagate; for forward-only use (scoring, feature extraction) run the model in "
+         "eval() mode or under torch.no_grad()";
+}
+
+}  // namespace
+
 std::string HashTable::holds_message(uint32_t ns, uint64_t cap, uint64_t incoming, uint64_t cands,
                                      size_t batch_rows) const {
   std::ostringstream out;
@@ -180,16 +198,7 @@ std::string HashTable::holds_message(uint32_t ns, uint64_t cap, uint64_t incomin
         << " of its ids already have rows); raise the capacity or send smaller batches";
     return out.str();
   }
-  out << "Rows stay protected from eviction while a gradient may still reach them; here they are held by ";
-  if (forwards) {
-    out << forwards << " forward pass" << (forwards == 1 ? "" : "es")
-        << " in training mode whose outputs are still alive (a backward may still come)";
-    if (pending) out << " and by ";
-  }
-  if (pending) out << pending << " rows with gradients waiting for the sparse optimizer's step() or zero_grad()";
-  out << ". To release them, call backward() and the sparse optimizer's step() (or zero_grad()), or drop the "
-         "outputs you do not backpropagate; for forward-only use (scoring, feature extraction) run the model in "
-         "eval() mode or under torch.no_grad()";
+  describe_holds(out, forwards, pending);
   return out.str();
 }
 
@@ -352,6 +361,25 @@ void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64
 
 int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
   check_ns(ns);
+  const int64_t forwards = live_forwards();
+  if (forwards || pending_.n) {
+    // An erased row goes to the next new id: a gradient still on its way would land there.
+    const uint32_t guard = protected_from();
+    std::vector<int64_t> held;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = maps_[ns]->find(ids[i]);
+      if (r >= 0 && store_.meta(static_cast<uint32_t>(r))->last_seen >= guard) held.push_back(ids[i]);
+    }
+    if (!held.empty()) {
+      std::ostringstream out;
+      out << "recis: cannot erase " << held.size() << " ids of " << label(ns) << ", namely ";
+      for (size_t i = 0; i < std::min<size_t>(held.size(), 5); ++i) out << (i ? ", " : "") << held[i];
+      out << (held.size() > 5 ? ", ..." : "") << ": a gradient may still reach their rows, which would then "
+          << "belong to other ids; nothing was erased. ";
+      describe_holds(out, forwards, pending_.n);
+      TORCH_CHECK(false, out.str());
+    }
+  }
   int64_t erased = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = maps_[ns]->erase(ids[i]);

@@ -262,17 +262,21 @@ class TritonTable(LookupOps):
         if not forwards and not pending:
             return head + (f"The other rows belong to this batch ({batch_rows} of its ids already have rows); raise "
                            "the capacity or send smaller batches")
+        return head + self._describe_holds(forwards, pending)
+
+    @staticmethod
+    def _describe_holds(forwards: int, pending: int) -> str:
+        """What holds a table's rows, and how to release them (as describe_holds in C++)."""
         held = []
         if forwards:
             held.append(f"{forwards} forward pass{'' if forwards == 1 else 'es'} in training mode whose outputs are "
                         "still alive (a backward may still come)")
         if pending:
             held.append(f"{pending} rows with gradients waiting for the sparse optimizer's step() or zero_grad()")
-        return head + ("Rows stay protected from eviction while a gradient may still reach them; here they are held "
-                       "by " + " and by ".join(held) + ". To release them, call backward() and the sparse "
-                       "optimizer's step() (or zero_grad()), or drop the outputs you do not backpropagate; for "
-                       "forward-only use (scoring, feature extraction) run the model in eval() mode or under "
-                       "torch.no_grad()")
+        return ("Rows stay protected while a gradient may still reach them; here they are held by "
+                + " and by ".join(held) + ". To release them, call backward() and the sparse optimizer's step() "
+                "(or zero_grad()), or drop the outputs you do not backpropagate; for forward-only use (scoring, "
+                "feature extraction) run the model in eval() mode or under torch.no_grad()")
 
     def _sketch_op(self, ids, ns, add, sel=None) -> torch.Tensor:
         n = ids.numel()
@@ -387,6 +391,18 @@ class TritonTable(LookupOps):
 
     def erase_ids(self, ns: int, ids: torch.Tensor) -> int:
         uniq, _, _ = first_seen_unique(ids)
+        self._count_releases()
+        forwards, pending = sum(self._live.values()), self.pending_rows()
+        if forwards or pending:
+            # An erased row goes to the next new id: a gradient still on its way would land there.
+            rws = self.find_rows(ns, uniq)
+            seen = torch.where(rws >= 0, self.rows.last_seen[rws.clamp(min=0)], -1)
+            held = uniq[seen >= self._protected_from()].tolist()
+            if held:
+                shown = ", ".join(map(str, held[:5])) + (", ..." if len(held) > 5 else "")
+                raise RuntimeError(f"recis: cannot erase {len(held)} ids of {self._label(ns)}, namely {shown}: a gradient "
+                                   "may still reach their rows, which would then belong to other ids; nothing was "
+                                   "erased. " + self._describe_holds(forwards, pending))
         return self._drop(ns, uniq)
 
     # ---- state ----
