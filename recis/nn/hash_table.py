@@ -196,7 +196,8 @@ class TableGroup:
     def to(self, device=None, backend: Optional[str] = None) -> "TableGroup":
         """Moves the table (rows, slots, metadata, step, admission sketch) to `device`, or to
         another backend; the optimizer attached stays attached. Gradients waiting for the
-        optimizer's step() must be applied or dropped first. Returns self."""
+        optimizer's step() must be applied or dropped first, and no training forward may still
+        await its backward. Returns self."""
         device = _device(device if device is not None else self.device)
         backend = resolve_backend(backend if backend is not None else
                                   ("auto" if device.type != self.device.type else self.backend), device)
