@@ -21,8 +21,8 @@ from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.nn.hash_table import (SEED_RANGE, EvictionArg, HashTable, TableGroup, check_policy_numbers,
-                                 resolve_capacity, split_eviction, table_int)
+from recis.nn.hash_table import (SEED_RANGE, EvictionArg, HashTable, TableGroup, resolve_capacity, split_eviction,
+                                 table_int)
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
@@ -65,9 +65,7 @@ class TableConfig:
         if self.dtype != torch.float32:
             raise TypeError(f"table {self.name!r}: recis tables store float32 rows, got {self.dtype}")
         self.initializer = resolve_initializer(self.initializer)
-        ttl, lfu = split_eviction(self.eviction)
-        resolve_capacity(self.capacity, lfu, where)
-        check_policy_numbers(self.admission, ttl, where)
+        resolve_capacity(self.capacity, split_eviction(self.eviction)[1], where)
         if self.seed is None:
             self.seed = zlib.crc32(self.name.encode())
 

@@ -64,20 +64,25 @@ def split_eviction(eviction: EvictionArg):
     return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
 
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # seeds are 64-bit: signed or unsigned spellings
-MAX_CAPACITY = 2**63 - 1
-UINT32_MAX = 2**32 - 1
+SEED_RANGE = (-(2**63), 2**64)  # [lo, hi): seeds are 64-bit, in their signed or unsigned spelling
+CAPACITY_RANGE = (1, 2**63)
+
+
+def _show(x: int) -> str:
+    """2**63 and friends as powers of two."""
+    a = abs(x)
+    return f"{'-' if x < 0 else ''}2**{a.bit_length() - 1}" if a >= 1 << 32 and a & (a - 1) == 0 else str(x)
 
 
 def table_int(value, arg: str, where: str, lo: int, hi: Optional[int] = None) -> int:
-    """`value` as an int in [lo, hi]; a TypeError or ValueError naming `arg` and `where` (the
+    """`value` as an int in [lo, hi); a TypeError or ValueError naming `arg` and `where` (the
     table) otherwise. bools, floats and strings are refused, never rounded or parsed."""
+    span = f">= {_show(lo)}" if hi is None else f"in [{_show(lo)}, {_show(hi)})"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {arg} must be an int, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{where}: {arg} must be an integer {span}, got {type(value).__name__} ({value!r})")
     value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{where}: {arg} must be {span}, got {value}")
+    if value < lo or (hi is not None and value >= hi):
+        raise ValueError(f"{where}: {arg} must be an integer {span}, got {value}")
     return value
 
 
@@ -98,28 +103,14 @@ def check_table_names(names, where: str = "TableGroup") -> List[str]:
 
 
 def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction], where: str = "table") -> Optional[int]:
+    """The capacity of a table: `capacity`, or its LFUEviction's (which checks its own fields)."""
     if capacity is not None:
-        capacity = table_int(capacity, "capacity", where, 1, MAX_CAPACITY)
+        capacity = table_int(capacity, "capacity", where, *CAPACITY_RANGE)
     if lfu is not None:
-        cap = table_int(lfu.capacity, "LFUEviction.capacity", where, 1, MAX_CAPACITY)
-        frac = lfu.evict_fraction
-        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 <= frac < 1.0:
-            raise ValueError(f"{where}: LFUEviction.evict_fraction must be a number in [0, 1), got {frac!r}")
-        if capacity is not None and capacity != cap:
-            raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={cap})")
-        return cap
+        if capacity is not None and capacity != lfu.capacity:
+            raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
+        return lfu.capacity
     return capacity
-
-
-def check_policy_numbers(admission: Optional[FrequencyAdmission], ttl: Optional[TTLEviction], where: str) -> None:
-    """The policies' numbers as the table stores them (32-bit steps and counters)."""
-    if ttl is not None:
-        table_int(ttl.ttl_steps, "TTLEviction.ttl_steps", where, 1, UINT32_MAX)
-        table_int(ttl.interval_steps, "TTLEviction.interval_steps", where, 1)
-    if admission is not None:
-        table_int(admission.min_count, "FrequencyAdmission.min_count", where, 1, UINT32_MAX)
-        table_int(admission.sketch_width, "FrequencyAdmission.sketch_width", where, 1, 2**64 - 1)
-        table_int(admission.sketch_depth, "FrequencyAdmission.sketch_depth", where, 1, 8)
 
 
 class TableGroup:
@@ -148,7 +139,6 @@ class TableGroup:
         self.token = torch.zeros(1, dtype=torch.int64)
         self.ttl, self._lfu = split_eviction(eviction)
         self.capacity = resolve_capacity(capacity, self._lfu, where)
-        check_policy_numbers(admission, self.ttl, where)
         self.admission = admission
         self.missing = missing
         self.device = _device(device)
