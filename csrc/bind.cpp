@@ -126,6 +126,9 @@ void import_ns(Handle& h, uint32_t ns, const at::Tensor& ids, const at::Tensor& 
                       "import: slots must be [", n, ", ", t.slot_width(), "], got ", slots->sizes());
     slots_c = slots->to(at::kFloat).contiguous();
   }
+  for (auto [what, t] : {std::make_pair("counts", &counts), std::make_pair("last_seen", &last)})
+    TORCH_CHECK_VALUE(!*t || ((*t)->dim() == 1 && (*t)->size(0) == n), "import: ", what, " must be [", n,
+                      "] (one per id), got ", (*t)->sizes());
   if (counts) counts_c = counts->to(at::kLong).contiguous();
   if (last) last_c = last->to(at::kLong).contiguous();
   py::gil_scoped_release nogil;
@@ -185,6 +188,12 @@ PYBIND11_MODULE(_C, m) {
       .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
       .def("clear", locked(+[](HashTable& t) { t.clear(); }))
       .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))
+      .def("live_forwards", [](Handle& h) { return h.table->live_forwards(); })
+      .def("set_keep_grads", locked(+[](HashTable& t, bool keep) {
+             t.set_keep_grads(keep);
+             if (!keep) t.clear_pending();
+           }))
+      .def("set_name", locked(+[](HashTable& t, uint32_t ns, std::string name) { t.set_name(ns, std::move(name)); }))
       .def("stats", locked(+[](HashTable& t) {
              const auto& s = t.stats();
              return py::dict(py::arg("inserts") = s.inserts, py::arg("evictions") = s.evictions,

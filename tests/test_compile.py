@@ -130,6 +130,35 @@ def test_compiled_eval_lookup_is_in_the_graph(fresh_dynamo):
     assert len(model.emb.table) == 3, "eval lookups must not insert, compiled or not"
 
 
+def test_compiled_forwards_hold_their_rows_only_while_their_graph_lives(fresh_dynamo):
+    """Under torch.compile (one graph) a training forward's hold on its rows ends with its
+    autograd graph, as in eager: forwards whose output is dropped never jam a full table."""
+    from recis.nn import LFUEviction
+
+    class Capped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = HashEmbedding(8, combiner="sum", eviction=LFUEviction(capacity=6), seed=3)
+            self.lin = torch.nn.Linear(8, 1)
+
+        def forward(self, values, offsets):
+            return self.lin(self.emb(values, offsets)).squeeze(-1)
+
+    model = Capped()
+    run = torch.compile(model, backend="aot_eager", fullgraph=True)
+    sparse = SparseAdagrad(sparse_tables(model), lr=0.1)
+    offsets = torch.tensor([0, 2, 4])
+    for i in range(12):
+        y = run(torch.tensor([i, i + 1, i + 2, i + 3]), offsets)
+        assert model.emb.group.live_forwards() == 1
+        if i % 3 == 0:
+            y.sum().backward()
+            sparse.step()
+        del y  # the others are dropped without backward
+        assert model.emb.group.live_forwards() == 0 and model.emb.group.pending_rows() == 0
+        assert len(model.emb.table) == min(6, i + 4)
+
+
 # --------------------------------------------------------------------------- opcheck
 
 _BASIC = ("test_schema", "test_faketensor", "test_autograd_registration")

@@ -103,7 +103,7 @@ def _torchrec_reference(ec, kjt, weighted=False):
 # --------------------------------------------------------------------------- forward
 
 def test_keyed_output_keys_and_values():
-    ec = EmbeddingCollection(_configs())
+    ec = EmbeddingCollection(_configs(), extra_keys="ignore")
     kjt = _kjt()
     kt = ec(kjt)
     assert isinstance(kt, KeyedTensor)
@@ -125,7 +125,7 @@ def test_keyed_output_keys_and_values():
 def test_matches_torchrec_embedding_bag_collection_forward_and_backward():
     configs = _configs()
     configs[1] = TableConfig("b", 8, ["fb"], combiner="mean", initializer=Uniform(-1, 1), seed=2)
-    ec = EmbeddingCollection(configs)
+    ec = EmbeddingCollection(configs, extra_keys="ignore")
     opt = SparseSGD(sparse_tables(ec), lr=1.0)
     kjt = _kjt()
     kt = ec(kjt)
@@ -170,7 +170,7 @@ def test_large_batch_matches_torchrec():
 
 
 def test_weighted_kjt_matches_torchrec():
-    ec = EmbeddingCollection(_configs())
+    ec = EmbeddingCollection(_configs(), extra_keys="ignore")
     kjt = _kjt(weights=True)
     kt = ec(kjt)
     expected = _expected_pooled(ec, kjt)
@@ -270,8 +270,8 @@ def test_different_seeds_give_different_values_for_same_id():
 
 def test_dict_output_equals_keyed_output():
     kjt = _kjt()
-    keyed = EmbeddingCollection(_configs())
-    as_dict = EmbeddingCollection(_configs(), output="dict")
+    keyed = EmbeddingCollection(_configs(), extra_keys="ignore")
+    as_dict = EmbeddingCollection(_configs(), output="dict", extra_keys="ignore")
     kt = keyed(kjt)
     d = as_dict(kjt)
     assert isinstance(d, dict)
@@ -323,7 +323,7 @@ def test_unpooled_gradient_reaches_rows():
 # --------------------------------------------------------------------------- eval, torchrec model
 
 def test_eval_mode_does_not_insert():
-    ec = EmbeddingCollection(_configs()).eval()
+    ec = EmbeddingCollection(_configs(), extra_keys="ignore").eval()
     kt = ec(_kjt())
     assert torch.equal(kt.values(), torch.zeros(3, 20))
     assert all(len(t) == 0 for t in ec.tables().values())
@@ -334,7 +334,7 @@ class _TinyRanker(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.sparse = EmbeddingCollection(_configs())
+        self.sparse = EmbeddingCollection(_configs(), extra_keys="ignore")
         self.over = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
 
     def forward(self, kjt):

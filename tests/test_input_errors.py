@@ -1,10 +1,11 @@
 """Bad inputs and bad configurations fail loudly, with messages that name the problem, and
 leave the tables as they were."""
+import numpy as np
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recis.nn import EmbeddingCollection, HashEmbedding, TableConfig, sparse_tables
+from recis.nn import EmbeddingCollection, HashEmbedding, LFUEviction, TableConfig, TableGroup, sparse_tables
 from recis.optim import SparseAdam, SparseSGD
 
 VALUES = torch.tensor([1, 2, 3], dtype=torch.int64)
@@ -156,9 +157,9 @@ def test_non_positive_dim(dim):
 
 
 def test_non_int_dim():
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match=r"embedding_dim must be an integer >= 1, got float \(4.0\)"):
         HashEmbedding(4.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="embedding_dim must be an integer"):
         TableConfig("t", 4.5)
 
 
@@ -181,6 +182,67 @@ def test_bad_missing_mode():
         HashEmbedding(4, missing="random")
     with pytest.raises(ValueError, match="missing"):
         TableConfig("t", 4, missing="random")
+
+
+_BAD_NUMBERS = [  # (argument, bad value, error type): never rounded, parsed or wrapped around
+    ("embedding_dim", True, TypeError), ("embedding_dim", 4.0, TypeError), ("embedding_dim", 0, ValueError),
+    ("seed", 1.5, TypeError), ("seed", "7", TypeError), ("seed", True, TypeError), ("seed", 2**64, ValueError),
+    ("seed", -(2**63) - 1, ValueError),
+    ("capacity", 10.5, TypeError), ("capacity", "10", TypeError), ("capacity", True, TypeError),
+    ("capacity", 0, ValueError), ("capacity", 2**63, ValueError),
+]
+
+
+def _table_args(arg, value):
+    kw = {"embedding_dim": 4, "seed": 3, "capacity": None}
+    kw[arg] = value
+    return kw
+
+
+@pytest.mark.parametrize("arg,value,err", _BAD_NUMBERS)
+def test_table_numbers_are_checked_naming_the_argument_and_table(arg, value, err):
+    kw = _table_args(arg, value)
+    makers = {
+        "HashEmbedding": lambda: HashEmbedding(kw["embedding_dim"], seed=kw["seed"], capacity=kw["capacity"],
+                                               name="clicks"),
+        "TableConfig": lambda: TableConfig("clicks", kw["embedding_dim"], seed=kw["seed"], capacity=kw["capacity"]),
+        "TableGroup": lambda: TableGroup(kw["embedding_dim"], ["clicks"], [kw["seed"]], capacity=kw["capacity"]),
+    }
+    for what, make in makers.items():
+        with pytest.raises(err) as info:
+            make()
+        msg = str(info.value)
+        assert "'clicks'" in msg and arg in msg, (what, msg)
+
+
+def test_capacity_and_lfu_capacity_must_agree():
+    with pytest.raises(ValueError, match="table 'clicks': capacity=3 disagrees with LFUEviction"):
+        HashEmbedding(4, name="clicks", capacity=3, eviction=LFUEviction(capacity=4))
+    with pytest.raises(ValueError, match="table 'clicks': capacity=3 disagrees with LFUEviction"):
+        TableConfig("clicks", 4, capacity=3, eviction=LFUEviction(capacity=4))
+
+
+def test_table_names_and_seeds_are_lists_that_match():
+    with pytest.raises(TypeError, match="names must be a list"):
+        TableGroup(4, "abc", [1, 2, 3])           # a string is not three names
+    with pytest.raises(ValueError, match="duplicate table names"):
+        TableGroup(4, ["a", "a"], [1, 2])
+    with pytest.raises(ValueError, match="without '.'"):
+        HashEmbedding(4, name="a.b")
+    with pytest.raises(ValueError, match="one seed per table name"):
+        TableGroup(4, ["a", "b"], [1])
+    with pytest.raises(TypeError, match="feature_names must be a list"):
+        TableConfig("t", 4, feature_names="user_id")  # not ["u", "s", "e", ...]
+    with pytest.raises(TypeError, match="reserve"):
+        HashEmbedding(4).table.reserve(2.5)
+
+
+def test_numpy_ints_are_ints():
+    emb = HashEmbedding(np.int64(4), seed=np.uint64(2**64 - 1), capacity=np.int32(8))
+    assert emb.embedding_dim == 4 and type(emb.embedding_dim) is int and emb.group.capacity == 8
+    same = HashEmbedding(4, seed=-1)              # the signed spelling of the same 64-bit seed
+    ids = torch.tensor([1, 2])
+    assert torch.equal(emb.table.initial_rows(ids), same.table.initial_rows(ids))
 
 
 def test_duplicate_table_names():
@@ -241,6 +303,54 @@ def test_missing_feature_of_second_group_raises_key_error():
         ec(kjt)
     assert "fb" in str(info.value) and "fa" not in str(info.value).split("keys")[0]
     assert all(len(t) == 0 for t in ec.tables().values())
+
+
+def _with_extra_key():
+    return KeyedJaggedTensor.from_lengths_sync(["user_id", "item_idd"], torch.tensor([1, 2, 3]),
+                                               torch.tensor([1, 1, 1, 0]))
+
+
+def test_a_key_no_table_serves_is_an_error_naming_it():
+    """A misspelt feature name used to be skipped without a word (and never trained)."""
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])])
+    with pytest.raises(KeyError) as info:
+        ec(_with_extra_key())
+    msg = str(info.value)
+    assert "['item_idd']" in msg and "extra_keys='ignore'" in msg and "['user_id']" in msg
+    assert len(ec.tables()["t"]) == 0
+
+
+def test_extra_keys_ignore_skips_keys_no_table_serves():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys="ignore")
+    kt = ec(_with_extra_key())
+    assert kt.keys() == ["user_id"] and kt.values().shape == (2, 4)
+    assert sorted(ec.tables()["t"].export()["ids"].tolist()) == [1, 2]  # item_idd's id 3 went nowhere
+    with pytest.raises(ValueError, match="extra_keys must be one of"):
+        EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys="warn")
+
+
+def test_extra_keys_may_list_the_keys_to_skip():
+    ec = EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys=["item_idd"])
+    assert ec(_with_extra_key()).values().shape == (2, 4)
+    other = KeyedJaggedTensor.from_lengths_sync(["user_id", "other"], torch.tensor([1, 2, 3]),
+                                                torch.tensor([1, 1, 1, 0]))
+    with pytest.raises(KeyError, match="other"):
+        ec(other)
+    with pytest.raises(ValueError, match="which tables serve"):
+        EmbeddingCollection([TableConfig("t", 4, ["user_id"])], extra_keys=["user_id"])
+
+
+@pytest.mark.parametrize("extra_keys", ["error", "ignore"])
+def test_sharded_collection_keeps_the_extra_keys_choice(extra_keys):
+    from recis.distributed import shard
+
+    model = shard(torch.nn.Sequential(EmbeddingCollection([TableConfig("t", 4, ["user_id"])],
+                                                          extra_keys=extra_keys)))
+    if extra_keys == "error":
+        with pytest.raises(KeyError, match="item_idd"):
+            model(_with_extra_key())
+    else:
+        assert model(_with_extra_key()).values().shape == (2, 4)
 
 
 @pytest.mark.parametrize("dtype,name", [(torch.float32, "float32"), (torch.int16, "int16")])

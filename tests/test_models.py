@@ -146,3 +146,22 @@ def test_models_name_what_is_wrong():
         feature_tables(["a"], 4, combiners={"zz": "mean"})
     with pytest.raises(ValueError, match="structure"):
         DCNv2(["a"], 0, 4, structure="diagonal")
+
+
+def test_wide_and_deep_parts_take_the_features_only_the_other_part_serves():
+    """A cross feature only in wide_features, a sequence only in deep_features: each collection
+    skips the other's features; a key that neither part serves is still an error."""
+    b = _batch(8)
+    cross = KeyedJaggedTensor.from_lengths_sync(["user", "item", "hist", "user_x_item"],
+                                                torch.cat([b.sparse.values(), torch.arange(8)]),
+                                                torch.cat([b.sparse.lengths(), torch.ones(8, dtype=torch.long)]))
+    model = WideAndDeep(["user", "item", "hist", "user_x_item"], 3, 4, hidden=(8,),
+                        wide_features=["user", "item", "user_x_item"], deep_features=["user", "item", "hist"])
+    assert model(SimpleNamespace(sparse=cross, dense=b.dense)).shape == (8,)
+    assert sorted(model.linear.feature_names()) == ["item", "user", "user_x_item"]
+    assert len(model.linear.tables()["linear_user_x_item"]) == 8
+    typo = KeyedJaggedTensor.from_lengths_sync(["user", "item", "hist", "user_x_item", "usr"],
+                                               torch.cat([cross.values(), torch.arange(8)]),
+                                               torch.cat([cross.lengths(), torch.ones(8, dtype=torch.long)]))
+    with pytest.raises(KeyError, match="usr"):
+        model(SimpleNamespace(sparse=typo, dense=b.dense))

@@ -6,6 +6,7 @@ the admission sketch, so that the original and the restored module train identic
 import copy
 import io
 import random
+import re
 
 import pytest
 import torch
@@ -323,6 +324,73 @@ def test_hash_table_load_rejects_bad_states():
     with pytest.raises((ValueError, RuntimeError)):
         t.load({"ids": ids_tensor([1, 2]), "rows": torch.zeros(1, DIM)})
     assert len(t) == 0
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_hash_table_load_refuses_duplicate_ids(backend):
+    """Two entries for one id: whichever came last used to win without a word."""
+    g = TableGroup(DIM, names=["users"], seeds=[4], initializer=Uniform(-1.0, 1.0), backend=backend)
+    t = g.tables[0]
+    t.find_or_insert(ids_tensor([1, 2]))
+    before = t.export()
+    ids = ids_tensor([7, 3, 7, 9, INT64_MIN, 3, INT64_MIN, 7])
+    with pytest.raises(ValueError) as err:
+        t.load({"ids": ids, "rows": torch.arange(8 * DIM, dtype=torch.float32).reshape(8, DIM)})
+    msg = str(err.value)
+    assert "'users'" in msg
+    listed = re.search(r"more than once \(([^)]*)\)", msg).group(1)
+    assert sorted(int(x) for x in listed.split(", ")) == [INT64_MIN, 3, 7]
+    assert_exports_equal(t.export(), before)  # nothing was loaded
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_hash_table_load_refuses_per_row_fields_of_the_wrong_length(backend):
+    g = TableGroup(DIM, names=["users"], seeds=[4], backend=backend)
+    t = g.tables[0]
+    state = {"ids": ids_tensor([1, 2, 3]), "rows": torch.zeros(3, DIM)}
+    for key, bad in (("counts", torch.tensor([5])), ("last_seen", torch.tensor([1, 2])),
+                     ("counts", torch.zeros(3, 1, dtype=torch.int64))):
+        with pytest.raises(ValueError, match=key):
+            t.load(dict(state, **{key: bad}))
+    assert len(t) == 0
+
+
+def test_unknown_keys_under_a_table_are_unexpected_not_ignored():
+    """A misspelt per-table or group field used to be dropped silently, even with strict=True."""
+    emb = make_emb()
+    with torch.no_grad():
+        emb(ids_tensor([1, 2]), offsets_for([2]))
+    state = emb.state_dict()
+    state["table.last_sen"] = state["table.last_seen"]
+    state["table._group.stepp"] = torch.tensor(3)
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*"table.last_sen", "table._group.stepp"'):
+        make_emb().load_state_dict(state)
+    result = make_emb().load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == ["table._group.stepp", "table.last_sen"]
+    ec = EmbeddingCollection([TableConfig("a", DIM, ["fa"]), TableConfig("b", DIM, ["fb"])])
+    state = ec.state_dict()
+    state["b.rowz"] = state["b.rows"]
+    assert ec.load_state_dict(state, strict=False).unexpected_keys == ["b.rowz"]
+
+
+def test_hash_table_load_refuses_unknown_fields():
+    t = TableGroup(DIM, names=["t"], seeds=[4]).tables[0]
+    with pytest.raises(KeyError, match=r"unknown keys \['cnts'\]"):
+        t.load({"ids": ids_tensor([1]), "rows": torch.zeros(1, DIM), "cnts": torch.tensor([3])})
+    with pytest.raises(KeyError, match=r"unknown keys \['stepp'\]"):
+        t.group.load_group_state({"stepp": torch.tensor(3)})
+    assert len(t) == 0 and t.group.step == 0
+
+
+def test_load_state_dict_with_duplicate_ids_is_an_error():
+    emb = make_emb()
+    with torch.no_grad():
+        emb(ids_tensor([1, 2]), offsets_for([2]))
+    state = emb.state_dict()
+    for k in STATE_KEYS:  # the saved table lists every id twice
+        state[f"table.{k}"] = torch.cat([state[f"table.{k}"], state[f"table.{k}"]])
+    with pytest.raises(RuntimeError, match="more than once"):
+        make_emb().load_state_dict(state)
 
 
 def test_optimizer_attached_after_rows_exist_starts_slots_fresh_and_keeps_rows():

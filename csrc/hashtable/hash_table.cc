@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 #include <tuple>
 #include <unordered_map>
 
@@ -112,9 +113,93 @@ void HashTable::drop_row(uint32_t ns, int64_t id) {
   if (r >= 0) store_.release(static_cast<uint32_t>(r));
 }
 
+void HashTable::add_forward(uint32_t step) {
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  ++live_[step];
+}
+
+void HashTable::release_forward(uint32_t step) {
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  auto it = live_.find(step);
+  if (it != live_.end() && --it->second == 0) live_.erase(it);
+}
+
+int64_t HashTable::live_forwards() const {
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  int64_t n = 0;
+  for (const auto& kv : live_) n += kv.second;
+  return n;
+}
+
+float* HashTable::append_pending(const int64_t* rows, int64_t count, uint8_t** finite) {
+  PendingGrads& pg = pending_;
+  uint64_t live = 0;
+  for (const auto& m : maps_) live += m->size();
+  // Merged, the buffer holds each row once (plus one entry for keys without a row).
+  if (pg.segments > 1 && static_cast<uint64_t>(pg.n) > 2 * (live + 1)) pg.merge_duplicates(store_.dim());
+  const int64_t start = pg.n;
+  float* grads = pg.append(count, store_.dim());
+  std::memcpy(pg.rows.data() + start, rows, sizeof(int64_t) * count);
+  for (int64_t i = 0; i < count; ++i)
+    if (rows[i] >= 0) pg.min_last_seen = std::min(pg.min_last_seen, store_.meta(static_cast<uint32_t>(rows[i]))->last_seen);
+  *finite = pg.finite.data() + start;
+  return grads;
+}
+
+void HashTable::set_name(uint32_t ns, std::string name) {
+  check_ns(ns);
+  if (names_.size() < maps_.size()) names_.resize(maps_.size());
+  names_[ns] = std::move(name);
+}
+
+std::string HashTable::label(uint32_t ns) const {
+  std::ostringstream out;
+  if (ns < names_.size() && !names_[ns].empty()) out << "table '" << names_[ns] << "' (namespace " << ns << ")";
+  else out << "namespace " << ns;
+  return out.str();
+}
+
 uint32_t HashTable::protected_from() const {
   // Rows seen at or after this step may still receive gradients: never evict them.
-  return window_open_ ? std::min(window_start_, step_) : step_;
+  uint32_t guard = step_;
+  if (pending_.n) guard = std::min(guard, pending_.min_last_seen);
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  if (!live_.empty()) guard = std::min(guard, live_.begin()->first);
+  return guard;
+}
+
+namespace {
+
+// What holds a table's rows (some live forwards and/or pending gradients), and how to release them.
+void describe_holds(std::ostringstream& out, int64_t forwards, int64_t pending) {
+  out << "Rows stay protected while a gradient may still reach them; here they are held by ";
+  if (forwards) {
+    out << forwards << " forward pass" << (forwards == 1 ? "" : "es")
+        << " in training mode whose outputs are still alive (a backward may still come)";
+    if (pending) out << " and by ";
+  }
+  if (pending) out << pending << " rows with gradients waiting for the sparse optimizer's step() or zero_grad()";
+  out << ". To release them, call backward() and the sparse optimizer's step() (or zero_grad()), or drop the "
+         "outputs you do not backpropagate; for forward-only use (scoring, feature extraction) run the model in "
+         "eval() mode or under torch.no_grad()";
+}
+
+}  // namespace
+
+std::string HashTable::holds_message(uint32_t ns, uint64_t cap, uint64_t incoming, uint64_t cands,
+                                     size_t batch_rows) const {
+  std::ostringstream out;
+  out << "recis: " << label(ns) << " is at its capacity of " << cap << " rows and cannot make room for the "
+      << incoming << " new ids of this batch: only " << cands << " rows may be evicted. ";
+  const int64_t forwards = live_forwards();
+  const int64_t pending = pending_.n;
+  if (forwards == 0 && pending == 0) {
+    out << "The other rows belong to this batch (" << batch_rows
+        << " of its ids already have rows); raise the capacity or send smaller batches";
+    return out.str();
+  }
+  describe_holds(out, forwards, pending);
+  return out.str();
 }
 
 void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep) {
@@ -123,7 +208,7 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
   const uint64_t size = maps_[ns]->size();
   if (size + incoming <= cap) return;
   const uint64_t need = size + incoming - cap;
-  TORCH_CHECK(policy_[ns] != EvictPolicy::kNone, "recis: table capacity reached: namespace ", ns, " holds ", size,
+  TORCH_CHECK(policy_[ns] != EvictPolicy::kNone, "recis: table capacity reached: ", label(ns), " holds ", size,
               " of ", cap, " rows and ", incoming,
               " new ids arrived; configure an eviction policy or raise the capacity (no row was overwritten)");
   struct Cand {
@@ -137,8 +222,7 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
     if (m->last_seen < guard && !std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
       cands.push_back({m->count, m->last_seen, id});
   });
-  TORCH_CHECK(cands.size() >= need, "recis: table capacity ", cap, " (namespace ", ns, ") cannot hold the ", incoming,
-              " new ids of one batch: only ", cands.size(), " rows are old enough to evict");
+  TORCH_CHECK(cands.size() >= need, holds_message(ns, cap, incoming, cands.size(), keep.size()));
   uint64_t k = std::max<uint64_t>(need, static_cast<uint64_t>(std::ceil(evict_fraction_[ns] * cap)));
   k = std::min<uint64_t>(k, cands.size());
   auto less = [](const Cand& a, const Cand& b) {
@@ -277,6 +361,25 @@ void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64
 
 int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
   check_ns(ns);
+  const int64_t forwards = live_forwards();
+  if (forwards || pending_.n) {
+    // An erased row goes to the next new id: a gradient still on its way would land there.
+    const uint32_t guard = protected_from();
+    std::vector<int64_t> held;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = maps_[ns]->find(ids[i]);
+      if (r >= 0 && store_.meta(static_cast<uint32_t>(r))->last_seen >= guard) held.push_back(ids[i]);
+    }
+    if (!held.empty()) {
+      std::ostringstream out;
+      out << "recis: cannot erase " << held.size() << " ids of " << label(ns) << ", namely ";
+      for (size_t i = 0; i < std::min<size_t>(held.size(), 5); ++i) out << (i ? ", " : "") << held[i];
+      out << (held.size() > 5 ? ", ..." : "") << ": a gradient may still reach their rows, which would then "
+          << "belong to other ids; nothing was erased. ";
+      describe_holds(out, forwards, pending_.n);
+      TORCH_CHECK(false, out.str());
+    }
+  }
   int64_t erased = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = maps_[ns]->erase(ids[i]);
@@ -324,6 +427,21 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
                           const int64_t* counts, const int64_t* last_seen) {
   check_ns(ns);
   const int64_t dim = store_.dim(), w = store_.slot_width();
+  {
+    // Two entries for one id would leave whichever came last: refuse before any change.
+    std::vector<int64_t> sorted(ids, ids + n);
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> dups;
+    for (int64_t i = 1; i < n && dups.size() < 5; ++i)
+      if (sorted[i] == sorted[i - 1] && (dups.empty() || dups.back() != sorted[i])) dups.push_back(sorted[i]);
+    if (!dups.empty()) {
+      std::ostringstream msg;
+      msg << "recis: cannot load " << label(ns) << ": its state lists ids more than once (";
+      for (size_t i = 0; i < dups.size(); ++i) msg << (i ? ", " : "") << dups[i];
+      msg << (dups.size() == 5 ? ", ..." : "") << "); each id must appear once; nothing was loaded";
+      TORCH_CHECK_VALUE(false, msg.str());
+    }
+  }
   std::vector<int64_t> rows(n);
   find_or_insert(ns, ids, n, rows.data());
   at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {

@@ -2,8 +2,10 @@
 // eviction and the buffer of pending sparse gradients.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "hashtable/count_sketch.h"
@@ -23,8 +25,10 @@ struct PendingGrads {
   std::vector<uint8_t> finite;
   int64_t n = 0;
   int segments = 0;
+  // The smallest last_seen of the rows held here: rows seen at or after it stay protected.
+  uint32_t min_last_seen = UINT32_MAX;
   float* append(int64_t count, int64_t dim);
-  void clear() { n = 0, segments = 0; }
+  void clear() { n = 0, segments = 0, min_last_seen = UINT32_MAX; }
   // Sums rows that appear in several segments (gradient accumulation) into one entry.
   void merge_duplicates(int64_t dim);
 };
@@ -83,13 +87,28 @@ class HashTable {
   uint32_t step() const { return step_; }
   void set_step(uint32_t s) { step_ = s; }
   void advance_step() { ++step_; }
-  // Rows looked up by a forward that expects a backward stay protected from eviction until
-  // the optimizer consumes (or drops) the pending gradients, so a gradient never lands on a
-  // row that was handed to another id.
-  void open_grad_window() {
-    if (!window_open_) window_open_ = true, window_start_ = step_;
-  }
-  void close_grad_window() { window_open_ = false; }
+
+  // ---- rows a gradient may still reach ----
+  // A gradient must never land on a row that was handed to another id, so rows stay protected
+  // from eviction while a gradient may still reach them: a training forward that expects a
+  // backward holds its step from the forward until its autograd graph is freed (the lease is
+  // tied to the storage of its unique_rows output, see lookup_forward), and pending gradients
+  // hold their rows until the optimizer's step() or zero_grad(). Rows seen at or after the
+  // oldest hold are never evicted. Forward leases are counted under their own lock, as their
+  // release runs wherever the graph is freed.
+  void add_forward(uint32_t step);
+  void release_forward(uint32_t step);
+  int64_t live_forwards() const;
+  // Whether backward keeps gradients for an optimizer (one is attached); else it drops them.
+  void set_keep_grads(bool keep) { keep_grads_ = keep; }
+  bool keep_grads() const { return keep_grads_; }
+  // Room for `count` more pending gradient rows (copied from `rows`); returns where their
+  // gradients go. Merges duplicate rows first when the buffer outgrows the live rows, so its
+  // memory stays bounded by the table however many backward passes come before a step().
+  float* append_pending(const int64_t* rows, int64_t count, uint8_t** finite);
+  // Drops the pending gradients (after the optimizer applied them, or zero_grad()).
+  void clear_pending() { pending_.clear(); }
+  void set_name(uint32_t ns, std::string name);
   CountSketch& sketch() { return sketch_; }
   PendingGrads& pending() { return pending_; }
   const TableStats& stats() const { return stats_; }
@@ -106,6 +125,9 @@ class HashTable {
   // Evicts (LFU) so `incoming` new ids fit under the capacity; rows in `keep` (sorted) stay.
   void make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep);
   uint32_t protected_from() const;
+  // Why only `cands` rows of namespace ns may be evicted: what holds the others.
+  std::string holds_message(uint32_t ns, uint64_t cap, uint64_t incoming, uint64_t cands, size_t batch_rows) const;
+  std::string label(uint32_t ns) const;
 
   RowStore store_;
   std::vector<std::unique_ptr<IdMap>> maps_;
@@ -119,8 +141,10 @@ class HashTable {
   CountSketch sketch_;
   MissingMode missing_ = MissingMode::kZeros;
   uint32_t step_ = 0;
-  bool window_open_ = false;
-  uint32_t window_start_ = 0;
+  mutable std::mutex lease_mu_;               // guards live_ only; never held while taking another lock
+  std::map<uint32_t, int64_t> live_;          // step -> training forwards of that step still alive
+  bool keep_grads_ = false;
+  std::vector<std::string> names_;
   PendingGrads pending_;
   TableStats stats_;
 };

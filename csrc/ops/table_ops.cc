@@ -52,6 +52,25 @@ void bump(at::Tensor& token) {
   if (token.defined() && token.numel() > 0) token.add_(1);
 }
 
+// The unique_rows output of a training forward that expects a backward. Its storage carries
+// the forward's lease on the table (HashTable::add_forward): the lease ends when the storage
+// is freed, i.e. when autograd releases the saved tensors (after backward, or when the graph
+// of a forward that gets no backward is dropped). Compiled graphs save the same tensor, so
+// this needs no Python and no extra op.
+at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& rows, uint32_t step) {
+  auto* buf = new at::Tensor(rows);
+  std::weak_ptr<HashTable> weak = table;
+  at::Tensor out = at::from_blob(
+      buf->data_ptr(), rows.sizes(),
+      [buf, weak, step](void*) {
+        delete buf;
+        if (auto t = weak.lock()) t->release_forward(step);
+      },
+      at::TensorOptions().dtype(at::kLong));
+  table->add_forward(step);
+  return out;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values_in,
@@ -105,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       table->set_step(step_before);  // a refused batch leaves no trace
       throw;
     }
-    if (mode == 2) table->open_grad_window();
+    if (mode == 2) unique_rows = leased(table, unique_rows, table->step());
     std::fill(rows + U, rows + n, int64_t(-1));
 
     // A row pointer per unique key; keys without a row read zeros or their initial value.
@@ -144,14 +163,15 @@ void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_o
   {
     GilRelease nogil;
     std::lock_guard<std::mutex> lock(table->mu);
-    PendingGrads& pg = table->pending();
-    const int64_t start = pg.n;
-    float* grads = pg.append(U, dim);
-    std::memcpy(pg.rows.data() + start, unique_rows.data_ptr<int64_t>(), sizeof(int64_t) * U);
-    const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
-                                    in.grad_out.size(-1), combiner, in.weights);
-    unique_row_grads(L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, U, dim, grads,
-                     pg.finite.data() + start);
+    // Without a sparse optimizer the table is not trained: its gradients have nowhere to go
+    // (they would pile up and hold their rows forever), so backward keeps none.
+    if (table->keep_grads()) {
+      uint8_t* finite = nullptr;
+      float* grads = table->append_pending(unique_rows.data_ptr<int64_t>(), U, &finite);
+      const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
+                                      in.grad_out.size(-1), combiner, in.weights);
+      unique_row_grads(L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, U, dim, grads, finite);
+    }
   }
   bump(token);
 }
@@ -192,7 +212,6 @@ at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Te
         [&](int64_t u) {
           if (rows[u] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[u]));
         });
-    table->close_grad_window();
   }
   bump(token);
   const int64_t bad = nonfinite.load();
@@ -219,8 +238,7 @@ at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::Arr
       apply_sparse_update(table->store(), static_cast<OptimKind>(kind), hyper, pg.rows.data(), pg.grads.data(),
                           pg.finite.data(), pg.n);
     }
-    pg.clear();
-    table->close_grad_window();
+    table->clear_pending();
   }
   bump(token);
   return at::tensor({applied, nonfinite}, at::TensorOptions().dtype(at::kLong));
@@ -229,8 +247,7 @@ at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::Arr
 void clear_pending(at::Tensor& token, int64_t handle) {
   auto table = table_from_handle(handle);
   std::lock_guard<std::mutex> lock(table->mu);
-  table->pending().clear();
-  table->close_grad_window();
+  table->clear_pending();
   bump(token);
 }
 

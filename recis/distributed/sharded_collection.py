@@ -85,6 +85,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
     def __init__(self, module: EmbeddingCollection, plan: ShardingPlan, env: ShardingEnv):
         nn.Module.__init__(self)
         self.output, self.configs, self.groups = module.output, module.configs, module.groups
+        self.extra_keys = module.extra_keys
         self._plans, self._tables = module._plans, module._tables
         self.train(module.training)
         on_device = [g.names for g in self.groups if g.device.type != "cpu"]

@@ -153,11 +153,11 @@ class LookupOps:
         except BaseException:
             self._step = step_before  # a refused batch leaves no trace
             raise
-        if mode == 2:
-            self.open_grad_window()
         U = uids.numel()
         unique_rows = torch.full((n,), -1, dtype=torch.int64, device=dev)
         unique_rows[:U] = urows
+        if mode == 2:
+            self._add_forward(unique_rows, self._step)
         src, fallback = urows, self.rows.emb[:0]
         if self._missing == 1 and U:
             miss = (urows < 0).nonzero().flatten()
@@ -267,8 +267,10 @@ class LookupOps:
     @table_op
     def lookup_backward(self, token, handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
                         col_offsets, combiner) -> None:
-        self._pending.append(self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                                                col_offsets, combiner))
+        # Without a sparse optimizer the table is not trained: backward keeps no gradients.
+        if self._keep_grads:
+            self._append_pending(self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+                                                    batch, col_offsets, combiner))
         _bump(token)
 
     def _update_rows(self, kind: int, hyper: Sequence[float], rows, grads, finite) -> None:
@@ -294,7 +296,6 @@ class LookupOps:
         has_row = rows >= 0
         with_row, bad = torch.stack([has_row.sum(), (has_row & (finite == 0)).sum()]).tolist()
         self._update_rows(kind, hyper, rows, grads, finite)
-        self.close_grad_window()
         _bump(token)
         return torch.tensor([with_row - bad, bad], dtype=torch.int64)
 
@@ -328,15 +329,13 @@ class LookupOps:
                 applied = 0  # leave every row untouched
             else:
                 self._update_rows(kind, hyper, rows, grads, finite)
-        self._pending.clear()
-        self.close_grad_window()
+        self._clear_pending()
         _bump(token)
         return torch.tensor([applied, nonfinite], dtype=torch.int64)
 
     @table_op
     def clear_pending(self, token, handle) -> None:
-        self._pending.clear()
-        self.close_grad_window()
+        self._clear_pending()
         _bump(token)
 
     # ---- ids -> rows ----

@@ -2,8 +2,10 @@
 (sizes, slots, policies, state export/import) plus the table ops of torch.ops.recis
 (recis.gpu.lookup). Same semantics as the C++ table: ids -> rows, initial values,
 admission, TTL/LFU eviction and the gradient window."""
+import collections
 import math
 import threading
+import weakref
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -57,9 +59,16 @@ class TritonTable(LookupOps):
         self._sketch_shape = (0, 0)
         self._missing = 0
         self._step = 0
-        self._window_open, self._window_start = False, 0
+        # Rows a gradient may still reach (as in C++, see HashTable::add_forward): step -> live
+        # training forwards of that step; the steps of released forwards arrive in _released
+        # (appended wherever autograd frees a forward's graph) and are counted off under the lock.
+        self._live: Dict[int, int] = {}
+        self._released: collections.deque = collections.deque()
+        self._keep_grads = False
+        self._names = [""] * len(self._seeds)
         self._stats = {"inserts": 0, "evictions": 0, "not_admitted": 0}
         self._pending: List[tuple] = []
+        self._pending_guard: Optional[torch.Tensor] = None  # smallest last_seen of the pending rows
         self._lock = threading.RLock()
         self.handle = 0  # set by the registry (recis._ops.register_triton_table)
 
@@ -108,6 +117,24 @@ class TritonTable(LookupOps):
 
     def pending_rows(self) -> int:
         return sum(int(p[0].numel()) for p in self._pending)
+
+    def live_forwards(self) -> int:
+        with self._lock:
+            self._count_releases()
+            return sum(self._live.values())
+
+    @table_op
+    def set_keep_grads(self, keep: bool) -> None:
+        self._keep_grads = bool(keep)
+        if not keep:
+            self._clear_pending()
+
+    def set_name(self, ns: int, name: str) -> None:
+        self.check_ns(ns)
+        self._names[ns] = str(name)
+
+    def _label(self, ns: int) -> str:
+        return f"table {self._names[ns]!r} (namespace {ns})" if self._names[ns] else f"namespace {ns}"
 
     def stats(self) -> Dict[str, int]:
         return dict(self._stats)
@@ -189,14 +216,67 @@ class TritonTable(LookupOps):
 
     # ---- resolve: ids -> rows, with admission, eviction and inserts ----
     def _protected_from(self) -> int:
-        return min(self._window_start, self._step) if self._window_open else self._step
+        """Rows seen at or after this step may still receive gradients: never evict them."""
+        self._count_releases()
+        guard = self._step
+        if self._pending and self._pending_guard is not None:
+            guard = min(guard, int(self._pending_guard))
+        if self._live:
+            guard = min(guard, min(self._live))
+        return guard
 
-    def open_grad_window(self) -> None:
-        if not self._window_open:
-            self._window_open, self._window_start = True, self._step
+    def _add_forward(self, unique_rows: torch.Tensor, step: int) -> None:
+        """Leases `step` for as long as the storage of `unique_rows` lives (autograd saves it
+        for backward, so until the graph is freed)."""
+        self._live[step] = self._live.get(step, 0) + 1
+        weakref.finalize(unique_rows.untyped_storage(), self._released.append, step).atexit = False
 
-    def close_grad_window(self) -> None:
-        self._window_open = False
+    def _count_releases(self) -> None:
+        while self._released:
+            step = self._released.popleft()
+            left = self._live.get(step, 0) - 1
+            if left > 0:
+                self._live[step] = left
+            else:
+                self._live.pop(step, None)
+
+    def _append_pending(self, entry: tuple) -> None:
+        """Keeps a backward's (rows, grads, finite), merging duplicate rows first when the buffer
+        outgrows the live rows (as HashTable::append_pending)."""
+        if len(self._pending) > 1 and self.pending_rows() > 2 * (self.map.size + 1):
+            self._pending = [self._merged_pending()]
+        rows = entry[0]
+        if rows.numel():  # without a sync: rows without one (-1) count as UINT32_MAX
+            seen = torch.where(rows >= 0, self.rows.last_seen[rows.clamp(min=0)], UINT32_MAX).min()
+            self._pending_guard = seen if self._pending_guard is None else torch.minimum(self._pending_guard, seen)
+        self._pending.append(entry)
+
+    def _clear_pending(self) -> None:
+        self._pending.clear()
+        self._pending_guard = None
+
+    def _holds_message(self, ns: int, cap: int, incoming: int, cands: int, batch_rows: int) -> str:
+        head = (f"recis: {self._label(ns)} is at its capacity of {cap} rows and cannot make room for the {incoming} "
+                f"new ids of this batch: only {cands} rows may be evicted. ")
+        forwards, pending = sum(self._live.values()), self.pending_rows()
+        if not forwards and not pending:
+            return head + (f"The other rows belong to this batch ({batch_rows} of its ids already have rows); raise "
+                           "the capacity or send smaller batches")
+        return head + self._describe_holds(forwards, pending)
+
+    @staticmethod
+    def _describe_holds(forwards: int, pending: int) -> str:
+        """What holds a table's rows, and how to release them (as describe_holds in C++)."""
+        held = []
+        if forwards:
+            held.append(f"{forwards} forward pass{'' if forwards == 1 else 'es'} in training mode whose outputs are "
+                        "still alive (a backward may still come)")
+        if pending:
+            held.append(f"{pending} rows with gradients waiting for the sparse optimizer's step() or zero_grad()")
+        return ("Rows stay protected while a gradient may still reach them; here they are held by "
+                + " and by ".join(held) + ". To release them, call backward() and the sparse optimizer's step() "
+                "(or zero_grad()), or drop the outputs you do not backpropagate; for forward-only use (scoring, "
+                "feature extraction) run the model in eval() mode or under torch.no_grad()")
 
     def _sketch_op(self, ids, ns, add, sel=None) -> torch.Tensor:
         n = ids.numel()
@@ -273,7 +353,7 @@ class TritonTable(LookupOps):
             return
         need = size + incoming - cap
         if self._policy[ns] == 0:
-            raise RuntimeError(f"recis: table capacity reached: namespace {ns} holds {size} of {cap} rows and "
+            raise RuntimeError(f"recis: table capacity reached: {self._label(ns)} holds {size} of {cap} rows and "
                                f"{incoming} new ids arrived; configure an eviction policy or raise the capacity "
                                "(no row was overwritten)")
         ids, rws = self.map.live(ns)
@@ -281,8 +361,7 @@ class TritonTable(LookupOps):
         cand = (last < self._protected_from()) & ~torch.isin(rws, keep)
         ids, rws, last = ids[cand], rws[cand], last[cand]
         if ids.numel() < need:
-            raise RuntimeError(f"recis: table capacity {cap} (namespace {ns}) cannot hold the {incoming} new ids of "
-                               f"one batch: only {ids.numel()} rows are old enough to evict")
+            raise RuntimeError(self._holds_message(ns, cap, incoming, ids.numel(), keep.numel()))
         k = min(max(need, math.ceil(self._evict_fraction[ns] * cap)), ids.numel())
         # Least frequent first, then least recent, then smallest id: stable sorts, last key first.
         order = torch.argsort(ids, stable=True)
@@ -312,6 +391,18 @@ class TritonTable(LookupOps):
 
     def erase_ids(self, ns: int, ids: torch.Tensor) -> int:
         uniq, _, _ = first_seen_unique(ids)
+        self._count_releases()
+        forwards, pending = sum(self._live.values()), self.pending_rows()
+        if forwards or pending:
+            # An erased row goes to the next new id: a gradient still on its way would land there.
+            rws = self.find_rows(ns, uniq)
+            seen = torch.where(rws >= 0, self.rows.last_seen[rws.clamp(min=0)], -1)
+            held = uniq[seen >= self._protected_from()].tolist()
+            if held:
+                shown = ", ".join(map(str, held[:5])) + (", ..." if len(held) > 5 else "")
+                raise RuntimeError(f"recis: cannot erase {len(held)} ids of {self._label(ns)}, namely {shown}: a gradient "
+                                   "may still reach their rows, which would then belong to other ids; nothing was "
+                                   "erased. " + self._describe_holds(forwards, pending))
         return self._drop(ns, uniq)
 
     # ---- state ----
@@ -335,8 +426,18 @@ class TritonTable(LookupOps):
         has_slots = slots is not None and slots.numel() > 0
         if has_slots and (slots.dim() != 2 or slots.shape[0] != n or slots.shape[1] != self.slot_width):
             raise ValueError(f"import: slots must be [{n}, {self.slot_width}], got {list(slots.shape)}")
+        for what, t in (("counts", counts), ("last_seen", last_seen)):
+            if t is not None and (t.dim() != 1 or t.shape[0] != n):
+                raise ValueError(f"import: {what} must be [{n}] (one per id), got {list(t.shape)}")
         dev = self.device
-        where = self.find_or_insert_rows(ns, ids.to(dev).contiguous())
+        ids = ids.to(dev).contiguous()
+        uniq, seen = torch.unique(ids, return_counts=True)
+        dups = uniq[seen > 1][:6].tolist()
+        if dups:
+            shown = ", ".join(map(str, dups[:5])) + (", ..." if len(dups) > 5 else "")
+            raise ValueError(f"recis: cannot load {self._label(ns)}: its state lists ids more than once ({shown}); "
+                             "each id must appear once; nothing was loaded")
+        where = self.find_or_insert_rows(ns, ids)
         r = self.rows
         r.counts[where] = counts.to(dev, torch.int64).clamp(0, UINT32_MAX) if counts is not None else 0
         r.last_seen[where] = last_seen.to(dev, torch.int64).clamp(0, UINT32_MAX) if last_seen is not None \
@@ -349,7 +450,7 @@ class TritonTable(LookupOps):
     def clear(self) -> None:
         self.map.clear()
         self.rows.clear()
-        self._pending.clear()
+        self._clear_pending()
         if self._sketch is not None:
             self._sketch.zero_()
 

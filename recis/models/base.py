@@ -74,10 +74,13 @@ class CTRModel(nn.Module):
         values = kt.values()
         return values.view(values.shape[0], -1, self.embedding_dim)
 
-    def first_order(self, features: Sequence[str], **table_options) -> EmbeddingCollection:
-        """A dim-1, zero-initialised table per feature: the linear (wide) term over ids."""
+    def first_order(self, features: Sequence[str], extra_keys: Sequence[str] = (),
+                    **table_options) -> EmbeddingCollection:
+        """A dim-1, zero-initialised table per feature: the linear (wide) term over ids. The
+        batch's `extra_keys` (features that only other parts of the model use) are skipped."""
         table_options.setdefault("initializer", Zeros())
-        return EmbeddingCollection(feature_tables(features, 1, prefix="linear_", **table_options))
+        return EmbeddingCollection(feature_tables(features, 1, prefix="linear_", **table_options),
+                                   extra_keys=list(extra_keys))
 
     def predict(self, batch) -> torch.Tensor:
         """Click probabilities [B]."""

@@ -23,9 +23,12 @@ class WideAndDeep(CTRModel):
         linear_options = {k: v for k, v in table_options.items() if k != "initializer"}
         wide_combiners = {k: v for k, v in (combiners or {}).items() if k in wide}
         deep_combiners = {k: v for k, v in (combiners or {}).items() if k in deep}
-        self.linear = self.first_order(wide, combiners=wide_combiners, **linear_options)
+        # Each collection skips the batch's features that only the other one serves.
+        self.linear = self.first_order(wide, combiners=wide_combiners,
+                                       extra_keys=[f for f in deep if f not in wide], **linear_options)
         self.embeddings = EmbeddingCollection(feature_tables(deep, embedding_dim, combiners=deep_combiners,
-                                                             **table_options))
+                                                             **table_options),
+                                              extra_keys=[f for f in wide if f not in deep])
         self.dense_linear = nn.Linear(dense_dim, 1) if dense_dim else None
         self.deep = MLP(len(deep) * embedding_dim + dense_dim, hidden, out_dim=1, dropout=dropout)
         self.bias = nn.Parameter(torch.zeros(()))

@@ -14,14 +14,15 @@ dtype) share one physical TableGroup and one fused kernel call per step; each ke
 """
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.nn.hash_table import EvictionArg, HashTable, TableGroup, split_eviction
+from recis.nn.hash_table import (SEED_RANGE, EvictionArg, HashTable, TableGroup, resolve_capacity, split_eviction,
+                                 table_int)
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
@@ -46,8 +47,13 @@ class TableConfig:
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str) or "." in self.name:
             raise ValueError(f"TableConfig.name must be a non-empty string without '.', got {self.name!r}")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise ValueError(f"table {self.name!r}: embedding_dim must be a positive int, got {self.embedding_dim!r}")
+        where = f"table {self.name!r}"
+        self.embedding_dim = table_int(self.embedding_dim, "embedding_dim", where, 1)
+        if self.seed is not None:
+            self.seed = table_int(self.seed, "seed", where, *SEED_RANGE)
+        if isinstance(self.feature_names, str) or not all(isinstance(f, str) and f for f in self.feature_names):
+            raise TypeError(f"{where}: feature_names must be a list of non-empty strings, got {self.feature_names!r}")
+        self.feature_names = list(self.feature_names)
         if not self.feature_names:
             self.feature_names = [self.name]
         if len(set(self.feature_names)) != len(self.feature_names):
@@ -59,7 +65,7 @@ class TableConfig:
         if self.dtype != torch.float32:
             raise TypeError(f"table {self.name!r}: recis tables store float32 rows, got {self.dtype}")
         self.initializer = resolve_initializer(self.initializer)
-        split_eviction(self.eviction)
+        resolve_capacity(self.capacity, split_eviction(self.eviction)[1], where)
         if self.seed is None:
             self.seed = zlib.crc32(self.name.encode())
 
@@ -69,18 +75,32 @@ class TableConfig:
                 self.capacity, self.missing, self.dtype)
 
 
+# What an EmbeddingCollection does with input keys that no table serves.
+EXTRA_KEYS = ("error", "ignore")
+
+
 class EmbeddingCollection(nn.Module):
     """Takes a torchrec KeyedJaggedTensor; returns a torchrec KeyedTensor of pooled features
     (or, with `output="dict"` or unpooled tables, a dict of tensors / JaggedTensors).
     Output keys follow the table groups, then the tables and features in config order.
-    Features of the input that no table names are ignored. The tables live on `device` and move
-    with the module (`.to(device)`, `.cuda()`); `backend` picks C++ or Triton kernels (TableGroup)."""
+    A key of the input that no table serves is an error (a misspelt feature would otherwise train
+    nothing, silently); `extra_keys="ignore"` skips such keys, for a collection that serves a
+    subset of a batch's features, and a list of names skips just those keys. The tables live on
+    `device` and move with the module (`.to(device)`, `.cuda()`); `backend` picks C++ or Triton
+    kernels (TableGroup)."""
 
     def __init__(self, tables: Sequence[TableConfig], output: str = "keyed", device=None,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, extra_keys: Union[str, Sequence[str]] = "error"):
         super().__init__()
         if output not in ("keyed", "dict"):
             raise ValueError(f"output must be 'keyed' or 'dict', got {output!r}")
+        if isinstance(extra_keys, str) and extra_keys not in EXTRA_KEYS:
+            raise ValueError(f"extra_keys must be one of {EXTRA_KEYS} or a list of key names, got {extra_keys!r}")
+        if not isinstance(extra_keys, str):
+            extra_keys = tuple(extra_keys)
+            if not all(isinstance(k, str) for k in extra_keys):
+                raise TypeError(f"extra_keys must be one of {EXTRA_KEYS} or a list of key names, got {extra_keys!r}")
+        self.extra_keys = extra_keys
         if not tables:
             raise ValueError("EmbeddingCollection needs at least one TableConfig")
         names = [t.name for t in tables]
@@ -111,6 +131,9 @@ class EmbeddingCollection(nn.Module):
         if output == "keyed" and any(comb is None for comb, _, _ in self._plans):
             raise ValueError("output='keyed' needs pooled tables; use output='dict' with combiner=None tables")
         self._tables = {t.name: t for g in self.groups for t in g.tables}
+        served = set(self.feature_names())
+        if not isinstance(extra_keys, str) and served.intersection(extra_keys):
+            raise ValueError(f"extra_keys lists {sorted(served.intersection(extra_keys))}, which tables serve")
 
     def tables(self) -> Dict[str, HashTable]:
         """Logical tables by name."""
@@ -126,9 +149,17 @@ class EmbeddingCollection(nn.Module):
         if features.variable_stride_per_key():
             raise ValueError(f"{what} does not take variable-batch (VBE) KeyedJaggedTensors")
         index = {k: i for i, k in enumerate(keys)}
-        absent = [f for f in self.feature_names() if f not in index]
+        served = self.feature_names()
+        absent = [f for f in served if f not in index]
         if absent:
             raise KeyError(f"features {absent} are configured but missing from the KeyedJaggedTensor (keys: {keys})")
+        if self.extra_keys != "ignore" and len(index) > len(served):
+            known = set(served).union(() if self.extra_keys == "error" else self.extra_keys)
+            extra = [k for k in keys if k not in known]
+            if extra:
+                raise KeyError(f"{what}: the KeyedJaggedTensor has keys {extra} that no table serves (tables serve "
+                               f"{served}); fix the feature names, or pass extra_keys='ignore' (or a list of the "
+                               "keys to skip) to the EmbeddingCollection")
         offsets, weights = features.offsets(), features.weights_or_none()
         values = check_jagged(features.values(), offsets, weights, device, what)
         return keys, index, features.stride(), offsets, values, weights

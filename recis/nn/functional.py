@@ -71,6 +71,12 @@ class _HashLookup(torch.autograd.Function):
             token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
             LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
+        if not torch.compiler.is_compiling():
+            # unique_rows carries the forward's hold on its rows (see lookup_forward): the saved
+            # tensor keeps it until the graph is freed; this reference keeps it until backward
+            # even when a saved-tensor hook (offloading, activation checkpointing) copies or
+            # drops the saved tensor.
+            ctx.rows_hold = unique_rows
         ctx.token, ctx.handle = token, handle
         ctx.args = (feature_ns, batch, col_offsets, combiner)
         # The data-dependent outputs are returned too (non-differentiable), so torch.compile
@@ -83,6 +89,8 @@ class _HashLookup(torch.autograd.Function):
         offsets, weights, unique_rows, inverse = ctx.saved_tensors
         feature_ns, batch, col_offsets, combiner = ctx.args
         group = None if torch.compiler.is_compiling() else fused_group(ctx.handle)
+        if not torch.compiler.is_compiling():
+            ctx.rows_hold = None  # the saved tensor (or the caller of another backward) holds on
         if group is not None:
             group.fused_optimizer().fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                                                    batch, col_offsets, combiner)

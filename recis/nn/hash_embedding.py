@@ -31,10 +31,10 @@ class HashEmbedding(nn.Module):
         super().__init__()
         if combiner not in COMBINERS:
             raise ValueError(f"combiner must be 'sum', 'mean' or None, got {combiner!r}")
-        self.embedding_dim = embedding_dim
         self.combiner = combiner
         self.group = TableGroup(embedding_dim, [name], [seed], initializer, admission, eviction, capacity, missing,
                                 dtype, device=device, backend=backend)
+        self.embedding_dim = self.group.embedding_dim
 
     @property
     def table(self) -> HashTable:

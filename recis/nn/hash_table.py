@@ -8,9 +8,11 @@ on CUDA in device memory, run by Triton kernels (recis.gpu); `TableGroup.to(devi
 >>> len(table), bool(rows[0] == rows[2])
 (2, True)
 """
+import functools
+import numbers
 import os
 import weakref
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -22,7 +24,8 @@ from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
 EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
 MISSING_MODES = {"zeros": 0, "init": 1}
-STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")
+STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")  # per logical table (export / load)
+GROUP_STATE_KEYS = ("step", "optimizer_step", "sketch")       # per group (group_state / load_group_state)
 BACKENDS = ("auto", "cpp", "triton")
 BACKEND_ENV = "RECIS_TABLE_BACKEND"
 
@@ -61,12 +64,53 @@ def split_eviction(eviction: EvictionArg):
     return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
 
 
-def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction]) -> Optional[int]:
-    if capacity is not None and capacity < 1:
-        raise ValueError(f"capacity must be >= 1, got {capacity}")
-    if lfu is not None and capacity is not None and capacity != lfu.capacity:
-        raise ValueError(f"capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
-    return lfu.capacity if lfu is not None else capacity
+SEED_RANGE = (-(2**63), 2**64)  # [lo, hi): seeds are 64-bit, in their signed or unsigned spelling
+CAPACITY_RANGE = (1, 2**63)
+
+
+def _show(x: int) -> str:
+    """2**63 and friends as powers of two."""
+    a = abs(x)
+    return f"{'-' if x < 0 else ''}2**{a.bit_length() - 1}" if a >= 1 << 32 and a & (a - 1) == 0 else str(x)
+
+
+def table_int(value, arg: str, where: str, lo: int, hi: Optional[int] = None) -> int:
+    """`value` as an int in [lo, hi); a TypeError or ValueError naming `arg` and `where` (the
+    table) otherwise. bools, floats and strings are refused, never rounded or parsed."""
+    span = f">= {_show(lo)}" if hi is None else f"in [{_show(lo)}, {_show(hi)})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {arg} must be an integer {span}, got {type(value).__name__} ({value!r})")
+    value = int(value)
+    if value < lo or (hi is not None and value >= hi):
+        raise ValueError(f"{where}: {arg} must be an integer {span}, got {value}")
+    return value
+
+
+def check_table_names(names, where: str = "TableGroup") -> List[str]:
+    """Table names: a non-empty list of distinct non-empty strings without '.' (state_dict keys
+    are `{table}.{field}`)."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{where}: names must be a list of table names, got {names!r}")
+    for n in names:
+        if not isinstance(n, str) or not n or "." in n:
+            raise ValueError(f"{where}: table names must be non-empty strings without '.', got {n!r}")
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: duplicate table names {dup}")
+    if not names:
+        raise ValueError(f"{where}: needs at least one table name")
+    return list(names)
+
+
+def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction], where: str = "table") -> Optional[int]:
+    """The capacity of a table: `capacity`, or its LFUEviction's (which checks its own fields)."""
+    if capacity is not None:
+        capacity = table_int(capacity, "capacity", where, *CAPACITY_RANGE)
+    if lfu is not None:
+        if capacity is not None and capacity != lfu.capacity:
+            raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
+        return lfu.capacity
+    return capacity
 
 
 class TableGroup:
@@ -76,35 +120,38 @@ class TableGroup:
                  admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
                  capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32,
                  device=None, backend: Optional[str] = None):
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        names = check_table_names(names)
+        where = f"table {names[0]!r}" if len(names) == 1 else f"tables {names}"
+        embedding_dim = table_int(embedding_dim, "embedding_dim", where, 1)
         if dtype != torch.float32:
-            raise TypeError(f"recis tables store float32 rows; got dtype={dtype}")
+            raise TypeError(f"{where}: recis tables store float32 rows; got dtype={dtype}")
         if missing not in MISSING_MODES:
-            raise ValueError(f"missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
-        if len(names) != len(seeds) or not names:
-            raise ValueError("a TableGroup needs one seed per table name, and at least one table")
+            raise ValueError(f"{where}: missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(names) != len(seeds):
+            raise ValueError(f"{where}: a TableGroup needs a list of one seed per table name, got seeds={seeds!r}")
+        seeds = [table_int(s, "seed", f"table {n!r}", *SEED_RANGE) for n, s in zip(names, seeds)]
         if admission is not None and not isinstance(admission, FrequencyAdmission):
-            raise TypeError(f"admission must be a FrequencyAdmission or None, got {admission!r}")
+            raise TypeError(f"{where}: admission must be a FrequencyAdmission or None, got {admission!r}")
         self.embedding_dim = embedding_dim
+        self._ns_names = names
         self.initializer = resolve_initializer(initializer)
-        self._seeds = [int(s) & (2**64 - 1) for s in seeds]
+        self._seeds = [s & (2**64 - 1) for s in seeds]
         self.token = torch.zeros(1, dtype=torch.int64)
         self.ttl, self._lfu = split_eviction(eviction)
-        self.capacity = resolve_capacity(capacity, self._lfu)
+        self.capacity = resolve_capacity(capacity, self._lfu, where)
         self.admission = admission
         self.missing = missing
         self.device = _device(device)
         self.backend = resolve_backend(backend, self.device)
         self._slot_init: Sequence[float] = []
         self._stats_base = {"inserts": 0, "evictions": 0, "not_admitted": 0}
+        self._optimizer = None
         self._impl = self._new_impl(self.device, self.backend)
         # Leaf tensor that ties the table into autograd and into torch.optim param groups.
         self.anchor = torch.empty(0, requires_grad=True, device=self.device)
         self.slot_kind: Optional[str] = None
         self._fused = False
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
-        self._optimizer = None
         self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
         self._config = dict(embedding_dim=embedding_dim, names=list(names), seeds=list(seeds),
                             initializer=self.initializer, admission=admission, eviction=eviction,
@@ -127,6 +174,9 @@ class TableGroup:
         if self.admission is not None:
             impl.set_admission(self.admission.min_count, self.admission.sketch_width, self.admission.sketch_depth)
         impl.set_missing(MISSING_MODES[self.missing])
+        for ns, name in enumerate(self._ns_names):
+            impl.set_name(ns, name)
+        impl.set_keep_grads(self._attached() is not None)
         if self.capacity is not None:
             lfu = self._lfu
             for ns in range(len(self._seeds)):
@@ -136,7 +186,8 @@ class TableGroup:
     def to(self, device=None, backend: Optional[str] = None) -> "TableGroup":
         """Moves the table (rows, slots, metadata, step, admission sketch) to `device`, or to
         another backend; the optimizer attached stays attached. Gradients waiting for the
-        optimizer's step() must be applied or dropped first. Returns self."""
+        optimizer's step() must be applied or dropped first, and no training forward may still
+        await its backward. Returns self."""
         device = _device(device if device is not None else self.device)
         backend = resolve_backend(backend if backend is not None else
                                   ("auto" if device.type != self.device.type else self.backend), device)
@@ -145,6 +196,10 @@ class TableGroup:
         if self.pending_rows():
             raise RuntimeError(f"tables {self.names}: {self.pending_rows()} rows hold gradients for the sparse "
                                "optimizer; call its step() or zero_grad() before moving the tables")
+        if self.live_forwards():
+            raise RuntimeError(f"tables {self.names}: {self.live_forwards()} forward passes in training mode still "
+                               "have their autograd graphs (their backward would reach the rows left behind); call "
+                               "backward() or drop their outputs before moving the tables")
         old, old_handle = self._impl, self.handle
         impl = self._new_impl(device, backend)
         if old.slot_width or self.slot_kind is not None:
@@ -183,14 +238,15 @@ class TableGroup:
     def attach_optimizer(self, optimizer, kind: str, slot_init: Sequence[float], fused: bool = False) -> None:
         """Lays out this table's slots for `optimizer`; one sparse optimizer per table. A fused
         optimizer updates the rows during backward instead of in step()."""
-        current = self._optimizer() if self._optimizer is not None else None
+        current = self._attached()
         if current is not None and current is not optimizer:
             raise ValueError(f"tables {self.names} already belong to {type(current).__name__}; "
                              "a table takes one sparse optimizer")
         self._impl.set_slots(len(slot_init), [float(v) for v in slot_init], self.slot_kind != kind)
         self._slot_init = [float(v) for v in slot_init]
         self.slot_kind = kind
-        self._optimizer = weakref.ref(optimizer)
+        self._optimizer = weakref.ref(optimizer, functools.partial(_optimizer_gone, weakref.ref(self)))
+        self._impl.set_keep_grads(True)
         self._fused = fused
         if fused:
             _FUSED_GROUPS[self.handle] = self
@@ -204,9 +260,13 @@ class TableGroup:
         self._slot_init = [0.0] * width
         self.slot_kind = kind
 
+    def _attached(self):
+        """The attached sparse optimizer if it is alive, else None."""
+        return self._optimizer() if self._optimizer is not None else None
+
     def fused_optimizer(self):
         """The attached optimizer if it is alive and fused, else None."""
-        opt = self._optimizer() if self._optimizer is not None else None
+        opt = self._attached()
         return opt if opt is not None and self._fused else None
 
     # ---- lookups ----
@@ -253,8 +313,16 @@ class TableGroup:
         return dict(self._config)
 
     def pending_rows(self) -> int:
-        """Rows holding gradients that wait for the sparse optimizer's step()."""
+        """Rows holding gradients that wait for the sparse optimizer's step(). Backward keeps
+        gradients only for tables with a sparse optimizer attached: without one a table is not
+        trained (like a frozen parameter) and nothing waits."""
         return int(self._impl.pending_rows())
+
+    def live_forwards(self) -> int:
+        """Training-mode forward passes through these tables whose autograd graph is still alive
+        (a backward may still come). Their rows are protected from eviction until the graph is
+        freed: after backward(), or when the outputs are dropped."""
+        return int(self._impl.live_forwards())
 
     # ---- state ----
     def group_state(self) -> Dict[str, torch.Tensor]:
@@ -265,6 +333,9 @@ class TableGroup:
         return state
 
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
+        unknown = sorted(set(state) - set(GROUP_STATE_KEYS))
+        if unknown:
+            raise KeyError(f"tables {self.names}: group state has unknown keys {unknown} (known: {GROUP_STATE_KEYS})")
         if "step" in state:
             self._impl.set_step(int(state["step"]))
         if "optimizer_step" in state:
@@ -273,6 +344,14 @@ class TableGroup:
             if self.admission is None:
                 raise ValueError(f"state holds an admission sketch but tables {self.names} have no admission policy")
             self._impl.set_sketch(state["sketch"].to(self.device))
+
+
+def _optimizer_gone(group_ref, optimizer_ref) -> None:
+    """The sparse optimizer of a group was garbage-collected: its gradients can never be
+    applied, so the group drops them and backward stops keeping new ones."""
+    group = group_ref()
+    if group is not None and group._optimizer is optimizer_ref:
+        group._impl.set_keep_grads(False)
 
 
 class HashTable:
@@ -299,9 +378,7 @@ class HashTable:
     def reserve(self, n: int) -> None:
         """Pre-sizes the id map and row blocks for `n` more ids, so that they arrive without
         rehashing or faulting in fresh memory (optional: tables grow on their own)."""
-        if n < 0:
-            raise ValueError(f"table {self.name!r}: reserve needs n >= 0, got {n}")
-        self.group._impl.reserve(self.ns, int(n))
+        self.group._impl.reserve(self.ns, table_int(n, "reserve(n)", f"table {self.name!r}", 0))
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""
@@ -342,6 +419,9 @@ class HashTable:
         missing = [k for k in ("ids", "rows") if k not in state]
         if missing:
             raise KeyError(f"table {self.name!r}: state lacks {missing}")
+        unknown = sorted(set(state) - set(STATE_KEYS))
+        if unknown:
+            raise KeyError(f"table {self.name!r}: state has unknown keys {unknown} (known: {STATE_KEYS})")
         slots = state.get("slots")
         if slots is not None and slots.numel() > 0 and slots.shape[1] != self.group._impl.slot_width:
             raise ValueError(f"table {self.name!r}: state has {slots.shape[1]} optimizer slots per row, the table "

@@ -3,9 +3,10 @@ from typing import Dict, Iterable, List
 
 import torch
 
-from recis.nn.hash_table import STATE_KEYS, TableGroup
+from recis.nn.hash_table import GROUP_STATE_KEYS, STATE_KEYS, TableGroup
 
 _SLOT_KIND_CODES = ["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw", "ftrl"]
+_SLOT_KIND = "slot_kind"  # the group key save_groups adds to the group's own state
 
 
 def save_groups(groups: Iterable[TableGroup], destination: Dict, prefix: str) -> None:
@@ -19,19 +20,25 @@ def save_groups(groups: Iterable[TableGroup], destination: Dict, prefix: str) ->
         for key, value in group.group_state().items():
             destination[head + key] = value
         code = _SLOT_KIND_CODES.index(group.slot_kind) if group.slot_kind else -1
-        destination[head + "slot_kind"] = torch.tensor(code, dtype=torch.int64)
+        destination[head + _SLOT_KIND] = torch.tensor(code, dtype=torch.int64)
 
 
 def load_groups(groups: Iterable[TableGroup], state_dict: Dict, prefix: str, strict: bool,
                 missing_keys: List[str], unexpected_keys: List[str], error_msgs: List[str]) -> None:
     for group in groups:
         head = f"{prefix}{group.tables[0].name}._group."
-        kind_key = head + "slot_kind"
+        # Keys under a table's prefix that no table or group field reads: unexpected, not ignored.
+        known = {head + k for k in GROUP_STATE_KEYS + (_SLOT_KIND,)}
+        known.update(f"{prefix}{t.name}.{k}" for t in group.tables for k in STATE_KEYS)
+        heads = tuple(f"{prefix}{t.name}." for t in group.tables)
+        unexpected_keys.extend(k for k in state_dict if k.startswith(heads) and k not in known)
+        kind_key = head + _SLOT_KIND
         if kind_key in state_dict:
             code = int(state_dict[kind_key])
             saved_kind = _SLOT_KIND_CODES[code] if code >= 0 else None
             _adopt_slot_layout(group, saved_kind, state_dict, prefix)
-        group.load_group_state({k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)})
+        group.load_group_state({k[len(head):]: v for k, v in state_dict.items()
+                                if k in known and k.startswith(head) and k != kind_key})
         for table in group.tables:
             keys = {k: f"{prefix}{table.name}.{k}" for k in STATE_KEYS}
             absent = [full for full in keys.values() if full not in state_dict]

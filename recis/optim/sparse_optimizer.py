@@ -1,7 +1,9 @@
 """Base class of the fused sparse optimizers. Their state lives in the tables' row slots.
 
 By default the backward pass leaves per-unique-row gradients in each table and `step()`
-applies them in place with one fused C++ call per table group. Gradients from several
+applies them in place with one fused C++ call per table group (a table keeps gradients only
+while a sparse optimizer is attached to it: without one it is not trained, and once its
+optimizer is garbage-collected its pending gradients are dropped). Gradients from several
 backward passes before a `step()` are summed (gradient accumulation); `zero_grad()` drops
 them; a NaN/Inf gradient makes `step()` raise before any row of that table changes.
 
