@@ -12,8 +12,9 @@ dtype) share one physical TableGroup and one fused kernel call per step; each ke
 >>> kt.keys(), tuple(kt.values().shape), len(ec.groups)
 (['user_id', 'item_id'], (2, 16), 1)
 """
+import typing
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -21,8 +22,9 @@ from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.nn.hash_table import (SEED_RANGE, EvictionArg, HashTable, TableGroup, resolve_capacity, split_eviction,
-                                 table_int)
+from recis.config_utils import bounded, check_value, rule_of
+from recis.nn.hash_table import (CAPACITY_RANGE, DIM_RANGE, SEED_RANGE, EvictionArg, HashTable, TableGroup,
+                                 resolve_capacity, split_eviction)
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
@@ -33,14 +35,14 @@ class TableConfig:
     """One logical table. `seed=None` derives a stable seed from the table name."""
 
     name: str
-    embedding_dim: int
+    embedding_dim: int = bounded(ge=DIM_RANGE.ge)
     feature_names: List[str] = field(default_factory=list)
     combiner: Optional[str] = "sum"
     initializer: object = None
-    seed: Optional[int] = None
+    seed: Optional[int] = bounded(None, ge=SEED_RANGE.ge, lt=SEED_RANGE.lt)
     admission: Optional[FrequencyAdmission] = None
     eviction: EvictionArg = None
-    capacity: Optional[int] = None
+    capacity: Optional[int] = bounded(None, ge=CAPACITY_RANGE.ge, lt=CAPACITY_RANGE.lt)
     missing: str = "zeros"
     dtype: torch.dtype = torch.float32
 
@@ -48,9 +50,12 @@ class TableConfig:
         if not self.name or not isinstance(self.name, str) or "." in self.name:
             raise ValueError(f"TableConfig.name must be a non-empty string without '.', got {self.name!r}")
         where = f"table {self.name!r}"
-        self.embedding_dim = table_int(self.embedding_dim, "embedding_dim", where, 1)
-        if self.seed is not None:
-            self.seed = table_int(self.seed, "seed", where, *SEED_RANGE)
+        hints = typing.get_type_hints(TableConfig)
+        for f in fields(self):  # the numbers, by their rules; numpy ints become ints
+            value, rule = getattr(self, f.name), rule_of(f)
+            if rule is not None:
+                check_value(f"{where}: {f.name}", value, hints[f.name], rule)
+                setattr(self, f.name, int(value) if value is not None else None)
         if isinstance(self.feature_names, str) or not all(isinstance(f, str) and f for f in self.feature_names):
             raise TypeError(f"{where}: feature_names must be a list of non-empty strings, got {self.feature_names!r}")
         self.feature_names = list(self.feature_names)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from recis import _C
+from recis.config_utils import Range, check_value
 from recis._ops import COMBINERS, INIT_KINDS, _table_dims, register_triton_table, table_ops
 from recis.nn.functional import _FUSED_GROUPS, LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.initializers import resolve_initializer
@@ -64,26 +65,16 @@ def split_eviction(eviction: EvictionArg):
     return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
 
 
-SEED_RANGE = (-(2**63), 2**64)  # [lo, hi): seeds are 64-bit, in their signed or unsigned spelling
-CAPACITY_RANGE = (1, 2**63)
+SEED_RANGE = Range(ge=-(2**63), lt=2**64)  # seeds are 64-bit, in their signed or unsigned spelling
+CAPACITY_RANGE = Range(ge=1, lt=2**63)
+DIM_RANGE = Range(ge=1)
 
 
-def _show(x: int) -> str:
-    """2**63 and friends as powers of two."""
-    a = abs(x)
-    return f"{'-' if x < 0 else ''}2**{a.bit_length() - 1}" if a >= 1 << 32 and a & (a - 1) == 0 else str(x)
-
-
-def table_int(value, arg: str, where: str, lo: int, hi: Optional[int] = None) -> int:
-    """`value` as an int in [lo, hi); a TypeError or ValueError naming `arg` and `where` (the
+def table_int(value, arg: str, where: str, rule: Range) -> int:
+    """`value` as an int within `rule`; a TypeError or ValueError naming `arg` and `where` (the
     table) otherwise. bools, floats and strings are refused, never rounded or parsed."""
-    span = f">= {_show(lo)}" if hi is None else f"in [{_show(lo)}, {_show(hi)})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {arg} must be an integer {span}, got {type(value).__name__} ({value!r})")
-    value = int(value)
-    if value < lo or (hi is not None and value >= hi):
-        raise ValueError(f"{where}: {arg} must be an integer {span}, got {value}")
-    return value
+    check_value(f"{where}: {arg}", value, int, rule)
+    return int(value)
 
 
 def check_table_names(names, where: str = "TableGroup") -> List[str]:
@@ -105,7 +96,7 @@ def check_table_names(names, where: str = "TableGroup") -> List[str]:
 def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction], where: str = "table") -> Optional[int]:
     """The capacity of a table: `capacity`, or its LFUEviction's (which checks its own fields)."""
     if capacity is not None:
-        capacity = table_int(capacity, "capacity", where, *CAPACITY_RANGE)
+        capacity = table_int(capacity, "capacity", where, CAPACITY_RANGE)
     if lfu is not None:
         if capacity is not None and capacity != lfu.capacity:
             raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
@@ -122,14 +113,14 @@ class TableGroup:
                  device=None, backend: Optional[str] = None):
         names = check_table_names(names)
         where = f"table {names[0]!r}" if len(names) == 1 else f"tables {names}"
-        embedding_dim = table_int(embedding_dim, "embedding_dim", where, 1)
+        embedding_dim = table_int(embedding_dim, "embedding_dim", where, DIM_RANGE)
         if dtype != torch.float32:
             raise TypeError(f"{where}: recis tables store float32 rows; got dtype={dtype}")
         if missing not in MISSING_MODES:
             raise ValueError(f"{where}: missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
         if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(names) != len(seeds):
             raise ValueError(f"{where}: a TableGroup needs a list of one seed per table name, got seeds={seeds!r}")
-        seeds = [table_int(s, "seed", f"table {n!r}", *SEED_RANGE) for n, s in zip(names, seeds)]
+        seeds = [table_int(s, "seed", f"table {n!r}", SEED_RANGE) for n, s in zip(names, seeds)]
         if admission is not None and not isinstance(admission, FrequencyAdmission):
             raise TypeError(f"{where}: admission must be a FrequencyAdmission or None, got {admission!r}")
         self.embedding_dim = embedding_dim
@@ -378,7 +369,7 @@ class HashTable:
     def reserve(self, n: int) -> None:
         """Pre-sizes the id map and row blocks for `n` more ids, so that they arrive without
         rehashing or faulting in fresh memory (optional: tables grow on their own)."""
-        self.group._impl.reserve(self.ns, table_int(n, "reserve(n)", f"table {self.name!r}", 0))
+        self.group._impl.reserve(self.ns, table_int(n, "reserve(n)", f"table {self.name!r}", Range(ge=0)))
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""

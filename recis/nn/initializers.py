@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from recis.config_utils import bounded, check_types
+
 Spec = Tuple[str, float, float, float]
 
 
@@ -46,14 +48,13 @@ class Initializer(abc.ABC):
         raise ValueError(f"{type(self).__name__}: no dense fill for generator kind {kind!r}")
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    def __post_init__(self):
+        check_types(self, type(self).__name__)
 
 
 @dataclass(frozen=True)
 class Constant(Initializer):
-    value: float = 0.0
+    value: float = bounded(0.0)
 
     def spec(self, dim: int) -> Spec:
         return ("constant", float(self.value), 0.0, 0.0)
@@ -67,10 +68,11 @@ class Zeros(Initializer):
 
 @dataclass(frozen=True)
 class Uniform(Initializer):
-    low: float = -0.05
-    high: float = 0.05
+    low: float = bounded(-0.05)
+    high: float = bounded(0.05)
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.low < self.high:
             raise ValueError(f"Uniform needs low < high, got low={self.low}, high={self.high}")
 
@@ -80,11 +82,8 @@ class Uniform(Initializer):
 
 @dataclass(frozen=True)
 class Normal(Initializer):
-    mean: float = 0.0
-    std: float = 0.01
-
-    def __post_init__(self):
-        _check_positive("Normal.std", self.std)
+    mean: float = bounded(0.0)
+    std: float = bounded(0.01, gt=0)
 
     def spec(self, dim: int) -> Spec:
         return ("normal", float(self.mean), float(self.std), 0.0)
@@ -94,14 +93,9 @@ class Normal(Initializer):
 class TruncatedNormal(Initializer):
     """Normal resampled outside mean +- `cutoff` std. `std=None` means 1/sqrt(dim)."""
 
-    mean: float = 0.0
-    std: Optional[float] = None
-    cutoff: float = 2.0
-
-    def __post_init__(self):
-        if self.std is not None:
-            _check_positive("TruncatedNormal.std", self.std)
-        _check_positive("TruncatedNormal.cutoff", self.cutoff)
+    mean: float = bounded(0.0)
+    std: Optional[float] = bounded(None, gt=0)
+    cutoff: float = bounded(2.0, gt=0)
 
     def spec(self, dim: int) -> Spec:
         std = self.std if self.std is not None else 1.0 / math.sqrt(dim)
@@ -110,16 +104,9 @@ class TruncatedNormal(Initializer):
 
 @dataclass(frozen=True)
 class _Fans(Initializer):
-    gain: float = 1.0
-    fan_in: Optional[int] = None
-    fan_out: Optional[int] = None
-
-    def __post_init__(self):
-        _check_positive(f"{type(self).__name__}.gain", self.gain)
-        for name in ("fan_in", "fan_out"):
-            v = getattr(self, name)
-            if v is not None:
-                _check_positive(f"{type(self).__name__}.{name}", v)
+    gain: float = bounded(1.0, gt=0)
+    fan_in: Optional[int] = bounded(None, ge=1)
+    fan_out: Optional[int] = bounded(None, ge=1)
 
     def fans(self, dim: int) -> Tuple[int, int]:
         return (self.fan_in or dim, self.fan_out or dim)
