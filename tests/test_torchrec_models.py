@@ -186,13 +186,7 @@ def test_trains_with_recis_sparse_and_torch_dense_optimizers(name, kind, fused):
     task = Task()
     held_out = task.batch(512)
     batches = [task.batch(64) for _ in range(50)]
-    for b in batches:
-        loss = loss_of(name, model(b["dense"], b["sparse"]), b["labels"])
-        dense.zero_grad()
-        sparse.zero_grad()
-        loss.backward()
-        dense.step()
-        sparse.step()
+    _train(name, model, batches, optimizers=(sparse, dense))
     seen = ids_by_table(batches)
     for t in sparse_tables(model):  # every raw id fed, and only those, has a row
         assert set(t.export()["ids"].tolist()) == seen[t.name]
