@@ -17,17 +17,33 @@ def _print_result(title: str, result: dict) -> None:
             print(f"  {key:>22}: {result[key]:.4f}" if isinstance(result[key], float) else f"  {key:>22}: {result[key]}")
 
 
+def _run_job(cfg, run):
+    """run(job) on the Job of cfg; returns (its result, this rank). A process group that the job
+    made (under torchrun) is shut down once the job is gone, so the process exits cleanly."""
+    import torch.distributed as dist
+
+    from recis.distributed import shutdown
+    from recis.run import Job
+
+    had_group = dist.is_available() and dist.is_initialized()
+    job = Job(cfg)
+    result, rank = run(job), job.env.rank
+    del job
+    if not had_group and dist.is_available() and dist.is_initialized():
+        shutdown()
+    return result, rank
+
+
 def _train(args) -> int:
-    from recis.run import Job, RunConfig
+    from recis.run import RunConfig
 
     cfg = RunConfig.from_yaml(args.config)
     if args.max_steps is not None:
         cfg.trainer.max_steps = args.max_steps
     if args.log_dir is not None:
         cfg.trainer.log_dir = args.log_dir
-    job = Job(cfg)
-    result = job.train()
-    if job.env.rank > 0:  # under torchrun, rank 0 reports for the job
+    result, rank = _run_job(cfg, lambda job: job.train())
+    if rank > 0:  # under torchrun, rank 0 reports for the job
         return 0
     _print_result("test metrics (final evaluation)", result)
     if args.json:
@@ -37,14 +53,13 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from recis.run import Job, RunConfig
+    from recis.run import RunConfig
 
     cfg = RunConfig.from_yaml(args.config)
     if args.checkpoint_dir is not None:
         cfg.checkpoint.dir = args.checkpoint_dir
-    job = Job(cfg)
-    result = job.evaluate(args.checkpoint)
-    if job.env.rank > 0:
+    result, rank = _run_job(cfg, lambda job: job.evaluate(args.checkpoint))
+    if rank > 0:
         return 0
     _print_result("evaluation", result)
     return 0

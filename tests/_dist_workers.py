@@ -340,3 +340,31 @@ def nonfinite_skip_run(steps: int, batch: int, bad_step: int, bad_rank: int):
                       config=TrainerConfig(progress=False, on_nonfinite="skip"), env=env)
     trainer.fit(data)
     return trainer.step, trainer.skipped_nonfinite, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def backend_threads() -> List[str]:
+    """Names of this process's threads that belong to a gloo backend (Linux: /proc/self/task)."""
+    import os
+
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    return sorted(n for n in names if "gloo" in n)
+
+
+def shutdown_after_training(steps: int, batch: int):
+    """Rank body: sharded tables, DDP and a subgroup train a few steps; then, with the model, its
+    optimizers and envs no longer referenced, recis.distributed.shutdown(). Returns the backend
+    threads before and after, and whether a process group is left."""
+    from recis.distributed import shutdown
+
+    env = ShardingEnv.current()
+    model = shard(make_model(), env, Planner(), verbose=False)
+    per_rank = batch // env.world_size
+    lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
+    train_steps(model, [slice_batch(b, lo, hi) for b in global_batches(steps, batch)], env=env)
+    before = backend_threads()
+    del model, env
+    shutdown()
+    return before, backend_threads(), dist.is_initialized()

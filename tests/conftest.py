@@ -6,16 +6,8 @@ that the tests compare the library against.
 import math
 from typing import Dict, Iterable, List
 
-import os
-
 import pytest
 import torch
-from hypothesis import settings
-
-# CI runs the same examples on every clean clone (`.ci/run` sets RECIS_HYPOTHESIS_PROFILE=ci);
-# local runs keep exploring new random examples.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.load_profile(os.environ.get("RECIS_HYPOTHESIS_PROFILE", "default"))
 
 INT64_MIN = -(2 ** 63)
 INT64_MAX = 2 ** 63 - 1

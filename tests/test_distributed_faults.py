@@ -1,7 +1,5 @@
 """Fault behaviour: a dead or stalled rank stops its peers with a clear error within the
 timeout, the last complete checkpoint stays intact, and a restart resumes from it."""
-import time
-
 import pytest
 import torch
 
@@ -15,10 +13,11 @@ STEPS, BATCH = 8, 16
 @pytest.mark.slow
 def test_rank_killed_mid_save_then_restart_resumes_exactly(tmp_path):
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
-    t0 = time.monotonic()
-    results = run_local(w.trainer_run, 2, str(crashed), STEPS, BATCH, 2, collective_timeout_s=60,
-                        raise_on_error=False, timeout_s=120)
-    assert time.monotonic() - t0 < 60, "the surviving rank did not stop promptly"
+    # The survivor must stop on its peer's death, not on the collective timeout: that timeout is
+    # longer than run_local lets a rank run, so a survivor that waited for it would be killed and
+    # report no DistributedError (no wall-clock bound on start-up and training under load).
+    results = run_local(w.trainer_run, 2, str(crashed), STEPS, BATCH, 2, collective_timeout_s=3600,
+                        raise_on_error=False, timeout_s=300)
     assert results[1].exitcode == 17 and not results[1].ok
     assert not results[0].ok and "DistributedError" in results[0].error and "rank 0/2" in results[0].error
     # The save that rank 1 died in never became a checkpoint; the one before it is intact.

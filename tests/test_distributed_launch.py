@@ -2,7 +2,6 @@
 sharded checkpoint evaluated by one process, and a restart that resumes from it."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,10 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def torchrun(config, *args, timeout=300):
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+    # --standalone: the agent's store binds port 0 itself and the ranks use that store, so no port
+    # is picked here and left free for another process (a concurrent test run) to take first.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "recis", "train", str(config), *args]
     env = dict(os.environ, RECIS_DIST_TIMEOUT_S="60")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)

@@ -254,18 +254,13 @@ def test_same_bytes_compares_pairs_in_one_call():
     assert got.tolist() == [True, False, False, True]
 
 
-def test_feature_kernels_release_the_gil(restore_threads):
-    from test_gil_release import _loop_rate, _python_work_during
-    torch.set_num_threads(1)  # leave the second core to the Python loop
+def test_feature_kernels_release_the_gil():
+    from test_gil_release import python_ran_during
     n = 2_000_000
     strings = pa.compute.cast(pa.array(np.arange(n)), pa.string())
     engine = FeatureEngine([{"name": "s", "kind": "sparse", "column": "s", "ops": [{"op": "hash"}, {"op": "mod", "n": 9}]}])
     table = pa.table({"s": strings})
-    rate = _loop_rate()
-    count, seconds = _python_work_during(lambda: engine(table))
-    # Holding the GIL through the kernels would allow little more than the Python glue's looping.
-    assert seconds > 0.02, "the engine call is too short to tell"
-    assert count > 0.2 * rate * seconds, (count, rate, seconds)
+    assert python_ran_during(lambda: engine(table))
 
 
 def test_an_engine_pickles_to_a_fresh_copy():

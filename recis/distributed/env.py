@@ -10,6 +10,7 @@ transport message. With no process group the env is rank 0 of 1 and collectives 
 """
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -149,7 +150,8 @@ def _timeout_of(group) -> float:
 def init_from_env(backend: Optional[str] = None, timeout_s: Optional[float] = None) -> ShardingEnv:
     """Initializes torch.distributed from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)
     when it is set and not initialized yet: gloo on CPU, nccl when CUDA is available. Without
-    torchrun's environment returns a single-process env (no process group)."""
+    torchrun's environment returns a single-process env (no process group). A script that made
+    the group here ends with `shutdown()`."""
     if dist.is_available() and dist.is_initialized():
         return ShardingEnv.current()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -162,3 +164,19 @@ def init_from_env(backend: Optional[str] = None, timeout_s: Optional[float] = No
     env = ShardingEnv.current()
     env.timeout_s = timeout_s
     return env
+
+
+def shutdown() -> None:
+    """Destroys the default process group and every group made from it, and frees their backends
+    now: their worker threads are joined. Call it at the end of a job whose group init_from_env
+    made, once the job's modules, DDP wrappers and ShardingEnvs are no longer referenced (they
+    hold the groups; the collection below frees the ones caught in reference cycles).
+
+    A group left to the end of the interpreter aborts the process at random after a successful
+    job: a gloo worker thread that drops its last collective's tensors needs the GIL, and once
+    Python has started finalizing, a thread that asks for the GIL is ended with pthread_exit,
+    which unwinds through C++ frames that may not throw ("terminate called without an active
+    exception", SIGABRT, and torchrun reports the job as failed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()

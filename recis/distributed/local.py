@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from recis.distributed.env import shutdown
+
 
 @dataclass
 class RankResult:
@@ -42,8 +44,9 @@ def _worker(fn, rank, world_size, store, backend, collective_timeout_s, threads,
     except BaseException:  # noqa: BLE001 (reported to the parent with its traceback)
         results.put((rank, False, None, traceback.format_exc()))
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # Destroy and free the groups now (joining their threads), not at interpreter exit, where a
+        # gloo thread can abort the process after its result was sent (see env.shutdown).
+        shutdown()
 
 
 def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, backend: str = "gloo",

@@ -7,10 +7,6 @@ import tempfile
 from importlib import metadata
 
 import pytest
-from hypothesis import settings
-
-settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.load_profile(os.environ.get("RECIS_HYPOTHESIS_PROFILE", "default"))
 
 PLUGIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
