@@ -16,6 +16,7 @@ feature config. The cache is the datasets' (`$RECIS_CACHE_DIR`, see recis.datase
 >>> sorted(DATASETS)
 ['avazu', 'criteo', 'movielens', 'synthetic']
 """
+import abc
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
@@ -27,7 +28,7 @@ from recis.io.errors import IOStats
 __all__ = ["DATASETS", "JobDataset", "SyntheticRows", "dataset"]
 
 
-class JobDataset:
+class JobDataset(abc.ABC):
     """How a job gets one built-in dataset: `check(data)` validates the data section for it,
     `sources(data)` gives (train, eval or None) for ArrowDataset, `feature_config(data)` its
     suggested features. `reads_files`: train and eval come from data.train / data.eval."""
@@ -39,14 +40,15 @@ class JobDataset:
         if data.options:
             raise ValueError(f"data.options: dataset {self.name!r} takes no options, got {sorted(data.options)}")
 
+    @abc.abstractmethod
     def sources(self, data, stats: Tuple[Optional[IOStats], Optional[IOStats]] = (None, None)
                 ) -> Tuple[Any, Optional[Any]]:
         """(train, eval or None); files left out while listing them (data.on_error: skip) are
         counted in stats[0] / stats[1]."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def feature_config(self, data) -> Dict:
-        raise NotImplementedError
+        """The dataset's suggested feature-engine config."""
 
 
 class MovieLens(JobDataset):
