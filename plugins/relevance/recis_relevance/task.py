@@ -18,7 +18,7 @@ Train and test queries come from disjoint (g, g2, D) combinations (a held-out sp
 """
 import random
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from recis_relevance.entities import EntityExtractor, words
 
 __all__ = ["grade", "query_text", "movie_items", "build_task", "RelevanceTask", "GAZETTEER", "extractor",
-           "feature_config", "tiny_encoder_options"]
+           "feature_config", "tiny_encoder_options", "row_value"]
 
 DECADES = (1930, 1940, 1950, 1960, 1970, 1980, 1990)
 NEAR = 2  # years outside the decade that still count as a partial match
@@ -45,6 +45,14 @@ def grade(genres: Sequence[str], year: int, want: str, avoid: Optional[str], dec
     if decade - NEAR <= year < decade or decade + 9 < year <= decade + 9 + NEAR:
         return 3
     return 2
+
+
+def row_value(row: Mapping, column: str):
+    """`row[column]` of a task row (a dict of `build_task`'s tables), or a KeyError naming the column."""
+    try:
+        return row[column]
+    except KeyError:
+        raise KeyError(f"a relevance row needs the column {column!r} (has {sorted(row)})") from None
 
 
 def query_text(want: str, avoid: Optional[str], decade: Optional[int], rng: random.Random) -> str:

@@ -6,6 +6,9 @@ import sys
 import tempfile
 from importlib import metadata
 
+import itertools
+
+import pyarrow as pa
 import pytest
 
 PLUGIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,3 +52,17 @@ def tiny_encoder(seed: int = 0, hidden: int = 32, layers: int = 2) -> dict:
 def tiny():
     """Options of a tiny random BERT and a word-list tokenizer (no downloads)."""
     return {"encoder": tiny_encoder(), "tokenizer": {"vocab": list(WORDS)}}
+
+
+#: the genres and genre combinations of `synthetic_items`
+GENRES = ["Comedy", "Horror", "Sci-Fi", "Children's"]
+COMBOS = [["Comedy"], ["Horror"], ["Comedy", "Horror"], ["Sci-Fi", "Children's"], ["Comedy", "Sci-Fi"],
+          ["Children's", "Comedy", "Horror"]]
+
+
+def synthetic_items() -> pa.Table:
+    """Every year 1925..2002 (all decade boundaries and their neighbours) with each genre combo."""
+    rows = [{"item_id": i, "title": f"Film {i} ({year})", "year": year, "genres": list(g)}
+            for i, (year, g) in enumerate(itertools.product(range(1925, 2003), COMBOS), start=1)]
+    return pa.Table.from_pylist(rows, schema=pa.schema([("item_id", pa.int64()), ("title", pa.string()),
+                                                        ("year", pa.int32()), ("genres", pa.list_(pa.string()))]))

@@ -1,0 +1,77 @@
+"""Prompts of a generative relevance judge on the MovieLens task, and the task's vocabulary for
+the word tokenizer of a small LM trained from scratch.
+
+A prompt shows the query and the item's title (without its trailing "(year)"), year and genres,
+one field a line; the completion (`recis_relevance.formats`) follows it.
+
+>>> print(prompt_text("1990s comedy not horror", "Toy Story (1995)", 1995, ["Animation", "Children's", "Comedy"]))
+query: 1990s comedy not horror
+item: Toy Story
+year: 1995
+genres: Animation, Children's, Comedy
+>>> row = {"query": "comedy", "title": "Big (1988)", "year": 1988, "genres": ["Comedy"], "want_genre": "Comedy",
+...        "avoid_genre": None, "decade": None, "label": 4}
+>>> task_vocabulary([row])
+[',', '1988', ':', 'big', 'comedy', 'decade', 'genre', 'genres', 'item', 'missing', 'near', 'negation', 'no', 'present', 'query', 'year', 'yes']
+"""
+import re
+from typing import Iterable, List, Mapping, Sequence, Union
+
+import pyarrow as pa
+
+from recis_relevance.formats import FORMATS, RESERVED_TOKENS, gold_completion, tokens
+from recis_relevance.rationale import FACT_WORDS, RULES, VERDICTS, canonical_words
+from recis_relevance.task import RelevanceTask, row_value
+
+__all__ = ["FIELDS", "prompt_text", "prompt", "task_vocabulary", "tokenizer_spec"]
+
+#: the field names a prompt shows, in order
+FIELDS = ("query", "item", "year", "genres")
+_TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def prompt_text(query: str, title: str, year: int, genres: Sequence[str]) -> str:
+    """The prompt of a (query, item)."""
+    if isinstance(genres, str):
+        raise TypeError(f"genres must be a list of genre names, got the string {genres!r}")
+    values = (query, _TRAILING_YEAR.sub("", title), str(int(year)), ", ".join(genres))
+    return "\n".join(f"{k}: {v}" for k, v in zip(FIELDS, values))
+
+
+def prompt(row: Mapping) -> str:
+    """The prompt of a row of `build_task`'s tables."""
+    return prompt_text(*(row_value(row, c) for c in ("query", "title", "year", "genres")))
+
+
+def _rows(data) -> Iterable[Mapping]:
+    if isinstance(data, RelevanceTask):
+        data = (data.train, data.test)
+    elif isinstance(data, pa.Table):
+        data = (data,)
+    for part in data:
+        if isinstance(part, pa.Table):
+            yield from part.to_pylist()
+        elif isinstance(part, Mapping):
+            yield part
+        else:
+            raise TypeError(f"expected a RelevanceTask, tables or rows, got a {type(part).__name__}")
+
+
+def task_vocabulary(data: Union[RelevanceTask, pa.Table, Iterable]) -> List[str]:
+    """Every word of the prompts and of the gold completions in every format of `data` (a
+    RelevanceTask, a table, or tables / rows of the task), plus the fixed words of the templates
+    (field names, rules, verdicts, fact words), without the reserved tokens; sorted, so the order
+    is deterministic."""
+    vocab = set(canonical_words(" ".join(FIELDS) + ": ,")) | set(RULES) | set(FACT_WORDS)
+    vocab |= {v for vs in VERDICTS.values() for v in vs}
+    for row in _rows(data):
+        vocab.update(canonical_words(prompt(row)))
+        for fmt in FORMATS:
+            vocab.update(tokens(gold_completion(fmt, row)))
+    return sorted(vocab - set(RESERVED_TOKENS))
+
+
+def tokenizer_spec(data: Union[RelevanceTask, pa.Table, Iterable]) -> dict:
+    """The word tokenizer's spec of the task: {"words": task_vocabulary(data), "reserved": the
+    reserved tokens of the formats}."""
+    return {"words": task_vocabulary(data), "reserved": list(RESERVED_TOKENS)}
