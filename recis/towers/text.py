@@ -12,7 +12,7 @@ recis.towers.text.MissingTextColumnError: "text column 'title' is not in the bat
 """
 from typing import List, Sequence
 
-__all__ = ["MissingTextColumnError", "text_column", "list_column", "tokenize"]
+__all__ = ["MissingTextColumnError", "column", "text_column", "list_column", "tokenize"]
 
 
 class MissingTextColumnError(KeyError):
@@ -27,6 +27,11 @@ def _column(batch, name: str):
                                      "...}} to the feature config)")
     col = extras[name]
     return col.to_pylist() if hasattr(col, "to_pylist") else list(col)
+
+
+def column(batch, name: str) -> list:
+    """The values of pass-through column `name`, one per row, as Python objects (any type)."""
+    return _column(batch, name)
 
 
 def text_column(batch, name: str) -> List[str]:

