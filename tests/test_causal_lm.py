@@ -213,6 +213,8 @@ def test_encode_completions_truncation_and_no_eos(tok):
     assert enc["completion_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]]
     plain = encode_completions(tok, ["blue"], ["<L2>"], 4, 4, add_eos=False)
     assert plain["input_ids"].tolist() == [[2, 13, 5]] and plain["completion_mask"].tolist() == [[0, 0, 1]]
+    other = encode_completions(tok, ["blue"], ["<L2>"], 4, 4, eos_token_id=9)  # e.g. a chat model's end token
+    assert other["input_ids"].tolist() == [[2, 13, 5, 9]] and other["completion_mask"].tolist() == [[0, 0, 1, 1]]
 
 
 def test_encode_errors(tok):

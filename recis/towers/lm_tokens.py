@@ -134,19 +134,22 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int) -> Dict[s
 
 
 def encode_completions(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_prompt_length: int,
-                       max_completion_length: int, add_eos: bool = True) -> Dict[str, torch.Tensor]:
+                       max_completion_length: int, add_eos: bool = True,
+                       eos_token_id: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """`input_ids`, `attention_mask`, `completion_mask` [B, P + C] (int64). Row layout:
     ``[left pad][prompt][completion (+eos)][right pad]``: the prompt part is P wide and left-padded
     exactly as `encode_prompts` does; the completion part is C wide (the longest completion, at
     most `max_completion_length`) and right-padded. Completions are encoded without special tokens
     and get the eos token appended (`add_eos`); an over-long completion keeps its first
     `max_completion_length` tokens, so the eos is cut first (a completion that did not stop).
-    `completion_mask` is 1 exactly on the completion tokens (eos included)."""
+    `completion_mask` is 1 exactly on the completion tokens (eos included). `eos_token_id`
+    overrides the tokenizer's eos (SmolLM2's GGUF tokenizer names ``<|im_start|>`` its eos while
+    the model's generation config stops at ``<|im_end|>``)."""
     _check_length("max_completion_length", max_completion_length)
     if len(prompts) != len(completions):
         raise ValueError(f"encode_completions: {len(prompts)} prompts but {len(completions)} completions")
     prompt = encode_prompts(tokenizer, prompts, max_prompt_length)
-    eos: Optional[int] = getattr(tokenizer, "eos_token_id", None)
+    eos = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
     if add_eos and eos is None:
         raise ValueError(f"encode_completions: add_eos=True but tokenizer {type(tokenizer).__name__} has no eos token")
     rows = [(r + [eos] if add_eos else r)[:max_completion_length]
