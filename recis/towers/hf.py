@@ -22,36 +22,69 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-__all__ = ["load_encoder", "load_tokenizer", "pool", "SPECIAL_TOKENS"]
+__all__ = ["load_encoder", "load_tokenizer", "pool", "SPECIAL_TOKENS", "from_pretrained", "from_config_spec"]
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def load_encoder(spec: Union[str, Dict[str, Any]]) -> Tuple[torch.nn.Module, str]:
     """(a transformers AutoModel, a string naming its weights for checkpoints' base reference)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     if isinstance(spec, str):
-        try:
-            return AutoModel.from_pretrained(spec, use_safetensors=True, trust_remote_code=False), spec
-        except OSError as e:
-            raise FileNotFoundError(f"encoder {spec!r}: cannot load pretrained safetensors weights ({e}); recis "
-                                    "never loads pickle weights (pytorch_model.bin, *.pt)") from None
+        return from_pretrained(AutoModel, spec, "encoder"), spec
+    return from_config_spec(AutoModel, spec, "encoder")
+
+
+def from_pretrained(auto_class, spec: str, what: str, **kwargs):
+    """`auto_class.from_pretrained(spec)` with safetensors weights only and no remote code; a
+    FileNotFoundError naming `what` and `spec` when that fails (no weights, pickle weights only, ...)."""
+    try:
+        return auto_class.from_pretrained(spec, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(f"{what} {spec!r}: cannot load pretrained safetensors weights ({e}); recis "
+                                "never loads pickle weights (pytorch_model.bin, *.pt)") from None
+
+
+def from_config_spec(auto_class, spec: Dict[str, Any], what: str) -> Tuple[torch.nn.Module, str]:
+    """A randomly initialised `auto_class.from_config(...)` model from `{config: {model_type: ...,
+    ...}, seed: N}` (the global RNG is left untouched) and its source string
+    `random:<model_type>:<layers>:<hidden>:seed<N>`. Errors name `what` and the culprit: an unknown
+    spec key, a missing or unknown model_type, a config key the model type does not have."""
+    from transformers import AutoConfig
+
     if not isinstance(spec, dict) or "config" not in spec:
-        raise TypeError(f"encoder must be a path / hub name or {{config: {{model_type: ..., ...}}, seed: N}}, "
+        raise TypeError(f"{what} must be a path / hub name or {{config: {{model_type: ..., ...}}, seed: N}}, "
                         f"got {spec!r}")
     unknown = sorted(set(spec) - {"config", "seed"})
     if unknown:
-        raise ValueError(f"encoder spec: unknown key(s) {unknown} (known: ['config', 'seed'])")
+        raise ValueError(f"{what} spec: unknown key(s) {unknown} (known: ['config', 'seed'])")
+    if not isinstance(spec["config"], dict):
+        raise TypeError(f"{what}.config must be a mapping of transformers config options, got {spec['config']!r}")
     cfg = dict(spec["config"])
     model_type = cfg.pop("model_type", None)
     if model_type is None:
-        raise ValueError("encoder.config needs a model_type (e.g. bert)")
+        raise ValueError(f"{what}.config needs a model_type (e.g. bert, llama)")
+    try:
+        config_class = AutoConfig.for_model(model_type).__class__
+    except ValueError:
+        raise ValueError(f"{what}.config.model_type {model_type!r} is not a transformers model type") from None
+    try:
+        known = set(config_class().to_dict()) | set(config_class.attribute_map)
+    except Exception:  # a composite config without defaults (encoder-decoder, ...): transformers checks it
+        known = set(cfg)
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"{what}.config: unknown key(s) {unknown} for model_type {model_type!r} (not options of "
+                         f"{config_class.__name__})")
     seed = int(spec.get("seed", 0))
     config = AutoConfig.for_model(model_type, **cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModel.from_config(config)
+        try:
+            model = auto_class.from_config(config)
+        except ValueError as e:
+            raise ValueError(f"{what}.config.model_type {model_type!r}: no {auto_class.__name__} class ({e})") from None
     return model, f"random:{model_type}:{config.num_hidden_layers}:{config.hidden_size}:seed{seed}"
 
 

