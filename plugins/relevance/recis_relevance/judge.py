@@ -53,7 +53,17 @@ def _tokenizer(cfg: JudgeConfig, policy):
             raise ValueError("model.tokenizer: a policy built from a config has no tokenizer of its own; give "
                              "tokenizer: movielens or a {words, reserved} spec")
         return load_lm_tokenizer(policy)
-    return load_lm_tokenizer(resolve_model(cfg.tokenizer) if isinstance(cfg.tokenizer, str) else cfg.tokenizer)
+    spec = cfg.tokenizer
+    return load_lm_tokenizer(resolve_model(spec, needed=()) if isinstance(spec, str) else spec)
+
+
+def _eos_id(model, tokenizer, pretrained: bool) -> Optional[int]:
+    """The token a completion ends with: a pretrained model's generation-config eos (SmolLM2's
+    GGUF tokenizer names another token its eos), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) if pretrained else None
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return int(eos) if eos is not None else tokenizer.eos_token_id
 
 
 class JudgeTower(Tower):
@@ -70,14 +80,14 @@ class JudgeTower(Tower):
         super().__init__()
         cfg = config if config is not None else JudgeConfig.from_options(options)
         self.cfg = cfg
-        policy = resolve_model(cfg.policy) if isinstance(cfg.policy, str) else cfg.policy
+        policy = resolve_model(cfg.policy, needed=()) if isinstance(cfg.policy, str) else cfg.policy
         self.tokenizer = _tokenizer(cfg, policy)
         if isinstance(policy, dict):  # a model trained from scratch: its vocabulary is the tokenizer's
             policy = {**policy, "config": {"vocab_size": len(self.tokenizer), **policy.get("config", {})}}
         self.model, source = load_causal_lm(policy)
         self._add_reserved_tokens()
         self.label_ids = self._label_ids()
-        self.eos_id = self.tokenizer.eos_token_id
+        self.eos_id = _eos_id(self.model, self.tokenizer, pretrained=isinstance(policy, str))
         if self.eos_id is None:
             raise ValueError(f"model.tokenizer {type(self.tokenizer).__name__} has no eos token (completions end at it)")
         self.pad_id = pad_token_id(self.tokenizer)
@@ -146,7 +156,7 @@ class JudgeTower(Tower):
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Dict[str, torch.Tensor]:
         enc = encode_completions(self.tokenizer, prompts, completions, self.cfg.max_prompt_length,
-                                 self.cfg.max_completion_length)
+                                 self.cfg.max_completion_length, eos_token_id=self.eos_id)
         return {k: v.to(self.device) for k, v in enc.items()}
 
     @property
