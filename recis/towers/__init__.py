@@ -1,15 +1,15 @@
 """recis.towers: the mount point for dense towers (text encoders, cross-encoders, ...) that train on
 the recis data, feature and optimizer stack; plugins register theirs in the entry-point group
 `recis.towers` (see docs/towers.md)."""
-from recis.towers.base import (KINDS, BaseModelMismatchError, FeatureInfo, ParamGroup, Tower, TowerOutput,
-                               is_adapter_parameter)
+from recis.towers.base import (KINDS, BaseModelMismatchError, FeatureInfo, ParamGroup, RolloutPhase, Tower,
+                               TowerOutput, is_adapter_parameter)
 from recis.towers.hub import InvalidModelSpecError, resolve_model
 from recis.towers.lora import LoRALinear, apply_lora
 from recis.towers.registry import (GROUP, TowerNotFoundError, available_towers, load_tower, register_tower,
                                    unregister_tower)
 from recis.towers.text import MissingTextColumnError, list_column, text_column, tokenize
 
-__all__ = ["Tower", "TowerOutput", "ParamGroup", "FeatureInfo", "KINDS", "BaseModelMismatchError",
+__all__ = ["Tower", "TowerOutput", "RolloutPhase", "ParamGroup", "FeatureInfo", "KINDS", "BaseModelMismatchError",
            "is_adapter_parameter", "LoRALinear", "apply_lora", "GROUP", "TowerNotFoundError", "available_towers",
            "load_tower", "register_tower", "unregister_tower", "MissingTextColumnError", "text_column", "list_column",
            "tokenize", "resolve_model", "InvalidModelSpecError"]
