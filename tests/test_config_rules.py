@@ -27,6 +27,7 @@ RECORDS = {
     "recis.features.arrow.Bits", "recis.features.plan.Node", "recis.features.engine._Dictionary",
     "recis.io.errors.IOStats", "recis.io.pipeline.Cursor", "recis.io.reader.Unit",
     "recis.towers.base.ParamGroup",  # what Tower.declare recorded (declare checks lr / weight_decay by name)
+    "recis.towers.base.TowerOutput", "recis.towers.base.RolloutPhase",  # what a tower returns (stats: numbers)
     "recis.config_utils.Range",  # the rule itself
     "recis_relevance.pretrain.ClickLog",  # item ids of a click log
 }

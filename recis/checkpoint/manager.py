@@ -329,7 +329,10 @@ class CheckpointManager:
             try:
                 model.load_state_dict(model_state, strict=True)
             except (RuntimeError, ValueError, KeyError) as e:
-                raise IncompatibleCheckpointError(f"{where} does not fit the model: {e}") from None
+                differ = _state_mismatch(model_state, model, entries)
+                raise IncompatibleCheckpointError(
+                    f"{where} does not fit the model ({type(model).__name__}): "
+                    + (f"{differ} (a checkpoint of another model?)" if differ else str(e))) from None
         for name, opt in optimizers.items():
             try:
                 opt.load_state_dict(decode(state["optimizers"][name], state_tensors))
@@ -382,11 +385,57 @@ def _file_names(rank: int, world_size: int) -> Dict[str, str]:
             "state_tensors": sharded.shard_file("state", rank, world_size, "safetensors")}
 
 
+def _state_mismatch(saved: Mapping[str, Any], model: nn.Module, entries, limit: int = 8) -> str:
+    """The keys that one of the checkpoint's model state and `model`'s state has and the other
+    lacks, and the dense tensors whose shapes differ ('' when none do)."""
+    have = model.state_dict()
+    _, dense = tables.split_state(have, entries)  # table sizes vary; their dims are checked before
+
+    def show(keys):
+        keys = sorted(keys)
+        return str(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    parts = []
+    missing, unexpected = set(have) - set(saved), set(saved) - set(have)
+    if missing:
+        parts.append(f"the model has keys that the checkpoint lacks: {show(missing)}")
+    if unexpected:
+        parts.append(f"the checkpoint has keys that the model lacks: {show(unexpected)}")
+    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}" for k, v in sorted(dense.items())
+              if isinstance(v, torch.Tensor) and isinstance(saved.get(k), torch.Tensor) and saved[k].shape != v.shape]
+    if shapes:
+        parts.append("shapes differ: " + "; ".join(shapes[:limit])
+                     + (f" and {len(shapes) - limit} more" if len(shapes) > limit else ""))
+    return "; ".join(parts)
+
+
+def _locate(path: PathLike) -> Tuple["CheckpointManager", Path]:
+    """(a manager of the root, the checkpoint directory) of a checkpoint directory, or of the
+    latest checkpoint of a checkpoint root."""
+    path = Path(path)
+    if (path / files.MANIFEST).is_file():
+        return CheckpointManager(path.parent, keep_last=None), path
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path} does not exist (expected a checkpoint directory, or a checkpoint root "
+                                      "that holds step-N checkpoints)")
+    mgr = CheckpointManager(path, keep_last=None)
+    return mgr, mgr.resolve("latest")
+
+
 def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, optimizers: Optional[Mapping[str, Any]] = None,
                     strict: bool = True) -> Dict[str, Any]:
     """Loads a checkpoint directory, or the latest checkpoint of a checkpoint root; returns
     its `extra_state` (see CheckpointManager.load)."""
-    path = Path(path)
-    if (path / files.MANIFEST).is_file():
-        return CheckpointManager(path.parent, keep_last=None).load(path, model, optimizers, strict)
-    return CheckpointManager(path, keep_last=None).load("latest", model, optimizers, strict)
+    mgr, target = _locate(path)
+    return mgr.load(target, model, optimizers, strict)
+
+
+def load_weights(path: PathLike, model: nn.Module, strict: bool = True) -> Path:
+    """Loads only `model`'s state (hash tables with their rows, dense parameters and buffers)
+    from a checkpoint directory or the latest checkpoint of a checkpoint root, e.g. to start a
+    training stage from another job's result; its optimizer and trainer state are not read.
+    Returns the checkpoint directory. A checkpoint of another model raises
+    IncompatibleCheckpointError naming the checkpoint and the keys / shapes that differ."""
+    mgr, target = _locate(path)
+    mgr.load(target, model=model, strict=strict)
+    return target

@@ -25,6 +25,8 @@ class Metric(abc.ABC):
 
     #: True for metrics whose update needs per-example group ids (GAUC).
     needs_groups = False
+    #: True for metrics of predicted classes (update(predicted, labels)), not of probabilities.
+    multiclass = False
 
     def __init__(self, undefined: str = "nan"):
         if undefined not in UNDEFINED_MODES:

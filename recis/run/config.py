@@ -7,7 +7,7 @@
 >>> RunConfig.from_dict({"model": {"name": "deepfm"}, "modle": {}})
 Traceback (most recent call last):
 ...
-ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'distributed', 'features', 'model', 'optim', 'trainer'])
+ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'distributed', 'features', 'metrics', 'model', 'optim', 'trainer'])
 """
 import os
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from recis.config_utils import bounded, check_types, from_mapping
 from recis.distributed.planner import parse_override
 from recis.io.errors import ON_ERROR
 from recis.io.files import FORMATS
+from recis.metrics.registry import build_metrics, metric_options
 from recis.run.datasets import DATASETS, dataset
 from recis.train.config import TrainerConfig
 
@@ -97,15 +98,22 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     """`dir` (none: no checkpoints), the `keep_last` checkpoints kept, one saved `every` N steps
-    (none: only at the end), and whether a job `resume`s from the latest one."""
+    and one at the end, and whether a job `resume`s from the latest one. `init_from`: a stage's
+    start: another job's checkpoint (its checkpoint directory, for its latest checkpoint, or
+    one step-N checkpoint in it) whose model weights the job starts from, with fresh optimizers
+    and step 0; applied whenever the job builds, before it resumes its own checkpoints. Both
+    paths are relative to the working directory (see docs/checkpoints.md, "Stages")."""
 
     dir: Optional[str] = None
     keep_last: int = bounded(3, ge=1)
     every: Optional[int] = bounded(None, ge=1)
     resume: bool = True
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         check_types(self, "checkpoint")
+        if self.init_from is not None and not self.init_from:
+            raise ValueError("checkpoint.init_from must name a checkpoint (or null), got ''")
 
 
 @dataclass
@@ -142,10 +150,12 @@ class RunConfig:
     checkpoint: CheckpointConfig
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     base_dir: str = "."
+    # name -> options of the metrics evaluations compute (recis.metrics.METRICS); empty: the default set
+    metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], base_dir: str = ".") -> "RunConfig":
-        known = ["checkpoint", "data", "distributed", "features", "model", "optim", "trainer"]
+        known = ["checkpoint", "data", "distributed", "features", "metrics", "model", "optim", "trainer"]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in config (known: {known})")
@@ -168,8 +178,12 @@ class RunConfig:
             raise ValueError("config needs a features section (a feature engine config, a file, or a dataset name)")
         if isinstance(features, str) and features not in DATASETS:
             features = _resolve(base_dir, features)
+        metrics = metric_options(values.get("metrics"))
+        if metrics:
+            build_metrics(metrics)  # each metric's options, checked now
         return cls(data, features, ModelConfig(name, model), from_mapping(OptimConfig, values.get("optim"), "optim"),
-                   trainer, ckpt, from_mapping(DistributedConfig, values.get("distributed"), "distributed"), base_dir)
+                   trainer, ckpt, from_mapping(DistributedConfig, values.get("distributed"), "distributed"), base_dir,
+                   metrics)
 
     @classmethod
     def from_yaml(cls, path: str) -> "RunConfig":

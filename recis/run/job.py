@@ -1,6 +1,7 @@
 """Job: builds the whole pipeline of a RunConfig (data -> feature engine -> model -> optimizers -> Trainer)."""
 import copy
 import inspect
+import os
 import time
 import typing
 from typing import Dict, Optional, Tuple
@@ -128,7 +129,7 @@ class Job:
         from recis.checkpoint import CheckpointManager
         from recis.features import FeatureEngine
         from recis.io import ArrowDataset, IOStats
-        from recis.metrics import AUC, GAUC, Calibration, LogLoss
+        from recis.metrics import build_metrics
         from recis.models import MODELS
         from recis.train import Trainer
 
@@ -136,6 +137,11 @@ class Job:
 
         self.cfg = cfg
         check_optim(cfg)
+        init_from = cfg.checkpoint.init_from
+        if init_from is not None and not os.path.exists(init_from):
+            raise FileNotFoundError(f"checkpoint.init_from {init_from} does not exist (relative to the working "
+                                    f"directory {os.getcwd()}): give the checkpoint directory of the job to start "
+                                    "from, or one of its step-N checkpoints")
         self.env = init_from_env(timeout_s=cfg.distributed.timeout_s)
         if cfg.trainer.seed is not None:
             torch.manual_seed(cfg.trainer.seed)
@@ -181,9 +187,11 @@ class Job:
             dense_params = list(self.model.parameters())
         self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense", dense_params) \
             if dense_params else None
-        metrics = {"auc": AUC(), "logloss": LogLoss(), "calibration": Calibration()}
-        if cfg.trainer.group_key is not None:
-            metrics["gauc"] = GAUC()
+        metrics = build_metrics(cfg.metrics or None, group_key=cfg.trainer.group_key)
+        multiclass = [name for name, m in metrics.items() if m.multiclass]
+        if multiclass and not isinstance(self.model, Tower):
+            raise ValueError(f"metrics {multiclass} compare predicted classes with the labels: model "
+                             f"{cfg.model.name!r} returns logits only; use a tower that returns TowerOutput.predicted")
         ckpt = CheckpointManager(cfg.checkpoint.dir, keep_last=cfg.checkpoint.keep_last) if cfg.checkpoint.dir \
             else None
         trainer_cfg = copy.copy(cfg.trainer)
@@ -193,6 +201,14 @@ class Job:
         self.trainer = Trainer(wrap_dense(self.model, self.env, cfg.distributed.dense), self.sparse_optimizer,
                                self.dense_optimizer, metrics=metrics, config=trainer_cfg, checkpoint=ckpt,
                                env=self.env, pipeline=cfg.distributed.pipeline)
+        self.init_checkpoint = None  # the checkpoint whose weights the job started from (checkpoint.init_from)
+        if init_from is not None:
+            from recis.checkpoint import CheckpointError
+
+            try:
+                self.init_checkpoint = self.trainer.init_from(init_from)
+            except CheckpointError as e:
+                raise type(e)(f"checkpoint.init_from: {e}") from None
 
     def _shard(self, model):
         from recis.distributed import Planner, shard
@@ -214,6 +230,11 @@ class Job:
         examples0 = self.trainer.examples
         history = self.trainer.fit(self.train_data, self.eval_data)
         seconds = time.perf_counter() - t0
+        ckpt = self.trainer.checkpoint
+        if ckpt is not None and self.trainer.step > 0:
+            latest = ckpt.latest()
+            if latest is None or latest.step != self.trainer.step:  # the job's result, e.g. for the next stage
+                self.trainer.save_checkpoint(self.train_data)
         result = dict(history[-1]) if history else {}
         result["train_seconds"] = seconds
         examples = torch.tensor([float(self.trainer.examples - examples0)], dtype=torch.float64)

@@ -31,14 +31,14 @@ Hash tables (`recis.nn.EmbeddingCollection`) inside a tower go to the shared spa
 """
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from recis.optim.hyper import check_options
 
-__all__ = ["TowerOutput", "ParamGroup", "FeatureInfo", "Tower", "BaseModelMismatchError", "KINDS"]
+__all__ = ["TowerOutput", "RolloutPhase", "ParamGroup", "FeatureInfo", "Tower", "BaseModelMismatchError", "KINDS"]
 
 KINDS = ("dense", "frozen", "adapter")
 DEFAULT_GROUP = "default"
@@ -53,12 +53,48 @@ class TowerOutput:
     """What a tower returns. `logits` [B]: sigmoid gives the probability the metrics (AUC,
     logloss, ...) and `Trainer.predict` use. `loss`: the training loss (None: the Trainer's
     `loss_fn(logits, labels)`). `targets` [B]: the binary targets of those metrics (None: the
-    batch labels). `outputs`: anything else (per-entity scores, grade probabilities, ...)."""
+    batch labels). `outputs`: anything else (per-entity scores, grade probabilities, ...).
+    `stats`: training statistics (name -> number, e.g. KL, clip fraction) that the Trainer
+    averages over its log window and logs. `predicted` [B]: the predicted class label values
+    that multi-class metrics (recis.metrics.ConfusionMatrix) compare with the batch labels."""
 
     logits: torch.Tensor
     loss: Optional[torch.Tensor] = None
     targets: Optional[torch.Tensor] = None
     outputs: Dict[str, Any] = field(default_factory=dict)
+    stats: Dict[str, float] = field(default_factory=dict)
+    predicted: Optional[torch.Tensor] = None
+
+
+@dataclass
+class RolloutPhase:
+    """What `Tower.rollout` returns for one training batch: the `minibatches` that the Trainer
+    passes to `forward` (in train mode; each returns a TowerOutput with a loss) for
+    `inner_steps` passes, one backward and optimizer step per minibatch (with
+    `grad_accum_steps`), and `stats` of the phase (mean reward, dropped groups, ...) that reach
+    the logs. No minibatches: nothing to train on for this batch (its stats are still logged).
+
+    >>> RolloutPhase([{"x": 1}], inner_steps=2, stats={"reward_mean": 0.5}).inner_steps
+    2
+    >>> RolloutPhase([], inner_steps=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: RolloutPhase.inner_steps must be an integer >= 1, got 0
+    """
+
+    minibatches: List[Any]
+    inner_steps: int = 1
+    stats: Dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 1:
+            raise ValueError(f"RolloutPhase.inner_steps must be an integer >= 1, got {self.inner_steps!r}")
+        if not isinstance(self.minibatches, (list, tuple)):
+            raise TypeError(f"RolloutPhase.minibatches must be a list of minibatches, got "
+                            f"{type(self.minibatches).__name__}")
+        self.minibatches = list(self.minibatches)
+        if not isinstance(self.stats, Mapping):
+            raise TypeError(f"RolloutPhase.stats must be a mapping name -> number, got {type(self.stats).__name__}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +185,24 @@ class Tower(nn.Module):
         self._declared[name] = {"kind": kind, "params": [p for _, p in named], "trainable": trainable,
                                 "frozen": frozen, "lr": lr, "weight_decay": weight_decay, "source": source}
         self._fingerprint_cache = None
+
+    # ---- rollout training (RL): see recis.train and docs/towers.md -------------------------
+    def rollout(self, batch, refill: Callable[[], Any]) -> Optional[RolloutPhase]:
+        """A tower that overrides this trains by rollouts: the Trainer calls it on every
+        training batch in eval mode without gradients (sample, score, old-policy log-probs)
+        and trains on the returned `RolloutPhase`. `refill()` returns the next training batch
+        (or None at the end of the data), e.g. to replace groups that dynamic sampling dropped;
+        bound how often you call it. The base class has no rollout phase (returns None)."""
+        return None
+
+    def generators(self) -> Dict[str, torch.Generator]:
+        """The tower's own random generators (e.g. for sampling), by name: the Trainer saves
+        and restores their states with its checkpoints, so a resumed run draws the same."""
+        return {}
+
+    def on_weights_loaded(self) -> None:
+        """Called after a stage's starting weights were loaded (checkpoint.init_from), e.g. for
+        a reference policy to copy them. Default: nothing."""
 
     # ---- groups ------------------------------------------------------------------------
     def param_groups(self) -> List[ParamGroup]:

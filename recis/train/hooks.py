@@ -11,7 +11,9 @@ from recis.config_utils import Range, check_value
 
 
 class Hook:
-    """Override what you need. `logs` holds floats (loss, lr, examples/s, metrics)."""
+    """Override what you need. `logs` holds floats (loss, lr, examples/s, the training
+    statistics named in `trainer.stat_names`, averaged over the log window); `metrics` an
+    evaluation's results."""
 
     def on_fit_start(self, trainer) -> None: ...
 
@@ -35,10 +37,14 @@ def _isatty(stream) -> bool:
         return False
 
 
+#: Evaluation results that the progress report and the curve show (when present).
+SHOWN_METRICS = ("auc", "gauc", "accuracy", "macro_f1")
+
+
 class ProgressBar(Hook):
-    """A tqdm bar with loss and examples/s on a terminal; in a log (the output stream or stdout is
-    not a terminal, or the process runs under torchrun) one plain line every `every` steps and at
-    the end, without carriage returns.
+    """A tqdm bar with loss, examples/s and the training statistics on a terminal; in a log (the
+    output stream or stdout is not a terminal, or the process runs under torchrun) one plain line
+    every `every` steps and at the end, without carriage returns.
 
     stream: where to write (default: sys.stderr, tqdm's). every: steps between lines (default 50).
     `bar` is None in the plain-line mode."""
@@ -54,6 +60,7 @@ class ProgressBar(Hook):
         self.total = trainer.config.max_steps
         self.loss: Optional[float] = None
         self.rate: Optional[float] = None
+        self.stats: Dict[str, float] = {}
         self.last = trainer.step
         self.t0 = time.perf_counter()
         if not self.lines:
@@ -64,10 +71,12 @@ class ProgressBar(Hook):
     def on_step_end(self, trainer, step, logs):
         if "loss" in logs:
             self.loss, self.rate = logs["loss"], logs.get("examples_per_s", 0.0)
+            self.stats.update({k: logs[k] for k in getattr(trainer, "stat_names", ()) if k in logs})
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if "loss" in logs:
-                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs.get('examples_per_s', 0):.0f}")
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_s=f"{logs.get('examples_per_s', 0):.0f}",
+                                     **{k: f"{v:.4g}" for k, v in self.stats.items()})
         elif step % self.every == 0:
             self._line(step)
 
@@ -77,13 +86,14 @@ class ProgressBar(Hook):
             parts.append(f"loss {self.loss:.4f}")
         if self.rate is not None:
             parts.append(f"examples/s {self.rate:.0f}")
+        parts.extend(f"{k} {v:.4g}" for k, v in sorted(self.stats.items()))
         parts.append(f"elapsed {time.perf_counter() - self.t0:.1f}s")
         print("  ".join(parts), file=self.out, flush=True)
         self.last = step
 
     def on_eval_end(self, trainer, step, metrics):
         if self.bar is None:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "gauc", "logloss", "loss"))
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in SHOWN_METRICS + ("logloss", "loss"))
             print(f"eval at step {step}  {shown}".rstrip(), file=self.out, flush=True)
 
     def on_fit_end(self, trainer):
@@ -95,7 +105,9 @@ class ProgressBar(Hook):
 
 
 class CSVLogger(Hook):
-    """Appends every logged row (train and eval) to `{log_dir}/metrics.csv`."""
+    """Appends every logged row (train and eval) to `{log_dir}/metrics.csv`; the columns are the
+    union of every row's keys (a statistic that appears later adds a column; rows without it
+    leave it empty)."""
 
     def __init__(self, log_dir: str):
         self.path = os.path.join(log_dir, "metrics.csv")
@@ -139,15 +151,22 @@ class TensorBoardLogger(Hook):
 
 
 class CurvePlot(Hook):
-    """Writes `{log_dir}/curve.png`: training loss and eval AUC over steps, at the end of fit."""
+    """Writes `{log_dir}/curve.png` at the end of fit: training loss and the eval metrics of
+    SHOWN_METRICS (AUC, GAUC, accuracy, macro-F1) over steps; and `{log_dir}/stats.png`, one
+    panel per training statistic (`trainer.stat_names`), when there are any."""
 
     def __init__(self, log_dir: str):
         self.path = os.path.join(log_dir, "curve.png")
+        self.stats_path = os.path.join(log_dir, "stats.png")
         self.train, self.eval = [], []
+        self.stats: Dict[str, List[tuple]] = {}
 
     def on_step_end(self, trainer, step, logs):
         if "loss" in logs:
             self.train.append((step, logs["loss"]))
+            for k in getattr(trainer, "stat_names", ()):
+                if k in logs:
+                    self.stats.setdefault(k, []).append((step, logs[k]))
 
     def on_eval_end(self, trainer, step, metrics):
         self.eval.append((step, metrics))
@@ -163,18 +182,35 @@ class CurvePlot(Hook):
             ax.plot(*zip(*self.train), label="train loss", color="tab:blue")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        keys = [k for k in ("auc", "gauc") if any(k in m for _, m in self.eval)]
+        keys = [k for k in SHOWN_METRICS if any(k in m for _, m in self.eval)]
         if keys:
             ax2 = ax.twinx()
-            for k, color in zip(keys, ("tab:red", "tab:green")):
+            for k, color in zip(keys, ("tab:red", "tab:green", "tab:purple", "tab:orange")):
                 pts = [(s, m[k]) for s, m in self.eval if k in m]
                 ax2.plot(*zip(*pts), marker="o", label=f"eval {k}", color=color)
-            ax2.set_ylabel("AUC")
+            ax2.set_ylabel("eval metric")
             ax2.legend(loc="lower right")
         if self.train:
             ax.legend(loc="upper right")
         fig.tight_layout()
         fig.savefig(self.path, dpi=100)
+        plt.close(fig)
+        if self.stats:
+            self._plot_stats(plt)
+
+    def _plot_stats(self, plt) -> None:
+        names = sorted(self.stats)
+        cols = min(3, len(names))
+        rows = -(-len(names) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            ax.plot(*zip(*self.stats[name]), color="tab:blue")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(self.stats_path, dpi=100)
         plt.close(fig)
 
 

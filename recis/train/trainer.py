@@ -1,26 +1,50 @@
 """Trainer: the training loop over a recis model, its sparse optimizer and any dense torch optimizer."""
 import contextlib
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
 from recis.distributed.data import LockstepBatches, is_padding
 from recis.distributed.pipeline import pipelined
-from recis.towers.base import TowerOutput
+from recis.towers.base import Tower, TowerOutput
 from recis.train.config import TrainerConfig
-from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger, Throughput
+from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger
+from recis.train.rollout import Refill, generator_states, has_rollout, load_generator_states, run_rollout
+from recis.train.stats import LogWindow
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or Inf; nothing was updated or saved for that step."""
 
 
+class _Out(NamedTuple):
+    """One forward: logits [B] float, loss, binary metric targets, predicted classes, statistics."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor
+    targets: torch.Tensor
+    predicted: Optional[torch.Tensor]
+    stats: Mapping[str, float]
+
+
 class Trainer:
     """Trains `model` (batch -> logits [B]) with BCE-with-logits by default. A tower
     (recis.towers) returns a `TowerOutput` instead: its own loss (else `loss_fn(logits, labels)`),
-    and the targets its metrics compare with (else the batch labels).
+    the targets its metrics compare with (else the batch labels), the predicted classes that
+    multi-class metrics (`metric.multiclass`, e.g. ConfusionMatrix) compare with the batch labels,
+    and training statistics, averaged over each log window into the logs (CSV, TensorBoard,
+    curves, progress).
+
+    A tower that overrides `Tower.rollout` trains by rollouts: per training batch, the rollout
+    runs in eval mode without gradients and returns a `RolloutPhase`; then `inner_steps` passes
+    over its minibatches, each a forward (train mode), backward and optimizer step (with
+    `grad_accum_steps`; a rollout ends on a step). Evaluations and checkpoints that fall due
+    inside a rollout run after its last step, so a checkpoint never splits a rollout; max_steps
+    (or a stop request) may end training inside one. The tower's `generators()` are part of the
+    trainer state (exact resume).
 
     `sparse_optimizer` is a recis.optim optimizer over the model's hash tables; `dense_optimizer`
     any torch optimizer over `model.parameters()`; each may have its own LR scheduler, stepped once
@@ -75,6 +99,10 @@ class Trainer:
         self._fast_forward = 0
         self.history: List[Dict[str, float]] = []
         self._stop_reason: Optional[str] = None
+        self._window = LogWindow()
+        self._tower = isinstance(_unwrap(model), Tower)
+        self._rollout = has_rollout(_unwrap(model))
+        self._in_rollout, self._due = False, set()  # evaluations / checkpoints due at the rollout's end
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)
 
@@ -110,13 +138,13 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in self._lockstep(data, True):
-                    logits, loss, targets = self._forward(batch)
+                    out = self._forward(batch)
                     if is_padding(batch):  # a rank that ran out keeps its peers' collectives company
                         continue
-                    rows = logits.numel()
-                    total += float(loss) * rows
+                    rows = out.logits.numel()
+                    total += float(out.loss) * rows
                     n += rows
-                    self._update_metrics(torch.sigmoid(logits), targets, batch)
+                    self._update_metrics(out, batch)
         finally:
             self.model.train(was_training)
         if self.env.distributed:
@@ -126,7 +154,12 @@ class Trainer:
                 m.sync(self.env.group)
         result = {"loss": total / max(n, 1), "examples": float(n)}
         for name, m in self.metrics.items():
-            result[name] = float(m.compute())
+            values = m.results() if hasattr(m, "results") else {name: m.compute()}
+            for key, value in values.items():
+                if key in result:
+                    raise ValueError(f"metric {name!r} reports {key!r}, which another metric (or the loss) reports "
+                                     "too; select only one of them")
+                result[key] = float(value)
             if self.env.distributed:
                 m.unsync()
         return result
@@ -155,12 +188,23 @@ class Trainer:
         return self._stop_reason
 
     # ---- state (for checkpoints) ----
-    def state_dict(self) -> Dict:
-        return {"step": self.step, "epoch": self.epoch, "epoch_batches": self.epoch_batches,
-                "skipped_nonfinite": self.skipped_nonfinite, "history": self.history,
-                "rng": torch.get_rng_state().tolist()}
+    @property
+    def stat_names(self) -> tuple:
+        """The training statistics reported so far (TowerOutput.stats, RolloutPhase.stats)."""
+        return self._window.stat_names
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def state_dict(self) -> Dict:
+        """Step, epoch, data position, history, the torch RNG and the tower's generators."""
+        state = {"step": self.step, "epoch": self.epoch, "epoch_batches": self.epoch_batches,
+                 "skipped_nonfinite": self.skipped_nonfinite, "history": self.history,
+                 "rng": torch.get_rng_state().tolist()}
+        gens = generator_states(_unwrap(self.model))
+        if gens:
+            state["generators"] = gens
+        return state
+
+    def load_state_dict(self, state: Mapping, where: str = "the trainer state") -> None:
+        load_generator_states(_unwrap(self.model), state.get("generators", {}), where)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
         self.epoch_batches = int(state.get("epoch_batches", 0))
@@ -194,74 +238,124 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
 
     def _train_epoch(self, train: Iterable, eval_data) -> None:
-        cfg = self.config
         self.model.train()
-        meter, micro, window = Throughput(), 0, [0.0, 0]  # window: loss sum and count since the last log
+        window = self._window
+        window.restart()  # loss, statistics and examples/s of this epoch
         self._zero_grad()
         skip, self._fast_forward = self._fast_forward, 0
         if not skip:
             self.epoch_batches = 0
-        for batch in (pipelined(train, self.model) if self.pipeline else train):
+        batches = Refill(iter(pipelined(train, self.model) if self.pipeline else train), self._took)
+        for batch in batches:
             if skip:  # resuming data that keeps no state of its own: skip what was consumed
                 skip -= 1
                 continue
             self.epoch_batches += 1
-            logits, loss, _ = self._forward(batch)
-            if not self._finite_everywhere(loss):
-                if cfg.on_nonfinite == "raise":
-                    self._zero_grad()
-                    where = f"loss is {float(loss)}" if not torch.isfinite(loss) else \
-                        f"loss is finite on rank {self.env.rank} but not on a peer rank"
-                    raise NonFiniteLossError(f"{where} at step {self.step + 1} (epoch {self.epoch}); "
-                                             "training stopped before any update, and no checkpoint was written")
-                # Only this batch is dropped (before its backward): the micro-batches accumulated
-                # so far keep their gradients and still make up this step.
-                self.skipped_nonfinite += 1
-                continue
-            (loss / cfg.grad_accum_steps).backward()
-            micro += 1
-            window[0] += float(loss.detach())
-            window[1] += 1
-            meter.add(logits.numel())
-            self.examples += logits.numel()
-            if micro < cfg.grad_accum_steps:
-                continue
-            micro = 0
-            self._step(train, eval_data, meter, window)
+            if self._rollout:
+                self._train_rollout(batch, batches, train, eval_data)
+            else:
+                self._train_micro(batch, train, eval_data, count=True)
             if self._done():
                 return
-        if micro:  # the epoch ended mid-accumulation: step on what it accumulated (as Lightning and HF do)
-            self._step(train, eval_data, meter, window)
+        if window.micro:  # the epoch ended mid-accumulation: step on what it accumulated (as Lightning and HF do)
+            self._step(train, eval_data)
 
-    def _step(self, train, eval_data, meter: Throughput, window: List[float]) -> None:
+    def _took(self, batch) -> None:
+        """A rollout took `batch` from the data through refill()."""
+        self.epoch_batches += 1
+        self._count(_rows(batch))
+
+    def _count(self, rows: int) -> None:
+        """`rows` training examples consumed (for `examples` and examples/s)."""
+        self.examples += rows
+        self._window.meter.add(rows)
+
+    def _train_micro(self, batch, train, eval_data, count: bool) -> None:
+        """Forward and backward of one (micro-)batch; the optimizer step once `grad_accum_steps`
+        of them are in. `count`: the batch is training data (not a rollout's minibatch)."""
+        cfg, window = self.config, self._window
+        out = self._forward(batch)
+        if not self._finite_everywhere(out.loss):
+            if cfg.on_nonfinite == "raise":
+                self._zero_grad()
+                where = f"loss is {float(out.loss.detach())}" if not torch.isfinite(out.loss) else \
+                    f"loss is finite on rank {self.env.rank} but not on a peer rank"
+                raise NonFiniteLossError(f"{where} at step {self.step + 1} (epoch {self.epoch}); "
+                                         "training stopped before any update, and no checkpoint was written")
+            # Only this batch is dropped (before its backward): the micro-batches accumulated
+            # so far keep their gradients and still make up this step.
+            self.skipped_nonfinite += 1
+            return
+        (out.loss / cfg.grad_accum_steps).backward()
+        window.micro += 1
+        window.add_loss(float(out.loss.detach()))
+        window.add_stats(out.stats, f"{type(_unwrap(self.model)).__name__} TowerOutput.stats")
+        if count:
+            self._count(out.logits.numel())
+        if window.micro >= cfg.grad_accum_steps:
+            self._step(train, eval_data)
+
+    def _train_rollout(self, batch, batches: Refill, train, eval_data) -> None:
+        """The rollout phase of `batch`, then its inner steps; what fell due inside runs after."""
+        tower = _unwrap(self.model)
+        phase = run_rollout(self.model, tower, batch, batches, self._autocast)
+        self._count(_rows(batch))
+        self._window.add_stats(phase.stats, f"{type(tower).__name__}.rollout stats")
+        self._in_rollout, finished = True, False
+        try:
+            for _ in range(phase.inner_steps):
+                for minibatch in phase.minibatches:
+                    self._train_micro(minibatch, train, eval_data, count=False)
+                    if self._done():  # max_steps or a stop request ends training inside the rollout
+                        return
+            if self._window.micro:  # a rollout ends on an optimizer step (no gradients carry over)
+                self._step(train, eval_data)
+            finished = True
+        finally:
+            self._in_rollout = False
+            due, self._due = self._due, set()
+            if finished:
+                self._after_step(due, train, eval_data)
+
+    def _step(self, train, eval_data) -> None:
         """One optimizer step, then the logs, hooks, evaluation and checkpoint that follow it."""
         cfg = self.config
         self._optimizer_step()
+        self._window.micro = 0
         logs: Dict[str, float] = {}
         if self.step % cfg.log_every == 0:
-            logs = {"loss": window[0] / window[1], "examples_per_s": meter.read(), **self._lrs()}
-            window[:] = [0.0, 0]
+            # statistics come from towers only: other models' ranks need not gather them
+            logs = {**self._window.read(self.env if self._tower else None), **self._lrs()}
         for h in self.hooks:
             h.on_step_end(self, self.step, logs)
+        due = set()
         if cfg.eval_every and eval_data is not None and self.step % cfg.eval_every == 0:
-            self._run_eval(eval_data)
+            due.add("eval")
         if cfg.checkpoint_every and self.checkpoint is not None and self.step % cfg.checkpoint_every == 0:
+            due.add("checkpoint")
+        if self._in_rollout:
+            self._due |= due
+        else:
+            self._after_step(due, train, eval_data)
+
+    def _after_step(self, due, train, eval_data) -> None:
+        if "eval" in due:
+            self._run_eval(eval_data)
+        if "checkpoint" in due:
             self.save_checkpoint(train)
 
-    def _forward(self, batch):
-        """(logits [B] float, loss, metric targets) of one batch: a CTR model's logits with
-        `loss_fn`, or a tower's TowerOutput."""
+    def _forward(self, batch) -> _Out:
+        """A CTR model's logits with `loss_fn`, or a tower's TowerOutput, as an `_Out`."""
         with self._autocast():
             out = self.model(batch)
         if isinstance(out, TowerOutput):
             logits = out.logits.float()
-            labels = batch.labels
-            loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, labels.float())
-            targets = out.targets if out.targets is not None else labels
-            return logits, loss, targets.float()
+            loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, batch.labels.float())
+            targets = out.targets if out.targets is not None else batch.labels
+            return _Out(logits, loss, targets.float(), out.predicted, out.stats)
         logits = out.float()
         labels = batch.labels.float()
-        return logits, self.loss_fn(logits, labels), labels
+        return _Out(logits, self.loss_fn(logits, labels), labels, None, {})
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad_norm is not None:
@@ -284,7 +378,9 @@ class Trainer:
                 out[name] = float(opt.param_groups[0]["lr"])
         return out
 
-    def _update_metrics(self, probs, labels, batch) -> None:
+    def _update_metrics(self, out: _Out, batch) -> None:
+        """Binary metrics get sigmoid(logits) and the targets; multi-class ones (`multiclass`)
+        the predicted classes and the batch labels."""
         groups = None
         if self.config.group_key is not None:
             extras = getattr(batch, "extras", None) or {}
@@ -292,11 +388,18 @@ class Trainer:
                 raise KeyError(f"config.group_key {self.config.group_key!r} is not among the batch's extras "
                                f"{sorted(extras)}")
             groups = _as_tensor(extras[self.config.group_key])
-        for m in self.metrics.values():
-            if groups is not None and getattr(m, "needs_groups", False):
-                m.update(probs, labels, groups=groups)
+        probs = torch.sigmoid(out.logits)
+        for name, m in self.metrics.items():
+            if getattr(m, "multiclass", False):
+                if out.predicted is None:
+                    raise ValueError(f"metric {name!r} ({type(m).__name__}) compares predicted classes with the "
+                                     f"labels, but {type(_unwrap(self.model)).__name__} returns no "
+                                     "TowerOutput.predicted; return the predicted class labels, or drop the metric")
+                m.update(out.predicted, batch.labels)
+            elif groups is not None and getattr(m, "needs_groups", False):
+                m.update(probs, out.targets, groups=groups)
             else:
-                m.update(probs, labels)
+                m.update(probs, out.targets)
 
     def _run_eval(self, eval_data) -> Dict[str, float]:
         t0 = time.perf_counter()
@@ -325,13 +428,29 @@ class Trainer:
             raise ValueError("Trainer has no checkpoint manager")
         if path == "latest" and self.checkpoint.latest() is None:
             return False
+        where = f"checkpoint {self.checkpoint.resolve(path)}"
         extra = self.checkpoint.load(path, model=_unwrap(self.model), optimizers=self._optimizers())
-        self.load_state_dict(extra["trainer"])
+        self.load_state_dict(extra["trainer"], where)
         if train is not None and hasattr(train, "load_state_dict") and "data" in extra:
             train.load_state_dict(extra["data"])
         else:
             self._fast_forward = self.epoch_batches
         return True
+
+    def init_from(self, path) -> Path:
+        """Starts from the weights of another run's checkpoint (a checkpoint directory, or a
+        checkpoint root: its latest): the model state only; optimizers, schedulers, step and
+        data position stay as they are (fresh, on a new Trainer). Then the tower's
+        `on_weights_loaded()`. Returns the checkpoint directory loaded; a checkpoint of another
+        model raises IncompatibleCheckpointError naming it and the keys / shapes that differ."""
+        from recis.checkpoint import load_weights
+
+        model = _unwrap(self.model)
+        loaded = load_weights(path, model)
+        hook = getattr(model, "on_weights_loaded", None)
+        if hook is not None:
+            hook()
+        return loaded
 
     def _lockstep(self, data, pad: bool):
         """`data` stepping in lockstep with the other ranks (as is in a single process)."""
@@ -349,6 +468,19 @@ class Trainer:
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (checkpoints hold the plain module's keys)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _rows(batch) -> int:
+    """Examples in a training batch: its `size`, else the length of its labels."""
+    size = getattr(batch, "size", None)
+    if isinstance(size, int):
+        return size
+    labels = getattr(batch, "labels", None)
+    if isinstance(labels, torch.Tensor):
+        return int(labels.shape[0]) if labels.dim() else 1
+    if isinstance(labels, Mapping) and labels:
+        return int(next(iter(labels.values())).shape[0])
+    return 0
 
 
 def _logits(out) -> torch.Tensor:
