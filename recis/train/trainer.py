@@ -351,8 +351,9 @@ class Trainer:
         if isinstance(out, TowerOutput):
             logits = out.logits.float()
             loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, batch.labels.float())
-            targets = out.targets if out.targets is not None else batch.labels
-            return _Out(logits, loss, targets.float(), out.predicted, out.stats)
+            targets = out.targets if out.targets is not None else getattr(batch, "labels", None)
+            # a rollout's minibatch may carry no labels: its targets serve no metric
+            return _Out(logits, loss, None if targets is None else targets.float(), out.predicted, out.stats)
         logits = out.float()
         labels = batch.labels.float()
         return _Out(logits, self.loss_fn(logits, labels), labels, None, {})

@@ -94,7 +94,7 @@ def test_sft_loss_is_the_gold_completion_nll(task, spec):
                          position_ids=(enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)).logits
     logp = logits[:, :-1].log_softmax(-1).gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)
     mask = enc["completion_mask"][:, 1:].float()
-    assert float(out.loss) == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-5)
 
 
 def test_label_only_decoding_matches_full_greedy_decoding(task, spec, sft_weights):
@@ -191,7 +191,7 @@ def test_dynamic_sampling_keeps_only_groups_with_reward_variance_and_refills(tas
     adv = torch.cat([mb.advantages for mb in phase.minibatches]).view(-1, 2)
     assert adv.shape[0] == 4  # refilled up to the batch's 4 groups
     assert bool((adv != 0).any(1).all())  # every kept group has reward variance (a learning signal)
-    assert phase.stats["dropped_groups"] == 8 and phase.stats["refills"] == 2
+    assert phase.stats["dropped_groups"] == 3 + 3 + 1 and phase.stats["refills"] == 2
     # the vanilla rollout on the same rewards keeps the constant groups: zero-advantage groups
     vanilla = ScriptedGRPO(JudgeConfig.from_options({**opts, "dynamic_sampling": None}))
     ScriptedGRPO.script = [[constant, mixed, [1.0, 1.0], constant]]
