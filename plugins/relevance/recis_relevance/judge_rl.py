@@ -65,7 +65,8 @@ class PairMinibatch:
 
 
 def _chunks(n: int, size: Optional[int]) -> List[slice]:
-    size = n if size is None else size
+    """Slices of `size` rows (None: one slice of all) over n rows; none when n is 0."""
+    size = max(n, 1) if size is None else size
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 

@@ -223,3 +223,20 @@ def test_config_checks():
     with pytest.raises(ValueError, match="max_new_tokens"):
         JudgeConfig.from_options({"policy": LLAMA, "sampling": {"max_new_tokens": 40}, "max_completion_length": 8})
     assert isinstance(JudgeConfig.from_options({"policy": LLAMA, "objective": "grpo"}).grpo, GRPOConfig)
+
+
+def test_a_dpo_rollout_whose_groups_are_all_correct_has_no_pairs_and_trains_on_nothing(task, spec):
+    """All-correct groups give no pair (methods.md section 6): the rollout returns no minibatch."""
+    from recis_relevance.judge_rl import DPOJudge
+
+    class AllCorrect(DPOJudge):
+        def decode(self, ids, mask):  # every sample is the gold completion of its row
+            return [self._gold[i // self.cfg.sampling.group_size] for i in range(ids.shape[0])]
+
+    tower = AllCorrect(JudgeConfig.from_options({"policy": LLAMA, "tokenizer": spec, "objective": "dpo",
+                                                 "sampling": {"group_size": 3, "max_new_tokens": 4}}))
+    batch = batch_of(task.train, 0, 5)
+    tower._gold = tower.gold(tower.rows(batch))
+    phase = rollout(tower, batch)
+    assert phase.minibatches == [] and phase.stats["pairs"] == 0 and phase.stats["groups_all_correct"] == 5
+    assert phase.stats["reward_mean"] == 1.0
