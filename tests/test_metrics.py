@@ -5,6 +5,7 @@ random splits into update() batches, so streaming and compaction are exercised t
 """
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -71,6 +72,9 @@ def assert_close_or_both_nan(got, expected, tol=TOL):
 # ============================================================================ AUC
 @settings(max_examples=70, deadline=None)
 @given(examples())
+@example((np.array([0.7, 0.5]), np.array([1.0, 0.0]), np.array([5e-324, 5e-324]), []))  # P * N underflowed: NaN
+@example((np.array([0.7, 0.5, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([1e-200, 3e-200, 2e-200]), [1]))
+@example((np.array([0.7, 0.5, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([1e200, 3e200, 2e200]), [2]))  # inf / inf
 def test_auc_matches_roc_auc_score(data):
     preds, labels, weights, cuts = data
     expected = sklearn_auc_or_nan(labels, preds, weights)
@@ -133,42 +137,115 @@ def test_reset_forgets_everything():
 
 # ============================================================================ GAUC
 def pairwise_auc(preds, labels, w):
-    """AUC by its definition: the weighted share of (positive, negative) pairs ranked right, ties 1/2."""
-    pos, neg = labels == 1, labels == 0
-    diff = preds[pos][:, None] - preds[neg][None, :]
-    pair_w = w[pos][:, None] * w[neg][None, :]
-    return float((pair_w * ((diff > 0) + 0.5 * (diff == 0))).sum() / pair_w.sum())
+    """AUC by its definition: the weighted share of (positive, negative) pairs ranked right, ties 1/2.
+    In exact rational arithmetic: a pair's weight w_pos * w_neg computed in float64 underflows to 0
+    (or loses its digits) for tiny weights, and then the reference, not the metric, would be wrong."""
+    pos = [(p, Fraction(float(x))) for p, x, y in zip(preds, w, labels) if y == 1]
+    neg = [(p, Fraction(float(x))) for p, x, y in zip(preds, w, labels) if y == 0]
+    right = total = Fraction(0)
+    for sp, wp in pos:
+        for sn, wn in neg:
+            total += wp * wn
+            right += wp * wn * (1 if sp > sn else Fraction(1, 2) if sp == sn else 0)
+    return right / total
 
 
 def brute_force_gauc(preds, labels, groups, weights, weighting):
-    """Per-group pairwise AUC, weighted by impressions (summed weights) or clicks (positives)."""
+    """Per-group pairwise AUC, weighted by impressions (summed weights) or clicks (positives); exact
+    (fractions) up to the final rounding, so it holds for weights of any scale, subnormal included."""
     w = np.ones_like(preds) if weights is None else weights
-    num = den = 0.0
+    num = den = Fraction(0)
     skipped = 0
     for g in np.unique(groups):
         m = groups == g
-        pos, neg = (w[m] * labels[m]).sum(), (w[m] * (1 - labels[m])).sum()
+        pos = sum((Fraction(float(x)) for x, y in zip(w[m], labels[m]) if y == 1), Fraction(0))
+        neg = sum((Fraction(float(x)) for x, y in zip(w[m], labels[m]) if y == 0), Fraction(0))
         if not (pos > 0 and neg > 0):
             skipped += 1
             continue
         weight = pos + neg if weighting == "impressions" else pos
         num += weight * pairwise_auc(preds[m], labels[m], w[m])
         den += weight
-    return (num / den if den > 0 else math.nan), skipped, len(np.unique(groups))
+    return (float(num / den) if den > 0 else math.nan), skipped, len(np.unique(groups))
+
+
+GROUP_IDS = [-(2 ** 63), 2 ** 63 - 1, 0, -5, 17, 10 ** 12]
+
+
+@st.composite
+def grouped_examples(draw, max_size=80):
+    """examples() plus a group id per example, from the first 1 to 6 of GROUP_IDS."""
+    data = draw(examples(max_size=max_size))
+    pool = GROUP_IDS[:draw(st.integers(1, len(GROUP_IDS)))]
+    n = len(data[0])
+    return data, np.array(draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n)), dtype=np.int64)
+
+
+def one_group(preds, labels, weights):
+    data = (np.array(preds, dtype=np.float64), np.array(labels, dtype=np.float64),
+            np.array(weights, dtype=np.float64), [])
+    return data, np.zeros(len(preds), dtype=np.int64)
 
 
 @settings(max_examples=60, deadline=None)
-@given(examples(max_size=80), st.integers(1, 6), st.sampled_from(GAUC.WEIGHTINGS), st.data())
-def test_gauc_matches_per_group_pairwise_reference(data, n_groups, weighting, draw):
-    preds, labels, weights, cuts = data
-    pool = [-(2 ** 63), 2 ** 63 - 1, 0, -5, 17, 10 ** 12][:n_groups]
-    groups = np.array(draw.draw(st.lists(st.sampled_from(pool), min_size=len(preds), max_size=len(preds))),
-                      dtype=np.int64)
+@given(grouped_examples(), st.sampled_from(GAUC.WEIGHTINGS))
+# Found by hypothesis: the clicks weight (5.3e-217) times the pair count (2.6e-217) underflowed to 0
+# before the division, so the one group's AUC of 0.5 came out as GAUC 0.
+@example(one_group([0.0] * 7, [0, 0, 1, 0, 0, 0, 0], [0, 0, 5.28372271e-217, 0, 0, 0, 1]), "clicks")
+# A subnormal positive weight ranked above a negative: AUC 1, but GAUC(clicks) said 0.
+@example(one_group([0.9, 0.1], [1, 0], [5e-324, 1.0]), "clicks")
+# Subnormal weights in both classes: P * N underflowed to 0, and 0 / 0 made the whole GAUC NaN.
+@example(one_group([0.5, 0.5, 0.7], [1, 0, 1], [5e-324, 1e-323, 2e-323]), "impressions")
+# Huge weights: P * N overflowed to inf (inf / inf: NaN) though every sum is finite.
+@example(one_group([0.2, 0.6, 0.6, 0.4], [1, 1, 0, 0], [1e200, 2e200, 1e200, 3e200]), "impressions")
+def test_gauc_matches_per_group_pairwise_reference(grouped, weighting):
+    (preds, labels, weights, cuts), groups = grouped
     expected, skipped, n_seen = brute_force_gauc(preds, labels, groups, weights, weighting)
     metric = feed(GAUC(weighting), preds, labels, weights, cuts, groups=groups)
     assert_close_or_both_nan(metric.compute(), expected)
     d = metric.details()
     assert (d["groups"], d["skipped_groups"], d["used_groups"]) == (n_seen, skipped, n_seen - skipped)
+
+
+@settings(max_examples=40, deadline=None)
+@given(grouped_examples(max_size=40), st.lists(st.integers(0, 7), min_size=40, max_size=40),
+       st.integers(-1074, 1010))
+@example(one_group([0.3, 0.3, 0.8], [1, 0, 0], [1.0, 1.0, 1.0]), [1, 3, 2] + [0] * 37, -1074)
+@example(one_group([0.3, 0.3, 0.8], [1, 0, 0], [1.0, 1.0, 1.0]), [5, 3, 7] + [0] * 37, 1010)
+def test_auc_and_gauc_do_not_depend_on_the_scale_of_the_weights(grouped, ints, k):
+    # Small integer weights times 2**k are exact for every k from -1074 (subnormal: multiples of the
+    # smallest float64) to 1010 (the sums stay finite), so the data are the same up to scale and
+    # every metric must come out exactly as with the integer weights.
+    (preds, labels, _, cuts), groups = grouped
+    weights = np.array(ints[:len(preds)], dtype=np.float64)
+    scaled = np.ldexp(weights, k)
+    assert np.array_equal(np.ldexp(scaled, -k), weights)  # the scaling is exact
+    for make in (AUC, lambda: GAUC("impressions"), lambda: GAUC("clicks")):
+        kw = {"groups": groups} if make is not AUC else {}
+        plain = feed(make(), preds, labels, weights, cuts, **kw)
+        big_or_tiny = feed(make(), preds, labels, scaled, cuts, **kw)
+        assert_close_or_both_nan(big_or_tiny.compute(), plain.compute(), tol=0)
+    expected, _, _ = brute_force_gauc(preds, labels, groups, scaled, "clicks")
+    assert_close_or_both_nan(big_or_tiny.compute(), expected)
+
+
+def test_auc_and_gauc_refuse_summed_weights_beyond_float64_naming_them():
+    huge = torch.tensor([1e308, 1e308, 1.0], dtype=torch.float64)
+    preds, labels = torch.tensor([0.2, 0.7, 0.5]), torch.tensor([1, 1, 0])
+    auc = AUC()
+    auc.update(preds, labels, huge)
+    with pytest.raises(ValueError, match=r"AUC: the summed positive weight overflows float64.*divide all weights"):
+        auc.compute()
+    gauc = GAUC()
+    gauc.update(preds, labels, huge.flip(0), groups=torch.tensor([4, 42, 42]))
+    gauc.update(torch.tensor([0.1]), torch.tensor([0]), torch.tensor([1e308], dtype=torch.float64),
+                groups=torch.tensor([42]))
+    with pytest.raises(ValueError, match=r"GAUC: the summed negative weight of group 42 overflows float64"):
+        gauc.compute()
+    # each weight alone is fine: 1e308 against 1 is an AUC like any other
+    ok = AUC()
+    ok.update(preds[1:], labels[1:], huge[1:])
+    assert ok.compute() == 1.0
 
 
 def test_gauc_many_users_against_brute_force_and_scan():
