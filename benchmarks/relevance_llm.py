@@ -56,7 +56,7 @@ class Settings:
     task_seed: int = 0
     sft_epochs: int = 16
     sft_lr: float = 1e-3
-    dpo_lr: float = 3e-4
+    dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     grpo_lr: float = 3e-4
     grpo_beta: float = 0.02
@@ -64,7 +64,8 @@ class Settings:
     dynamic_low: float = 0.0
     dynamic_high: float = 1.0
     max_refills: int = 4
-    encoder_epochs: int = 6           # EBRM / cross-encoder epochs with the tiny encoder
+    ebrm_epochs: int = 24             # EBRM epochs with the tiny encoder (best of ENCODER_EPOCHS on validation)
+    cross_epochs: int = 6             # cross-encoder epochs with the tiny encoder (likewise)
     max_steps: Optional[int] = None   # per stage (smoke runs)
     policy: Optional[Dict[str, Any]] = None  # None: the YAMLs' small Llama
 
@@ -137,24 +138,26 @@ def run_pipelines(s: Settings, files, workdir: str, seed: int, split: str = "tes
     return {k: v for k, v in out.items() if k in pipelines or k in ("speed", "seconds")}
 
 
-def run_encoders(s: Settings, files, workdir: str, seed: int, encoder: str, split: str = "test") -> Dict[str, Any]:
+def run_encoders(s: Settings, files, workdir: str, seed: int, encoder: str, split: str = "test",
+                 epochs: Optional[int] = None) -> Dict[str, Any]:
     """EBRM and the cross-encoder of benchmarks/relevance_ebrm.py, trained on the same training rows
     (validation queries left out) and scored on the same `split` queries. `encoder` 'tiny': a small
-    random BERT trained from scratch like the judges (`s.encoder_epochs`, AdamW 1e-3); else a
-    pretrained encoder spec (relevance_ebrm's budget)."""
+    random BERT trained from scratch like the judges (`s.ebrm_epochs` / `s.cross_epochs`, or
+    `epochs` for both; AdamW 1e-3); else a pretrained encoder spec (relevance_ebrm's budget)."""
     import relevance_ebrm as rb
     from recis_relevance.task import RelevanceTask, tiny_encoder_options
 
     task = RelevanceTask(pq.read_table(files.train), pq.read_table(getattr(files, split)))
-    cfg = rb.BenchConfig(encoder=encoder, queries=s.queries, per_query=s.per_query, seed=seed,
-                         models=("ebrm", "relevance_cross_encoder"))
-    if encoder == "tiny":
-        cfg = replace(cfg, **tiny_encoder_options(task, seed), lr=1e-3, head_lr=1e-3, epochs=s.encoder_epochs)
-    os.makedirs(workdir, exist_ok=True)
-    report = rb.run(cfg, task, workdir)
-    return {row["model"]: {"accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
-                           **{f"f1_{c}": row["f1_per_grade"][str(c)] for c in (1, 2, 3, 4)}}
-            for row in report["models"]}
+    out = {}
+    for name, own in (("ebrm", s.ebrm_epochs), ("relevance_cross_encoder", s.cross_epochs)):
+        cfg = rb.BenchConfig(encoder=encoder, queries=s.queries, per_query=s.per_query, seed=seed, models=(name,))
+        if encoder == "tiny":
+            cfg = replace(cfg, **tiny_encoder_options(task, seed), lr=1e-3, head_lr=1e-3, epochs=epochs or own)
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+        row = rb.run(cfg, task, os.path.join(workdir, name))["models"][0]
+        out[name] = {"accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
+                     **{f"f1_{c}": row["f1_per_grade"][str(c)] for c in (1, 2, 3, 4)}}
+    return out
 
 
 def spread(values: List[float]) -> Dict[str, float]:
@@ -206,11 +209,12 @@ def targets(table: Dict[str, Any]) -> Dict[str, bool]:
 
 
 TUNE_GRID = {"sft": [{"sft_lr": 1e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_epochs": 8},
-                     {"sft_lr": 3e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_epochs": 24}],
+                     {"sft_lr": 3e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_epochs": 24},
+                     {"sft_lr": 1e-3, "sft_epochs": 24}, {"sft_lr": 1e-3, "sft_epochs": 32}],
              "dpo": [{"dpo_lr": 1e-4, "dpo_beta": 0.1}, {"dpo_lr": 3e-4, "dpo_beta": 0.1},
                      {"dpo_lr": 3e-4, "dpo_beta": 0.3}, {"dpo_lr": 1e-3, "dpo_beta": 0.1}],
              "grpo": [{"grpo_lr": 1e-4}, {"grpo_lr": 3e-4}, {"grpo_lr": 1e-3}]}
-ENCODER_EPOCHS = (2, 6, 12)
+ENCODER_EPOCHS = (2, 6, 12, 24)
 
 
 def tune(s: Settings, files, workdir: str, seed: int = 0, stages: Sequence[str] = ("sft", "dpo", "grpo")
@@ -246,8 +250,8 @@ def tune_encoders(s: Settings, files, workdir: str, encoder: str, seed: int = 0)
     """Validation macro-F1 of EBRM and the cross-encoder for each epoch budget of ENCODER_EPOCHS."""
     rows = []
     for epochs in ENCODER_EPOCHS:
-        r = run_encoders(replace(s, encoder_epochs=epochs), files, os.path.join(workdir, f"tune-enc-{epochs}"), seed,
-                         encoder, split="val")
+        r = run_encoders(s, files, os.path.join(workdir, f"tune-enc-{epochs}"), seed, encoder, split="val",
+                         epochs=epochs)
         rows.append({"encoder_epochs": epochs, **{f"{k}_val_macro_f1": v["macro_f1"] for k, v in r.items()}})
         print(f"tune encoders {epochs} epochs: " + json.dumps(rows[-1]), flush=True)
     return {"encoders": rows}
