@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from _metric_sync import write_sync_report
 from recis.metrics import METRICS, ConfusionMatrix, build_metrics
 
 OUTSIDE = -7.0  # a predicted value that is none of the classes (e.g. an unparseable answer)
@@ -121,17 +122,8 @@ def _worker(rank, init_file, out_dir):
         m = ConfusionMatrix(LABELS)
         for i in range(0, len(pred), 128):
             m.update(pred[i:i + 128], true[i:i + 128], weights[i:i + 128])
-        local = m.results()
-        synced = m.sync().results()
-        restored = m.unsync().results()
-        odd = ConfusionMatrix(LABELS if rank == 0 else [1, 2, 3])
-        try:
-            odd.sync()
-            mismatch = None
-        except ValueError as e:
-            mismatch = str(e)
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump({"local": local, "synced": synced, "restored": restored, "mismatch": mismatch}, f)
+        write_sync_report(m, lambda x: x.results(), ConfusionMatrix(LABELS if rank == 0 else [1, 2, 3]), out_dir,
+                          rank)
     finally:
         dist.destroy_process_group()
 

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from _metric_sync import write_sync_report
 from recis.metrics import AUC, GAUC, Calibration, LogLoss, MetricCollection
 
 WORLD = 2
@@ -42,18 +43,9 @@ def _worker(rank, init_file, out_dir):
         for i in range(0, len(preds), 512):  # streaming: several updates
             s = slice(i, i + 512)
             metrics.update(preds[s], labels[s], weights[s], groups=groups[s])
-        local = metrics.compute()
-        synced = metrics.sync().compute()
-        restored = metrics.unsync().compute()
         # A metric whose configuration differs across ranks is refused on every rank.
-        odd = GAUC("clicks" if rank == 0 else "impressions")
-        try:
-            odd.sync()
-            mismatch = None
-        except ValueError as e:
-            mismatch = str(e)
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump({"local": local, "synced": synced, "restored": restored, "mismatch": mismatch}, f)
+        write_sync_report(metrics, lambda m: m.compute(), GAUC("clicks" if rank == 0 else "impressions"), out_dir,
+                          rank)
     finally:
         dist.destroy_process_group()
 
