@@ -2,7 +2,6 @@
 confusion_matrix), merging, a real 2-process gloo sync, and the metric registry."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ over the concatenated data in this process.
 """
 import json
 import math
-import os
 
 import torch
 import torch.distributed as dist
