@@ -124,6 +124,19 @@ def test_set_epoch_start_is_kept_in_the_state(tmp_path):
     assert head + _ids(resumed) == full and resumed.state_dict()["shards"]["0"]["epoch"] == 6
 
 
+def test_a_state_saved_after_set_epoch_resumes_with_the_next_pass(tmp_path):
+    """Between passes (a checkpoint after an epoch ended), the state is the next pass's start."""
+    write_id_files(str(tmp_path), [9], "parquet", with_lists=False)
+    data = ArrowDataset(str(tmp_path), batch_size=4, shuffle_buffer=4)
+    list(data)
+    data.set_epoch(1)
+    between = data.state_dict()
+    expected = _ids(data)
+    resumed = ArrowDataset(str(tmp_path), batch_size=4, shuffle_buffer=4)
+    resumed.load_state_dict(between)
+    assert _ids(resumed) == expected and len(expected) == 3
+
+
 def test_a_loaded_state_applies_once_and_a_finished_state_yields_nothing(tmp_path):
     write_id_files(str(tmp_path), [9], "parquet", with_lists=False)
     data = ArrowDataset(str(tmp_path), batch_size=4)

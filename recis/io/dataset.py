@@ -94,10 +94,14 @@ class ArrowDataset(ArrowIterableBase):
         self._units_cache = {}
 
     def set_epoch(self, epoch: int):
-        """The next iteration (without a loaded state) starts at this epoch, like
-        DistributedSampler.set_epoch: with epochs=1, call it before each pass to reshuffle."""
+        """The next iteration starts at the beginning of this epoch, like
+        DistributedSampler.set_epoch: with epochs=1, call it before each pass to reshuffle. The
+        position of an earlier pass (reached, or loaded and not yet used) is dropped, so
+        `state_dict()` from now on says "epoch `epoch`, nothing consumed" (a checkpoint taken
+        between passes resumes with the next pass, not with the finished one)."""
         check_value("epoch", epoch, int, Range(ge=0))
         self.start_epoch = epoch
+        self.load_state_dict(None)
 
     def _config_state(self) -> dict:
         c = self.config
