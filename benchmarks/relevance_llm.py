@@ -5,8 +5,9 @@ cross-encoder of benchmarks/relevance_ebrm.py, on one held-out-query split.
 Every judge is the small Llama of examples/taosr1_movielens/ trained from scratch through the
 recis Job (what `recis train` runs), stage by stage with checkpoint.init_from, with the stage
 YAMLs' options and the settings below. Each stage has the same budget in every pipeline (SFT
-`sft_epochs`, DPO and GRPO one epoch each over the training rows), so SFT+GRPO and TaoSR1 differ
-only in the DPO stage and dynamic sampling. The settings were chosen on validation queries held
+`sft_epochs`; every DPO and GRPO stage `stage_steps` optimizer steps, one DPO epoch), so SFT+GRPO
+and TaoSR1 differ only in the DPO stage and dynamic sampling (which reads more prompts per step:
+it refills the groups it drops). The settings were chosen on validation queries held
 out of the training split (`--tune` prints that table); the test queries are only scored.
 
 Scores are on the test queries with label-only decoding (the post-CoT label token's argmax);
@@ -66,7 +67,8 @@ class Settings:
     max_refills: int = 4
     ebrm_epochs: int = 24             # EBRM epochs with the tiny encoder (best of ENCODER_EPOCHS on validation)
     cross_epochs: int = 6             # cross-encoder epochs with the tiny encoder (likewise)
-    max_steps: Optional[int] = None   # per stage (smoke runs)
+    stage_steps: int = 118            # optimizer steps of every DPO and GRPO stage (one DPO epoch)
+    max_steps: Optional[int] = None   # per stage, SFT included (smoke runs)
     policy: Optional[Dict[str, Any]] = None  # None: the YAMLs' small Llama
 
 
@@ -89,6 +91,8 @@ def stage(name: str, s: Settings, files, run_dir: str, seed: int, init_from: Opt
                          "beta": s.grpo_beta, "inner_steps": 2}
         model["dynamic_sampling"] = {"low": s.dynamic_low, "high": s.dynamic_high, "max_refills": s.max_refills} \
             if dynamic else None
+    if name != "sft":  # the same budget for every post-SFT stage; the data repeats as needed
+        trainer.update({"max_steps": s.stage_steps, "epochs": 50})
     if s.max_steps is not None:
         trainer["max_steps"] = s.max_steps
     cfg = stage_config(os.path.join(EXAMPLE, f"{name}.yaml"), files, run_dir, init_from=init_from, model=model,
