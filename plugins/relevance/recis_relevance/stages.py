@@ -60,8 +60,9 @@ def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Opti
                  optim: Optional[Mapping[str, Any]] = None, data: Optional[Mapping[str, Any]] = None):
     """The RunConfig of a stage YAML with the task files, logs and checkpoints under `run_dir`,
     `init_from` (the previous stage's checkpoint directory) and option overrides. A `model`
-    override that is a mapping updates the YAML's mapping of that name (``{"sampling":
-    {"group_size": 2}}`` keeps the YAML's other sampling options); any other value replaces it."""
+    override of an option section updates the YAML's section (``{"sampling": {"group_size": 2}}``
+    keeps the YAML's other sampling options); a policy or tokenizer spec, and any other value,
+    replaces it (`merge_options`)."""
     from recis.run import RunConfig
 
     cfg = RunConfig.from_yaml(yaml_path)
@@ -80,17 +81,23 @@ def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Opti
     return cfg
 
 
-def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
-    """A copy of `base` with `override` applied: mappings in both are merged key by key, any
-    other value replaces the base's.
+#: model options that are one spec each (replaced whole by an override, never merged)
+SPEC_OPTIONS = ("policy", "tokenizer")
 
-    >>> merge_options({"sampling": {"group_size": 4, "seed": 1}, "lora": None}, {"sampling": {"group_size": 2}})
-    {'sampling': {'group_size': 2, 'seed': 1}, 'lora': None}
+
+def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of the model options `base` with `override` applied: an option section given as a
+    mapping in both (sampling, grpo, dpo, pairs, dynamic_sampling, lora) is updated key by key;
+    a spec (`SPEC_OPTIONS`) and any other value replace the base's.
+
+    >>> merge_options({"sampling": {"group_size": 4, "seed": 1}, "policy": {"config": {"a": 1}, "seed": 0}},
+    ...               {"sampling": {"group_size": 2}, "policy": {"config": {"b": 2}}})
+    {'sampling': {'group_size': 2, 'seed': 1}, 'policy': {'config': {'b': 2}}}
     """
     out = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_options(out[key], value)
+        if key not in SPEC_OPTIONS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **copy.deepcopy(dict(value))}
         else:
             out[key] = copy.deepcopy(value)
     return out
