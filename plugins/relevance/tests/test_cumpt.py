@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from recis_relevance.cumpt import cumpt_tier, label_probs, ranking_score
+from recis_relevance.cumpt import TAU_GRID, choose_tau, cumpt_tier, label_probs, ranking_score
 
 
 def t(rows):
@@ -140,3 +140,27 @@ def test_permuting_mass_across_the_crossing_can_change_the_tier():
     assert cumpt_tier(p, 0.4).item() == 3
     assert cumpt_tier(p[:, [1, 0, 2, 3]], 0.4).item() == 3  # below the crossing
     assert cumpt_tier(p[:, [3, 1, 2, 0]], 0.4).item() == 4  # p_1 <-> p_4: S_4 = .5
+
+
+def test_choose_tau_takes_the_best_validation_macro_f1_as_scikit_learn_computes_it():
+    """Every tau's score equals scikit-learn's macro-F1 (over the four grades) of the tiers
+    computed here in numpy; the choice is the first tau with the best score."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([0.5, 0.5, 0.5, 0.5], size=96)
+    true = np.where(rng.random(96) < 0.7, p.argmax(1) + 1, rng.integers(1, 5, 96))  # argmax-ish labels
+    true[p[:, 2:].sum(1) > 0.6] = 3  # rows with a heavy upper tail are 3s: argmax often says 4 or 1
+    tau, scores = choose_tau(torch.tensor(p), true.tolist())
+    assert list(scores) == list(TAU_GRID)
+    tails = np.cumsum(p[:, ::-1], 1)[:, ::-1]
+    for t, score in scores.items():
+        tier = np.array([max([1] + [k + 1 for k in range(1, 4) if row[k] >= t]) for row in tails])  # 1 always
+        assert score == pytest.approx(f1_score(true, tier, labels=[1, 2, 3, 4], average="macro", zero_division=0))
+    best = max(scores.values())
+    assert scores[tau] == best and all(s < best for t, s in scores.items() if t < tau)
+    assert len(set(scores.values())) > 1  # tau matters on these rows
+    with pytest.raises(ValueError, match="p \\[N, 4\\] and N grades"):
+        choose_tau(torch.tensor(p), true.tolist()[:-1])
+    with pytest.raises(ValueError, match="tau must be a number in \\(0, 1\\], got 0"):
+        choose_tau(torch.tensor(p), true.tolist(), taus=[0, 0.5])
