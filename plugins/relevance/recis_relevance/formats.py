@@ -54,7 +54,7 @@ from recis.config_utils import is_integer
 from recis_relevance.rationale import VERDICTS, Step, canonical_words, rationale
 from recis_relevance.task import row_value
 
-__all__ = ["FORMATS", "GRADES", "LABEL_TOKENS", "STEP", "RESERVED_TOKENS", "label_token", "tokens", "render",
+__all__ = ["FORMATS", "GRADES", "LABEL_TOKENS", "STEP", "RESERVED_TOKENS", "TOKEN_TEXT", "label_token", "tokens", "render",
            "Parsed", "REASONS", "parse", "reward", "Scored", "score", "gold_completion", "check_format"]
 
 FORMATS = ("label_only", "post_cot", "pre_cot")
@@ -63,6 +63,9 @@ LABEL_TOKENS = tuple(f"<L{g}>" for g in GRADES)
 STEP = "<STEP>"
 #: every reserved token of the task, in the order the word tokenizer gives them ids
 RESERVED_TOKENS = LABEL_TOKENS + (STEP,)
+#: the plain text each reserved token stands for: a pretrained LM that learns the reserved tokens
+#: as new vocabulary rows starts each row from the embedding of this text [I]
+TOKEN_TEXT = {**{t: str(g) for g, t in zip(GRADES, LABEL_TOKENS)}, STEP: "step"}
 
 _GRADE_OF = {t: g for g, t in zip(GRADES, LABEL_TOKENS)}
 _SPLIT = re.compile("(" + "|".join(re.escape(t) for t in RESERVED_TOKENS) + ")", re.IGNORECASE)

@@ -24,7 +24,7 @@ from recis.towers.lm_tokens import encode_completions, encode_prompts, pad_token
 from recis.towers.text import column
 
 from recis_relevance.cumpt import cumpt_tier, label_probs, ranking_score
-from recis_relevance.formats import GRADES, LABEL_TOKENS, RESERVED_TOKENS, gold_completion, parse
+from recis_relevance.formats import GRADES, LABEL_TOKENS, RESERVED_TOKENS, TOKEN_TEXT, gold_completion, parse
 from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.prompts import catalogue_vocabulary, prompt
 
@@ -114,9 +114,13 @@ class JudgeTower(Tower):
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:
         """A pretrained tokenizer learns the formats' reserved tokens as added tokens, and the
-        model's embeddings grow to hold them (new rows seeded, so every stage gets the same)."""
+        model's embeddings grow to hold them. Each new row starts as the mean embedding of the
+        text the token stands for (`formats.TOKEN_TEXT`: "<L3>" starts as "3"), so a LoRA-adapted
+        frozen base, which cannot move those rows, can still tell the labels apart and learns to
+        write them like the digits it knows [I]; the same rows in every stage."""
         have = self.tokenizer.get_vocab()
         new = [t for t in RESERVED_TOKENS if t not in have]
+        meaning = {t: self.tokenizer(TOKEN_TEXT[t], add_special_tokens=False)["input_ids"] for t in new}
         if new:
             self.tokenizer.add_tokens(new)
         size = self.model.get_input_embeddings().weight.shape[0]
@@ -126,6 +130,11 @@ class JudgeTower(Tower):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        rows = [(self.tokenizer.convert_tokens_to_ids(t), ids) for t, ids in meaning.items() if ids]
+        with torch.no_grad():
+            for embeddings in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
+                for row, ids in rows if embeddings is not None else ():
+                    embeddings.weight[row] = embeddings.weight[ids].mean(0)
 
     def _label_ids(self) -> List[int]:
         ids = self.tokenizer.convert_tokens_to_ids(list(LABEL_TOKENS))

@@ -240,3 +240,17 @@ def test_a_dpo_rollout_whose_groups_are_all_correct_has_no_pairs_and_trains_on_n
     phase = rollout(tower, batch)
     assert phase.minibatches == [] and phase.stats["pairs"] == 0 and phase.stats["groups_all_correct"] == 5
     assert phase.stats["reward_mean"] == 1.0
+
+
+def test_reserved_tokens_added_to_a_tokenizer_start_from_the_text_they_stand_for(spec):
+    """A tokenizer without the reserved tokens (a pretrained LM's) gets them as new rows, each the
+    embedding of its text ("<L3>" = "3"), so frozen-base LoRA can tell the labels apart."""
+    words = {"words": spec["words"] + ["1", "2", "3", "4", "step"]}
+    tower = judge(spec, tokenizer=words, policy={**LLAMA, "config": {**LLAMA["config"], "vocab_size": 600}})
+    emb = tower.model.get_input_embeddings().weight
+    tok = tower.tokenizer
+    for token, text in (("<L1>", "1"), ("<L3>", "3"), ("<STEP>", "step")):
+        new, old = tok.convert_tokens_to_ids(token), tok.convert_tokens_to_ids(text)
+        assert new >= len(spec["words"]) and torch.equal(emb[new], emb[old])
+    label = emb[tower.label_ids]
+    assert all(not torch.equal(label[i], label[j]) for i in range(4) for j in range(i))
