@@ -111,9 +111,9 @@ def run_stage(cfg) -> Dict[str, Any]:
     t0 = time.perf_counter()
     result = job.train()
     result["stage_seconds"] = time.perf_counter() - t0
-    if job.trainer.checkpoint is not None:
-        job.trainer.save_checkpoint() if job.trainer.checkpoint.latest() is None or \
-            job.trainer.checkpoint.latest().step != job.trainer.step else None
+    ckpt = job.trainer.checkpoint
+    if ckpt is not None and ckpt.latest() is None:  # a stage that took no step (Job.train saves after steps):
+        job.trainer.save_checkpoint()               # the next stage still finds its weights
     return {"job": job, "result": result}
 
 
