@@ -253,3 +253,51 @@ def test_bad_inputs_are_named(workdir, sft):
     with pytest.raises(ValueError, match=r"cond\) must hold one class index in \[0, 2\]"):
         Job(job(workdir, "bad4", num_classes=3)).train()
 
+
+
+def test_a_gran_dpo_step_equals_the_formula_on_its_own_noise():
+    """One training forward on a hand-built batch against the loop reference of
+    test_halo_gran_dpo: both samples of a pair get the same timestep and noise (drawn from the
+    tower's generator), the model is the denoiser, the reference its frozen starting copy."""
+    from types import SimpleNamespace
+
+    from test_halo_gran_dpo import _reference
+
+    tower = HALOTower(objective="gran_dpo", clip=CLIP, num_classes=4, width=4, layers=2, noise_seed=9, **GRAN)
+    with torch.no_grad():  # move the model away from the reference
+        for p in tower.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    table = pair_table(6, 11)
+    col = lambda c: torch.tensor(np.asarray(table[c].combine_chunks().flatten() if "video" in c or "patch" in c
+                                            else table[c]), dtype=torch.float32)
+    tensors = {c: col(c).reshape(6, -1) for c in ("video_a", "video_b", "patch_reward_a", "patch_reward_b")}
+    dense_names = ["reward_a", "reward_b", "cond"]
+    batch = SimpleNamespace(tensors=tensors, dense=torch.stack([col(c) for c in dense_names], dim=1),
+                            dense_names=dense_names)
+    state = tower.generator.get_state()
+    out = tower(batch)
+
+    g = torch.Generator()
+    g.set_state(state)
+    t = torch.randint(0, 10, (6,), generator=g)
+    noise = torch.randn((6, 1, *CLIP), generator=g)
+    betas = np.linspace(0.01, 0.7, 10)
+    ab = torch.tensor([np.prod(1 - betas[:i + 1]) for i in t.tolist()], dtype=torch.float32).reshape(6, 1, 1, 1, 1)
+    cond = col("cond").long()
+    preds = []
+    for net in (tower.denoiser, tower.reference):
+        for c in ("video_a", "video_b"):
+            x0 = tensors[c].reshape(6, 1, *CLIP) * 2 - 1
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            with torch.no_grad():
+                preds.append(torch.cat([net(x_t[i:i + 1], t[i:i + 1], cond[i:i + 1]) for i in range(6)]).double().numpy())
+    n = noise.double().numpy()
+    from recis_multimodal.halo.gran_dpo import PatchGrid
+
+    expect, video, _, _ = _reference(*preds, n, n, col("reward_a").numpy(), col("reward_b").numpy(),
+                                     tensors["patch_reward_a"].numpy(), tensors["patch_reward_b"].numpy(), 200.0, 1.0,
+                                     0.05, PatchGrid(*GRID))
+    assert float(out.loss) == pytest.approx(expect, rel=1e-4)
+    assert out.logits is None and set(out.values) == {"implicit_accuracy", "dpo_loss", "denoise_mse"}
+    assert torch.allclose(out.values["dpo_loss"].double(), torch.tensor(video), rtol=1e-4)
+    assert "implicit_accuracy" not in out.stats and {"patch_loss", "patch_mask_share", "margin"} <= set(out.stats)
