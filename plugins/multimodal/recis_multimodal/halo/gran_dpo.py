@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from recis.config_utils import bounded, check_types
 from recis.rl import diffusion_dpo_loss
 from recis.rl.config import check_choice
-from recis.rl.diffusion import check_beta
+from recis.rl.diffusion import check_beta, check_error_vectors
 
 __all__ = ["PatchGrid", "GranDPOConfig", "GranDPOTerms", "PATCH_NORMS", "clip_errors", "patch_errors",
            "patch_mask", "gran_dpo_terms", "gran_dpo_from_errors", "gran_dpo_loss"]
@@ -194,27 +194,25 @@ def _select(a_wins: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Tuple[tor
     return torch.where(a_wins, a, b), torch.where(a_wins, b, a)
 
 
-def gran_dpo_terms(video_errors: Sequence[torch.Tensor], patch_errors_: Sequence[torch.Tensor],
+def gran_dpo_terms(video_errors: Sequence[torch.Tensor], patch_errs: Sequence[torch.Tensor],
                    reward_a: torch.Tensor, reward_b: torch.Tensor, patch_reward_a: torch.Tensor,
                    patch_reward_b: torch.Tensor, config: GranDPOConfig) -> Tuple[GranDPOTerms, Dict[str, float]]:
     """The terms from errors: `video_errors` = (model_a, model_b, ref_a, ref_b), each [P];
-    `patch_errors_` the same four, each [P, K]; rewards [P] and patch rewards [P, K]. The
+    `patch_errs` the same four, each [P, K]; rewards [P] and patch rewards [P, K]. The
     reference's errors are constants. Returns the terms and the video term's stats."""
-    from recis.rl.diffusion import check_error_vectors
-
     names = ("model_a", "model_b", "ref_a", "ref_b")
-    if len(video_errors) != 4 or len(patch_errors_) != 4:
-        raise ValueError("video_errors and patch_errors each need 4 tensors: (model_a, model_b, ref_a, ref_b)")
+    if len(video_errors) != 4 or len(patch_errs) != 4:
+        raise ValueError("video_errors and patch_errs each need 4 tensors: (model_a, model_b, ref_a, ref_b)")
     check_error_vectors(dict(zip(names, video_errors)))
     p = video_errors[0].shape[0]
-    for name, t in zip(names, patch_errors_):
+    for name, t in zip(names, patch_errs):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != p:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"patch errors {name} must be a tensor [P={p}, K], got {got}")
-        if t.shape != patch_errors_[0].shape:
-            raise ValueError(f"patch errors {name} must have the shape of model_a {tuple(patch_errors_[0].shape)}, "
+        if t.shape != patch_errs[0].shape:
+            raise ValueError(f"patch errors {name} must have the shape of model_a {tuple(patch_errs[0].shape)}, "
                              f"got {tuple(t.shape)}")
-    k = patch_errors_[0].shape[1]
+    k = patch_errs[0].shape[1]
     _check_rewards(reward_a, reward_b, patch_reward_a, patch_reward_b, p, k)
     check_beta(config.effective_patch_beta, "patch_beta")
     ma, mb, ra, rb = video_errors
@@ -222,7 +220,7 @@ def gran_dpo_terms(video_errors: Sequence[torch.Tensor], patch_errors_: Sequence
     (mw, ml), (rw, rl) = _select(a_wins, ma, mb), _select(a_wins, ra, rb)
     video_loss, video_stats = diffusion_dpo_loss(mw, ml, rw, rl, config.beta)
     video = -F.logsigmoid(-0.5 * config.beta * ((mw - ml) - (rw.detach() - rl.detach())))
-    pma, pmb, pra, prb = patch_errors_
+    pma, pmb, pra, prb = patch_errs
     pa_wins = patch_reward_a >= patch_reward_b         # ties: sample a
     (pw, pl), (qw, ql) = _select(pa_wins, pma, pmb), _select(pa_wins, pra.detach(), prb.detach())
     patch = -F.logsigmoid(-0.5 * config.effective_patch_beta * ((pw - qw) - (pl - ql)))
@@ -238,7 +236,7 @@ def gran_dpo_terms(video_errors: Sequence[torch.Tensor], patch_errors_: Sequence
     return GranDPOTerms(video, video_loss, patch, mask, a_wins, pa_wins, patch_loss), video_stats
 
 
-def gran_dpo_from_errors(video_errors: Sequence[torch.Tensor], patch_errors_: Sequence[torch.Tensor],
+def gran_dpo_from_errors(video_errors: Sequence[torch.Tensor], patch_errs: Sequence[torch.Tensor],
                          reward_a: torch.Tensor, reward_b: torch.Tensor, patch_reward_a: torch.Tensor,
                          patch_reward_b: torch.Tensor, config: GranDPOConfig
                          ) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -248,14 +246,14 @@ def gran_dpo_from_errors(video_errors: Sequence[torch.Tensor], patch_errors_: Se
     `patch_mask_share` (share of patches with m_k = 1), `patch_implicit_accuracy` (over the
     masked patches; 0 when none), `patch_winner_agreement` (share of masked patches whose winner
     is the video winner), `pairs_without_patches` (share of pairs with sum_k m_k = 0)."""
-    terms, vstats = gran_dpo_terms(video_errors, patch_errors_, reward_a, reward_b, patch_reward_a, patch_reward_b,
+    terms, vstats = gran_dpo_terms(video_errors, patch_errs, reward_a, reward_b, patch_reward_a, patch_reward_b,
                                    config)
     video_loss = terms.video_loss
     loss = video_loss if config.lam == 0 else video_loss + config.lam * terms.patch_loss
     with torch.no_grad():
         mask = terms.mask
         n = int(mask.sum())
-        pma, pmb, pra, prb = patch_errors_
+        pma, pmb, pra, prb = patch_errs
         pw, pl = _select(terms.patch_a_wins, pma, pmb)
         qw, ql = _select(terms.patch_a_wins, pra, prb)
         inside = -((pw - qw) - (pl - ql))
