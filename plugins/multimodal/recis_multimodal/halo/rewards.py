@@ -246,3 +246,53 @@ def evaluate_patch_rm(patch_rm: PatchRewardModel, video_rm: VideoRewardModel, vi
     out = {"patch_spearman": spearman(patch_rm.patch_rewards(video), patch_target)}
     out.update(reward_drift(video_rm(video), patch_rm(video)))
     return out
+
+
+# ---- a saved set of scorers: the tower's `evaluator` -----------------------------------------------
+
+def save_scorers(path, teacher, video_rm: VideoRewardModel, patch_rm: Optional[PatchRewardModel] = None) -> None:
+    """Saves the calibrated teacher (patch, options, threshold), the video RM and the patch RM."""
+    from dataclasses import asdict
+
+    if teacher.threshold is None:
+        raise ValueError("save_scorers: the teacher is not calibrated (Teacher.calibrate first)")
+    state = {"teacher": {"patch": list(teacher.patch), "config": asdict(teacher.config), "threshold": teacher.threshold},
+             "video_rm": {"config": asdict(video_rm.config), "state": video_rm.state_dict()}}
+    if patch_rm is not None:
+        state["patch_rm"] = {"config": asdict(patch_rm.model.config), "state": patch_rm.model.state_dict(),
+                             "patch": list(patch_rm.patch), "context": patch_rm.context}
+    torch.save(state, str(path))
+
+
+def load_scorers(path):
+    """(teacher, video RM, patch RM or None) saved by `save_scorers`."""
+    from recis_multimodal.halo.world import Teacher, TeacherConfig
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    t = state["teacher"]
+    teacher = Teacher(tuple(t["patch"]), TeacherConfig(**t["config"]), threshold=t["threshold"])
+    video_rm = VideoRewardModel(RewardModelConfig(**state["video_rm"]["config"]))
+    video_rm.load_state_dict(state["video_rm"]["state"])
+    patch_rm = None
+    if "patch_rm" in state:
+        p = state["patch_rm"]
+        model = VideoRewardModel(RewardModelConfig(**p["config"]))
+        model.load_state_dict(p["state"])
+        patch_rm = PatchRewardModel(model, tuple(p["patch"]), p["context"]).eval()
+    return teacher, video_rm.eval(), patch_rm
+
+
+def artifact_scorer(path: str):
+    """The HALO tower's `evaluator` (model.evaluator: recis_multimodal.halo.rewards:artifact_scorer,
+    evaluator_options: {path: ...}): scores sampled clips [B, 1, F, H, W] in [0, 1] with
+    `patch_defect_rate` (share of the teacher's defective patches), `teacher_video_reward` and
+    `video_reward` (the video RM)."""
+    teacher, video_rm, _ = load_scorers(path)
+
+    @torch.no_grad()
+    def score(clips: torch.Tensor, cond: torch.Tensor) -> Dict[str, torch.Tensor]:
+        clips = clips.detach().float().cpu()
+        return {"patch_defect_rate": teacher.defects(clips).float().mean(dim=1),
+                "teacher_video_reward": teacher.video_rewards(clips), "video_reward": video_rm(clips)}
+
+    return score

@@ -234,16 +234,19 @@ class ArtifactWorld:
     @classmethod
     def fashion_mnist(cls, split: str = "train", config: Optional[WorldConfig] = None, **load) -> "ArtifactWorld":
         """A world over Fashion-MNIST's `split` (train|valid|test; `load` goes to `arrays`)."""
-        return cls(*_fashion_arrays(split, **load), config=config)
+        from recis.datasets.fashion_mnist import arrays
+
+        return cls(*arrays(split, **load), config=config)
 
     def grid_shape(self) -> Tuple[int, int, int]:
         c = self.config
         return (c.frames // c.patch[0], c.size // c.patch[1], c.size // c.patch[2])
 
     def sample(self, n: int, start: int = 0, *, stream: int = 0, cond: Optional[int] = None,
-               artifacts: Optional[bool] = None) -> Clips:
+               artifacts: Optional[bool] = None, variant: int = 0) -> Clips:
         """Clips start..start+n-1 of `stream` (independent streams per seed: e.g. 0 train, 1 held out).
-        `cond` keeps to items of one class; `artifacts` False/True forces clean/corrupted clips."""
+        `cond` keeps to items of one class; `artifacts` False/True forces clean/corrupted clips;
+        `variant` redraws the artifacts only (the same items and motion: the same `clean` clips)."""
         c, k = self.config, self.config.num_patches
         pool = torch.arange(len(self.labels)) if cond is None else torch.nonzero(self.labels == cond)[:, 0]
         if len(pool) == 0:
@@ -254,8 +257,10 @@ class ArtifactWorld:
         kinds = torch.zeros(n, k, dtype=torch.int8)
         items = torch.empty(n, dtype=torch.int64)
         gf, gh, gw = self.grid_shape()
-        rngs = [np.random.default_rng([c.seed, stream, 0 if cond is None else 1 + cond, i])
-                for i in range(start, start + n)]
+        if variant < 0:
+            raise ValueError(f"variant must be >= 0, got {variant}")
+        keys = [[c.seed, stream, 0 if cond is None else 1 + cond, i] for i in range(start, start + n)]
+        rngs = [np.random.default_rng(key) for key in keys]  # the item and its motion
         for row, rng in enumerate(rngs):
             items[row] = int(pool[int(rng.integers(len(pool)))])
         motion = [_motion(c, rng) for rng in rngs]
@@ -263,7 +268,8 @@ class ArtifactWorld:
             clean[:, 0] = render(self.images[items], torch.stack([m[0] for m in motion]),
                                  torch.stack([m[1] for m in motion]), c.size)
         video.copy_(clean)
-        for row, rng in enumerate(rngs):
+        for row, key in enumerate(keys):
+            rng = np.random.default_rng(key + [1 + variant])  # its artifacts
             corrupt = rng.random() < c.clip_rate if artifacts is None else artifacts
             if not corrupt:
                 continue
@@ -276,32 +282,6 @@ class ArtifactWorld:
                 marks[row, p] = True
                 kinds[row, p] = KINDS.index(c.kinds[kind]) + 1
         return Clips(video, clean, self.labels[items], items, marks, kinds)
-
-
-def _fashion_arrays(split: str, **load):
-    try:
-        from recis.datasets.fashion_mnist import arrays
-    except ImportError:  # TEMPORARY until recis.datasets.fashion_mnist lands: the official test split only
-        return _idx_test_split(split)
-    return arrays(split, **load)
-
-
-def _idx_test_split(split: str):  # TEMPORARY (see _fashion_arrays)
-    import gzip
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    if split != "test":
-        raise ValueError("before recis.datasets.fashion_mnist lands only split 'test' is available")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp, check=True, capture_output=True)
-        deb = next(Path(tmp).glob("*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
-        d = Path(tmp) / "usr/share/datasets/fashion-mnist"
-        images = np.frombuffer(gzip.open(d / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8).reshape(-1, 28, 28)
-        labels = np.frombuffer(gzip.open(d / "t10k-labels-idx1-ubyte.gz").read()[8:], np.uint8).astype(np.int64)
-    return images.copy(), labels
 
 
 # ---- the teacher ---------------------------------------------------------------------------------
