@@ -4,13 +4,13 @@ Each seed runs `recis_multimodal.halo.experiment` (examples/halo_artifacts.py): 
 artifact world, the teacher, the video and patch reward models, a pre-trained denoiser (recis
 job, objective sft), pairs scored by the reward models, then Diffusion-DPO and Gran-DPO jobs from
 the same checkpoint; clips sampled from each model are scored by the teacher (patch-defect rate,
-mean video reward) and the video RM. `content` is the samples' mean pixel over the clean world
-clips': a model that removes artifacts by blanking the item scores well on artifact energy
+mean video reward) and the video RM. `content` is the samples' mean pixel over the pre-trained
+denoiser's: a model that removes artifacts by blanking the item scores well on artifact energy
 alone, so it is reported and used in the selection rule.
 
 Settings are chosen on VALIDATION seeds only (never the test seeds): for Diffusion-DPO a grid of
 (beta, lr); for Gran-DPO the same (beta, lr) grid at lam = 1, delta = 0.3, then lam x delta at the
-best (beta, lr). Rule: among settings whose samples keep the item (content in [0.8, 1.25]) and
+best (beta, lr). Rule: among settings whose samples keep the item (content in [0.67, 1.5]) and
 whose mean video-RM reward is at least the pre-trained denoiser's, the lowest patch-defect rate;
 if none qualifies, the one with content closest to 1. The chosen settings then run on the TEST
 seeds; the table gives mean +- std over them. Usage:
@@ -44,7 +44,7 @@ BETAS = (300.0, 1000.0)
 LRS = (3e-5, 1e-4)
 LAMS = (1.0, 3.0)
 DELTAS = (0.15, 0.3, 0.6)
-CONTENT = (0.8, 1.25)
+CONTENT = (0.67, 1.5)
 QUICK = dict(rm_clips=200, rm_heldout=100, rm_steps=20, patch_rm_steps=20, sft_clips=200, sft_steps=20,
              pairs_per_class=8, dpo_steps=5, eval_per_class=4)
 

@@ -107,3 +107,72 @@ def test_patch_rm_ranks_patches_and_keeps_the_video_distribution(fitted):
     assert tuned["w1_rel"] <= 0.5
     # the same fine-tuning without the penalty (mu = 0) drifts further and fails the bound
     assert baseline["w1_rel"] > 2 * tuned["w1_rel"] and baseline["w1_rel"] > 0.5
+
+
+def _tiny_world():
+    images = np.zeros((20, 28, 28), np.uint8)
+    for i in range(20):
+        images[i, 4 + i % 5:20, 6:22 - i % 4] = 100 + 7 * i
+    return ArtifactWorld(images, np.arange(20) % 10, WorldConfig(seed=0))
+
+
+def test_pairs_parquet_has_the_contract_schema_and_a_gran_dpo_job_reads_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    from recis.run import Job, RunConfig
+    from recis_multimodal.halo import pairs
+
+    world = _tiny_world()
+    torch.manual_seed(0)
+    video_rm = VideoRewardModel(RewardModelConfig(width=4, depth=1)).eval()
+    patch_rm = PatchRewardModel(VideoRewardModel(RewardModelConfig(width=4, depth=1)), (2, 4, 4)).eval()
+    raw = pairs.world_pairs(world, per_class=2, classes=range(10), stream=3)
+    assert torch.equal(world.sample(2, stream=3, cond=4).clean, world.sample(2, stream=3, cond=4, variant=1).clean)
+    scored = pairs.score_pairs(raw, video_rm, patch_rm)
+    pairs.write_parquet(pairs.pairs_table(scored), tmp_path / "pairs.parquet")
+    table = pq.read_table(tmp_path / "pairs.parquet")
+    assert table.schema.equals(pairs.pair_schema(4 * 16 * 16, 32))
+    assert table.num_rows == 20 and table["cond"].to_pylist() == [c for c in range(10) for _ in range(2)]
+    got = np.asarray(table["video_b"].combine_chunks().flatten()).reshape(20, 1, 4, 16, 16)
+    np.testing.assert_array_equal(got, raw["video_b"].numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(table["reward_a"].to_numpy(), video_rm(raw["video_a"]).numpy(), rtol=1e-6)
+        want = patch_rm.patch_rewards(raw["video_b"]).numpy()
+    np.testing.assert_allclose(np.asarray(table["patch_reward_b"].combine_chunks().flatten()).reshape(20, 32), want,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"patch_reward_b must be \[P=20, K=32\]"):
+        pairs.pairs_table({**scored, "patch_reward_b": scored["patch_reward_b"][:, :16]})
+    # the HALO tower trains on it (features of the contract)
+    run = RunConfig.from_dict({
+        "data": {"train": "pairs.parquet", "batch_size": 4, "seed": 0, "prefetch": 0},
+        "features": {"features": pairs.pair_features(4 * 16 * 16, 32)},
+        "model": {"name": "halo", "objective": "gran_dpo", "clip": [4, 16, 16], "width": 4,
+                  "dpo": {"beta": 100.0, "lam": 1.0, "delta": 0.0, "grid": [2, 4, 4]}},
+        "optim": {"dense": {"name": "adam", "lr": 1e-3}},
+        "trainer": {"epochs": 1, "max_steps": 2, "progress": False, "seed": 0, "log_every": 1},
+    }, str(tmp_path))
+    job = Job(run)
+    job.train()
+    assert job.trainer.step == 2
+
+
+def test_saved_scorers_are_the_tower_evaluator(tmp_path):
+    from recis_multimodal.halo.rewards import artifact_scorer, load_scorers, save_scorers
+
+    world = _tiny_world()
+    teacher = Teacher(world.config.patch)
+    teacher.calibrate(world.sample(8, stream=9, artifacts=False).video)
+    video_rm = VideoRewardModel(RewardModelConfig(width=4, depth=1)).eval()
+    patch_rm = PatchRewardModel(VideoRewardModel(RewardModelConfig(width=4, depth=1)), (2, 4, 4), 1).eval()
+    save_scorers(tmp_path / "s.pt", teacher, video_rm, patch_rm)
+    t2, v2, p2 = load_scorers(tmp_path / "s.pt")
+    clips = world.sample(5).video
+    with torch.no_grad():
+        assert torch.equal(t2.energy(clips), teacher.energy(clips)) and t2.threshold == teacher.threshold
+        assert torch.equal(v2(clips), video_rm(clips))
+        assert torch.equal(p2.patch_rewards(clips), patch_rm.patch_rewards(clips))
+        scores = artifact_scorer(str(tmp_path / "s.pt"))(clips, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(scores["patch_defect_rate"], teacher.defects(clips).float().mean(dim=1))
+    torch.testing.assert_close(scores["teacher_video_reward"], teacher.video_rewards(clips))
+    with pytest.raises(ValueError, match="not calibrated"):
+        save_scorers(tmp_path / "t.pt", Teacher((2, 4, 4)), video_rm)

@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from recis_multimodal.halo.world import (KINDS, ArtifactWorld, Teacher, TeacherConfig, WorldConfig, artifact_energy,
-                                         check_patch)
+                                         check_patch, patch_mean, temporal_energy)
 
 
 def _items(n=12, seed=0):
@@ -147,3 +147,34 @@ def test_teacher_finds_planted_artifacts_on_fashion_mnist(fashion_world):
         assert roc_auc_score(planted[mask], energy[mask]) > 0.88, kind
     defects = teacher.defects(clips.video).flatten().numpy()
     assert defects[~planted].mean() < 0.05 and defects[planted].mean() > 0.5
+
+
+def test_patches_follow_the_gran_dpo_grid():
+    """The world's and teacher's patch k is Gran-DPO's PatchGrid patch k (same order), and a grid
+    that does not divide the clip is refused by both, naming the grid and the clip."""
+    from recis_multimodal.halo.gran_dpo import PatchGrid, patch_errors
+
+    grid = PatchGrid(2, 4, 4)
+    world = _world(frames=4, size=16, patch=grid.size)
+    clips = world.sample(3, artifacts=True)
+    masks = grid.masks((4, 16, 16))
+    changed = (clips.video != clips.clean)[:, 0]                      # [N, F, H, W]
+    for n in range(3):
+        for k in range(masks.shape[0]):
+            inside = bool((changed[n] & masks[k]).any())
+            assert inside <= bool(clips.artifacts[n, k])              # pixels change only in planted patches
+    # the teacher's per-patch mean of a map = Gran-DPO's patch error of its square root against 0
+    energy_map = temporal_energy(clips.video[:, 0])[:, None]            # [N, 1, F, H, W]
+    torch.testing.assert_close(patch_mean(energy_map[:, 0], grid.size),
+                               patch_errors(energy_map.sqrt(), torch.zeros_like(energy_map), grid))
+    with pytest.raises(ValueError, match=r"does not divide the clip \[F, H, W\] = \(4, 16, 16\)"):
+        PatchGrid(3, 4, 4).count((4, 16, 16))
+    with pytest.raises(ValueError, match=r"does not divide the clip \[F, H, W\] = \(4, 16, 16\)"):
+        WorldConfig(patch=(1, 5, 4))
+
+
+def test_variants_redraw_only_the_artifacts():
+    world = _world()
+    a, b = world.sample(6, stream=3, artifacts=True), world.sample(6, stream=3, artifacts=True, variant=1)
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.cond, b.cond)
+    assert not torch.equal(a.artifacts, b.artifacts)

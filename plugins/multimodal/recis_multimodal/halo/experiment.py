@@ -12,7 +12,9 @@
    pre-trained checkpoint (`checkpoint.init_from`), same pairs, steps, batch, lr, beta, noise.
 6. Clips sampled from each of the three denoisers with the same generator (per class,
    `eval_per_class` each), scored by the teacher (patch-defect rate: share of patches whose
-   energy is over the calibrated threshold; mean video reward) and the video RM.
+   energy is over the calibrated threshold; mean video reward) and the video RM. `content`: the
+   samples' mean pixel over the pre-trained denoiser's: artifact energy alone rewards a blank
+   clip, so a post-trained model that removes artifacts by removing the item shows here.
 
 Streams of the world (per seed): 0 RM training, 1 RM held-out, 2 pre-training clips,
 3 pairs, 9 the teacher's clean calibration clips. Everything is seeded by `seed`.
@@ -110,23 +112,23 @@ def _job(workdir: Path, name: str, cfg: ExperimentConfig, objective: str, data: 
         "metrics": {"tower": {}},
         "optim": {"dense": {"name": "adam", "lr": lr}},
         "trainer": {"epochs": 1000, "max_steps": steps, "progress": False, "seed": cfg.seed, "log_every": steps},
-        "checkpoint": {"dir": name, "every": steps, "keep_last": 1, "init_from": init_from},
+        "checkpoint": {"dir": str(workdir / name), "every": steps, "keep_last": 1,
+                       "init_from": None if init_from is None else str(workdir / init_from)},
     }, str(workdir))
     return Job(run)
 
 
-def sample_and_score(tower, teacher: Teacher, video_rm, cfg: ExperimentConfig, content: float) -> Dict[str, float]:
+def sample_and_score(tower, teacher: Teacher, video_rm, cfg: ExperimentConfig) -> Dict[str, float]:
     """Clips from `tower.generate` (eval_per_class per class, generator seeded with eval_seed):
-    the teacher's patch-defect rate and mean video reward, the video RM's mean reward, and
-    `content`: the clips' mean pixel over the clean world clips' (`content`), to catch a model
-    that removes artifacts by removing the item (a blank clip has no artifact energy)."""
+    the teacher's patch-defect rate and mean video reward, the video RM's mean reward and the
+    clips' mean pixel (`Experiment` turns it into `content`)."""
     cond = torch.arange(10).repeat(cfg.eval_per_class)
     clips = tower.generate(cond, torch.Generator().manual_seed(cfg.eval_seed))
     with torch.no_grad():
         return {"patch_defect_rate": float(teacher.defects(clips).float().mean()),
                 "teacher_video_reward": float(teacher.video_rewards(clips).mean()),
                 "video_rm_reward": float(video_rm(clips).mean()),
-                "content": float(clips.mean()) / content}
+                "mean_pixel": float(clips.mean())}
 
 
 class Experiment:
@@ -149,7 +151,6 @@ class Experiment:
         teacher = Teacher(cfg.patch, TeacherConfig())
         teacher.calibrate(world.sample(500, stream=9, artifacts=False).video)
         train, held = world.sample(cfg.rm_clips, stream=0), world.sample(cfg.rm_heldout, stream=1)
-        self.content = float(held.clean.mean())
         out["teacher"] = {"threshold": teacher.threshold,
                           "world_defect_rate": float(teacher.defects(held.video).float().mean()),
                           "clean_defect_rate": float(teacher.defects(held.clean).float().mean())}
@@ -187,7 +188,8 @@ class Experiment:
         self.gaps = (scored["patch_reward_a"] - scored["patch_reward_b"]).abs()
         out["pairs"] = {"count": len(scored["cond"])}
         self.teacher, self.video_rm = teacher, video_rm
-        self.results["pretrained"] = sample_and_score(sft.model, teacher, video_rm, cfg, self.content)
+        self.results["pretrained"] = pre = sample_and_score(sft.model, teacher, video_rm, cfg)
+        pre["content"] = 1.0
         return self
 
     def post_train(self, objective: str, name: Optional[str] = None, **over) -> Dict[str, float]:
@@ -198,7 +200,8 @@ class Experiment:
         job = _job(self.workdir, name, cfg, objective, "pairs.parquet", cfg.dpo_steps, cfg.dpo_lr, cfg.dpo_batch,
                    init_from="sft")
         job.train()
-        res = sample_and_score(job.model, self.teacher, self.video_rm, cfg, self.content)
+        res = sample_and_score(job.model, self.teacher, self.video_rm, cfg)
+        res["content"] = res["mean_pixel"] / self.results["pretrained"]["mean_pixel"]
         if objective == "gran_dpo":
             res["patch_mask_share"] = float((self.gaps >= cfg.delta).float().mean())
         self.results[name] = res
