@@ -40,8 +40,8 @@ from recis_multimodal.halo.experiment import MODELS, Experiment, ExperimentConfi
 
 TEST_SEEDS = (0, 1, 2)
 VALID_SEEDS = (100,)
-BETAS = (300.0, 1000.0)
-LRS = (3e-5, 1e-4)
+BETAS = (300.0, 2500.0)
+LRS = (1e-7, 1e-6, 1e-5)
 LAMS = (1.0, 3.0)
 DELTAS = (0.15, 0.3, 0.6)
 CONTENT = (0.67, 1.5)
@@ -69,12 +69,12 @@ def validate(base: ExperimentConfig, root: str, log) -> dict:
         pre = exp.results["pretrained"]
         ddpo = [({"beta": b, "dpo_lr": lr}, exp.post_train("diffusion_dpo", f"ddpo_b{b:g}_lr{lr:g}", beta=b, dpo_lr=lr))
                 for b in BETAS for lr in LRS]
-        first = [({"beta": b, "dpo_lr": lr, "lam": 1.0, "delta": 0.3},
-                  exp.post_train("gran_dpo", f"gran_b{b:g}_lr{lr:g}", beta=b, dpo_lr=lr, lam=1.0, delta=0.3))
+        first = [({"gran_beta": b, "gran_lr": lr, "lam": 1.0, "delta": 0.3},
+                  exp.post_train("gran_dpo", f"gran_b{b:g}_lr{lr:g}", gran_beta=b, gran_lr=lr, lam=1.0, delta=0.3))
                  for b in BETAS for lr in LRS]
         best = choose(first, pre)[0]
         second = [({**best, "lam": lam, "delta": d},
-                   exp.post_train("gran_dpo", f"gran_b{best['beta']:g}_lr{best['dpo_lr']:g}_lam{lam:g}_d{d:g}",
+                   exp.post_train("gran_dpo", f"gran_b{best['gran_beta']:g}_lr{best['gran_lr']:g}_lam{lam:g}_d{d:g}",
                                   **{**best, "lam": lam, "delta": d}))
                   for lam in LAMS for d in DELTAS if (lam, d) != (1.0, 0.3)]
         chosen[seed] = {"diffusion_dpo": choose(ddpo, pre), "gran_dpo": choose(first + second, pre),

@@ -70,8 +70,10 @@ class ExperimentConfig:
     shared_content: bool = True
     dpo_steps: int = bounded(300, ge=1)
     dpo_batch: int = bounded(16, ge=1)
-    dpo_lr: float = bounded(1e-4, gt=0)
-    beta: float = bounded(1000.0, gt=0)
+    dpo_lr: float = bounded(1e-6, gt=0)
+    beta: float = bounded(1000.0, gt=0)       # Diffusion-DPO's (and Gran-DPO's unless gran_beta)
+    gran_beta: Optional[float] = bounded(None, gt=0)
+    gran_lr: Optional[float] = bounded(None, gt=0)  # Gran-DPO's lr (None: dpo_lr)
     lam: float = bounded(1.0, ge=0)
     delta: float = bounded(0.3, ge=0)
     # evaluation
@@ -196,6 +198,8 @@ class Experiment:
         """A Diffusion-DPO or Gran-DPO job from the pre-trained checkpoint; `over` replaces any of
         beta, lam, delta, dpo_lr, dpo_steps. Returns (and records under `name`) the scores."""
         cfg = dataclasses.replace(self.cfg, **over) if over else self.cfg
+        if objective == "gran_dpo":  # its own beta / lr where set
+            cfg = dataclasses.replace(cfg, beta=cfg.gran_beta or cfg.beta, dpo_lr=cfg.gran_lr or cfg.dpo_lr)
         name = name or objective
         job = _job(self.workdir, name, cfg, objective, "pairs.parquet", cfg.dpo_steps, cfg.dpo_lr, cfg.dpo_batch,
                    init_from="sft")
