@@ -70,12 +70,13 @@ class ExperimentConfig:
     shared_content: bool = True
     dpo_steps: int = bounded(300, ge=1)
     dpo_batch: int = bounded(16, ge=1)
-    dpo_lr: float = bounded(1e-6, gt=0)
-    beta: float = bounded(1000.0, gt=0)       # Diffusion-DPO's (and Gran-DPO's unless gran_beta)
-    gran_beta: Optional[float] = bounded(None, gt=0)
-    gran_lr: Optional[float] = bounded(None, gt=0)  # Gran-DPO's lr (None: dpo_lr)
+    # defaults: the settings benchmarks/halo.py chose on its validation seed (100), per method
+    dpo_lr: float = bounded(1e-7, gt=0)
+    beta: float = bounded(300.0, gt=0)        # Diffusion-DPO's (and Gran-DPO's unless gran_beta)
+    gran_beta: Optional[float] = bounded(2500.0, gt=0)
+    gran_lr: Optional[float] = bounded(1e-5, gt=0)  # Gran-DPO's lr (None: dpo_lr)
     lam: float = bounded(1.0, ge=0)
-    delta: float = bounded(0.3, ge=0)
+    delta: float = bounded(0.6, ge=0)
     # evaluation
     eval_per_class: int = bounded(40, ge=1)
     eval_seed: int = bounded(0, ge=0)
