@@ -252,6 +252,25 @@ def test_bad_inputs_are_named(workdir, sft):
         Job(job(workdir, "bad3", "diffusion_dpo", dpo={"lam": 1.0}))
     with pytest.raises(ValueError, match=r"cond\) must hold one class index in \[0, 2\]"):
         Job(job(workdir, "bad4", num_classes=3)).train()
+    with pytest.raises(ValueError, match=r"model.evaluator 'no_such_module:score': cannot load it"):
+        Job(job(workdir, "bad5", evaluator="no_such_module:score"))
+    with pytest.raises(ValueError, match=r"feature 'video' \(video\) has 128 numbers per row \(shape \(128,\)\); "
+                                         r"model.channels x model.clip \[1, 4, 8, 8\] needs 256"):
+        Job(job(workdir, "bad6", clip=[4, 8, 8])).train()
+
+
+def test_an_sft_stage_starts_from_a_preference_checkpoint(workdir, sft):
+    """The reference is a copy of the starting weights, not weights of its own: an sft stage can
+    start from a Gran-DPO checkpoint (which records a reference the sft tower does not have)."""
+    sft_dir, _, _ = sft
+    src = Job(job(workdir, "gran_src", "gran_dpo", steps=1, init_from=str(sft_dir), **GRAN))
+    src.train()
+    j = Job(job(workdir, "sft_again", steps=1, init_from=str(workdir / "gran_src")))
+    assert j.model.reference is None
+    for k, v in src.model.denoiser.state_dict().items():
+        assert torch.equal(j.model.denoiser.state_dict()[k], v), k
+    j.train()
+    assert j.trainer.step == 1
 
 
 
