@@ -21,7 +21,7 @@ feature's ops on its own rows, op by op: the same results, used as a baseline an
 """
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Union
 
 import pyarrow as pa
@@ -140,6 +140,13 @@ class FeatureEngine:
     def from_config(cls, source: Union[str, os.PathLike, dict, list], fused: bool = True) -> "FeatureEngine":
         """From a YAML / JSON file path, a {"features": [...]} dict or a list of feature dicts."""
         return cls(load_specs(source), fused=fused)
+
+    def for_eval(self) -> "FeatureEngine":
+        """A new engine with these features but no image augmentation (what evaluation reads;
+        its own caches, so it may run on another thread than this one)."""
+        specs = [replace(s, image=replace(s.image, augment=None)) if s.kind == "image" and s.image.augment else s
+                 for s in self.specs]
+        return FeatureEngine(specs, fused=self.fused)
 
     def to_config(self) -> dict:
         """The config dict that from_config reads back into the same engine."""

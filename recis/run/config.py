@@ -29,7 +29,8 @@ class DataConfig:
     avazu; `options` are its options); otherwise `train` and `eval` give files or directories
     (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
     `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
-    in a data directory, instead of stopping (recis.io)."""
+    in a data directory, and the rows whose image (or tensor) feature cannot be decoded, instead of
+    stopping (recis.io)."""
 
     dataset: Optional[str] = None
     split: str = "random"
