@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import recis.features.engine as engine_module
@@ -223,3 +225,37 @@ def test_augmentation_follows_the_row_not_the_batch_and_differs_by_epoch(files):
     plain = by_id(ArrowDataset(str(root), batch_size=4, transform=make_engine(), on_error="skip"))
     augmented = [i for i in small if not torch.equal(small[i], plain[i])]
     assert len(small) // 2 < len(augmented) < len(small)  # most rows flip or shift, not all
+
+
+# ---- provenance: every row's origin is its true file and row --------------------------------
+
+
+class Where:
+    """A transform that reports each row's origin next to its id (id = 1000 * file + row)."""
+
+    takes_origin = True
+
+    def __call__(self, batch, origin=None):
+        keys, rows = origin.locate()
+        return batch.column("id").to_pylist(), keys, rows.tolist(), origin.epoch
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 23), min_size=1, max_size=4), batch_size=st.integers(1, 9),
+       shuffle=st.sampled_from([0, 1, 5, 16]), row_group=st.integers(2, 7), world=st.sampled_from([1, 3]),
+       prefetch=st.sampled_from([0, 2]))
+def test_origins_name_the_true_file_and_row(tmp_path_factory, sizes, batch_size, shuffle, row_group, world, prefetch):
+    root = tmp_path_factory.mktemp("origins")
+    for f, n in enumerate(sizes):
+        pq.write_table(pa.table({"id": pa.array([1000 * f + r for r in range(n)], pa.int64())}),
+                       root / f"part-{f}.parquet", row_group_size=row_group)
+    seen = 0
+    for rank in range(world):
+        data = ArrowDataset(str(root), batch_size=batch_size, shuffle_buffer=shuffle, epochs=2, transform=Where(),
+                            rank=rank, world_size=world, prefetch=prefetch, read_batch_size=3)
+        for got, keys, rows, epoch in data:
+            assert [f"part-{i // 1000}.parquet" for i in got] == keys
+            assert [i % 1000 for i in got] == rows
+            assert epoch in (0, 1)
+            seen += len(got)
+    assert seen == 2 * sum(sizes)
