@@ -74,8 +74,8 @@ def decode_images(values: Sequence[Optional[bytes]], opts: ImageOptions, feature
     """Encoded images (bytes per row; None is a bad row) -> float32 [B, C, H, W].
 
     seeds: per row, the numbers that (after augment.seed) seed its augmentation generator
-    (needed when opts.augment is active; see row_seeds). expect_size: without opts.size, the (H, W) every row must decode to (else the
-    first row's). Rows that do not decode raise one RowError naming all of them."""
+    (needed when opts.augment is active; see row_seeds). expect_size: without opts.size, the
+    (H, W) every row must decode to (else the first row's). Rows that do not decode raise one RowError naming all of them."""
     image_mod = _pil()
     filt = getattr(image_mod.Resampling, opts.resample.upper())
     pixels, reasons = [], {}

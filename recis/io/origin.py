@@ -55,8 +55,9 @@ class RowOrigin:
         """(unit index, row in the unit) of every batch row (int64 arrays)."""
         if self._units is None:
             found = [pos.locate(used, take) for pos, used, take in self._parts]
-            self._units = np.concatenate([np.asarray(u, np.int64) for u, _ in found]) if found else np.zeros(0, np.int64)
-            self._rows = np.concatenate([np.asarray(r, np.int64) for _, r in found]) if found else np.zeros(0, np.int64)
+            empty = np.zeros(0, np.int64)
+            self._units = np.concatenate([np.asarray(u, np.int64) for u, _ in found]) if found else empty
+            self._rows = np.concatenate([np.asarray(r, np.int64) for _, r in found]) if found else empty
         return self._units, self._rows
 
     def _files(self, batch_rows=None) -> Tuple[List[str], List[str], np.ndarray]:
