@@ -1,4 +1,6 @@
-"""FeatureEngine: Arrow record batches -> `Batch` (KeyedJaggedTensor, dense tensor, labels, extras).
+"""FeatureEngine: Arrow record batches -> `Batch` (KeyedJaggedTensor, dense tensor, labels, extras,
+and the image / fixed-shape tensor features in `tensors`, decoded by recis.features.images and
+recis.features.tensors).
 
 The fused engine runs each op once per DAG level for all features (one C++ call), computes
 shared sub-chains once, and evaluates elementwise ops on dictionary-encoded columns once per

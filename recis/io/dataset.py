@@ -42,7 +42,8 @@ class ArrowDataset(ArrowIterableBase):
         do not span epochs. `set_epoch(e)` makes the next iteration start at epoch e.
     prefetch: > 0 reads that many batches ahead on a background thread (recis.io.Prefetcher),
         pinning tensors in the transform's output when CUDA is available (`pin_memory`).
-    on_error: 'raise' or 'skip' (a bad file is given up and counted in `stats`).
+    on_error: 'raise' or 'skip' (a bad file is given up and counted in `stats`; so are the rows
+        the transform cannot use, e.g. images that do not decode: see docs/io.md, "Bad rows").
     yield_state: yield `(item, state_dict())` pairs, for resuming with DataLoader workers.
 
     >>> import os, tempfile, pyarrow as pa, pyarrow.parquet as pq
