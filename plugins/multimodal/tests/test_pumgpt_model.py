@@ -74,6 +74,17 @@ def test_k_visual_tokens_whatever_the_image_size(size):
     assert m(pixels, torch.randint(0, VOCAB, (2, 5))).shape == (2, 5, VOCAB)
 
 
+def test_a_convolutional_vision_model_feature_map_becomes_patch_tokens():
+    enc = build_vision({"model_type": "convnext", "num_channels": 1, "hidden_sizes": [8, 16], "depths": [1, 1],
+                        "patch_size": 4, "num_stages": 2, "seed": 0})
+    assert enc.dim == 16
+    m = PUMGPT(tiny_lm(), enc, PUMGPTConfig(num_visual_tokens=5))
+    m.add_task("category")
+    for size, patches in ((28, 9), (64, 64)):  # 4x4 stem, then a 2x downsampling stage
+        assert enc(torch.rand(2, 1, size, size)).shape == (2, patches, 16)
+        assert m.visual_tokens(torch.rand(2, 1, size, size)).shape == (2, 5, 32)
+
+
 def test_a_gradient_step_makes_the_image_matter():
     m = tiny_pumgpt()
     pixels, ids, mask = batch(b=2)

@@ -146,6 +146,10 @@ class PUMGPT(FrozenLMModule):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         attention_mask = check_inputs(input_ids, attention_mask, pixel_values)
+        if getattr(self.lm, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+            # a recomputed layer would run its hook outside the visual context, without the adapter
+            raise ValueError(f"PUMGPT: gradient checkpointing is on in the frozen LM {type(self.lm).__name__}; "
+                             f"its adapter hooks need the visual tokens at recompute time: disable it")
         with self.visual_context(pixel_values):
             return run_lm(self.lm, input_ids, attention_mask)
 

