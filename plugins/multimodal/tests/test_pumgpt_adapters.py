@@ -63,6 +63,10 @@ def test_a_later_task_leaves_the_earlier_adapters_and_the_projector_bit_identica
         _step(m, pixels, ids, mask, opt2)
         opt.step()
 
+    groups = m.parameter_groups()
+    assert {k: v[1] for k, v in groups.items()} == {"lm": False, "vision": False, "projector": False,
+                                                    "adapters.caption": False, "adapters.category": True}
+    assert sum(sum(p.numel() for p in mod.parameters()) for mod, _ in groups.values()) == m.trainable_share()[1]
     assert all(torch.equal(p, caption[n]) for n, p in m.adapters.task_parameters("caption").items())
     assert all(torch.equal(p, projector[n]) for n, p in m.projector.named_parameters())
     assert all(not torch.equal(p, fresh[n]) for n, p in m.adapters.task_parameters("category").items())

@@ -150,6 +150,8 @@ def test_bad_inputs_are_named():
         PUMGPTConfig(adapter_every=0)
     with pytest.raises(TypeError, match="PUMGPTConfig.num_visual_tokens"):
         PUMGPTConfig(num_visual_tokens="8")
+    with pytest.raises(TypeError, match="PUMGPTConfig.per_channel_gate must be true or false"):
+        PUMGPTConfig(per_channel_gate="yes")
     with pytest.raises(ValueError, match="PUMGPTConfig.adapter_dim=30 must be a multiple of PUMGPTConfig.adapter_heads=4"):
         PUMGPTConfig(adapter_dim=30)
     with pytest.raises(ValueError, match="projector_heads"):

@@ -36,7 +36,7 @@ True
 """
 import contextlib
 import functools
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F

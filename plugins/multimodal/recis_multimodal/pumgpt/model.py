@@ -33,7 +33,7 @@ ValueError: PUMGPTConfig.adapter_every must be an integer >= 1, got 0
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -156,6 +156,16 @@ class PUMGPT(FrozenLMModule):
     def trainable_share(self) -> Tuple[int, int, float]:
         """(trainable parameters, all parameters incl. the frozen LM and vision encoder, share)."""
         return parameter_share(self)
+
+    def parameter_groups(self) -> Dict[str, Tuple[nn.Module, bool]]:
+        """{group: (module, trains now)}: ``lm``, ``vision``, ``projector`` and ``adapters.<task>`` for each
+        task, disjoint and covering every parameter: what a tower declares (a group that does not train
+        now is frozen: declaring it trainable would undo `add_task`'s freeze)."""
+        groups = {"lm": (self.lm, False), "vision": (self.vision, self.vision.trainable),
+                  "projector": (self.projector, any(p.requires_grad for p in self.projector.parameters()))}
+        for name, adapters in self.adapters.tasks.items():
+            groups[f"adapters.{name}"] = (adapters, any(p.requires_grad for p in adapters.parameters()))
+        return groups
 
 
 class TextOnlyLM(FrozenLMModule):
