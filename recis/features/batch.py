@@ -20,7 +20,8 @@ def _move(x, fn):
 class Batch:
     """sparse: KeyedJaggedTensor (keys = sparse features in spec order, int64 ids);
     dense: float32 [size, len(dense_names)]; labels: float32 [size], a {name: tensor} dict with
-    several labels, or None; extras: pass-through columns (pyarrow arrays) by feature name."""
+    several labels, or None; extras: pass-through columns (pyarrow arrays) by feature name;
+    tensors: image and tensor features by name (float32 [size, C, H, W] / [size, *shape])."""
 
     sparse: KeyedJaggedTensor
     dense: torch.Tensor
@@ -28,6 +29,7 @@ class Batch:
     labels: Union[torch.Tensor, Dict[str, torch.Tensor], None]
     extras: Dict[str, object] = field(default_factory=dict)
     size: int = 0
+    tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "Batch":
         """The batch with every tensor on `device` (pass-through Arrow columns are not moved)."""
@@ -39,4 +41,4 @@ class Batch:
 
     def _map(self, fn) -> "Batch":
         return replace(self, sparse=_move(self.sparse, fn), dense=_move(self.dense, fn),
-                       labels=_move(self.labels, fn), extras=_move(self.extras, fn))
+                       labels=_move(self.labels, fn), extras=_move(self.extras, fn), tensors=_move(self.tensors, fn))

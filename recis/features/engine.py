@@ -31,9 +31,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recis.features import kernels
 from recis.features.arrow import Column, FeatureTypeError, Strings, ingest, unpack_masks
 from recis.features.batch import Batch
+from recis.features.images import decode_images, row_seeds
 from recis.features.ops import FillMissing
 from recis.features.plan import Node, Plan
-from recis.features.spec import FeatureSpec, load_specs, specs_to_config
+from recis.features.spec import TENSOR_KINDS, FeatureSpec, load_specs, specs_to_config
+from recis.features.tensors import fixed_tensor
 
 __all__ = ["FeatureEngine", "MissingColumnError", "NonFiniteValueError"]
 
@@ -88,7 +90,15 @@ class FeatureEngine:
 
     features: FeatureSpec objects or their dicts. fused=False: the unfused baseline (no fusion,
     no sharing, no dictionary-domain evaluation). An engine keeps per-column caches and counters:
-    use one per thread (a pickled copy, as DataLoader workers get, starts afresh)."""
+    use one per thread (a pickled copy, as DataLoader workers get, starts afresh).
+
+    Image and tensor features go to `Batch.tensors`; a row they cannot use raises a
+    recis.features.RowError naming the feature, column and rows of the record batch. `origin`
+    (what a recis.io dataset passes, since `takes_origin` is True) says where each row comes from:
+    `origin.epoch` and `origin.locate() -> (file keys, rows in the files)`, one per row; image
+    augmentation is seeded from it (without it, from the engine's call count and the batch row)."""
+
+    takes_origin = True  # recis.io datasets call transform(batch, origin=...)
 
     def __init__(self, features: Sequence[Union[FeatureSpec, dict]], fused: bool = True):
         self.specs = load_specs(list(features))
@@ -97,9 +107,12 @@ class FeatureEngine:
         self._sparse = [s for s in self.specs if s.kind == "sparse"]
         self._dense = [s for s in self.specs if s.kind == "dense"]
         self._labels = [s for s in self.specs if s.kind == "label"]
-        # sources to convert: all but the columns that are only passed through
+        self._tensors = [s for s in self.specs if s.kind in TENSOR_KINDS]
+        # sources to convert: all but the columns that are only passed through or decoded as tensors
         self._convert = {n.id for n in self.plan.sources if n.consumers or any(
-            self.plan.outputs[s.name] is n for s in self.specs if s.kind != "passthrough")}
+            self.plan.outputs[s.name] is n for s in self.specs if s.kind not in ("passthrough",) + TENSOR_KINDS)}
+        self._image_sizes: Dict[str, tuple] = {}  # image feature without a size -> the size of its rows
+        self._calls = 0
         # source node id -> the dense / label features with nan: error that read it unchanged
         self._nan_checks: Dict[int, List[FeatureSpec]] = {}
         for s in self.specs:
@@ -163,7 +176,7 @@ class FeatureEngine:
 
     # ---- running -------------------------------------------------------------------------
 
-    def __call__(self, data: Union[pa.RecordBatch, pa.Table]) -> Batch:
+    def __call__(self, data: Union[pa.RecordBatch, pa.Table], origin=None) -> Batch:
         if not isinstance(data, (pa.RecordBatch, pa.Table)):
             raise TypeError(f"FeatureEngine takes a pyarrow RecordBatch or Table, got {type(data).__name__}")
         names = set(data.schema.names)
@@ -173,10 +186,36 @@ class FeatureEngine:
                 raise MissingColumnError(f"column {col!r} (read by feature {', '.join(map(repr, users))}) is not in "
                                          f"the record batch; it has {sorted(names)}")
         rows = data.num_rows
+        self._calls += 1
+        tensors = self._tensor_outputs(data, rows, origin)  # first: a bad row fails before any other work
         values = self._run_fused(data, rows) if self.fused else self._run_unfused(data, rows)
         self._counts["batches"] += 1
         self._counts["rows"] += rows
-        return self._assemble(data, values, rows)
+        return self._assemble(data, values, rows, tensors)
+
+    def _tensor_outputs(self, data, rows: int, origin) -> Dict[str, torch.Tensor]:
+        """Image and tensor features: float32 [rows, C, H, W] / [rows, *shape]."""
+        out, seeds = {}, None
+        for s in self._tensors:
+            arr = self._arrow(data, s.column)
+            if s.kind == "tensor":
+                out[s.name] = fixed_tensor(arr, s.shape, s.name, s.column)
+                continue
+            if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+                raise FeatureTypeError(f"image feature {s.name!r} (column {s.column!r}): expects encoded image bytes "
+                                       f"(binary or large_binary), found Arrow type {arr.type}")
+            aug = s.image.augment
+            if seeds is None and aug is not None and aug.active:
+                if origin is not None:
+                    keys, where = origin.locate()
+                    seeds = row_seeds(origin.epoch, keys, where)
+                else:
+                    seeds = [[self._calls - 1, r] for r in range(rows)]
+            img = decode_images(arr.to_pylist(), s.image, s.name, s.column, seeds, self._image_sizes.get(s.name))
+            if s.image.size is None and rows:
+                self._image_sizes.setdefault(s.name, tuple(img.shape[2:]))
+            out[s.name] = img
+        return out
 
     def _arrow(self, data, column: str) -> pa.Array:
         arr = data.column(column)
@@ -424,7 +463,7 @@ class FeatureEngine:
         self._counts["kernel_calls"] += len(cols)
         return torch.cat([kernels.assemble_dense([c], rows) for c in cols], dim=1)
 
-    def _assemble(self, data, values: Dict[int, Column], rows: int) -> Batch:
+    def _assemble(self, data, values: Dict[int, Column], rows: int, tensors: Dict[str, torch.Tensor]) -> Batch:
         sparse = self._sparse_kjt(self._outputs(self._sparse, values, False), rows)
         dense = self._dense_matrix(self._outputs(self._dense, values, True), rows)
         labels = None
@@ -433,4 +472,5 @@ class FeatureEngine:
             labels = mat[:, 0].contiguous() if len(self._labels) == 1 else {
                 s.name: mat[:, i].contiguous() for i, s in enumerate(self._labels)}
         extras = {s.name: self._arrow(data, s.column) for s in self.specs if s.kind == "passthrough"}
-        return Batch(sparse=sparse, dense=dense, dense_names=self.dense_names, labels=labels, extras=extras, size=rows)
+        return Batch(sparse=sparse, dense=dense, dense_names=self.dense_names, labels=labels, extras=extras, size=rows,
+                     tensors=tensors)

@@ -2,7 +2,10 @@
 
 A feature is a named chain of ops over one column (or, for sparse features, over a cross of
 columns and features). Kinds: 'sparse' (a KeyedJaggedTensor key), 'dense' (a column of the
-dense float tensor), 'label', 'passthrough' (the Arrow column as is, e.g. text for a tower).
+dense float tensor), 'label', 'passthrough' (the Arrow column as is, e.g. text for a tower),
+'image' (PNG / JPEG bytes decoded to a float32 [B, C, H, W] tensor, options in `image:`) and
+'tensor' (a fixed-size list column as a float32 [B, *shape] tensor); the last two land in
+`Batch.tensors`.
 
 >>> spec = FeatureSpec.from_dict({"name": "user", "kind": "sparse", "column": "user_id",
 ...                               "ops": [{"op": "hash"}, {"op": "mod", "n": 100}]})
@@ -14,6 +17,13 @@ dense float tensor), 'label', 'passthrough' (the Arrow column as is, e.g. text f
 Traceback (most recent call last):
 ...
 recis.features.ops.FeatureConfigError: feature 'x': op 'hash' is not allowed in a dense feature (allowed: bucketize, clip, fill_missing, log1p, normalize)
+>>> FeatureSpec.from_dict({"name": "img", "kind": "image", "column": "png",
+...                        "image": {"channels": 1, "size": [28, 28]}}).to_dict()
+{'name': 'img', 'kind': 'image', 'column': 'png', 'image': {'channels': 1, 'size': [28, 28]}}
+>>> FeatureSpec.from_dict({"name": "frames", "kind": "tensor", "column": "f", "shape": [4, 0]})
+Traceback (most recent call last):
+...
+recis.features.ops.FeatureConfigError: feature 'frames': shape[1] must be an integer in [1, 2147483648), got 0
 """
 import json
 import os
@@ -21,11 +31,14 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from recis.config_utils import bounded, check_types
+from recis.features.media import ImageOptions
 from recis.features.ops import OPS, FeatureConfigError, FillMissing, Op, op_from_dict
 
-__all__ = ["KINDS", "NAN_MODES", "CrossInput", "FeatureSpec", "load_specs", "check_specs", "specs_to_config"]
+__all__ = ["KINDS", "TENSOR_KINDS", "NAN_MODES", "CrossInput", "FeatureSpec", "load_specs", "check_specs", "specs_to_config"]
 
-KINDS = ("sparse", "dense", "label", "passthrough")
+KINDS = ("sparse", "dense", "label", "passthrough", "image", "tensor")
+#: Kinds whose output is a float32 tensor in `Batch.tensors` (no ops, one column).
+TENSOR_KINDS = ("image", "tensor")
 #: What a non-finite value (NaN, +inf, -inf) in a dense or label feature's column does: raise an
 #: error naming the feature, column and row; become a null (then the fill_missing value); or flow on.
 NAN_MODES = ("error", "fill", "keep")
@@ -74,6 +87,8 @@ class FeatureSpec:
     cross_cap: int = bounded(256, ge=1, lt=2 ** 64)  # most ids a row's cross may produce (the product is cut)
     cross_seed: int = bounded(0, ge=0, lt=2 ** 64)
     nan: str = "error"  # dense and label: what a non-finite input value (NaN, +/-inf) does
+    image: Optional[ImageOptions] = None  # image: decoding options (default: ImageOptions())
+    shape: Optional[Tuple[int, ...]] = bounded(None, ge=1, lt=2 ** 31)  # tensor: the per-row shape
 
     def __post_init__(self):
         where = f"feature {self.name!r}"
@@ -83,7 +98,10 @@ class FeatureSpec:
             raise FeatureConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.column is not None and (not isinstance(self.column, str) or not self.column):
             raise FeatureConfigError(f"{where}: column must be a non-empty string, got {self.column!r}")
+        if isinstance(self.image, dict):
+            object.__setattr__(self, "image", _wrap(where, ImageOptions.from_dict, self.image))
         check_types(self, where, sep=": ", error=FeatureConfigError)
+        self._check_tensor_kinds(where)
         if self.cross is not None:
             if self.kind != "sparse":
                 raise FeatureConfigError(f"{where}: only sparse features can cross, this one is {self.kind}")
@@ -98,7 +116,7 @@ class FeatureSpec:
         for o in ops:
             if self.kind not in o.kinds:
                 allowed = sorted(n for n, cls in OPS.items() if self.kind in cls.kinds)
-                raise FeatureConfigError(f"{where}: op '{o.name}' is not allowed in a {self.kind} feature "
+                raise FeatureConfigError(f"{where}: op '{o.name}' is not allowed in {'an' if self.kind[0] in 'aei' else 'a'} {self.kind} feature "
                                          f"(allowed: {', '.join(allowed) or 'none'})")
         object.__setattr__(self, "ops", ops)
         if self.nan not in NAN_MODES:
@@ -108,6 +126,24 @@ class FeatureSpec:
         if self.nan == "fill" and not any(isinstance(o, FillMissing) for o in ops):
             raise FeatureConfigError(f"{where}: nan: fill needs a fill_missing op (its value replaces NaN and "
                                      "+/-inf, as it replaces nulls)")
+
+    def _check_tensor_kinds(self, where: str):
+        if self.image is not None and self.kind != "image":
+            raise FeatureConfigError(f"{where}: image options apply to image features, this one is {self.kind}")
+        if self.shape is not None and self.kind != "tensor":
+            raise FeatureConfigError(f"{where}: shape applies to tensor features, this one is {self.kind}")
+        if self.kind not in TENSOR_KINDS:
+            return
+        if self.column is None or self.cross is not None:
+            raise FeatureConfigError(f"{where}: {'an' if self.kind == 'image' else 'a'} {self.kind} feature reads "
+                                     "one column: give column (and no cross)")
+        if self.kind == "image" and self.image is None:
+            object.__setattr__(self, "image", ImageOptions())
+        if self.kind == "tensor":
+            if self.shape is None or len(self.shape) == 0:
+                raise FeatureConfigError(f"{where}: a tensor feature needs shape: [d1, d2, ...] (the shape of one "
+                                         f"row; the column holds prod(shape) numbers per row)")
+            object.__setattr__(self, "shape", tuple(self.shape))
 
     @classmethod
     def from_dict(cls, d: Dict) -> "FeatureSpec":
@@ -137,6 +173,10 @@ class FeatureSpec:
             out["ops"] = [o.to_dict() for o in self.ops]
         if self.nan != "error":
             out["nan"] = self.nan
+        if self.image is not None and self.image != ImageOptions():
+            out["image"] = self.image.to_dict()
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
         return out
 
 

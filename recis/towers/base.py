@@ -105,11 +105,13 @@ class FeatureInfo:
     dense: Sequence[str] = ()
     passthrough: Sequence[str] = ()
     labels: Sequence[str] = ()
+    tensors: Sequence[str] = ()  # image and tensor features (batch.tensors), in spec order
 
     @classmethod
     def of_engine(cls, engine) -> "FeatureInfo":
         by = {k: [s.name for s in engine.specs if s.kind == k] for k in ("sparse", "dense", "passthrough", "label")}
-        return cls(tuple(by["sparse"]), tuple(by["dense"]), tuple(by["passthrough"]), tuple(by["label"]))
+        tensors = tuple(s.name for s in engine.specs if s.kind in ("image", "tensor"))
+        return cls(tuple(by["sparse"]), tuple(by["dense"]), tuple(by["passthrough"]), tuple(by["label"]), tensors)
 
 
 @dataclass
