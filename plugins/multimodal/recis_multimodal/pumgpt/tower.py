@@ -159,7 +159,7 @@ class PUMGPTTower(Tower):
         self.declare("adapters" if cfg.variant == "pumgpt" else "projector", trainable, "dense")
         if cfg.earlier_tasks:  # the new bank is absent from the earlier task's checkpoint (init_from)
             ids = {id(p) for p in trainable}
-            self._new_bank = {n for n, p in self.named_parameters() if id(p) in ids}
+            self._new_bank = {"net." + n for n, p in net.named_parameters() if id(p) in ids}
             self.register_load_state_dict_post_hook(_allow_missing_new_bank)
         return net
 
