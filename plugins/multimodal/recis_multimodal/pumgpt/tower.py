@@ -238,8 +238,16 @@ class PUMGPTTower(Tower):
         """text_only: the image is only read for open-domain answers (never by the model)."""
         return self.pixels(batch) if self.cfg.open_domain > 0 else None
 
-    def _logits(self, pixels, enc) -> torch.Tensor:
-        return self.net(pixels, enc["input_ids"], enc["attention_mask"])
+    def _logits(self, pixels, enc, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model's logits; `tokens`: visual tokens computed beforehand (one image's tokens serve
+        all its candidate answers), used instead of running the vision encoder on `pixels` again."""
+        if tokens is None or pixels is None:
+            return self.net(pixels, enc["input_ids"], enc["attention_mask"])
+        self.net.visual_tokens = lambda _: tokens  # an instance attribute shadows the method for this call
+        try:
+            return self.net(pixels, enc["input_ids"], enc["attention_mask"])
+        finally:
+            del self.net.visual_tokens
 
     @torch.no_grad()
     def category_scores(self, pixels: Optional[torch.Tensor], n: int) -> torch.Tensor:
@@ -252,8 +260,11 @@ class PUMGPTTower(Tower):
         for start in range(0, n, per):
             m = min(per, n - start)
             enc = self.encode([category_prompt()] * (m * k), answers * m)
-            pix = None if pixels is None else pixels[start:start + m].repeat_interleave(k, 0)
-            logp = _answer_logprobs(self._logits(pix, enc), enc["input_ids"], enc["completion_mask"])
+            pix = tokens = None
+            if pixels is not None:
+                tokens = self.net.visual_tokens(pixels[start:start + m]).repeat_interleave(k, 0)
+                pix = pixels[start:start + m].repeat_interleave(k, 0)
+            logp = _answer_logprobs(self._logits(pix, enc, tokens), enc["input_ids"], enc["completion_mask"])
             out.append(logp.sum(-1).view(m, k))
         return torch.cat(out)
 
