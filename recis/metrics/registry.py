@@ -2,7 +2,8 @@
 
 The section is a list of names, or a mapping name -> options (the metric's constructor
 arguments; null for none). Without it a job computes the default set: auc, logloss and
-calibration, plus gauc when the trainer has a group key.
+calibration, plus gauc when the trainer has a group key (a tower without a binary logit,
+`Tower.has_logits = False`: `tower`, the mean of each of its `TowerOutput.values`).
 
 >>> sorted(build_metrics(["auc", "logloss"]))
 ['auc', 'logloss']
@@ -13,7 +14,9 @@ ConfusionMatrix(labels=[1.0, 2.0, 3.0, 4.0])
 >>> build_metrics(["acc"])
 Traceback (most recent call last):
 ...
-ValueError: metrics: unknown metric 'acc'; known metrics: ['auc', 'calibration', 'confusion', 'gauc', 'logloss']
+ValueError: metrics: unknown metric 'acc'; known metrics: ['auc', 'calibration', 'confusion', 'gauc', 'logloss', 'tower']
+>>> build_metrics({"tower": {"names": ["video_reward"]}})["tower"]
+TowerValues(names=['video_reward'])
 """
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -21,10 +24,13 @@ from recis.metrics.auc import AUC, GAUC
 from recis.metrics.base import Metric
 from recis.metrics.confusion import ConfusionMatrix
 from recis.metrics.pointwise import Calibration, LogLoss
+from recis.metrics.tower import TowerValues
 
 METRICS: Dict[str, type] = {"auc": AUC, "gauc": GAUC, "logloss": LogLoss, "calibration": Calibration,
-                            "confusion": ConfusionMatrix}
+                            "confusion": ConfusionMatrix, "tower": TowerValues}
 DEFAULT_METRICS = ("auc", "logloss", "calibration")  # and "gauc" with a group key
+#: the metrics of a binary logit (sigmoid(TowerOutput.logits) against the targets)
+BINARY_METRICS = ("auc", "gauc", "logloss", "calibration")
 
 Section = Union[None, list, tuple, Mapping[str, Optional[Mapping[str, Any]]]]
 

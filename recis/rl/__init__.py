@@ -5,6 +5,7 @@
 - `importance_ratio`, `clipped_objective`, `k3_kl`, `aggregate`, `grpo_loss`: the GRPO family
   (asymmetric clipping, optional two-sided cap, loss types grpo / bnpo / dr_grpo / dapo).
 - `dpo_loss`: sigmoid DPO with optional label smoothing.
+- `diffusion_dpo_loss`: Diffusion-DPO on per-sample denoising errors (diffusion towers).
 - `difficulty_mask`: dynamic sampling's keep-mask over groups.
 - `GRPOConfig`, `DPOConfig`, `DifficultyFilter`: their options, checked by name.
 
@@ -13,10 +14,11 @@ Formulas and defaults: docs/rl.md.
 from recis.rl.advantages import group_advantages
 from recis.rl.config import (DEFAULT_STD_EPS, LOSS_TYPES, SCALES, STD_CONVENTIONS, DifficultyFilter, DPOConfig,
                              GRPOConfig, check_choice)
+from recis.rl.diffusion import diffusion_dpo_loss
 from recis.rl.filters import difficulty_mask
 from recis.rl.policy import aggregate, clipped_objective, grpo_loss, importance_ratio, k3_kl
 from recis.rl.preference import dpo_loss
 
 __all__ = ["group_advantages", "importance_ratio", "clipped_objective", "k3_kl", "aggregate", "grpo_loss",
-           "dpo_loss", "difficulty_mask", "GRPOConfig", "DPOConfig", "DifficultyFilter", "LOSS_TYPES",
+           "dpo_loss", "diffusion_dpo_loss", "difficulty_mask", "GRPOConfig", "DPOConfig", "DifficultyFilter", "LOSS_TYPES",
            "STD_CONVENTIONS", "SCALES", "DEFAULT_STD_EPS", "check_choice"]

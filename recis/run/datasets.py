@@ -3,6 +3,7 @@
 | `data.dataset` | data | train / eval | `data.options` |
 |---|---|---|---|
 | `movielens` | MovieLens-1M, downloaded once into the cache (recis.datasets.movielens) | its `split` (`random` or `time`, seeded by `data.seed`) | none |
+| `fashion_mnist` | Fashion-MNIST product images with measured attributes, downloaded once into the cache (recis.datasets.fashion_mnist) | train: the official train split less a seeded hold-out of `validation` items (seeded by `data.seed`); eval: that hold-out (`eval_split: valid`) or the official test split (`eval_split: test`) | `validation` (5000), `eval_split` (valid) |
 | `synthetic` | seeded Criteo-like rows (recis.datasets.synthetic), written once to the cache as Parquet | rows `[0, rows)` and the next `eval_rows` | `rows`, `eval_rows`, and the fields of `CriteoLikeConfig` but `dense_type` |
 | `criteo` | Criteo text files (TSV, or CSV with a header; `.gz` too) | `data.train`, `data.eval` | none |
 | `avazu` | Avazu CSV files | `data.train`, `data.eval` | none |
@@ -14,7 +15,7 @@ format (a README) is left out and counted in the job's `files_skipped`.
 feature config. The cache is the datasets' (`$RECIS_CACHE_DIR`, see recis.datasets.cache_dir).
 
 >>> sorted(DATASETS)
-['avazu', 'criteo', 'movielens', 'synthetic']
+['avazu', 'criteo', 'fashion_mnist', 'movielens', 'synthetic']
 """
 import abc
 import hashlib
@@ -71,6 +72,39 @@ class MovieLens(JobDataset):
         from recis.datasets import movielens
 
         return movielens.feature_config()
+
+
+@dataclass
+class FashionMNISTOptions:
+    """`data.options` of `fashion_mnist`: the items held out of the official train split for
+    validation, and which split a job evaluates on."""
+
+    validation: int = bounded(5000, ge=1, lt=60_000)
+    eval_split: str = "valid"
+
+    def __post_init__(self):
+        check_types(self, "data.options")
+        if self.eval_split not in ("valid", "test"):
+            raise ValueError(f"data.options.eval_split must be 'valid' or 'test', got {self.eval_split!r}")
+
+
+class FashionMNIST(JobDataset):
+    name = "fashion_mnist"
+
+    def check(self, data):
+        from_mapping(FashionMNISTOptions, data.options, "data.options")
+
+    def sources(self, data, stats=(None, None)):
+        from recis.datasets import fashion_mnist
+
+        options = from_mapping(FashionMNISTOptions, data.options, "data.options")
+        files = fashion_mnist.load(validation=options.validation, seed=data.seed)
+        return str(files.train), str(files.valid if options.eval_split == "valid" else files.test)
+
+    def feature_config(self, data):
+        from recis.datasets import fashion_mnist
+
+        return fashion_mnist.feature_config()
 
 
 @dataclass
@@ -178,7 +212,7 @@ class Avazu(_TextFiles):
     name = module = "avazu"
 
 
-_ALL = (MovieLens(), Synthetic(), Criteo(), Avazu())
+_ALL = (MovieLens(), FashionMNIST(), Synthetic(), Criteo(), Avazu())
 #: data.dataset name -> its JobDataset (the one list of the datasets a job accepts).
 DATASETS: Dict[str, JobDataset] = {d.name: d for d in _ALL}
 

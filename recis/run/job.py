@@ -132,6 +132,7 @@ class Job:
         from recis.metrics import build_metrics
         from recis.models import MODELS
         from recis.train import Trainer
+        from recis.train.outputs import check_metrics
 
         from recis.distributed import init_from_env
 
@@ -162,8 +163,9 @@ class Job:
                                        world_size=self.env.world_size, on_error=d.on_error)
         self.eval_data = None
         if eval_src is not None:
+            # its own engine (the train engine's prefetch thread may still be running) without augmentation
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
-                                          transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
+                                          transform=self.engine.for_eval(), prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size, on_error=d.on_error)
         check_shards(self.train_data, self.env.world_size)
         for data, early in zip((self.train_data, self.eval_data), listed):
@@ -187,11 +189,18 @@ class Job:
             dense_params = list(self.model.parameters())
         self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense", dense_params) \
             if dense_params else None
-        metrics = build_metrics(cfg.metrics or None, group_key=cfg.trainer.group_key)
+        has_logits = getattr(self.model, "has_logits", True) if isinstance(self.model, Tower) else True
+        # a tower without a binary logit (has_logits = False) is evaluated by its values by default
+        metrics = build_metrics(cfg.metrics or (None if has_logits else ["tower"]), group_key=cfg.trainer.group_key)
+        check_metrics(self.model, metrics, cfg.model.name)
         multiclass = [name for name, m in metrics.items() if m.multiclass]
         if multiclass and not isinstance(self.model, Tower):
             raise ValueError(f"metrics {multiclass} compare predicted classes with the labels: model "
                              f"{cfg.model.name!r} returns logits only; use a tower that returns TowerOutput.predicted")
+        valued = [name for name, m in metrics.items() if getattr(m, "tower_values", False)]
+        if valued and not isinstance(self.model, Tower):
+            raise ValueError(f"metrics {valued} average a tower's TowerOutput.values: model {cfg.model.name!r} "
+                             "returns logits only; use a tower that reports values")
         ckpt = CheckpointManager(cfg.checkpoint.dir, keep_last=cfg.checkpoint.keep_last) if cfg.checkpoint.dir \
             else None
         trainer_cfg = copy.copy(cfg.trainer)

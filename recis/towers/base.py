@@ -51,19 +51,29 @@ class BaseModelMismatchError(ValueError):
 @dataclass
 class TowerOutput:
     """What a tower returns. `logits` [B]: sigmoid gives the probability the metrics (AUC,
-    logloss, ...) and `Trainer.predict` use. `loss`: the training loss (None: the Trainer's
-    `loss_fn(logits, labels)`). `targets` [B]: the binary targets of those metrics (None: the
-    batch labels). `outputs`: anything else (per-entity scores, grade probabilities, ...).
-    `stats`: training statistics (name -> number, e.g. KL, clip fraction) that the Trainer
-    averages over its log window and logs. `predicted` [B]: the predicted class label values
-    that multi-class metrics (recis.metrics.ConfusionMatrix) compare with the batch labels."""
+    logloss, ...) and `Trainer.predict` use; None for a tower without a binary logit (a
+    diffusion model; its class sets `has_logits = False`), which then returns its `loss`.
+    `loss`: the training loss (None: the Trainer's `loss_fn(logits, labels)`). `targets` [B]:
+    the binary targets of those metrics (None: the batch labels). `outputs`: anything else
+    (per-entity scores, grade probabilities, ...). `stats`: training statistics (name -> number,
+    e.g. KL, clip fraction) that the Trainer averages over its log window and logs. `predicted`
+    [B]: the predicted class label values that multi-class metrics (recis.metrics.ConfusionMatrix)
+    compare with the batch labels. `values`: per-example numbers (name -> [B] tensor, e.g. a
+    patch-defect indicator or a reward) that the `tower` metric (recis.metrics.TowerValues)
+    averages over an evaluation and the Trainer logs (their batch means) while training.
 
-    logits: torch.Tensor
+    >>> out = TowerOutput(loss=torch.tensor(0.5), values={"reward": torch.tensor([1.0, 0.0])})
+    >>> out.logits is None, sorted(out.values)
+    (True, ['reward'])
+    """
+
+    logits: Optional[torch.Tensor] = None
     loss: Optional[torch.Tensor] = None
     targets: Optional[torch.Tensor] = None
     outputs: Dict[str, Any] = field(default_factory=dict)
     stats: Dict[str, float] = field(default_factory=dict)
     predicted: Optional[torch.Tensor] = None
+    values: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +146,15 @@ def is_adapter_parameter(name: str) -> bool:
 
 class Tower(nn.Module):
     """Base class of plugin towers: subclasses build modules, `declare` their groups and define
-    `forward(batch) -> TowerOutput`. Undeclared trainable parameters form the group 'default'."""
+    `forward(batch) -> TowerOutput`. Undeclared trainable parameters form the group 'default'.
+
+    `has_logits = False` (class attribute) marks a tower whose outputs have no binary logit (a
+    diffusion model): a job then evaluates it with the `tower` metric (its `TowerOutput.values`)
+    by default, refuses the binary metrics (auc, logloss, calibration, gauc), and
+    `Trainer.predict` refuses it."""
+
+    #: False: TowerOutput.logits is None (no binary metrics, no Trainer.predict).
+    has_logits: bool = True
 
     def __init__(self):
         super().__init__()

@@ -12,6 +12,7 @@ from recis.distributed.pipeline import pipelined
 from recis.towers.base import Tower, TowerOutput
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger
+from recis.train.outputs import check_metrics, check_values, flat_len
 from recis.train.rollout import Refill, generator_states, has_rollout, load_generator_states, run_rollout
 from recis.train.stats import LogWindow
 
@@ -21,13 +22,16 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _Out(NamedTuple):
-    """One forward: logits [B] float, loss, binary metric targets, predicted classes, statistics."""
+    """One forward: logits [B] float (None: a tower without a binary logit), loss, binary metric
+    targets, predicted classes, statistics, per-example values, and the batch's rows."""
 
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]
     loss: torch.Tensor
-    targets: torch.Tensor
+    targets: Optional[torch.Tensor]
     predicted: Optional[torch.Tensor]
     stats: Mapping[str, float]
+    values: Mapping[str, torch.Tensor]
+    rows: int
 
 
 class Trainer:
@@ -35,8 +39,10 @@ class Trainer:
     (recis.towers) returns a `TowerOutput` instead: its own loss (else `loss_fn(logits, labels)`),
     the targets its metrics compare with (else the batch labels), the predicted classes that
     multi-class metrics (`metric.multiclass`, e.g. ConfusionMatrix) compare with the batch labels,
-    and training statistics, averaged over each log window into the logs (CSV, TensorBoard,
-    curves, progress).
+    per-example values for the `tower` metric (`metric.tower_values`, recis.metrics.TowerValues),
+    and training statistics; statistics and the batch means of the values are averaged over each
+    log window into the logs (CSV, TensorBoard, curves, progress). A tower with `has_logits =
+    False` returns no logits (and its own loss): binary metrics and `predict` refuse it.
 
     A tower that overrides `Tower.rollout` trains by rollouts: per training batch, the rollout
     runs in eval mode without gradients and returns a `RolloutPhase`; then `inner_steps` passes
@@ -77,6 +83,7 @@ class Trainer:
                                                                                          False):
             raise ValueError("gradient accumulation needs a non-fused sparse optimizer (fused=True updates rows "
                              "inside backward)")
+        check_metrics(_unwrap(model), self.metrics)
         grouped = [name for name, m in self.metrics.items() if getattr(m, "needs_groups", False)]
         if grouped and self.config.group_key is None:
             raise ValueError(f"metrics {grouped} need a group per example: set TrainerConfig.group_key to the batch "
@@ -141,7 +148,7 @@ class Trainer:
                     out = self._forward(batch)
                     if is_padding(batch):  # a rank that ran out keeps its peers' collectives company
                         continue
-                    rows = out.logits.numel()
+                    rows = out.rows
                     total += float(out.loss) * rows
                     n += rows
                     self._update_metrics(out, batch)
@@ -165,7 +172,12 @@ class Trainer:
         return result
 
     def predict(self, data: Iterable) -> torch.Tensor:
-        """Click probabilities of every example in `data`, concatenated."""
+        """Click probabilities of every example in `data`, concatenated (a tower with
+        `has_logits = False` has none: an error)."""
+        tower = _unwrap(self.model)
+        if not getattr(tower, "has_logits", True):
+            raise ValueError(f"Trainer.predict gives sigmoid(TowerOutput.logits), but {type(tower).__name__} has no "
+                             "binary logit (has_logits = False); evaluate() reports its tower metrics")
         was_training = self.model.training
         self.model.eval()
         out = []
@@ -289,9 +301,13 @@ class Trainer:
         (out.loss / cfg.grad_accum_steps).backward()
         window.micro += 1
         window.add_loss(float(out.loss.detach()))
-        window.add_stats(out.stats, f"{type(_unwrap(self.model)).__name__} TowerOutput.stats")
+        tower = type(_unwrap(self.model)).__name__
+        window.add_stats(out.stats, f"{tower} TowerOutput.stats")
+        if out.values and out.rows:
+            window.add_stats({k: v.detach().double().mean() for k, v in out.values.items()},
+                             f"{tower} TowerOutput.values")
         if count:
-            self._count(out.logits.numel())
+            self._count(out.rows)
         if window.micro >= cfg.grad_accum_steps:
             self._step(train, eval_data)
 
@@ -349,14 +365,22 @@ class Trainer:
         with self._autocast():
             out = self.model(batch)
         if isinstance(out, TowerOutput):
-            logits = out.logits.float()
+            tower = type(_unwrap(self.model)).__name__
+            if out.logits is None and out.loss is None:
+                raise ValueError(f"{tower} returned a TowerOutput with neither logits nor a loss: a tower without a "
+                                 "binary logit returns its own loss")
+            logits = None if out.logits is None else out.logits.float()
+            rows = logits.numel() if logits is not None else (
+                _rows(batch) or (flat_len(next(iter(out.values.values()))) if out.values else 0))
+            values = check_values(out.values, out.stats, rows, tower)
             loss = out.loss.float() if out.loss is not None else self.loss_fn(logits, batch.labels.float())
             targets = out.targets if out.targets is not None else getattr(batch, "labels", None)
             # a rollout's minibatch may carry no labels: its targets serve no metric
-            return _Out(logits, loss, None if targets is None else targets.float(), out.predicted, out.stats)
+            return _Out(logits, loss, None if targets is None else targets.float(), out.predicted, out.stats,
+                        values, rows)
         logits = out.float()
         labels = batch.labels.float()
-        return _Out(logits, self.loss_fn(logits, labels), labels, None, {})
+        return _Out(logits, self.loss_fn(logits, labels), labels, None, {}, {}, logits.numel())
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad_norm is not None:
@@ -381,7 +405,8 @@ class Trainer:
 
     def _update_metrics(self, out: _Out, batch) -> None:
         """Binary metrics get sigmoid(logits) and the targets; multi-class ones (`multiclass`)
-        the predicted classes and the batch labels."""
+        the predicted classes and the batch labels; the tower metric (`tower_values`) the
+        tower's values."""
         groups = None
         if self.config.group_key is not None:
             extras = getattr(batch, "extras", None) or {}
@@ -389,14 +414,27 @@ class Trainer:
                 raise KeyError(f"config.group_key {self.config.group_key!r} is not among the batch's extras "
                                f"{sorted(extras)}")
             groups = _as_tensor(extras[self.config.group_key])
-        probs = torch.sigmoid(out.logits)
+        probs = None if out.logits is None else torch.sigmoid(out.logits)
+        tower = type(_unwrap(self.model)).__name__
         for name, m in self.metrics.items():
-            if getattr(m, "multiclass", False):
+            if getattr(m, "tower_values", False):
+                if not out.values:
+                    raise ValueError(f"metric {name!r} ({type(m).__name__}) averages TowerOutput.values, but {tower} "
+                                     "returns none; report per-example values, or drop the metric")
+                try:
+                    m.update(out.values)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"metric {name!r} on {tower}: {e}") from None
+            elif getattr(m, "multiclass", False):
                 if out.predicted is None:
                     raise ValueError(f"metric {name!r} ({type(m).__name__}) compares predicted classes with the "
                                      f"labels, but {type(_unwrap(self.model)).__name__} returns no "
                                      "TowerOutput.predicted; return the predicted class labels, or drop the metric")
                 m.update(out.predicted, batch.labels)
+            elif probs is None:
+                raise ValueError(f"metric {name!r} ({type(m).__name__}) needs a binary logit, but {tower} returned a "
+                                 "TowerOutput without logits; use the tower metric (its TowerOutput.values), or "
+                                 "return logits")
             elif groups is not None and getattr(m, "needs_groups", False):
                 m.update(probs, out.targets, groups=groups)
             else:
@@ -485,6 +523,8 @@ def _rows(batch) -> int:
 
 
 def _logits(out) -> torch.Tensor:
+    if isinstance(out, TowerOutput) and out.logits is None:
+        raise ValueError("Trainer.predict gives sigmoid(TowerOutput.logits), but the tower returned no logits")
     return (out.logits if isinstance(out, TowerOutput) else out).float()
 
 
