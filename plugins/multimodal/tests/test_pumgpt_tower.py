@@ -75,7 +75,7 @@ def config(workdir, name, steps=6, init_from=None, features=FEATURES, **model):
                  "shuffle_buffer": 48, "seed": 0},
         "features": {"features": features},
         "model": {"name": "pumgpt", **options},
-        "metrics": {"confusion": {"labels": list(range(10))}},
+        "metrics": {"confusion": {"labels": list(range(10))}, "tower": {}},
         "optim": {"dense": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0}},
         "trainer": {"epochs": 100, "max_steps": steps, "progress": False, "seed": 0, "log_every": 1,
                     "eval_every": None},
@@ -112,6 +112,9 @@ def test_a_yaml_job_trains_evaluates_and_resumes_bit_identically_without_saving_
     start = state(full)
     result = full.train()
     assert full.trainer.step == 6 and 0.0 <= result["accuracy"] <= 1.0 and result["examples"] == 20
+    # the confusion matrix's accuracy (from `predicted`) is the tower metric's mean category_correct
+    assert result["category_correct"] == pytest.approx(result["accuracy"], abs=1e-6)
+    assert 0.0 <= result["attributes_exact"] <= 1.0
     tower = full.model
     assert isinstance(tower, PUMGPTTower)
     moved = [k for k, v in state(full).items() if not torch.equal(v, start[k])]

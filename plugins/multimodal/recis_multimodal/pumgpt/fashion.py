@@ -58,6 +58,11 @@ def job_config(yaml_path: str, train: str, eval_path: Optional[str], run_dir: st
     with open(yaml_path) as f:
         values = yaml.safe_load(f)
     values["data"].pop("dataset", None)  # the files below instead of the dataset's
+    values["data"].pop("options", None)
+    if values.get("features") == "fashion_mnist":
+        from recis.datasets import fashion_mnist
+
+        values["features"] = fashion_mnist.feature_config()
     values["data"]["train"] = str(train)
     cfg = RunConfig.from_dict(values, base_dir=os.path.dirname(os.path.abspath(yaml_path)))
     cfg.data.train, cfg.data.eval = str(train), (str(eval_path) if eval_path else None)
@@ -107,7 +112,7 @@ def evaluate_tower(tower, engine, table: pa.Table, batch_size: int = 250) -> Dic
             t0 = time.perf_counter()
             out = tower(batch)
             seconds += time.perf_counter() - t0
-            values = out.values if hasattr(out, "values") else out.outputs["values"]
+            values = out.values
             correct += float(values["category_correct"].sum())
             if "attributes_exact" in values:
                 exact += float(values["attributes_exact"].sum())

@@ -19,8 +19,10 @@ Evaluation (the batch's `label` is the class index 0..9):
 - `values` (the `tower` metric): ``category_correct`` (1 / 0) and ``attributes_exact``: 1 when the
   attribute-extraction answer is the greedy decoding of the model, i.e. when every answer token
   (eos included) is the argmax given the gold prefix (one teacher-forced pass, no sampling);
-- the loss: the cross entropy of the gold category among the ten answers' log-likelihoods; the
-  logits: its log-odds (so logloss reads the same number).
+- the loss: the cross entropy of the gold category among the ten answers' log-likelihoods.
+
+The tower has no binary logit (`has_logits = False`): a job evaluates it with `confusion` and
+`tower` metrics (binary ones are refused).
 
 The frozen LM (and a frozen vision encoder) are declared ``frozen`` with their sources: the
 checkpoints hold their SHA-256 reference, never their weights. Trainable: the projector and the
@@ -83,6 +85,8 @@ def _answer_logprobs(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch
 
 class PUMGPTTower(Tower):
     """See the module docstring; options: `recis_multimodal.pumgpt.tower_config.PUMGPTTowerConfig`."""
+
+    has_logits = False
 
     def __init__(self, config: Optional[PUMGPTTowerConfig] = None, **options):
         super().__init__()
@@ -232,7 +236,7 @@ class PUMGPTTower(Tower):
         loss = -logp.sum() / tokens.clamp_min(1)
         stats = {"answer_nll": float(loss.detach()),
                  "open_domain_share": sum(i.open_domain for i in ins) / max(len(ins), 1)}
-        return TowerOutput(torch.zeros(len(rows), device=loss.device), loss, stats=stats)
+        return TowerOutput(loss=loss, stats=stats)
 
     def pixels_for_facts(self, batch) -> Optional[torch.Tensor]:
         """text_only: the image is only read for open-domain answers (never by the model)."""
@@ -295,19 +299,13 @@ class PUMGPTTower(Tower):
         scores = self.category_scores(pixels, len(rows))
         predicted = scores.argmax(-1)
         logp = torch.log_softmax(scores, -1).gather(1, gold[:, None]).squeeze(1)
-        p = logp.exp().clamp(1e-6, 1 - 1e-6)
         values = {}
         if "category_correct" in self.cfg.eval_values:
             values["category_correct"] = (predicted == gold).float()
         if "attributes_exact" in self.cfg.eval_values:
             values["attributes_exact"] = self.attributes_exact(pixels, rows)
-        out = TowerOutput(torch.log(p) - torch.log1p(-p), -logp.mean(), targets=torch.ones_like(p),
-                          predicted=predicted.float(), outputs={"category_scores": scores})
-        if hasattr(out, "values"):
-            out.values.update(values)
-        else:  # a core without TowerOutput.values: the numbers stay readable in outputs
-            out.outputs["values"] = values
-        return out
+        return TowerOutput(loss=-logp.mean(), predicted=predicted.float(), values=values,
+                           outputs={"category_scores": scores})
 
 
 def _allow_missing_new_bank(module: PUMGPTTower, incompatible) -> None:
