@@ -22,6 +22,7 @@ settings and a markdown table; writes it to benchmarks/results/pumgpt.md (`--out
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -46,6 +47,7 @@ def parse(argv=None):
     p.add_argument("--test-rows", type=int, default=None, help="test items (default: all 10,000)")
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--vit-steps", type=int, default=200)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="models compared (a subset of the three)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: no oversubscription on a shared CPU)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps and rows, one seed")
     args = p.parse_args(argv)
@@ -68,6 +70,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     files = fashion_mnist.load()
     work = Path(args.work)
+    shutil.rmtree(work / "jobs", ignore_errors=True)  # every job trains afresh (the pre-trained models are reused)
     models = prepare(str(work), files, lm_steps=args.lm_steps, vit_steps=args.vit_steps)
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -89,7 +92,7 @@ def main(argv=None):
         return train_job(cfg)
 
     rows = {}
-    for variant in VARIANTS:
+    for variant in args.variants.split(","):
         chosen, val_scores = None, {}
         for lr in lrs:
             done = run(variant, lr, 0, f"{variant}-lr{lr}-seed0")
