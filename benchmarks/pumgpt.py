@@ -16,7 +16,7 @@ are trained with it and evaluated on the official 10,000-item test split (catego
 ranking the ten category answers' log-likelihood; attribute-extraction exact match). Prints the
 settings and a markdown table; writes it to benchmarks/results/pumgpt.md (`--out`).
 
-    python benchmarks/pumgpt.py            # the default budget (about 15 min on 2 CPU cores)
+    python benchmarks/pumgpt.py            # the default budget (about 20 min on 2 shared CPU cores)
     python benchmarks/pumgpt.py --quick    # a smoke run (minutes)
 """
 import argparse
@@ -38,12 +38,12 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results" / "pumgpt.md"))
     p.add_argument("--work", default="runs/bench_pumgpt", help="run directory (pre-trained models, jobs)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps per training job")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lrs", default="0.001,0.003", help="learning rates tried on the validation split")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per training job")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lrs", default="0.003,0.01", help="learning rates tried on the validation split")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tasks", default="category,attributes")
-    p.add_argument("--valid-rows", type=int, default=1000, help="validation items for the LR choice")
+    p.add_argument("--valid-rows", type=int, default=500, help="validation items for the LR choice")
     p.add_argument("--test-rows", type=int, default=None, help="test items (default: all 10,000)")
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--vit-steps", type=int, default=200)
