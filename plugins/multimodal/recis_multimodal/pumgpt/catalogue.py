@@ -128,7 +128,7 @@ def save_lm(model, tokenizer, out: str, settings: Optional[Mapping[str, Any]] = 
 
 def build_catalogue_lm(out: str, rows: Iterable[Mapping], config: Optional[Mapping[str, Any]] = None,
                        steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                       passes: int = 1, log=print) -> str:
+                       passes: int = 1, log=print, log_every: int = 50) -> str:
     """The catalogue LM in directory `out` (trained on `catalogue_corpus(rows, seed, passes=passes)`
     and saved, or reused when `out` holds one trained with these settings and the same number of
     products). Returns `out`: a model spec for `load_causal_lm` and a tokenizer spec."""
@@ -144,7 +144,7 @@ def build_catalogue_lm(out: str, rows: Iterable[Mapping], config: Optional[Mappi
     tokenizer = catalogue_tokenizer()
     pairs = catalogue_corpus(rows, seed, passes=passes)
     t0 = time.perf_counter()
-    model, history = pretrain_lm(pairs, tokenizer, config, steps, batch_size, lr, seed)
+    model, history = pretrain_lm(pairs, tokenizer, config, steps, batch_size, lr, seed, log_every=log_every)
     settings["loss_history"] = history
     settings["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"catalogue LM: {len(pairs)} texts, {steps} steps in {settings['seconds']} s, loss "

@@ -112,7 +112,7 @@ class _NoTokenizer:
 
 def build_vision_dir(out: str, images: np.ndarray, config: Optional[Mapping[str, Any]] = None, steps: int = 300,
                      batch_size: int = 128, lr: float = 2e-3, mask_ratio: float = 0.5, seed: int = 0,
-                     log=print) -> str:
+                     log=print, log_every: int = 50) -> str:
     """The pre-trained encoder in directory `out` (reused when it holds one trained with these
     settings on as many images). Returns `out`, a `vision` spec for the tower."""
     settings = {"config": {**DEFAULT_VIT_CONFIG, **dict(config or {})}, "steps": steps, "batch_size": batch_size,
@@ -125,7 +125,7 @@ def build_vision_dir(out: str, images: np.ndarray, config: Optional[Mapping[str,
             log(f"vision encoder: reusing {out}")
             return str(out)
     t0 = time.perf_counter()
-    model, history = pretrain_vit(images, config, steps, batch_size, lr, mask_ratio, seed)
+    model, history = pretrain_vit(images, config, steps, batch_size, lr, mask_ratio, seed, log_every=log_every)
     settings["loss_history"] = history
     settings["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"vision encoder: SimMIM on {len(images)} images, {steps} steps in {settings['seconds']} s, masked-pixel "
