@@ -92,6 +92,10 @@ class PUMGPTTowerConfig:
         if self.earlier_tasks and self.variant != "pumgpt":
             raise ValueError(f"model.earlier_tasks (adapter banks of earlier tasks) needs variant pumgpt, got "
                              f"{self.variant!r}")
+        if self.earlier_tasks and self.pumgpt.vision_trainable:
+            raise ValueError("model.earlier_tasks with model.pumgpt.vision_trainable: a later task freezes the vision "
+                             "encoder, whose trained weights the frozen reference cannot carry; train the later task "
+                             "on a frozen pre-trained encoder (vision_trainable: false)")
         if self.bank in self.earlier_tasks:
             raise ValueError(f"model.task {self.bank!r} is also in model.earlier_tasks {self.earlier_tasks}")
         if len(set(self.earlier_tasks)) != len(self.earlier_tasks):
