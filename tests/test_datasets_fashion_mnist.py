@@ -256,3 +256,20 @@ def test_real_package():
         {k: fm.measure(images[0])[k] for k in ("shade", "width_band", "texture")}
     test_images, test_labels = fm.arrays("test")
     assert test_images.shape == (10000, 28, 28) and np.bincount(test_labels).tolist() == [1000] * 10
+
+
+def test_suggested_features_decode_the_catalogue(fake):
+    """feature_config() on the catalogue's Parquet: the image feature gives the normalised pixels
+    (recomputed here from the idx arrays), the class index is the label, metadata pass through."""
+    from recis.features import FeatureEngine
+
+    deb, images, labels, cache = fake
+    files = fm.load(validation=2, seed=0, cache=cache, deb=deb)
+    engine = FeatureEngine.from_config(fm.feature_config())
+    table = pq.read_table(files.train)
+    batch = engine(table)
+    rows = table["item_id"].to_numpy()
+    expected = (images[rows].astype(np.float32) / 255 - 0.2860) / 0.3530
+    np.testing.assert_allclose(batch.tensors["image"].numpy(), expected[:, None], rtol=1e-6, atol=1e-6)
+    assert batch.labels.tolist() == labels[rows].tolist()
+    assert batch.extras["category"].to_pylist() == [fm.CATEGORIES[k] for k in labels[rows]]

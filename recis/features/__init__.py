@@ -12,7 +12,7 @@ from recis.features.ops import (Bucketize, Clip, FeatureConfigError, FillMissing
                                 Normalize, Op, Truncate)
 from recis.features.plan import Plan
 from recis.features.spec import CrossInput, FeatureSpec, load_specs
-from recis.features.tensors import RowError
+from recis.io.errors import RowError
 
 __all__ = ["FeatureEngine", "FeatureSpec", "CrossInput", "Batch", "Plan", "load_specs", "xxh64", "Op", "FillMissing",
            "Hash", "MultiHash", "Mod", "Bucketize", "Truncate", "Log1p", "Normalize", "Clip", "FeatureConfigError",

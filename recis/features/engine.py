@@ -1,4 +1,6 @@
-"""FeatureEngine: Arrow record batches -> `Batch` (KeyedJaggedTensor, dense tensor, labels, extras).
+"""FeatureEngine: Arrow record batches -> `Batch` (KeyedJaggedTensor, dense tensor, labels, extras,
+and the image / fixed-shape tensor features in `tensors`, decoded by recis.features.images and
+recis.features.tensors).
 
 The fused engine runs each op once per DAG level for all features (one C++ call), computes
 shared sub-chains once, and evaluates elementwise ops on dictionary-encoded columns once per
@@ -21,7 +23,7 @@ feature's ops on its own rows, op by op: the same results, used as a baseline an
 """
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Union
 
 import pyarrow as pa
@@ -140,6 +142,13 @@ class FeatureEngine:
     def from_config(cls, source: Union[str, os.PathLike, dict, list], fused: bool = True) -> "FeatureEngine":
         """From a YAML / JSON file path, a {"features": [...]} dict or a list of feature dicts."""
         return cls(load_specs(source), fused=fused)
+
+    def for_eval(self) -> "FeatureEngine":
+        """A new engine with these features but no image augmentation (what evaluation reads;
+        its own caches, so it may run on another thread than this one)."""
+        specs = [replace(s, image=replace(s.image, augment=None)) if s.kind == "image" and s.image.augment else s
+                 for s in self.specs]
+        return FeatureEngine(specs, fused=self.fused)
 
     def to_config(self) -> dict:
         """The config dict that from_config reads back into the same engine."""

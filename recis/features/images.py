@@ -22,15 +22,18 @@ job does, and epochs augment differently.
 """
 import hashlib
 import io
+import re
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recis.features.media import ImageOptions
-from recis.features.tensors import RowError
+from recis.io.errors import RowError
 
 __all__ = ["decode_images", "row_seeds", "key_hash"]
+
+_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def _pil():
@@ -71,8 +74,8 @@ def decode_images(values: Sequence[Optional[bytes]], opts: ImageOptions, feature
     """Encoded images (bytes per row; None is a bad row) -> float32 [B, C, H, W].
 
     seeds: per row, the numbers that (after augment.seed) seed its augmentation generator
-    (needed when opts.augment is active; see row_seeds). expect_size: without opts.size, the (H, W) every row must decode to (else the
-    first row's). Rows that do not decode raise one RowError naming all of them."""
+    (needed when opts.augment is active; see row_seeds). expect_size: without opts.size, the
+    (H, W) every row must decode to (else the first row's). Rows that do not decode raise one RowError naming all of them."""
     image_mod = _pil()
     filt = getattr(image_mod.Resampling, opts.resample.upper())
     pixels, reasons = [], {}
@@ -84,7 +87,8 @@ def decode_images(values: Sequence[Optional[bytes]], opts: ImageOptions, feature
         try:
             pixels.append(_decode_one(data, opts, image_mod, filt))
         except Exception as e:  # noqa: BLE001 - any decoder failure is this row's reason
-            reasons[r] = f"does not decode as an image ({type(e).__name__}: {e})"
+            detail = _ADDRESS.sub("", str(e))  # Pillow names the in-memory file by its address
+            reasons[r] = f"does not decode as an image ({type(e).__name__}: {detail})"
             pixels.append(None)
     if opts.size is None:
         size = expect_size or next((p.shape[:2] for p in pixels if p is not None), None)

@@ -116,7 +116,8 @@ class FeatureSpec:
         for o in ops:
             if self.kind not in o.kinds:
                 allowed = sorted(n for n, cls in OPS.items() if self.kind in cls.kinds)
-                raise FeatureConfigError(f"{where}: op '{o.name}' is not allowed in {'an' if self.kind[0] in 'aei' else 'a'} {self.kind} feature "
+                article = "an" if self.kind == "image" else "a"
+                raise FeatureConfigError(f"{where}: op '{o.name}' is not allowed in {article} {self.kind} feature "
                                          f"(allowed: {', '.join(allowed) or 'none'})")
         object.__setattr__(self, "ops", ops)
         if self.nan not in NAN_MODES:

@@ -11,10 +11,10 @@ naming the feature, the column and the rows of the record batch.
 >>> fixed_tensor(pa.array([[1, 2, 3, 4], [5, 6]]), (2, 2), "f", "c")
 Traceback (most recent call last):
 ...
-recis.features.tensors.RowError: tensor feature 'f' (column 'c'): row 1 of the record batch (0-based): 2 numbers, the shape (2, 2) needs 4
+recis.io.errors.RowError: tensor feature 'f' (column 'c'): row 1 of the record batch (0-based): 2 numbers, the shape (2, 2) needs 4
 """
 import math
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,27 +22,9 @@ import pyarrow.compute as pc
 import torch
 
 from recis.features.arrow import FeatureTypeError
+from recis.io.errors import RowError
 
 __all__ = ["RowError", "fixed_tensor"]
-
-
-class RowError(ValueError):
-    """Rows of a record batch that a feature cannot turn into its tensor (an image that does not
-    decode, a tensor row of the wrong length, a null). `rows` are 0-based rows of the record
-    batch the engine was called with, `reasons` one per row; `feature`, `column` and `kind` say
-    whose. A dataset maps the rows to files and rows in them (recis.io.BadRowError)."""
-
-    def __init__(self, feature: str, column: str, kind: str, rows: Sequence[int], reasons: Sequence[str]):
-        self.feature, self.column, self.kind = feature, column, kind
-        self.rows, self.reasons = tuple(int(r) for r in rows), tuple(reasons)
-        more = len(self.rows) - 1
-        extra = f" ({more} more bad row{'s' if more != 1 else ''} in this batch: " \
-                f"{', '.join(map(str, self.rows[1:6]))}{', ...' if more > 5 else ''})" if more else ""
-        super().__init__(f"{kind} feature {feature!r} (column {column!r}): row {self.rows[0]} of the record batch "
-                         f"(0-based): {self.reasons[0]}{extra}")
-
-    def __reduce__(self):  # crosses DataLoader worker processes
-        return (RowError, (self.feature, self.column, self.kind, self.rows, self.reasons))
 
 
 def _numeric(t: pa.DataType) -> bool:

@@ -24,10 +24,12 @@ import json
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, Optional, Union
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from recis.config_utils import bounded, check_types
-from recis.io.errors import ON_ERROR, IOStats
+from recis.io.errors import ON_ERROR, BadRowError, IOStats, RowError
 from recis.io.pipeline import Cursor
 from recis.io.prefetch import Prefetcher, resolve_pin_memory
 from recis.io.sharding import resolve_shard
@@ -106,7 +108,8 @@ class ArrowIterableBase(torch.utils.data.IterableDataset):
     # --- subclass hooks (IterableDataset's metaclass is ABCMeta, so these are enforced) ----
     @abc.abstractmethod
     def _shard_stream(self, shard: int, num_shards: int, cursor: Optional[Cursor]) -> Iterator[tuple]:
-        """(record batch or None, rows, cursor after it) for one shard from `cursor` on."""
+        """(record batch or None, rows, cursor after it, RowOrigin or None) for one shard from
+        `cursor` on (recis.io.origin: where each row of the batch comes from)."""
 
     @abc.abstractmethod
     def _config_state(self) -> dict:
@@ -140,8 +143,33 @@ class ArrowIterableBase(torch.utils.data.IterableDataset):
 
     def _produce(self, shard, num_shards, cursor):
         transform = self.transform
-        for batch, rows, after in self._shard_stream(shard, num_shards, cursor):
-            yield (transform(batch) if transform is not None and batch is not None else batch), rows, after
+        for batch, rows, after, origin in self._shard_stream(shard, num_shards, cursor):
+            if transform is None or batch is None:
+                yield batch, rows, after
+                continue
+            item, rows = self._transform(transform, batch, rows, origin)
+            yield item, rows, after
+
+    def _transform(self, transform, batch, rows: int, origin):
+        """transform(batch) (with origin= when the transform takes one); a RowError's rows are
+        named by file and row (on_error="raise") or dropped and counted, and the rest transformed
+        again (on_error="skip"). Returns (item, rows delivered); (None, 0) when no row is left."""
+        takes = getattr(transform, "takes_origin", False) and origin is not None
+        while True:
+            try:
+                return (transform(batch, origin=origin) if takes else transform(batch)), rows
+            except RowError as e:
+                if origin is None or not e.rows or max(e.rows) >= batch.num_rows:
+                    raise
+                bad = [(path, row, reason) for (path, row), reason in zip(origin.where(e.rows), e.reasons)]
+                if self.config.on_error == "raise":
+                    path, row, reason = bad[0]
+                    raise BadRowError(path, row, e.column, e.feature, reason, bad) from None
+                self.stats.skip_rows(bad, e.column, e.feature)
+                keep = np.setdiff1d(np.arange(batch.num_rows), np.asarray(e.rows, np.int64))
+                if keep.size == 0:
+                    return None, 0
+                batch, origin, rows = batch.take(pa.array(keep)), origin.subset(keep), int(keep.size)
 
     def _consume(self, items: Iterator[tuple]):
         key = str(self._shard)

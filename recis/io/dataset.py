@@ -42,7 +42,8 @@ class ArrowDataset(ArrowIterableBase):
         do not span epochs. `set_epoch(e)` makes the next iteration start at epoch e.
     prefetch: > 0 reads that many batches ahead on a background thread (recis.io.Prefetcher),
         pinning tensors in the transform's output when CUDA is available (`pin_memory`).
-    on_error: 'raise' or 'skip' (a bad file is given up and counted in `stats`).
+    on_error: 'raise' or 'skip' (a bad file is given up and counted in `stats`; so are the rows
+        the transform cannot use, e.g. images that do not decode: see docs/io.md, "Bad rows").
     yield_state: yield `(item, state_dict())` pairs, for resuming with DataLoader workers.
 
     >>> import os, tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -92,6 +93,7 @@ class ArrowDataset(ArrowIterableBase):
         for other_format, other_fs in sources[1:]:
             self._reader.add_source(other_format, other_fs)
         self._units_cache = {}
+        self._offsets = {}  # unit key -> its first row's index in its file
 
     def set_epoch(self, epoch: int):
         """The next iteration starts at the beginning of this epoch, like
@@ -157,16 +159,35 @@ class ArrowDataset(ArrowIterableBase):
             resumed = cursor is not None and cursor.epoch == epoch
             start = cursor if resumed else Cursor(epoch=epoch)
             produced = 0
-            for batch, n, after in make_batches(self._rows(units, start.unit, start.row), start,
-                                                batch_size=c.batch_size, drop_last=c.drop_last,
-                                                shuffle_buffer=c.shuffle_buffer, seed_key=(c.seed, 1, epoch, shard)):
+            resolve = self._resolver(units)
+            for batch, n, after, origin in make_batches(self._rows(units, start.unit, start.row), start,
+                                                        batch_size=c.batch_size, drop_last=c.drop_last,
+                                                        shuffle_buffer=c.shuffle_buffer,
+                                                        seed_key=(c.seed, 1, epoch, shard), origins=True):
                 produced += n
-                yield batch, n, after
+                yield batch, n, after, origin.bind(resolve) if origin is not None else None
             epoch += 1
-            yield None, 0, Cursor(epoch=epoch)
+            yield None, 0, Cursor(epoch=epoch), None
             if self.epochs is None and produced == 0 and not resumed:
                 return  # an empty shard repeated forever would never yield
             cursor = None
+
+    def _resolver(self, units: List[Unit]):
+        """unit index in `units` -> (file path, file key, index in the file of the unit's first row)."""
+        def resolve(i: int):
+            unit = units[i]
+            return unit.path, self._keys[unit.path], self._row_offset(unit)
+        return resolve
+
+    def _row_offset(self, unit: Unit) -> int:
+        """Rows of the file before a unit (its row groups before `part`; 0 for a whole file)."""
+        if not unit.part:
+            return 0
+        if unit.key not in self._offsets:
+            frag = self._reader.fragment(Unit(unit.path, unit.key, None, unit.partition, unit.source))
+            frag.ensure_complete_metadata()
+            self._offsets[unit.key] = sum(rg.num_rows for rg in frag.row_groups[:unit.part])
+        return self._offsets[unit.key]
 
     def _rows(self, units: List[Unit], start_unit: int, start_row: int):
         for i in range(start_unit, len(units)):

@@ -11,9 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
-#: What a dataset does with a file it cannot read: raise an error naming it, or skip it (counted
-#: in IOStats with the reason, and logged).
+#: What a dataset does with a file it cannot read, or a row its transform cannot use (an image
+#: that does not decode, see recis.features.RowError): raise an error naming the file (and row and
+#: column), or skip it (counted in IOStats with the reason, and logged).
 ON_ERROR = ("raise", "skip")
+#: Most skipped rows whose file, row and reason IOStats keeps (rows_skipped counts them all).
+MAX_SKIPPED_ROWS = 1000
 _log = logging.getLogger("recis.io")
 
 
@@ -66,6 +69,41 @@ class CorruptFileError(DataFileError):
         self.reason = reason
 
 
+class BadRowError(DataFileError, ValueError):
+    """A row of a file that the dataset's transform cannot use (e.g. an image feature's bytes do
+    not decode): `path`, `row` (0-based, in the file), `column`, `feature`, `reason`; `rows`
+    lists (path, row, reason) of every bad row of that batch."""
+
+    def __init__(self, path: str, row: int, column: str, feature: str, reason: str, rows=()):
+        more = len(rows) - 1 if rows else 0
+        extra = f" ({more} more bad row{'s' if more != 1 else ''} in this batch)" if more > 0 else ""
+        super().__init__(path, f"file {path!r}, row {row} (0-based), column {column!r} (feature {feature!r}): "
+                               f"{reason}{extra}; on_error='skip' drops such rows (counted in stats.rows_skipped)")
+        self.row, self.column, self.feature, self.reason = row, column, feature, reason
+        self.rows = list(rows) or [(path, row, reason)]
+
+
+class RowError(ValueError):
+    """Rows of a record batch that a feature cannot turn into its tensor (an image that does not
+    decode, a tensor row of the wrong length, a null). `rows` are 0-based rows of the record
+    batch the engine was called with, `reasons` one per row; `feature`, `column` and `kind` say
+    whose. Any dataset transform may raise it (the FeatureEngine does for image and tensor
+    features); a recis.io dataset maps the rows to files and rows in them (BadRowError) or skips
+    them, per on_error."""
+
+    def __init__(self, feature: str, column: str, kind: str, rows: Sequence[int], reasons: Sequence[str]):
+        self.feature, self.column, self.kind = feature, column, kind
+        self.rows, self.reasons = tuple(int(r) for r in rows), tuple(reasons)
+        more = len(self.rows) - 1
+        extra = f" ({more} more bad row{'s' if more != 1 else ''} in this batch: " \
+                f"{', '.join(map(str, self.rows[1:6]))}{', ...' if more > 5 else ''})" if more else ""
+        super().__init__(f"{kind} feature {feature!r} (column {column!r}): row {self.rows[0]} of the record batch "
+                         f"(0-based): {self.reasons[0]}{extra}")
+
+    def __reduce__(self):  # crosses DataLoader worker processes
+        return (RowError, (self.feature, self.column, self.kind, self.rows, self.reasons))
+
+
 class UnknownFormatError(DataFileError, ValueError):
     """A file's name does not say its format (no .parquet / .orc / .csv extension) and the
     dataset was given no format: a README or a .json file in a data directory."""
@@ -83,7 +121,9 @@ class IOStats:
     by drop_last. files_read: read units whose last batch was read (a file, or one row group of
     a split Parquet file; with prefetch, counted when read ahead). files_skipped / skipped: files given up with on_error="skip", with the reason (rows
     delivered before a mid-file error stay delivered). files_waiting: streaming files seen but not
-    yet complete at the last poll."""
+    yet complete at the last poll. rows_skipped / skipped_rows: rows dropped from their batch with
+    on_error="skip" because the transform could not use them (skipped_rows: "path:row" -> the
+    column and reason, for the first MAX_SKIPPED_ROWS of them)."""
 
     rows: int = 0
     batches: int = 0
@@ -92,12 +132,25 @@ class IOStats:
     files_skipped: int = 0
     skipped: Dict[str, str] = field(default_factory=dict)
     files_waiting: int = 0
+    rows_skipped: int = 0
+    skipped_rows: Dict[str, str] = field(default_factory=dict)
 
     def skip(self, path: str, reason: str, log: bool = True):
         self.files_skipped += 1
         self.skipped[path] = reason
         if log:
             _log.warning("skipped file %s: %s", path, reason)
+
+    def skip_rows(self, bad, column: str, feature: str, log: bool = True):
+        """Counts bad rows [(path, row in the file, reason)] of one batch (one log line)."""
+        self.rows_skipped += len(bad)
+        for path, row, reason in bad:
+            if len(self.skipped_rows) < MAX_SKIPPED_ROWS:
+                self.skipped_rows[f"{path}:{row}"] = f"column {column!r} (feature {feature!r}): {reason}"
+        if log and bad:
+            path, row, reason = bad[0]
+            _log.warning("skipped %d row(s) of column %r (feature %r), first: file %s row %d: %s", len(bad), column,
+                         feature, path, row, reason)
 
     def reset(self):
         self.__init__()

@@ -13,6 +13,12 @@ order of units is shuffled per epoch by the dataset, so windows differ from epoc
 >>> rows = [(pa.record_batch({"x": list(range(5))}), 0, 0, True), (pa.record_batch({"x": [5, 6]}), 1, 0, True)]
 >>> [(b["x"].to_pylist(), c.unit, c.row) for b, n, c in make_batches(iter(rows), Cursor(), batch_size=3)]
 [([0, 1, 2], 0, 3), ([3, 4, 5], 1, 1), ([6], 2, 0)]
+
+With origins=True each item also carries a RowOrigin (recis.io.origin): the unit and row in the
+unit of every batch row.
+
+>>> [o.units_rows()[1].tolist() for b, n, c, o in make_batches(iter(rows), Cursor(), batch_size=3, origins=True)]
+[[0, 1, 2], [3, 4, 0], [1]]
 """
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from recis.io.files import check_data_key
+from recis.io.origin import RowOrigin
 
 # (batch, unit index, index of its first row in the unit, whether it ends the unit)
 Rows = Iterator[Tuple[pa.RecordBatch, int, int, bool]]
@@ -77,6 +84,9 @@ class _Seq:
     def __init__(self, epoch, unit, row, end, files):
         self.epoch, self.unit, self.row, self.end, self.files = epoch, unit, row, end, files
 
+    def locate(self, used: int, take: int):
+        return np.full(take, self.unit, np.int64), self.row + used + np.arange(take, dtype=np.int64)
+
     def after(self, k: int) -> Cursor:
         unit, row = (self.unit + 1, 0) if self.end is not None and k == self.end else (self.unit, self.row + k)
         return Cursor(self.epoch, unit, row, files=self.files, files_len=_len(self.files))
@@ -85,11 +95,18 @@ class _Seq:
 class _Win:
     """Rows `skip`.. of a permuted window; after the window's last row, the next window starts."""
 
-    __slots__ = ("epoch", "start", "window", "rows", "skip", "end", "files")
+    __slots__ = ("epoch", "start", "window", "rows", "skip", "end", "files", "idx", "layout")
 
-    def __init__(self, epoch, start, window, rows, skip, end, files):
+    def __init__(self, epoch, start, window, rows, skip, end, files, idx=None, layout=None):
         self.epoch, self.start, self.window, self.rows = epoch, start, window, rows
         self.skip, self.end, self.files = skip, end, files
+        self.idx, self.layout = idx, layout  # window rows of this piece; the window's (starts, units, rows)
+
+    def locate(self, used: int, take: int):
+        starts, units, rows = self.layout
+        w = self.idx[used:used + take]
+        seg = np.searchsorted(starts, w, side="right") - 1
+        return units[seg], rows[seg] + (w - starts[seg])
 
     def after(self, k: int) -> Cursor:
         n = _len(self.files)
@@ -104,21 +121,23 @@ def _len(files):
 
 
 def make_batches(rows: Rows, start: Cursor, *, batch_size: int, drop_last: bool = False, shuffle_buffer: int = 0,
-                 seed_key: Tuple[int, ...] = (0,), files: Optional[List[str]] = None):
+                 seed_key: Tuple[int, ...] = (0,), files: Optional[List[str]] = None, origins: bool = False):
     """Yields (batch, rows, cursor after it); at the end, if drop_last drops a remainder,
-    (None, rows dropped, cursor after them). `rows` must start at the cursor's (unit, row)."""
+    (None, rows dropped, cursor after them). `rows` must start at the cursor's (unit, row).
+    origins=True: (batch, rows, cursor, RowOrigin or None) instead."""
     if shuffle_buffer:
         chunks = _windows(rows, start, shuffle_buffer, batch_size, seed_key, files)
     else:
         chunks = ((b, _Seq(start.epoch, u, r, b.num_rows if last else None, files)) for b, u, r, last in rows)
-    return _rebatch(chunks, batch_size, drop_last)
+    out = _rebatch(chunks, batch_size, drop_last)
+    return out if origins else (item[:3] for item in out)
 
 
 def _windows(rows: Rows, start: Cursor, size: int, piece: int, seed_key, files):
     window, skip, want = start.window, start.skip, start.window_rows or size
     carry = None
     while True:
-        pieces, n, first, end = [], 0, None, None
+        pieces, n, first, end, layout = [], 0, None, None, []
         while n < want:
             if carry is not None:
                 item, carry = carry, None
@@ -133,6 +152,7 @@ def _windows(rows: Rows, start: Cursor, size: int, piece: int, seed_key, files):
             if first is None:
                 first = (u, r)
             pieces.append(b if take == b.num_rows else b.slice(0, take))
+            layout.append((n, u, r))
             if take < b.num_rows:
                 carry = (b.slice(take), u, r + take, last)
             n += take
@@ -141,9 +161,10 @@ def _windows(rows: Rows, start: Cursor, size: int, piece: int, seed_key, files):
             return
         table = pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
         perm = np.random.default_rng([*seed_key, window]).permutation(n)
+        layout = tuple(np.array(col, np.int64) for col in zip(*layout))
         for i in range(skip, n, piece):
             idx = perm[i:i + piece]
-            yield table.take(pa.array(idx)), _Win(start.epoch, first, window, n, i, end, files)
+            yield table.take(pa.array(idx)), _Win(start.epoch, first, window, n, i, end, files, idx, layout)
         window, skip, want = window + 1, 0, size
 
 
@@ -164,19 +185,20 @@ def _rebatch(chunks, batch_size: int, drop_last: bool):
         yield _cut(pending, buffered)
     elif buffered:
         pos, n = last
-        yield None, buffered, pos.after(n)
+        yield None, buffered, pos.after(n), None
 
 
 def _cut(pending: deque, n: int):
-    parts, need = [], n
+    parts, need, where = [], n, []
     while need:
         entry = pending[0]
         batch, used, pos = entry
         take = min(need, batch.num_rows - used)
         parts.append(batch.slice(used, take) if (used or take < batch.num_rows) else batch)
+        where.append((pos, used, take))
         need -= take
         entry[1] = used + take
         if entry[1] == batch.num_rows:
             pending.popleft()
     out = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
-    return out, n, pos.after(used + take)
+    return out, n, pos.after(used + take), RowOrigin(pos.epoch, where)

@@ -136,8 +136,14 @@ class StreamingArrowDataset(ArrowIterableBase):
         start = cursor if cursor is not None else Cursor(files=[])
         log = list(start.files or [])
         rows = self._rows(log, start.unit, start.row, shard, num_shards)
-        yield from make_batches(rows, start, batch_size=c.batch_size, drop_last=c.drop_last,
-                                shuffle_buffer=c.shuffle_buffer, seed_key=(c.seed, 1, 0, shard), files=log)
+
+        def resolve(i: int):  # unit index -> (path, key, first row): a unit is a whole file
+            return self.watcher.path(log[i]), log[i], 0
+
+        for batch, n, after, origin in make_batches(rows, start, batch_size=c.batch_size, drop_last=c.drop_last,
+                                                    shuffle_buffer=c.shuffle_buffer, seed_key=(c.seed, 1, 0, shard),
+                                                    files=log, origins=True):
+            yield batch, n, after, origin.bind(resolve) if origin is not None else None
 
     def _rows(self, log, start_unit: int, start_row: int, shard: int, num_shards: int):
         consumed = set(log)

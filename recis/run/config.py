@@ -25,11 +25,12 @@ from recis.train.config import TrainerConfig
 
 @dataclass
 class DataConfig:
-    """`dataset` names a built-in dataset (recis.run.datasets: movielens, synthetic, criteo,
+    """`dataset` names a built-in dataset (recis.run.datasets: movielens, fashion_mnist, synthetic, criteo,
     avazu; `options` are its options); otherwise `train` and `eval` give files or directories
     (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
     `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
-    in a data directory, instead of stopping (recis.io)."""
+    in a data directory, and the rows whose image (or tensor) feature cannot be decoded, instead of
+    stopping (recis.io)."""
 
     dataset: Optional[str] = None
     split: str = "random"

@@ -163,8 +163,9 @@ class Job:
                                        world_size=self.env.world_size, on_error=d.on_error)
         self.eval_data = None
         if eval_src is not None:
+            # its own engine (the train engine's prefetch thread may still be running) without augmentation
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
-                                          transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
+                                          transform=self.engine.for_eval(), prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size, on_error=d.on_error)
         check_shards(self.train_data, self.env.world_size)
         for data, early in zip((self.train_data, self.eval_data), listed):

@@ -102,7 +102,10 @@ def from_config_spec(auto_class, spec: Dict[str, Any], what: str) -> Tuple[torch
             model = auto_class.from_config(config)
         except ValueError as e:
             raise ValueError(f"{what}.config.model_type {model_type!r}: no {auto_class.__name__} class ({e})") from None
-    return model, f"random:{model_type}:{config.num_hidden_layers}:{config.hidden_size}:seed{seed}"
+    # convolutional configs (ConvNeXt, ResNet) have depths / hidden_sizes instead of the transformer sizes
+    layers = getattr(config, "num_hidden_layers", None) or sum(getattr(config, "depths", None) or ()) or "?"
+    hidden = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or ["?"])[-1]
+    return model, f"random:{model_type}:{layers}:{hidden}:seed{seed}"
 
 
 def load_tokenizer(spec: Union[str, Dict[str, Any]], lowercase: bool = True):
