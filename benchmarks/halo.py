@@ -8,14 +8,17 @@ mean video reward) and the video RM. `content` is the samples' mean pixel over t
 denoiser's: a model that removes artifacts by blanking the item scores well on artifact energy
 alone, so it is reported and used in the selection rule.
 
-Settings are chosen on VALIDATION seeds only (never the test seeds): for Diffusion-DPO a grid of
-(beta, lr); for Gran-DPO the same (beta, lr) grid at lam = 1, delta = 0.3, then lam x delta at the
-best (beta, lr). Rule: among settings whose samples keep the item (content in [0.67, 1.5]) and
-whose mean video-RM reward is at least the pre-trained denoiser's, the lowest patch-defect rate;
-if none qualifies, the one with content closest to 1. The chosen settings then run on the TEST
-seeds; the table gives mean +- std over them. Usage:
+Settings are chosen on VALIDATION seeds only (never the test seeds), with the same budget and
+stages for both methods (`PER_METHOD` = 17 settings each): stage 1, beta x lr (3 x 3, default
+steps; Gran-DPO at lam = 1, delta = 0.3); stage 2, at the stage-1 choice, lr x 0.3 / x 3 and steps
+x 0.5 / x 2; stage 3, at the stage-1+2 choice, 4 settings over each method's remaining axes
+(Diffusion-DPO: beta x 0.3 / x 3, lr x 0.5 / x 2; Gran-DPO: 4 (lam, delta) pairs). One rule for
+both: among settings whose samples keep the item (content in [0.67, 1.5]) and whose mean video-RM
+reward is at least the pre-trained denoiser's, the lowest patch-defect rate; if none qualifies,
+the one with content closest to 1. The chosen settings then run on the TEST seeds; the table gives
+mean +- std over them and the per-seed paired differences. Usage:
 
-    python benchmarks/halo.py                      # 3 test seeds, 1 validation seed; ~15-20 min on 2 cores
+    python benchmarks/halo.py                      # 3 test seeds, 1 validation seed; ~20-25 min on 2 cores
     python benchmarks/halo.py --quick              # tiny sizes, a smoke run (numbers meaningless)
 """
 from __future__ import annotations
@@ -40,10 +43,24 @@ from recis_multimodal.halo.experiment import MODELS, Experiment, ExperimentConfi
 
 TEST_SEEDS = (0, 1, 2)
 VALID_SEEDS = (100,)
-BETAS = (300.0, 2500.0)
+# The validation grid: the same stages, the same count and the same rule for both methods.
+# Stage 1 (9): beta x lr at the default steps (Gran-DPO at lam = 1, delta = 0.3).
+BETAS = (100.0, 1000.0, 5000.0)
 LRS = (1e-7, 1e-6, 1e-5)
-LAMS = (1.0, 3.0)
-DELTAS = (0.15, 0.3, 0.6)
+# Stage 2 (4): at the stage-1 choice, lr x 0.3 and x 3 (default steps), then steps x 0.5 and x 2.
+LR_NEAR = (0.3, 3.0)
+STEPS_NEAR = (0.5, 2.0)
+# Stage 3 (4): at the stage-1+2 choice, each method's remaining axes: Diffusion-DPO beta x 0.3 / x 3
+# and lr x 0.5 / x 2; Gran-DPO (lam, delta) pairs other than stage 1's (1, 0.3).
+DDPO_NEAR = (("beta", 0.3), ("beta", 3.0), ("lr", 0.5), ("lr", 2.0))
+LAM0, DELTA0 = 1.0, 0.3
+LAM_DELTA = ((1.0, 0.15), (1.0, 0.6), (3.0, 0.3), (3.0, 0.6))
+STEPS = 300  # stage 1's steps (the quick run: QUICK's dpo_steps)
+PER_METHOD = len(BETAS) * len(LRS) + len(LR_NEAR) + len(STEPS_NEAR) + len(DDPO_NEAR)
+assert PER_METHOD == len(BETAS) * len(LRS) + len(LR_NEAR) + len(STEPS_NEAR) + len(LAM_DELTA)  # symmetric
+# per objective: run-name prefix and the setting keys of beta, lr, steps (ExperimentConfig fields)
+KEYS = {"diffusion_dpo": ("ddpo", "beta", "dpo_lr", "dpo_steps"),
+        "gran_dpo": ("gran", "gran_beta", "gran_lr", "gran_steps")}
 CONTENT = (0.67, 1.5)
 QUICK = dict(rm_clips=200, rm_heldout=100, rm_steps=20, patch_rm_steps=20, sft_clips=200, sft_steps=20,
              pairs_per_class=8, dpo_steps=5, eval_per_class=4)
@@ -61,24 +78,50 @@ def choose(candidates, pre):
     return min(candidates, key=lambda c: abs(c[1]["content"] - 1))
 
 
+def _r(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def search(exp: Experiment, objective: str, steps: int):
+    """Every (setting, scores) the three stages try for `objective` on one validation experiment."""
+    tag, kb, kl, ks = KEYS[objective]
+    tried = []
+    first = {"lam": LAM0, "delta": DELTA0} if objective == "gran_dpo" else {}
+
+    def run(beta, lr, n, **extra):
+        setting = {kb: _r(beta), kl: _r(lr), ks: max(1, int(round(n))), **extra}
+        name = f"{tag}_b{setting[kb]:g}_lr{setting[kl]:g}_s{setting[ks]}" + (
+            f"_lam{extra['lam']:g}_d{extra['delta']:g}" if extra else "")
+        tried.append((setting, exp.post_train(objective, name, **setting)))
+
+    for beta in BETAS:
+        for lr in LRS:
+            run(beta, lr, steps, **first)
+    best = choose(tried, exp.results["pretrained"])[0]
+    for f in LR_NEAR:
+        run(best[kb], best[kl] * f, steps, **first)
+    for f in STEPS_NEAR:
+        run(best[kb], best[kl], steps * f, **first)
+    best = choose(tried, exp.results["pretrained"])[0]
+    if objective == "gran_dpo":
+        for lam, delta in LAM_DELTA:
+            run(best[kb], best[kl], best[ks], lam=lam, delta=delta)
+    else:
+        for axis, f in DDPO_NEAR:
+            run(best[kb] * (f if axis == "beta" else 1), best[kl] * (f if axis == "lr" else 1), best[ks])
+    assert len(tried) == PER_METHOD
+    return tried
+
+
 def validate(base: ExperimentConfig, root: str, log) -> dict:
     chosen = {}
     for seed in VALID_SEEDS:
         exp = Experiment(dataclasses.replace(base, seed=seed, compare_mu0=False), os.path.join(root, f"valid{seed}"),
                          log).prepare()
         pre = exp.results["pretrained"]
-        ddpo = [({"beta": b, "dpo_lr": lr}, exp.post_train("diffusion_dpo", f"ddpo_b{b:g}_lr{lr:g}", beta=b, dpo_lr=lr))
-                for b in BETAS for lr in LRS]
-        first = [({"gran_beta": b, "gran_lr": lr, "lam": 1.0, "delta": 0.3},
-                  exp.post_train("gran_dpo", f"gran_b{b:g}_lr{lr:g}", gran_beta=b, gran_lr=lr, lam=1.0, delta=0.3))
-                 for b in BETAS for lr in LRS]
-        best = choose(first, pre)[0]
-        second = [({**best, "lam": lam, "delta": d},
-                   exp.post_train("gran_dpo", f"gran_b{best['gran_beta']:g}_lr{best['gran_lr']:g}_lam{lam:g}_d{d:g}",
-                                  **{**best, "lam": lam, "delta": d}))
-                  for lam in LAMS for d in DELTAS if (lam, d) != (1.0, 0.3)]
-        chosen[seed] = {"diffusion_dpo": choose(ddpo, pre), "gran_dpo": choose(first + second, pre),
-                        "pretrained": pre, "all": exp.results}
+        chosen[seed] = {objective: choose(search(exp, objective, base.dpo_steps), pre)
+                        for objective in ("diffusion_dpo", "gran_dpo")}
+        chosen[seed]["all"] = exp.results
     # one validation seed by default; with more, the setting chosen most often (first on ties)
     out = {}
     for objective in ("diffusion_dpo", "gran_dpo"):
@@ -118,9 +161,29 @@ def report(runs, settings, base: ExperimentConfig, seconds, validation=None) -> 
                for g, d in zip(gran, ddpo))
     per_seed = ", ".join(f"seed {s}: {g['patch_defect_rate'] - d['patch_defect_rate']:+.4f} / "
                          f"{g['video_rm_reward'] - d['video_rm_reward']:+.4f}" for s, g, d in zip(TEST_SEEDS, gran, ddpo))
+    lines += ["", "Per test seed (Gran-DPO minus Diffusion-DPO: negative patch-defect and positive reward "
+              "differences favour Gran-DPO):", "",
+              "| test seed | patch-defect rate: pretrained / Diffusion-DPO / Gran-DPO | difference | "
+              "video-RM reward: pretrained / Diffusion-DPO / Gran-DPO | difference | content: Diffusion-DPO / Gran-DPO |",
+              "|---|---|---|---|---|---|"]
+    for s, r, g, d in zip(TEST_SEEDS, runs, gran, ddpo):
+        p = r["models"]["pretrained"]
+        lines.append(f"| {s} | {p['patch_defect_rate']:.4f} / {d['patch_defect_rate']:.4f} / {g['patch_defect_rate']:.4f} | "
+                     f"{g['patch_defect_rate'] - d['patch_defect_rate']:+.4f} | {p['video_rm_reward']:.4f} / "
+                     f"{d['video_rm_reward']:.4f} / {g['video_rm_reward']:.4f} | "
+                     f"{g['video_rm_reward'] - d['video_rm_reward']:+.4f} | {d['content']:.3f} / {g['content']:.3f} |")
     lines += ["", f"Gran-DPO minus Diffusion-DPO (patch-defect rate / video-RM reward), paired by seed: {per_seed}. "
               f"Gran-DPO is below Diffusion-DPO's patch-defect rate at equal or better video-RM reward on {wins} of "
               f"{len(runs)} test seeds."]
+    if validation:
+        lines += ["", f"Validation grid, the same count per method ({PER_METHOD} settings each) and the same rule: "
+                  f"stage 1 beta {list(BETAS)} x lr {list(LRS)} at {base.dpo_steps} steps (Gran-DPO at lam {LAM0:g}, "
+                  f"delta {DELTA0:g}); stage 2 at the stage-1 choice lr x {list(LR_NEAR)} and steps x {list(STEPS_NEAR)}; "
+                  f"stage 3 at the stage-1+2 choice Diffusion-DPO beta x 0.3 / x 3 and lr x 0.5 / x 2, Gran-DPO "
+                  f"(lam, delta) in {list(LAM_DELTA)}. Run names: b = beta, lr, s = steps."]
+        for prefix, label in (("ddpo_", "Diffusion-DPO"), ("gran_", "Gran-DPO")):
+            names = [n for res in validation.values() for n in res if n.startswith(prefix)]
+            lines += ["", f"- {label} ({len(names)}): " + ", ".join(names)]
     if validation:
         lines += ["", "Validation seed(s), every setting tried (the rule picks within content [0.67, 1.5] and video-RM "
                   "reward >= the pre-trained's):", "",
@@ -153,7 +216,7 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--render", default=None, help="only re-render the table of a run saved with --json")
     args = p.parse_args(argv)
-    base = ExperimentConfig(**(QUICK if args.quick else {}))
+    base = ExperimentConfig(**(QUICK if args.quick else {"dpo_steps": STEPS}))
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)

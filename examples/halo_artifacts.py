@@ -34,8 +34,8 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="where the jobs write (default: a temporary directory)")
     p.add_argument("--json", default=None, help="also write the measured numbers here")
     for f in dataclasses.fields(ExperimentConfig):
-        if f.name != "seed" and f.type in ("int", "float", "Optional[float]"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type == "int" else float, default=None)
+        if f.name != "seed" and f.type in ("int", "float", "Optional[float]", "Optional[int]"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=int if "int" in f.type else float, default=None)
     args = p.parse_args(argv)
     over = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
             if f.name != "seed" and getattr(args, f.name, None) is not None}
