@@ -17,7 +17,7 @@ from recis.checkpoint import CheckpointManager, IncompatibleCheckpointError
 from recis.cli import main
 from recis.run import Job, RunConfig
 from recis.towers import Tower, TowerOutput, register_tower, unregister_tower
-from recis.train import Hook
+from recis.testing import KillAt, Killed
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -97,19 +97,6 @@ def test_metrics_section_errors_name_the_metric(tmp_path):
     with pytest.raises(ValueError, match=r"metrics \['confusion'\] compare predicted classes .* model 'deepfm' "
                                          "returns logits only"):
         build(tmp_path, deepfm)
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
 
 
 def test_stages_chain_by_init_from_and_a_killed_stage_resumes_exactly(tmp_path, monkeypatch):
