@@ -132,6 +132,8 @@ class _RankMetric(Metric):
         n_upto = torch.cumsum(n_share, 0) if k == 1 else segmented_cumsum(n_share, gid)
         pairs = p_share * (n_upto - 0.5 * n_share)  # negatives strictly below + half of the tied ones
         auc = torch.zeros(k, dtype=torch.float64, device=g.device).index_add_(0, gid, pairs)
+        # the shares sum to 1 up to rounding: a perfectly ranked group may add up to 1 + 2 ulp
+        auc = auc.clamp_(0.0, 1.0)
         return P, N, torch.where((P > 0) & (N > 0), auc, torch.full_like(auc, float("nan")))
 
     def _check_totals(self, ids: torch.Tensor, P: torch.Tensor, N: torch.Tensor) -> None:
