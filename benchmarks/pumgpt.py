@@ -16,7 +16,7 @@ are trained with it and evaluated on the official 10,000-item test split (catego
 ranking the ten category answers' log-likelihood; attribute-extraction exact match). Prints the
 settings and a markdown table; writes it to benchmarks/results/pumgpt.md (`--out`).
 
-    python benchmarks/pumgpt.py            # the default budget (about 20 min on 2 shared CPU cores)
+    python benchmarks/pumgpt.py            # the default budget (28 min on 2 CPU cores shared with other jobs)
     python benchmarks/pumgpt.py --quick    # a smoke run (minutes)
 """
 import argparse

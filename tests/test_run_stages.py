@@ -17,7 +17,7 @@ from recis.checkpoint import CheckpointManager, IncompatibleCheckpointError
 from recis.cli import main
 from recis.run import Job, RunConfig
 from recis.towers import Tower, TowerOutput, register_tower, unregister_tower
-from recis.train import Hook
+from recis.testing import KillAt, Killed
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -99,19 +99,6 @@ def test_metrics_section_errors_name_the_metric(tmp_path):
         build(tmp_path, deepfm)
 
 
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
-
-
 def test_stages_chain_by_init_from_and_a_killed_stage_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # init_from is relative to the working directory, like checkpoint.dir
     first = build(tmp_path, {**job_dict(tmp_path, "sft", seed=0), "trainer": {
@@ -182,3 +169,27 @@ def test_the_stage_configs_of_the_docs_parse():
     configs = [RunConfig.from_dict(yaml.safe_load(b), "docs") for b in blocks]
     assert [c.checkpoint.init_from for c in configs] == [None, "runs/sft/ckpt", "runs/dpo/ckpt"]
     assert all(set(c.metrics) == {"confusion"} for c in configs)
+
+
+def test_stage_config_sets_files_outputs_start_and_overrides_and_names_unknown_options(tmp_path):
+    from recis.run.stages import run_stage, stage_config
+
+    job = job_dict(tmp_path, "unused", minibatches=1, inner_steps=1)
+    cfg = RunConfig.from_dict(job, base_dir=str(tmp_path))
+    _write(tmp_path / "other.parquet", 64, 2)
+    cfg = stage_config(cfg, tmp_path / "run", train=tmp_path / "other.parquet", trainer={"max_steps": 3},
+                       optim={"dense": {"lr": 0.01}}, model={"inner_steps": 2})
+    assert cfg.data.train == str(tmp_path / "other.parquet") and cfg.data.eval.endswith("eval.parquet")
+    assert cfg.trainer.log_dir == str(tmp_path / "run") and cfg.trainer.max_steps == 3 and not cfg.trainer.progress
+    assert cfg.checkpoint.dir == os.path.join(str(tmp_path / "run"), "checkpoints")
+    assert cfg.optim.dense == {"name": "adam", "lr": 0.01} and cfg.model.args["inner_steps"] == 2
+    done = run_stage(cfg)
+    assert done["job"].trainer.step == 3 and done["seconds"] > 0
+    assert CheckpointManager(cfg.checkpoint.dir).latest() is not None
+    with pytest.raises(ValueError, match="trainer: unknown option 'max_step'"):
+        stage_config(RunConfig.from_dict(job, base_dir=str(tmp_path)), tmp_path / "r", trainer={"max_step": 3})
+    with pytest.raises(ValueError, match="optim: unknown section 'dens'"):
+        stage_config(RunConfig.from_dict(job, base_dir=str(tmp_path)), tmp_path / "r", optim={"dens": {"lr": 1}})
+    with pytest.raises(ValueError, match="max_steps"):  # the overrides are checked like the YAML's values
+        stage_config(RunConfig.from_dict(job, base_dir=str(tmp_path)), tmp_path / "r", trainer={"max_steps": -1})
+

@@ -21,7 +21,8 @@ from recis.cli import main
 from recis.metrics import TowerValues, UndefinedMetricError, build_metrics
 from recis.run import Job, RunConfig
 from recis.towers import Tower, TowerOutput, register_tower, unregister_tower
-from recis.train import Hook, Trainer
+from recis.testing import KillAt, Killed
+from recis.train import Trainer
 
 DIM, SIGMA, TOL = 4, 0.5, 0.1
 
@@ -132,19 +133,6 @@ def test_a_logit_free_tower_trains_from_yaml_and_reports_its_tower_metric(tmp_pa
     assert result["denoise_mse"] < 0.25 * untrained  # it learned
     header = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "denoise_mse" in header and "within_tol" in header  # training logs carry the values too
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
 
 
 def _history(trainer):

@@ -16,6 +16,7 @@ import torch
 
 from recis.checkpoint import IncompatibleCheckpointError
 from recis.run import Job, RunConfig
+from recis.testing import KillAt, Killed, StepLogs
 from recis.train import Hook
 
 from recis_multimodal.halo.tower import HALOTower
@@ -103,27 +104,6 @@ def job(workdir, name, objective="sft", steps=6, init_from=None, metrics=None, f
 GRAN = {"dpo": {"beta": 200.0, "lam": 1.0, "delta": 0.05, "grid": GRID}}
 
 
-class Recorder(Hook):
-    def __init__(self):
-        self.logs = []
-
-    def on_step_end(self, trainer, step, logs):
-        self.logs.append(dict(logs))
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
-
-
 @pytest.fixture(scope="module")
 def sft(workdir):
     j = Job(job(workdir, "sft", steps=12, lr=1e-2))
@@ -146,7 +126,7 @@ def test_gran_dpo_stage_reference_is_the_sft_weights_and_is_not_saved(workdir, s
     for k, v in sft_state.items():
         assert torch.equal(tower.denoiser.state_dict()[k], v) and torch.equal(tower.reference.state_dict()[k], v), k
     assert not any(p.requires_grad for p in tower.reference.parameters())
-    rec = Recorder()
+    rec = StepLogs()
     j.trainer.hooks.append(rec)
     j.train()
     # theta = reference at the first step: each term is log 2 (every pair has a patch over delta)
@@ -271,7 +251,6 @@ def test_an_sft_stage_starts_from_a_preference_checkpoint(workdir, sft):
         assert torch.equal(j.model.denoiser.state_dict()[k], v), k
     j.train()
     assert j.trainer.step == 1
-
 
 
 def test_a_gran_dpo_step_equals_the_formula_on_its_own_noise():

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from recis.run import Job, RunConfig
-from recis.train import Hook
+from recis.testing import KillAt, Killed
 
 from recis_multimodal.pumgpt.templates import CATEGORIES
 from recis_multimodal.pumgpt.tower import MissingImageError, PUMGPTTower
@@ -85,19 +85,6 @@ def config(workdir, name, steps=6, init_from=None, features=FEATURES, **model):
 
 def job(workdir, name, **kw) -> Job:
     return Job(RunConfig.from_dict(config(workdir, name, **kw), str(workdir)))
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
 
 
 def state(j: Job):

@@ -3,9 +3,7 @@ RunConfig from its YAML (data, output directories and the previous stage's check
 training it, and evaluating the trained judge on held-out queries. Used by the TaoSR1 example
 (examples/taosr1_movielens/run.py) and benchmarks/relevance_llm.py.
 """
-import copy
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -14,12 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recis.run.stages import run_stage
+from recis.run.stages import stage_config as core_stage_config
 from recis_relevance.cumpt import TAU_GRID, choose_tau
 from recis_relevance.evaluate import evaluate, predict_grades
 from recis_relevance.formats import GRADES
 from recis_relevance.task import build_task, hold_out_queries, movielens_items
 
-__all__ = ["TaskFiles", "write_task", "stage_config", "merge_options", "run_stage", "evaluate_judge", "tune_tau",
+__all__ = ["TaskFiles", "write_task", "stage_config", "run_stage", "evaluate_judge", "tune_tau",
            "SMOLLM2_OPTIONS"]
 
 #: the model options that swap the small from-scratch Llama for SmolLM2-135M-Instruct (GGUF
@@ -59,62 +59,19 @@ def stage_config(yaml_path: str, files: TaskFiles, run_dir: str, init_from: Opti
                  model: Optional[Mapping[str, Any]] = None, trainer: Optional[Mapping[str, Any]] = None,
                  optim: Optional[Mapping[str, Any]] = None, data: Optional[Mapping[str, Any]] = None):
     """The RunConfig of a stage YAML with the task files, logs and checkpoints under `run_dir`,
-    `init_from` (the previous stage's checkpoint directory) and option overrides. A `model`
-    override of an option section updates the YAML's section (``{"sampling": {"group_size": 2}}``
-    keeps the YAML's other sampling options); a policy or tokenizer spec, and any other value,
-    replaces it (`merge_options`)."""
+    `init_from` (the previous stage's checkpoint directory) and option overrides
+    (recis.run.stages.stage_config). A `model` override of an option section updates the YAML's
+    section (``{"sampling": {"group_size": 2}}`` keeps the YAML's other sampling options); a policy
+    or tokenizer spec (`SPEC_OPTIONS`), and any other value, replaces it."""
     from recis.run import RunConfig
 
-    cfg = RunConfig.from_yaml(yaml_path)
-    cfg.data.train, cfg.data.eval = files.train, files.val
-    for key, value in (data or {}).items():
-        setattr(cfg.data, key, value)
-    cfg.trainer.log_dir = run_dir
-    cfg.trainer.progress = False
-    for key, value in (trainer or {}).items():
-        setattr(cfg.trainer, key, value)
-    cfg.checkpoint.dir = os.path.join(run_dir, "checkpoints")
-    cfg.checkpoint.init_from = init_from
-    cfg.model.args = merge_options(cfg.model.args, model or {})
-    for part, values in (optim or {}).items():
-        getattr(cfg.optim, part).update(values)
-    return cfg
+    return core_stage_config(RunConfig.from_yaml(yaml_path), run_dir, train=files.train, eval=files.val,
+                             init_from=init_from, model=model, replace=SPEC_OPTIONS, trainer=trainer, optim=optim,
+                             data=data)
 
 
 #: model options that are one spec each (replaced whole by an override, never merged)
 SPEC_OPTIONS = ("policy", "tokenizer")
-
-
-def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
-    """A copy of the model options `base` with `override` applied: an option section given as a
-    mapping in both (sampling, grpo, dpo, pairs, dynamic_sampling, lora) is updated key by key;
-    a spec (`SPEC_OPTIONS`) and any other value replace the base's.
-
-    >>> merge_options({"sampling": {"group_size": 4, "seed": 1}, "policy": {"config": {"a": 1}, "seed": 0}},
-    ...               {"sampling": {"group_size": 2}, "policy": {"config": {"b": 2}}})
-    {'sampling': {'group_size': 2, 'seed': 1}, 'policy': {'config': {'b': 2}}}
-    """
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if key not in SPEC_OPTIONS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = {**out[key], **copy.deepcopy(dict(value))}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def run_stage(cfg) -> Dict[str, Any]:
-    """Trains one stage (resuming its own checkpoints); returns the job and its result."""
-    from recis.run import Job
-
-    job = Job(cfg)
-    t0 = time.perf_counter()
-    result = job.train()
-    result["stage_seconds"] = time.perf_counter() - t0
-    ckpt = job.trainer.checkpoint
-    if ckpt is not None and ckpt.latest() is None:  # a stage that took no step (Job.train saves after steps):
-        job.trainer.save_checkpoint()               # the next stage still finds its weights
-    return {"job": job, "result": result}
 
 
 def evaluate_judge(tower, engine, table: pa.Table, decodings: Sequence[str] = ("label", "full"),

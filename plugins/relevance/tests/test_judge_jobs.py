@@ -21,6 +21,7 @@ import torch
 
 from recis.checkpoint import CheckpointManager, IncompatibleCheckpointError
 from recis.run import Job, RunConfig
+from recis.testing import KillAt, Killed, StepLogs
 from recis.train import Hook
 from recis.towers.hub import InvalidModelSpecError
 
@@ -81,29 +82,6 @@ def sft(workdir):
     return workdir[0] / "sft", copy.deepcopy(j.model.state_dict())
 
 
-class Recorder(Hook):
-    def __init__(self):
-        self.logs = []
-
-    def on_step_end(self, trainer, step, logs):
-        self.logs.append(dict(logs))
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Hook):
-    """Raises at the end of optimizer step `step` (a crash: nothing after it is saved)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, step, logs):
-        if step == self.step:
-            raise Killed(step)
-
-
 def weights(j: Job):
     return {k: v for k, v in j.model.state_dict().items() if isinstance(v, torch.Tensor)}
 
@@ -138,7 +116,7 @@ def test_sft_then_grpo_by_init_from_and_a_killed_grpo_stage_resumes_bit_identica
     for k, v in weights(full).items():  # the stage starts from the SFT weights
         assert torch.equal(v, sft_state[k]), k
     assert full.init_checkpoint.name == "step-000000000012" and full.trainer.step == 0
-    rec = Recorder()
+    rec = StepLogs()
     full.trainer.hooks.append(rec)
     full.train()
     assert full.trainer.step == 10
