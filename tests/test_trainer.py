@@ -198,3 +198,29 @@ def test_bf16_autocast_profiler_and_table_stats_hooks(tmp_path):
 
     assert sum(live.values()) == sum(len(t) for t in sparse_tables(trainer.model)) > 0
 
+
+
+def test_early_stopping_on_its_own_score_restores_the_best_evaluations_weights():
+    trainer = make_trainer(TrainerConfig(epochs=50, max_steps=12, progress=False, group_key="user"))
+    seen = {}
+    scores = iter([0.2, 0.6, 0.5, 0.6, 0.4, 0.9])  # best at the 2nd evaluation (step 4); the 4th only ties it
+
+    def score(model):
+        seen[len(seen)] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return next(scores)
+
+    stop = EarlyStopping(score=score, every=2, patience=3, restore_best=True)
+    trainer.hooks.append(stop)
+    trainer.fit(make_batches())
+    assert trainer.step == 10 and [s for s, _ in stop.curve] == [2, 4, 6, 8, 10]
+    assert stop.best_step == 4 and stop.best == 0.6 and "3 evaluations" in stop.stopped == trainer.stop_reason
+    now = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(now[k], seen[1][k]) for k in now)
+    assert any(not torch.equal(seen[4][k], seen[1][k]) for k in now)  # training moved them after step 4
+
+
+def test_early_stopping_options_are_named():
+    for kwargs, match in (({"patience": 0}, "patience"), ({"mode": "up"}, "mode"), ({"every": 2}, "together"),
+                          ({"score": float, "every": 0}, "every")):
+        with pytest.raises(ValueError, match=match):
+            EarlyStopping(**kwargs)

@@ -73,13 +73,16 @@ def stage_config(cfg, run_dir: str, *, train: Optional[str] = None, eval: Option
     return cfg
 
 
-def run_stage(cfg) -> Dict[str, Any]:
+def run_stage(cfg, hooks=()) -> Dict[str, Any]:
     """Trains the job of `cfg` (resuming its own checkpoints when it has some) and returns the
-    job, its result, the seconds it took and its training examples per second. A stage that took
-    no step still leaves a checkpoint of its weights, for the next stage's `init_from`."""
+    job, its result, the seconds it took and its training examples per second. `hooks`: Trainer
+    hooks added to the job's, or a function job -> hooks (for hooks that need the built model,
+    e.g. a `recis.train.EarlyStopping` scoring it). A stage that took no step still leaves a
+    checkpoint of its weights, for the next stage's `init_from`."""
     from recis.run.job import Job
 
     job = Job(cfg)
+    job.trainer.hooks.extend(hooks(job) if callable(hooks) else hooks)
     t0 = time.perf_counter()
     result = job.train()
     seconds = time.perf_counter() - t0

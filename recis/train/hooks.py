@@ -214,32 +214,6 @@ class CurvePlot(Hook):
         plt.close(fig)
 
 
-class EarlyStopping(Hook):
-    """Stops fit when eval `metric` has not improved by `min_delta` for `patience` evaluations."""
-
-    def __init__(self, metric: str = "auc", patience: int = 3, mode: str = "max", min_delta: float = 0.0):
-        if mode not in ("max", "min"):
-            raise ValueError(f"EarlyStopping mode must be 'max' or 'min', got {mode!r}")
-        if patience < 1:
-            raise ValueError(f"EarlyStopping patience must be >= 1, got {patience}")
-        self.metric, self.patience, self.mode, self.min_delta = metric, patience, mode, min_delta
-        self.best: Optional[float] = None
-        self.bad = 0
-
-    def on_eval_end(self, trainer, step, metrics):
-        if self.metric not in metrics:
-            raise KeyError(f"EarlyStopping watches {self.metric!r}, but evaluation gave {sorted(metrics)}")
-        value = metrics[self.metric]
-        better = self.best is None or (value > self.best + self.min_delta if self.mode == "max"
-                                       else value < self.best - self.min_delta)
-        if better:
-            self.best, self.bad = value, 0
-        else:
-            self.bad += 1
-            if self.bad >= self.patience:
-                trainer.request_stop(f"early stopping: {self.metric} did not improve for {self.patience} evaluations")
-
-
 class TableStats(Hook):
     """Every `every` steps: runs TTL eviction on tables that have a TTL policy (besides the ticks
     inside lookups) and logs live rows, inserts and evictions of every table group."""
