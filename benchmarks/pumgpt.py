@@ -219,8 +219,8 @@ def markdown(rows, settings, seconds) -> str:
              f"Frozen catalogue LM (Llama, 2 layers, hidden 64, {s['lm_steps']} steps on the templates' text) "
              f"and frozen ViT (SimMIM, {s['vit_steps']} steps, no labels). Total {seconds / 60:.1f} min, "
              f"{s['jobs']} process(es) of {s['threads']} torch thread(s).", "",
-             "| model | lr | steps (chosen per seed) | category accuracy | attribute exact match | visual tokens / image "
-             "| trainable params (share) | train examples/s | eval items/s |",
+             "| model | lr | steps (chosen per seed) | category accuracy | attribute exact match "
+             "| visual tokens / image | trainable params (share) | train examples/s | eval items/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for variant, r in rows.items():
         runs = r["runs"]

@@ -24,7 +24,6 @@ def trainable(tower):
     return {n: p.detach().clone() for n, p in tower.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.slow
 def test_training_stops_after_patience_and_keeps_the_best_evaluations_weights(workdir):
     cfg = RunConfig.from_dict(config(workdir, "select", steps=40), str(workdir))
     cfg.checkpoint.dir = None
@@ -54,7 +53,6 @@ def test_training_stops_after_patience_and_keeps_the_best_evaluations_weights(wo
     assert 0.0 <= evaluate_tower(tower, done["job"].engine, valid)["accuracy"] <= 1.0
 
 
-@pytest.mark.slow
 def test_a_run_without_improvement_to_the_end_keeps_the_last_and_evaluates_a_partial_interval(workdir):
     cfg = RunConfig.from_dict(config(workdir, "budget", steps=5), str(workdir))
     cfg.checkpoint.dir = None
