@@ -16,7 +16,7 @@ validation split (held-out train items; never the test split):
 - the number of steps, per model and seed: category accuracy on `--valid-rows` validation items
   every `--eval-every` (K) steps, the best evaluation's trainable weights kept in memory, training
   stopped after `--patience` (P) evaluations without improvement or at `--max-steps`
-  (`recis_multimodal.pumgpt.fashion.ValidationSelection`).
+  (`recis.train.EarlyStopping` with `restore_best`).
 Then 3 seeds (the adapters' / projector's init is fixed by the LM's and ViT's seeds; the seed moves
 the data order and the instruction sampling) are evaluated once, on the kept weights, on the
 official 10,000-item test split (category accuracy by ranking the ten category answers'
@@ -101,7 +101,9 @@ def train_run(args, variant, lr, seed, steps, test):
     """One training run: evaluated on the validation items every `eval_every` steps, stopped after
     `patience` evaluations without improvement (or at `steps`), the best weights kept; then (when
     `test`) the official test split, once, on the kept weights. Returns plain numbers."""
-    from recis_multimodal.pumgpt.fashion import ValidationSelection, evaluate_tower, job_config, train_job
+    from recis.run.stages import run_stage
+    from recis.train import EarlyStopping
+    from recis_multimodal.pumgpt.fashion import evaluate_tower, job_config
 
     ctx = _context(args)
     name = f"{variant}-lr{lr}-seed{seed}" + ("" if test else "-pilot")
@@ -116,12 +118,12 @@ def train_run(args, variant, lr, seed, steps, test):
     state = {}
 
     def hooks(job):
-        state["sel"] = ValidationSelection(job.model, lambda tower: evaluate_tower(
-            tower, job.engine, ctx["valid"])["accuracy"], every=args.eval_every,
-            patience=args.patience if test else 10 ** 9)  # the pilot runs its steps (no early stop)
+        state["sel"] = EarlyStopping(score=lambda tower: evaluate_tower(tower, job.engine, ctx["valid"])["accuracy"],
+                                     every=args.eval_every, patience=args.patience if test else 10 ** 9,
+                                     restore_best=True)  # the pilot runs its steps (no early stop)
         return [state["sel"]]
 
-    done = train_job(cfg, hooks=hooks)
+    done = run_stage(cfg, hooks=hooks)
     sel = state["sel"]
     out = {"variant": variant, "lr": lr, "seed": seed, "steps_run": done["job"].trainer.step,
            "best_step": sel.best_step, "valid_best": sel.best, "curve": sel.curve, "stopped": sel.stopped,

@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
     import pyarrow.parquet as pq
 
     from recis.datasets import fashion_mnist
-    from recis_multimodal.pumgpt.fashion import SMOLLM2, evaluate_tower, job_config, prepare, train_job
+    from recis.run.stages import run_stage
+    from recis_multimodal.pumgpt.fashion import SMOLLM2, evaluate_tower, job_config, prepare
 
     out = Path(args.out)
     files = fashion_mnist.load()
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
     optim = {"dense": {"lr": args.lr}} if args.lr is not None else None
     cfg = job_config(str(HERE / "pumgpt_fashion.yaml"), files.train, None, str(out / "job"), model=model,
                      trainer=trainer, optim=optim, data={"seed": args.seed})
-    done = train_job(cfg)
+    done = run_stage(cfg)
     job = done["job"]
     test = pq.read_table(files.test)
     if args.test_rows is not None:

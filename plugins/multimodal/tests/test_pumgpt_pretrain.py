@@ -83,7 +83,9 @@ def test_the_example_yaml_and_its_job_config():
     assert job.model.args["variant"] == "prefix" and job.model.args["pumgpt"]["adapter_every"] == 2
     assert job.model.args["pumgpt"]["num_visual_tokens"] == 8 and job.trainer.max_steps == 7
     assert job.optim.dense["lr"] == 0.5 and job.checkpoint.dir == "/runs/x/checkpoints"
-    names = [f["name"] for f in job.features["features"]]
+    from recis.run.job import feature_config
+
+    names = [f["name"] for f in feature_config(job)["features"]]  # the dataset's features, read from the files
     assert names[:3] == ["image", "label", "item_id"] and "texture" in names
     with pytest.raises(ValueError, match=r"model.variant must be one of"):
         PUMGPTTowerConfig.from_options({**cfg.model.args, "variant": "llava"})

