@@ -32,7 +32,7 @@ $(VENV)/.recis-registered: $(VENV)/.deps-installed setup.py
 	touch $@
 
 # Plugin families under plugins/ (each its own package, registered through entry points).
-PLUGINS := plugins/relevance plugins/multimodal
+PLUGINS := plugins/relevance plugins/multimodal plugins/online
 $(VENV)/.plugins-registered: $(VENV)/.recis-registered $(addsuffix /pyproject.toml,$(PLUGINS))
 	for p in $(PLUGINS); do $(PIP) install -q --no-build-isolation --no-deps -e $$p || exit 1; done
 	touch $@
