@@ -40,7 +40,8 @@ class StreamConfig:
     >>> StreamConfig("landing", until="dt=2026112723")
     Traceback (most recent call last):
     ...
-    ValueError: data.stream.until names the last window to read; give data.stream.windows (a list of subdirectories, or a pattern such as 'dt=*')
+    ValueError: data.stream.until names the last window to read; give data.stream.windows (a list of
+    subdirectories, or a pattern such as 'dt=*')
     """
 
     root: str
@@ -156,10 +157,10 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     """`dir` (none: no checkpoints), the `keep_last` checkpoints kept, one saved `every` N steps
-    or `every_minutes` minutes (whichever comes first) and one at the end, and whether a job `resume`s from the latest one. `init_from`: a stage's
-    start: another job's checkpoint (its checkpoint directory, for its latest checkpoint, or
-    one step-N checkpoint in it) whose model weights the job starts from, with fresh optimizers
-    and step 0; applied whenever the job builds, before it resumes its own checkpoints. Both
+    or `every_minutes` minutes (whichever comes first) and one at the end, and whether a job
+    `resume`s from the latest one. `init_from`: a stage's start: another job's checkpoint (its
+    checkpoint directory, for its latest checkpoint, or one step-N checkpoint in it) whose model
+    weights the job starts from, with fresh optimizers and step 0; applied whenever the job builds, before it resumes its own checkpoints. Both
     paths are relative to the working directory (see docs/checkpoints.md, "Stages")."""
 
     dir: Optional[str] = None

@@ -337,10 +337,11 @@ class Trainer:
             # so far keep their gradients and still make up this step.
             self.skipped_nonfinite += 1
             return
-        if self.hooks:
-            loss = out.loss.detach()
-            for h in self.hooks:
-                h.on_batch(self, batch, out.raw, loss)
+        loss = out.loss.detach()
+        for h in self.hooks:
+            on_batch = getattr(h, "on_batch", None)  # hooks written before on_batch may not have it
+            if on_batch is not None:
+                on_batch(self, batch, out.raw, loss)
         if count and self.prequential is not None:
             self.prequential.update(out.logits, out.targets, out.values, step=self.step + 1)
         (out.loss / cfg.grad_accum_steps).backward()
