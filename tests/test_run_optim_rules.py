@@ -230,3 +230,25 @@ def test_recis_train_runs_a_yaml_job_with_a_per_group_optimizer(tmp_path, capsys
     with pytest.raises(ValueError, match=r"optim.groups.encoder sets options of optim.dense, but optim.params rules "
                                          r"take every parameter of group 'encoder'"):
         _build(tmp_path, {**job, "optim": {**job["optim"], "groups": {"encoder": {"lr": 0.1}}}})
+
+
+def test_a_rule_names_an_optimizer_installed_by_a_plugin(tmp_path, monkeypatch):
+    info = tmp_path / "signplugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: signplugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[recis.optimizers]\nsign_sgd = test_optim_registry:SignSGD\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    job = _ctr(tmp_path, [{"match": "deep.2.*", "optimizer": {"name": "sign_sgd", "lr": 0.01}}], max_steps=1)
+    built = _build(tmp_path, job)
+    rule = built.dense_optimizer["params.0.sign_sgd"]
+    assert type(rule).__name__ == "SignSGD" and type(rule).__module__ == "test_optim_registry"
+    # one step moves each of deep.2's weights by exactly lr * sign(its gradient)
+    w = built.model.deep[2].weight
+    start, grads = w.detach().clone(), []
+    w.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad.detach().clone()))
+    built.train()
+    assert len(grads) == 1 and torch.equal(w.detach(), start - 0.01 * torch.sign(grads[0]))
+    job["optim"]["params"][0]["optimizer"]["momentum"] = 0.9
+    with pytest.raises(ValueError, match=r"optim.params\[0\].optimizer.momentum is not an option of SignSGD "
+                                         r"\(options: \['lr'\]\)"):
+        _build(tmp_path, job)
