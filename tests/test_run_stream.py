@@ -3,6 +3,7 @@ checkpoints every N steps or M minutes, and a job killed mid-window resumes exac
 model, the same prequential metrics, every row read once (with prefetch on)."""
 import json
 import os
+import signal
 import threading
 import time
 
@@ -143,6 +144,26 @@ def test_until_waits_for_the_window_to_close(tmp_path):
     _land(str(tmp_path / "landing" / "w=02" / "part-0.parquet"), 10 ** 6, 9)   # a later window closes it
     t.join(60)
     assert not t.is_alive() and sorted(rows.upto(10 ** 9)) == list(range(4 * ROWS))
+
+
+def test_sigterm_stops_an_endless_stream_job_with_a_checkpoint_it_resumes_from(tmp_path):
+    landing(tmp_path)
+    job, rows = run(build(tmp_path, job_dict(tmp_path, until=None)))   # no end: trains until a signal
+
+    def send_when_training():
+        deadline = time.monotonic() + 60
+        while len(rows.rows) < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    job.train()   # in the main thread, where the job's handler gets the signal
+    steps = job.trainer.step
+    assert steps >= 5 and CheckpointManager(tmp_path / "ckpt").latest().step == steps
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is gone with the job
+    rest, rest_rows = run(build(tmp_path, job_dict(tmp_path, until=None, stop_after_idle=0.5)))
+    rest.train()
+    assert rows.upto(steps) + rest_rows.upto(10 ** 9) == list(range(8 * ROWS))
 
 
 def test_an_empty_window_waits_without_spinning(tmp_path, monkeypatch):
