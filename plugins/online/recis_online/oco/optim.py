@@ -147,7 +147,7 @@ class BOGDIP(_OnlineOptimizer):
     def __init__(self, params, set: str = "l2_ball", radius: float = 1.0, lo: float = -1.0, hi: float = 1.0,
                  eta: Optional[float] = None, block: Optional[int] = None, eps: Optional[float] = None,
                  horizon: Optional[int] = None, gamma: float = 2.0 / 3.0, grad_bound: float = 1.0,
-                 on_infeasible_start: str = "project", power_iters: int = 200, power_tol: float = 1e-10,
+                 on_infeasible_start: str = "project", power_iters: int = 40, power_tol: float = 1e-10,
                  seed: int = 0, max_oracle_calls: int = 100000):
         opts = dict(locals())
         del opts["self"], opts["params"], opts["__class__"]
@@ -167,7 +167,7 @@ class BOGDIPEnsemble(_OnlineOptimizer):
                  eta_min: Optional[float] = None, experts: Optional[int] = None, meta_lr: Optional[float] = None,
                  block: Optional[int] = None, eps: Optional[float] = None, horizon: Optional[int] = None,
                  gamma: float = 2.0 / 3.0, grad_bound: float = 1.0, on_infeasible_start: str = "project",
-                 power_iters: int = 200, power_tol: float = 1e-10, seed: int = 0, max_oracle_calls: int = 100000):
+                 power_iters: int = 40, power_tol: float = 1e-10, seed: int = 0, max_oracle_calls: int = 100000):
         opts = dict(locals())
         del opts["self"], opts["params"], opts["__class__"]
         super().__init__(params, opts)
@@ -185,7 +185,7 @@ class BOGDIPAdaptive(_OnlineOptimizer):
     def __init__(self, params, set: str = "l2_ball", radius: float = 1.0, lo: float = -1.0, hi: float = 1.0,
                  eta_scale: float = 1.0, max_scale: Optional[int] = None, block: Optional[int] = None,
                  eps: Optional[float] = None, horizon: Optional[int] = None, gamma: float = 2.0 / 3.0,
-                 grad_bound: float = 1.0, on_infeasible_start: str = "project", power_iters: int = 200,
+                 grad_bound: float = 1.0, on_infeasible_start: str = "project", power_iters: int = 40,
                  power_tol: float = 1e-10, seed: int = 0, max_oracle_calls: int = 100000):
         opts = dict(locals())
         del opts["self"], opts["params"], opts["__class__"]
@@ -204,7 +204,7 @@ class ProjectedOGD(_OnlineOptimizer):
 
     def __init__(self, params, set: str = "l2_ball", radius: float = 1.0, lo: float = -1.0, hi: float = 1.0,
                  eta: Optional[float] = None, horizon: Optional[int] = None, grad_bound: float = 1.0,
-                 on_infeasible_start: str = "project", power_iters: int = 200, power_tol: float = 1e-10, seed: int = 0):
+                 on_infeasible_start: str = "project", power_iters: int = 40, power_tol: float = 1e-10, seed: int = 0):
         opts = dict(locals())
         del opts["self"], opts["params"], opts["__class__"]
         super().__init__(params, opts)

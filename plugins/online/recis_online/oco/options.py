@@ -40,7 +40,7 @@ class _SetOptions:
     horizon: Optional[int] = bounded(None, ge=1)
     grad_bound: float = bounded(1.0, gt=0)
     on_infeasible_start: str = "project"
-    power_iters: int = bounded(200, ge=1)
+    power_iters: int = bounded(40, ge=1)
     power_tol: float = bounded(1e-10, gt=0)
     seed: int = bounded(0, ge=0)
 

@@ -221,12 +221,16 @@ class Box(ConvexSet):
 
 class NuclearBall(ConvexSet):
     """{X : ||X||_* <= radius} over matrices. LOO: -radius * u v^T for the top singular pair (u, v)
-    of G, found by power iteration on G^T G from a seeded start (`seed`), until the direction moves
-    less than `tol` (or `power_iters` iterations). The Frobenius diameter is 2 * radius."""
+    of G, by power iteration on the Gram matrix A = G^T G (or G G^T, the smaller) from a seeded
+    start v0 (`seed`), accelerated by repeated squaring: after j squarings v = A^(2^j) v0 / ||.||,
+    i.e. 2^j power-iteration steps for j small matrix products. It stops when v moves less than
+    `tol` or after `power_iters` squarings (at most 2^power_iters steps). Each squaring costs
+    O(n^3) for n the smaller side (meant for heads of modest size). The Frobenius diameter is
+    2 * radius."""
 
     name = "nuclear_ball"
 
-    def __init__(self, radius: float = 1.0, shape: Optional[Sequence[int]] = None, power_iters: int = 200,
+    def __init__(self, radius: float = 1.0, shape: Optional[Sequence[int]] = None, power_iters: int = 40,
                  tol: float = 1e-10, seed: int = 0):
         super().__init__(shape)
         if self.shape is not None and len(self.shape) != 2:
@@ -235,7 +239,7 @@ class NuclearBall(ConvexSet):
         if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
             raise ValueError(f"nuclear_ball power_iters must be an integer >= 1, got {power_iters!r}")
         self.power_iters, self.tol, self.seed = power_iters, _positive("nuclear_ball tol", tol), int(seed)
-        self.power_steps = 0  # power iterations done (all calls)
+        self.power_steps = 0  # squarings done (all calls)
 
     def check_shape(self, shape, what="parameter"):
         if len(shape) != 2:
@@ -244,25 +248,31 @@ class NuclearBall(ConvexSet):
 
     def top_singular_pair(self, g: torch.Tensor):
         """(u, sigma, v) with g v = sigma u, by power iteration (not counted as an oracle call)."""
+        wide = g.shape[0] < g.shape[1]
+        h = g.T if wide else g  # power iteration on the smaller Gram matrix h^T h
         gen = torch.Generator().manual_seed(self.seed)
-        v = torch.randn(g.shape[1], generator=gen, dtype=torch.float64).to(g.dtype)
+        v0 = torch.randn(h.shape[1], generator=gen, dtype=torch.float64).to(g.dtype)
+        a = h.T @ h
+        scale = torch.linalg.matrix_norm(a)
+        if scale == 0:
+            return torch.zeros(g.shape[0], dtype=g.dtype), scale, torch.zeros(g.shape[1], dtype=g.dtype)
+        a = a / scale
+        v = a @ v0
         v = v / torch.linalg.vector_norm(v)
-        gram = g.T @ g
         for _ in range(self.power_iters):
-            w = gram @ v
-            n = torch.linalg.vector_norm(w)
+            a = a @ a
+            a = a / torch.linalg.matrix_norm(a)
             self.power_steps += 1
-            if n == 0:
-                break
-            w = w / n
+            w = a @ v0
+            w = w / torch.linalg.vector_norm(w)
             moved = float(torch.linalg.vector_norm(w - v))
             v = w
             if moved <= self.tol:
                 break
-        gv = g @ v
-        sigma = torch.linalg.vector_norm(gv)
-        u = gv / sigma if sigma > 0 else torch.zeros_like(gv)
-        return u, sigma, v
+        hv = h @ v
+        sigma = torch.linalg.vector_norm(hv)
+        u = hv / sigma if sigma > 0 else torch.zeros_like(hv)
+        return (v, sigma, u) if wide else (u, sigma, v)
 
     def _lmo(self, g):
         u, sigma, v = self.top_singular_pair(g)
@@ -290,7 +300,7 @@ class NuclearBall(ConvexSet):
 SET_NAMES = ("simplex", "l1_ball", "l2_ball", "box", "nuclear_ball")
 
 
-def make_set(name: str, shape: Sequence[int], radius: float = 1.0, lo=-1.0, hi=1.0, power_iters: int = 200,
+def make_set(name: str, shape: Sequence[int], radius: float = 1.0, lo=-1.0, hi=1.0, power_iters: int = 40,
              power_tol: float = 1e-10, seed: int = 0) -> ConvexSet:
     """The set `name` (one of SET_NAMES) for a tensor of `shape`.
 
