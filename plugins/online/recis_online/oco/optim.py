@@ -75,7 +75,10 @@ class _OnlineOptimizer(torch.optim.Optimizer):
         return f"param_groups[{gi}].params[{pi}] (shape {tuple(p.shape)})"
 
     def _setup(self, p, opts, name):
-        K = make_set(opts.set, p.shape, **opts.set_kwargs())
+        try:
+            K = make_set(opts.set, p.shape, **opts.set_kwargs())
+        except ValueError as e:
+            raise ValueError(f"parameter {name}: {e}") from None
         K.check_shape(p.shape, f"parameter {name}")
         learner = self._make_learner(K, opts.resolve(K.diameter), opts)
         x0 = p.detach().to(torch.float64)
