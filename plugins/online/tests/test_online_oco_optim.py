@@ -271,3 +271,16 @@ def test_bogd_ip_plays_one_point_per_block_and_steps_the_block_gradient():
             opt.step()
         x, y, _ = infeasible_projection(K, x, y - 0.2 * sum(g[0] for g in block), 1e-3)
         assert torch.equal(p.detach(), x) and torch.equal(opt.state[p]["y"], y)
+
+
+def test_a_group_added_later_gets_its_own_set_and_learner():
+    a = torch.nn.Parameter(torch.zeros(4, dtype=F64))
+    b = torch.nn.Parameter(torch.full((3,), 1.0 / 3, dtype=F64))
+    opt = BOGDIP([a], set="l2_ball", eta=0.1, block=2, eps=1e-2)
+    opt.add_param_group({"params": [b], "set": "simplex"})
+    for _ in range(6):
+        a.grad = torch.ones(4, dtype=F64)
+        b.grad = torch.tensor([1.0, 0.0, -1.0], dtype=F64)
+        opt.step()
+    assert opt._learners[b].K.name == "simplex" and make_set("simplex", (3,)).contains(b.detach(), 1e-9)
+    assert float(b.detach()[2]) > 1.0 / 3 and float(a.detach().norm()) <= 1.0 + 1e-9

@@ -60,12 +60,19 @@ class _OnlineOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, options: dict):
         opts = self.options_class(**options)
-        super().__init__(params, dataclasses.asdict(opts))
         self._learners = {}
-        for gi, group in enumerate(self.param_groups):
-            group_opts = self.options_class(**{k: group[k] for k in options})
-            for pi, p in enumerate(group["params"]):
-                self._setup(p, group_opts, self._param_name(gi, pi))
+        self._option_names = list(options)
+        super().__init__(params, dataclasses.asdict(opts))
+
+    def add_param_group(self, param_group):
+        """Adds a group (its own options override the defaults) and sets up a learner for each
+        of its parameters (an infeasible start is handled here, per `on_infeasible_start`)."""
+        super().add_param_group(param_group)
+        gi = len(self.param_groups) - 1
+        group = self.param_groups[gi]
+        group_opts = self.options_class(**{k: group[k] for k in self._option_names})
+        for pi, p in enumerate(group["params"]):
+            self._setup(p, group_opts, self._param_name(gi, pi))
 
     def _param_name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
