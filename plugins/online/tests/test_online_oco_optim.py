@@ -284,3 +284,34 @@ def test_a_group_added_later_gets_its_own_set_and_learner():
         opt.step()
     assert opt._learners[b].K.name == "simplex" and make_set("simplex", (3,)).contains(b.detach(), 1e-9)
     assert float(b.detach()[2]) > 1.0 / 3 and float(a.detach().norm()) <= 1.0 + 1e-9
+
+
+def test_resume_needs_the_saved_state_uncast():
+    """Baselines of the resume test: restarting from the parameters alone (mid-block gradient sum
+    and y lost), or loading with torch's default (which casts the state to a float32 parameter's
+    dtype), does not continue as the uninterrupted run does."""
+    grads = _grads(7, 60, [(6,)])
+
+    def fresh(value=None):
+        p = torch.nn.Parameter(torch.zeros(6, dtype=torch.float32) if value is None else value.clone())
+        return p, BOGDIP([p], set="l1_ball", **OPTIONS["bogd_ip"])
+
+    pa, oa = fresh()
+    _run(oa, [pa], grads)
+    pb, ob = fresh()
+    _run(ob, [pb], grads[:29])
+    saved = copy.deepcopy(ob.state_dict())
+    value = pb.detach()
+
+    pc, oc = fresh(value)  # parameters only
+    _run(oc, [pc], grads[29:])
+    assert not torch.equal(pa, pc)
+    pd, od = fresh(value)  # torch's cast-to-dtype load
+    torch.optim.Optimizer.load_state_dict(od, saved)
+    assert od.state[pd]["y"].dtype == torch.float32
+    _run(od, [pd], grads[29:])
+    assert not torch.equal(oa.state[pa]["y"], od.state[pd]["y"].to(F64))
+    pe, oe = fresh(value)  # ours
+    oe.load_state_dict(saved)
+    _run(oe, [pe], grads[29:])
+    assert torch.equal(pa, pe) and torch.equal(oa.state[pa]["y"], oe.state[pe]["y"])
