@@ -151,7 +151,8 @@ def run(args) -> dict:
             per_T = [_ms(r["dynamic"] for r in sel if r["T"] == T) for T in Ts]
             falls = all(all(a["dynamic"] / a["T"] > b["dynamic"] / b["T"] for a, b in zip(by_seed[s], by_seed[s][1:]))
                         for s in seeds)
-            row = {"stream": kind, "optimizer": name, "slope": _ms(slopes), "regret_per_round_falls": falls,
+            row = {"stream": kind, "optimizer": name, "slope": _ms(slopes), "slopes_per_seed": slopes,
+                   "regret_per_round_falls": falls,
                    "dynamic_over_T": _ms(r["dynamic"] / r["T"] for r in last),
                    "dynamic": _ms(r["dynamic"] for r in last), "static": _ms(r["static"] for r in last),
                    "interval_second_half": _ms(r["interval_second_half"] for r in last),
@@ -166,12 +167,20 @@ def run(args) -> dict:
     print(table)
     result = {"machine": machine(), "T": Ts, "seeds": seeds, "d": args.d, "switches": args.switches,
               "seconds": time.time() - t_start, "summary": summary, "runs": runs, "table": table,
-              "plots": [f"{args.out}_{k}.png" for k in streams]}
+              "plots": [_shown(f"{args.out}_{k}.png") for k in streams]}
     with open(f"{args.out}.json", "w") as f:
         json.dump(result, f, indent=1)
     with open(f"{args.out}.md", "w") as f:
         f.write(table + "\n")
     return result
+
+
+def _shown(path: str) -> str:
+    """A path as the checkout names it (relative to the repository root when inside it)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return os.path.basename(path)
 
 
 def markdown(summary, T_last, n_seeds) -> str:

@@ -9,6 +9,9 @@ Every [I] choice of methods.md §11 is an option here:
 - `experts` N (ensemble size): default ceil(1/2 log2(1 + 4T/7)) + 1 [I], step sizes eta_min * 2^(i-1);
 - `meta_lr` (Hedge rate): default sqrt(8 / (T/B)) / (B G D) [I]; Hedge prior 1/(i(i+1)) [I];
 - `on_infeasible_start`: project (warn, Frank-Wolfe eps-approximate projection) or raise.
+- the adaptive ensemble: an instance of scale k steps eta_scale * D / (G (2^k B)^(3/4)) [I]; it
+  starts at the point played [I]; AdaNormalHedge with a uniform prior [I] on block regrets
+  normalised by ||g_m|| D [I] (see `learners.BOGDIPAdaptive`).
 
 >>> BOGDIPOptions(set="ball")
 Traceback (most recent call last):
