@@ -35,6 +35,8 @@ from typing import Optional
 
 import torch
 
+from recis.config_utils import Range
+
 from . import learners
 from .infeasible import frank_wolfe_projection
 from .options import AdaptiveOptions, BOGDIPOptions, EnsembleOptions, ProjectedOGDOptions
@@ -55,7 +57,8 @@ def _to_device(value, device):
 
 
 class _OnlineOptimizer(torch.optim.Optimizer):
-    optimizer_kind = "dense"
+    optimizer_kind = "dense"  # read by recis.optim.registry
+    rules = {"eps": Range(gt=0)}  # recis.optim.hyper.check_options: our eps is a tolerance > 0
     options_class = None
 
     def __init__(self, params, options: dict):
