@@ -76,11 +76,11 @@ def _make_stream(kind, T, seed, args):
 
 
 def _one(kind, name, T, seed, args):
-    from recis_online.oco.optim import ONLINE_OPTIMIZERS
+    from recis.optim import load_optimizer
     from recis_online.oco.regret import interval_regret, play, regret_report
 
     set_name, extra, stream = _make_stream(kind, T, seed, args)
-    cls = ONLINE_OPTIMIZERS[name]
+    cls = load_optimizer(name, "dense")
     trace = play(stream, lambda ps: cls(ps, set=set_name, horizon=T, grad_bound=stream.grad_bound, **extra))
     rep = regret_report(stream, trace)
     rep["interval_second_half"] = interval_regret(stream, trace.X, T // 2, T)

@@ -12,9 +12,13 @@ import torch
 from oco_testing import SHAPES, make
 
 from recis_online.oco import learners, optim, projections
-from recis_online.oco.optim import ONLINE_OPTIMIZERS, BOGDIP, BOGDIPAdaptive, BOGDIPEnsemble, ProjectedOGD
+from recis.optim import available_optimizers, load_optimizer
+from recis_online.oco.optim import BOGDIP, BOGDIPAdaptive, BOGDIPEnsemble, ProjectedOGD
 from recis_online.oco.sets import make_set
 from recis_online.oco.streams import SwitchingLogistic
+
+#: the optimizers this plugin registers (entry-point group recis.optimizers, from pyproject.toml)
+OPTIMIZER_NAMES = sorted(n for n, t in available_optimizers("dense").items() if t.startswith("recis_online."))
 
 F64 = torch.float64
 PLUGIN = Path(__file__).resolve().parents[1]
@@ -38,12 +42,12 @@ def _run(opt, params, grads):
         opt.step()
 
 
-@pytest.mark.parametrize("name", list(ONLINE_OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_NAMES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_resume_mid_block_is_bitwise_exact(name, dtype):
     """Stop at round 37 (mid-block for B = 8), save, build a new optimizer on restored parameters,
     load_state_dict, continue: the parameters and the whole state equal an uninterrupted run."""
-    cls = ONLINE_OPTIMIZERS[name]
+    cls = load_optimizer(name, "dense")
     shapes = [(6,), (4, 3)]
     sets = [("l1_ball", {}), ("nuclear_ball", {})] if name != "projected_ogd" else [("l1_ball", {}), ("l2_ball", {})]
     grads = _grads(0, 90, shapes)
@@ -108,13 +112,13 @@ def test_state_dict_holds_the_full_state():
     assert {"x", "y", "scale", "start", "end", "R", "C"} <= set(inst[0])
 
 
-@pytest.mark.parametrize("name", list(ONLINE_OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_NAMES))
 def test_nan_gradient_raises_naming_round_and_parameter_before_any_change(name):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False), torch.nn.Linear(2, 1, bias=False)).double()
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    cls = ONLINE_OPTIMIZERS[name]
+    cls = load_optimizer(name, "dense")
     opt = cls(model.named_parameters(), set="l2_ball", **OPTIONS[name])
     params = list(model.parameters())
     _run(opt, params, _grads(2, 5, [p.shape for p in params]))
@@ -132,9 +136,9 @@ def test_nan_gradient_raises_naming_round_and_parameter_before_any_change(name):
         opt.step()
 
 
-@pytest.mark.parametrize("name", list(ONLINE_OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_NAMES))
 def test_infeasible_start_is_projected_with_a_warning_or_refused(name):
-    cls = ONLINE_OPTIMIZERS[name]
+    cls = load_optimizer(name, "dense")
     start = torch.tensor([3.0, -1.0, 0.5], dtype=F64)
     p = torch.nn.Parameter(start.clone())
     with pytest.warns(UserWarning, match="started outside K"):
@@ -174,7 +178,7 @@ def test_iterates_stay_in_K_with_oracle_calls_only_while_plain_ogd_leaves_K(name
         return outside
 
     p = torch.nn.Parameter(torch.zeros(10, dtype=F64))
-    opt = ONLINE_OPTIMIZERS[name]([p], set="l1_ball", radius=1.0, horizon=stream.T, grad_bound=stream.grad_bound)
+    opt = load_optimizer(name, "dense")([p], set="l1_ball", radius=1.0, horizon=stream.T, grad_bound=stream.grad_bound)
     assert play(opt, p) == 0
     assert opt.oracle_calls() > 0
     q = torch.nn.Parameter(torch.zeros(10, dtype=F64))
@@ -230,11 +234,11 @@ def test_options_are_checked_by_name():
 def test_entry_points_name_the_classes():
     meta = tomllib.loads((PLUGIN / "pyproject.toml").read_text())
     eps = meta["project"]["entry-points"]["recis.optimizers"]
-    assert set(eps) == set(ONLINE_OPTIMIZERS)
+    assert set(eps) == set(OPTIMIZER_NAMES)
     for name, target in eps.items():
         module, attr = target.split(":")
         cls = getattr(__import__(module, fromlist=[attr]), attr)
-        assert cls is ONLINE_OPTIMIZERS[name] and issubclass(cls, torch.optim.Optimizer)
+        assert cls is load_optimizer(name, "dense") and issubclass(cls, torch.optim.Optimizer)
         assert cls.optimizer_kind == "dense"
     assert "recis_online.oco" in meta["tool"]["setuptools"]["packages"]
 

@@ -7,9 +7,9 @@ Modules: `sets` (K and its oracle), `projections` (exact projections: baseline a
 `learners` (the algorithms on one tensor), `optim` (the torch optimizers), `streams` and `regret`.
 """
 from .infeasible import frank_wolfe_projection, infeasible_projection
-from .optim import ONLINE_OPTIMIZERS, BOGDIP, BOGDIPAdaptive, BOGDIPEnsemble, ProjectedOGD
+from .optim import BOGDIP, BOGDIPAdaptive, BOGDIPEnsemble, ProjectedOGD
 from .sets import SET_NAMES, Box, ConvexSet, L1Ball, L2Ball, NuclearBall, Simplex, make_set
 
-__all__ = ["frank_wolfe_projection", "infeasible_projection", "ONLINE_OPTIMIZERS", "BOGDIP", "BOGDIPAdaptive",
+__all__ = ["frank_wolfe_projection", "infeasible_projection", "BOGDIP", "BOGDIPAdaptive",
            "BOGDIPEnsemble", "ProjectedOGD", "SET_NAMES", "Box", "ConvexSet", "L1Ball", "L2Ball", "NuclearBall",
            "Simplex", "make_set"]

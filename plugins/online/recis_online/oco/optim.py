@@ -43,7 +43,7 @@ from .options import AdaptiveOptions, BOGDIPOptions, EnsembleOptions, ProjectedO
 from .projections import project
 from .sets import make_set
 
-__all__ = ["BOGDIP", "BOGDIPEnsemble", "BOGDIPAdaptive", "ProjectedOGD", "ONLINE_OPTIMIZERS"]
+__all__ = ["BOGDIP", "BOGDIPEnsemble", "BOGDIPAdaptive", "ProjectedOGD"]
 
 
 def _to_device(value, device):
@@ -228,7 +228,3 @@ class ProjectedOGD(_OnlineOptimizer):
     def _feasible_start(self, K, x0, learner):
         return project(K, x0)
 
-
-#: registry name -> class (the names of the `recis.optimizers` entry points in pyproject.toml)
-ONLINE_OPTIMIZERS = {"bogd_ip": BOGDIP, "bogd_ip_ensemble": BOGDIPEnsemble, "bogd_ip_adaptive": BOGDIPAdaptive,
-                     "projected_ogd": ProjectedOGD}
