@@ -20,13 +20,12 @@ Parts:
   catalogue's fields as a 70 %-accurate scripted expert); same task, seed and settings.
 """
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 for _p in (os.path.join(_HERE, ".."), _HERE, os.path.join(_HERE, "..", "plugins", "relevance"),

@@ -15,7 +15,7 @@ predicted head / gold positions. Colour, material and fit have no catalogue fiel
 are reported, not scored.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
@@ -27,7 +27,7 @@ from recis_online.stream.config import NONE
 from recis_online.stream.spans import split_sentences, tokenize
 
 __all__ = ["LABELS", "VERBALIZER", "TEMPLATES", "ClothingGold", "review_sentences", "gold_vocabulary",
-           "gold_positions", "evaluate_garments"]
+           "gold_positions", "evaluate_garments", "head_words"]
 
 LABELS = ("GARMENT", "COLOUR", "MATERIAL", "FIT")
 #: verbalizer [I]: the next word SmolLM2 gives after the templates, mapped to a class.
@@ -98,9 +98,7 @@ def gold_positions(sentences: Sequence[Sequence[str]], vocabulary: Set[str]) -> 
 
 def evaluate_garments(tags: Sequence[tuple], gold: Set[Tuple[int, int]], label: str = "GARMENT") -> Dict[str, object]:
     """Precision / recall of the predicted `label` spans' heads against the gold positions, and the
-    most frequent false positives and misses (by word)."""
-    from collections import Counter
-
+    predicted head positions (`positions`)."""
     heads = {(s, j - 1) for s, i, j, y in tags if y == label}
     tp = heads & gold
     return {"precision": len(tp) / len(heads) if heads else 0.0, "recall": len(tp) / len(gold) if gold else 0.0,
@@ -109,6 +107,7 @@ def evaluate_garments(tags: Sequence[tuple], gold: Set[Tuple[int, int]], label: 
 
 
 def head_words(sentences, positions) -> List[Tuple[str, int]]:
+    """The 15 most frequent words at `positions`, with their counts."""
     from collections import Counter
 
     return Counter(sentences[s][i].lower() for s, i in positions).most_common(15)

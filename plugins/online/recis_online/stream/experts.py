@@ -17,9 +17,8 @@ agree and both confidences reach kappa (`consistent_seeds`):
 - `ScriptedExpert`: knows the true label of every span and answers it under each template with
   probability `accuracy`, else a uniformly drawn wrong class (seeded per span and template).
 """
-import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ import torch
 from recis.config_utils import bounded, check_types
 
 __all__ = ["consistent_seeds", "ScriptedExpert", "PromptConfig", "PromptExpert", "load_prompt_expert",
-           "CAUSAL_TEMPLATES", "MASKED_TEMPLATES"]
+           "CAUSAL_TEMPLATES", "MASKED_TEMPLATES", "CachedExpert"]
 
 #: the notes' templates T1 "<sent> <span> is a [MASK]." and T2 "<span>, a kind of [MASK]".
 MASKED_TEMPLATES = ("{sentence} {span} is a {mask}.", "{span}, a kind of {mask}.")
@@ -214,6 +213,39 @@ class PromptExpert:
             ctx.append(_window(sentences[s], i, j, self.cfg.context_words))
             texts.append(" ".join(sentences[s][i:j]))
         return tuple(self.class_probs([self.prompt(t, c, x) for c, x in zip(ctx, texts)]) for t in range(2))
+
+
+class CachedExpert:
+    """Wraps an expert and keeps its answers in a file (a JSON map of "sentence\tstart\tend" to
+    the two probability rows), so a rerun on the same corpus asks the model nothing new."""
+
+    def __init__(self, expert, path):
+        import json
+        import os
+
+        self.expert, self.path = expert, str(path)
+        self.answers = json.load(open(self.path)) if os.path.exists(self.path) else {}
+
+    @property
+    def prompts(self) -> int:
+        return getattr(self.expert, "prompts", 0)
+
+    @property
+    def seconds(self) -> float:
+        return getattr(self.expert, "seconds", 0.0)
+
+    def template_probs(self, sentences, spans: np.ndarray):
+        import json
+
+        keys = [f"{' '.join(sentences[s])}\t{i}\t{j}" for s, i, j in spans.tolist()]
+        todo = [n for n, k in enumerate(keys) if k not in self.answers]
+        if todo:
+            p1, p2 = self.expert.template_probs(sentences, spans[todo])
+            for r, n in enumerate(todo):
+                self.answers[keys[n]] = [p1[r].tolist(), p2[r].tolist()]
+            with open(self.path, "w") as f:
+                json.dump(self.answers, f)
+        return (torch.tensor([self.answers[k][0] for k in keys]), torch.tensor([self.answers[k][1] for k in keys]))
 
 
 def load_prompt_expert(model: Union[str, Dict[str, Any]], config: PromptConfig, classes: Sequence[str],

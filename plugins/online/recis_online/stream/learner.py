@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from recis_online.stream.classifier import hashed_features, predict, train_classifier
 from recis_online.stream.config import NONE, StreamConfig

@@ -10,9 +10,8 @@ is the query's wanted or excluded genre, a `decade` when it is "<decade>s".
 Experts: `catalogue_expert` answers from that gold with a set accuracy (a simulated annotator,
 `ScriptedExpert`); `lm_expert` asks a causal LM (SmolLM2) with `VERBALIZER` and `TEMPLATES`.
 """
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
-import numpy as np
 import pyarrow as pa
 
 from recis_online.stream.config import NONE, RuleConfig, SpanConfig, StreamConfig

