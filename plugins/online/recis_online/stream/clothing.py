@@ -35,7 +35,8 @@ VERBALIZER = {"garment": "GARMENT", "clothing": "GARMENT", "dress": "GARMENT", "
               "colour": "COLOUR", "fabric": "MATERIAL", "material": "MATERIAL", "fiber": "MATERIAL",
               "fit": "FIT", "size": "FIT", "feeling": NONE, "person": NONE, "verb": NONE, "word": NONE}
 #: the two templates [I] for a causal LM (the verbalizer word is the next token).
-TEMPLATES = ('Review: "{sentence}"\nIn this review, the word "{span}" refers to a', '"{span}" is a kind of')
+TEMPLATES = ('Review: "{sentence}"\nIn this review, the word "{span}" refers to a',
+             'Review: "{sentence}"\nQ: What is "{span}"?\nA: It is a')
 
 
 @dataclass

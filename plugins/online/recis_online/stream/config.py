@@ -160,6 +160,10 @@ class StreamConfig:
       "random" (occurrences drawn uniformly, seeded).
     - `none_seeds` [I]: NONE answers both templates agree on join the pool (as negatives that
       rules' precision counts) or are dropped.
+    - `none_pool` [I]: spans no rule labels that the classifier calls NONE with confidence >=
+      kappa' join the pool as NONE (they agree with the rules, which say nothing about them), so
+      a rule's precision on the pool counts the plain words it would also match; without them
+      context rules drift (a pool made of the rules' own outputs confirms them).
     - `min_growth` [I]: stop when the pool grows by less than this fraction (1 %).
     - `max_iterations`: a cap on the loop."""
 
@@ -172,6 +176,7 @@ class StreamConfig:
     expert_budget: int = bounded(500, ge=1)
     expert_selection: str = "frequent"
     none_seeds: bool = True
+    none_pool: bool = False
     min_growth: float = bounded(0.01, ge=0)
     max_iterations: int = bounded(20, ge=1)
     seed: int = bounded(0, ge=0)

@@ -217,7 +217,8 @@ class PromptExpert:
 
 class CachedExpert:
     """Wraps an expert and keeps its answers in a file (a JSON map of "sentence\tstart\tend" to
-    the two probability rows), so a rerun on the same corpus asks the model nothing new."""
+    the two probability rows), so a rerun on the same corpus asks the model nothing new. The
+    file belongs to one expert (model, templates, verbalizer): use a new file for another."""
 
     def __init__(self, expert, path):
         import json

@@ -134,6 +134,13 @@ class STREAM:
         for k, sid in enumerate(labelled.tolist()):
             if sid not in pool and self.classes[int(arg[k])] == weak[sid] and float(conf[k]) >= cfg.kappa_pool:
                 added[sid] = weak[sid]
+        if cfg.none_pool:
+            rest = np.asarray([i for i, w in enumerate(weak) if w is None and i not in pool], dtype=np.int64)
+            if len(rest):
+                conf, arg = predict(self.model, self.features, rest).max(dim=1)
+                none = self.classes.index(NONE)
+                for sid in rest[((arg == none) & (conf >= cfg.kappa_pool)).numpy()].tolist():
+                    added[sid] = NONE
         return new, added
 
     def fit(self, sentences: Sequence[Sequence[str]], expert, progress: Optional[callable] = None) -> StreamResult:

@@ -12,9 +12,9 @@ from recis_online.stream.spans import span_text
 __all__ = ["clothing_config", "run_clothing"]
 
 
-def clothing_config(expert_budget: int = 300, seed: int = 0, **rules) -> StreamConfig:
+def clothing_config(expert_budget: int = 300, seed: int = 0, none_pool: bool = True, **rules) -> StreamConfig:
     return StreamConfig(labels=LABELS, spans=SpanConfig(max_len=2), expert_budget=expert_budget,
-                        expert_selection="frequent", max_iterations=8,
+                        expert_selection="frequent", max_iterations=8, none_pool=none_pool,
                         rules=RuleConfig(**{"min_precision": 0.8, "top_k": 5, **rules}), seed=seed)
 
 
