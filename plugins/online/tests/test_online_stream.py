@@ -223,3 +223,20 @@ def test_a_precision_only_scorer_misses_the_planted_rules():
     fewer than 80 % of the planted rules: the log-coverage factor is what finds them."""
     _, _, res = _learn(scorer="precision")
     assert sum(r in res.rules for r in PLANTED) < 0.8 * len(PLANTED)
+
+
+def test_cached_expert_asks_each_span_once(tmp_path):
+    from recis_online.stream.experts import CachedExpert
+
+    corpus = planted_corpus(20, seed=2)
+    classes = list(corpus.labels) + [NONE]
+    spans = candidate_spans(corpus.sentences, SpanConfig(max_len=2))
+    inner = ScriptedExpert(classes, corpus.label_of, accuracy=0.7, seed=0)
+    first = CachedExpert(inner, tmp_path / "answers.json").template_probs(corpus.sentences, spans[:10])
+    assert inner.prompts == 20
+    again = CachedExpert(inner, tmp_path / "answers.json")       # read back from the file
+    p1, p2 = again.template_probs(corpus.sentences, spans[:15])
+    assert inner.prompts == 30                                    # only the 5 new spans were asked
+    assert torch.allclose(p1[:10], first[0].float()) and torch.allclose(p2[:10], first[1].float())
+    ref = ScriptedExpert(classes, corpus.label_of, accuracy=0.7, seed=0).template_probs(corpus.sentences, spans[:15])
+    assert torch.allclose(p1, ref[0].float()) and torch.allclose(p2, ref[1].float())
