@@ -449,8 +449,10 @@ class Trainer:
     def _lrs(self) -> Dict[str, float]:
         out = {}
         for name, opt in (("lr_dense", self.dense_optimizer), ("lr_sparse", self.sparse_optimizer)):
-            if opt is not None:
-                out[name] = float(opt.param_groups[0]["lr"])
+            # the first group with a learning rate (online optimizers such as BOGD_IP have none)
+            lr = None if opt is None else next((g["lr"] for g in opt.param_groups if "lr" in g), None)
+            if lr is not None:
+                out[name] = float(lr)
         return out
 
     def _update_metrics(self, out: _Out, batch) -> None:
