@@ -1,0 +1,130 @@
+"""The online CTR experiment: one prequential job per head optimizer on the same MovieLens stream.
+
+Every contestant is the same YAML-style job (`job_config`): the stream's window files in replay
+order (an `ArrowDataset` without shuffling reads them front to back), the movielens features,
+the `online_logistic` tower, row-wise Adagrad on the tables, and the contestant's optimizer on the
+head through an `optim.params` rule (`match: "head.*"`); the Trainer scores every batch before
+the update on it (`trainer.prequential`). Nothing here trains or scores by itself: the results
+are the Trainer's prequential logs and `prequential_history` (one entry per window of
+`window` examples).
+
+"After the shift" means the prequential windows that start at or after the stream's shift row
+(the window that straddles it is in neither part). Its logloss is the example-weighted mean of
+those windows' loglosses (exact: log loss is a mean); its AUC is the mean of their windowed AUCs
+(AUC does not add over windows; this is a mean of per-window AUCs, not one AUC over the span).
+Recovery: the windowed AUC of each of the first `first` windows after the shift, against the
+mean of the last `first` windows before it.
+
+>>> h = [{"window": i + 1, "examples": 10, "step": i, "logloss": 0.5 + (i >= 2) * 0.1, "auc": 0.5 if i >= 2 else 0.7}
+...      for i in range(5)]
+>>> s = shift_summary(h, shift_row=20, window=10, first=2)
+>>> s["auc_first_windows"], round(s["preq_logloss_after"], 4), s["auc_before"], s["windows_after"]
+([0.5, 0.5], 0.6, 0.7, 3)
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+
+from recis.datasets import movielens
+from recis.train.hooks import Hook
+
+__all__ = ["HEAD_MATCH", "TOWER", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary"]
+
+TOWER = "online_logistic"
+HEAD_MATCH = "head.*"
+
+
+def job_config(files: Sequence[str], head_optimizer: Mapping[str, Any], *, seed: int = 0, batch_size: int = 256,
+               window: int = 5000, embedding_dim: int = 8, sparse_lr: float = 0.05,
+               log_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    """The job (a `recis.run.RunConfig` mapping) of one contestant: `head_optimizer` is an
+    optimizer spec ({name: ..., options...}) for the head's parameters."""
+    return {
+        "data": {"train": list(files), "batch_size": batch_size, "shuffle_buffer": 0},
+        "features": movielens.feature_config(),
+        "model": {"name": TOWER, "embedding_dim": embedding_dim, "seed": seed},
+        "optim": {"sparse": {"name": "rowwise_adagrad", "lr": sparse_lr},
+                  "params": [{"match": HEAD_MATCH, "optimizer": dict(head_optimizer)}]},
+        "trainer": {"prequential": True, "prequential_window": window, "seed": seed, "progress": False,
+                    "log_every": 50, "log_dir": log_dir, "max_steps": max_steps},
+        "metrics": {"auc": {}, "logloss": {}},
+    }
+
+
+class HeadNorm(Hook):
+    """Records the largest l1 norm of the head's parameters (flattened together) after each step."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]):
+        self.params = list(params)
+        self.max_l1 = self.l1()
+
+    def l1(self) -> float:
+        return float(sum(p.detach().abs().sum().double() for p in self.params))
+
+    def on_step_end(self, trainer, step, logs):
+        self.max_l1 = max(self.max_l1, self.l1())
+
+
+@dataclass
+class OnlineRun:
+    """What one prequential job gave: its cumulative prequential logs (`preq_*`), the windows,
+    its throughput and the head's largest l1 norm."""
+
+    logs: Dict[str, float]
+    history: List[Dict[str, float]]
+    examples: int
+    seconds: float
+    head_max_l1: float
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+def run_online(files: Sequence[str], head_optimizer: Mapping[str, Any], *, shift_row: Optional[int] = None,
+               first: int = 5, **options) -> OnlineRun:
+    """Builds and trains the job of `job_config(files, head_optimizer, **options)`; summarizes
+    the shift (`shift_summary`) when `shift_row` is given."""
+    from recis.run import Job, RunConfig
+
+    job = Job(RunConfig.from_dict(job_config(files, head_optimizer, **options)))
+    norm = HeadNorm(job.model.head.parameters())
+    job.trainer.hooks.append(norm)
+    t0 = time.perf_counter()
+    job.trainer.fit(job.train_data)
+    seconds = time.perf_counter() - t0
+    trainer = job.trainer
+    logs = {k: float(v) for k, v in trainer.prequential.logs().items()}
+    run = OnlineRun(logs, [dict(h) for h in trainer.prequential_history], trainer.examples, seconds, norm.max_l1)
+    if shift_row is not None:
+        run.summary = shift_summary(run.history, shift_row, options.get("window", 5000), first)
+    return run
+
+
+def shift_summary(history: Sequence[Mapping[str, float]], shift_row: int, window: int, first: int = 5
+                  ) -> Dict[str, Any]:
+    """Metrics of the windows before and after `shift_row` (see the module docstring)."""
+    starts = [(h["window"] - 1) * window for h in history]
+    after = [h for h, s in zip(history, starts) if s >= shift_row]
+    before = [h for h, s in zip(history, starts) if s + h["examples"] <= shift_row]
+    if not after or not before:
+        raise ValueError(f"shift_summary: the shift at row {shift_row} leaves {len(before)} complete windows "
+                         f"before and {len(after)} after it (window {window}); use a longer stream or smaller windows")
+    n_after = sum(h["examples"] for h in after)
+
+    def mean(xs):
+        xs = [x for x in xs if not math.isnan(x)]
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {
+        "preq_auc_after": mean([h["auc"] for h in after]),
+        "preq_logloss_after": sum(h["logloss"] * h["examples"] for h in after) / n_after,
+        "auc_first_windows": [h["auc"] for h in after[:first]],
+        "auc_first_mean": mean([h["auc"] for h in after[:first]]),
+        "auc_before": mean([h["auc"] for h in before[-first:]]),
+        "windows_after": len(after),
+    }
