@@ -21,7 +21,9 @@ mean of the last `first` windows before it.
 >>> s["auc_first_windows"], round(s["preq_logloss_after"], 4), s["auc_before"], s["windows_after"]
 ([0.5, 0.5], 0.6, 0.7, 3)
 """
+import itertools
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -31,7 +33,8 @@ import torch
 from recis.datasets import movielens
 from recis.train.hooks import Hook
 
-__all__ = ["HEAD_MATCH", "TOWER", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary"]
+__all__ = ["HEAD_MATCH", "TOWER", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary", "grid",
+           "select_on_validation", "mean_spread"]
 
 TOWER = "online_logistic"
 HEAD_MATCH = "head.*"
@@ -55,17 +58,18 @@ def job_config(files: Sequence[str], head_optimizer: Mapping[str, Any], *, seed:
 
 
 class HeadNorm(Hook):
-    """Records the largest l1 norm of the head's parameters (flattened together) after each step."""
+    """Records the largest l1 norm of each head parameter (by name) over the steps: the online
+    optimizers constrain each parameter to its own copy of the set (recis_online.oco.optim)."""
 
-    def __init__(self, params: Sequence[torch.nn.Parameter]):
-        self.params = list(params)
+    def __init__(self, named_params: Mapping[str, torch.nn.Parameter]):
+        self.params = dict(named_params)
         self.max_l1 = self.l1()
 
-    def l1(self) -> float:
-        return float(sum(p.detach().abs().sum().double() for p in self.params))
+    def l1(self) -> Dict[str, float]:
+        return {n: float(p.detach().double().abs().sum()) for n, p in self.params.items()}
 
     def on_step_end(self, trainer, step, logs):
-        self.max_l1 = max(self.max_l1, self.l1())
+        self.max_l1 = {n: max(self.max_l1[n], v) for n, v in self.l1().items()}
 
 
 @dataclass
@@ -77,7 +81,7 @@ class OnlineRun:
     history: List[Dict[str, float]]
     examples: int
     seconds: float
-    head_max_l1: float
+    head_max_l1: Dict[str, float]
     summary: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,7 +96,7 @@ def run_online(files: Sequence[str], head_optimizer: Mapping[str, Any], *, shift
     from recis.run import Job, RunConfig
 
     job = Job(RunConfig.from_dict(job_config(files, head_optimizer, **options)))
-    norm = HeadNorm(job.model.head.parameters())
+    norm = HeadNorm({f"head.{n}": p for n, p in job.model.head.named_parameters()})
     job.trainer.hooks.append(norm)
     t0 = time.perf_counter()
     job.trainer.fit(job.train_data)
@@ -128,3 +132,39 @@ def shift_summary(history: Sequence[Mapping[str, float]], shift_row: int, window
         "auc_before": mean([h["auc"] for h in before[-first:]]),
         "windows_after": len(after),
     }
+
+
+def grid(base: Mapping[str, Any], values: Mapping[str, Sequence[Any]]) -> List[Dict[str, Any]]:
+    """Every optimizer spec of `base` with one value per option of `values` (their product, in order).
+
+    >>> grid({"name": "sgd"}, {"lr": [0.1, 1.0]})
+    [{'name': 'sgd', 'lr': 0.1}, {'name': 'sgd', 'lr': 1.0}]
+    """
+    keys = list(values)
+    return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*(values[k] for k in keys))]
+
+
+def select_on_validation(files: Sequence[str], specs: Sequence[Mapping[str, Any]], *, criterion: str = "preq_logloss",
+                         **options) -> tuple:
+    """(the spec with the lowest cumulative prequential `criterion` on `files`, [(spec, logs) of every
+    spec]): each spec is a head optimizer, trained by `run_online(files, spec, **options)`."""
+    tried = []
+    for spec in specs:
+        run = run_online(files, spec, **options)
+        if criterion not in run.logs:
+            raise ValueError(f"select_on_validation: criterion {criterion!r} is not a prequential log "
+                             f"({sorted(run.logs)})")
+        tried.append((dict(spec), run.logs))
+    best = min(tried, key=lambda t: (math.isnan(t[1][criterion]), t[1][criterion]))
+    return best[0], tried
+
+
+def mean_spread(values: Sequence[float]) -> Dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and range of `values`.
+
+    >>> mean_spread([1.0, 2.0, 3.0])
+    {'mean': 2.0, 'std': 1.0, 'min': 1.0, 'max': 3.0}
+    """
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}

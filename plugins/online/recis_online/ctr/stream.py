@@ -3,8 +3,9 @@
 The ratings of `recis.datasets.movielens` (both parts of its "time" split together: every rating
 once) are ordered by (timestamp, user_id, item_id) -- the replay order -- and written as
 equal-count windows: `window=00000/ratings.parquet`, `window=00001/...`, each `window_rows`
-rows (the last one shorter), so that a `StreamingArrowDataset(root, windows="window=*")` or an
-`ArrowDataset` over `StreamFiles.files` reads them front to back. Equal counts, not calendar
+rows (the last one shorter) and marked complete by an empty `_SUCCESS` file, so that a
+`StreamingArrowDataset(root, windows="window=*")` (a job's `data.stream`) or an `ArrowDataset`
+over `StreamFiles.files` reads them front to back. Equal counts, not calendar
 weeks, because ML-1M is front-loaded: half of its ratings fall before 2000-11-01, and the last
 two years hold few (a weekly window would range from hundreds to over 100k ratings).
 `_STREAM.json` in the root (not a data file: `_` names are skipped) records the options, the
@@ -51,10 +52,11 @@ from recis.datasets import movielens
 from recis.datasets._cache import PathLike, atomic_directory, cache_dir
 
 __all__ = ["StreamOptions", "StreamFiles", "replay_order", "primary_genres", "choose_genres", "shift_mask",
-           "stream_table", "build_stream", "STREAM_SCHEMA", "WINDOW_GLOB"]
+           "stream_table", "build_stream", "STREAM_SCHEMA", "WINDOW_GLOB", "MARKER"]
 
-_FORMAT = 1  # bump when the files written for the same options change
+_FORMAT = 2  # bump when the files written for the same options change
 WINDOW_GLOB = "window=*"
+MARKER = "_SUCCESS"
 STREAM_SCHEMA = movielens.SCHEMA.append(pa.field("position", pa.int64()))
 _ROW_GROUP = 16 * 1024
 
@@ -178,6 +180,7 @@ def build_stream(options: Optional[StreamOptions] = None, *, cache: Optional[Pat
                 name = f"window={w:05d}"
                 (tmp / name).mkdir()
                 pq.write_table(part, tmp / name / "ratings.parquet", row_group_size=_ROW_GROUP)
+                (tmp / name / MARKER).touch()  # the window is complete (data.stream.marker)
                 ts = part["timestamp"].to_numpy()
                 windows.append({"name": name, "rows": part.num_rows, "first_position": start,
                                 "first_timestamp": int(ts.min()), "last_timestamp": int(ts.max())})
