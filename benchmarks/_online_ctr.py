@@ -22,7 +22,7 @@ are their defaults from the horizon. Recovery is read from the Trainer's prequen
 or after the shift row (recis_online.ctr.experiment.shift_summary).
 
     python benchmarks/online.py ctr                  # about 10 minutes on 2 cores
-    python benchmarks/online.py ctr --quick          # a small smoke run (a minute)
+    python benchmarks/online.py ctr --quick          # a smoke run: 2% streams, one seed (about a minute)
 """
 from __future__ import annotations
 
@@ -62,22 +62,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=os.path.join(RESULTS, "online_ctr.json"))
 
 
-def _ensure_registered() -> None:
-    """From a checkout without `make install` the plugin's entry points are missing: register them here."""
-    from recis.optim.registry import available_optimizers, register_optimizer
-    from recis.towers import available_towers, register_tower
-    from recis_online.ctr.experiment import TOWER
-    from recis_online.ctr.model import OnlineLogisticTower
-    from recis_online.oco.optim import ONLINE_OPTIMIZERS
-
-    if TOWER not in available_towers():
-        register_tower(TOWER, OnlineLogisticTower)
-    dense = available_optimizers("dense")
-    for name, cls in ONLINE_OPTIMIZERS.items():
-        if name not in dense:
-            register_optimizer(name, cls)
-
-
 def _base_spec(name: str, radius: float, rounds: int, args) -> Dict[str, Any]:
     if name == "adam":
         return {"name": "adam"}
@@ -93,11 +77,11 @@ def _rounds(rows: int, batch_size: int) -> int:
 
 def run(args) -> Dict[str, Any]:
     from recis_online.ctr import StreamOptions, build_stream
-    from recis_online.ctr.experiment import grid, mean_spread, run_online, select_on_validation
+    from recis_online.ctr.experiment import ensure_registered, grid, mean_spread, run_online, select_on_validation
 
-    _ensure_registered()
+    ensure_registered()
     if args.quick:
-        args.fraction, args.seeds = 0.02, args.seeds[:1]
+        args.fraction, args.seeds, args.preq_window = 0.02, args.seeds[:1], 1000
     step_grid = {k: (v[1:2] if args.quick else v) for k, v in STEP_GRID.items()}
     radii = RADII[1:2] if args.quick else RADII
     job = dict(batch_size=args.batch_size, window=args.preq_window, embedding_dim=args.embedding_dim,
@@ -144,7 +128,8 @@ def run(args) -> Dict[str, Any]:
 
     table = {}
     for name, rs in runs.items():
-        first = [[r["summary"]["auc_first_windows"][i] for r in rs] for i in range(args.first)]
+        k = min(len(r["summary"]["auc_first_windows"]) for r in rs)
+        first = [[r["summary"]["auc_first_windows"][i] for r in rs] for i in range(k)]
         table[name] = {
             "setting": chosen[name],
             "preq_auc": mean_spread([r["logs"]["preq_auc"] for r in rs]),

@@ -33,11 +33,27 @@ import torch
 from recis.datasets import movielens
 from recis.train.hooks import Hook
 
-__all__ = ["HEAD_MATCH", "TOWER", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary", "grid",
+__all__ = ["HEAD_MATCH", "TOWER", "ensure_registered", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary", "grid",
            "select_on_validation", "mean_spread"]
 
 TOWER = "online_logistic"
 HEAD_MATCH = "head.*"
+
+
+def ensure_registered() -> None:
+    """Registers the `online_logistic` tower and the online optimizers in this process when they
+    are not installed (a checkout used without `make install`, whose entry points are missing)."""
+    from recis.optim.registry import available_optimizers, register_optimizer
+    from recis.towers import available_towers, register_tower
+    from recis_online.ctr.model import OnlineLogisticTower
+    from recis_online.oco.optim import ONLINE_OPTIMIZERS
+
+    if TOWER not in available_towers():
+        register_tower(TOWER, OnlineLogisticTower)
+    dense = available_optimizers("dense")
+    for name, cls in ONLINE_OPTIMIZERS.items():
+        if name not in dense:
+            register_optimizer(name, cls)
 
 
 def job_config(files: Sequence[str], head_optimizer: Mapping[str, Any], *, seed: int = 0, batch_size: int = 256,
