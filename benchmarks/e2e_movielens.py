@@ -155,7 +155,8 @@ def run_torchrec(cfg) -> Outcome:
     from recis.io import ArrowDataset
     from recis.metrics import AUC, GAUC, Calibration, LogLoss
     from recis.nn.initializers import resolve_initializer
-    from recis.run.job import DENSE_OPTIMIZERS, _optimizer, data_files, feature_config
+    from recis.run.job import data_files, feature_config
+    from recis.run.optimizers import build_optimizer
     from recis.train import Trainer
 
     sparse_spec, args = dict(cfg.optim.sparse), dict(cfg.model.args)
@@ -188,7 +189,7 @@ def run_torchrec(cfg) -> Outcome:
         model = TorchrecDeepFM(sparse, vocab.rows(), dense_dim=len(engine.dense_names), **args)
         dmp, plan = wrap_dmp(model, lr=sparse_spec.pop("lr"), **sparse_spec)
         init_tables(dmp, std=init[2], cutoff=init[3])
-        dense = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense", dense_parameters(dmp))
+        dense = build_optimizer(cfg.optim.dense, "dense", "optim.dense", dense_parameters(dmp))
         metrics = {"auc": AUC(), "logloss": LogLoss(), "calibration": Calibration()}
         if cfg.trainer.group_key is not None:
             metrics["gauc"] = GAUC()

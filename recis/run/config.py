@@ -80,11 +80,31 @@ class ModelConfig:
 
 
 @dataclass
+class ParamRule:
+    """One rule of `optim.params`: the dense parameters it takes, by `match` (an fnmatch glob over
+    the model's parameter names) or by `group` (a tower's declared parameter group), and the
+    `optimizer` ({name: a registered dense optimizer, its options...}) that trains them."""
+
+    optimizer: Dict[str, Any]
+    match: Optional[str] = None
+    group: Optional[str] = None
+
+    def describe(self) -> str:
+        return f"match {self.match!r}" if self.match is not None else f"group {self.group!r}"
+
+
+@dataclass
 class OptimConfig:
+    """Optimizers by name (recis.optim.registry: built-in, or installed in the entry-point group
+    `recis.optimizers`). `sparse`: the hash tables'; `dense`: every dense parameter that no
+    `params` rule takes; `groups`: a tower's declared groups -> their own `dense` options (lr,
+    weight_decay, ...); `params`: rules, first match wins, that give parameters their own
+    optimizer (recis.run.optimizers; docs/optimizers.md)."""
+
     sparse: Dict[str, Any] = field(default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05})
     dense: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 0.001})
-    # a tower's declared parameter groups -> their own dense-optimizer options (lr, weight_decay, ...)
     groups: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    params: List[Any] = field(default_factory=list)  # ParamRule, or its mapping (converted here)
 
     def __post_init__(self):
         check_types(self, "optim")
@@ -94,6 +114,22 @@ class OptimConfig:
         for name, spec in self.groups.items():
             if not isinstance(spec, dict):
                 raise TypeError(f"optim.groups.{name} must be a mapping (e.g. {{lr: 1e-5}}), got {spec!r}")
+        rules = []
+        for i, rule in enumerate(self.params):
+            where = f"optim.params[{i}]"
+            if isinstance(rule, ParamRule):
+                check_types(rule, where)
+            else:
+                rule = from_mapping(ParamRule, rule, where)
+            if (rule.match is None) == (rule.group is None):
+                raise ValueError(f"{where} needs exactly one of match (a glob over parameter names) or group (a "
+                                 f"tower's parameter group), got {'both' if rule.match is not None else 'neither'}")
+            if not (rule.match or rule.group):
+                raise ValueError(f"{where}.{'match' if rule.match is not None else 'group'} must not be empty")
+            if "name" not in rule.optimizer:
+                raise ValueError(f"{where}.optimizer needs a name")
+            rules.append(rule)
+        self.params = rules
 
 
 @dataclass

@@ -8,50 +8,20 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from recis import optim as sparse_optim
 from recis.config_utils import check_value
 from recis.distributed import wrap_dense
-from recis.optim.hyper import check_options
 from recis.run.config import RunConfig
 from recis.run.datasets import DATASETS
+from recis.run.optimizers import build_dense_optimizer, build_sparse_optimizer
+from recis.run.optimizers import check_optim as _check_optim
 
-SPARSE_OPTIMIZERS = {"sgd": sparse_optim.SparseSGD, "adagrad": sparse_optim.SparseAdagrad,
-                     "rowwise_adagrad": sparse_optim.SparseRowwiseAdagrad, "adam": sparse_optim.SparseAdam,
-                     "adamw": sparse_optim.SparseAdamW, "ftrl": sparse_optim.SparseFTRL}
-DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                    "adagrad": torch.optim.Adagrad}
 GROUP_COLUMN = "group_id"  # pass-through column that GAUC groups by (the user id for MovieLens)
 
 
-def _optimizer_class(table: Dict, spec: Dict, where: str):
-    name = spec["name"]
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"{where}.name must be one of {sorted(table)}, got {name!r}")
-    return table[name]
-
-
 def check_optim(cfg: RunConfig) -> None:
-    """Checks every optimizer option of the job by name (recis.optim.hyper), before anything is built."""
-    for table, part in ((SPARSE_OPTIMIZERS, "sparse"), (DENSE_OPTIMIZERS, "dense")):
-        spec = getattr(cfg.optim, part)
-        cls = _optimizer_class(table, spec, f"optim.{part}")
-        check_options(f"optim.{part}", {k: v for k, v in spec.items() if k != "name"}, getattr(cls, "rules", None),
-                      constructor=cls)
-    dense = _optimizer_class(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense")
-    for group, options in cfg.optim.groups.items():
-        check_options(f"optim.groups.{group}", options, constructor=dense)
-
-
-def _optimizer(table: Dict, spec: Dict, where: str, params):
-    """table[spec.name](params, **options) (options checked by check_optim); a constructor's
-    error names the section."""
-    spec = dict(spec)
-    cls = _optimizer_class(table, spec, where)
-    name = spec.pop("name")
-    try:
-        return cls(params, **spec)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{where} ({name}): {e}") from None
+    """Checks every optimizer of the job, its name and its options by name (recis.optim.hyper),
+    before anything is built."""
+    _check_optim(cfg.optim)
 
 
 def feature_config(cfg: RunConfig) -> Dict:
@@ -173,22 +143,13 @@ class Job:
                 if data is not None:
                     data.stats.skip(path, reason, log=False)  # logged when they were left out
         self.model = _build_model(cfg, self.engine, MODELS)
-        from recis.nn import sparse_tables
         from recis.towers import Tower
 
         if self.env.distributed:
             self.model = self._shard(self.model)
-        # a tower without hash tables has no sparse optimizer
-        self.sparse_optimizer = _optimizer(SPARSE_OPTIMIZERS, cfg.optim.sparse, "optim.sparse", self.model) \
-            if sparse_tables(self.model) else None
-        if isinstance(self.model, Tower):
-            dense_params = self.model.optimizer_groups(overrides=cfg.optim.groups)
-        elif cfg.optim.groups:
-            raise ValueError(f"optim.groups is for towers; model {cfg.model.name!r} declares no parameter groups")
-        else:
-            dense_params = list(self.model.parameters())
-        self.dense_optimizer = _optimizer(DENSE_OPTIMIZERS, cfg.optim.dense, "optim.dense", dense_params) \
-            if dense_params else None
+        # a tower without hash tables has no sparse optimizer; several dense ones act as one OptimizerSet
+        self.sparse_optimizer = build_sparse_optimizer(cfg.optim, self.model)
+        self.dense_optimizer = build_dense_optimizer(cfg.optim, self.model, cfg.model.name)
         has_logits = getattr(self.model, "has_logits", True) if isinstance(self.model, Tower) else True
         # a tower without a binary logit (has_logits = False) is evaluated by its values by default
         metrics = build_metrics(cfg.metrics or (None if has_logits else ["tower"]), group_key=cfg.trainer.group_key)
