@@ -88,13 +88,17 @@ def run(args) -> Dict[str, Any]:
                sparse_lr=args.sparse_lr, first=args.first)
     t_start = time.perf_counter()
 
+    def report(spec, r):
+        print(f"  validation {spec}: preq logloss {r.logs['preq_logloss']:.4f}, AUC {r.logs['preq_auc']:.4f}, "
+              f"{r.examples_per_s:,.0f} ex/s", flush=True)
+
     # ---- validation: radius, then each contestant's step size -------------------------------
     val = build_stream(StreamOptions(window_rows=args.stream_window_rows, fraction=args.fraction, part=1,
                                      shift_seed=VALIDATION_SHIFT_SEED))
     val_rounds = _rounds(val.num_rows, args.batch_size)
     pogd = grid(_base_spec("projected_ogd", 1.0, val_rounds, args),
                 {"radius": radii, "eta": step_grid["projected_ogd"]})
-    best_pogd, tried_radius = select_on_validation(val.files, pogd, shift_row=val.shift_row, **job)
+    best_pogd, tried_radius = select_on_validation(val.files, pogd, shift_row=val.shift_row, report=report, **job)
     radius = best_pogd["radius"]
     chosen, validation = {}, {"radius": [{"spec": s, "logs": l} for s, l in tried_radius]}
     for name in args.contestants:
@@ -102,7 +106,7 @@ def run(args) -> Dict[str, Any]:
             chosen[name] = {STEP_OPTION[name]: best_pogd[STEP_OPTION[name]]}
             continue
         specs = grid(_base_spec(name, radius, val_rounds, args), {STEP_OPTION[name]: step_grid[name]})
-        best, tried = select_on_validation(val.files, specs, shift_row=val.shift_row, **job)
+        best, tried = select_on_validation(val.files, specs, shift_row=val.shift_row, report=report, **job)
         chosen[name] = {STEP_OPTION[name]: best[STEP_OPTION[name]]}
         validation[name] = [{"spec": s, "logs": l} for s, l in tried]
     val_seconds = time.perf_counter() - t_start

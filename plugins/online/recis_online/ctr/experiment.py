@@ -26,15 +26,15 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from recis.datasets import movielens
 from recis.train.hooks import Hook
 
-__all__ = ["HEAD_MATCH", "TOWER", "ensure_registered", "job_config", "HeadNorm", "OnlineRun", "run_online", "shift_summary", "grid",
-           "select_on_validation", "mean_spread"]
+__all__ = ["HEAD_MATCH", "TOWER", "ensure_registered", "job_config", "HeadNorm", "OnlineRun", "run_online",
+           "shift_summary", "grid", "select_on_validation", "mean_spread"]
 
 TOWER = "online_logistic"
 HEAD_MATCH = "head.*"
@@ -161,12 +161,16 @@ def grid(base: Mapping[str, Any], values: Mapping[str, Sequence[Any]]) -> List[D
 
 
 def select_on_validation(files: Sequence[str], specs: Sequence[Mapping[str, Any]], *, criterion: str = "preq_logloss",
+                         report: Optional[Callable[[Mapping[str, Any], "OnlineRun"], None]] = None,
                          **options) -> tuple:
     """(the spec with the lowest cumulative prequential `criterion` on `files`, [(spec, logs) of every
-    spec]): each spec is a head optimizer, trained by `run_online(files, spec, **options)`."""
+    spec]): each spec is a head optimizer, trained by `run_online(files, spec, **options)`;
+    `report(spec, run)` is called after each."""
     tried = []
     for spec in specs:
         run = run_online(files, spec, **options)
+        if report is not None:
+            report(spec, run)
         if criterion not in run.logs:
             raise ValueError(f"select_on_validation: criterion {criterion!r} is not a prequential log "
                              f"({sorted(run.logs)})")
