@@ -9,7 +9,7 @@
 3. prints the cumulative prequential AUC / logloss and the windows around the shift.
 
     python examples/online_movielens.py                   # the full stream, a few minutes on 2 cores
-    python examples/online_movielens.py --fraction 0.02   # a 2% subsample, seconds
+    python examples/online_movielens.py --fraction 0.02 --preq-window 2000   # a 2% subsample, seconds
 """
 import argparse
 from pathlib import Path
@@ -24,6 +24,7 @@ def main(argv=None) -> dict:
     p.add_argument("--window-rows", type=int, default=50_000, help="ratings per window directory")
     p.add_argument("--no-shift", action="store_true", help="replay the true labels (no planted shift)")
     p.add_argument("--stream-root", default=None, help="where to write the stream (default: the config's root)")
+    p.add_argument("--preq-window", type=int, default=None, help="examples per prequential window (default: the config's)")
     p.add_argument("--log-dir", default=None)
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
@@ -46,6 +47,8 @@ def main(argv=None) -> dict:
             rule.optimizer["horizon"] = -(-stream.num_rows // cfg.data.batch_size)
     if args.log_dir is not None:
         cfg.trainer.log_dir = args.log_dir
+    if args.preq_window is not None:
+        cfg.trainer.prequential_window = args.preq_window
     if args.max_steps is not None:
         cfg.trainer.max_steps = args.max_steps
     job = Job(cfg)
