@@ -9,7 +9,12 @@ re-reads a consumed file (the list grows by one name per file: about 50 bytes ea
 
 Stopping: `stop_after_idle=s` ends the stream after s seconds without a new file, like the end
 of a static dataset (rows buffered for a batch come out as a last shorter batch, or are dropped
-and counted with drop_last). `stop()` (or setting `stop_event`) ends the iteration at the next
+and counted with drop_last). `until=W` (with windows) ends it once window W is read: at the
+first poll that finds no new file and none still settling in the windows up to W, when W was
+closed before that poll (a later window's directory exists, or W holds the marker; see
+recis.io.watch). Files of later windows are never read. Between polls the stream waits
+`poll_interval` seconds (an empty window costs one directory listing per window per poll, no
+busy loop). `stop()` (or setting `stop_event`) ends the iteration at the next
 batch: buffered and prefetched rows are not delivered, and the state resumes before them.
 """
 import threading
@@ -36,6 +41,8 @@ class StreamingArrowDataset(ArrowIterableBase):
         relative to root ("dt=*").
     poll_interval: seconds between directory listings. settle_s, marker: see recis.io.watch.
     stop_after_idle: end after this many seconds without a new file (None: run until stop()).
+    until: the last window to read (a name in `windows`, or matching its pattern): the stream
+        ends once that window is closed and read (see the module notes; None: no end).
     stop_event: an Event to stop on (e.g. a multiprocessing.Event shared with DataLoader workers);
         stop() sets it.
 
@@ -51,7 +58,8 @@ class StreamingArrowDataset(ArrowIterableBase):
                  rank: Optional[int] = None, world_size: Optional[int] = None, transform=None,
                  on_error: str = "raise", prefetch: int = 0, pin_memory="auto", read_batch_size: int = 65536,
                  yield_state: bool = False, poll_interval: float = 1.0, settle_s: float = 1.0,
-                 marker: Optional[str] = None, stop_after_idle: Optional[float] = None, stop_event=None):
+                 marker: Optional[str] = None, stop_after_idle: Optional[float] = None, stop_event=None,
+                 until: Optional[str] = None):
         config = LoaderConfig(batch_size, drop_last, shuffle_buffer, seed, on_error, prefetch, pin_memory,
                               read_batch_size, yield_state)
         super().__init__(config, transform, rank, world_size)
@@ -61,7 +69,8 @@ class StreamingArrowDataset(ArrowIterableBase):
             raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
         self._format = make_format(format) if format is not None else None
         fmt_name = format_name(self._format) if self._format is not None else None
-        self.watcher = DirectoryWatcher(root, windows, settle_s=settle_s, marker=marker, format_name=fmt_name)
+        self.watcher = DirectoryWatcher(root, windows, settle_s=settle_s, marker=marker, format_name=fmt_name,
+                                        until=until)
         self.columns = list(columns) if columns is not None else None
         self._schema = schema
         self.poll_interval = poll_interval
@@ -160,12 +169,15 @@ class StreamingArrowDataset(ArrowIterableBase):
                         return
                 i += 1
                 last_new = time.monotonic()
+            closed = self.watcher.closed()  # before the listing: files written before the window closed are in it
             new = self.watcher.poll(consumed, shard, num_shards)
             self.stats.files_waiting = self.watcher.waiting
             if new:
                 log.extend(new)
                 consumed.update(new)
                 continue
+            if closed and not self.watcher.waiting:
+                return
             if self.stop_after_idle is not None and time.monotonic() - last_new >= self.stop_after_idle:
                 return
             self.stop_event.wait(self.poll_interval)

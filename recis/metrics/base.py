@@ -93,6 +93,26 @@ class Metric(abc.ABC):
         """The state as 1-D tensors (compacted); what `sync()` gathers."""
         return dict(self._state)
 
+    def load_state(self, state: Dict[str, torch.Tensor]) -> "Metric":
+        """Replaces the state by `state`, a copy of what `state()` returned (e.g. from a
+        checkpoint): the metric continues as if it had seen that data itself.
+
+        >>> from recis.metrics import LogLoss
+        >>> a, b = LogLoss(), LogLoss()
+        >>> a.update(torch.tensor([0.9, 0.2]), torch.tensor([1, 0]))
+        >>> b.load_state(a.state()).compute() == a.compute()
+        True
+        """
+        if self._local is not None:
+            raise RuntimeError(f"{type(self).__name__}: load_state() while synced; call unsync() first")
+        expected = set(self._empty_state())
+        if not isinstance(state, dict) or set(state) != expected:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{type(self).__name__}.load_state: expected the keys {sorted(expected)}, got {found}")
+        self.reset()
+        self._state = {k: torch.as_tensor(v).clone() for k, v in state.items()}
+        return self
+
     def config(self) -> dict:
         """The settings that must agree for two metrics to be merged."""
         return {}

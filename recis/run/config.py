@@ -9,6 +9,7 @@ Traceback (most recent call last):
 ...
 ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'distributed', 'features', 'metrics', 'model', 'optim', 'trainer'])
 """
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
@@ -24,13 +25,61 @@ from recis.run.datasets import DATASETS, dataset
 from recis.train.config import TrainerConfig
 
 @dataclass
+class StreamConfig:
+    """`data.stream`: the training data of an online job, read from files as they land under
+    `root` (recis.io.StreamingArrowDataset; relative to the job file's directory). `windows`:
+    subdirectories read in order (a list, or a glob pattern such as "dt=*"; none: all of root).
+    `poll_interval`, `settle_s`, `marker`: when a file counts as complete (recis.io.watch).
+    The job ends after `stop_after_idle` seconds without a new file, or once the window `until`
+    is closed and read (a later window exists, or `until` holds the marker; docs/online.md);
+    with neither it trains until `trainer.max_steps` or a signal (SIGINT, SIGTERM: it saves a
+    checkpoint and exits).
+
+    >>> StreamConfig("landing", windows="dt=*", until="dt=2026112723").until
+    'dt=2026112723'
+    >>> StreamConfig("landing", until="dt=2026112723")
+    Traceback (most recent call last):
+    ...
+    ValueError: data.stream.until names the last window to read; give data.stream.windows (a list of
+    subdirectories, or a pattern such as 'dt=*')
+    """
+
+    root: str
+    windows: Optional[Union[str, List[str]]] = None
+    poll_interval: float = bounded(1.0, gt=0)
+    settle_s: float = bounded(1.0, ge=0)
+    marker: Optional[str] = None
+    stop_after_idle: Optional[float] = bounded(None, ge=0)
+    until: Optional[str] = None
+
+    def __post_init__(self):
+        check_types(self, "data.stream")
+        if not self.root:
+            raise ValueError("data.stream.root must name the directory the files land in, got ''")
+        if self.marker is not None and (not self.marker or "/" in self.marker):
+            raise ValueError(f"data.stream.marker must be a file name (e.g. _SUCCESS), got {self.marker!r}")
+        if self.until is None:
+            return
+        if self.windows is None:
+            raise ValueError("data.stream.until names the last window to read; give data.stream.windows (a list of "
+                             "subdirectories, or a pattern such as 'dt=*')")
+        if isinstance(self.windows, str):
+            if not fnmatch.fnmatchcase(self.until, self.windows):
+                raise ValueError(f"data.stream.until {self.until!r} does not match data.stream.windows "
+                                 f"{self.windows!r}")
+        elif self.until not in self.windows:
+            raise ValueError(f"data.stream.until {self.until!r} is not one of data.stream.windows {self.windows}")
+
+
+@dataclass
 class DataConfig:
     """`dataset` names a built-in dataset (recis.run.datasets: movielens, fashion_mnist, synthetic, criteo,
     avazu; `options` are its options); otherwise `train` and `eval` give files or directories
     (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
     `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
     in a data directory, and the rows whose image (or tensor) feature cannot be decoded, instead of
-    stopping (recis.io)."""
+    stopping (recis.io). `stream` (a StreamConfig) makes the job an online one: its training data
+    are the files landing in `stream.root`, in place of `train` (see docs/online.md)."""
 
     dataset: Optional[str] = None
     split: str = "random"
@@ -44,17 +93,26 @@ class DataConfig:
     prefetch: int = bounded(2, ge=0)
     on_error: str = "raise"
     options: Dict[str, Any] = field(default_factory=dict)
+    stream: Optional[Union[StreamConfig, Dict[str, Any]]] = None
 
     def __post_init__(self):
         check_types(self, "data")
+        if isinstance(self.stream, dict):
+            self.stream = from_mapping(StreamConfig, self.stream, "data.stream")
+        if self.stream is not None:
+            given = [k for k in ("train", "dataset") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"data.stream and data.{given[0]} are both set: a streaming job trains on the files "
+                                 f"landing in data.stream.root; remove data.{given[0]} (data.eval may stay)")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS} or null (inferred from the file names), "
                              f"got {self.format!r}")
         if self.dataset is None:
-            if self.train is None:
-                raise ValueError("data: give either dataset (a built-in one) or train (files or a directory)")
+            if self.train is None and self.stream is None:
+                raise ValueError("data: give either dataset (a built-in one), train (files or a directory) or stream "
+                                 "(a directory files land in)")
             if self.options:
                 raise ValueError(f"data.options are a built-in dataset's options; no data.dataset is set "
                                  f"(got options {sorted(self.options)})")
@@ -135,15 +193,16 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     """`dir` (none: no checkpoints), the `keep_last` checkpoints kept, one saved `every` N steps
-    and one at the end, and whether a job `resume`s from the latest one. `init_from`: a stage's
-    start: another job's checkpoint (its checkpoint directory, for its latest checkpoint, or
-    one step-N checkpoint in it) whose model weights the job starts from, with fresh optimizers
-    and step 0; applied whenever the job builds, before it resumes its own checkpoints. Both
+    or `every_minutes` minutes (whichever comes first) and one at the end, and whether a job
+    `resume`s from the latest one. `init_from`: a stage's start: another job's checkpoint (its
+    checkpoint directory, for its latest checkpoint, or one step-N checkpoint in it) whose model
+    weights the job starts from, with fresh optimizers and step 0; applied whenever the job builds, before it resumes its own checkpoints. Both
     paths are relative to the working directory (see docs/checkpoints.md, "Stages")."""
 
     dir: Optional[str] = None
     keep_last: int = bounded(3, ge=1)
     every: Optional[int] = bounded(None, ge=1)
+    every_minutes: Optional[float] = bounded(None, gt=0)
     resume: bool = True
     init_from: Optional[str] = None
 
@@ -204,6 +263,8 @@ class RunConfig:
         trainer = from_mapping(TrainerConfig, values.get("trainer"), "trainer")
         ckpt = from_mapping(CheckpointConfig, values.get("checkpoint"), "checkpoint")
         data = from_mapping(DataConfig, values.get("data") or {"dataset": "movielens"}, "data")
+        if data.stream is not None:
+            data.stream.root = _resolve(base_dir, data.stream.root)
         for split in ("train", "eval"):
             paths = getattr(data, split)
             if isinstance(paths, str):

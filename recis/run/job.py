@@ -1,7 +1,11 @@
 """Job: builds the whole pipeline of a RunConfig (data -> feature engine -> model -> optimizers -> Trainer)."""
+import contextlib
 import copy
 import inspect
 import os
+import signal
+import sys
+import threading
 import time
 import typing
 from typing import Dict, Optional, Tuple
@@ -22,6 +26,51 @@ def check_optim(cfg: RunConfig) -> None:
     """Checks every optimizer of the job, its name and its options by name (recis.optim.hyper),
     before anything is built."""
     _check_optim(cfg.optim)
+
+
+def stream_dataset(cfg: RunConfig, engine, env):
+    """The StreamingArrowDataset of `data.stream` (a streaming job's training data)."""
+    from recis.io import StreamingArrowDataset
+
+    d, s = cfg.data, cfg.data.stream
+    if cfg.trainer.epochs != 1:
+        raise ValueError(f"trainer.epochs is {cfg.trainer.epochs}, but data.stream is read once (each file as it "
+                         "lands); leave trainer.epochs at 1 and bound the job with data.stream.until, "
+                         "data.stream.stop_after_idle or trainer.max_steps")
+    if not os.path.isdir(s.root):
+        raise FileNotFoundError(f"data.stream.root {s.root} is not a directory: create the directory the files "
+                                "land in (the job waits for them)")
+    return StreamingArrowDataset(s.root, windows=s.windows, format=d.format, batch_size=d.batch_size,
+                                 shuffle_buffer=d.shuffle_buffer, seed=d.seed, transform=engine, prefetch=d.prefetch,
+                                 rank=env.rank, world_size=env.world_size, on_error=d.on_error,
+                                 poll_interval=s.poll_interval, settle_s=s.settle_s, marker=s.marker,
+                                 stop_after_idle=s.stop_after_idle, until=s.until)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stream):
+    """While a streaming job trains (in the main thread), SIGINT and SIGTERM stop its stream at
+    the next batch: training ends, and the job saves its checkpoint (with the stream position)."""
+    if stream is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def stop(signum, frame):
+        print(f"recis: {signal.Signals(signum).name} received; stopping the stream and saving a checkpoint",
+              file=sys.stderr, flush=True)
+        stream.stop()
+        for sig, handler in previous.items():  # a second signal acts as it would have
+            signal.signal(sig, handler)
+
+    for sig in signals:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def feature_config(cfg: RunConfig) -> Dict:
@@ -127,17 +176,21 @@ class Job:
         listed = (IOStats(), IOStats())  # files left out while a built-in dataset lists its files
         train_src, eval_src = data_files(cfg, listed)
         d = cfg.data
-        self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
-                                       shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
-                                       transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                       world_size=self.env.world_size, on_error=d.on_error)
+        if d.stream is not None:
+            self.train_data = stream_dataset(cfg, self.engine, self.env)
+        else:
+            self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
+                                           shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
+                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
+                                           world_size=self.env.world_size, on_error=d.on_error)
         self.eval_data = None
         if eval_src is not None:
             # its own engine (the train engine's prefetch thread may still be running) without augmentation
             self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
                                           transform=self.engine.for_eval(), prefetch=d.prefetch, rank=self.env.rank,
                                           world_size=self.env.world_size, on_error=d.on_error)
-        check_shards(self.train_data, self.env.world_size)
+        if d.stream is None:
+            check_shards(self.train_data, self.env.world_size)
         for data, early in zip((self.train_data, self.eval_data), listed):
             for path, reason in early.skipped.items():
                 if data is not None:
@@ -166,6 +219,7 @@ class Job:
             else None
         trainer_cfg = copy.copy(cfg.trainer)
         trainer_cfg.checkpoint_every = cfg.checkpoint.every
+        trainer_cfg.checkpoint_every_minutes = cfg.checkpoint.every_minutes
         if self.env.rank > 0:  # one set of logs per job (the Trainer reports progress on rank 0 only)
             trainer_cfg.log_dir = None
         self.trainer = Trainer(wrap_dense(self.model, self.env, cfg.distributed.dense), self.sparse_optimizer,
@@ -192,13 +246,18 @@ class Job:
         evaluation plus training throughput."""
         if self.trainer.checkpoint is not None and self.cfg.checkpoint.resume:
             self.trainer.resume(train=self.train_data)
+            if self.cfg.data.stream is not None:
+                # A stream is one pass that its own state resumes (it never re-reads a file): an
+                # earlier run that ended (stopped, idle, or at `until`) leaves what is left to it.
+                self.trainer.epoch = 0
         elif self.trainer.checkpoint is not None and self.trainer.checkpoint.latest() is not None:
             raise ValueError(f"checkpoint.dir {self.cfg.checkpoint.dir} holds checkpoints of an earlier run "
                              f"(latest {self.trainer.checkpoint.latest().path.name}) and checkpoint.resume is false: "
                              "set resume: true to continue that run, or give a new or empty directory")
         t0 = time.perf_counter()
         examples0 = self.trainer.examples
-        history = self.trainer.fit(self.train_data, self.eval_data)
+        with _stop_on_signals(self.train_data if self.cfg.data.stream is not None else None):
+            history = self.trainer.fit(self.train_data, self.eval_data)
         seconds = time.perf_counter() - t0
         ckpt = self.trainer.checkpoint
         if ckpt is not None and self.trainer.step > 0:

@@ -8,14 +8,25 @@ from typing import Dict, List, Optional
 import torch
 
 from recis.config_utils import Range, check_value
+from recis.train.prequential import PREFIX
 
 
 class Hook:
     """Override what you need. `logs` holds floats (loss, lr, examples/s, the training
-    statistics named in `trainer.stat_names`, averaged over the log window); `metrics` an
-    evaluation's results."""
+    statistics named in `trainer.stat_names`, averaged over the log window, and the prequential
+    metrics `preq_*` with `TrainerConfig.prequential`); `metrics` an evaluation's results.
+
+    `on_batch(trainer, batch, output, loss)` runs once per training (micro-)batch, right after its
+    forward and before its backward and optimizer step (so `trainer.model` has not trained on it
+    yet), and only when the loss is finite (after the non-finite check: a skipped batch is not
+    shown). `output` is the model's raw output (the logits tensor, or a tower's TowerOutput) and
+    `loss` the detached loss tensor. A rollout tower's minibatches are training batches too; the
+    rollout phase's own eval-mode forwards (`Tower.rollout`) are not shown. Online methods record
+    their regret here without a second forward."""
 
     def on_fit_start(self, trainer) -> None: ...
+
+    def on_batch(self, trainer, batch, output, loss: torch.Tensor) -> None: ...
 
     def on_step_end(self, trainer, step: int, logs: Dict[str, float]) -> None: ...
 
@@ -39,6 +50,8 @@ def _isatty(stream) -> bool:
 
 #: Evaluation results that the progress report and the curve show (when present).
 SHOWN_METRICS = ("auc", "gauc", "accuracy", "macro_f1")
+#: Prequential metrics (TrainerConfig.prequential) that the progress report shows.
+_PREQ_SHOWN = tuple(f"{PREFIX}{k}" for k in ("logloss", "auc", "window_logloss", "window_auc"))
 
 
 class ProgressBar(Hook):
@@ -72,6 +85,7 @@ class ProgressBar(Hook):
         if "loss" in logs:
             self.loss, self.rate = logs["loss"], logs.get("examples_per_s", 0.0)
             self.stats.update({k: logs[k] for k in getattr(trainer, "stat_names", ()) if k in logs})
+            self.stats.update({k: logs[k] for k in _PREQ_SHOWN if k in logs})
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if "loss" in logs:
@@ -152,14 +166,18 @@ class TensorBoardLogger(Hook):
 
 class CurvePlot(Hook):
     """Writes `{log_dir}/curve.png` at the end of fit: training loss and the eval metrics of
-    SHOWN_METRICS (AUC, GAUC, accuracy, macro-F1) over steps; and `{log_dir}/stats.png`, one
-    panel per training statistic (`trainer.stat_names`), when there are any."""
+    SHOWN_METRICS (AUC, GAUC, accuracy, macro-F1) over steps; `{log_dir}/stats.png`, one
+    panel per training statistic (`trainer.stat_names`), when there are any; and
+    `{log_dir}/prequential.png`, the prequential metrics (cumulative and last window) over
+    steps, with `TrainerConfig.prequential`."""
 
     def __init__(self, log_dir: str):
         self.path = os.path.join(log_dir, "curve.png")
         self.stats_path = os.path.join(log_dir, "stats.png")
+        self.preq_path = os.path.join(log_dir, "prequential.png")
         self.train, self.eval = [], []
         self.stats: Dict[str, List[tuple]] = {}
+        self.preq: Dict[str, List[tuple]] = {}
 
     def on_step_end(self, trainer, step, logs):
         if "loss" in logs:
@@ -167,6 +185,9 @@ class CurvePlot(Hook):
             for k in getattr(trainer, "stat_names", ()):
                 if k in logs:
                     self.stats.setdefault(k, []).append((step, logs[k]))
+            for k, v in logs.items():
+                if k.startswith(PREFIX) and k != f"{PREFIX}examples":
+                    self.preq.setdefault(k, []).append((step, v))
 
     def on_eval_end(self, trainer, step, metrics):
         self.eval.append((step, metrics))
@@ -197,6 +218,26 @@ class CurvePlot(Hook):
         plt.close(fig)
         if self.stats:
             self._plot_stats(plt)
+        if self.preq:
+            self._plot_prequential(plt)
+
+    def _plot_prequential(self, plt) -> None:
+        """`prequential.png`: one panel per metric (logloss, AUC, a tower's values), the
+        cumulative value and the last complete window's over steps."""
+        window = f"{PREFIX}window_"
+        names = sorted({k[len(window):] if k.startswith(window) else k[len(PREFIX):] for k in self.preq})
+        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            for key, label, color in ((f"{PREFIX}{name}", "cumulative", "tab:blue"),
+                                      (f"{window}{name}", "last window", "tab:orange")):
+                if key in self.preq:
+                    ax.plot(*zip(*self.preq[key]), label=label, color=color)
+            ax.set_title(f"prequential {name}", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.preq_path, dpi=100)
+        plt.close(fig)
 
     def _plot_stats(self, plt) -> None:
         names = sorted(self.stats)

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 
 from recis.train.hooks import Throughput
+from recis.train.prequential import PREFIX as RESERVED_PREFIX  # the prequential metrics' names
 
 #: Names in the Trainer's own log rows (and the CSV's columns); statistics may not reuse them.
 RESERVED = ("examples_per_s", "loss", "lr_dense", "lr_sparse", "split", "step")
@@ -76,6 +77,9 @@ class LogWindow:
             if name in RESERVED:
                 raise ValueError(f"{where}: {name!r} is a name the Trainer logs itself ({sorted(RESERVED)}); "
                                  "rename the statistic")
+            if name.startswith(RESERVED_PREFIX):
+                raise ValueError(f"{where}: {name!r} starts with {RESERVED_PREFIX!r}, the prefix of the Trainer's "
+                                 "prequential metrics; rename the statistic")
             values[name] = _number(value, name, where)
         for name, value in values.items():
             acc = self._stats.setdefault(name, [0.0, 0])

@@ -1,6 +1,7 @@
 """Trainer: the training loop over a recis model, its sparse optimizer and any dense torch optimizer."""
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 
@@ -13,6 +14,7 @@ from recis.towers.base import Tower, TowerOutput
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger
 from recis.train.outputs import check_metrics, check_values, flat_len
+from recis.train.prequential import Prequential
 from recis.train.rollout import Refill, generator_states, has_rollout, load_generator_states, run_rollout
 from recis.train.stats import LogWindow
 
@@ -23,7 +25,8 @@ class NonFiniteLossError(FloatingPointError):
 
 class _Out(NamedTuple):
     """One forward: logits [B] float (None: a tower without a binary logit), loss, binary metric
-    targets, predicted classes, statistics, per-example values, and the batch's rows."""
+    targets, predicted classes, statistics, per-example values, the batch's rows, and the
+    model's raw output (for Hook.on_batch)."""
 
     logits: Optional[torch.Tensor]
     loss: torch.Tensor
@@ -32,6 +35,7 @@ class _Out(NamedTuple):
     stats: Mapping[str, float]
     values: Mapping[str, torch.Tensor]
     rows: int
+    raw: object = None
 
 
 class Trainer:
@@ -62,6 +66,12 @@ class Trainer:
     schedulers, trainer state and the training data's resume state. Under
     torch.distributed (`env`), ranks step in lockstep, metrics are reduced over ranks, and with
     `pipeline` the next batch's ids exchange overlaps the current step.
+
+    With `config.prequential`, every training batch is scored by its own forward, before the
+    update on it (recis.train.prequential): the logs get `preq_*` metrics, `prequential_history`
+    one entry per completed window, and the state holds them (exact resume). Checkpoints fall due
+    every `checkpoint_every` steps or `checkpoint_every_minutes` minutes (read from `clock`, a
+    monotonic clock in seconds), whichever comes first.
     """
 
     def __init__(self, model: nn.Module, sparse_optimizer=None, dense_optimizer=None, *,
@@ -110,6 +120,18 @@ class Trainer:
         self._tower = isinstance(_unwrap(model), Tower)
         self._rollout = has_rollout(_unwrap(model))
         self._in_rollout, self._due = False, set()  # evaluations / checkpoints due at the rollout's end
+        self.prequential: Optional[Prequential] = None
+        if self.config.prequential:
+            if self._rollout:
+                raise ValueError(f"TrainerConfig.prequential scores each training batch's forward before the update "
+                                 f"on it; {type(_unwrap(model)).__name__} trains by rollouts (minibatches of its own), "
+                                 "which prequential evaluation does not cover")
+            if self.env.distributed:
+                raise NotImplementedError("TrainerConfig.prequential runs in one process; under torch.distributed "
+                                          "the windows of the ranks' examples are not merged yet")
+            self.prequential = Prequential(self.config.prequential_window, self.config.prequential_cumulative_auc)
+        self.clock: Callable[[], float] = time.monotonic  # for checkpoint_every_minutes (tests replace it)
+        self._last_save = self.clock()
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)
 
@@ -119,6 +141,7 @@ class Trainer:
         cfg = self.config
         self._stop_reason = None
         train, eval_data = self._lockstep(train, False), self._lockstep(eval_data, True)
+        self._last_save = self.clock()
         for h in self.hooks:
             h.on_fit_start(self)
         try:
@@ -199,6 +222,13 @@ class Trainer:
     def stop_reason(self) -> Optional[str]:
         return self._stop_reason
 
+    @property
+    def prequential_history(self) -> List[Dict[str, float]]:
+        """One dict per completed prequential window (window, examples, step, logloss, auc, or the
+        tower's values); empty without `config.prequential`. `step` is the optimizer step that
+        trained on the window's last example."""
+        return self.prequential.history if self.prequential is not None else []
+
     # ---- state (for checkpoints) ----
     @property
     def stat_names(self) -> tuple:
@@ -206,10 +236,13 @@ class Trainer:
         return self._window.stat_names
 
     def state_dict(self) -> Dict:
-        """Step, epoch, data position, history, the torch RNG and the tower's generators."""
+        """Step, epoch, data position, history, the torch RNG, the tower's generators and the
+        prequential metrics."""
         state = {"step": self.step, "epoch": self.epoch, "epoch_batches": self.epoch_batches,
                  "skipped_nonfinite": self.skipped_nonfinite, "history": self.history,
                  "rng": torch.get_rng_state().tolist()}
+        if self.prequential is not None:
+            state["prequential"] = self.prequential.state_dict()
         gens = generator_states(_unwrap(self.model))
         if gens:
             state["generators"] = gens
@@ -221,6 +254,12 @@ class Trainer:
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
         self.epoch_batches = int(state.get("epoch_batches", 0))
         self.history = list(state.get("history", []))
+        if self.prequential is not None:
+            if "prequential" in state:
+                self.prequential.load_state_dict(state["prequential"], f"{where} (prequential)")
+            else:
+                warnings.warn(f"{where} holds no prequential metrics (saved without trainer.prequential): they "
+                              f"count from step {self.step} on", stacklevel=2)
         if "rng" in state:
             torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
 
@@ -298,6 +337,13 @@ class Trainer:
             # so far keep their gradients and still make up this step.
             self.skipped_nonfinite += 1
             return
+        loss = out.loss.detach()
+        for h in self.hooks:
+            on_batch = getattr(h, "on_batch", None)  # hooks written before on_batch may not have it
+            if on_batch is not None:
+                on_batch(self, batch, out.raw, loss)
+        if count and self.prequential is not None:
+            self.prequential.update(out.logits, out.targets, out.values, step=self.step + 1)
         (out.loss / cfg.grad_accum_steps).backward()
         window.micro += 1
         window.add_loss(float(out.loss.detach()))
@@ -342,12 +388,16 @@ class Trainer:
         if self.step % cfg.log_every == 0:
             # statistics come from towers only: other models' ranks need not gather them
             logs = {**self._window.read(self.env if self._tower else None), **self._lrs()}
+            if self.prequential is not None:
+                logs.update(self.prequential.logs())
         for h in self.hooks:
             h.on_step_end(self, self.step, logs)
         due = set()
         if cfg.eval_every and eval_data is not None and self.step % cfg.eval_every == 0:
             due.add("eval")
-        if cfg.checkpoint_every and self.checkpoint is not None and self.step % cfg.checkpoint_every == 0:
+        minutes = cfg.checkpoint_every_minutes
+        if self.checkpoint is not None and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (
+                minutes and self.clock() - self._last_save >= 60 * minutes)):
             due.add("checkpoint")
         if self._in_rollout:
             self._due |= due
@@ -377,10 +427,10 @@ class Trainer:
             targets = out.targets if out.targets is not None else getattr(batch, "labels", None)
             # a rollout's minibatch may carry no labels: its targets serve no metric
             return _Out(logits, loss, None if targets is None else targets.float(), out.predicted, out.stats,
-                        values, rows)
+                        values, rows, out)
         logits = out.float()
         labels = batch.labels.float()
-        return _Out(logits, self.loss_fn(logits, labels), labels, None, {}, {}, logits.numel())
+        return _Out(logits, self.loss_fn(logits, labels), labels, None, {}, {}, logits.numel(), out)
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad_norm is not None:
@@ -457,6 +507,7 @@ class Trainer:
         extra = {"trainer": self.state_dict()}
         if train is not None and hasattr(train, "state_dict"):
             extra["data"] = train.state_dict()
+        self._last_save = self.clock()
         return self.checkpoint.save(self.step, model=_unwrap(self.model), optimizers=self._optimizers(),
                                     extra_state=extra)
 
