@@ -3,7 +3,7 @@ order with a planted abrupt shift; prequential AUC and logloss of the `online_lo
 (recis tables with row-wise Adagrad, identical for all) whose l1-constrained head is trained by
 BOGD_IP, its dynamic ensemble, its adaptive ensemble, projected OGD, or (unconstrained) Adam.
 
-Streams (recis_online.ctr.stream): `--fraction` of the ratings (default 0.25, a subsample: the
+Streams (recis_online.ctr.stream): `--fraction` of the ratings (default 0.2, a subsample: the
 full 1M-row stream for 5 optimizers x 3 seeds plus the validation grid does not fit the ~15
 minute budget on 2 cores), in replay order; at half of it the labels of the movies of half the
 primary genres flip. Reported: subsample part 0 with shift seeds 0, 1, 2 (each with model seed
@@ -15,7 +15,7 @@ cumulative prequential logloss, never on a reported stream:
 2. each optimizer's step size over its grid (BOGD_IP eta, ensemble eta_min, adaptive
    eta_scale, projected OGD eta, Adam lr), at that radius.
 
-Fixed for the BOGD_IP family: block `--block`, infeasible-projection tolerance `--eps`,
+Fixed for the BOGD_IP family: block `--block`, infeasible-projection tolerance `--eps-rel` x D^2,
 horizon = the stream's rounds (rows / batch size); the ensembles' expert counts and meta rates
 are their defaults from the horizon. Recovery is read from the Trainer's prequential windows
 (`--preq-window` examples each): the AUC of each of the first `--first` windows that start at
@@ -47,13 +47,16 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fraction", type=float, default=0.25, help="share of the ratings in each stream")
+    parser.add_argument("--fraction", type=float, default=0.2, help="share of the ratings in each stream")
     parser.add_argument("--stream-window-rows", type=int, default=10_000, help="rows per window directory")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--preq-window", type=int, default=5000, help="examples per prequential window")
     parser.add_argument("--first", type=int, default=5, help="windows after the shift to report one by one")
     parser.add_argument("--block", type=int, default=8, help="BOGD_IP block (rounds)")
-    parser.add_argument("--eps", type=float, default=0.01, help="BOGD_IP infeasible-projection tolerance")
+    parser.add_argument("--eps-rel", type=float, default=1.5e-4,
+                        help="BOGD_IP infeasible-projection tolerance eps as a share of D^2 (D = 2 * radius, the l1 "
+                             "ball's diameter): Frank-Wolfe's calls grow like D^2 / eps, so this keeps them the same "
+                             "for every radius")
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--sparse-lr", type=float, default=0.05, help="row-wise Adagrad on the tables")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS))
@@ -67,7 +70,7 @@ def _base_spec(name: str, radius: float, rounds: int, args) -> Dict[str, Any]:
         return {"name": "adam"}
     spec = {"name": name, "set": "l1_ball", "radius": radius}
     if name != "projected_ogd":
-        spec.update(block=args.block, eps=args.eps, horizon=rounds)
+        spec.update(block=args.block, eps=args.eps_rel * (2 * radius) ** 2, horizon=rounds)
     return spec
 
 
