@@ -57,6 +57,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "for every radius")
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--sparse-lr", type=float, default=0.05, help="row-wise Adagrad on the tables")
+    parser.add_argument("--radius", type=float, default=None,
+                        help="one l1 radius for every constrained head (default: each chooses from 1, 4, 16)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS))
     parser.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
     parser.add_argument("--quick", action="store_true", help="2%% streams, one seed, one step size each: a smoke run")
@@ -84,7 +86,7 @@ def run(args) -> Dict[str, Any]:
     if args.quick:
         args.fraction, args.seeds, args.preq_window = 0.02, args.seeds[:1], 1000
     step_grid = {k: (v[1:2] if args.quick else v) for k, v in STEP_GRID.items()}
-    radii = RADII[1:2] if args.quick else RADII
+    radii = [args.radius] if args.radius is not None else RADII[1:2] if args.quick else RADII
     job = dict(batch_size=args.batch_size, window=args.preq_window, embedding_dim=args.embedding_dim,
                sparse_lr=args.sparse_lr, first=args.first)
     t_start = time.perf_counter()
@@ -146,7 +148,7 @@ def run(args) -> Dict[str, Any]:
         }
     target = _target(table, runs)
     result = {
-        "benchmark": "online_ctr", "args": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "benchmark": "online_ctr", "args": {k: v for k, v in vars(args).items() if k not in ("func", "json")},
         "machine": _machine(), "chosen": chosen, "streams": streams,
         "validation_stream": {"rows": val.num_rows, "shift_row": val.shift_row, "shifted_genres": val.shifted_genres,
                               "shift_seed": VALIDATION_SHIFT_SEED, "part": 1},
@@ -158,6 +160,8 @@ def run(args) -> Dict[str, Any]:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+        with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+            f.write(markdown(result) + "\n")
     return result
 
 
