@@ -28,9 +28,10 @@ def small_stream(tmp_path_factory):
 
 def test_head_stays_in_the_l1_ball_under_bogd_ip_and_leaves_it_under_adam(small_stream):
     radius = 0.3
+    job = dict(batch_size=128, window=1000, log_every=10)  # log steps too (they read each optimizer's groups)
     bogd = run_online(small_stream.files, {"name": "bogd_ip", "set": "l1_ball", "radius": radius, "eta": 0.5,
-                                           "block": 2, "eps": 1e-3}, batch_size=128, window=1000)
-    adam = run_online(small_stream.files, {"name": "adam", "lr": 0.05}, batch_size=128, window=1000)
+                                           "block": 2, "eps": 1e-3}, **job)
+    adam = run_online(small_stream.files, {"name": "adam", "lr": 0.05}, **job)
     assert bogd.examples == adam.examples == 6000
     for name, l1 in bogd.head_max_l1.items():  # every step, each parameter in its own copy of the ball
         assert l1 <= radius * (1 + 1e-6), (name, l1)
@@ -49,6 +50,7 @@ def test_yaml_example_runs_as_a_streaming_prequential_job(small_stream, tmp_path
     cfg.trainer.log_dir = str(tmp_path / "logs")
     cfg.trainer.prequential_window = 1000
     cfg.trainer.progress = False
+    cfg.trainer.log_every = 10
     job = Job(cfg)
     job.train()
     assert job.trainer.examples == 6000  # every window read once, in order

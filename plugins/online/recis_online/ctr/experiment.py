@@ -41,24 +41,20 @@ HEAD_MATCH = "head.*"
 
 
 def ensure_registered() -> None:
-    """Registers the `online_logistic` tower and the online optimizers in this process when they
-    are not installed (a checkout used without `make install`, whose entry points are missing)."""
-    from recis.optim.registry import available_optimizers, register_optimizer
+    """Registers the `online_logistic` tower in this process when its entry point is not
+    installed (a checkout whose plugin was installed before the tower existed). The online
+    optimizers (bogd_ip, ...) are found through their entry points only: install the plugin
+    (`make install`)."""
     from recis.towers import available_towers, register_tower
     from recis_online.ctr.model import OnlineLogisticTower
-    from recis_online.oco.optim import ONLINE_OPTIMIZERS
 
     if TOWER not in available_towers():
         register_tower(TOWER, OnlineLogisticTower)
-    dense = available_optimizers("dense")
-    for name, cls in ONLINE_OPTIMIZERS.items():
-        if name not in dense:
-            register_optimizer(name, cls)
 
 
 def job_config(files: Sequence[str], head_optimizer: Mapping[str, Any], *, seed: int = 0, batch_size: int = 256,
                window: int = 5000, embedding_dim: int = 8, sparse_lr: float = 0.05,
-               log_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
+               log_dir: Optional[str] = None, max_steps: Optional[int] = None, log_every: int = 50) -> Dict[str, Any]:
     """The job (a `recis.run.RunConfig` mapping) of one contestant: `head_optimizer` is an
     optimizer spec ({name: ..., options...}) for the head's parameters."""
     return {
@@ -68,7 +64,7 @@ def job_config(files: Sequence[str], head_optimizer: Mapping[str, Any], *, seed:
         "optim": {"sparse": {"name": "rowwise_adagrad", "lr": sparse_lr},
                   "params": [{"match": HEAD_MATCH, "optimizer": dict(head_optimizer)}]},
         "trainer": {"prequential": True, "prequential_window": window, "seed": seed, "progress": False,
-                    "log_every": 50, "log_dir": log_dir, "max_steps": max_steps},
+                    "log_every": log_every, "log_dir": log_dir, "max_steps": max_steps},
         "metrics": {"auc": {}, "logloss": {}},
     }
 
