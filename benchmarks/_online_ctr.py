@@ -130,22 +130,7 @@ def run(args) -> Dict[str, Any]:
                   f"{r.summary['preq_auc_after']:.4f}, first windows "
                   f"{[round(a, 3) for a in r.summary['auc_first_windows']]}, {r.examples_per_s:,.0f} ex/s", flush=True)
 
-    table = {}
-    for name, rs in runs.items():
-        k = min(len(r["summary"]["auc_first_windows"]) for r in rs)
-        first = [[r["summary"]["auc_first_windows"][i] for r in rs] for i in range(k)]
-        table[name] = {
-            "setting": chosen[name],
-            "preq_auc": mean_spread([r["logs"]["preq_auc"] for r in rs]),
-            "preq_logloss": mean_spread([r["logs"]["preq_logloss"] for r in rs]),
-            "auc_after": mean_spread([r["summary"]["preq_auc_after"] for r in rs]),
-            "logloss_after": mean_spread([r["summary"]["preq_logloss_after"] for r in rs]),
-            "auc_before": mean_spread([r["summary"]["auc_before"] for r in rs]),
-            "auc_first_windows": [mean_spread(w) for w in first],
-            "auc_first_mean": mean_spread([r["summary"]["auc_first_mean"] for r in rs]),
-            "examples_per_s": mean_spread([r["examples_per_s"] for r in rs]),
-            "head_max_l1": {k: max(r["head_max_l1"][k] for r in rs) for k in rs[0]["head_max_l1"]},
-        }
+    table = _table(runs, chosen, mean_spread)
     target = _target(table, runs)
     result = {
         "benchmark": "online_ctr", "args": {k: v for k, v in vars(args).items() if k not in ("func", "json")},
@@ -163,6 +148,27 @@ def run(args) -> Dict[str, Any]:
         with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
             f.write(markdown(result) + "\n")
     return result
+
+
+def _table(runs: Dict[str, List[Dict[str, Any]]], chosen: Dict[str, Any], mean_spread) -> Dict[str, Any]:
+    """Mean ± spread over the seeds of each contestant's runs."""
+    table = {}
+    for name, rs in runs.items():
+        k = min(len(r["summary"]["auc_first_windows"]) for r in rs)
+        first = [[r["summary"]["auc_first_windows"][i] for r in rs] for i in range(k)]
+        table[name] = {
+            "setting": chosen[name],
+            "preq_auc": mean_spread([r["logs"]["preq_auc"] for r in rs]),
+            "preq_logloss": mean_spread([r["logs"]["preq_logloss"] for r in rs]),
+            "auc_after": mean_spread([r["summary"]["preq_auc_after"] for r in rs]),
+            "logloss_after": mean_spread([r["summary"]["preq_logloss_after"] for r in rs]),
+            "auc_before": mean_spread([r["summary"]["auc_before"] for r in rs]),
+            "auc_first_windows": [mean_spread(w) for w in first],
+            "auc_first_mean": mean_spread([r["summary"]["auc_first_mean"] for r in rs]),
+            "examples_per_s": mean_spread([r["examples_per_s"] for r in rs]),
+            "head_max_l1": {n: max(r["head_max_l1"][n] for r in rs) for n in rs[0]["head_max_l1"]},
+        }
+    return table
 
 
 def _target(table, runs) -> Dict[str, Any]:

@@ -58,8 +58,8 @@ def main(argv=None) -> dict:
           f"{int(logs['preq_examples']):,} examples ({result['train_examples_per_s']:,.0f} examples/s)")
     window = cfg.trainer.prequential_window
     for h in job.trainer.prequential_history:
-        start = (h["window"] - 1) * window
-        mark = " <- shift" if stream.shift_row is not None and start <= stream.shift_row < start + h["examples"] else ""
+        start = h["examples"] - window  # `examples`: scored up to the window's end
+        mark = " <- shift" if stream.shift_row is not None and start <= stream.shift_row < h["examples"] else ""
         print(f"  window {h['window']:>3} (rows {start:>9,}+): AUC {h['auc']:.4f}, logloss {h['logloss']:.4f}{mark}")
     return {"result": result, "prequential": logs, "windows": job.trainer.prequential_history, "stream": stream}
 

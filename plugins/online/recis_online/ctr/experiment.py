@@ -15,11 +15,11 @@ those windows' loglosses (exact: log loss is a mean); its AUC is the mean of the
 Recovery: the windowed AUC of each of the first `first` windows after the shift, against the
 mean of the last `first` windows before it.
 
->>> h = [{"window": i + 1, "examples": 10, "step": i, "logloss": 0.5 + (i >= 2) * 0.1, "auc": 0.5 if i >= 2 else 0.7}
-...      for i in range(5)]
->>> s = shift_summary(h, shift_row=20, window=10, first=2)
+>>> h = [{"window": i + 1, "examples": 10 * (i + 1), "step": i, "logloss": 0.4 + 0.1 * i,
+...       "auc": 0.5 if i >= 2 else 0.7} for i in range(5)]
+>>> s = shift_summary(h, shift_row=15, window=10, first=2)   # window 2 (rows 10..19) straddles the shift
 >>> s["auc_first_windows"], round(s["preq_logloss_after"], 4), s["auc_before"], s["windows_after"]
-([0.5, 0.5], 0.6, 0.7, 3)
+([0.5, 0.5], 0.7, 0.7, 3)
 """
 import itertools
 import math
@@ -123,14 +123,15 @@ def run_online(files: Sequence[str], head_optimizer: Mapping[str, Any], *, shift
 
 def shift_summary(history: Sequence[Mapping[str, float]], shift_row: int, window: int, first: int = 5
                   ) -> Dict[str, Any]:
-    """Metrics of the windows before and after `shift_row` (see the module docstring)."""
-    starts = [(h["window"] - 1) * window for h in history]
-    after = [h for h, s in zip(history, starts) if s >= shift_row]
-    before = [h for h, s in zip(history, starts) if s + h["examples"] <= shift_row]
+    """Metrics of the windows before and after `shift_row` (see the module docstring). Each entry
+    of `history` is a complete window of `window` examples; its `examples` counts the examples
+    scored up to its end (the Trainer's `prequential_history`)."""
+    ends = [int(h["examples"]) for h in history]
+    after = [h for h, end in zip(history, ends) if end - window >= shift_row]
+    before = [h for h, end in zip(history, ends) if end <= shift_row]
     if not after or not before:
         raise ValueError(f"shift_summary: the shift at row {shift_row} leaves {len(before)} complete windows "
                          f"before and {len(after)} after it (window {window}); use a longer stream or smaller windows")
-    n_after = sum(h["examples"] for h in after)
 
     def mean(xs):
         xs = [x for x in xs if not math.isnan(x)]
@@ -138,7 +139,7 @@ def shift_summary(history: Sequence[Mapping[str, float]], shift_row: int, window
 
     return {
         "preq_auc_after": mean([h["auc"] for h in after]),
-        "preq_logloss_after": sum(h["logloss"] * h["examples"] for h in after) / n_after,
+        "preq_logloss_after": mean([h["logloss"] for h in after]),  # equal windows: the mean over their examples
         "auc_first_windows": [h["auc"] for h in after[:first]],
         "auc_first_mean": mean([h["auc"] for h in after[:first]]),
         "auc_before": mean([h["auc"] for h in before[-first:]]),
