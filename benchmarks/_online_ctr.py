@@ -6,8 +6,8 @@ BOGD_IP, its dynamic ensemble, its adaptive ensemble, projected OGD, or (unconst
 Streams (recis_online.ctr.stream): `--fraction` of the ratings (default 0.2, a subsample: the
 full 1M-row stream for 5 optimizers x 3 seeds plus the validation grid does not fit the ~15
 minute budget on 2 cores), in replay order; at half of it the labels of the movies of half the
-primary genres flip. Reported: subsample part 0 with shift seeds 0, 1, 2 (each with model seed
-equal to it: table seeds and head). Validation: part 1 (disjoint ratings) with shift seed 100
+primary genres flip. Reported: subsample part 0 with shift seeds 0, 1, 2 (each also the seed of
+the tables' initial rows; the head starts at 0). Validation: part 1 (disjoint ratings) with shift seed 100
 (another half of the genres). Every setting is chosen on the validation stream, by the lowest
 cumulative prequential logloss, never on a reported stream: for each constrained head its l1
 radius x step size over their grids (BOGD_IP eta, ensemble eta_min, adaptive eta_scale,
@@ -19,7 +19,9 @@ are their defaults from the horizon. Recovery is read from the Trainer's prequen
 (`--preq-window` examples each): the AUC of each of the first `--first` windows that start at
 or after the shift row (recis_online.ctr.experiment.shift_summary).
 
-    python benchmarks/online.py ctr                  # about 10 minutes on 2 cores
+    python benchmarks/online.py ctr                  # about 6 minutes on 2 busy cores
+    python benchmarks/online.py ctr --radius 4 --contestants bogd_ip bogd_ip_ensemble bogd_ip_adaptive projected_ogd \
+        --json benchmarks/results/online_ctr_radius4.json   # one radius for every constrained head
     python benchmarks/online.py ctr --quick          # a smoke run: 2% streams, one seed (about a minute)
 """
 from __future__ import annotations
