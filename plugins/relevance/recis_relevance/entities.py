@@ -1,10 +1,17 @@
-"""Typed item entities: from attribute columns, and from a gazetteer (phrase -> type) matched
-against the title on word boundaries (longest phrase first, left to right, no overlaps).
+"""Typed item entities: from attribute columns, from a gazetteer (phrase -> type) matched
+against the title on word boundaries (longest phrase first, left to right, no overlaps), and from
+a `tagger`: any object with `tag(text) -> [(type, value), ...]`, e.g. learned rules
+(`recis_online.stream.RuleTagger`), matched against the same title column.
 
 >>> ex = EntityExtractor({"genres": "genre", "year": "year"}, gazetteer={"star wars": "franchise",
 ...                      "star": "theme", "christmas": "theme"}, title_column="title")
 >>> [e.text for e in ex.extract({"title": "Star Wars: A Christmas Special", "genres": ["Sci-Fi"], "year": 1978})]
 ['genre: Sci-Fi', 'year: 1978', 'franchise: star wars', 'theme: christmas']
+>>> class Upper:  # a tagger: capitalised words are names
+...     def tag(self, text):
+...         return [("name", w) for w in text.split() if w[:1].isupper()]
+>>> [e.text for e in EntityExtractor({}, tagger=Upper(), title_column="title").extract({"title": "Meet Joe Black"})]
+['name: Meet', 'name: Joe', 'name: Black']
 >>> Entity.parse("colour: dark red")
 Entity(type='colour', value='dark red')
 """
@@ -52,10 +59,12 @@ class Entity:
 
 class EntityExtractor:
     """`attributes`: column -> entity type (a list column gives one entity per element);
-    `gazetteer`: phrase -> entity type, matched in `title_column` case-insensitively."""
+    `gazetteer`: phrase -> entity type, matched in `title_column` case-insensitively; `tagger`:
+    an object whose `tag(text)` gives (type, value) pairs for the `title_column` text (after the
+    gazetteer's entities)."""
 
     def __init__(self, attributes: Mapping[str, str], gazetteer: Optional[Mapping[str, str]] = None,
-                 title_column: Optional[str] = None):
+                 title_column: Optional[str] = None, tagger=None):
         self.attributes = dict(attributes)
         self.gazetteer: Dict[tuple, tuple] = {}
         for phrase, typ in (gazetteer or {}).items():
@@ -65,8 +74,11 @@ class EntityExtractor:
             if key in self.gazetteer and self.gazetteer[key][1] != typ:
                 raise ValueError(f"gazetteer phrase {phrase!r} has two types: {self.gazetteer[key][1]!r} and {typ!r}")
             self.gazetteer[key] = (" ".join(key), typ)
-        if self.gazetteer and title_column is None:
-            raise ValueError("a gazetteer needs the title_column it is matched against")
+        if tagger is not None and not callable(getattr(tagger, "tag", None)):
+            raise TypeError(f"tagger must have a tag(text) method, got {type(tagger).__name__}")
+        self.tagger = tagger
+        if (self.gazetteer or tagger is not None) and title_column is None:
+            raise ValueError("a gazetteer or a tagger needs the title_column it is matched against")
         self.title_column = title_column
         self._longest = max((len(k) for k in self.gazetteer), default=0)
 
@@ -103,6 +115,8 @@ class EntityExtractor:
                 raise KeyError(f"title column {self.title_column!r} is missing from the item (it has {sorted(row)})")
             title = row[self.title_column]
             out.extend(self.match(title) if title else [])
+            if self.tagger is not None and title:
+                out.extend(Entity(str(t), str(v)) for t, v in self.tagger.tag(title))
         return list(dict.fromkeys(out))
 
     def extract_table(self, table: pa.Table) -> pa.Array:
