@@ -24,7 +24,8 @@ def main(argv=None) -> dict:
     p.add_argument("--window-rows", type=int, default=50_000, help="ratings per window directory")
     p.add_argument("--no-shift", action="store_true", help="replay the true labels (no planted shift)")
     p.add_argument("--stream-root", default=None, help="where to write the stream (default: the config's root)")
-    p.add_argument("--preq-window", type=int, default=None, help="examples per prequential window (default: the config's)")
+    p.add_argument("--preq-window", type=int, default=None,
+                   help="examples per prequential window (default: the config's)")
     p.add_argument("--log-dir", default=None)
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
