@@ -5,9 +5,9 @@ from recis.optim.collection import OptimizerSet
 from recis.optim.optimizers import (SparseAdagrad, SparseAdam, SparseAdamW, SparseFTRL, SparseRowwiseAdagrad,
                                     SparseSGD)
 from recis.optim.sparse_optimizer import SparseOptimizer
-from recis.optim.registry import (OptimizerNotFoundError, available_optimizers, load_optimizer, optimizer_kind,
-                                  register_optimizer, unregister_optimizer)
+from recis.optim.registry import (OptimizerNotFoundError, available_optimizers, builtin_optimizers, load_optimizer,
+                                  optimizer_kind, register_optimizer, unregister_optimizer)
 
 __all__ = ["SparseOptimizer", "SparseSGD", "SparseAdagrad", "SparseRowwiseAdagrad", "SparseAdam", "SparseAdamW",
-           "SparseFTRL", "OptimizerSet", "OptimizerNotFoundError", "available_optimizers", "load_optimizer",
-           "optimizer_kind", "register_optimizer", "unregister_optimizer"]
+           "SparseFTRL", "OptimizerSet", "OptimizerNotFoundError", "available_optimizers", "builtin_optimizers",
+           "load_optimizer", "optimizer_kind", "register_optimizer", "unregister_optimizer"]

@@ -121,7 +121,9 @@ def test_tau_limits(p):
     if tiny > 0:
         assert cumpt_tier(p, tiny).item() == 4  # tau -> 0+ gives 4 whenever p_4 > 0
     assert cumpt_tier(p, 5e-324).item() == 4
-    assume(float(p[0, 1:].sum()) < 1.0)  # p_1 > 0 and visible in float64
+    # p_1 large enough that the tail p_2 + p_3 + p_4 stays below 1 in float64 whatever the order of
+    # summation (p_1 = 5e-17 next to p_2 = 1 - 6e-8 rounds away in one order and not in another)
+    assume(float(p[0, 0]) > 1e-12)
     assert cumpt_tier(p, 1.0).item() == 1
 
 
