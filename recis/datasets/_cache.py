@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Mapping, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,3 +61,20 @@ def atomic_directory(final: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def cached_files(raw: PathLike, files: Mapping[str, Tuple[int, str]], force: bool = False) -> bool:
+    """Whether the cache entry `raw` holds every file of `files` (name -> (size in bytes,
+    SHA-256)) already: True when it does, False when there is no entry yet (`force` removes an
+    existing one first). An entry with a missing file or a file of another size is an error that
+    names the file (the entry was written atomically, so something else changed it)."""
+    raw = Path(raw)
+    if force and raw.exists():
+        shutil.rmtree(raw)
+    if not raw.is_dir():
+        return False
+    for name, (size, _) in files.items():
+        if not (raw / name).is_file() or (raw / name).stat().st_size != size:
+            raise ValueError(f"{raw / name}: cached file is missing or has the wrong size "
+                             f"(expected {size} bytes); call download(force=True)")
+    return True

