@@ -151,7 +151,7 @@ def title_tagger(args) -> Dict[str, Any]:
     from recis_online.stream.experts import CachedExpert
     from recis_online.stream.learner import tag
     from recis_online.stream.relevance import TITLE_LABELS, learn_title_tagger, title_config, title_corpus, title_expert
-    from recis_online.stream.spans import span_text
+    from recis_online.stream.spans import candidate_spans, span_text
 
     cfg = title_config(args.ebrm_title_budget)
     expert = _LazyExpert(lambda: title_expert(cfg, args.clothing_model))
@@ -161,11 +161,12 @@ def title_tagger(args) -> Dict[str, Any]:
     tagger, res = learn_title_tagger(items, expert, cfg)
     seconds = time.perf_counter() - t0
     sents = title_corpus(items)
+    spans = candidate_spans(sents, cfg.spans)       # the learner's span ids
     words = {y: Counter() for y in TITLE_LABELS}
     for s, i, j, y in tag(sents, res.rules, cfg):
         words[y][span_text(sents, (s, i, j))] += 1
     return {"tagger": tagger, "rules": [str(r) for r in res.rules], "pool_sizes": res.pool_sizes,
-            "seeds": {y: sorted({span_text(sents, res_s) for res_s, l in res.seeds.items() if l == y})
+            "seeds": {y: sorted({span_text(sents, spans[k]) for k, l in res.seeds.items() if l == y})
                       for y in TITLE_LABELS + ("NONE",)},
             "prompts": expert.prompts, "seconds": seconds, "titles": len(sents),
             "tagged_words": {y: w.most_common(20) for y, w in words.items()},

@@ -274,3 +274,36 @@ def test_affix_forms_counting_stops_an_affix_that_one_word_supports():
     assert tagged == ["flirt", "shirt", "skirt"]
     with pytest.raises(ValueError, match="affix_count"):
         RuleConfig(affix_count="words")
+
+
+class _PriorExpert:
+    """An expert whose every answer leans to NONE (a prompt prior), with a small lift of the true class."""
+
+    def __init__(self, rows):
+        self.rows, self.prompts = torch.tensor(rows, dtype=torch.float64), 0
+
+    def template_probs(self, sentences, spans):
+        self.prompts += 2 * len(spans)
+        return self.rows[: len(spans)], self.rows[: len(spans)]
+
+
+def test_batch_calibration_lets_a_prior_dominated_expert_seed():
+    sents = [["aspirin"], ["table"], ["chair"], ["ibuprofen"]]
+    rows = [[0.30, 0.70], [0.05, 0.95], [0.06, 0.94], [0.28, 0.72]]        # CHEM, NONE
+    # reference (numpy): divide by the column means, renormalise, argmax with confidence >= kappa
+    p = np.asarray(rows)
+    q = p / p.mean(axis=0)
+    q = q / q.sum(axis=1, keepdims=True)
+    ref = {i: ("CHEM" if q[i, 0] > q[i, 1] else NONE) for i in range(4) if q[i].max() >= 0.5}
+    assert ref == {0: "CHEM", 1: NONE, 2: NONE, 3: "CHEM"}
+
+    def seeds(calibration):
+        cfg = StreamConfig(labels=("CHEM",), spans=SpanConfig(max_len=1, span_filter="all"), expert_budget=4,
+                           expert_calibration=calibration)
+        learner = STREAM(cfg).prepare(sents)
+        return learner.seed(_PriorExpert(rows))
+
+    assert seeds("none") == {0: NONE, 1: NONE, 2: NONE, 3: NONE}          # the prior wins every answer
+    assert seeds("batch") == ref
+    with pytest.raises(ValueError, match="expert_calibration"):
+        StreamConfig(labels=("CHEM",), expert_calibration="platt")

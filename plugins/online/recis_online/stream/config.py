@@ -29,6 +29,7 @@ SPAN_FILTERS = ("all", "np")
 COVERAGES = ("pool", "corpus")
 CONFLICTS = ("majority", "drop")
 AFFIX_COUNTS = ("instances", "forms")
+CALIBRATIONS = ("none", "batch")
 OVERLAPS = ("votes", "longest", "shortest")
 
 
@@ -172,6 +173,11 @@ class StreamConfig:
       kappa' join the pool as NONE (they agree with the rules, which say nothing about them), so
       a rule's precision on the pool counts the plain words it would also match; without them
       context rules drift (a pool made of the rules' own outputs confirms them).
+    - `expert_calibration` [I]: "none", or "batch": each template's class probabilities are
+      divided by their mean over all the spans shown to the expert and renormalised (batch
+      calibration, Zhou et al. 2023) before the consistency filter, so a class the prompt favours
+      for every span (an LM's prior for "word" after "It is a") does not win every answer; kappa
+      then applies to the calibrated probabilities.
     - `min_growth` [I]: stop when the pool grows by less than this fraction (1 %).
     - `max_iterations`: a cap on the loop."""
 
@@ -185,6 +191,7 @@ class StreamConfig:
     expert_selection: str = "frequent"
     none_seeds: bool = True
     none_pool: bool = False
+    expert_calibration: str = "none"
     min_growth: float = bounded(0.01, ge=0)
     max_iterations: int = bounded(20, ge=1)
     seed: int = bounded(0, ge=0)
@@ -202,6 +209,7 @@ class StreamConfig:
             raise ValueError(f"stream.labels must be distinct non-empty names other than {NONE!r}, got {labels}")
         self.labels = tuple(labels)
         _choice("stream", "expert_selection", self.expert_selection, ("frequent", "random"))
+        _choice("stream", "expert_calibration", self.expert_calibration, CALIBRATIONS)
 
     @property
     def classes(self) -> List[str]:
