@@ -4,7 +4,8 @@ the catalogue's gold set, and EBRM with the hand gazetteer vs with STREAM's tags
 `benchmarks/online.py` mounts it through `add_args(parser)` and `run(args) -> dict`; it also runs
 alone:
 
-    python benchmarks/_online_stream.py --json benchmarks/results/online_stream.json
+    python benchmarks/_online_stream.py --clothing-answers ~/.cache/recis/stream/smollm2_clothing.json
+        --ebrm-title-answers ~/.cache/recis/stream/smollm2_titles.json --json benchmarks/results/online_stream.json
     python benchmarks/_online_stream.py --quick     # planted rules only, one seed (seconds)
 
 Parts:
@@ -98,7 +99,7 @@ class _LazyExpert:
 
 
 def clothing(args) -> Dict[str, Any]:
-    from recis_online.stream.clothing import LABELS, TEMPLATES, VERBALIZER
+    from recis_online.stream.clothing import TEMPLATES, VERBALIZER
     from recis_online.stream.experts import PromptConfig, load_prompt_expert
     from recis_online.stream.run_clothing import clothing_config, run_clothing
 
