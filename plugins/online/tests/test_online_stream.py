@@ -8,7 +8,7 @@ import torch
 from recis_online.stream.config import NONE, ClassifierConfig, RuleConfig, SpanConfig, StreamConfig
 from recis_online.stream.experts import PromptConfig, ScriptedExpert, consistent_seeds, load_prompt_expert
 from recis_online.stream.learner import STREAM, tag
-from recis_online.stream.rules import Rule, score_candidates
+from recis_online.stream.rules import Rule, propose_rules, score_candidates
 from recis_online.stream.spans import KeyIndex, candidate_spans, span_text
 from recis_online.stream.synthetic import PLANTED, planted_corpus
 
@@ -240,3 +240,70 @@ def test_cached_expert_asks_each_span_once(tmp_path):
     assert torch.allclose(p1[:10], first[0].float()) and torch.allclose(p2[:10], first[1].float())
     ref = ScriptedExpert(classes, corpus.label_of, accuracy=0.7, seed=0).template_probs(corpus.sentences, spans[:15])
     assert torch.allclose(p1, ref[0].float()) and torch.allclose(p2, ref[1].float())
+
+
+def test_affix_forms_counting_stops_an_affix_that_one_word_supports():
+    # pool: "dress" x20 GARMENT and "less" x1 NONE (suffix "ess": one GARMENT word), "skirt" x2 and
+    # "shirt" x2 GARMENT (suffix "irt": two GARMENT words); "guess" and "unless" are not in the pool
+    words = ["dress"] * 20 + ["less"] + ["skirt", "shirt"] * 2 + ["guess", "unless", "flirt"]
+    labels = ["GARMENT"] * 20 + [NONE] + ["GARMENT"] * 4 + [None] * 3
+    sents = [[w] for w in words]
+
+    def run(affix_count):
+        cfg = StreamConfig(labels=("GARMENT",), spans=SpanConfig(max_len=1, span_filter="all"),
+                           rules=RuleConfig(affix_lengths=(3,), context_sizes=(1,), types=("Suffix",), top_k=10,
+                                            min_precision=0.6, min_matches=2, affix_count=affix_count))
+        spans = candidate_spans(sents, cfg.spans)
+        index = KeyIndex(sents, spans, cfg.rules)
+        pool = {i: y for i, y in enumerate(labels) if y is not None}
+        scored = {sr.rule: sr for sr in score_candidates(index, pool, cfg.rules, ["GARMENT"])}
+        new = [sr.rule for sr in propose_rules(index, pool, cfg.rules, ["GARMENT"])]
+        tagged = sorted({span_text(sents, (s, i, j)) for s, i, j, y in tag(sents, new, cfg)})
+        return scored, new, tagged
+
+    ess, irt = Rule("Suffix", "ess", "GARMENT"), Rule("Suffix", "irt", "GARMENT")
+    # reference, counted by hand: instances 20 of 21 for "ess"; forms {dress: GARMENT, less: NONE}
+    scored, new, tagged = run("instances")
+    assert (scored[ess].hits, scored[ess].matched) == (20, 21) and (scored[irt].hits, scored[irt].matched) == (4, 4)
+    assert new == [ess, irt]
+    assert tagged == ["dress", "flirt", "guess", "less", "shirt", "skirt", "unless"]   # the affix over-generalises
+    scored, new, tagged = run("forms")
+    assert (scored[ess].hits, scored[ess].matched) == (1, 2) and (scored[irt].hits, scored[irt].matched) == (2, 2)
+    assert scored[ess].precision == pytest.approx(0.5)
+    assert new == [irt]
+    assert tagged == ["flirt", "shirt", "skirt"]
+    with pytest.raises(ValueError, match="affix_count"):
+        RuleConfig(affix_count="words")
+
+
+class _PriorExpert:
+    """An expert whose every answer leans to NONE (a prompt prior), with a small lift of the true class."""
+
+    def __init__(self, rows):
+        self.rows, self.prompts = torch.tensor(rows, dtype=torch.float64), 0
+
+    def template_probs(self, sentences, spans):
+        self.prompts += 2 * len(spans)
+        return self.rows[: len(spans)], self.rows[: len(spans)]
+
+
+def test_batch_calibration_lets_a_prior_dominated_expert_seed():
+    sents = [["aspirin"], ["table"], ["chair"], ["ibuprofen"]]
+    rows = [[0.30, 0.70], [0.05, 0.95], [0.06, 0.94], [0.28, 0.72]]        # CHEM, NONE
+    # reference (numpy): divide by the column means, renormalise, argmax with confidence >= kappa
+    p = np.asarray(rows)
+    q = p / p.mean(axis=0)
+    q = q / q.sum(axis=1, keepdims=True)
+    ref = {i: ("CHEM" if q[i, 0] > q[i, 1] else NONE) for i in range(4) if q[i].max() >= 0.5}
+    assert ref == {0: "CHEM", 1: NONE, 2: NONE, 3: "CHEM"}
+
+    def seeds(calibration):
+        cfg = StreamConfig(labels=("CHEM",), spans=SpanConfig(max_len=1, span_filter="all"), expert_budget=4,
+                           expert_calibration=calibration)
+        learner = STREAM(cfg).prepare(sents)
+        return learner.seed(_PriorExpert(rows))
+
+    assert seeds("none") == {0: NONE, 1: NONE, 2: NONE, 3: NONE}          # the prior wins every answer
+    assert seeds("batch") == ref
+    with pytest.raises(ValueError, match="expert_calibration"):
+        StreamConfig(labels=("CHEM",), expert_calibration="platt")

@@ -90,3 +90,36 @@ def test_relevance_corpus_gold_comes_from_the_structured_fields():
     assert sorted((words[k], y) for k, y in gold.items()) == [
         ("1990s", "decade"), ("1995", "year"), ("comedy", "genre"), ("comedy", "genre"), ("crime", "genre"),
         ("horror", "genre")]
+
+
+def test_clothing_review_split_is_disjoint_seeded_and_by_review():
+    from recis_online.stream.clothing import split_reviews
+
+    owner = [r for r in range(100) for _ in range(r % 3 + 1)]      # sentences of 100 reviews
+    val = split_reviews(owner, 0.3, seed=4)
+    assert len(val) == 30 and val <= set(range(100))
+    assert val == split_reviews(sorted(set(owner)), 0.3, seed=4)   # by review, not by sentence
+    assert val != split_reviews(owner, 0.3, seed=5)
+    with pytest.raises(ValueError, match="validation"):
+        split_reviews(owner, 1.0)
+
+
+def test_columns_and_tags_replace_only_the_gazetteer():
+    from recis_relevance.task import extractor
+
+    from recis_online.stream.config import SpanConfig
+    from recis_online.stream.relevance import columns_and_tags, title_corpus
+
+    rows = [{"title": "Love and War", "genres": ["Drama", "War"], "year": 1996},
+            {"title": "Toy Story 2", "genres": ["Comedy"], "year": 1999}]
+    table = pa.Table.from_pylist([{**r, "entities": [e.text for e in extractor().extract(r)]} for r in rows])
+    assert table["entities"].to_pylist()[0] == ["genre: Drama", "genre: War", "year: 1996", "theme: love", "theme: war"]
+    tagger = RuleTagger([Rule("SurfaceForm", "love", "theme"), Rule("PreNgram", "story", "sequel")], SpanConfig(max_len=1))
+    out = columns_and_tags(table, tagger)["entities"].to_pylist()
+    assert out == [["genre: Drama", "genre: War", "year: 1996", "theme: love"],
+                   ["genre: Comedy", "year: 1999", "sequel: 2"]]
+    assert columns_and_tags(table, None)["entities"].to_pylist() == [["genre: Drama", "genre: War", "year: 1996"],
+                                                                    ["genre: Comedy", "year: 1999"]]
+    assert title_corpus(pa.table({"title": ["Heat", "Heat", "Toy Story 2"]})) == [["Heat"], ["Toy", "Story", "2"]]
+    with pytest.raises(KeyError, match="title"):
+        title_corpus(pa.table({"name": ["Heat"]}))

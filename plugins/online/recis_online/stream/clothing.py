@@ -13,6 +13,11 @@ A predicted GARMENT span counts at its last word (the head of an English noun ph
 = predicted heads that are gold positions / predicted heads; recall = gold positions that are a
 predicted head / gold positions. Colour, material and fit have no catalogue field: their rules
 are reported, not scored.
+
+Validation and test (`split_reviews`): the drawn reviews are split by review (seeded) into a
+validation part and a disjoint test part. Rules are learned on the text of all drawn reviews (no
+gold is used to learn); options are chosen on the validation part's gold; the test part's gold is
+read once, for the chosen options.
 """
 import re
 from dataclasses import dataclass
@@ -27,7 +32,7 @@ from recis_online.stream.config import NONE
 from recis_online.stream.spans import split_sentences, tokenize
 
 __all__ = ["LABELS", "VERBALIZER", "TEMPLATES", "ClothingGold", "review_sentences", "gold_vocabulary",
-           "gold_positions", "evaluate_garments", "head_words"]
+           "gold_positions", "evaluate_garments", "head_words", "split_reviews"]
 
 LABELS = ("GARMENT", "COLOUR", "MATERIAL", "FIT")
 #: verbalizer [I]: the next word SmolLM2 gives after the templates, mapped to a class.
@@ -90,6 +95,21 @@ def review_sentences(table: pa.Table, cfg: ClothingGold) -> Tuple[List[List[str]
                 sents.append(toks)
                 owner.append(int(rows[k]["review_id"]))
     return sents, owner
+
+
+def split_reviews(owner: Sequence[int], validation: float = 0.5, seed: int = 1) -> Set[int]:
+    """The review ids of the validation part: a `validation` share of the distinct reviews in
+    `owner` (each sentence's review id), drawn without replacement with `seed`; the rest is test.
+
+    >>> sorted(split_reviews([7, 7, 8, 9, 9, 10], 0.5, seed=0)) == sorted(split_reviews([7, 8, 9, 10], 0.5, seed=0))
+    True
+    """
+    if not 0 < validation < 1:
+        raise ValueError(f"clothing split: validation must be a share in (0, 1), got {validation!r}")
+    ids = sorted(set(int(o) for o in owner))
+    rng = np.random.default_rng(seed)
+    k = int(round(validation * len(ids)))
+    return set(int(i) for i in rng.choice(ids, size=k, replace=False).tolist()) if k else set()
 
 
 def gold_positions(sentences: Sequence[Sequence[str]], vocabulary: Set[str]) -> Set[Tuple[int, int]]:

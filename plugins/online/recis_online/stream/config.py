@@ -28,6 +28,8 @@ SCORERS = ("precision_log_coverage", "precision", "coverage")
 SPAN_FILTERS = ("all", "np")
 COVERAGES = ("pool", "corpus")
 CONFLICTS = ("majority", "drop")
+AFFIX_COUNTS = ("instances", "forms")
+CALIBRATIONS = ("none", "batch")
 OVERLAPS = ("votes", "longest", "shortest")
 
 
@@ -88,6 +90,11 @@ class RuleConfig:
     - `top_k` [I]: new rules per label (all rule types together) per iteration.
     - `min_precision` [I], `min_matches` [I]: a rule is proposed only with at least this precision on
       the pool and this many pool instances of its label.
+    - `affix_count` [I]: what a Prefix / Suffix rule's hits and pool matches count: pool
+      `instances` (every occurrence), or distinct surface `forms` (a form counts once, with its
+      majority pool label). An affix rule claims a regularity across words, so with "forms" its
+      evidence is the number of different words the pool confirms: the suffix "ess" of a pool
+      full of "dress" has one form, not hundreds of instances, and `min_matches` stops it.
     - `conflict` [I]: a span that rules of several labels match gets the `majority` label (ties:
       none) or none at all (`drop`).
     - `overlap` [I]: overlapping labelled spans of a sentence are resolved (for the weak labels
@@ -104,6 +111,7 @@ class RuleConfig:
     top_k: int = bounded(5, ge=1)
     min_precision: float = bounded(0.6, ge=0, le=1)
     min_matches: int = bounded(2, ge=1)
+    affix_count: str = "instances"
     conflict: str = "majority"
     overlap: str = "votes"
     overlap_negatives: bool = True
@@ -122,6 +130,7 @@ class RuleConfig:
             raise ValueError(f"stream.rules.types must be a non-empty subset of {list(RULE_TYPES)}, got {list(self.types)}")
         _choice("stream.rules", "scorer", self.scorer, SCORERS)
         _choice("stream.rules", "coverage", self.coverage, COVERAGES)
+        _choice("stream.rules", "affix_count", self.affix_count, AFFIX_COUNTS)
         _choice("stream.rules", "conflict", self.conflict, CONFLICTS)
         _choice("stream.rules", "overlap", self.overlap, OVERLAPS)
         _choice("stream.rules", "boundary_none", self.boundary_none, ("ignore", "count"))
@@ -164,6 +173,11 @@ class StreamConfig:
       kappa' join the pool as NONE (they agree with the rules, which say nothing about them), so
       a rule's precision on the pool counts the plain words it would also match; without them
       context rules drift (a pool made of the rules' own outputs confirms them).
+    - `expert_calibration` [I]: "none", or "batch": each template's class probabilities are
+      divided by their mean over all the spans shown to the expert and renormalised (batch
+      calibration, Zhou et al. 2023) before the consistency filter, so a class the prompt favours
+      for every span (an LM's prior for "word" after "It is a") does not win every answer; kappa
+      then applies to the calibrated probabilities.
     - `min_growth` [I]: stop when the pool grows by less than this fraction (1 %).
     - `max_iterations`: a cap on the loop."""
 
@@ -177,6 +191,7 @@ class StreamConfig:
     expert_selection: str = "frequent"
     none_seeds: bool = True
     none_pool: bool = False
+    expert_calibration: str = "none"
     min_growth: float = bounded(0.01, ge=0)
     max_iterations: int = bounded(20, ge=1)
     seed: int = bounded(0, ge=0)
@@ -194,6 +209,7 @@ class StreamConfig:
             raise ValueError(f"stream.labels must be distinct non-empty names other than {NONE!r}, got {labels}")
         self.labels = tuple(labels)
         _choice("stream", "expert_selection", self.expert_selection, ("frequent", "random"))
+        _choice("stream", "expert_calibration", self.expert_calibration, CALIBRATIONS)
 
     @property
     def classes(self) -> List[str]:

@@ -25,7 +25,7 @@ import torch
 
 from recis.config_utils import bounded, check_types
 
-__all__ = ["consistent_seeds", "ScriptedExpert", "PromptConfig", "PromptExpert", "load_prompt_expert",
+__all__ = ["consistent_seeds", "batch_calibrate", "ScriptedExpert", "PromptConfig", "PromptExpert", "load_prompt_expert",
            "CAUSAL_TEMPLATES", "MASKED_TEMPLATES", "CachedExpert"]
 
 #: the notes' templates T1 "<sent> <span> is a [MASK]." and T2 "<span>, a kind of [MASK]".
@@ -43,6 +43,17 @@ def consistent_seeds(p1: torch.Tensor, p2: torch.Tensor, kappa: float) -> List[T
     c2, a2 = p2.max(dim=1)
     keep = (a1 == a2) & (c1 >= kappa) & (c2 >= kappa)
     return [(int(i), int(a1[i])) for i in torch.nonzero(keep).flatten().tolist()]
+
+
+def batch_calibrate(p: torch.Tensor) -> torch.Tensor:
+    """Batch calibration: `p` [N, classes] divided by its mean over the N rows, renormalised per row.
+
+    >>> batch_calibrate(torch.tensor([[0.2, 0.8], [0.4, 0.6]])).round(decimals=3)
+    tensor([[0.3680, 0.6320],
+            [0.6090, 0.3910]])
+    """
+    q = p / p.mean(dim=0, keepdim=True).clamp_min(1e-12)
+    return q / q.sum(dim=1, keepdim=True)
 
 
 def _window(tokens: Sequence[str], start: int, end: int, width: int) -> str:

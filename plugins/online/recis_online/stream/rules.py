@@ -85,6 +85,14 @@ class ScoredRule:
     coverage: int
 
 
+def _form_labels(index: KeyIndex, pool: Mapping[int, str], sids: Sequence[int]) -> Dict[str, str]:
+    """surface form -> its majority pool label among the pool instances `sids` (ties: by name)."""
+    by_form: Dict[str, Counter] = {}
+    for s in sids:
+        by_form.setdefault(index.texts[s], Counter())[pool[s]] += 1
+    return {f: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for f, c in by_form.items()}
+
+
 def score_candidates(index: KeyIndex, pool: Mapping[int, str], cfg: RuleConfig,
                      labels: Sequence[str]) -> List[ScoredRule]:
     """Every (key, label) that some pool instance of an entity label proposes, scored; best first
@@ -92,14 +100,19 @@ def score_candidates(index: KeyIndex, pool: Mapping[int, str], cfg: RuleConfig,
     by_key = index.keys_of(pool.keys())
     out: List[ScoredRule] = []
     for key, sids in by_key.items():
-        counts = Counter(pool[s] for s in sids)
+        if cfg.affix_count == "forms" and key[0] in ("Prefix", "Suffix"):
+            counts = Counter(_form_labels(index, pool, sids).values())
+            matched = sum(counts.values())
+        else:
+            counts = Counter(pool[s] for s in sids)
+            matched = len(sids)
         for label in labels:
             hits = counts.get(label, 0)
             if not hits:
                 continue
             coverage = hits if cfg.coverage == "pool" else len(index.matches(key))
-            out.append(ScoredRule(Rule(key[0], key[1], label), rule_score(hits, len(sids), coverage, cfg.scorer),
-                                  hits / len(sids), hits, len(sids), coverage))
+            out.append(ScoredRule(Rule(key[0], key[1], label), rule_score(hits, matched, coverage, cfg.scorer),
+                                  hits / matched, hits, matched, coverage))
     out.sort(key=lambda r: (-r.score, -r.hits, r.rule.kind, r.rule.pattern, r.rule.label))
     return out
 

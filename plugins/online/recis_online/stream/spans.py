@@ -120,7 +120,10 @@ class KeyIndex:
         self.cfg = cfg
         index: Dict[Tuple[str, str], List[int]] = {}
         self.keys: List[List[Tuple[str, str]]] = []
+        #: each span's text (`span_text`), for counting distinct surface forms
+        self.texts: List[str] = []
         for sid, span in enumerate(spans.tolist()):
+            self.texts.append(span_text(sentences, span))
             ks = span_keys(sentences, span, cfg)
             self.keys.append(ks)
             for k in ks:
