@@ -4,8 +4,8 @@ the catalogue's gold set, and EBRM with the hand gazetteer vs with STREAM's tags
 `benchmarks/online.py` mounts it through `add_args(parser)` and `run(args) -> dict`; it also runs
 alone:
 
-    python benchmarks/_online_stream.py --clothing-answers ~/.cache/recis/stream/smollm2_clothing.json
-        --ebrm-title-answers ~/.cache/recis/stream/smollm2_titles.json --json benchmarks/results/online_stream.json
+    python benchmarks/_online_stream.py --clothing-answers $RECIS_CACHE_DIR/stream/smollm2_clothing.json
+        --ebrm-title-answers $RECIS_CACHE_DIR/stream/smollm2_titles.json --json benchmarks/results/online_stream.json
     python benchmarks/_online_stream.py --quick     # planted rules only, one seed (seconds)
 
 Parts:
