@@ -19,9 +19,11 @@ killed at step 2
 """
 from typing import Dict, List
 
+import torch
+
 from recis.train.hooks import Hook
 
-__all__ = ["Killed", "KillAt", "StepLogs"]
+__all__ = ["Killed", "KillAt", "StepLogs", "assert_bitwise_equal"]
 
 
 class Killed(Exception):
@@ -53,3 +55,29 @@ class StepLogs(Hook):
 
     def on_step_end(self, trainer, step, logs):
         self.logs.append(dict(logs))
+
+
+def assert_bitwise_equal(x, y, path: str = "state") -> None:
+    """Asserts that two nested states (dicts, lists and tuples of tensors and plain values, such as
+    state_dicts) are equal bit for bit: same keys, same lengths, tensors of the same dtype and
+    shape with equal elements. The assertion names the first path that differs.
+
+    >>> assert_bitwise_equal({"w": torch.ones(2), "step": 3}, {"w": torch.ones(2), "step": 3})
+    >>> assert_bitwise_equal({"w": [torch.ones(2)]}, {"w": [torch.zeros(2)]})
+    Traceback (most recent call last):
+    ...
+    AssertionError: state.w[0]...
+    """
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape, path
+        assert torch.equal(x, y), path
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and set(x) == set(y), (path, set(x) ^ set(y) if isinstance(y, dict) else y)
+        for k in x:
+            assert_bitwise_equal(x[k], y[k], f"{path}.{k}")
+    elif isinstance(x, (list, tuple)):
+        assert isinstance(y, (list, tuple)) and len(x) == len(y), path
+        for i, (u, v) in enumerate(zip(x, y)):
+            assert_bitwise_equal(u, v, f"{path}[{i}]")
+    else:
+        assert x == y, (path, x, y)

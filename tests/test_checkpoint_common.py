@@ -11,6 +11,7 @@ from conftest import sorted_export
 from recis.nn import EmbeddingCollection, FrequencyAdmission, TableConfig, TTLEviction, Uniform
 from recis.nn.hash_table import STATE_KEYS
 from recis.optim import SparseAdam, SparseRowwiseAdagrad
+from recis.testing import assert_bitwise_equal
 
 KEYS = ["user_id", "item_id", "hist_item", "cate_id"]
 USER_DIM, ITEM_DIM = 8, 4
@@ -100,23 +101,7 @@ def assert_same_state(a, b):
     """Bitwise equality of two models' state, or of two optimizer/scheduler state_dicts."""
     if isinstance(a, nn.Module):
         a, b = model_state(a), model_state(b)
-    _assert_equal(a, b, "state")
-
-
-def _assert_equal(x, y, path):
-    if isinstance(x, torch.Tensor):
-        assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape, path
-        assert torch.equal(x, y), path
-    elif isinstance(x, dict):
-        assert isinstance(y, dict) and set(x) == set(y), (path, set(x) ^ set(y) if isinstance(y, dict) else y)
-        for k in x:
-            _assert_equal(x[k], y[k], f"{path}.{k}")
-    elif isinstance(x, (list, tuple)):
-        assert len(x) == len(y), path
-        for i, (u, v) in enumerate(zip(x, y)):
-            _assert_equal(u, v, f"{path}[{i}]")
-    else:
-        assert x == y, (path, x, y)
+    assert_bitwise_equal(a, b, "state")
 
 
 def assert_same_training(model_a, opts_a, model_b, opts_b):

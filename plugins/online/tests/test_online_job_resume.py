@@ -11,7 +11,7 @@ import torch
 from recis.datasets import movielens
 from recis.nn import sparse_tables
 from recis.run import Job, RunConfig
-from recis.testing import KillAt, Killed
+from recis.testing import KillAt, Killed, assert_bitwise_equal
 from recis_online.ctr import StreamOptions, build_stream
 from recis_online.ctr.experiment import ensure_registered
 
@@ -42,21 +42,6 @@ def _job(stream, ckpt: Path, name: str) -> Job:
     return Job(cfg)
 
 
-def _same_state(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _tables(model):
     out = {}
     for t in sparse_tables(model):
@@ -78,9 +63,9 @@ def test_killed_mid_block_resumes_bitwise(stream, tmp_path, name):
     resumed = _job(stream, tmp_path / "killed", name)
     resumed.train()
     assert resumed.trainer.step == 30
-    _same_state(dict(resumed.model.named_parameters()), dict(full.model.named_parameters()), "params")
-    _same_state(_tables(resumed.model), _tables(full.model), "tables")
-    _same_state(resumed.trainer.dense_optimizer.state_dict(), full.trainer.dense_optimizer.state_dict(), "optim")
+    assert_bitwise_equal(dict(resumed.model.named_parameters()), dict(full.model.named_parameters()), "params")
+    assert_bitwise_equal(_tables(resumed.model), _tables(full.model), "tables")
+    assert_bitwise_equal(resumed.trainer.dense_optimizer.state_dict(), full.trainer.dense_optimizer.state_dict(), "optim")
     assert resumed.trainer.prequential_history == full.trainer.prequential_history
 
     # the baseline: the same restart with a fresh online optimizer (its experts, weights and block
