@@ -1,4 +1,4 @@
-"""Regret of the projection-free online optimizers on drifting streams (issue 15, methods.md §11).
+"""Regret of the projection-free online optimizers on drifting streams (arXiv 2305.11726).
 
 For each stream, optimizer, seed and horizon T = 2^10 .. 2^14: the dynamic regret (against the
 stream's comparator sequence, with its path length P_T), the static regret, the interval regret

@@ -1,4 +1,4 @@
-"""STREAM benchmark (issue 15, item 8): planted-rule recovery, the clothing-review rules against
+"""STREAM benchmark: planted-rule recovery, the clothing-review rules against
 the catalogue's gold set, and EBRM with the hand gazetteer vs with STREAM's tags.
 
 `benchmarks/online.py` mounts it through `add_args(parser)` and `run(args) -> dict`; it also runs
