@@ -31,6 +31,8 @@ import json
 import math
 import os
 import platform
+import sys
+import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -64,7 +66,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS))
     parser.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=CONTESTANTS)
     parser.add_argument("--quick", action="store_true", help="2%% streams, one seed, one step size each: a smoke run")
-    parser.add_argument("--json", default=os.path.join(RESULTS, "online_ctr.json"))
+    parser.add_argument("--json", default=None,
+                        help="where to write the results (default: benchmarks/results/online_ctr.json; a --quick run writes to the temporary directory, never over the published results)")
 
 
 def _base_spec(name: str, radius: float, rounds: int, args) -> Dict[str, Any]:
@@ -143,12 +146,14 @@ def run(args) -> Dict[str, Any]:
         "runs": runs, "seconds": time.perf_counter() - t_start,
     }
     print(markdown(result))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
-            f.write(markdown(result) + "\n")
+    # a --quick (smoke) run never writes over the published results
+    path = args.json or os.path.join(tempfile.gettempdir() if args.quick else RESULTS, "online_ctr.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(markdown(result) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
     return result
 
 

@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--streams", default=",".join(STREAMS))
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--out", default=str(HERE / "results" / "online_regret"),
-                   help="output prefix: <out>.json, <out>.md and <out>_<stream>.png")
+    p.add_argument("--out", default=None, help="output prefix: <out>.json, <out>.md and <out>_<stream>.png "
+                   "(default: benchmarks/results/online_regret; a --quick run writes to the temporary directory)")
     p.add_argument("--quick", action="store_true", help="smoke run: T = 2^8 .. 2^10, one seed")
     return p
 
@@ -120,6 +121,9 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.t_min, args.t_max, args.seeds = 8, 10, "0"
+    if args.out is None:  # a --quick (smoke) run never writes over the published results
+        args.out = os.path.join(tempfile.gettempdir(), "online_regret") if args.quick else \
+            str(HERE / "results" / "online_regret")
     seeds = [int(s) for s in str(args.seeds).split(",")]
     Ts = [2 ** k for k in range(args.t_min, args.t_max + 1)]
     streams = [s for s in args.streams.split(",") if s]

@@ -63,6 +63,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ebrm-arms", nargs="+", choices=EBRM_ARMS, default=list(EBRM_ARMS))
     g.add_argument("--ebrm-title-budget", type=int, default=300, help="title words shown to SmolLM2 (2 prompts each)")
     g.add_argument("--ebrm-title-answers", default=None, help="a file that keeps SmolLM2's title answers")
+    g.add_argument("--quick", action="store_true", help="planted rules only, seed 0")
+    g.add_argument("--json", default=None, help="where to write the results (default: benchmarks/results/"
+                   "online_stream.json; a --quick run writes to the temporary directory)")
+    g.add_argument("--update", action="store_true", help="keep the parts of an existing --json file this run does not redo")
 
 #: rule options tried for the clothing rules, scored on the validation reviews only: the
 #: previous run's options (first), the affix length (3, 4) / (4, 5) / (4,), and affix rules'
@@ -213,7 +217,7 @@ def ebrm(seed: int, queries: int, epochs: int, titles=None, arms=EBRM_ARMS) -> D
     return out
 
 
-def run(args) -> Dict[str, Any]:
+def _measure(args) -> Dict[str, Any]:
     import torch
 
     t0 = time.perf_counter()
@@ -245,28 +249,39 @@ def run(args) -> Dict[str, Any]:
     return report
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_args(p)
-    p.add_argument("--quick", action="store_true", help="planted rules only, seed 0")
-    p.add_argument("--json", default=os.path.join(_HERE, "results", "online_stream.json"))
-    p.add_argument("--update", action="store_true", help="keep the parts of an existing --json file this run does not redo")
-    args = p.parse_args(argv)
+def results_path(args, name: str) -> str:
+    """--json, else benchmarks/results/<name> (a --quick run: the temporary directory, so a smoke
+    run never overwrites the published results)."""
+    if args.json:
+        return args.json
+    return os.path.join(tempfile.gettempdir() if args.quick else os.path.join(_HERE, "results"), name)
+
+
+def run(args) -> Dict[str, Any]:
+    """Measures the parts of --stream-parts and writes the JSON (see `results_path`)."""
     if args.quick:
         args.stream_parts, args.stream_seeds = ["planted"], [0]
-    report = run(args)
-    if args.update and os.path.exists(args.json):
-        with open(args.json) as f:
+    report = _measure(args)
+    path = results_path(args, "online_stream.json")
+    if args.update and os.path.exists(path):
+        with open(path) as f:
             old = json.load(f)
         kept = [k for k in PARTS if k in old and k not in report]
         report = {**{k: old[k] for k in kept}, **report,
                   "kept_from_earlier_run": {k: old.get("args", old.get("note")) for k in kept}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(report, f, indent=1, default=str)
+    print(f"wrote {path}", file=sys.stderr)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_args(p)
+    report = run(p.parse_args(argv))
     print(json.dumps(report, indent=1, default=str)[:4000])
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
