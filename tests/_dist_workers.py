@@ -368,3 +368,43 @@ def shutdown_after_training(steps: int, batch: int):
     del model, env
     shutdown()
     return before, backend_threads(), dist.is_initialized()
+
+
+def prequential_run(sizes: List[List[int]], window: int):
+    """Rank body: a logistic model trained by SGD on this rank's batches (sizes[rank]; no gradient
+    sync: the point is the merged scoring), with prequential evaluation in windows of `window`
+    examples. Returns (the logits and labels each batch was scored with, the prequential history,
+    the prequential logs)."""
+    import types
+
+    from recis.train import Hook, Trainer, TrainerConfig
+
+    env = ShardingEnv.current()
+    gen = torch.Generator().manual_seed(100 + env.rank)
+    data = []
+    for n in sizes[env.rank]:
+        x = torch.randn(n, 3, generator=gen)
+        y = (torch.rand(n, generator=gen) < torch.sigmoid(x[:, 0] * 2)).float()
+        data.append(types.SimpleNamespace(dense=x, labels=y, size=n))
+
+    class Logistic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1)
+
+        def forward(self, batch):
+            return self.linear(batch.dense).squeeze(1)
+
+    class Scores(Hook):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch(self, trainer, batch, output, loss):
+            self.seen.append((output.detach().double().clone(), batch.labels.double().clone()))
+
+    torch.manual_seed(0)
+    model, scores = Logistic(), Scores()
+    trainer = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.5), hooks=[scores], env=env,
+                      config=TrainerConfig(progress=False, prequential=True, prequential_window=window))
+    trainer.fit(data)
+    return scores.seen, trainer.prequential_history, trainer.prequential.logs()

@@ -211,3 +211,31 @@ def test_prequential_config_is_checked():
     with pytest.raises(ValueError, match="trainer.checkpoint_every_minutes must be a finite number > 0"):
         TrainerConfig.from_dict({"checkpoint_every_minutes": 0})
     assert math.isfinite(TrainerConfig(prequential=True).prequential_window)
+
+
+def test_two_ranks_score_one_merged_stream():
+    """Under torch.distributed each micro-step's batches of all ranks are scored in rank order:
+    both ranks hold the windows and metrics of that merged stream (batches of unequal sizes,
+    windows that end inside a rank's batch), equal to the formulas over the scores the ranks
+    saw; each rank's own stream alone gives other windows."""
+    from recis.distributed.local import run_local
+
+    import _dist_workers as w
+
+    sizes, window = [[13, 7, 20, 9], [5, 16, 11, 8]], 17
+    (seen0, hist0, logs0), (seen1, hist1, logs1) = (r.value for r in run_local(w.prequential_run, 2, sizes, window,
+                                                                              collective_timeout_s=20, timeout_s=180))
+    assert hist0 == hist1 and logs0 == logs1
+    z = np.concatenate([t.numpy() for a, b in zip(seen0, seen1) for t in (a[0], b[0])])
+    y = np.concatenate([t.numpy() for a, b in zip(seen0, seen1) for t in (a[1], b[1])])
+    assert len(z) == sum(map(sum, sizes)) and len(hist0) == len(z) // window
+    for k, h in enumerate(hist0):
+        part = slice(k * window, (k + 1) * window)
+        assert h["examples"] == (k + 1) * window
+        assert h["logloss"] == pytest.approx(logloss(z[part], y[part]), rel=1e-9)
+        assert h["auc"] == pytest.approx(auc(z[part], y[part]), rel=1e-12)
+    assert logs0["preq_logloss"] == pytest.approx(logloss(z, y), rel=1e-9)
+    assert logs0["preq_auc"] == pytest.approx(auc(z, y), rel=1e-12)
+    assert logs0["preq_examples"] == len(z)
+    own = np.concatenate([a[0].numpy() for a in seen0]), np.concatenate([a[1].numpy() for a in seen0])
+    assert logloss(own[0][:window], own[1][:window]) != pytest.approx(hist0[0]["logloss"], rel=1e-6)

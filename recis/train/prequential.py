@@ -32,7 +32,7 @@ import torch
 from recis.config_utils import Range, check_value
 from recis.metrics import AUC, LogLoss, TowerValues
 
-__all__ = ["Prequential", "PREFIX"]
+__all__ = ["Prequential", "PREFIX", "merged_scores"]
 
 #: Log names of the prequential metrics start with this (statistics may not use it).
 PREFIX = "preq_"
@@ -146,6 +146,22 @@ class Prequential:
                 m.load_state(saved[k])
         self._cum_values.load_state(state["cumulative_values"])
         self._win_values.load_state(state["window_values"])
+
+
+def merged_scores(env, logits: Optional[torch.Tensor], targets: Optional[torch.Tensor],
+                  values: Mapping[str, torch.Tensor]):
+    """(logits, targets, values) of one training micro-step, for `Prequential.update`. Under
+    torch.distributed (`env.distributed`) every rank's, concatenated in rank order: every rank
+    then scores one merged stream and holds the same windows and metrics (the ranks train in
+    lockstep, so each calls this with its batch of the same micro-step). In one process: as given."""
+    if not env.distributed:
+        return logits, targets, values
+    if logits is not None and targets is not None:
+        pairs = torch.stack([logits.detach().reshape(-1).double(), targets.detach().reshape(-1).double()], 1)
+        pairs = torch.cat(env.all_gather_rows(pairs, what="prequential scores"))
+        return pairs[:, 0], pairs[:, 1], {}
+    return None, None, {k: torch.cat(env.all_gather_rows(values[k].detach().reshape(-1).double(),
+                                                         what=f"prequential value {k!r}")) for k in sorted(values)}
 
 
 def _seen(metric) -> bool:

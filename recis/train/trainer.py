@@ -14,7 +14,7 @@ from recis.towers.base import Tower, TowerOutput
 from recis.train.config import TrainerConfig
 from recis.train.hooks import CSVLogger, CurvePlot, Hook, ProgressBar, TensorBoardLogger
 from recis.train.outputs import check_metrics, check_values, flat_len
-from recis.train.prequential import Prequential
+from recis.train.prequential import Prequential, merged_scores
 from recis.train.rollout import Refill, generator_states, has_rollout, load_generator_states, run_rollout
 from recis.train.stats import LogWindow
 
@@ -126,9 +126,6 @@ class Trainer:
                 raise ValueError(f"TrainerConfig.prequential scores each training batch's forward before the update "
                                  f"on it; {type(_unwrap(model)).__name__} trains by rollouts (minibatches of its own), "
                                  "which prequential evaluation does not cover")
-            if self.env.distributed:
-                raise NotImplementedError("TrainerConfig.prequential runs in one process; under torch.distributed "
-                                          "the windows of the ranks' examples are not merged yet")
             self.prequential = Prequential(self.config.prequential_window, self.config.prequential_cumulative_auc)
         self.clock: Callable[[], float] = time.monotonic  # for checkpoint_every_minutes (tests replace it)
         self._last_save = self.clock()
@@ -342,8 +339,8 @@ class Trainer:
             on_batch = getattr(h, "on_batch", None)  # hooks written before on_batch may not have it
             if on_batch is not None:
                 on_batch(self, batch, out.raw, loss)
-        if count and self.prequential is not None:
-            self.prequential.update(out.logits, out.targets, out.values, step=self.step + 1)
+        if count and self.prequential is not None:  # under torch.distributed: every rank's batch, merged
+            self.prequential.update(*merged_scores(self.env, out.logits, out.targets, out.values), step=self.step + 1)
         (out.loss / cfg.grad_accum_steps).backward()
         window.micro += 1
         window.add_loss(float(out.loss.detach()))
