@@ -16,6 +16,7 @@ tensor([0., 1., 0.])
 >>> Box(-1.0, 2.0, shape=(2,)).lmo(torch.tensor([1.0, -1.0]))
 tensor([-1.,  2.])
 """
+import abc
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -26,7 +27,7 @@ __all__ = ["ConvexSet", "Simplex", "L1Ball", "L2Ball", "Box", "NuclearBall", "SE
 Shape = Tuple[int, ...]
 
 
-class ConvexSet:
+class ConvexSet(abc.ABC):
     """A compact convex set with a linear optimization oracle and a counter of its calls."""
 
     name = "set"
@@ -41,16 +42,19 @@ class ConvexSet:
         self.calls += 1
         return self._lmo(g)
 
-    def _lmo(self, g: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _lmo(self, g: torch.Tensor) -> torch.Tensor:
+        """The oracle itself (uncounted)."""
 
     # -- membership, size, a start -----------------------------------------------------------------
-    def contains(self, x: torch.Tensor, tol: float = 1e-9) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def contains(self, x: torch.Tensor, tol: float = 1e-9) -> bool:
+        """Whether x lies in K up to `tol`."""
 
     @property
-    def diameter(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def diameter(self) -> float:
+        """The Euclidean diameter of K."""
 
     def a_point(self, like: Optional[torch.Tensor] = None) -> torch.Tensor:
         """A point of K shaped like `like` (or the set's own shape), float64 unless `like` says."""
