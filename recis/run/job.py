@@ -16,16 +16,9 @@ from recis.config_utils import check_value
 from recis.distributed import wrap_dense
 from recis.run.config import RunConfig
 from recis.run.datasets import DATASETS
-from recis.run.optimizers import build_dense_optimizer, build_sparse_optimizer
-from recis.run.optimizers import check_optim as _check_optim
+from recis.run.optimizers import build_dense_optimizer, build_sparse_optimizer, check_optim
 
 GROUP_COLUMN = "group_id"  # pass-through column that GAUC groups by (the user id for MovieLens)
-
-
-def check_optim(cfg: RunConfig) -> None:
-    """Checks every optimizer of the job, its name and its options by name (recis.optim.hyper),
-    before anything is built."""
-    _check_optim(cfg.optim)
 
 
 def stream_dataset(cfg: RunConfig, engine, env):
@@ -156,7 +149,7 @@ class Job:
         from recis.distributed import init_from_env
 
         self.cfg = cfg
-        check_optim(cfg)
+        check_optim(cfg.optim)  # every optimizer's name and options, before anything is built
         init_from = cfg.checkpoint.init_from
         if init_from is not None and not os.path.exists(init_from):
             raise FileNotFoundError(f"checkpoint.init_from {init_from} does not exist (relative to the working "

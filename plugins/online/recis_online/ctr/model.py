@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from recis._ops import COMBINERS
 from recis.config_utils import bounded, check_types
 from recis.models.base import feature_tables
 from recis.nn import EmbeddingCollection
@@ -49,8 +50,10 @@ class OnlineLogisticConfig:
 
     def __post_init__(self):
         check_types(self, "online_logistic")
-        if self.combiner not in ("sum", "mean"):
-            raise ValueError(f"online_logistic.combiner must be 'sum' or 'mean', got {self.combiner!r}")
+        pooled = [c for c in COMBINERS if c is not None]  # the head takes one pooled vector per feature
+        if self.combiner not in pooled:
+            raise ValueError(f"online_logistic.combiner must be {' or '.join(map(repr, pooled))}, "
+                             f"got {self.combiner!r}")
         if len(set(self.sparse_features)) != len(self.sparse_features):
             raise ValueError(f"online_logistic.sparse_features lists a feature twice: {self.sparse_features}")
 
