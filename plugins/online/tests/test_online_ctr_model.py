@@ -3,26 +3,16 @@ under unconstrained Adam on the same job), the YAML example runs as a streaming 
 and bad model options are refused by name."""
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.datasets import movielens
 from recis.towers import FeatureInfo
-from recis_online.ctr import StreamOptions, build_stream
-from recis_online.ctr.experiment import ensure_registered, run_online
+from recis_online.ctr.experiment import run_online
 from recis_online.ctr.model import OnlineLogisticConfig, OnlineLogisticTower
 
+from ctr_testing import small_stream  # noqa: F401 (a fixture)
+
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "online_movielens.yaml"
-
-
-@pytest.fixture(scope="module")
-def small_stream(tmp_path_factory):
-    """The first 6000 ratings of the random split's file, replayed in time order in 1000-row windows."""
-    ensure_registered()
-    ratings = pq.ParquetFile(movielens.load("random").train).read_row_group(0).slice(0, 6000)
-    return build_stream(StreamOptions(window_rows=1000), root=tmp_path_factory.mktemp("ctr") / "stream",
-                        ratings=ratings)
 
 
 def test_head_stays_in_the_l1_ball_under_bogd_ip_and_leaves_it_under_adam(small_stream):

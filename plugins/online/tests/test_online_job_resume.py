@@ -4,16 +4,14 @@ meta weights, block position, accumulated gradient) and the prequential metrics 
 uninterrupted run, bit for bit; a restart that loses the optimizer's state does not."""
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.datasets import movielens
 from recis.nn import sparse_tables
 from recis.run import Job, RunConfig
 from recis.testing import KillAt, Killed, assert_bitwise_equal
-from recis_online.ctr import StreamOptions, build_stream
-from recis_online.ctr.experiment import ensure_registered
+
+from ctr_testing import small_stream  # noqa: F401 (a fixture)
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "online_movielens.yaml"
 OPTIMIZERS = {
@@ -22,19 +20,11 @@ OPTIMIZERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def stream(tmp_path_factory):
-    ensure_registered()
-    ratings = pq.ParquetFile(movielens.load("random").train).read_row_group(0).slice(0, 3000)
-    return build_stream(StreamOptions(window_rows=600), root=tmp_path_factory.mktemp("resume") / "stream",
-                        ratings=ratings)
-
-
 def _job(stream, ckpt: Path, name: str) -> Job:
     cfg = RunConfig.from_yaml(str(EXAMPLE))
     cfg.data.stream.root = str(stream.root)
     cfg.data.stream.stop_after_idle = 0.3
-    cfg.data.batch_size = 100                     # 30 rounds
+    cfg.data.batch_size = 200                     # 30 rounds
     cfg.trainer.progress, cfg.trainer.log_every, cfg.trainer.prequential_window = False, 5, 500
     cfg.optim.params[0].optimizer = {"name": name, "set": "l1_ball", "radius": 1.0, "block": 3, "eps": 1e-3,
                                      "horizon": 30, **OPTIMIZERS[name]}
@@ -51,7 +41,8 @@ def _tables(model):
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_killed_mid_block_resumes_bitwise(stream, tmp_path, name):
+def test_killed_mid_block_resumes_bitwise(small_stream, tmp_path, name):
+    stream = small_stream
     full = _job(stream, tmp_path / "full", name)
     full.train()
     assert full.trainer.step == 30
