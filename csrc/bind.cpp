@@ -13,18 +13,21 @@
 namespace py = pybind11;
 
 TORCH_LIBRARY(recis, m) {
+  // The lookup ops take a list of tables (see ops/table_ops.h): one call per collection step.
   m.def(
-      "lookup_forward(Tensor(a!) token, int table, Tensor values, Tensor offsets, Tensor? weights, int[] feature_ns, "
-      "int batch_size, int[] col_offsets, int out_cols, int combiner, int lookup_mode) -> (Tensor, Tensor, Tensor)");
+      "lookup_forward(Tensor(a!)[] tokens, int[] tables, Tensor values, Tensor offsets, Tensor? weights, "
+      "int[] feature_ns, int batch_size, int[] col_offsets, int out_cols, int[] combiners, int lookup_mode) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
-      "lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
-      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner) -> ()");
+      "lookup_backward(Tensor(a!)[] tokens, int[] tables, Tensor grad_out, Tensor offsets, Tensor? weights, "
+      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int out_cols, "
+      "int[] combiners) -> ()");
   m.def(
-      "lookup_backward_apply(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, Tensor? weights, "
-      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int combiner, "
-      "int kind, float[] hyper) -> Tensor");
+      "lookup_backward_apply(Tensor(a!)[] tokens, int[] tables, Tensor grad_out, Tensor offsets, Tensor? weights, "
+      "Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, int[] col_offsets, int out_cols, "
+      "int[] combiners, int[] kinds, float[] hyper) -> Tensor");
   m.def("apply_update(Tensor(a!) token, int table, int kind, float[] hyper, bool skip_nonfinite) -> Tensor");
-  m.def("clear_pending(Tensor(a!) token, int table) -> ()");
+  m.def("clear_pending(Tensor(a!)[] tokens, int[] tables) -> ()");
   m.def("find(int table, int ns, Tensor ids) -> Tensor");
   m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
   m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> SymInt");

@@ -69,18 +69,23 @@ def table_dim(handle: int) -> int:
     return dim
 
 
+def lookup_output_size(tables, n: int, batch_size: int, out_cols: int, combiners) -> int:
+    """Elements of a lookup op's flat output: the pooled tables' [batch, out_cols] block, then an
+    [n, dim] block per unpooled table (recis::lookup_forward)."""
+    return batch_size * out_cols + sum(n * table_dim(t) for t, c in zip(tables, combiners) if c == COMBINERS[None])
+
+
 @torch.library.register_fake("recis::lookup_forward")
-def _lookup_forward_fake(token, table, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols,
-                         combiner, lookup_mode):
-    dim = table_dim(table)
-    n = values.shape[0]
-    out = values.new_empty((n, dim) if combiner == COMBINERS[None] else (batch_size, out_cols), dtype=torch.float32)
-    return out, values.new_empty((n,), dtype=torch.int64), values.new_empty((n,), dtype=torch.int32)
+def _lookup_forward_fake(tokens, tables, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols,
+                         combiners, lookup_mode):
+    n, T = values.shape[0], len(tables)
+    out = values.new_empty((lookup_output_size(tables, n, batch_size, out_cols, combiners),), dtype=torch.float32)
+    return out, values.new_empty((T, n), dtype=torch.int64), values.new_empty((T, n), dtype=torch.int32)
 
 
 @torch.library.register_fake("recis::lookup_backward")
-def _lookup_backward_fake(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
-                          col_offsets, combiner):
+def _lookup_backward_fake(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
+                          col_offsets, out_cols, combiners):
     return None
 
 
@@ -90,7 +95,7 @@ def _apply_update_fake(token, table, kind, hyper, skip_nonfinite):
 
 
 @torch.library.register_fake("recis::clear_pending")
-def _clear_pending_fake(token, table):
+def _clear_pending_fake(tokens, tables):
     return None
 
 
@@ -133,9 +138,9 @@ def _erase_fake(token, table, ns, ids):
 
 
 @torch.library.register_fake("recis::lookup_backward_apply")
-def _lookup_backward_apply_fake(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
-                                batch_size, col_offsets, combiner, kind, hyper):
-    return token.new_empty((2,), dtype=torch.int64)
+def _lookup_backward_apply_fake(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+                                batch_size, col_offsets, out_cols, combiners, kinds, hyper):
+    return grad_out.new_empty((len(tables), 2), dtype=torch.int64)
 
 
 # ---- feature engine ops (recis.features): lists of columns in, one output per column ----------

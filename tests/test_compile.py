@@ -192,20 +192,20 @@ def test_opcheck_find_or_insert():
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_opcheck_lookup_forward(combiner, mode):
     g = _table()
-    args = (g.token, g.handle, torch.tensor([1, 2, 3, 9]), torch.tensor([0, 2, 4]), torch.tensor([1.0, 2, 3, 4]),
-            [0], 2, [0], 4, combiner, mode)
+    args = ([g.token], [g.handle], torch.tensor([1, 2, 3, 9]), torch.tensor([0, 2, 4]),
+            torch.tensor([1.0, 2, 3, 4]), [0], 2, [0], 0 if combiner == 2 else 4, [combiner], mode)
     torch.library.opcheck(ops.lookup_forward.default, args, test_utils=_BASIC)
 
 
 def test_opcheck_lookup_backward_and_update():
     g = _table()
     values, offsets = torch.tensor([1, 2, 3, 2]), torch.tensor([0, 2, 4])
-    out, unique, inverse = ops.lookup_forward(g.token, g.handle, values, offsets, None, [0], 2, [0], 4, 0, 1)
+    out, unique, inverse = ops.lookup_forward([g.token], [g.handle], values, offsets, None, [0], 2, [0], 4, [0], 1)
     torch.library.opcheck(ops.lookup_backward.default,
-                          (g.token, g.handle, torch.ones(2, 4), offsets, None, unique, inverse, [0], 2, [0], 0),
+                          ([g.token], [g.handle], torch.ones(8), offsets, None, unique, inverse, [0], 2, [0], 4, [0]),
                           test_utils=("test_schema", "test_faketensor"))
     g._impl.set_slots(0, [], True)  # SGD layout
     torch.library.opcheck(ops.apply_update.default, (g.token, g.handle, 0, [0.1, 0.0], False),
                           test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(ops.clear_pending.default, (g.token, g.handle),
+    torch.library.opcheck(ops.clear_pending.default, ([g.token], [g.handle]),
                           test_utils=("test_schema", "test_faketensor"))

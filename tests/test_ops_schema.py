@@ -10,15 +10,19 @@ from recis.nn import HashEmbedding, Uniform
 ops = torch.ops.recis
 
 SCHEMAS = {
-    "lookup_forward": "recis::lookup_forward(Tensor(a!) token, int table, Tensor values, Tensor offsets, "
+    "lookup_forward": "recis::lookup_forward(Tensor(a!)[] tokens, int[] tables, Tensor values, Tensor offsets, "
                       "Tensor? weights, int[] feature_ns, int batch_size, int[] col_offsets, int out_cols, "
-                      "int combiner, int lookup_mode) -> (Tensor, Tensor, Tensor)",
-    "lookup_backward": "recis::lookup_backward(Tensor(a!) token, int table, Tensor grad_out, Tensor offsets, "
+                      "int[] combiners, int lookup_mode) -> (Tensor, Tensor, Tensor)",
+    "lookup_backward": "recis::lookup_backward(Tensor(a!)[] tokens, int[] tables, Tensor grad_out, Tensor offsets, "
                        "Tensor? weights, Tensor unique_rows, Tensor inverse, int[] feature_ns, int batch_size, "
-                       "int[] col_offsets, int combiner) -> ()",
+                       "int[] col_offsets, int out_cols, int[] combiners) -> ()",
+    "lookup_backward_apply": "recis::lookup_backward_apply(Tensor(a!)[] tokens, int[] tables, Tensor grad_out, "
+                             "Tensor offsets, Tensor? weights, Tensor unique_rows, Tensor inverse, int[] feature_ns, "
+                             "int batch_size, int[] col_offsets, int out_cols, int[] combiners, int[] kinds, "
+                             "float[] hyper) -> Tensor",
     "apply_update": "recis::apply_update(Tensor(a!) token, int table, int kind, float[] hyper, "
                     "bool skip_nonfinite) -> Tensor",
-    "clear_pending": "recis::clear_pending(Tensor(a!) token, int table) -> ()",
+    "clear_pending": "recis::clear_pending(Tensor(a!)[] tokens, int[] tables) -> ()",
     "find": "recis::find(int table, int ns, Tensor ids) -> Tensor",
     "find_or_insert": "recis::find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor",
     "erase": "recis::erase(Tensor(a!) token, int table, int ns, Tensor ids) -> int",
@@ -49,10 +53,11 @@ def test_op_has_cpu_and_fake_kernels(name):
 
 
 def test_mutating_ops_declare_the_token_mutation():
-    for name in ("lookup_forward", "lookup_backward", "apply_update", "clear_pending", "find_or_insert", "erase"):
+    for name in ("lookup_forward", "lookup_backward", "lookup_backward_apply", "apply_update", "clear_pending",
+                 "find_or_insert", "erase"):
         schema = getattr(ops, name).default._schema
         token = schema.arguments[0]
-        assert token.name == "token"
+        assert token.name in ("token", "tokens")  # the lookup ops take a list of tables: a token each
         assert token.alias_info is not None and token.alias_info.is_write, name
     for name in ("find", "gather"):
         schema = getattr(ops, name).default._schema
@@ -85,12 +90,13 @@ def test_fake_lookup_forward_pooled(combiner, batch):
         values = torch.empty(7 if batch else 0, dtype=torch.int64)
         offsets = torch.empty(batch + 1, dtype=torch.int64)
         weights = torch.empty(values.shape[0], dtype=torch.float32)
-        out, unique, inverse = ops.lookup_forward(token, h, values, offsets, weights, [0], batch, [0], 6, combiner, 1)
-        assert out.shape == (batch, 6) and out.dtype == torch.float32
-        assert unique.dim() == 1 and unique.dtype == torch.int64
+        out, unique, inverse = ops.lookup_forward([token], [h], values, offsets, weights, [0], batch, [0], 6,
+                                                  [combiner], 1)
+        assert out.shape == (batch * 6,) and out.dtype == torch.float32  # the flat [batch, out_cols] block
+        assert unique.dim() == 2 and unique.dtype == torch.int64
         # either a data-dependent size (the unique rows) or a static one slot per value
-        assert _is_dynamic(unique.shape[0]) or unique.shape[0] == values.shape[0], unique.shape
-        assert inverse.shape == (values.shape[0],) and inverse.dtype == torch.int32
+        assert _is_dynamic(unique.shape[1]) or unique.shape == (1, values.shape[0]), unique.shape
+        assert inverse.shape == (1, values.shape[0]) and inverse.dtype == torch.int32
     assert len(emb.table) == n_real, "fake kernels must not touch the table"
     assert emb.group.step == 0
 
@@ -101,10 +107,10 @@ def test_fake_lookup_forward_multi_feature_out_cols():
         token = torch.zeros(1, dtype=torch.int64)
         values = torch.empty(9, dtype=torch.int64)
         offsets = torch.empty(3 * 2 + 1, dtype=torch.int64)
-        out, unique, inverse = ops.lookup_forward(token, emb.group.handle, values, offsets, None, [0, -1, 0], 2,
-                                                  [0, 0, 4], 8, 0, 0)
-        assert out.shape == (2, 8) and out.dtype == torch.float32
-        assert inverse.shape == (9,) and inverse.dtype == torch.int32
+        out, unique, inverse = ops.lookup_forward([token], [emb.group.handle], values, offsets, None, [0, -1, 0],
+                                                  2, [0, 0, 4], 8, [0], 0)
+        assert out.shape == (2 * 8,) and out.dtype == torch.float32
+        assert inverse.shape == (1, 9) and inverse.dtype == torch.int32
 
 
 def test_fake_lookup_forward_unpooled():
@@ -113,23 +119,24 @@ def test_fake_lookup_forward_unpooled():
         token = torch.zeros(1, dtype=torch.int64)
         values = torch.empty(11, dtype=torch.int64)
         offsets = torch.empty(4, dtype=torch.int64)
-        out, unique, inverse = ops.lookup_forward(token, emb.group.handle, values, offsets, None, [0], 3, [0], 5, 2, 1)
-        assert out.shape == (11, 5) and out.dtype == torch.float32
-        assert inverse.shape == (11,) and inverse.dtype == torch.int32
+        out, unique, inverse = ops.lookup_forward([token], [emb.group.handle], values, offsets, None, [0], 3, [0], 0,
+                                                  [2], 1)
+        assert out.shape == (11 * 5,) and out.dtype == torch.float32  # the table's flat [n, dim] block
+        assert inverse.shape == (1, 11) and inverse.dtype == torch.int32
 
 
 def test_fake_lookup_forward_matches_real_dtypes_and_shapes():
     emb = _emb(6)
     values, offsets = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1, 4])
-    real = ops.lookup_forward(emb.group.token, emb.group.handle, values, offsets, None, [0], 2, [0], 6, 0, 0)
+    real = ops.lookup_forward([emb.group.token], [emb.group.handle], values, offsets, None, [0], 2, [0], 6, [0], 0)
     with _fake_mode() as mode:
-        fake = ops.lookup_forward(mode.from_tensor(emb.group.token), emb.group.handle, mode.from_tensor(values),
-                                  mode.from_tensor(offsets), None, [0], 2, [0], 6, 0, 0)
+        fake = ops.lookup_forward([mode.from_tensor(emb.group.token)], [emb.group.handle], mode.from_tensor(values),
+                                  mode.from_tensor(offsets), None, [0], 2, [0], 6, [0], 0)
     for r, f in zip(real, fake):
         assert r.dtype == f.dtype and r.device == f.device and r.dim() == f.dim()
     assert real[0].shape == fake[0].shape and real[2].shape == fake[2].shape
-    if _is_dynamic(fake[1].shape[0]):
-        assert real[1].shape == (3,)  # unique ids 1, 2, 9
+    if _is_dynamic(fake[1].shape[1]):
+        assert real[1].shape == (1, 3)  # unique ids 1, 2, 9
     else:  # a static size promises exactly that size from the real kernel too
         assert real[1].shape == fake[1].shape, (real[1].shape, fake[1].shape)
 
@@ -149,10 +156,14 @@ def test_fake_table_ops_shapes_and_no_side_effects():
         assert out.shape == (5, 6) and out.dtype == torch.float32
         res = ops.apply_update(token, h, 0, [0.1, 0.0], False)
         assert res.shape == (2,) and res.dtype == torch.int64
-        assert ops.clear_pending(token, h) is None
-        assert ops.lookup_backward(token, h, torch.empty(2, 6), torch.empty(3, dtype=torch.int64), None,
-                                   torch.empty(4, dtype=torch.int64), torch.empty(5, dtype=torch.int32), [0], 2,
-                                   [0], 0) is None
+        assert ops.clear_pending([token], [h]) is None
+        assert ops.lookup_backward([token], [h], torch.empty(12), torch.empty(3, dtype=torch.int64), None,
+                                   torch.empty(1, 5, dtype=torch.int64), torch.empty(1, 5, dtype=torch.int32), [0], 2,
+                                   [0], 6, [0]) is None
+        res = ops.lookup_backward_apply([token], [h], torch.empty(12), torch.empty(3, dtype=torch.int64), None,
+                                        torch.empty(1, 5, dtype=torch.int64), torch.empty(1, 5, dtype=torch.int32),
+                                        [0], 2, [0], 6, [0], [0], [0.1, 0.0])
+        assert res.shape == (1, 2) and res.dtype == torch.int64
     assert len(emb.table) == n_real
     assert bool((emb.table.find(torch.tensor([1, 2, 3])) >= 0).all())
 

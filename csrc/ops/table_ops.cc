@@ -1,6 +1,7 @@
 #include "ops/table_ops.h"
 
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -26,196 +27,373 @@ at::Tensor reusable_output(at::IntArrayRef shape) {
   return pool.empty(shape, at::kFloat);
 }
 
-// What both backward ops need: checked inputs, the bag layout and the number of unique rows
-// (the largest inverse index + 1; unique_rows past it holds -1).
-struct BackwardInputs {
-  at::Tensor grad_out, offsets;
-  const float* weights;
-  int64_t n, n_unique;
-};
-
-BackwardInputs backward_inputs(const at::Tensor& grad_out, const at::Tensor& offsets,
-                               const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows,
-                               const at::Tensor& inverse) {
-  check_cpu(grad_out, "the output gradient");
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
-                   grad_out.scalar_type());
-  const int64_t n = inverse.size(0);
-  TORCH_CHECK_VALUE(unique_rows.size(0) == n, "recis: unique_rows must have one slot per value");
-  const int32_t* inv = inverse.data_ptr<int32_t>();
-  int64_t n_unique = 0;
-  for (int64_t i = 0; i < n; ++i) n_unique = std::max<int64_t>(n_unique, inv[i] + 1);
-  return {grad_out.contiguous(), offsets.contiguous(), optional_weights(weights, n), n, n_unique};
-}
-
-void bump(at::Tensor& token) {
+void bump(const at::Tensor& token) {
   if (token.defined() && token.numel() > 0) token.add_(1);
 }
 
+void bump_all(at::TensorList tokens) {
+  for (const at::Tensor& t : tokens) bump(t);
+}
+
+// The tables of a list-taking op: distinct, with one token each (or no tokens at all).
+std::vector<std::shared_ptr<HashTable>> tables_of(at::TensorList tokens, at::IntArrayRef handles) {
+  const size_t T = handles.size();
+  TORCH_CHECK_VALUE(T >= 1, "recis: a table op needs at least one table");
+  TORCH_CHECK_VALUE(tokens.empty() || tokens.size() == T, "recis: ", tokens.size(), " tokens for ", T,
+                    " tables; pass one token per table");
+  std::vector<std::shared_ptr<HashTable>> out;
+  out.reserve(T);
+  for (size_t t = 0; t < T; ++t) {
+    for (size_t s = 0; s < t; ++s)
+      TORCH_CHECK_VALUE(handles[s] != handles[t], "recis: table handle ", handles[t], " appears twice in one call");
+    out.push_back(table_from_handle(handles[t]));
+  }
+  return out;
+}
+
+// One table's share of a list-taking lookup op: its feature layout, combiner and output block.
+struct TableLayout {
+  at::IntArrayRef feature_ns, col_offsets;
+  int64_t combiner;
+  int64_t out_base;  // where its block starts in the flat output (0: the pooled block)
+  int64_t out_cols;  // width of its rows in that block
+};
+
+// Checks the per-table layouts of a lookup op (feature_ns/col_offsets: F entries per table) and
+// the pooled tables' columns; returns the end of the pooled block in the flat output.
+int64_t table_layouts(at::IntArrayRef feature_ns, at::IntArrayRef col_offsets, int64_t batch, int64_t out_cols,
+                      at::IntArrayRef combiners, const at::Tensor& offsets, const std::vector<int64_t>& dims,
+                      std::vector<TableLayout>& out) {
+  const int64_t T = static_cast<int64_t>(dims.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(combiners.size()) == T, "recis: ", combiners.size(), " combiners for ", T,
+                    " tables; pass one per table");
+  TORCH_CHECK_VALUE(!feature_ns.empty() && static_cast<int64_t>(feature_ns.size()) % T == 0,
+                    "recis: feature_ns has ", feature_ns.size(), " entries; expected one per feature per table (",
+                    T, " tables)");
+  TORCH_CHECK_VALUE(col_offsets.size() == feature_ns.size(), "recis: col_offsets needs one entry per feature per table");
+  TORCH_CHECK_VALUE(out_cols >= 0, "recis: out_cols must be >= 0, got ", out_cols);
+  const int64_t F = static_cast<int64_t>(feature_ns.size()) / T;
+  out.clear();
+  const int64_t pooled_end = batch * out_cols;
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK_VALUE(combiners[t] >= 0 && combiners[t] <= 2, "recis: unknown combiner code ", combiners[t]);
+    TableLayout L{feature_ns.slice(t * F, F), col_offsets.slice(t * F, F), combiners[t], 0, out_cols};
+    check_layout(L.feature_ns, batch, L.col_offsets, offsets);
+    if (combiners[t] == 2) {
+      L.out_cols = dims[t];  // its [n, dim] block comes after the pooled one (place_unpooled)
+    } else {
+      for (int64_t f = 0; f < F; ++f)
+        if (L.feature_ns[f] >= 0)
+          TORCH_CHECK_VALUE(L.col_offsets[f] >= 0 && L.col_offsets[f] + dims[t] <= out_cols, "recis: feature ", f,
+                            " of table ", t, " lands in columns [", L.col_offsets[f], ", ", L.col_offsets[f] + dims[t],
+                            ") outside the ", out_cols, " output columns");
+    }
+    out.push_back(L);
+  }
+  return pooled_end;
+}
+
+// Places the unpooled tables' [n, dim] blocks after the pooled block; returns the total size.
+int64_t place_unpooled(std::vector<TableLayout>& layouts, int64_t pooled_end, int64_t n) {
+  int64_t end = pooled_end;
+  for (TableLayout& L : layouts)
+    if (L.combiner == 2) {
+      L.out_base = end;
+      end += n * L.out_cols;
+    }
+  return end;
+}
+
+// Runs body(t) for every table: in parallel over tables when there are at least as many tables
+// as threads (each table's kernels then run single-threaded), else one table after the other
+// (each table's kernels use the threads).
+template <class F>
+void for_each_table(int64_t T, F&& body) {
+  if (T > 1 && at::get_num_threads() > 1 && T >= at::get_num_threads()) {
+    at::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) body(t);
+    });
+  } else {
+    for (int64_t t = 0; t < T; ++t) body(t);
+  }
+}
+
+// The number of unique rows of one table's backward: the largest inverse index + 1.
+int64_t unique_count(const int32_t* inv, int64_t n) {
+  int64_t u = 0;
+  for (int64_t i = 0; i < n; ++i) u = std::max<int64_t>(u, inv[i] + 1);
+  return u;
+}
+
 // The unique_rows output of a training forward that expects a backward. Its storage carries
-// the forward's lease on the table (HashTable::add_forward): the lease ends when the storage
+// the forward's lease on each table (HashTable::add_forward): the lease ends when the storage
 // is freed, i.e. when autograd releases the saved tensors (after backward, or when the graph
 // of a forward that gets no backward is dropped). Compiled graphs save the same tensor, so
 // this needs no Python and no extra op.
-at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& rows, uint32_t step) {
+at::Tensor leased(const std::vector<std::shared_ptr<HashTable>>& tables, const at::Tensor& rows,
+                  const std::vector<uint32_t>& steps) {
   auto* buf = new at::Tensor(rows);
-  std::weak_ptr<HashTable> weak = table;
+  std::vector<std::pair<std::weak_ptr<HashTable>, uint32_t>> leases;
+  for (size_t t = 0; t < tables.size(); ++t) leases.emplace_back(tables[t], steps[t]);
   at::Tensor out = at::from_blob(
       buf->data_ptr(), rows.sizes(),
-      [buf, weak, step](void*) {
+      [buf, leases](void*) {
         delete buf;
-        if (auto t = weak.lock()) t->release_forward(step);
+        for (const auto& l : leases)
+          if (auto t = l.first.lock()) t->release_forward(l.second);
       },
       at::TensorOptions().dtype(at::kLong));
-  table->add_forward(step);
+  for (size_t t = 0; t < tables.size(); ++t) tables[t]->add_forward(steps[t]);
   return out;
+}
+
+// One table's forward: dedup its features' values, resolve them to rows (inserting in
+// training), pool its rows into its output block. Runs under the table's lock, without the GIL.
+void forward_one(HashTable& table, const TableLayout& TL, const at::Tensor& values, const at::Tensor& offsets,
+                 const float* w, int64_t batch, int64_t num_bags, bool train, int64_t* rows, int32_t* inv,
+                 float* out) {
+  std::lock_guard<std::mutex> lock(table.mu);
+  const int64_t n = values.size(0), dim = table.dim();
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  std::vector<int64_t> seg_begin;
+  std::vector<uint32_t> seg_ns;
+  dedup_segments(off, TL.feature_ns, batch, inv, seg_begin, seg_ns);
+  // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
+  static thread_local DedupResult uniq;
+  dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
+             uniq);
+  const int64_t U = uniq.size();
+  const uint32_t step_before = table.step();
+  if (train) table.advance_step();
+  try {
+    table.resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+  } catch (...) {
+    table.set_step(step_before);  // a refused batch leaves no trace
+    throw;
+  }
+  // Sized by the batch, not by the number of unique ids, so shapes stay static for
+  // torch.compile; entries past the unique count are -1.
+  std::fill(rows + U, rows + n, int64_t(-1));
+
+  // A row pointer per unique key; keys without a row read zeros or their initial value.
+  static thread_local std::vector<const float*> ptrs;
+  static thread_local std::vector<float> fallback;
+  ptrs.resize(U);
+  int64_t missing = 0;
+  for (int64_t u = 0; u < U; ++u) missing += rows[u] < 0;
+  const bool init_missing = table.missing() == MissingMode::kInit;
+  fallback.assign(init_missing ? missing * dim : dim, 0.f);
+  int64_t m = 0;
+  for (int64_t u = 0; u < U; ++u) {
+    if (rows[u] >= 0) {
+      ptrs[u] = table.store().emb(static_cast<uint32_t>(rows[u]));
+    } else if (init_missing) {
+      float* dst = fallback.data() + (m++) * dim;
+      table.fill_initial(uniq.ns[u], uniq.ids[u], dst);
+      ptrs[u] = dst;
+    } else {
+      ptrs[u] = fallback.data();
+    }
+  }
+  const BagLayout L = make_layout(offsets, num_bags, batch, TL.feature_ns, TL.col_offsets, TL.out_cols, TL.combiner, w);
+  pooled_forward(L, ptrs.data(), inv, dim, out + TL.out_base);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values_in,
-                                                              const at::Tensor& offsets_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tokens, at::IntArrayRef handles,
+                                                              const at::Tensor& values_in, const at::Tensor& offsets_in,
                                                               const c10::optional<at::Tensor>& weights,
                                                               at::IntArrayRef feature_ns, int64_t batch,
                                                               at::IntArrayRef col_offsets, int64_t out_cols,
-                                                              int64_t combiner, int64_t mode) {
+                                                              at::IntArrayRef combiners, int64_t mode) {
   check_ids(values_in, "values");
   check_ids(offsets_in, "offsets");
-  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= 2, "recis: unknown combiner code ", combiner);
   TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
   const bool train = mode != 0;
-  const int64_t F = static_cast<int64_t>(feature_ns.size());
-  const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);
+  const auto tables = tables_of(tokens, handles);
+  const int64_t T = static_cast<int64_t>(tables.size());
+  std::vector<int64_t> dims;
+  for (const auto& t : tables) dims.push_back(t->dim());
+  std::vector<TableLayout> layouts;
+  const int64_t pooled_end = table_layouts(feature_ns, col_offsets, batch, out_cols, combiners, offsets_in, dims,
+                                           layouts);
+  const int64_t num_bags = (offsets_in.size(0) - 1);
   const at::Tensor values = values_in.contiguous(), offsets = offsets_in.contiguous();
   const int64_t n = values.size(0);
   TORCH_CHECK_VALUE(n < (int64_t(1) << 31), "recis: at most 2^31 - 1 values per call");
   const float* w = optional_weights(weights, n);
-  auto table = table_from_handle(handle);
-  const int64_t dim = table->dim();
-  for (int64_t f = 0; f < F; ++f)
-    if (feature_ns[f] >= 0) table->check_ns(static_cast<uint32_t>(feature_ns[f]));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t ns : layouts[t].feature_ns)
+      if (ns >= 0) tables[t]->check_ns(static_cast<uint32_t>(ns));
+  check_offsets(offsets.data_ptr<int64_t>(), num_bags, n);
+  const int64_t total = place_unpooled(layouts, pooled_end, n);
 
-  at::Tensor inverse = at::empty({n}, at::TensorOptions().dtype(at::kInt));
-  at::Tensor out = combiner == 2 ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
-  at::Tensor unique_rows;
+  at::Tensor inverse = at::empty({T, n}, at::TensorOptions().dtype(at::kInt));
+  at::Tensor out = reusable_output({total});
+  at::Tensor unique_rows = at::empty({T, n}, at::TensorOptions().dtype(at::kLong));
   {
     GilRelease nogil;
-    std::lock_guard<std::mutex> lock(table->mu);
-    const int64_t* off = offsets.data_ptr<int64_t>();
-    check_offsets(off, num_bags, n);
-    std::vector<int64_t> seg_begin;
-    std::vector<uint32_t> seg_ns;
-    int32_t* inv = inverse.data_ptr<int32_t>();
-    dedup_segments(off, feature_ns, batch, inv, seg_begin, seg_ns);
-    // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
-    static thread_local DedupResult uniq;
-    dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
-               uniq);
-    const int64_t U = uniq.size();
-    // Sized by the batch, not by the number of unique ids, so shapes stay static for
-    // torch.compile; entries past the unique count are -1.
-    unique_rows = at::empty({n}, at::TensorOptions().dtype(at::kLong));
-    int64_t* rows = unique_rows.data_ptr<int64_t>();
-    const uint32_t step_before = table->step();
-    if (train) table->advance_step();
-    try {
-      table->resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
-    } catch (...) {
-      table->set_step(step_before);  // a refused batch leaves no trace
-      throw;
-    }
-    if (mode == 2) unique_rows = leased(table, unique_rows, table->step());
-    std::fill(rows + U, rows + n, int64_t(-1));
-
-    // A row pointer per unique key; keys without a row read zeros or their initial value.
-    static thread_local std::vector<const float*> ptrs;
-    static thread_local std::vector<float> fallback;
-    ptrs.resize(U);
-    int64_t missing = 0;
-    for (int64_t u = 0; u < U; ++u) missing += rows[u] < 0;
-    const bool init_missing = table->missing() == MissingMode::kInit;
-    fallback.assign(init_missing ? missing * dim : dim, 0.f);
-    int64_t m = 0;
-    for (int64_t u = 0; u < U; ++u) {
-      if (rows[u] >= 0) {
-        ptrs[u] = table->store().emb(static_cast<uint32_t>(rows[u]));
-      } else if (init_missing) {
-        float* dst = fallback.data() + (m++) * dim;
-        table->fill_initial(uniq.ns[u], uniq.ids[u], dst);
-        ptrs[u] = dst;
-      } else {
-        ptrs[u] = fallback.data();
-      }
-    }
-    const BagLayout L = make_layout(offsets, num_bags, batch, feature_ns, col_offsets, out_cols, combiner, w);
-    pooled_forward(L, ptrs.data(), inverse.data_ptr<int32_t>(), dim, out.data_ptr<float>());
+    // The pooled block is written column by column by its tables; columns no table writes are 0.
+    int64_t covered = 0;
+    for (int64_t t = 0; t < T; ++t)
+      if (layouts[t].combiner != 2)
+        for (int64_t ns : layouts[t].feature_ns) covered += ns >= 0 ? dims[t] : 0;
+    if (covered != out_cols) std::fill(out.data_ptr<float>(), out.data_ptr<float>() + pooled_end, 0.f);
+    for_each_table(T, [&](int64_t t) {
+      forward_one(*tables[t], layouts[t], values, offsets, w, batch, num_bags, train,
+                  unique_rows.data_ptr<int64_t>() + t * n, inverse.data_ptr<int32_t>() + t * n,
+                  out.data_ptr<float>());
+    });
   }
-  bump(token);
+  if (mode == 2) {
+    std::vector<uint32_t> steps;
+    for (const auto& t : tables) steps.push_back(t->step());
+    unique_rows = leased(tables, unique_rows, steps);
+  }
+  bump_all(tokens);
   return {out, unique_rows, inverse};
 }
 
-void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
-                     const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
-                     at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner) {
-  const BackwardInputs in = backward_inputs(grad_out, offsets, weights, unique_rows, inverse);
-  auto table = table_from_handle(handle);
-  const int64_t dim = table->dim(), U = in.n_unique;
-  {
-    GilRelease nogil;
-    std::lock_guard<std::mutex> lock(table->mu);
-    // Without a sparse optimizer the table is not trained: its gradients have nowhere to go
-    // (they would pile up and hold their rows forever), so backward keeps none.
-    if (table->keep_grads()) {
-      uint8_t* finite = nullptr;
-      float* grads = table->append_pending(unique_rows.data_ptr<int64_t>(), U, &finite);
-      const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
-                                      in.grad_out.size(-1), combiner, in.weights);
-      unique_row_grads(L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, U, dim, grads, finite);
-    }
-  }
-  bump(token);
+namespace {
+
+// What both backward ops need, per table: checked inputs and the bag layouts.
+struct BackwardCall {
+  std::vector<std::shared_ptr<HashTable>> tables;
+  std::vector<TableLayout> layouts;
+  at::Tensor grad_out, offsets;
+  const float* weights;
+  int64_t n, num_bags;
+};
+
+BackwardCall backward_call(at::TensorList tokens, at::IntArrayRef handles, const at::Tensor& grad_out,
+                           const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
+                           const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
+                           int64_t batch, at::IntArrayRef col_offsets, int64_t out_cols, at::IntArrayRef combiners) {
+  check_cpu(grad_out, "the output gradient");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == at::kFloat, "recis: output gradient must be float32, got ",
+                   grad_out.scalar_type());
+  BackwardCall c;
+  c.tables = tables_of(tokens, handles);
+  const int64_t T = static_cast<int64_t>(c.tables.size());
+  std::vector<int64_t> dims;
+  for (const auto& t : c.tables) dims.push_back(t->dim());
+  const int64_t pooled_end = table_layouts(feature_ns, col_offsets, batch, out_cols, combiners, offsets, dims,
+                                           c.layouts);
+  TORCH_CHECK_VALUE(inverse.dim() == 2 && inverse.size(0) == T && inverse.scalar_type() == at::kInt,
+                    "recis: inverse must be int32 [", T, ", n], got ", inverse.scalar_type(), " ", inverse.sizes());
+  TORCH_CHECK_VALUE(unique_rows.sizes() == inverse.sizes() && unique_rows.scalar_type() == at::kLong,
+                    "recis: unique_rows must be int64 with the shape of inverse ", inverse.sizes(), ", got ",
+                    unique_rows.sizes());
+  c.n = inverse.size(1);
+  const int64_t total = place_unpooled(c.layouts, pooled_end, c.n);
+  TORCH_CHECK_VALUE(grad_out.numel() == total, "recis: the output gradient has ", grad_out.numel(),
+                    " elements; the lookup's output had ", total);
+  c.grad_out = grad_out.contiguous();
+  c.offsets = offsets.contiguous();
+  c.weights = optional_weights(weights, c.n);
+  c.num_bags = c.offsets.size(0) - 1;
+  return c;
 }
 
-at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out,
-                                 const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
-                                 const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
-                                 int64_t batch, at::IntArrayRef col_offsets, int64_t combiner, int64_t kind,
-                                 at::ArrayRef<double> hyper_in) {
-  const BackwardInputs in = backward_inputs(grad_out, offsets, weights, unique_rows, inverse);
-  const std::vector<double> hyper(hyper_in.begin(), hyper_in.end());
-  auto table = table_from_handle(handle);
-  const int64_t* rows = unique_rows.data_ptr<int64_t>();
-  int64_t with_row = 0;
-  for (int64_t u = 0; u < in.n_unique; ++u) with_row += rows[u] >= 0;
-  std::atomic<int64_t> nonfinite{0};  // rare: touched only for rows with NaN/Inf gradients
+}  // namespace
+
+void lookup_backward(at::TensorList tokens, at::IntArrayRef handles, const at::Tensor& grad_out,
+                     const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
+                     const at::Tensor& unique_rows_in, const at::Tensor& inverse_in, at::IntArrayRef feature_ns,
+                     int64_t batch, at::IntArrayRef col_offsets, int64_t out_cols, at::IntArrayRef combiners) {
+  const BackwardCall c = backward_call(tokens, handles, grad_out, offsets, weights, unique_rows_in, inverse_in,
+                                       feature_ns, batch, col_offsets, out_cols, combiners);
+  const at::Tensor unique_rows = unique_rows_in.contiguous(), inverse = inverse_in.contiguous();
   {
     GilRelease nogil;
-    std::lock_guard<std::mutex> lock(table->mu);
-    TORCH_CHECK(table->pending().n == 0, "recis: fused backward with gradients still pending; call step() first");
-    RowStore& store = table->store();
-    const RowRule rule = make_row_rule(static_cast<OptimKind>(kind), hyper, store.slot_width(), store.dim());
-    const BagLayout L = make_layout(in.offsets, in.offsets.size(0) - 1, batch, feature_ns, col_offsets,
-                                    in.grad_out.size(-1), combiner, in.weights);
-    // Each unique row's gradient is summed and applied at once: no gradient buffer. A row
-    // whose gradient is not finite is left untouched and counted.
-    for_each_unique_grad(
-        L, in.grad_out.data_ptr<float>(), inverse.data_ptr<int32_t>(), in.n, in.n_unique, store.dim(),
-        [&](int64_t u, const float* g, bool finite) {
-          if (rows[u] < 0) return;
-          if (!finite) {
-            ++nonfinite;
-            return;
-          }
-          const uint32_t r = static_cast<uint32_t>(rows[u]);
-          rule(store.emb(r), store.slots(r), g, store.dim());
-        },
-        [&](int64_t u) {
-          if (rows[u] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[u]));
-        });
+    for_each_table(static_cast<int64_t>(c.tables.size()), [&](int64_t t) {
+      HashTable& table = *c.tables[t];
+      const int32_t* inv = inverse.data_ptr<int32_t>() + t * c.n;
+      const int64_t U = unique_count(inv, c.n), dim = table.dim();
+      std::lock_guard<std::mutex> lock(table.mu);
+      // Without a sparse optimizer the table is not trained: its gradients have nowhere to go
+      // (they would pile up and hold their rows forever), so backward keeps none.
+      if (!table.keep_grads()) return;
+      uint8_t* finite = nullptr;
+      float* grads = table.append_pending(unique_rows.data_ptr<int64_t>() + t * c.n, U, &finite);
+      const TableLayout& TL = c.layouts[t];
+      const BagLayout L = make_layout(c.offsets, c.num_bags, batch, TL.feature_ns, TL.col_offsets, TL.out_cols,
+                                      TL.combiner, c.weights);
+      unique_row_grads(L, c.grad_out.data_ptr<float>() + TL.out_base, inv, c.n, U, dim, grads, finite);
+    });
   }
-  bump(token);
-  const int64_t bad = nonfinite.load();
-  return at::tensor({with_row - bad, bad}, at::TensorOptions().dtype(at::kLong));
+  bump_all(tokens);
+}
+
+at::Tensor lookup_backward_apply(at::TensorList tokens, at::IntArrayRef handles, const at::Tensor& grad_out,
+                                 const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
+                                 const at::Tensor& unique_rows_in, const at::Tensor& inverse_in,
+                                 at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets,
+                                 int64_t out_cols, at::IntArrayRef combiners, at::IntArrayRef kinds,
+                                 at::ArrayRef<double> hyper_in) {
+  const BackwardCall c = backward_call(tokens, handles, grad_out, offsets, weights, unique_rows_in, inverse_in,
+                                       feature_ns, batch, col_offsets, out_cols, combiners);
+  const int64_t T = static_cast<int64_t>(c.tables.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(kinds.size()) == T, "recis: ", kinds.size(), " optimizer kinds for ", T,
+                    " tables; pass one per table");
+  // Each table's hyperparameters and update rule, checked before any row changes.
+  std::vector<RowRule> rules;
+  size_t at = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const OptimKind kind = static_cast<OptimKind>(kinds[t]);
+    const size_t k = hyper_size_for(kind);
+    TORCH_CHECK_VALUE(at + k <= hyper_in.size(), "recis: hyper has ", hyper_in.size(),
+                      " entries, too few for the optimizer kinds ", kinds);
+    const std::vector<double> hyper(hyper_in.begin() + at, hyper_in.begin() + at + k);
+    at += k;
+    RowStore& store = c.tables[t]->store();
+    rules.push_back(make_row_rule(kind, hyper, store.slot_width(), store.dim()));
+  }
+  TORCH_CHECK_VALUE(at == hyper_in.size(), "recis: hyper has ", hyper_in.size(), " entries; the optimizer kinds ",
+                    kinds, " take ", at);
+  const at::Tensor unique_rows = unique_rows_in.contiguous(), inverse = inverse_in.contiguous();
+  at::Tensor result = at::zeros({T, 2}, at::TensorOptions().dtype(at::kLong));
+  int64_t* res = result.data_ptr<int64_t>();
+  {
+    GilRelease nogil;
+    for_each_table(T, [&](int64_t t) {
+      HashTable& table = *c.tables[t];
+      const int32_t* inv = inverse.data_ptr<int32_t>() + t * c.n;
+      const int64_t* rows = unique_rows.data_ptr<int64_t>() + t * c.n;
+      const int64_t U = unique_count(inv, c.n);
+      int64_t with_row = 0;
+      for (int64_t u = 0; u < U; ++u) with_row += rows[u] >= 0;
+      std::atomic<int64_t> nonfinite{0};  // rare: touched only for rows with NaN/Inf gradients
+      std::lock_guard<std::mutex> lock(table.mu);
+      TORCH_CHECK(table.pending().n == 0, "recis: fused backward with gradients still pending; call step() first");
+      RowStore& store = table.store();
+      const RowRule& rule = rules[t];
+      const TableLayout& TL = c.layouts[t];
+      const BagLayout L = make_layout(c.offsets, c.num_bags, batch, TL.feature_ns, TL.col_offsets, TL.out_cols,
+                                      TL.combiner, c.weights);
+      // Each unique row's gradient is summed and applied at once: no gradient buffer. A row
+      // whose gradient is not finite is left untouched and counted.
+      for_each_unique_grad(
+          L, c.grad_out.data_ptr<float>() + TL.out_base, inv, c.n, U, store.dim(),
+          [&](int64_t u, const float* g, bool finite) {
+            if (rows[u] < 0) return;
+            if (!finite) {
+              ++nonfinite;
+              return;
+            }
+            const uint32_t r = static_cast<uint32_t>(rows[u]);
+            rule(store.emb(r), store.slots(r), g, store.dim());
+          },
+          [&](int64_t u) {
+            if (rows[u] >= 0) prefetch_for_update(store, static_cast<uint32_t>(rows[u]));
+          });
+      res[2 * t] = with_row - nonfinite.load();
+      res[2 * t + 1] = nonfinite.load();
+    });
+  }
+  bump_all(tokens);
+  return result;
 }
 
 at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper_in,
@@ -244,11 +422,12 @@ at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::Arr
   return at::tensor({applied, nonfinite}, at::TensorOptions().dtype(at::kLong));
 }
 
-void clear_pending(at::Tensor& token, int64_t handle) {
-  auto table = table_from_handle(handle);
-  std::lock_guard<std::mutex> lock(table->mu);
-  table->clear_pending();
-  bump(token);
+void clear_pending(at::TensorList tokens, at::IntArrayRef handles) {
+  for (const auto& table : tables_of(tokens, handles)) {
+    std::lock_guard<std::mutex> lock(table->mu);
+    table->clear_pending();
+  }
+  bump_all(tokens);
 }
 
 // Runs f(table, ns, ids, n, rows) on a checked id tensor under the table's lock, without the GIL.

@@ -1,4 +1,11 @@
 // The table's torch ops (CPU kernels). Schemas are declared in bind.cpp.
+//
+// The lookup ops take a list of tables (one op call per EmbeddingCollection step; a single
+// table is a list of one). Table t reads the features whose feature_ns[t * F + f] >= 0 (F = the
+// number of features of the batch), lays them out by col_offsets[t * F + f] and pools by
+// combiners[t]. The output is one flat float tensor: the pooled tables' [batch, out_cols] block
+// (their columns side by side), then each unpooled table's [n, dim] block, in table order.
+// unique_rows [T, n] and inverse [T, n] hold each table's unique rows and inverse index.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -6,24 +13,27 @@
 
 namespace recis {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values,
-                                                              const at::Tensor& offsets,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tokens, at::IntArrayRef tables,
+                                                              const at::Tensor& values, const at::Tensor& offsets,
                                                               const c10::optional<at::Tensor>& weights,
                                                               at::IntArrayRef feature_ns, int64_t batch,
                                                               at::IntArrayRef col_offsets, int64_t out_cols,
-                                                              int64_t combiner, int64_t mode);
-void lookup_backward(at::Tensor& token, int64_t handle, const at::Tensor& grad_out, const at::Tensor& offsets,
-                     const c10::optional<at::Tensor>& weights, const at::Tensor& unique_rows, const at::Tensor& inverse,
-                     at::IntArrayRef feature_ns, int64_t batch, at::IntArrayRef col_offsets, int64_t combiner);
-// Backward and optimizer update in one pass (fused mode): no pending gradients.
-at::Tensor lookup_backward_apply(at::Tensor& token, int64_t handle, const at::Tensor& grad_out,
+                                                              at::IntArrayRef combiners, int64_t mode);
+void lookup_backward(at::TensorList tokens, at::IntArrayRef tables, const at::Tensor& grad_out,
+                     const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
+                     const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
+                     int64_t batch, at::IntArrayRef col_offsets, int64_t out_cols, at::IntArrayRef combiners);
+// Backward and optimizer update in one pass (fused mode): no pending gradients. Table t uses
+// optimizer kinds[t] with the next hyper_size_for(kinds[t]) entries of hyper. Returns [T, 2]:
+// per table the rows updated and the rows left alone for a NaN/Inf gradient.
+at::Tensor lookup_backward_apply(at::TensorList tokens, at::IntArrayRef tables, const at::Tensor& grad_out,
                                  const at::Tensor& offsets, const c10::optional<at::Tensor>& weights,
                                  const at::Tensor& unique_rows, const at::Tensor& inverse, at::IntArrayRef feature_ns,
-                                 int64_t batch, at::IntArrayRef col_offsets, int64_t combiner, int64_t kind,
-                                 at::ArrayRef<double> hyper);
+                                 int64_t batch, at::IntArrayRef col_offsets, int64_t out_cols,
+                                 at::IntArrayRef combiners, at::IntArrayRef kinds, at::ArrayRef<double> hyper);
 at::Tensor apply_update(at::Tensor& token, int64_t handle, int64_t kind, at::ArrayRef<double> hyper,
                         bool skip_nonfinite);
-void clear_pending(at::Tensor& token, int64_t handle);
+void clear_pending(at::TensorList tokens, at::IntArrayRef tables);
 at::Tensor find(int64_t handle, int64_t ns, const at::Tensor& ids);
 at::Tensor find_or_insert(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);
 c10::SymInt erase(at::Tensor& token, int64_t handle, int64_t ns, const at::Tensor& ids);

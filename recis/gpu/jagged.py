@@ -104,21 +104,22 @@ def dedup_jagged(values: torch.Tensor, offsets: torch.Tensor, feature_ns: Sequen
     return uids, uns, counts, inv.to(torch.int32)
 
 
-def pool(emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets, out_cols, combiner, n):
+def pool(emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets, out_cols, combiner, n, out=None):
     """The pooled (combiner 0 sum, 1 mean) or per-value (2) forward over rows `src` of `emb`
-    (-1: zeros, <= -2: row -src-2 of `fallback`), as csrc's pooled_forward."""
+    (-1: zeros, <= -2: row -src-2 of `fallback`), as csrc's pooled_forward; into `out` ([batch,
+    out_cols] or [n, dim], contiguous) when given, writing only the columns/values of its features."""
     dev, dim = emb.device, emb.shape[1]
     k = flavor(dev).pooling
     block_d = min(128, pow2(dim))
     wt = w if w is not None else emb
     if combiner == 2:
-        out = torch.empty(n, dim, device=dev)
+        out = torch.empty(n, dim, device=dev) if out is None else out
         if n:
             grid = (-(-n // 16), -(-dim // block_d))
             k.unpooled_forward_kernel[grid](inverse, src, emb, fallback, wt, out, n, dim, HAS_W=w is not None,
                                             BLOCK_N=16, BLOCK_D=block_d, enable_fp_fusion=False)
         return out
-    out = torch.empty(batch, out_cols, device=dev)
+    out = torch.empty(batch, out_cols, device=dev) if out is None else out
     num_bags = len(feature_ns) * batch
     if num_bags:
         fns = torch.tensor(list(feature_ns), dtype=torch.int64, device=dev)

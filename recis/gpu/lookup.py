@@ -1,6 +1,7 @@
 """The table ops of torch.ops.recis (lookup forward/backward, optimizer updates, find, erase,
 gather) as TritonTable methods: what the CUDA kernels of those ops (recis.gpu.ops) run. Same
-arguments as the ops, less the table handle."""
+arguments as the ops, less the table handle; the lookup ops, which take lists of tables, run
+one table's share per method call (`lookup_into`, `backward_into`, `backward_apply_into`)."""
 import functools
 import math
 from typing import List, Sequence
@@ -9,8 +10,8 @@ import numpy as np
 import torch
 
 from recis.gpu.dedup import dedup_keys
-from recis.gpu.jagged import (HOT_ROW_SPLIT, MAX_VALUES, check_device, check_ids, check_layout, check_offsets,
-                              check_weights, dedup_jagged, pool, pow2, segment_sum, unique_grads)
+from recis.gpu.jagged import (HOT_ROW_SPLIT, check_device, check_ids, dedup_jagged, pool, pow2, segment_sum,
+                              unique_grads)
 
 SLOT_WIDTHS = {0: lambda d: 0, 1: lambda d: d, 2: lambda d: 1, 3: lambda d: 2 * d, 4: lambda d: 2 * d,
                5: lambda d: 2 * d}
@@ -67,26 +68,17 @@ class LookupOps:
 
     # ---- forward ----
     @table_op
-    def lookup_forward(self, token, values, offsets, weights, feature_ns: Sequence[int], batch: int,
-                       col_offsets: Sequence[int], out_cols: int, combiner: int, mode: int):
-        self._check_ids(values, "values")
-        self._check_ids(offsets, "offsets")
-        if combiner not in (0, 1, 2):
-            raise ValueError(f"recis: unknown combiner code {combiner}")
-        if mode not in (0, 1, 2):
-            raise ValueError(f"recis: unknown lookup mode {mode}")
-        check_layout(feature_ns, batch, col_offsets, offsets)
-        values, offsets = values.contiguous(), offsets.contiguous()
-        n = values.shape[0]
-        if n > MAX_VALUES:
-            raise ValueError("recis: at most 2^31 - 1 values per call")
-        w = check_weights(weights, n, self.device)
+    def lookup_into(self, values, offsets, w, feature_ns: Sequence[int], batch: int, col_offsets: Sequence[int],
+                    out_cols: int, combiner: int, mode: int, out, unique_rows, inverse) -> None:
+        """This table's share of a lookup_forward call (recis.gpu.ops): writes its pooled columns
+        into `out` ([batch, out_cols], or its [n, dim] block unpooled), its unique rows into
+        `unique_rows` ([n]: a row of the call's [T, n] output, whose storage carries the lease of a
+        training forward) and its inverse index into `inverse` ([n]). Inputs are checked by the caller."""
         for f in feature_ns:
             if f >= 0:
                 self.check_ns(f)
-        check_offsets(offsets, n)
-        dev, dim = self.device, self.dim
-        uids, uns, ucounts, inverse = dedup_jagged(values, offsets, feature_ns, batch)
+        dev, dim, n = self.device, self.dim, values.shape[0]
+        uids, uns, ucounts, inv = dedup_jagged(values, offsets, feature_ns, batch)
         train = mode != 0
         step_before = self._step
         if train:
@@ -97,8 +89,9 @@ class LookupOps:
             self._step = step_before  # a refused batch leaves no trace
             raise
         U = uids.numel()
-        unique_rows = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        unique_rows.fill_(-1)
         unique_rows[:U] = urows
+        inverse.copy_(inv)
         if mode == 2:
             self._add_forward(unique_rows, self._step)
         src, fallback = urows, self.rows.emb[:0]
@@ -111,34 +104,43 @@ class LookupOps:
                                    torch.arange(m, device=dev), fallback)
                 src = urows.clone()
                 src[miss] = -2 - torch.arange(m, device=dev)
-        out = pool(self.rows.emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets, out_cols,
-                   combiner, n)
-        _bump(token)
-        return out, unique_rows, inverse
+        pool(self.rows.emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets, out_cols, combiner,
+             n, out=out)
 
     # ---- backward ----
-    def _unique_grads(self, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch, col_offsets,
-                      combiner):
-        """(rows [U], grads [U, dim], finite [U] int8): every unique row's summed gradient."""
-        self._check_device(grad_out, "the output gradient")
-        if grad_out.dtype != torch.float32:
-            raise TypeError(f"recis: output gradient must be float32, got {grad_out.dtype}")
-        n = inverse.shape[0]
-        if unique_rows.shape[0] != n:
-            raise ValueError("recis: unique_rows must have one slot per value")
-        w = check_weights(weights, n, self.device)
+    def _unique_grads(self, grad_out, offsets, w, unique_rows, inverse, feature_ns, batch, col_offsets, combiner):
+        """(rows [U], grads [U, dim], finite [U] int8): every unique row's summed gradient.
+        grad_out: this table's block of the output gradient ([batch, out_cols] or [n, dim])."""
         grads, finite = unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, self.dim,
                                      split=self.hot_row_split)
         return unique_rows[:grads.shape[0]].clone(), grads, finite
 
     @table_op
-    def lookup_backward(self, token, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                        col_offsets, combiner) -> None:
+    def backward_into(self, grad_out, offsets, w, unique_rows, inverse, feature_ns, batch, col_offsets,
+                      combiner) -> None:
+        """This table's share of a lookup_backward call: its gradients wait for apply_update."""
         # Without a sparse optimizer the table is not trained: backward keeps no gradients.
         if self._keep_grads:
-            self._append_pending(self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns,
+            self._append_pending(self._unique_grads(grad_out, offsets, w, unique_rows, inverse, feature_ns,
                                                     batch, col_offsets, combiner))
-        _bump(token)
+
+    def check_fused(self, kind: int, hyper: Sequence[float]) -> None:
+        """Refuses a fused backward before any table of the call changes."""
+        if self._pending:
+            raise RuntimeError("recis: fused backward with gradients still pending; call step() first")
+        kernel_hyper(kind, hyper, self.dim, self.slot_width)
+
+    @table_op
+    def backward_apply_into(self, grad_out, offsets, w, unique_rows, inverse, feature_ns, batch, col_offsets,
+                            combiner, kind: int, hyper: List[float]):
+        """This table's share of a lookup_backward_apply call; returns (rows updated, rows left
+        alone for a NaN/Inf gradient) as a [2] tensor."""
+        rows, grads, finite = self._unique_grads(grad_out, offsets, w, unique_rows, inverse, feature_ns, batch,
+                                                 col_offsets, combiner)
+        has_row = rows >= 0
+        counts = torch.stack([has_row.sum(), (has_row & (finite == 0)).sum()])
+        self._update_rows(kind, hyper, rows, grads, finite)
+        return torch.stack([counts[0] - counts[1], counts[1]])
 
     def _update_rows(self, kind: int, hyper: Sequence[float], rows, grads, finite) -> None:
         h, sqrt = kernel_hyper(kind, hyper, self.dim, self.slot_width)
@@ -151,20 +153,6 @@ class LookupOps:
         self.k.optim.sparse_update_kernel[(-(-n // block_r),)](
             r.emb, r.slots, rows, grads, finite, n, self.dim, max(self.slot_width, 1), *h, KIND=kind, SQRT=sqrt,
             BLOCK_R=block_r, BLOCK_D=block_d, enable_fp_fusion=False)
-
-    @table_op
-    def lookup_backward_apply(self, token, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                              col_offsets, combiner, kind: int, hyper: List[float]) -> torch.Tensor:
-        if self._pending:
-            raise RuntimeError("recis: fused backward with gradients still pending; call step() first")
-        kernel_hyper(kind, hyper, self.dim, self.slot_width)  # bad hyperparameters fail before any work
-        rows, grads, finite = self._unique_grads(grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                                                 col_offsets, combiner)
-        has_row = rows >= 0
-        with_row, bad = torch.stack([has_row.sum(), (has_row & (finite == 0)).sum()]).tolist()
-        self._update_rows(kind, hyper, rows, grads, finite)
-        _bump(token)
-        return torch.tensor([with_row - bad, bad], dtype=torch.int64, device=token.device)
 
     def _merged_pending(self):
         """The pending gradients with each row once (summed in backward order), as C++'s
@@ -201,9 +189,8 @@ class LookupOps:
         return torch.tensor([applied, nonfinite], dtype=torch.int64, device=token.device)
 
     @table_op
-    def clear_pending(self, token) -> None:
+    def clear_pending(self) -> None:
         self._clear_pending()
-        _bump(token)
 
     # ---- ids -> rows ----
     @table_op

@@ -12,6 +12,8 @@ import weakref
 import torch
 
 from recis.gpu import jagged
+from recis.gpu.jagged import MAX_VALUES, check_device, check_ids, check_layout, check_offsets, check_weights
+from recis.gpu.lookup import HYPER_SIZES
 
 _TABLES: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _handles = itertools.count(-1, -1)
@@ -42,25 +44,156 @@ def _cuda_kernel(name: str):
     return register_kernel
 
 
+# ---- the lookup ops: lists of tables (see csrc/ops/table_ops.h for the layout), each table's
+# share run by its TritonTable, one table after the other.
+
+def _bump(tokens) -> None:
+    for token in tokens:
+        if token.numel() > 0:
+            token.add_(1)
+
+
+def _tables(tokens, handles):
+    """The TritonTables of a list-taking op: distinct, one token each (or no tokens at all)."""
+    if not handles:
+        raise ValueError("recis: a table op needs at least one table")
+    if tokens and len(tokens) != len(handles):
+        raise ValueError(f"recis: {len(tokens)} tokens for {len(handles)} tables; pass one token per table")
+    if len(set(handles)) != len(handles):
+        dup = next(h for h in handles if list(handles).count(h) > 1)
+        raise ValueError(f"recis: table handle {dup} appears twice in one call")
+    return [triton_table(h) for h in handles]
+
+
+def _layouts(tables, feature_ns, batch, col_offsets, out_cols, combiners, offsets, n):
+    """Per table (feature_ns, col_offsets, combiner, start, end of its output block), checked;
+    and the flat output's size."""
+    T = len(tables)
+    if len(combiners) != T:
+        raise ValueError(f"recis: {len(combiners)} combiners for {T} tables; pass one per table")
+    if not feature_ns or len(feature_ns) % T:
+        raise ValueError(f"recis: feature_ns has {len(feature_ns)} entries; expected one per feature per table "
+                         f"({T} tables)")
+    if len(col_offsets) != len(feature_ns):
+        raise ValueError("recis: col_offsets needs one entry per feature per table")
+    if out_cols < 0:
+        raise ValueError(f"recis: out_cols must be >= 0, got {out_cols}")
+    F = len(feature_ns) // T
+    end = batch * out_cols
+    layouts = []
+    for t, (table, c) in enumerate(zip(tables, combiners)):
+        if c not in (0, 1, 2):
+            raise ValueError(f"recis: unknown combiner code {c}")
+        fns, cols = list(feature_ns[t * F:(t + 1) * F]), list(col_offsets[t * F:(t + 1) * F])
+        check_layout(fns, batch, cols, offsets)
+        if c == 2:
+            layouts.append((fns, cols, c, end, end + n * table.dim))
+            end += n * table.dim
+        else:
+            for f, (ns, col) in enumerate(zip(fns, cols)):
+                if ns >= 0 and (col < 0 or col + table.dim > out_cols):
+                    raise ValueError(f"recis: feature {f} of table {t} lands in columns [{col}, {col + table.dim}) "
+                                     f"outside the {out_cols} output columns")
+            layouts.append((fns, cols, c, 0, batch * out_cols))
+    return layouts, end
+
+
+def _block(flat, batch, out_cols, layout, n, dim):
+    """A table's block of a flat lookup output (or its gradient)."""
+    fns, cols, c, start, end = layout
+    return flat[start:end].view(n, dim) if c == 2 else flat[:batch * out_cols].view(batch, out_cols)
+
+
 @_cuda_kernel("lookup_forward")
-def lookup_forward(token, table, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols, combiner,
+def lookup_forward(tokens, tables, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols, combiners,
                    lookup_mode):
-    return triton_table(table).lookup_forward(token, values, offsets, weights, feature_ns, batch_size, col_offsets,
-                                              out_cols, combiner, lookup_mode)
+    tabs = _tables(tokens, tables)
+    dev = tabs[0].device
+    check_ids(values, "values", dev)
+    check_ids(offsets, "offsets", dev)
+    if lookup_mode not in (0, 1, 2):
+        raise ValueError(f"recis: unknown lookup mode {lookup_mode}")
+    values, offsets = values.contiguous(), offsets.contiguous()
+    n = values.shape[0]
+    layouts, size = _layouts(tabs, feature_ns, batch_size, col_offsets, out_cols, combiners, offsets, n)
+    if n > MAX_VALUES:
+        raise ValueError("recis: at most 2^31 - 1 values per call")
+    w = check_weights(weights, n, dev)
+    for table, (fns, _, _, _, _) in zip(tabs, layouts):
+        for f in fns:
+            if f >= 0:
+                table.check_ns(f)
+    check_offsets(offsets, n)
+    T = len(tabs)
+    out = torch.empty(size, device=dev)
+    unique_rows = torch.empty(T, n, dtype=torch.int64, device=dev)
+    inverse = torch.empty(T, n, dtype=torch.int32, device=dev)
+    covered = sum(t.dim for t, lay in zip(tabs, layouts) if lay[2] != 2 for f in lay[0] if f >= 0)
+    if covered != out_cols:
+        out[:batch_size * out_cols].zero_()  # columns no table writes are 0
+    for t, (table, lay) in enumerate(zip(tabs, layouts)):
+        table.lookup_into(values, offsets, w, lay[0], batch_size, lay[1], out_cols if lay[2] != 2 else table.dim,
+                          lay[2], lookup_mode, _block(out, batch_size, out_cols, lay, n, table.dim), unique_rows[t],
+                          inverse[t])
+    _bump(tokens)
+    return out, unique_rows, inverse
+
+
+def _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
+                     col_offsets, out_cols, combiners):
+    tabs = _tables(tokens, tables)
+    dev = tabs[0].device
+    check_device(grad_out, "the output gradient", dev)
+    if grad_out.dtype != torch.float32:
+        raise TypeError(f"recis: output gradient must be float32, got {grad_out.dtype}")
+    T = len(tabs)
+    if inverse.dim() != 2 or inverse.shape[0] != T or inverse.dtype != torch.int32:
+        raise ValueError(f"recis: inverse must be int32 [{T}, n], got {inverse.dtype} {list(inverse.shape)}")
+    if unique_rows.shape != inverse.shape or unique_rows.dtype != torch.int64:
+        raise ValueError(f"recis: unique_rows must be int64 with the shape of inverse {list(inverse.shape)}, got "
+                         f"{list(unique_rows.shape)}")
+    n = inverse.shape[1]
+    layouts, size = _layouts(tabs, feature_ns, batch_size, col_offsets, out_cols, combiners, offsets, n)
+    if grad_out.numel() != size:
+        raise ValueError(f"recis: the output gradient has {grad_out.numel()} elements; the lookup's output had {size}")
+    grad = grad_out.contiguous().view(-1)
+    w = check_weights(weights, n, dev)
+    return tabs, layouts, grad, w, n
 
 
 @_cuda_kernel("lookup_backward")
-def lookup_backward(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
-                    col_offsets, combiner):
-    triton_table(table).lookup_backward(token, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
-                                        batch_size, col_offsets, combiner)
+def lookup_backward(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
+                    col_offsets, out_cols, combiners):
+    tabs, layouts, grad, w, n = _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, inverse,
+                                                 feature_ns, batch_size, col_offsets, out_cols, combiners)
+    for t, (table, lay) in enumerate(zip(tabs, layouts)):
+        table.backward_into(_block(grad, batch_size, out_cols, lay, n, table.dim), offsets, w, unique_rows[t],
+                            inverse[t], lay[0], batch_size, lay[1], lay[2])
+    _bump(tokens)
 
 
 @_cuda_kernel("lookup_backward_apply")
-def lookup_backward_apply(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
-                          col_offsets, combiner, kind, hyper):
-    return triton_table(table).lookup_backward_apply(token, grad_out, offsets, weights, unique_rows, inverse,
-                                                     feature_ns, batch_size, col_offsets, combiner, kind, hyper)
+def lookup_backward_apply(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
+                          col_offsets, out_cols, combiners, kinds, hyper):
+    tabs, layouts, grad, w, n = _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, inverse,
+                                                 feature_ns, batch_size, col_offsets, out_cols, combiners)
+    if len(kinds) != len(tabs):
+        raise ValueError(f"recis: {len(kinds)} optimizer kinds for {len(tabs)} tables; pass one per table")
+    hypers, at = [], 0
+    for kind in kinds:
+        if kind not in HYPER_SIZES:
+            raise ValueError(f"unknown optimizer kind {kind}")
+        hypers.append(list(hyper[at:at + HYPER_SIZES[kind]]))
+        at += HYPER_SIZES[kind]
+    if at != len(hyper):
+        raise ValueError(f"recis: hyper has {len(hyper)} entries; the optimizer kinds {list(kinds)} take {at}")
+    for table, kind, h in zip(tabs, kinds, hypers):  # bad hyperparameters fail before any work
+        table.check_fused(kind, h)
+    counts = [table.backward_apply_into(_block(grad, batch_size, out_cols, lay, n, table.dim), offsets, w,
+                                        unique_rows[t], inverse[t], lay[0], batch_size, lay[1], lay[2], kind, h)
+              for t, (table, lay, kind, h) in enumerate(zip(tabs, layouts, kinds, hypers))]
+    _bump(tokens)
+    return torch.stack(counts).to(torch.int64)
 
 
 @_cuda_kernel("apply_update")
@@ -69,8 +202,10 @@ def apply_update(token, table, kind, hyper, skip_nonfinite):
 
 
 @_cuda_kernel("clear_pending")
-def clear_pending(token, table):
-    triton_table(table).clear_pending(token)
+def clear_pending(tokens, tables):
+    for table in _tables(tokens, tables):
+        table.clear_pending()
+    _bump(tokens)
 
 
 @_cuda_kernel("find")

@@ -1,8 +1,9 @@
 """EmbeddingCollection: many hash tables behind one KeyedJaggedTensor.
 
 Tables with the same config (dim, combiner, initializer, admission, eviction, capacity, missing,
-dtype) share one physical TableGroup and one fused kernel call per step; each keeps its own
-64-bit id space and seed.
+dtype) share one physical TableGroup; each keeps its own 64-bit id space and seed. A step makes
+one lookup op call for all the groups (and its backward one call: the fused optimizer update, or
+the gradients kept for step()).
 
 >>> from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 >>> ec = EmbeddingCollection([TableConfig("user", 8, ["user_id"]), TableConfig("item", 8, ["item_id"])])
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from recis._ops import COMBINERS
-from recis.nn.functional import check_jagged
+from recis.nn.functional import Layout, check_jagged, hash_lookup, output_blocks
 from recis.config_utils import bounded, check_value, rule_of
 from recis.nn.hash_table import (CAPACITY_RANGE, DIM_RANGE, SEED_RANGE, EvictionArg, HashTable, TableGroup,
                                  resolve_capacity, split_eviction)
@@ -136,6 +137,7 @@ class EmbeddingCollection(nn.Module):
         if output == "keyed" and any(comb is None for comb, _, _ in self._plans):
             raise ValueError("output='keyed' needs pooled tables; use output='dict' with combiner=None tables")
         self._tables = {t.name: t for g in self.groups for t in g.tables}
+        self._layouts: Dict[tuple, Layout] = {}  # lookup layout per KeyedJaggedTensor key order
         served = set(self.feature_names())
         if not isinstance(extra_keys, str) and served.intersection(extra_keys):
             raise ValueError(f"extra_keys lists {sorted(served.intersection(extra_keys))}, which tables serve")
@@ -169,35 +171,68 @@ class EmbeddingCollection(nn.Module):
         values = check_jagged(features.values(), offsets, weights, device, what)
         return keys, index, features.stride(), offsets, values, weights
 
+    def _layout(self, keys) -> Layout:
+        """The lookup op's layout for a batch with `keys`: the pooled groups' columns side by side
+        in group order (the KeyedTensor's values), each unpooled group's own block after them."""
+        key = tuple(keys)
+        layout = None if torch.compiler.is_compiling() else self._layouts.get(key)
+        if layout is not None:
+            return layout
+        index = {k: i for i, k in enumerate(keys)}
+        feature_ns, col_offsets, combiners, base = [], [], [], 0
+        for group, (combiner, cols, out_cols) in zip(self.groups, self._plans):
+            ns_of, col_of = [-1] * len(keys), [0] * len(keys)
+            for f, ns, col in cols:
+                ns_of[index[f]] = ns
+                col_of[index[f]] = col + (base if combiner is not None else 0)
+            feature_ns += ns_of
+            col_offsets += col_of
+            combiners.append(COMBINERS[combiner])
+            base += out_cols if combiner is not None else 0
+        layout = Layout(feature_ns, col_offsets, base, combiners)
+        if not torch.compiler.is_compiling():
+            self._layouts[key] = layout
+        return layout
+
     def forward(self, features):
         keys, index, batch, offsets, values, weights = self._checked_input(features, self.groups[0].device)
-        pooled, unpooled = [], {}
-        for group, (combiner, cols, out_cols) in zip(self.groups, self._plans):
-            feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)
-            for f, ns, col in cols:
-                feature_ns[index[f]], col_offsets[index[f]] = ns, col
-            out = group.lookup(values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
-                               COMBINERS[combiner], self.training)
+        if self.training:
+            for group in self.groups:
+                if group.ttl is not None:
+                    group._tick_eviction()
+        layout = self._layout(keys)
+        out = hash_lookup(self.groups, values, offsets, weights, layout, batch, self.training)
+        blocks = output_blocks(out, self.groups, layout, batch, values.shape[0])
+        pooled_block, feats, dims, unpooled = None, [], [], {}
+        for group, block, (combiner, cols, _) in zip(self.groups, blocks, self._plans):
             if combiner is None:
                 for f, _, _ in cols:
                     i = index[f]
-                    unpooled[f] = (out, int(offsets[i * batch]), int(offsets[(i + 1) * batch]), i)
-            else:
-                pooled.append((out, [f for f, _, _ in cols], group.embedding_dim))
+                    unpooled[f] = (block, int(offsets[i * batch]), int(offsets[(i + 1) * batch]), i)
+            else:  # the pooled groups share one block, their columns side by side
+                pooled_block = block
+                feats += [f for f, _, _ in cols]
+                dims += [group.embedding_dim] * len(cols)
+        pooled = [(pooled_block, feats, dims)] if feats else []
         return self._assemble(features, batch, pooled, unpooled)
 
     def _assemble(self, features, batch, pooled, unpooled):
+        """The module's output: `pooled` holds (out [batch, columns], features, dim) entries (dim:
+        one width for all its features, or a list of one per feature), whose columns are the
+        features side by side; `unpooled` maps a feature to (out [n, dim], start, end, position)."""
         from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 
+        widths = [[d] * len(fs) if isinstance(d, int) else list(d) for _, fs, d in pooled]
         if self.output == "keyed":
             values = pooled[0][0] if len(pooled) == 1 else torch.cat([p[0] for p in pooled], dim=1)
             keys = [f for _, fs, _ in pooled for f in fs]
-            lengths = [d for _, fs, d in pooled for _ in fs]
-            return KeyedTensor(keys=keys, length_per_key=lengths, values=values, key_dim=1)
+            return KeyedTensor(keys=keys, length_per_key=[w for ws in widths for w in ws], values=values, key_dim=1)
         result = {}
-        for out, fs, dim in pooled:
-            for j, f in enumerate(fs):
-                result[f] = out[:, j * dim:(j + 1) * dim]
+        for (out, fs, _), ws in zip(pooled, widths):
+            col = 0
+            for f, w in zip(fs, ws):
+                result[f] = out[:, col:col + w]
+                col += w
         lengths = features.lengths()
         for f, (out, start, end, i) in unpooled.items():
             result[f] = JaggedTensor(values=out[start:end], lengths=lengths[i * batch:(i + 1) * batch])

@@ -1,13 +1,14 @@
 """Functional layer: input checks and the autograd.Function around the fused lookup ops."""
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 
-from recis._ops import kernels
+from recis._ops import COMBINERS, kernels
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
 LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
+UNPOOLED = COMBINERS[None]
 
 
 def as_ids(ids, what: str) -> torch.Tensor:
@@ -47,16 +48,28 @@ def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[
     return values
 
 
+class Layout(NamedTuple):
+    """Where a lookup op call reads and writes (recis::lookup_forward): per table (group) of the
+    call its feature namespaces and output columns (F entries each, concatenated), the pooled
+    block's width and each table's combiner code."""
+    feature_ns: List[int]
+    col_offsets: List[int]
+    out_cols: int
+    combiners: List[int]
+
+
 class _HashLookup(torch.autograd.Function):
-    """Forward: dedup + find-or-insert + pooled lookup in one op. Backward: per-unique-row
-    gradients into the table's pending buffer, which the sparse optimizer applies in place."""
+    """Forward: dedup + find-or-insert + pooled lookup of every group in one op call. Backward: one
+    call for the groups whose optimizer is fused (their rows are updated right away) and one for
+    the others (per-unique-row gradients into each table's pending buffer, which the sparse
+    optimizer applies in place): one call in all when every group is of one kind."""
 
     @staticmethod
-    def forward(ctx, anchor, token, handle, group, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
-                combiner):
-        out, unique_rows, inverse = kernels(group).lookup_forward(
-            token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
-            LOOKUP_TRAIN_WITH_GRAD)
+    def forward(ctx, groups, layout, values, offsets, weights, batch, *anchors_and_tokens):
+        tokens = list(anchors_and_tokens[len(groups):])
+        out, unique_rows, inverse = kernels(groups[0]).lookup_forward(
+            tokens, [g.handle for g in groups], values, offsets, weights, layout.feature_ns, batch,
+            layout.col_offsets, layout.out_cols, layout.combiners, LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
         if not torch.compiler.is_compiling():
             # unique_rows carries the forward's hold on its rows (see lookup_forward): the saved
@@ -64,8 +77,7 @@ class _HashLookup(torch.autograd.Function):
             # even when a saved-tensor hook (offloading, activation checkpointing) copies or
             # drops the saved tensor.
             ctx.rows_hold = unique_rows
-        ctx.token, ctx.handle, ctx.group = token, handle, group
-        ctx.args = (feature_ns, batch, col_offsets, combiner)
+        ctx.groups, ctx.tokens, ctx.layout, ctx.batch = groups, tokens, layout, batch
         # The data-dependent outputs are returned too (non-differentiable), so torch.compile
         # sees where their dynamic sizes come from.
         ctx.mark_non_differentiable(unique_rows, inverse)
@@ -74,29 +86,83 @@ class _HashLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _unique_grad=None, _inverse_grad=None):
         offsets, weights, unique_rows, inverse = ctx.saved_tensors
-        feature_ns, batch, col_offsets, combiner = ctx.args
-        group = ctx.group
-        fused = None if torch.compiler.is_compiling() else group.fused_update()
-        if not torch.compiler.is_compiling():
+        groups, tokens, layout, batch = ctx.groups, ctx.tokens, ctx.layout, ctx.batch
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
             ctx.rows_hold = None  # the saved tensor (or the caller of another backward) holds on
-        if fused is not None:
-            fused.fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                                 col_offsets, combiner)
-        else:
-            kernels(group).lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse,
-                                           feature_ns, batch, col_offsets, combiner)
-        return (None,) * 12
+        fused = [False] * len(groups) if compiling else [g.fused_update() is not None for g in groups]
+        for sel in (True, False):
+            idx = [i for i, f in enumerate(fused) if f == sel]
+            if not idx:
+                continue
+            part = idx if len(idx) < len(groups) else None
+            args = _subset(part, groups, tokens, layout, unique_rows, inverse)
+            if sel:
+                fused_backward(args[0], args[1], grad_out, offsets, weights, args[3], args[4], args[2], batch)
+            else:
+                gs, toks, lay, rows, inv = args
+                kernels(gs[0]).lookup_backward(toks, [g.handle for g in gs], grad_out, offsets, weights, rows, inv,
+                                               lay.feature_ns, batch, lay.col_offsets, lay.out_cols, lay.combiners)
+        return (None,) * (6 + 2 * len(groups))
 
 
-def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
-                feature_ns: List[int], batch: int, col_offsets: List[int], out_cols: int, combiner: int,
-                train: bool) -> torch.Tensor:
-    """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
+def _subset(idx, groups, tokens, layout, unique_rows, inverse):
+    """(groups, tokens, layout, unique_rows, inverse) of the groups `idx` of a call (None: all)."""
+    if idx is None:
+        return groups, tokens, layout, unique_rows, inverse
+    F = len(layout.feature_ns) // len(groups)
+    pick = lambda xs: [x for i in idx for x in xs[i * F:(i + 1) * F]]  # noqa: E731
+    lay = Layout(pick(layout.feature_ns), pick(layout.col_offsets), layout.out_cols,
+                 [layout.combiners[i] for i in idx])
+    rows = torch.tensor(idx, device=unique_rows.device)
+    return ([groups[i] for i in idx], [tokens[i] for i in idx], lay, unique_rows.index_select(0, rows),
+            inverse.index_select(0, rows))
+
+
+@torch.no_grad()
+def fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout: Layout,
+                   batch: int) -> None:
+    """The backward of groups whose sparse optimizer is fused: one op call sums and applies each
+    unique row's gradient (each group with its own optimizer's kind and hyperparameters)."""
+    opts = [g.fused_update() for g in groups]
+    kinds, hyper = [], []
+    for g, opt in zip(groups, opts):
+        kind, h = opt.fused_update_args(g)
+        kinds.append(kind)
+        hyper.extend(h)
+    counts = kernels(groups[0]).lookup_backward_apply(
+        tokens, [g.handle for g in groups], grad_out, offsets, weights, unique_rows, inverse, layout.feature_ns,
+        batch, layout.col_offsets, layout.out_cols, layout.combiners, kinds, hyper).tolist()
+    for g, opt, (applied, nonfinite) in zip(groups, opts, counts):
+        if nonfinite:
+            opt.report_fused_nonfinite(g, nonfinite, applied)
+
+
+def hash_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                layout: Layout, batch: int, train: bool) -> torch.Tensor:
+    """Looks up a (KeyedJaggedTensor-ordered) jagged batch in the table groups `groups` (one
+    backend and device) with one op call; differentiable in training. Returns the op's flat
+    output (see `output_blocks`)."""
     if train and torch.is_grad_enabled():
-        out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, group, values, offsets, weights,
-                                      feature_ns, batch, col_offsets, out_cols, combiner)
+        out, _, _ = _HashLookup.apply(tuple(groups), layout, values, offsets, weights, batch,
+                                      *(g.anchor for g in groups), *(g.token for g in groups))
         return out
     mode = LOOKUP_TRAIN if train else LOOKUP_EVAL
-    out, _, _ = kernels(group).lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
-                                              col_offsets, out_cols, combiner, mode)
+    out, _, _ = kernels(groups[0]).lookup_forward([g.token for g in groups], [g.handle for g in groups], values,
+                                                  offsets, weights, layout.feature_ns, batch, layout.col_offsets,
+                                                  layout.out_cols, layout.combiners, mode)
     return out
+
+
+def output_blocks(out: torch.Tensor, groups, layout: Layout, batch: int, n: int) -> List[torch.Tensor]:
+    """Each group's output in a lookup's flat output: a [batch, out_cols] view of the pooled block
+    (shared by the pooled groups) or the group's own [n, dim] block."""
+    pooled_end = batch * layout.out_cols
+    blocks, at = [], pooled_end
+    for g, c in zip(groups, layout.combiners):
+        if c == UNPOOLED:
+            blocks.append(out[at:at + n * g.embedding_dim].view(n, g.embedding_dim))
+            at += n * g.embedding_dim
+        else:
+            blocks.append(out[:pooled_end].view(batch, layout.out_cols))
+    return blocks

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from recis.config_utils import Range, check_value
-from recis._ops import COMBINERS, INIT_KINDS, kernels, new_table
-from recis.nn.functional import LOOKUP_EVAL, as_ids, hash_lookup
+from recis._ops import INIT_KINDS, kernels, new_table
+from recis.nn.functional import LOOKUP_EVAL, UNPOOLED, Layout, as_ids, hash_lookup, output_blocks
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
@@ -256,9 +256,14 @@ class TableGroup:
 
     # ---- lookups ----
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
+        """This group's pooled [batch, out_cols] (or, unpooled, [n, dim]) lookup of a jagged batch:
+        the lookup op with a list of one table (an EmbeddingCollection calls it once for all)."""
         if train and self.ttl is not None:
             self._tick_eviction()
-        return hash_lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train)
+        unpooled = combiner == UNPOOLED
+        layout = Layout(list(feature_ns), list(col_offsets), 0 if unpooled else out_cols, [combiner])
+        out = hash_lookup([self], values, offsets, weights, layout, batch, train)
+        return output_blocks(out, [self], layout, batch, values.shape[0])[0]
 
     @torch.compiler.disable
     def _tick_eviction(self) -> None:
@@ -385,10 +390,9 @@ class HashTable:
         The same kernel as an eval-mode forward with no pooling; nothing in the table changes."""
         ids = self._ids(ids)
         offsets = torch.tensor([0, ids.numel()], dtype=torch.int64, device=ids.device)
-        out, _, _ = kernels(self.group).lookup_forward(self.group.token, self.group.handle, ids, offsets, None,
-                                                       [self.ns], 1, [0], self.embedding_dim, COMBINERS[None],
-                                                       LOOKUP_EVAL)
-        return out
+        out, _, _ = kernels(self.group).lookup_forward([self.group.token], [self.group.handle], ids, offsets, None,
+                                                       [self.ns], 1, [0], 0, [UNPOOLED], LOOKUP_EVAL)
+        return out.view(ids.numel(), self.embedding_dim)
 
     def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The deterministic initial rows of `ids` (what a fresh insert would get)."""

@@ -102,18 +102,15 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                     self._report_nonfinite(table, nonfinite, applied)
         return loss
 
-    @torch.no_grad()
-    def fused_backward(self, table: TableGroup, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-                       col_offsets, combiner) -> None:
-        """Called from the lookup's backward in fused mode: sums and applies each row's gradient."""
+    def fused_update_args(self, table: TableGroup):
+        """(kind code, hyperparameters) of this backward's fused update of `table` (one more
+        optimizer step for it): what recis.nn.functional.fused_backward passes to the op."""
         pg = self._group_of[id(table.anchor)]
         table.optimizer_step += 1
-        applied, nonfinite = kernels(table).lookup_backward_apply(
-            table.token, table.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
-            col_offsets, combiner, OPTIM_KINDS[self.kind],
-            [float(h) for h in self.hyper(pg, table.optimizer_step)]).tolist()
-        if nonfinite:
-            self._report_nonfinite(table, nonfinite, applied, fused=True)
+        return OPTIM_KINDS[self.kind], [float(h) for h in self.hyper(pg, table.optimizer_step)]
+
+    def report_fused_nonfinite(self, table: TableGroup, nonfinite: int, applied: int) -> None:
+        self._report_nonfinite(table, nonfinite, applied, fused=True)
 
     def _report_nonfinite(self, table: TableGroup, nonfinite: int, applied: int, fused: bool = False) -> None:
         self.nonfinite_rows += nonfinite
@@ -131,5 +128,10 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
+        # One clear_pending call per backend and device, for the tables that hold gradients.
+        holding: Dict[tuple, List[TableGroup]] = {}
         for table in self._tables:
-            kernels(table).clear_pending(table.token, table.handle)
+            if table.pending_rows():
+                holding.setdefault((table.backend, table.device), []).append(table)
+        for tables in holding.values():
+            kernels(tables[0]).clear_pending([t.token for t in tables], [t.handle for t in tables])
