@@ -95,28 +95,32 @@ class _HashLookup(torch.autograd.Function):
             idx = [i for i, f in enumerate(fused) if f == sel]
             if not idx:
                 continue
-            part = idx if len(idx) < len(groups) else None
-            args = _subset(part, groups, tokens, layout, unique_rows, inverse)
+            gs, toks, lay, grad, rows, inv = _subset(None if len(idx) == len(groups) else idx, groups, tokens,
+                                                     layout, grad_out, unique_rows, inverse, batch)
             if sel:
-                fused_backward(args[0], args[1], grad_out, offsets, weights, args[3], args[4], args[2], batch)
+                fused_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch)
             else:
-                gs, toks, lay, rows, inv = args
-                kernels(gs[0]).lookup_backward(toks, [g.handle for g in gs], grad_out, offsets, weights, rows, inv,
+                kernels(gs[0]).lookup_backward(toks, [g.handle for g in gs], grad, offsets, weights, rows, inv,
                                                lay.feature_ns, batch, lay.col_offsets, lay.out_cols, lay.combiners)
         return (None,) * (6 + 2 * len(groups))
 
 
-def _subset(idx, groups, tokens, layout, unique_rows, inverse):
-    """(groups, tokens, layout, unique_rows, inverse) of the groups `idx` of a call (None: all)."""
+def _subset(idx, groups, tokens, layout, grad_out, unique_rows, inverse, batch):
+    """(groups, tokens, layout, output gradient, unique_rows, inverse) of the groups `idx` of a call
+    (None: all of them). The gradient keeps the pooled block and the chosen unpooled blocks."""
     if idx is None:
-        return groups, tokens, layout, unique_rows, inverse
+        return groups, tokens, layout, grad_out, unique_rows, inverse
     F = len(layout.feature_ns) // len(groups)
     pick = lambda xs: [x for i in idx for x in xs[i * F:(i + 1) * F]]  # noqa: E731
     lay = Layout(pick(layout.feature_ns), pick(layout.col_offsets), layout.out_cols,
                  [layout.combiners[i] for i in idx])
+    flat = grad_out.reshape(-1)
+    blocks = output_blocks(flat, groups, layout, batch, inverse.shape[1])
+    parts = [flat[:batch * layout.out_cols]] + [blocks[i].reshape(-1) for i in idx
+                                                 if layout.combiners[i] == UNPOOLED]
     rows = torch.tensor(idx, device=unique_rows.device)
-    return ([groups[i] for i in idx], [tokens[i] for i in idx], lay, unique_rows.index_select(0, rows),
-            inverse.index_select(0, rows))
+    return ([groups[i] for i in idx], [tokens[i] for i in idx], lay, torch.cat(parts),
+            unique_rows.index_select(0, rows), inverse.index_select(0, rows))
 
 
 @torch.no_grad()
