@@ -4,6 +4,7 @@ zero_grad, timed as the median of the main thread's CPU time per step (a loaded 
 disturbs it less than wall time), plus wall time.
 
     python benchmarks/collection_calls.py --groups 4 --batch 256 --steps 400 --repeats 3
+    python benchmarks/collection_calls.py --groups 1 --tables-per-group 1 --batch 1 --vocab 100   # fixed cost
 """
 import argparse
 import json
@@ -52,6 +53,7 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--vocab", type=int, default=100_000, help="ids drawn uniformly from [0, vocab)")
     p.add_argument("--deferred", action="store_true", help="deferred optimizer (step()) instead of fused")
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -59,7 +61,7 @@ def main():
     torch.manual_seed(0)
     ec = build(a.groups, a.tables_per_group)
     opt = SparseRowwiseAdagrad(ec, lr=0.05, fused=not a.deferred)
-    data = batches(ec.feature_names(), a.batch, 50, 100_000)
+    data = batches(ec.feature_names(), a.batch, 50, a.vocab)
     cpu, wall = [], []
     for _ in range(a.repeats):
         c_gaps, w_gaps = [], []

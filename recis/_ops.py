@@ -69,17 +69,23 @@ def table_dim(handle: int) -> int:
     return dim
 
 
-def lookup_output_size(tables, n: int, batch_size: int, out_cols: int, combiners) -> int:
-    """Elements of a lookup op's flat output: the pooled tables' [batch, out_cols] block, then an
-    [n, dim] block per unpooled table (recis::lookup_forward)."""
-    return batch_size * out_cols + sum(n * table_dim(t) for t, c in zip(tables, combiners) if c == COMBINERS[None])
+def lookup_output_shape(tables, n, batch_size: int, out_cols: int, combiners) -> tuple:
+    """Shape of a lookup op's output (recis::lookup_forward): the pooled tables' [batch, out_cols]
+    block, then an [n, dim] block per unpooled table; flat unless it is one block ([batch, out_cols]
+    when every table is pooled, [n, dim] for one unpooled table alone)."""
+    dims = [table_dim(t) for t, c in zip(tables, combiners) if c == COMBINERS[None]]
+    if not dims:
+        return (batch_size, out_cols)
+    if len(tables) == 1 and batch_size * out_cols == 0:
+        return (n, dims[0])
+    return (batch_size * out_cols + sum(n * d for d in dims),)
 
 
 @torch.library.register_fake("recis::lookup_forward")
 def _lookup_forward_fake(tokens, tables, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols,
                          combiners, lookup_mode):
     n, T = values.shape[0], len(tables)
-    out = values.new_empty((lookup_output_size(tables, n, batch_size, out_cols, combiners),), dtype=torch.float32)
+    out = values.new_empty(lookup_output_shape(tables, n, batch_size, out_cols, combiners), dtype=torch.float32)
     return out, values.new_empty((T, n), dtype=torch.int64), values.new_empty((T, n), dtype=torch.int32)
 
 

@@ -193,3 +193,24 @@ def test_triton_tables_take_the_same_single_call():
         oa, ob = torch.argsort(a["ids"]), torch.argsort(b["ids"])
         for k in ("ids", "rows", "slots"):
             assert torch.equal(a[k][oa], b[k][ob]), (name, k)
+
+
+def test_fake_kernel_shapes_of_a_multi_table_call():
+    """The fake kernel gives the real kernel's shapes: flat with several blocks, else the block."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    full, _ = _collections()
+    kjt = _batches(n=1)[0]
+    groups = full.groups
+    layout = full._layout(kjt.keys())
+    args = (kjt.values(), kjt.offsets(), None, layout.feature_ns, kjt.stride(), layout.col_offsets, layout.out_cols,
+            layout.combiners, 0)
+    real = torch.ops.recis.lookup_forward([g.token for g in groups], [g.handle for g in groups], *args)
+    with FakeTensorMode(shape_env=ShapeEnv()) as mode:
+        fake = torch.ops.recis.lookup_forward([mode.from_tensor(g.token) for g in groups],
+                                              [g.handle for g in groups], mode.from_tensor(args[0]),
+                                              mode.from_tensor(args[1]), *args[2:])
+    n, batch = kjt.values().numel(), kjt.stride()
+    assert real[0].shape == fake[0].shape == (batch * layout.out_cols + n * 3,)  # pooled block + e's [n, 3]
+    assert real[1].shape == fake[1].shape == real[2].shape == (4, n)

@@ -202,7 +202,7 @@ def test_opcheck_lookup_backward_and_update():
     values, offsets = torch.tensor([1, 2, 3, 2]), torch.tensor([0, 2, 4])
     out, unique, inverse = ops.lookup_forward([g.token], [g.handle], values, offsets, None, [0], 2, [0], 4, [0], 1)
     torch.library.opcheck(ops.lookup_backward.default,
-                          ([g.token], [g.handle], torch.ones(8), offsets, None, unique, inverse, [0], 2, [0], 4, [0]),
+                          ([g.token], [g.handle], torch.ones(2, 4), offsets, None, unique, inverse, [0], 2, [0], 4, [0]),
                           test_utils=("test_schema", "test_faketensor"))
     g._impl.set_slots(0, [], True)  # SGD layout
     torch.library.opcheck(ops.apply_update.default, (g.token, g.handle, 0, [0.1, 0.0], False),

@@ -92,7 +92,7 @@ def test_fake_lookup_forward_pooled(combiner, batch):
         weights = torch.empty(values.shape[0], dtype=torch.float32)
         out, unique, inverse = ops.lookup_forward([token], [h], values, offsets, weights, [0], batch, [0], 6,
                                                   [combiner], 1)
-        assert out.shape == (batch * 6,) and out.dtype == torch.float32  # the flat [batch, out_cols] block
+        assert out.shape == (batch, 6) and out.dtype == torch.float32
         assert unique.dim() == 2 and unique.dtype == torch.int64
         # either a data-dependent size (the unique rows) or a static one slot per value
         assert _is_dynamic(unique.shape[1]) or unique.shape == (1, values.shape[0]), unique.shape
@@ -109,7 +109,7 @@ def test_fake_lookup_forward_multi_feature_out_cols():
         offsets = torch.empty(3 * 2 + 1, dtype=torch.int64)
         out, unique, inverse = ops.lookup_forward([token], [emb.group.handle], values, offsets, None, [0, -1, 0],
                                                   2, [0, 0, 4], 8, [0], 0)
-        assert out.shape == (2 * 8,) and out.dtype == torch.float32
+        assert out.shape == (2, 8) and out.dtype == torch.float32
         assert inverse.shape == (1, 9) and inverse.dtype == torch.int32
 
 
@@ -121,7 +121,7 @@ def test_fake_lookup_forward_unpooled():
         offsets = torch.empty(4, dtype=torch.int64)
         out, unique, inverse = ops.lookup_forward([token], [emb.group.handle], values, offsets, None, [0], 3, [0], 0,
                                                   [2], 1)
-        assert out.shape == (11 * 5,) and out.dtype == torch.float32  # the table's flat [n, dim] block
+        assert out.shape == (11, 5) and out.dtype == torch.float32
         assert inverse.shape == (1, 11) and inverse.dtype == torch.int32
 
 
@@ -157,10 +157,10 @@ def test_fake_table_ops_shapes_and_no_side_effects():
         res = ops.apply_update(token, h, 0, [0.1, 0.0], False)
         assert res.shape == (2,) and res.dtype == torch.int64
         assert ops.clear_pending([token], [h]) is None
-        assert ops.lookup_backward([token], [h], torch.empty(12), torch.empty(3, dtype=torch.int64), None,
+        assert ops.lookup_backward([token], [h], torch.empty(2, 6), torch.empty(3, dtype=torch.int64), None,
                                    torch.empty(1, 5, dtype=torch.int64), torch.empty(1, 5, dtype=torch.int32), [0], 2,
                                    [0], 6, [0]) is None
-        res = ops.lookup_backward_apply([token], [h], torch.empty(12), torch.empty(3, dtype=torch.int64), None,
+        res = ops.lookup_backward_apply([token], [h], torch.empty(2, 6), torch.empty(3, dtype=torch.int64), None,
                                         torch.empty(1, 5, dtype=torch.int64), torch.empty(1, 5, dtype=torch.int32),
                                         [0], 2, [0], 6, [0], [0], [0.1, 0.0])
         assert res.shape == (1, 2) and res.dtype == torch.int64

@@ -104,6 +104,17 @@ int64_t place_unpooled(std::vector<TableLayout>& layouts, int64_t pooled_end, in
   return end;
 }
 
+// The lookup output's shape: [batch, out_cols] when every table is pooled, [n, dim] for one
+// unpooled table alone, else flat (several blocks).
+at::Tensor output_shape(const at::Tensor& out, const std::vector<TableLayout>& layouts, int64_t batch,
+                        int64_t out_cols, int64_t n) {
+  int64_t unpooled = 0;
+  for (const TableLayout& L : layouts) unpooled += L.combiner == 2;
+  if (unpooled == 0) return out.view({batch, out_cols});
+  if (unpooled == 1 && layouts.size() == 1 && batch * out_cols == 0) return out.view({n, layouts[0].out_cols});
+  return out;
+}
+
 // Runs body(t) for every table: in parallel over tables when there are at least as many tables
 // as threads (each table's kernels then run single-threaded), else one table after the other
 // (each table's kernels use the threads).
@@ -252,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tok
     unique_rows = leased(tables, unique_rows, steps);
   }
   bump_all(tokens);
-  return {out, unique_rows, inverse};
+  return {output_shape(out, layouts, batch, out_cols, n), unique_rows, inverse};
 }
 
 namespace {

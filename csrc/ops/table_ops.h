@@ -3,8 +3,10 @@
 // The lookup ops take a list of tables (one op call per EmbeddingCollection step; a single
 // table is a list of one). Table t reads the features whose feature_ns[t * F + f] >= 0 (F = the
 // number of features of the batch), lays them out by col_offsets[t * F + f] and pools by
-// combiners[t]. The output is one flat float tensor: the pooled tables' [batch, out_cols] block
-// (their columns side by side), then each unpooled table's [n, dim] block, in table order.
+// combiners[t]. The output holds the pooled tables' [batch, out_cols] block (their columns side by
+// side), then each unpooled table's [n, dim] block, in table order: flat, or shaped [batch, out_cols]
+// when every table is pooled and [n, dim] for a single unpooled table (out_cols 0). The backward
+// ops take its gradient in any shape with that many elements.
 // unique_rows [T, n] and inverse [T, n] hold each table's unique rows and inverse index.
 #pragma once
 #include <ATen/ATen.h>

@@ -136,6 +136,11 @@ def lookup_forward(tokens, tables, values, offsets, weights, feature_ns, batch_s
                           lay[2], lookup_mode, _block(out, batch_size, out_cols, lay, n, table.dim), unique_rows[t],
                           inverse[t])
     _bump(tokens)
+    unpooled = [lay for lay in layouts if lay[2] == 2]
+    if not unpooled:
+        out = out.view(batch_size, out_cols)
+    elif T == 1 and batch_size * out_cols == 0:
+        out = out.view(n, tabs[0].dim)
     return out, unique_rows, inverse
 
 

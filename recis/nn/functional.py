@@ -90,15 +90,15 @@ class _HashLookup(torch.autograd.Function):
         compiling = torch.compiler.is_compiling()
         if not compiling:
             ctx.rows_hold = None  # the saved tensor (or the caller of another backward) holds on
-        fused = [False] * len(groups) if compiling else [g.fused_update() is not None for g in groups]
+        opts = [None] * len(groups) if compiling else [g.fused_update() for g in groups]
         for sel in (True, False):
-            idx = [i for i, f in enumerate(fused) if f == sel]
+            idx = [i for i, o in enumerate(opts) if (o is not None) == sel]
             if not idx:
                 continue
             gs, toks, lay, grad, rows, inv = _subset(None if len(idx) == len(groups) else idx, groups, tokens,
                                                      layout, grad_out, unique_rows, inverse, batch)
             if sel:
-                fused_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch)
+                fused_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch, [opts[i] for i in idx])
             else:
                 kernels(gs[0]).lookup_backward(toks, [g.handle for g in gs], grad, offsets, weights, rows, inv,
                                                lay.feature_ns, batch, lay.col_offsets, lay.out_cols, lay.combiners)
@@ -114,7 +114,7 @@ def _subset(idx, groups, tokens, layout, grad_out, unique_rows, inverse, batch):
     pick = lambda xs: [x for i in idx for x in xs[i * F:(i + 1) * F]]  # noqa: E731
     lay = Layout(pick(layout.feature_ns), pick(layout.col_offsets), layout.out_cols,
                  [layout.combiners[i] for i in idx])
-    flat = grad_out.reshape(-1)
+    flat = grad_out.reshape(-1)  # several groups' blocks: the output was flat
     blocks = output_blocks(flat, groups, layout, batch, inverse.shape[1])
     parts = [flat[:batch * layout.out_cols]] + [blocks[i].reshape(-1) for i in idx
                                                  if layout.combiners[i] == UNPOOLED]
@@ -125,10 +125,10 @@ def _subset(idx, groups, tokens, layout, grad_out, unique_rows, inverse, batch):
 
 @torch.no_grad()
 def fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout: Layout,
-                   batch: int) -> None:
-    """The backward of groups whose sparse optimizer is fused: one op call sums and applies each
-    unique row's gradient (each group with its own optimizer's kind and hyperparameters)."""
-    opts = [g.fused_update() for g in groups]
+                   batch: int, opts) -> None:
+    """The backward of groups whose sparse optimizer is fused (`opts`: each group's): one op call
+    sums and applies each unique row's gradient (each group with its own optimizer's kind and
+    hyperparameters)."""
     kinds, hyper = [], []
     for g, opt in zip(groups, opts):
         kind, h = opt.fused_update_args(g)
@@ -145,8 +145,8 @@ def fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inve
 def hash_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
                 layout: Layout, batch: int, train: bool) -> torch.Tensor:
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in the table groups `groups` (one
-    backend and device) with one op call; differentiable in training. Returns the op's flat
-    output (see `output_blocks`)."""
+    backend and device) with one op call; differentiable in training. Returns the op's output
+    (see `output_blocks`)."""
     if train and torch.is_grad_enabled():
         out, _, _ = _HashLookup.apply(tuple(groups), layout, values, offsets, weights, batch,
                                       *(g.anchor for g in groups), *(g.token for g in groups))
@@ -159,14 +159,21 @@ def hash_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Op
 
 
 def output_blocks(out: torch.Tensor, groups, layout: Layout, batch: int, n: int) -> List[torch.Tensor]:
-    """Each group's output in a lookup's flat output: a [batch, out_cols] view of the pooled block
-    (shared by the pooled groups) or the group's own [n, dim] block."""
+    """Each group's output in a lookup's output: the [batch, out_cols] pooled block (shared by the
+    pooled groups) or the group's own [n, dim] block; a one-block output is that block."""
+    if out.dim() == 2:  # one block (recis::lookup_forward shapes such an output)
+        return [out] * len(groups)
+
+    def block(start, end, rows, cols):
+        return out[start:end].view(rows, cols)
+
     pooled_end = batch * layout.out_cols
+    pooled = block(0, pooled_end, batch, layout.out_cols) if pooled_end else None
     blocks, at = [], pooled_end
     for g, c in zip(groups, layout.combiners):
         if c == UNPOOLED:
-            blocks.append(out[at:at + n * g.embedding_dim].view(n, g.embedding_dim))
+            blocks.append(block(at, at + n * g.embedding_dim, n, g.embedding_dim))
             at += n * g.embedding_dim
         else:
-            blocks.append(out[:pooled_end].view(batch, layout.out_cols))
+            blocks.append(pooled)
     return blocks

@@ -392,7 +392,7 @@ class HashTable:
         offsets = torch.tensor([0, ids.numel()], dtype=torch.int64, device=ids.device)
         out, _, _ = kernels(self.group).lookup_forward([self.group.token], [self.group.handle], ids, offsets, None,
                                                        [self.ns], 1, [0], 0, [UNPOOLED], LOOKUP_EVAL)
-        return out.view(ids.numel(), self.embedding_dim)
+        return out
 
     def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The deterministic initial rows of `ids` (what a fresh insert would get)."""
