@@ -4,10 +4,11 @@ from typing import List, Optional
 import torch
 
 from recis._ops import kernels
+from recis.vocabulary import LOOKUP_MODES
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
-LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
+LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = (LOOKUP_MODES[m] for m in ("eval", "train", "train_with_grad"))
 
 
 def as_ids(ids, what: str) -> torch.Tensor:

@@ -21,11 +21,10 @@ from recis._ops import COMBINERS, INIT_KINDS, kernels, new_table
 from recis.nn.functional import LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
+from recis.nn.state_keys import GROUP_STATE_KEYS, STATE_KEYS
+from recis.vocabulary import MISSING_MODES
 
 EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
-MISSING_MODES = {"zeros": 0, "init": 1}
-STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")  # per logical table (export / load)
-GROUP_STATE_KEYS = ("step", "optimizer_step", "sketch")       # per group (group_state / load_group_state)
 BACKENDS = ("auto", "cpp", "triton")
 BACKEND_ENV = "RECIS_TABLE_BACKEND"
 
