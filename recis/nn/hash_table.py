@@ -21,10 +21,9 @@ from recis import _C
 from recis.config_utils import Range
 from recis._ops import COMBINERS, INIT_KINDS, _table_dims, register_triton_table, table_ops
 from recis.nn.functional import _FUSED_GROUPS, LOOKUP_EVAL, as_ids, hash_lookup
-# The table options live in recis.nn.table_config; the names below are re-exported from here.
-from recis.nn.table_config import (CAPACITY_RANGE, DIM_RANGE, MISSING_MODES, SEED_RANGE, EvictionArg,  # noqa: F401
-                                   TableConfig, check_group, check_table_names, group_configs, resolve_capacity,
-                                   split_eviction, table_int)
+# The table options live in recis.nn.table_config (split_eviction is re-exported for recis.checkpoint).
+from recis.nn.table_config import (MISSING_MODES, TableConfig, check_group, group_configs, split_eviction,  # noqa: F401
+                                   table_int)
 
 STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")  # per logical table (export / load)
 GROUP_STATE_KEYS = ("step", "optimizer_step", "sketch")       # per group (group_state / load_group_state)
