@@ -20,9 +20,9 @@ from torch import nn
 
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointError, IncompatibleCheckpointError
 from recis.nn import TableGroup, named_table_groups
-from recis.nn.hash_table import STATE_KEYS, split_eviction
+from recis.nn.hash_table import split_eviction
+from recis.nn.state_keys import GROUP_SUFFIX, STATE_KEYS
 
-GROUP_SUFFIX = "._group."
 LIVE_IDS = "live_ids"
 # Config fields that must match for the saved rows to fit at all; the others (seeds,
 # initializer, eviction, ...) change how training continues and are checked when strict.

@@ -25,6 +25,7 @@ from recis.distributed.env import ShardingEnv
 from recis.distributed.owner import owner_of, salt_of
 from recis.distributed.planner import REPLICATED, TABLE_WISE, ShardingPlan
 from recis.nn import EmbeddingCollection
+from recis.nn.state_keys import STATE_KEYS, group_key, table_head, table_key
 from recis.nn.table_state import load_groups, save_groups
 
 _NS_BITS = 32
@@ -343,7 +344,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         # Admission sketches: rank 0 saves its sketch, the others only what they added since the
         # last load, so the shards' sum is the sketch of one process.
         for gi, base in self._sketch_base.items():
-            key = f"{prefix}{self.groups[gi].tables[0].name}._group.sketch"
+            key = group_key(prefix, self.groups[gi].tables[0].name, "sketch")
             if self.env.rank > 0 and key in destination:
                 destination[key] = destination[key] - base
 
@@ -353,19 +354,19 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         state = dict(state_dict)
         for gi, group in enumerate(self.groups):
             for t in group.tables:
-                key = f"{prefix}{t.name}.ids"
+                key = table_key(prefix, t.name, "ids")
                 if key in state:
                     keep = self.owned(gi, t.ns, state[key])
-                    for k in ("ids", "rows", "slots", "counts", "last_seen"):
-                        full = f"{prefix}{t.name}.{k}"
+                    for k in STATE_KEYS:
+                        full = table_key(prefix, t.name, k)
                         if full in state:
                             state[full] = state[full][keep]
         load_groups(self.groups, state, prefix, strict, missing_keys, unexpected_keys, error_msgs)
         for gi, group in enumerate(self.groups):
-            key = f"{prefix}{group.tables[0].name}._group.sketch"
+            key = group_key(prefix, group.tables[0].name, "sketch")
             if key in state:
                 self._sketch_base[gi] = state[key].clone()
-        heads = tuple(f"{prefix}{name}." for name in self._tables)
+        heads = tuple(table_head(prefix, name) for name in self._tables)
         rest = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
         nn.Module._load_from_state_dict(self, rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                         error_msgs)

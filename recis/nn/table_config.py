@@ -21,13 +21,12 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from recis._ops import COMBINERS
 from recis.config_utils import Range, bounded, check_value, rule_of
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
+from recis.vocabulary import COMBINERS, MISSING_MODES
 
 EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
-MISSING_MODES = {"zeros": 0, "init": 1}  # what a lookup of an id without a row reads -> the tables' code
 SEED_RANGE = Range(ge=-(2**63), lt=2**64)  # seeds are 64-bit, in their signed or unsigned spelling
 CAPACITY_RANGE = Range(ge=1, lt=2**63)
 DIM_RANGE = Range(ge=1)
