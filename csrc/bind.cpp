@@ -188,6 +188,7 @@ PYBIND11_MODULE(_C, m) {
              h.table->reserve(ns, n);
            })
       .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
+      .def("set_ttl", locked(+[](HashTable& t, uint32_t ttl, uint64_t interval) { t.set_ttl(ttl, interval); }))
       .def("clear", locked(+[](HashTable& t) { t.clear(); }))
       .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))
       .def("live_forwards", [](Handle& h) { return h.table->live_forwards(); })

@@ -391,6 +391,18 @@ int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
   return erased;
 }
 
+void HashTable::set_ttl(uint32_t ttl_steps, uint64_t interval_steps) {
+  TORCH_CHECK_VALUE(ttl_steps == 0 || interval_steps > 0, "recis: ", label(0),
+                    ": TTL eviction needs interval_steps >= 1, got ", interval_steps);
+  ttl_steps_ = ttl_steps;
+  ttl_interval_ = interval_steps;
+}
+
+void HashTable::advance_step() {
+  if (ttl_steps_ > 0 && step_ > 0 && step_ % ttl_interval_ == 0) evict_ttl(ttl_steps_);
+  ++step_;
+}
+
 int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
   const uint32_t guard = protected_from();
   int64_t evicted = 0;

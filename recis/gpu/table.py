@@ -377,6 +377,23 @@ class TritonTable(LookupOps):
         self._stats["evictions"] += evicted
         return evicted
 
+    # ---- TTL eviction at the step boundary (as HashTable::set_ttl / advance_step in C++) ----
+    _ttl = (0, 0)  # (ttl_steps, interval_steps): none until set_ttl
+
+    def set_ttl(self, ttl_steps: int, interval_steps: int) -> None:
+        """TTL eviction (ttl_steps 0: none): at every training-step boundary whose step is a
+        positive multiple of `interval_steps`, rows unseen for more than `ttl_steps` steps are erased."""
+        if ttl_steps and interval_steps < 1:
+            raise ValueError(f"recis: {self._label(0)}: TTL eviction needs interval_steps >= 1, got {interval_steps}")
+        self._ttl = (int(ttl_steps), int(interval_steps))
+
+    def _advance_step(self) -> None:
+        """Starts the next training step: first the TTL sweep due at this boundary, then step + 1."""
+        ttl, interval = self._ttl
+        if ttl and self._step > 0 and self._step % interval == 0:
+            self.evict_ttl(ttl)
+        self._step += 1
+
     # ---- ids -> rows without a lookup ----
     def find_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
         return self.map.find(ids, self._ns_tensor(ns, ids.numel()))
