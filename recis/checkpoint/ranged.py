@@ -20,7 +20,7 @@ import torch
 
 from recis.checkpoint.errors import CheckpointCorruptError
 
-BLOCK = 1 << 20
+BLOCK = 1 << 18
 _DIGEST_CHARS = 32
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
