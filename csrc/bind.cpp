@@ -1,11 +1,13 @@
 // recis._C: the torch op library `recis` (schemas + CPU kernels) and the HashTable class.
 #include <torch/extension.h>
 
+#include "common/hashing.h"
 #include "features/hash_ops.h"
 #include "features/jagged_ops.h"
 #include "features/value_ops.h"
 #include "hashtable/hash_table.h"
 #include "hashtable/registry.h"
+#include "ops/pooling.h"
 #include "ops/row_pool_ops.h"
 #include "ops/table_ops.h"
 #include "optim/sparse_update.h"
@@ -272,5 +274,29 @@ PYBIND11_MODULE(_C, m) {
       .def("export_ns_since", &export_ns_since, py::arg("ns"), py::arg("since"))
       .def("import_ns", &import_ns, py::arg("ns"), py::arg("ids"), py::arg("rows"), py::arg("slots") = py::none(),
            py::arg("counts") = py::none(), py::arg("last_seen") = py::none());
-  m.def("slot_width_for", [](int kind, int64_t dim) { return recis::slot_width_for(static_cast<recis::OptimKind>(kind), dim); });
+  // The C++ side of recis.vocabulary, which checks it at import: every code and layout as the kernels define them.
+  m.def("vocabulary", [] {
+    auto codes = [](const auto& names) {
+      py::dict d;
+      for (const auto& [name, code] : names) d[name] = static_cast<int>(code);
+      return d;
+    };
+    py::dict optimizers;
+    for (size_t k = 0; k < std::size(recis::kOptimLayouts); ++k) {
+      const auto& L = recis::kOptimLayouts[k];
+      py::list hyper;
+      for (const char* h : L.hyper)
+        if (h) hyper.append(h);
+      optimizers[L.name] = py::dict(py::arg("code") = k, py::arg("slots_per_dim") = L.slots_per_dim,
+                                    py::arg("slots_per_row") = L.slots_per_row, py::arg("hyper") = py::tuple(hyper));
+    }
+    py::dict hashing(py::arg("golden") = recis::kGolden, py::arg("mix1") = recis::kMix1,
+                     py::arg("mix2") = recis::kMix2, py::arg("seed_salt") = recis::kSeedSalt,
+                     py::arg("column_step") = recis::kColumnStep, py::arg("attempt_step") = recis::kAttemptStep);
+    return py::dict(py::arg("optimizers") = optimizers, py::arg("combiners") = codes(recis::kCombinerNames),
+                    py::arg("lookup_modes") = codes(recis::kLookupModeNames),
+                    py::arg("missing_modes") = codes(recis::kMissingModeNames),
+                    py::arg("init_kinds") = codes(recis::kInitKindNames),
+                    py::arg("evict_policies") = codes(recis::kEvictPolicyNames), py::arg("hashing") = hashing);
+  });
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hashtable/count_sketch.h"
@@ -17,6 +18,11 @@ namespace recis {
 
 enum class MissingMode : int32_t { kZeros = 0, kInit = 1 };
 enum class EvictPolicy : int32_t { kNone = 0, kLfu = 1 };
+// The names recis.vocabulary knows them by (MISSING_MODES, EVICT_POLICIES).
+inline constexpr std::pair<const char*, MissingMode> kMissingModeNames[] = {{"zeros", MissingMode::kZeros},
+                                                                          {"init", MissingMode::kInit}};
+inline constexpr std::pair<const char*, EvictPolicy> kEvictPolicyNames[] = {{"none", EvictPolicy::kNone},
+                                                                          {"lfu", EvictPolicy::kLfu}};
 
 // Per-unique-row gradients waiting for the optimizer; reused across steps.
 struct PendingGrads {

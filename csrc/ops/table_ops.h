@@ -3,8 +3,14 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <utility>
 
 namespace recis {
+
+// lookup_forward's `mode`: eval (no inserts, no step), train, train keeping the forward's rows for backward.
+enum class LookupMode : int32_t { kEval = 0, kTrain = 1, kTrainWithGrad = 2 };
+inline constexpr std::pair<const char*, LookupMode> kLookupModeNames[] = {  // recis.vocabulary.LOOKUP_MODES
+    {"eval", LookupMode::kEval}, {"train", LookupMode::kTrain}, {"train_with_grad", LookupMode::kTrainWithGrad}};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values,
                                                               const at::Tensor& offsets,

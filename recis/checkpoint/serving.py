@@ -13,7 +13,7 @@ import recis
 from recis.checkpoint import files, tables
 from recis.checkpoint.errors import IncompatibleCheckpointError, NonFiniteStateError
 from recis.checkpoint.finite import nonfinite_entries
-from recis.nn.hash_table import STATE_KEYS
+from recis.nn.state_keys import STATE_KEYS
 
 FORMAT = "recis.serving"
 VERSION = 1

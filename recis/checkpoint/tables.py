@@ -29,9 +29,9 @@ from torch import nn
 from recis.checkpoint import placement
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointError, IncompatibleCheckpointError
 from recis.nn import TableGroup, named_table_groups
-from recis.nn.hash_table import STATE_KEYS, split_eviction
+from recis.nn.hash_table import split_eviction
+from recis.nn.state_keys import GROUP_SUFFIX, STATE_KEYS
 
-GROUP_SUFFIX = "._group."
 ROW_FIELDS = STATE_KEYS
 LIVE_IDS = "live_ids"        # incremental checkpoints before removed_ids: every live id of the table
 REMOVED_IDS = "removed_ids"  # incremental: the parent's ids that are gone

@@ -1,7 +1,7 @@
 """TritonTable: the GPU backend of a TableGroup, with the interface of the C++ recis._C.HashTable
-(sizes, slots, policies, state export/import) plus the table ops of torch.ops.recis
-(recis.gpu.lookup). Same semantics as the C++ table: ids -> rows, initial values,
-admission, TTL/LFU eviction and the gradient window."""
+(sizes, slots, policies, state export/import) plus the table ops that the CUDA kernels of
+torch.ops.recis run (recis.gpu.lookup, recis.gpu.ops). Same semantics as the C++ table:
+ids -> rows, initial values, admission, TTL/LFU eviction and the gradient window."""
 import collections
 import math
 import threading
@@ -11,20 +11,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from recis.datasets._counter_rng import mix_int
 from recis.gpu._flavors import flavor
 from recis.gpu.dedup import dedup_keys, first_seen_unique
 from recis.gpu.id_map import DeviceIdMap
 from recis.gpu.lookup import LookupOps, table_op
+from recis.gpu.ops import register
 from recis.gpu.rows import UINT32_MAX, DeviceRows
+from recis.hashing import seed_key, signed
 
-_SEED_SALT = 0x243F6A8885A308D3
 _BLOCK_N = 32
 MAX_SKETCH_WIDTH = 2**32 - 1
-
-
-def _signed(u: int) -> int:
-    return u - (1 << 64) if u >= 1 << 63 else u
 
 
 def _f32(x: float) -> float:
@@ -46,7 +42,7 @@ class TritonTable(LookupOps):
         self._dim = int(dim)
         self._seeds = [int(s) & (2**64 - 1) for s in seeds]
         self._init = (int(init_kind), _f32(a), _f32(b), _f32(c))
-        self._ns_keys = torch.tensor([_signed(mix_int(s ^ _SEED_SALT)) for s in self._seeds], dtype=torch.int64,
+        self._ns_keys = torch.tensor([signed(seed_key(s)) for s in self._seeds], dtype=torch.int64,
                                      device=self.device)
         n = len(self._seeds)
         self.map = DeviceIdMap(n, self.device)
@@ -70,7 +66,7 @@ class TritonTable(LookupOps):
         self._pending: List[tuple] = []
         self._pending_guard: Optional[torch.Tensor] = None  # smallest last_seen of the pending rows
         self._lock = threading.RLock()
-        self.handle = 0  # set by the registry (recis._ops.register_triton_table)
+        self.handle = register(self)  # the Triton backend's own registry (recis.gpu.ops)
 
     # ---- accessors (as recis._C.HashTable) ----
     @property

@@ -14,16 +14,16 @@ tables, and a row whose gradient is NaN/Inf is left untouched while the other ro
 backward are updated (the error, or warning, is raised from `backward()`). Under
 torch.compile the deferred path is used.
 """
-import abc
 import warnings
 from typing import Dict, Iterable, List, Sequence, Union
 
 import torch
 
-from recis._ops import OPTIM_KINDS, table_ops
+from recis._ops import OPTIM_KINDS, kernels
 from recis.config_utils import Range, check_value
 from recis.nn.hash_table import HashTable, TableGroup
 from recis.optim.hyper import check_options
+from recis.vocabulary import OPTIMIZERS
 
 
 def _groups_of(tables) -> List[TableGroup]:
@@ -44,8 +44,9 @@ def _groups_of(tables) -> List[TableGroup]:
     return groups
 
 
-class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
-    """Subclasses set `kind` and define `slot_init(dim, group)` and `hyper(group, step)`."""
+class SparseOptimizer(torch.optim.Optimizer):
+    """Subclasses set `kind`, a name of recis.vocabulary.OPTIMIZERS: its layout gives the rows'
+    slots (`slot_init`) and the kernels' hyperparameters (`hyper`) from each param group."""
 
     kind: str = ""
     rules: Dict[str, Range] = {}  # this optimizer's own rules for hyperparameters (recis.optim.hyper)
@@ -53,6 +54,9 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def __init__(self, tables: Union[Iterable[HashTable], torch.nn.Module], defaults: Dict,
                  skip_nonfinite: bool = False, fused: bool = False):
         name = type(self).__name__
+        if self.kind not in OPTIMIZERS:
+            raise TypeError(f"{name}.kind must name an optimizer kind of the kernels {sorted(OPTIMIZERS)}, "
+                            f"got {self.kind!r}")
         check_options(name, defaults, self.rules)
         check_value(f"{name}.skip_nonfinite", skip_nonfinite, bool)
         check_value(f"{name}.fused", fused, bool)
@@ -72,11 +76,12 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 table.attach_optimizer(self, self.kind, self.slot_init(table.embedding_dim, pg), fused)
 
     def slot_init(self, dim: int, group: Dict) -> Sequence[float]:
-        return []
+        """A new row's slots (the layout's, with this param group's initial values)."""
+        return OPTIMIZERS[self.kind].slot_init(dim, group)
 
-    @abc.abstractmethod
     def hyper(self, group: Dict, step: int) -> List[float]:
-        """The C++ kernel's hyperparameters for this param group (see csrc/optim/sparse_update.h)."""
+        """The kernels' hyperparameters for this param group, in the layout's order."""
+        return OPTIMIZERS[self.kind].hyper_values(group, step)
 
     @property
     def tables(self) -> List[TableGroup]:
@@ -95,7 +100,7 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                     continue
                 # The step count lives in the table (and its state_dict), like the slots.
                 table.optimizer_step += 1
-                applied, nonfinite = table_ops(table.handle).apply_update(
+                applied, nonfinite = kernels(table).apply_update(
                     table.token, table.handle, OPTIM_KINDS[self.kind],
                     [float(h) for h in self.hyper(pg, table.optimizer_step)], self.skip_nonfinite).tolist()
                 if nonfinite:
@@ -108,7 +113,7 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         """Called from the lookup's backward in fused mode: sums and applies each row's gradient."""
         pg = self._group_of[id(table.anchor)]
         table.optimizer_step += 1
-        applied, nonfinite = table_ops(table.handle).lookup_backward_apply(
+        applied, nonfinite = kernels(table).lookup_backward_apply(
             table.token, table.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
             col_offsets, combiner, OPTIM_KINDS[self.kind],
             [float(h) for h in self.hyper(pg, table.optimizer_step)]).tolist()
@@ -132,4 +137,4 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         for table in self._tables:
-            table_ops(table.handle).clear_pending(table.token, table.handle)
+            kernels(table).clear_pending(table.token, table.handle)
