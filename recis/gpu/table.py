@@ -467,6 +467,19 @@ class TritonTable(LookupOps):
         if self._sketch is not None:
             self._sketch.zero_()
 
+    @table_op
+    def export_ns_since(self, ns: int, since: int):
+        """export_ns of the rows touched at or after step `since` (last_seen >= since): what an
+        incremental checkpoint saves (the twin of the C++ HashTable.export_ns_since)."""
+        self.check_ns(ns)
+        if since < 0:
+            raise ValueError(f"export_ns_since: since must be a step >= 0, got {since}")
+        ids, rws = self.map.live(ns)
+        r = self.rows
+        keep = r.last_seen[rws] >= since
+        ids, rws = ids[keep], rws[keep]
+        return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
+
 
 def triton_next_pow2(n: int) -> int:
     p = 1
