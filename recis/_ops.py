@@ -174,3 +174,9 @@ def _feat_same_bytes_fake(a, b):
 @torch.library.register_fake("recis::feat_unpack_bits")
 def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
     return [b.new_empty((n,), dtype=torch.bool) for b, n in zip(bitmaps, lengths)]
+
+
+# ---- recis::resolve (csrc/ops/resolve_op.cc; the owner's half of a sharded lookup) -------------
+@torch.library.register_fake("recis::resolve")
+def _resolve_fake(token, table, ns, ids, counts, lookup_mode):
+    return ids.new_empty(ids.shape, dtype=torch.int64)

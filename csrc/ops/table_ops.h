@@ -2,9 +2,18 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <tuple>
 
+#include "hashtable/hash_table.h"
+
 namespace recis {
+
+// Counts a table-changing op on the token (the op's ordering edge for torch.compile).
+void bump(at::Tensor& token);
+// The unique_rows output of a training forward that expects a backward: its storage carries
+// the forward's lease on the table (HashTable::add_forward) until autograd frees it.
+at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& rows, uint32_t step);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values,
                                                               const at::Tensor& offsets,
