@@ -125,3 +125,15 @@ def test_unique_keys_sums_counts_per_key():
     keys = list(zip(ns.tolist(), ids.tolist(), counts.tolist()))
     assert sorted(keys) == [(0, 5, 1), (0, 6, 1), (1, 5, 5)]
     assert [keys[i][:2] for i in inverse.tolist()] == [(1, 5), (0, 5), (1, 5), (0, 6)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_backward_with_no_admitted_row_in_an_empty_table_changes_nothing(backend):
+    """A rank whose shard is still empty and admits nothing yet (admission) takes its backward."""
+    g = group(backend, admission=FrequencyAdmission(min_count=5))
+    opt = SparseSGD(g.tables, lr=0.5)
+    out = owner_rows(g, torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([1, 2]), training=True)
+    assert torch.equal(out, torch.zeros(2, 4))
+    out.sum().backward()
+    opt.step()
+    assert len(g) == 0 and g.pending_rows() == 0
