@@ -1,6 +1,7 @@
-"""The single place that loads recis._C, gives each torch op its fake (meta) kernel and picks the
-backend of each table op: C++ (torch.ops.recis) or Triton (recis.gpu) by the table's handle."""
-import itertools
+"""The table engine: the single place that loads recis._C (the op schemas and their C++ CPU
+kernels) and recis.gpu.ops (their Triton CUDA kernels), gives each op its fake kernel, makes the
+tables of both backends (`new_table`) and says which kernels a table's op calls run (`kernels`)."""
+import functools
 import weakref
 
 import torch
@@ -13,34 +14,65 @@ INIT_KINDS = {"constant": 0, "uniform": 1, "normal": 2, "truncated_normal": 3}
 
 ops = torch.ops.recis
 
-# Tables of the Triton backend (recis.gpu.TritonTable) under negative handles; C++ handles are > 0.
-_TRITON_TABLES: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
-_triton_handles = itertools.count(-1, -1)
+_CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 
-def register_triton_table(table) -> int:
-    """Gives a TritonTable its handle (negative, never reused)."""
-    handle = next(_triton_handles)
-    table.handle = handle
-    _TRITON_TABLES[handle] = table
-    return handle
+class _CudaKernels:
+    """torch.ops.recis with the CUDA kernel (Triton) chosen explicitly, for CPU tensors: how a
+    Triton table on the CPU (Triton's interpreter) runs the same ops. Each call is
+    `torch.ops.recis.<op>.default.redispatch(DispatchKeySet(CUDA), *args)`."""
+
+    def __getattr__(self, name: str):
+        call = torch.compiler.disable(functools.partial(getattr(ops, name).default.redispatch, _CUDA_KEYS))
+        setattr(self, name, call)
+        return call
 
 
-def table_ops(handle: int):
-    """What implements the table ops of `handle`: torch.ops.recis for a C++ table, else the
-    TritonTable, whose methods take the same arguments as the ops."""
-    if handle > 0:
-        return ops
-    table = _TRITON_TABLES.get(handle)
-    if table is None:
+_CUDA_KERNELS = _CudaKernels()
+
+
+def kernels(group):
+    """The table ops for `group` (a TableGroup: anything with `.backend` and `.device`). It is
+    torch.ops.recis, whose dispatcher runs the C++ kernel for CPU tensors and the Triton kernel for
+    CUDA tensors, except for a Triton table on the CPU: then the same ops with the CUDA (Triton)
+    kernel chosen explicitly."""
+    if group.backend == "triton" and group.device.type != "cuda":
+        return _CUDA_KERNELS
+    return ops
+
+
+# handle -> embedding dim of every live table of either backend, so that fake kernels know output
+# widths without touching table state. Written only by new_table.
+_DIMS: dict = {}
+
+
+def new_table(backend: str, device: torch.device, dim: int, seeds, init_kind: int, a: float, b: float, c: float):
+    """An empty table of `backend` ("cpp": recis._C.HashTable on the CPU; "triton": recis.gpu's
+    TritonTable on `device`) with its handle known to the fake kernels."""
+    if backend == "cpp":
+        impl = _C.HashTable(dim, list(seeds), init_kind, a, b, c)
+    elif backend == "triton":
+        from recis.gpu.table import TritonTable
+
+        impl = TritonTable(dim, list(seeds), init_kind, a, b, c, device=device)
+    else:
+        raise ValueError(f"recis: unknown table backend {backend!r} (known: 'cpp', 'triton')")
+    _DIMS[impl.handle] = int(dim)
+    weakref.finalize(impl, _DIMS.pop, impl.handle, None)
+    return impl
+
+
+def table_dim(handle: int) -> int:
+    dim = _DIMS.get(handle)
+    if dim is None:
         raise ValueError(f"recis: unknown table handle {handle}")
-    return table
+    return dim
 
 
 @torch.library.register_fake("recis::lookup_forward")
 def _lookup_forward_fake(token, table, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols,
                          combiner, lookup_mode):
-    dim = _table_dims[table]
+    dim = table_dim(table)
     n = values.shape[0]
     out = values.new_empty((n, dim) if combiner == COMBINERS[None] else (batch_size, out_cols), dtype=torch.float32)
     return out, values.new_empty((n,), dtype=torch.int64), values.new_empty((n,), dtype=torch.int32)
@@ -74,7 +106,7 @@ def _find_or_insert_fake(token, table, ns, ids):
 
 @torch.library.register_fake("recis::gather")
 def _gather_fake(table, rows):
-    return rows.new_empty((rows.shape[0], _table_dims[table]), dtype=torch.float32)
+    return rows.new_empty((rows.shape[0], table_dim(table)), dtype=torch.float32)
 
 
 @torch.library.register_fake("recis::dedup_jagged")
@@ -93,10 +125,6 @@ def _pool_rows_fake(rows, inverse, offsets, weights, feature_ns, batch, col_offs
 def _pool_rows_backward_fake(grad_out, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
                              n_rows, dim):
     return grad_out.new_empty((n_rows, dim))
-
-
-# handle -> embedding dim, so fake kernels know output widths without touching C++ state.
-_table_dims: dict = {}
 
 
 @torch.library.register_fake("recis::erase")
@@ -176,7 +204,13 @@ def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
     return [b.new_empty((n,), dtype=torch.bool) for b, n in zip(bitmaps, lengths)]
 
 
-# ---- recis::resolve (csrc/ops/resolve_op.cc; the owner's half of a sharded lookup) -------------
+from recis.gpu import ops as _gpu_ops  # noqa: E402,F401  (registers the CUDA kernels: Triton)
+
+
+# ---- recis::resolve (the owner's half of a sharded lookup; C++ kernel csrc/ops/resolve_op.cc) ---
 @torch.library.register_fake("recis::resolve")
 def _resolve_fake(token, table, ns, ids, counts, lookup_mode):
     return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+from recis.gpu import resolve_op as _resolve_op  # noqa: E402,F401  (registers its CUDA kernel: Triton)

@@ -185,13 +185,13 @@ def test_eval_lookup_of_absent_ids(missing, gen, device):
 
 def test_raw_op_outputs_match(gen):
     """unique_rows and inverse of lookup_forward are the same tensors as C++'s."""
-    from recis._ops import table_ops
+    from recis._ops import kernels
 
     cpp, tri = pair(dim=3, names=("a", "b"), seeds=(1, 2))
     values, offsets, _ = batch(gen, n_bags=8)
     for g in (cpp, tri):
-        g.out = table_ops(g.handle).lookup_forward(g.token, g.handle, values, offsets, None, [0, -1, 1, 0], 2,
-                                                   [0, 0, 3, 6], 9, 0, 1)
+        g.out = kernels(g).lookup_forward(g.token, g.handle, values, offsets, None, [0, -1, 1, 0], 2, [0, 0, 3, 6],
+                                          9, 0, 1)
     for x, y in zip(cpp.out, tri.out):
         assert torch.equal(x, y)
 

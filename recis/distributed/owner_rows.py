@@ -11,7 +11,7 @@ from typing import Tuple
 
 import torch
 
-from recis._ops import COMBINERS, ops, table_ops
+from recis._ops import COMBINERS, kernels
 from recis.nn.functional import LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD
 
 _UNPOOLED = COMBINERS[None]
@@ -19,11 +19,7 @@ _UNPOOLED = COMBINERS[None]
 
 def resolve(group, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, mode: int) -> torch.Tensor:
     """Rows of the distinct keys (ns[i], ids[i]) in `group` (-1: none), each counted counts[i] times."""
-    if group.backend == "cpp":
-        return ops.resolve(group.token, group.handle, ns, ids, counts, mode)
-    from recis.gpu.resolve_op import triton_resolve
-
-    return triton_resolve(table_ops(group.handle), group.token, ns, ids, counts, mode)
+    return kernels(group).resolve(group.token, group.handle, ns, ids, counts, mode)
 
 
 def unique_keys(ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, tables: int
@@ -68,18 +64,18 @@ class _ResolvedRows(torch.autograd.Function):
         offsets = torch.arange(n + 1, dtype=torch.int64, device=dev)
         inverse = torch.arange(n, dtype=torch.int32, device=dev)
         grad = grad.contiguous()
-        fused = group.fused_optimizer()
-        if fused is not None and group.pending_rows() == 0:
+        fused = group.fused_update()
+        if fused is not None:
             fused.fused_backward(group, grad, offsets, None, rows, inverse, [0], n, [0], _UNPOOLED)
         else:
-            table_ops(group.handle).lookup_backward(group.token, group.handle, grad, offsets, None, rows, inverse, [0],
+            kernels(group).lookup_backward(group.token, group.handle, grad, offsets, None, rows, inverse, [0],
                                                     n, [0], _UNPOOLED)
         return (None,) * 5
 
 
 def _read(group, ns: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The embeddings of resolved keys; keys without a row read zeros or their initial values."""
-    out = table_ops(group.handle).gather(group.handle, rows)
+    out = kernels(group).gather(group.handle, rows)
     if group.missing == "init":
         miss = (rows < 0).nonzero().squeeze(1)
         if miss.numel():

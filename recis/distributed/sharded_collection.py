@@ -24,7 +24,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from recis._ops import COMBINERS, ops
+from recis._ops import COMBINERS, kernels
 from recis.distributed.env import ShardingEnv
 from recis.distributed.exchanges import GroupInput, PendingLookup
 from recis.distributed.planner import ShardingPlan
@@ -43,21 +43,23 @@ def _state_key(prefix: str, table: str, field: str) -> str:
 
 class PoolRows(torch.autograd.Function):
     """Pools bags of a KJT-ordered batch from a [keys, dim] row tensor (the pooling of
-    lookup_forward, on rows that came from other ranks); backward sums per unique row."""
+    lookup_forward, on rows that came from other ranks); backward sums per unique row. `k`: the
+    kernels of the rows' table group (recis._ops.kernels)."""
 
     @staticmethod
-    def forward(ctx, rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner):
+    def forward(ctx, rows, k, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner):
         ctx.save_for_backward(inverse, offsets, weights)
+        ctx.k = k
         ctx.args = (feature_ns, batch, col_offsets, out_cols, combiner, rows.shape[0], rows.shape[1])
-        return ops.pool_rows(rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner)
+        return k.pool_rows(rows, inverse, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner)
 
     @staticmethod
     def backward(ctx, grad):
         inverse, offsets, weights = ctx.saved_tensors
         feature_ns, batch, col_offsets, out_cols, combiner, n_rows, dim = ctx.args
-        rows_grad = ops.pool_rows_backward(grad.contiguous(), inverse, offsets, weights, feature_ns, batch,
-                                           col_offsets, out_cols, combiner, n_rows, dim)
-        return (rows_grad,) + (None,) * 8
+        rows_grad = ctx.k.pool_rows_backward(grad.contiguous(), inverse, offsets, weights, feature_ns, batch,
+                                             col_offsets, out_cols, combiner, n_rows, dim)
+        return (rows_grad,) + (None,) * 9
 
 
 class ShardedEmbeddingCollection(EmbeddingCollection):
@@ -145,11 +147,11 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         """Dedups the batch and starts the ids exchanges (asynchronously where they can)."""
         keys, index, batch, offsets, values, _ = self._checked_input(features, self.device)
         groups = []
-        for _, cols, _ in self.unsharded.group_layouts():
+        for group, (_, cols, _) in zip(self.groups, self.unsharded.group_layouts()):
             feature_ns, col_offsets = [-1] * len(keys), [0] * len(keys)
             for f, ns, col in cols:
                 feature_ns[index[f]], col_offsets[index[f]] = ns, col
-            ids, ns, counts, inverse = ops.dedup_jagged(values, offsets, feature_ns, batch)
+            ids, ns, counts, inverse = kernels(group).dedup_jagged(values, offsets, feature_ns, batch)
             groups.append(GroupInput(ids, ns, counts, inverse, feature_ns, col_offsets))
         pending = PendingLookup(features, batch, groups)
         for i, exchange in enumerate(self._exchanges):
@@ -176,7 +178,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                         part = part * weights[s:e].unsqueeze(1)
                     unpooled[f] = (part, 0, part.shape[0], i)
             else:
-                out = PoolRows.apply(rows[gi], g.inverse, offsets, weights, g.feature_ns, batch, g.col_offsets,
+                out = PoolRows.apply(rows[gi], kernels(self.groups[gi]), g.inverse, offsets, weights, g.feature_ns, batch, g.col_offsets,
                                      out_cols, COMBINERS[combiner])
                 pooled.append((out, [f for f, _, _ in cols], self.groups[gi].embedding_dim))
         p.stats["rows_bytes"] = p.stats.get("rows_bytes", 0)

@@ -1,13 +1,22 @@
-"""The Triton twin of the `recis::resolve` op (csrc/ops/resolve_op.cc): rows of distinct
-(namespace, id) keys, each counted `counts` times, for a TritonTable. Same arguments and
-semantics as the C++ kernel: a training mode advances the table's step, counts hits, admits and
-inserts misses (TritonTable.resolve), and mode 2 holds the rows until the returned tensor is freed."""
+"""The CUDA kernel (Triton) of the `recis::resolve` op, next to its C++ CPU kernel
+(csrc/ops/resolve_op.cc): rows of distinct (namespace, id) keys, each counted `counts` times.
+Same semantics: a training mode advances the table's step, counts hits, admits and inserts misses
+(TritonTable.resolve), and mode 2 holds the rows until the returned tensor is freed. Registered
+for the CUDA dispatch key as recis.gpu.ops registers the other table ops; a Triton table on the
+CPU reaches it through recis._ops.kernels."""
 import torch
 
 from recis.gpu.lookup import _bump
+from recis.gpu.ops import triton_table
 
 
-@torch.compiler.disable
+def resolve_kernel(token, table, ns, ids, counts, lookup_mode):
+    return triton_resolve(triton_table(table), token, ns, ids, counts, lookup_mode)
+
+
+torch.library.impl("recis::resolve", "CUDA")(torch.compiler.disable(resolve_kernel))
+
+
 def triton_resolve(table, token, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, mode: int) -> torch.Tensor:
     for what, t in (("ids", ids), ("namespaces", ns), ("counts", counts)):
         table._check_ids(t, what)

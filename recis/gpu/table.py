@@ -1,7 +1,7 @@
 """TritonTable: the GPU backend of a TableGroup, with the interface of the C++ recis._C.HashTable
-(sizes, slots, policies, state export/import) plus the table ops of torch.ops.recis
-(recis.gpu.lookup). Same semantics as the C++ table: ids -> rows, initial values,
-admission, TTL/LFU eviction and the gradient window."""
+(sizes, slots, policies, state export/import) plus the table ops that the CUDA kernels of
+torch.ops.recis run (recis.gpu.lookup, recis.gpu.ops). Same semantics as the C++ table:
+ids -> rows, initial values, admission, TTL/LFU eviction and the gradient window."""
 import collections
 import math
 import threading
@@ -16,6 +16,7 @@ from recis.gpu._flavors import flavor
 from recis.gpu.dedup import dedup_keys, first_seen_unique
 from recis.gpu.id_map import DeviceIdMap
 from recis.gpu.lookup import LookupOps, table_op
+from recis.gpu.ops import register
 from recis.gpu.rows import UINT32_MAX, DeviceRows
 
 _SEED_SALT = 0x243F6A8885A308D3
@@ -70,7 +71,7 @@ class TritonTable(LookupOps):
         self._pending: List[tuple] = []
         self._pending_guard: Optional[torch.Tensor] = None  # smallest last_seen of the pending rows
         self._lock = threading.RLock()
-        self.handle = 0  # set by the registry (recis._ops.register_triton_table)
+        self.handle = register(self)  # the Triton backend's own registry (recis.gpu.ops)
 
     # ---- accessors (as recis._C.HashTable) ----
     @property

@@ -1,10 +1,9 @@
 """Functional layer: input checks and the autograd.Function around the fused lookup ops."""
-import weakref
 from typing import List, Optional
 
 import torch
 
-from recis._ops import table_ops
+from recis._ops import kernels
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
@@ -48,26 +47,14 @@ def check_jagged(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[
     return values
 
 
-# handle -> TableGroup, for groups driven by a fused sparse optimizer (see recis.optim).
-_FUSED_GROUPS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
-
-
-def fused_group(handle: int):
-    """The table group of `handle` if its optimizer updates rows during backward, else None."""
-    group = _FUSED_GROUPS.get(handle)
-    if group is None or group.fused_optimizer() is None or group.pending_rows() > 0:
-        return None
-    return group
-
-
 class _HashLookup(torch.autograd.Function):
     """Forward: dedup + find-or-insert + pooled lookup in one op. Backward: per-unique-row
     gradients into the table's pending buffer, which the sparse optimizer applies in place."""
 
     @staticmethod
-    def forward(ctx, anchor, token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
+    def forward(ctx, anchor, token, handle, group, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
                 combiner):
-        out, unique_rows, inverse = table_ops(handle).lookup_forward(
+        out, unique_rows, inverse = kernels(group).lookup_forward(
             token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
             LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
@@ -77,7 +64,7 @@ class _HashLookup(torch.autograd.Function):
             # even when a saved-tensor hook (offloading, activation checkpointing) copies or
             # drops the saved tensor.
             ctx.rows_hold = unique_rows
-        ctx.token, ctx.handle = token, handle
+        ctx.token, ctx.handle, ctx.group = token, handle, group
         ctx.args = (feature_ns, batch, col_offsets, combiner)
         # The data-dependent outputs are returned too (non-differentiable), so torch.compile
         # sees where their dynamic sizes come from.
@@ -88,16 +75,17 @@ class _HashLookup(torch.autograd.Function):
     def backward(ctx, grad_out, _unique_grad=None, _inverse_grad=None):
         offsets, weights, unique_rows, inverse = ctx.saved_tensors
         feature_ns, batch, col_offsets, combiner = ctx.args
-        group = None if torch.compiler.is_compiling() else fused_group(ctx.handle)
+        group = ctx.group
+        fused = None if torch.compiler.is_compiling() else group.fused_update()
         if not torch.compiler.is_compiling():
             ctx.rows_hold = None  # the saved tensor (or the caller of another backward) holds on
-        if group is not None:
-            group.fused_optimizer().fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
-                                                   batch, col_offsets, combiner)
+        if fused is not None:
+            fused.fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
+                                 col_offsets, combiner)
         else:
-            table_ops(ctx.handle).lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows,
-                                                  inverse, feature_ns, batch, col_offsets, combiner)
-        return (None,) * 11
+            kernels(group).lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse,
+                                           feature_ns, batch, col_offsets, combiner)
+        return (None,) * 12
 
 
 def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
@@ -105,10 +93,10 @@ def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Opt
                 train: bool) -> torch.Tensor:
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
     if train and torch.is_grad_enabled():
-        out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, values, offsets, weights, feature_ns,
-                                      batch, col_offsets, out_cols, combiner)
+        out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, group, values, offsets, weights,
+                                      feature_ns, batch, col_offsets, out_cols, combiner)
         return out
     mode = LOOKUP_TRAIN if train else LOOKUP_EVAL
-    out, _, _ = table_ops(group.handle).lookup_forward(group.token, group.handle, values, offsets, weights,
-                                                       feature_ns, batch, col_offsets, out_cols, combiner, mode)
+    out, _, _ = kernels(group).lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,
+                                              col_offsets, out_cols, combiner, mode)
     return out

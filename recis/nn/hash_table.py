@@ -16,10 +16,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from recis import _C
 from recis.config_utils import Range, check_value
-from recis._ops import COMBINERS, INIT_KINDS, _table_dims, register_triton_table, table_ops
-from recis.nn.functional import _FUSED_GROUPS, LOOKUP_EVAL, as_ids, hash_lookup
+from recis._ops import COMBINERS, INIT_KINDS, kernels, new_table
+from recis.nn.functional import LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.initializers import resolve_initializer
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
 
@@ -149,19 +148,12 @@ class TableGroup:
                             capacity=capacity, missing=missing, dtype=dtype)
 
     def _new_impl(self, device: torch.device, backend: str):
-        """A configured, empty table of this group's config on `device`."""
+        """A configured, empty table of this group's config on `device`; the group's handle and
+        token (on `device`: every tensor of an op call lives where the table does) name it."""
         kind, a, b, c = self.initializer.spec(self.embedding_dim)
-        if backend == "cpp":
-            impl = _C.HashTable(self.embedding_dim, self._seeds, INIT_KINDS[kind], a, b, c)
-            handle = impl.handle
-        else:
-            from recis.gpu import TritonTable
-
-            impl = TritonTable(self.embedding_dim, self._seeds, INIT_KINDS[kind], a, b, c, device=device)
-            handle = register_triton_table(impl)
-        _table_dims[handle] = self.embedding_dim
-        weakref.finalize(self, _table_dims.pop, handle, None)
-        self.handle = handle
+        impl = new_table(backend, device, self.embedding_dim, self._seeds, INIT_KINDS[kind], a, b, c)
+        self.handle = impl.handle
+        self.token = torch.zeros(1, dtype=torch.int64, device=device)
         if self.admission is not None:
             impl.set_admission(self.admission.min_count, self.admission.sketch_width, self.admission.sketch_depth)
         impl.set_missing(MISSING_MODES[self.missing])
@@ -191,24 +183,24 @@ class TableGroup:
             raise RuntimeError(f"tables {self.names}: {self.live_forwards()} forward passes in training mode still "
                                "have their autograd graphs (their backward would reach the rows left behind); call "
                                "backward() or drop their outputs before moving the tables")
-        old, old_handle = self._impl, self.handle
-        impl = self._new_impl(device, backend)
-        if old.slot_width or self.slot_kind is not None:
-            impl.set_slots(old.slot_width, list(self._slot_init) or [0.0] * old.slot_width, True)
-        impl.set_step(old.get_step())
-        if self.admission is not None:
-            impl.set_sketch(old.get_sketch().to(device))
-        for ns in range(len(self._seeds)):
-            ids, rows, slots, counts, last = (t.to(device) for t in old.export_ns(ns))
-            impl.import_ns(ns, ids, rows, slots, counts, last)
+        old, old_handle, old_token = self._impl, self.handle, self.token
+        try:
+            impl = self._new_impl(device, backend)
+            if old.slot_width or self.slot_kind is not None:
+                impl.set_slots(old.slot_width, list(self._slot_init) or [0.0] * old.slot_width, True)
+            impl.set_step(old.get_step())
+            if self.admission is not None:
+                impl.set_sketch(old.get_sketch().to(device))
+            for ns in range(len(self._seeds)):
+                ids, rows, slots, counts, last = (t.to(device) for t in old.export_ns(ns))
+                impl.import_ns(ns, ids, rows, slots, counts, last)
+        except BaseException:
+            self.handle, self.token = old_handle, old_token  # the group stays where it was
+            raise
         for k, v in old.stats().items():
             self._stats_base[k] += v
         self._impl, self.device, self.backend = impl, device, backend
-        _table_dims.pop(old_handle, None)
         self.anchor.data = self.anchor.data.to(device)
-        if _FUSED_GROUPS.get(old_handle) is self:
-            del _FUSED_GROUPS[old_handle]
-            _FUSED_GROUPS[self.handle] = self
         return self
 
     def __deepcopy__(self, memo):
@@ -239,10 +231,6 @@ class TableGroup:
         self._optimizer = weakref.ref(optimizer, functools.partial(_optimizer_gone, weakref.ref(self)))
         self._impl.set_keep_grads(True)
         self._fused = fused
-        if fused:
-            _FUSED_GROUPS[self.handle] = self
-        else:
-            _FUSED_GROUPS.pop(self.handle, None)
 
     def reserve_slots(self, kind: str, width: int) -> None:
         """Lays out slots for a `kind` optimizer that is not attached yet (state is loaded next);
@@ -259,6 +247,12 @@ class TableGroup:
         """The attached optimizer if it is alive and fused, else None."""
         opt = self._attached()
         return opt if opt is not None and self._fused else None
+
+    def fused_update(self):
+        """The optimizer that applies this backward's gradients right away (fused), or None when
+        backward leaves them pending: no fused optimizer, or gradients already wait for step()."""
+        opt = self.fused_optimizer()
+        return opt if opt is not None and self.pending_rows() == 0 else None
 
     # ---- lookups ----
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
@@ -373,28 +367,27 @@ class HashTable:
 
     def find(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, -1 where absent. Never inserts."""
-        return table_ops(self.group.handle).find(self.group.handle, self.ns, self._ids(ids))
+        return kernels(self.group).find(self.group.handle, self.ns, self._ids(ids))
 
     def find_or_insert(self, ids: torch.Tensor) -> torch.Tensor:
         """Row index of each id, inserting missing ids (no admission; capacity rules apply)."""
-        return table_ops(self.group.handle).find_or_insert(self.group.token, self.group.handle, self.ns,
-                                                           self._ids(ids))
+        return kernels(self.group).find_or_insert(self.group.token, self.group.handle, self.ns, self._ids(ids))
 
     def erase(self, ids: torch.Tensor) -> int:
-        return table_ops(self.group.handle).erase(self.group.token, self.group.handle, self.ns, self._ids(ids))
+        return kernels(self.group).erase(self.group.token, self.group.handle, self.ns, self._ids(ids))
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """Embeddings of the given rows ([n, dim]); -1 gives zeros."""
-        return table_ops(self.group.handle).gather(self.group.handle, self._ids(rows))
+        return kernels(self.group).gather(self.group.handle, self._ids(rows))
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of `ids` without inserting: zeros (or initial values, per `missing`) if absent.
         The same kernel as an eval-mode forward with no pooling; nothing in the table changes."""
         ids = self._ids(ids)
         offsets = torch.tensor([0, ids.numel()], dtype=torch.int64, device=ids.device)
-        out, _, _ = table_ops(self.group.handle).lookup_forward(self.group.token, self.group.handle, ids, offsets,
-                                                                None, [self.ns], 1, [0], self.embedding_dim,
-                                                                COMBINERS[None], LOOKUP_EVAL)
+        out, _, _ = kernels(self.group).lookup_forward(self.group.token, self.group.handle, ids, offsets, None,
+                                                       [self.ns], 1, [0], self.embedding_dim, COMBINERS[None],
+                                                       LOOKUP_EVAL)
         return out
 
     def initial_rows(self, ids: torch.Tensor) -> torch.Tensor:

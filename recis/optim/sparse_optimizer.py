@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Sequence, Union
 
 import torch
 
-from recis._ops import OPTIM_KINDS, table_ops
+from recis._ops import OPTIM_KINDS, kernels
 from recis.config_utils import Range, check_value
 from recis.nn.hash_table import HashTable, TableGroup
 from recis.optim.hyper import check_options
@@ -95,7 +95,7 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                     continue
                 # The step count lives in the table (and its state_dict), like the slots.
                 table.optimizer_step += 1
-                applied, nonfinite = table_ops(table.handle).apply_update(
+                applied, nonfinite = kernels(table).apply_update(
                     table.token, table.handle, OPTIM_KINDS[self.kind],
                     [float(h) for h in self.hyper(pg, table.optimizer_step)], self.skip_nonfinite).tolist()
                 if nonfinite:
@@ -108,7 +108,7 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         """Called from the lookup's backward in fused mode: sums and applies each row's gradient."""
         pg = self._group_of[id(table.anchor)]
         table.optimizer_step += 1
-        applied, nonfinite = table_ops(table.handle).lookup_backward_apply(
+        applied, nonfinite = kernels(table).lookup_backward_apply(
             table.token, table.handle, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
             col_offsets, combiner, OPTIM_KINDS[self.kind],
             [float(h) for h in self.hyper(pg, table.optimizer_step)]).tolist()
@@ -132,4 +132,4 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         for table in self._tables:
-            table_ops(table.handle).clear_pending(table.token, table.handle)
+            kernels(table).clear_pending(table.token, table.handle)
