@@ -119,12 +119,18 @@ def test_owner_rows_gradient_is_the_sgd_step_of_each_key(backend, fused, missing
     torch.testing.assert_close(b["rows"][0], init_b[0] - 0.5 * coef[1], rtol=0, atol=1e-6)
 
 
-def test_unique_keys_sums_counts_per_key():
-    ns, ids, counts, inverse = unique_keys(torch.tensor([1, 0, 1, 0]), torch.tensor([5, 5, 5, 6]),
-                                           torch.tensor([2, 1, 3, 1]), 2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unique_keys_sums_counts_per_key(backend):
+    ns, ids, counts, inverse = unique_keys(group(backend), torch.tensor([1, 0, 1, 0]), torch.tensor([5, 5, 5, 6]),
+                                           torch.tensor([2, 1, 3, 1]))
     keys = list(zip(ns.tolist(), ids.tolist(), counts.tolist()))
     assert sorted(keys) == [(0, 5, 1), (0, 6, 1), (1, 5, 5)]
     assert [keys[i][:2] for i in inverse.tolist()] == [(1, 5), (0, 5), (1, 5), (0, 6)]
+    one = TableGroup(4, names=["c"], seeds=[1], backend=backend)
+    ns, ids, counts, inverse = unique_keys(one, torch.zeros(3, dtype=torch.int64), torch.tensor([9, 4, 9]),
+                                           torch.tensor([1, 2, 3]))
+    assert sorted(zip(ids.tolist(), counts.tolist())) == [(4, 2), (9, 4)] and ns.tolist() == [0, 0]
+    assert [ids[i] for i in inverse.tolist()] == [9, 4, 9]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

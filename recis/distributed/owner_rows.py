@@ -22,25 +22,26 @@ def resolve(group, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, mo
     return kernels(group).resolve(group.token, group.handle, ns, ids, counts, mode)
 
 
-def unique_keys(ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, tables: int
+def unique_keys(group, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ns, ids, summed counts, inverse) of the distinct keys among (ns[i], ids[i], counts[i]),
-    on their device (ranks send the same key once each)."""
-    parts, inverse, base = [], torch.empty_like(ids), 0
-    for t in range(tables):
-        sel = (ns == t).nonzero().squeeze(1) if tables > 1 else None
-        part = ids if sel is None else ids[sel]
-        uniq, inv = torch.unique(part, sorted=True, return_inverse=True)
-        summed = torch.zeros_like(uniq).scatter_add_(0, inv, counts if sel is None else counts[sel])
-        if sel is None:
-            inverse = inv
-        else:
-            inverse[sel] = inv + base
-        parts.append((torch.full_like(uniq, t), uniq, summed))
-        base += uniq.numel()
-    if len(parts) == 1:
-        return parts[0] + (inverse,)
-    return tuple(torch.cat(x) for x in zip(*parts)) + (inverse,)
+    """(ns, ids, summed counts, inverse) of the distinct keys among (ns[i], ids[i], counts[i]) of
+    `group`'s tables (ranks send the same key once each), by the group's dedup kernel."""
+    tables, dev = len(group.tables), ids.device
+    if tables > 1:
+        order = torch.sort(ns, stable=True).indices
+        ids, counts = ids[order], counts[order]
+        per_ns = torch.bincount(ns[order], minlength=tables)
+        offsets = torch.cat([per_ns.new_zeros(1), torch.cumsum(per_ns, 0)])
+    else:
+        offsets = torch.tensor([0, ids.numel()], dtype=torch.int64, device=dev)
+    u_ids, u_ns, _, inv = kernels(group).dedup_jagged(ids, offsets, list(range(tables)), 1)
+    inv = inv.long()
+    summed = torch.zeros_like(u_ids).scatter_add_(0, inv, counts)
+    if tables > 1:
+        inverse = torch.empty_like(inv)
+        inverse[order] = inv
+        inv = inverse
+    return u_ns, u_ids, summed, inv
 
 
 class _ResolvedRows(torch.autograd.Function):
@@ -95,7 +96,7 @@ def owner_rows(group, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor,
         group._tick_eviction()  # as TableGroup.lookup (until the table backends tick TTL themselves)
     inverse = None
     if not distinct:
-        ns, ids, counts, inverse = unique_keys(ns, ids, counts, len(group.tables))
+        ns, ids, counts, inverse = unique_keys(group, ns, ids, counts)
     if training and torch.is_grad_enabled():
         out = _ResolvedRows.apply(group.anchor, group, ns, ids, counts)
     else:
