@@ -8,6 +8,7 @@
 #include "hashtable/hash_table.h"
 #include "hashtable/registry.h"
 #include "ops/pooling.h"
+#include "ops/resolve_op.h"
 #include "ops/row_pool_ops.h"
 #include "ops/table_ops.h"
 #include "optim/sparse_update.h"
@@ -31,6 +32,8 @@ TORCH_LIBRARY(recis, m) {
   m.def("find_or_insert(Tensor(a!) token, int table, int ns, Tensor ids) -> Tensor");
   m.def("erase(Tensor(a!) token, int table, int ns, Tensor ids) -> SymInt");
   m.def("gather(int table, Tensor rows) -> Tensor");
+  // Rows of distinct (ns, id) keys, each counted `counts` times (admission, LFU), as a lookup.
+  m.def("resolve(Tensor(a!) token, int table, Tensor ns, Tensor ids, Tensor counts, int lookup_mode) -> Tensor");
   m.def("dedup_jagged(Tensor values, Tensor offsets, int[] feature_ns, int batch) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pool_rows(Tensor rows, Tensor inverse, Tensor offsets, Tensor? weights, int[] feature_ns, int batch, "
         "int[] col_offsets, int out_cols, int combiner) -> Tensor");
@@ -66,6 +69,7 @@ TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("find_or_insert", &recis::find_or_insert);
   m.impl("erase", &recis::erase);
   m.impl("gather", &recis::gather);
+  m.impl("resolve", &recis::resolve);
   m.impl("dedup_jagged", &recis::dedup_jagged);
   m.impl("pool_rows", &recis::pool_rows);
   m.impl("pool_rows_backward", &recis::pool_rows_backward);

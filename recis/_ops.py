@@ -205,3 +205,12 @@ def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
 
 
 from recis.gpu import ops as _gpu_ops  # noqa: E402,F401  (registers the CUDA kernels: Triton)
+
+
+# ---- recis::resolve (the owner's half of a sharded lookup; C++ kernel csrc/ops/resolve_op.cc) ---
+@torch.library.register_fake("recis::resolve")
+def _resolve_fake(token, table, ns, ids, counts, lookup_mode):
+    return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+from recis.gpu import resolve_op as _resolve_op  # noqa: E402,F401  (registers its CUDA kernel: Triton)

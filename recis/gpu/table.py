@@ -242,7 +242,8 @@ class TritonTable(LookupOps):
         if len(self._pending) > 1 and self.pending_rows() > 2 * (self.map.size + 1):
             self._pending = [self._merged_pending()]
         rows = entry[0]
-        if rows.numel():  # without a sync: rows without one (-1) count as UINT32_MAX
+        # Without a sync: rows without one (-1) count as UINT32_MAX; a table without rows has only those.
+        if rows.numel() and self.rows.last_seen.numel():
             seen = torch.where(rows >= 0, self.rows.last_seen[rows.clamp(min=0)], UINT32_MAX).min()
             self._pending_guard = seen if self._pending_guard is None else torch.minimum(self._pending_guard, seen)
         self._pending.append(entry)
