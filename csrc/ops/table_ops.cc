@@ -19,16 +19,39 @@
 #include "common/storage_pool.h"
 
 namespace recis {
+
+void bump(const at::Tensor& token) {
+  if (token.defined() && token.numel() > 0) token.add_(1);
+}
+
+// The lease ends when the storage is freed, i.e. when autograd releases the saved tensors (after
+// backward, or when the graph of a forward that gets no backward is dropped). Compiled graphs
+// save the same tensor, so this needs no Python and no extra op.
+at::Tensor leased(const std::vector<std::shared_ptr<HashTable>>& tables, const at::Tensor& rows,
+                  const std::vector<uint32_t>& steps) {
+  auto* buf = new at::Tensor(rows);
+  std::vector<std::pair<std::weak_ptr<HashTable>, uint32_t>> leases;
+  for (size_t t = 0; t < tables.size(); ++t) leases.emplace_back(tables[t], steps[t]);
+  at::Tensor out = at::from_blob(
+      buf->data_ptr(), rows.sizes(),
+      [buf, leases](void*) {
+        delete buf;
+        for (const auto& l : leases)
+          if (auto t = l.first.lock()) t->release_forward(l.second);
+      },
+      at::TensorOptions().dtype(at::kLong));
+  for (size_t t = 0; t < tables.size(); ++t) tables[t]->add_forward(steps[t]);
+  return out;
+}
+
 namespace {
+
+constexpr int64_t kUnpooled = static_cast<int64_t>(Combiner::kNone);
 
 // Lookup outputs reuse their storage across steps (a few of them: each can be tens of MB).
 at::Tensor reusable_output(at::IntArrayRef shape) {
   static thread_local StoragePool pool(4);
   return pool.empty(shape, at::kFloat);
-}
-
-void bump(const at::Tensor& token) {
-  if (token.defined() && token.numel() > 0) token.add_(1);
 }
 
 void bump_all(at::TensorList tokens) {
@@ -76,10 +99,11 @@ int64_t table_layouts(at::IntArrayRef feature_ns, at::IntArrayRef col_offsets, i
   out.clear();
   const int64_t pooled_end = batch * out_cols;
   for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK_VALUE(combiners[t] >= 0 && combiners[t] <= 2, "recis: unknown combiner code ", combiners[t]);
+    TORCH_CHECK_VALUE(combiners[t] >= 0 && combiners[t] <= static_cast<int64_t>(Combiner::kNone),
+                      "recis: unknown combiner code ", combiners[t]);
     TableLayout L{feature_ns.slice(t * F, F), col_offsets.slice(t * F, F), combiners[t], 0, out_cols};
     check_layout(L.feature_ns, batch, L.col_offsets, offsets);
-    if (combiners[t] == 2) {
+    if (combiners[t] == kUnpooled) {
       L.out_cols = dims[t];  // its [n, dim] block comes after the pooled one (place_unpooled)
     } else {
       for (int64_t f = 0; f < F; ++f)
@@ -97,7 +121,7 @@ int64_t table_layouts(at::IntArrayRef feature_ns, at::IntArrayRef col_offsets, i
 int64_t place_unpooled(std::vector<TableLayout>& layouts, int64_t pooled_end, int64_t n) {
   int64_t end = pooled_end;
   for (TableLayout& L : layouts)
-    if (L.combiner == 2) {
+    if (L.combiner == kUnpooled) {
       L.out_base = end;
       end += n * L.out_cols;
     }
@@ -109,7 +133,7 @@ int64_t place_unpooled(std::vector<TableLayout>& layouts, int64_t pooled_end, in
 at::Tensor output_shape(const at::Tensor& out, const std::vector<TableLayout>& layouts, int64_t batch,
                         int64_t out_cols, int64_t n) {
   int64_t unpooled = 0;
-  for (const TableLayout& L : layouts) unpooled += L.combiner == 2;
+  for (const TableLayout& L : layouts) unpooled += L.combiner == kUnpooled;
   if (unpooled == 0) return out.view({batch, out_cols});
   if (unpooled == 1 && layouts.size() == 1 && batch * out_cols == 0) return out.view({n, layouts[0].out_cols});
   return out;
@@ -134,28 +158,6 @@ int64_t unique_count(const int32_t* inv, int64_t n) {
   int64_t u = 0;
   for (int64_t i = 0; i < n; ++i) u = std::max<int64_t>(u, inv[i] + 1);
   return u;
-}
-
-// The unique_rows output of a training forward that expects a backward. Its storage carries
-// the forward's lease on each table (HashTable::add_forward): the lease ends when the storage
-// is freed, i.e. when autograd releases the saved tensors (after backward, or when the graph
-// of a forward that gets no backward is dropped). Compiled graphs save the same tensor, so
-// this needs no Python and no extra op.
-at::Tensor leased(const std::vector<std::shared_ptr<HashTable>>& tables, const at::Tensor& rows,
-                  const std::vector<uint32_t>& steps) {
-  auto* buf = new at::Tensor(rows);
-  std::vector<std::pair<std::weak_ptr<HashTable>, uint32_t>> leases;
-  for (size_t t = 0; t < tables.size(); ++t) leases.emplace_back(tables[t], steps[t]);
-  at::Tensor out = at::from_blob(
-      buf->data_ptr(), rows.sizes(),
-      [buf, leases](void*) {
-        delete buf;
-        for (const auto& l : leases)
-          if (auto t = l.first.lock()) t->release_forward(l.second);
-      },
-      at::TensorOptions().dtype(at::kLong));
-  for (size_t t = 0; t < tables.size(); ++t) tables[t]->add_forward(steps[t]);
-  return out;
 }
 
 // One table's forward: dedup its features' values, resolve them to rows (inserting in
@@ -220,8 +222,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tok
                                                               at::IntArrayRef combiners, int64_t mode) {
   check_ids(values_in, "values");
   check_ids(offsets_in, "offsets");
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
-  const bool train = mode != 0;
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= static_cast<int64_t>(LookupMode::kTrainWithGrad), "recis: unknown lookup mode ",
+                    mode);
+  const bool train = mode != static_cast<int64_t>(LookupMode::kEval);
   const auto tables = tables_of(tokens, handles);
   const int64_t T = static_cast<int64_t>(tables.size());
   std::vector<int64_t> dims;
@@ -248,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tok
     // The pooled block is written column by column by its tables; columns no table writes are 0.
     int64_t covered = 0;
     for (int64_t t = 0; t < T; ++t)
-      if (layouts[t].combiner != 2)
+      if (layouts[t].combiner != kUnpooled)
         for (int64_t ns : layouts[t].feature_ns) covered += ns >= 0 ? dims[t] : 0;
     if (covered != out_cols) std::fill(out.data_ptr<float>(), out.data_ptr<float>() + pooled_end, 0.f);
     for_each_table(T, [&](int64_t t) {
@@ -257,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tok
                   out.data_ptr<float>());
     });
   }
-  if (mode == 2) {
+  if (mode == static_cast<int64_t>(LookupMode::kTrainWithGrad)) {
     std::vector<uint32_t> steps;
     for (const auto& t : tables) steps.push_back(t->step());
     unique_rows = leased(tables, unique_rows, steps);

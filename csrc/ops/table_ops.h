@@ -11,9 +11,28 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <tuple>
+#include <utility>
+#include <vector>
+
+#include "hashtable/hash_table.h"
 
 namespace recis {
+
+// lookup_forward's `mode`: eval (no inserts, no step), train, train keeping the forward's rows for backward.
+enum class LookupMode : int32_t { kEval = 0, kTrain = 1, kTrainWithGrad = 2 };
+inline constexpr std::pair<const char*, LookupMode> kLookupModeNames[] = {  // recis.vocabulary.LOOKUP_MODES
+    {"eval", LookupMode::kEval}, {"train", LookupMode::kTrain}, {"train_with_grad", LookupMode::kTrainWithGrad}};
+// Counts a table-changing op on the token (the op's ordering edge for torch.compile).
+void bump(const at::Tensor& token);
+// The unique_rows output of a training forward that expects a backward: its storage carries
+// the forward's lease on each table (HashTable::add_forward, at steps[t]) until autograd frees it.
+at::Tensor leased(const std::vector<std::shared_ptr<HashTable>>& tables, const at::Tensor& rows,
+                  const std::vector<uint32_t>& steps);
+inline at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& rows, uint32_t step) {
+  return leased(std::vector<std::shared_ptr<HashTable>>{table}, rows, std::vector<uint32_t>{step});
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::TensorList tokens, at::IntArrayRef tables,
                                                               const at::Tensor& values, const at::Tensor& offsets,

@@ -13,7 +13,9 @@ import torch
 
 from recis.gpu import jagged
 from recis.gpu.jagged import MAX_VALUES, check_device, check_ids, check_layout, check_offsets, check_weights
-from recis.gpu.lookup import HYPER_SIZES
+from recis.vocabulary import COMBINERS, LOOKUP_MODES, optimizer_of_code
+
+UNPOOLED = COMBINERS[None]
 
 _TABLES: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _handles = itertools.count(-1, -1)
@@ -35,7 +37,7 @@ def triton_table(handle: int):
     return table
 
 
-def _cuda_kernel(name: str):
+def cuda_kernel(name: str):
     """Registers fn as the CUDA kernel of recis::name. Kernels run eagerly: under torch.compile the
     op is a node of the graph (traced through its fake kernel), never the Python inside it."""
     def register_kernel(fn):
@@ -82,11 +84,11 @@ def _layouts(tables, feature_ns, batch, col_offsets, out_cols, combiners, offset
     end = batch * out_cols
     layouts = []
     for t, (table, c) in enumerate(zip(tables, combiners)):
-        if c not in (0, 1, 2):
+        if c not in COMBINERS.values():
             raise ValueError(f"recis: unknown combiner code {c}")
         fns, cols = list(feature_ns[t * F:(t + 1) * F]), list(col_offsets[t * F:(t + 1) * F])
         check_layout(fns, batch, cols, offsets)
-        if c == 2:
+        if c == UNPOOLED:
             layouts.append((fns, cols, c, end, end + n * table.dim))
             end += n * table.dim
         else:
@@ -101,17 +103,17 @@ def _layouts(tables, feature_ns, batch, col_offsets, out_cols, combiners, offset
 def _block(flat, batch, out_cols, layout, n, dim):
     """A table's block of a flat lookup output (or its gradient)."""
     fns, cols, c, start, end = layout
-    return flat[start:end].view(n, dim) if c == 2 else flat[:batch * out_cols].view(batch, out_cols)
+    return flat[start:end].view(n, dim) if c == UNPOOLED else flat[:batch * out_cols].view(batch, out_cols)
 
 
-@_cuda_kernel("lookup_forward")
+@cuda_kernel("lookup_forward")
 def lookup_forward(tokens, tables, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols, combiners,
                    lookup_mode):
     tabs = _tables(tokens, tables)
     dev = tabs[0].device
     check_ids(values, "values", dev)
     check_ids(offsets, "offsets", dev)
-    if lookup_mode not in (0, 1, 2):
+    if lookup_mode not in LOOKUP_MODES.values():
         raise ValueError(f"recis: unknown lookup mode {lookup_mode}")
     values, offsets = values.contiguous(), offsets.contiguous()
     n = values.shape[0]
@@ -128,15 +130,15 @@ def lookup_forward(tokens, tables, values, offsets, weights, feature_ns, batch_s
     out = torch.empty(size, device=dev)
     unique_rows = torch.empty(T, n, dtype=torch.int64, device=dev)
     inverse = torch.empty(T, n, dtype=torch.int32, device=dev)
-    covered = sum(t.dim for t, lay in zip(tabs, layouts) if lay[2] != 2 for f in lay[0] if f >= 0)
+    covered = sum(t.dim for t, lay in zip(tabs, layouts) if lay[2] != UNPOOLED for f in lay[0] if f >= 0)
     if covered != out_cols:
         out[:batch_size * out_cols].zero_()  # columns no table writes are 0
     for t, (table, lay) in enumerate(zip(tabs, layouts)):
-        table.lookup_into(values, offsets, w, lay[0], batch_size, lay[1], out_cols if lay[2] != 2 else table.dim,
+        table.lookup_into(values, offsets, w, lay[0], batch_size, lay[1], out_cols if lay[2] != UNPOOLED else table.dim,
                           lay[2], lookup_mode, _block(out, batch_size, out_cols, lay, n, table.dim), unique_rows[t],
                           inverse[t])
     _bump(tokens)
-    unpooled = [lay for lay in layouts if lay[2] == 2]
+    unpooled = [lay for lay in layouts if lay[2] == UNPOOLED]
     if not unpooled:
         out = out.view(batch_size, out_cols)
     elif T == 1 and batch_size * out_cols == 0:
@@ -166,7 +168,7 @@ def _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, in
     return tabs, layouts, grad, w, n
 
 
-@_cuda_kernel("lookup_backward")
+@cuda_kernel("lookup_backward")
 def lookup_backward(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
                     col_offsets, out_cols, combiners):
     tabs, layouts, grad, w, n = _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, inverse,
@@ -177,7 +179,7 @@ def lookup_backward(tokens, tables, grad_out, offsets, weights, unique_rows, inv
     _bump(tokens)
 
 
-@_cuda_kernel("lookup_backward_apply")
+@cuda_kernel("lookup_backward_apply")
 def lookup_backward_apply(tokens, tables, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
                           col_offsets, out_cols, combiners, kinds, hyper):
     tabs, layouts, grad, w, n = _backward_inputs(tokens, tables, grad_out, offsets, weights, unique_rows, inverse,
@@ -186,10 +188,9 @@ def lookup_backward_apply(tokens, tables, grad_out, offsets, weights, unique_row
         raise ValueError(f"recis: {len(kinds)} optimizer kinds for {len(tabs)} tables; pass one per table")
     hypers, at = [], 0
     for kind in kinds:
-        if kind not in HYPER_SIZES:
-            raise ValueError(f"unknown optimizer kind {kind}")
-        hypers.append(list(hyper[at:at + HYPER_SIZES[kind]]))
-        at += HYPER_SIZES[kind]
+        size = len(optimizer_of_code(kind).hyper)
+        hypers.append(list(hyper[at:at + size]))
+        at += size
     if at != len(hyper):
         raise ValueError(f"recis: hyper has {len(hyper)} entries; the optimizer kinds {list(kinds)} take {at}")
     for table, kind, h in zip(tabs, kinds, hypers):  # bad hyperparameters fail before any work
@@ -201,38 +202,38 @@ def lookup_backward_apply(tokens, tables, grad_out, offsets, weights, unique_row
     return torch.stack(counts).to(torch.int64)
 
 
-@_cuda_kernel("apply_update")
+@cuda_kernel("apply_update")
 def apply_update(token, table, kind, hyper, skip_nonfinite):
     return triton_table(table).apply_update(token, kind, hyper, skip_nonfinite)
 
 
-@_cuda_kernel("clear_pending")
+@cuda_kernel("clear_pending")
 def clear_pending(tokens, tables):
     for table in _tables(tokens, tables):
         table.clear_pending()
     _bump(tokens)
 
 
-@_cuda_kernel("find")
+@cuda_kernel("find")
 def find(table, ns, ids):
     return triton_table(table).find(ns, ids)
 
 
-@_cuda_kernel("find_or_insert")
+@cuda_kernel("find_or_insert")
 def find_or_insert(token, table, ns, ids):
     return triton_table(table).find_or_insert(token, ns, ids)
 
 
-@_cuda_kernel("erase")
+@cuda_kernel("erase")
 def erase(token, table, ns, ids):
     return triton_table(table).erase(token, ns, ids)
 
 
-@_cuda_kernel("gather")
+@cuda_kernel("gather")
 def gather(table, rows):
     return triton_table(table).gather(rows)
 
 
-_cuda_kernel("dedup_jagged")(jagged.dedup_jagged_op)
-_cuda_kernel("pool_rows")(jagged.pool_rows_op)
-_cuda_kernel("pool_rows_backward")(jagged.pool_rows_backward_op)
+cuda_kernel("dedup_jagged")(jagged.dedup_jagged_op)
+cuda_kernel("pool_rows")(jagged.pool_rows_op)
+cuda_kernel("pool_rows_backward")(jagged.pool_rows_backward_op)

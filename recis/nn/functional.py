@@ -3,11 +3,12 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from recis._ops import COMBINERS, kernels
+from recis._ops import kernels
+from recis.vocabulary import COMBINERS, LOOKUP_MODES
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
-LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
+LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = (LOOKUP_MODES[m] for m in ("eval", "train", "train_with_grad"))
 UNPOOLED = COMBINERS[None]
 
 
@@ -142,8 +143,8 @@ def fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inve
             opt.report_fused_nonfinite(g, nonfinite, applied)
 
 
-def hash_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
-                layout: Layout, batch: int, train: bool) -> torch.Tensor:
+def collection_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                      layout: Layout, batch: int, train: bool) -> torch.Tensor:
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in the table groups `groups` (one
     backend and device) with one op call; differentiable in training. Returns the op's output
     (see `output_blocks`)."""
@@ -156,6 +157,36 @@ def hash_lookup(groups, values: torch.Tensor, offsets: torch.Tensor, weights: Op
                                                   offsets, weights, layout.feature_ns, batch, layout.col_offsets,
                                                   layout.out_cols, layout.combiners, mode)
     return out
+
+
+def _one_group_layout(feature_ns, col_offsets, out_cols: int, combiner: int) -> Layout:
+    return Layout(list(feature_ns), list(col_offsets), 0 if combiner == UNPOOLED else out_cols, [combiner])
+
+
+def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                feature_ns: List[int], batch: int, col_offsets: List[int], out_cols: int, combiner: int,
+                train: bool) -> torch.Tensor:
+    """Looks up a (KeyedJaggedTensor-ordered) jagged batch in one group: [batch, out_cols] pooled,
+    [n, dim] unpooled (the lookup op with a list of one table); differentiable in training."""
+    layout = _one_group_layout(feature_ns, col_offsets, out_cols, combiner)
+    return collection_lookup([group], values, offsets, weights, layout, batch, train)
+
+
+@torch.no_grad()
+def group_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch: int, col_offsets,
+                   out_cols: int, combiner: int) -> None:
+    """The backward of one group's lookup (unique_rows/inverse: its [n] rows): the fused update when
+    its optimizer is fused, else the gradients kept for step(). For callers with their own forward
+    (the sharded owner lookup)."""
+    layout = _one_group_layout(feature_ns, col_offsets, out_cols, combiner)
+    rows, inv = unique_rows.reshape(1, -1), inverse.reshape(1, -1)
+    opt = group.fused_update()
+    if opt is not None:
+        fused_backward([group], [group.token], grad_out, offsets, weights, rows, inv, layout, batch, [opt])
+    else:
+        kernels(group).lookup_backward([group.token], [group.handle], grad_out, offsets, weights, rows, inv,
+                                       layout.feature_ns, batch, layout.col_offsets, layout.out_cols,
+                                       layout.combiners)
 
 
 def output_blocks(out: torch.Tensor, groups, layout: Layout, batch: int, n: int) -> List[torch.Tensor]:
