@@ -82,6 +82,7 @@ class _HashLookup(torch.autograd.Function):
         # The data-dependent outputs are returned too (non-differentiable), so torch.compile
         # sees where their dynamic sizes come from.
         ctx.mark_non_differentiable(unique_rows, inverse)
+        ctx.set_materialize_grads(False)  # no zero gradients built for unique_rows and inverse
         return out, unique_rows, inverse
 
     @staticmethod
