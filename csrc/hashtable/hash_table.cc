@@ -435,6 +435,31 @@ void HashTable::export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, i
   });
 }
 
+std::vector<std::pair<int64_t, uint32_t>> HashTable::rows_since(uint32_t ns, uint32_t since) const {
+  check_ns(ns);
+  std::vector<std::pair<int64_t, uint32_t>> out;
+  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
+    if (store_.meta(r)->last_seen >= since) out.emplace_back(id, r);
+  });
+  return out;
+}
+
+void HashTable::export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb,
+                            float* slots, int64_t* counts, int64_t* last_seen) const {
+  const int64_t dim = store_.dim(), w = store_.slot_width(), n = static_cast<int64_t>(sel.size());
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint32_t r = sel[i].second;
+      const RowMeta* m = store_.meta(r);
+      ids[i] = sel[i].first;
+      counts[i] = m->count;
+      last_seen[i] = m->last_seen;
+      std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
+      if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
+    }
+  });
+}
+
 void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
                           const int64_t* counts, const int64_t* last_seen) {
   check_ns(ns);

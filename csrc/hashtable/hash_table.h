@@ -79,6 +79,12 @@ class HashTable {
 
   // ---- export / import of one namespace ----
   void export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, int64_t* counts, int64_t* last_seen) const;
+  // The (id, row) pairs of namespace ns whose last_seen >= since (rows a training lookup or an
+  // insert touched at or after step `since`), in id-map order; since = 0 selects every row.
+  std::vector<std::pair<int64_t, uint32_t>> rows_since(uint32_t ns, uint32_t since) const;
+  // Copies the selected rows out (arrays of sel.size() entries; slots only with a slot layout).
+  void export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb, float* slots,
+                   int64_t* counts, int64_t* last_seen) const;
   void import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
                  const int64_t* counts, const int64_t* last_seen);
   void clear();

@@ -48,6 +48,8 @@ BackwardInputs backward_inputs(const at::Tensor& grad_out, const at::Tensor& off
   return {grad_out.contiguous(), offsets.contiguous(), optional_weights(weights, n), n, n_unique};
 }
 
+}  // namespace
+
 void bump(at::Tensor& token) {
   if (token.defined() && token.numel() > 0) token.add_(1);
 }
@@ -71,8 +73,6 @@ at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& row
   return out;
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values_in,
                                                               const at::Tensor& offsets_in,
                                                               const c10::optional<at::Tensor>& weights,
@@ -81,8 +81,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
                                                               int64_t combiner, int64_t mode) {
   check_ids(values_in, "values");
   check_ids(offsets_in, "offsets");
-  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= 2, "recis: unknown combiner code ", combiner);
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
+  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= static_cast<int64_t>(Combiner::kNone), "recis: unknown combiner code ",
+                    combiner);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= static_cast<int64_t>(LookupMode::kTrainWithGrad), "recis: unknown lookup mode ",
+                    mode);
   const bool train = mode != static_cast<int64_t>(LookupMode::kEval);
   const int64_t F = static_cast<int64_t>(feature_ns.size());
   const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);
@@ -96,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
     if (feature_ns[f] >= 0) table->check_ns(static_cast<uint32_t>(feature_ns[f]));
 
   at::Tensor inverse = at::empty({n}, at::TensorOptions().dtype(at::kInt));
-  at::Tensor out = combiner == 2 ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
+  at::Tensor out = combiner == static_cast<int64_t>(Combiner::kNone) ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
   at::Tensor unique_rows;
   {
     GilRelease nogil;

@@ -11,7 +11,7 @@ import torch
 from recis.gpu.dedup import dedup_keys
 from recis.gpu.jagged import (HOT_ROW_SPLIT, MAX_VALUES, check_device, check_ids, check_layout, check_offsets,
                               check_weights, dedup_jagged, pool, pow2, segment_sum, unique_grads)
-from recis.vocabulary import optimizer_of_code
+from recis.vocabulary import COMBINERS, LOOKUP_MODES, MISSING_MODES, optimizer_of_code
 
 
 def table_op(fn):
@@ -70,9 +70,9 @@ class LookupOps:
                        col_offsets: Sequence[int], out_cols: int, combiner: int, mode: int):
         self._check_ids(values, "values")
         self._check_ids(offsets, "offsets")
-        if combiner not in (0, 1, 2):
+        if combiner not in COMBINERS.values():
             raise ValueError(f"recis: unknown combiner code {combiner}")
-        if mode not in (0, 1, 2):
+        if mode not in LOOKUP_MODES.values():
             raise ValueError(f"recis: unknown lookup mode {mode}")
         check_layout(feature_ns, batch, col_offsets, offsets)
         values, offsets = values.contiguous(), offsets.contiguous()
@@ -86,7 +86,7 @@ class LookupOps:
         check_offsets(offsets, n)
         dev, dim = self.device, self.dim
         uids, uns, ucounts, inverse = dedup_jagged(values, offsets, feature_ns, batch)
-        train = mode != 0
+        train = mode != LOOKUP_MODES["eval"]
         step_before = self._step
         if train:
             self._advance_step()  # the TTL sweep due at this step boundary, then step + 1
@@ -98,10 +98,10 @@ class LookupOps:
         U = uids.numel()
         unique_rows = torch.full((n,), -1, dtype=torch.int64, device=dev)
         unique_rows[:U] = urows
-        if mode == 2:
+        if mode == LOOKUP_MODES["train_with_grad"]:
             self._add_forward(unique_rows, self._step)
         src, fallback = urows, self.rows.emb[:0]
-        if self._missing == 1 and U:
+        if self._missing == MISSING_MODES["init"] and U:
             miss = (urows < 0).nonzero().flatten()
             if miss.numel():
                 m = miss.numel()

@@ -242,7 +242,8 @@ class TritonTable(LookupOps):
         if len(self._pending) > 1 and self.pending_rows() > 2 * (self.map.size + 1):
             self._pending = [self._merged_pending()]
         rows = entry[0]
-        if rows.numel():  # without a sync: rows without one (-1) count as UINT32_MAX
+        # Without a sync: rows without one (-1) count as UINT32_MAX; a table without rows has only those.
+        if rows.numel() and self.rows.last_seen.numel():
             seen = torch.where(rows >= 0, self.rows.last_seen[rows.clamp(min=0)], UINT32_MAX).min()
             self._pending_guard = seen if self._pending_guard is None else torch.minimum(self._pending_guard, seen)
         self._pending.append(entry)
@@ -466,6 +467,19 @@ class TritonTable(LookupOps):
         self._clear_pending()
         if self._sketch is not None:
             self._sketch.zero_()
+
+    @table_op
+    def export_ns_since(self, ns: int, since: int):
+        """export_ns of the rows touched at or after step `since` (last_seen >= since): what an
+        incremental checkpoint saves (the twin of the C++ HashTable.export_ns_since)."""
+        self.check_ns(ns)
+        if since < 0:
+            raise ValueError(f"export_ns_since: since must be a step >= 0, got {since}")
+        ids, rws = self.map.live(ns)
+        r = self.rows
+        keep = r.last_seen[rws] >= since
+        ids, rws = ids[keep], rws[keep]
+        return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
 
 
 def triton_next_pow2(n: int) -> int:

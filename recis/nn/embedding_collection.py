@@ -89,6 +89,11 @@ class EmbeddingCollection(nn.Module):
     def feature_names(self) -> List[str]:
         return [f for _, cols, _ in self._plans for f, _, _ in cols]
 
+    def group_layouts(self) -> List[tuple]:
+        """Per table group, in output order: (combiner, [(feature, namespace, first output column)],
+        output columns). How a sharded wrapper (recis.distributed) lays out the same output."""
+        return list(self._plans)
+
     def _checked_input(self, features, device: torch.device):
         """(keys, key -> position, batch, offsets, int64 values, weights) of a checked KJT."""
         what = type(self).__name__

@@ -236,6 +236,16 @@ class TableGroup:
         stats = {k: v + self._stats_base.get(k, 0) for k, v in self._impl.stats().items()}
         return dict(stats, live=len(self), step=self.step)
 
+    def load_stats(self, stats: Dict[str, int]) -> None:
+        """Sets the counters of stats() (inserts, evictions, not_admitted) to `stats`, e.g. those a
+        checkpoint saved; the table keeps counting from there."""
+        counted = self._impl.stats()
+        unknown = sorted(set(stats) - set(counted))
+        if unknown:
+            raise KeyError(f"tables {self.names}: unknown statistics {unknown} (known: {sorted(counted)})")
+        for k, v in stats.items():
+            self._stats_base[k] = int(v) - counted[k]
+
     @property
     def config(self) -> Dict:
         """The options of this group (dim, names, seeds, policies, ...) as a dict (see `configs`)."""
@@ -260,8 +270,10 @@ class TableGroup:
     def group_state(self) -> Dict[str, torch.Tensor]:
         state = {"step": torch.tensor(self.step, dtype=torch.int64),
                  "optimizer_step": torch.tensor(self.optimizer_step, dtype=torch.int64)}
-        if self.admission is not None:
-            state["sketch"] = self._impl.get_sketch()
+        if self.admission is not None:  # the sketch's counters in their own dtype, uint32
+            impl = self._impl
+            state["sketch"] = impl.export_sketch() if hasattr(impl, "export_sketch") else \
+                impl.get_sketch().to(torch.uint32)
         return state
 
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
@@ -341,9 +353,14 @@ class HashTable:
         """The deterministic initial rows of `ids` (what a fresh insert would get)."""
         return self.group._impl.initial_rows(self.ns, self._ids(ids))
 
-    def export(self) -> Dict[str, torch.Tensor]:
-        """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id."""
-        return dict(zip(STATE_KEYS, self.group._impl.export_ns(self.ns)))
+    def export(self, since: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id; with
+        `since`, of the ids touched at or after that step only (last_seen >= since: what an
+        incremental checkpoint saves; the table copies out just those rows)."""
+        if since is None:
+            return dict(zip(STATE_KEYS, self.group._impl.export_ns(self.ns)))
+        since = table_int(since, "export(since)", f"table {self.name!r}", Range(ge=0))
+        return dict(zip(STATE_KEYS, self.group._impl.export_ns_since(self.ns, since)))
 
     def load(self, state: Dict[str, torch.Tensor]) -> None:
         """Inserts or overwrites the ids in `state` (as produced by `export`)."""
