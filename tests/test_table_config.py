@@ -115,6 +115,25 @@ def test_the_backend_sweeps_ttl_at_its_step_boundary(backend):
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_the_resolve_op_sweeps_ttl_at_its_step_boundary(backend):
+    """The owner side of a sharded lookup resolves keys with the `resolve` op: its training
+    calls start the table's steps too, with the sweeps due."""
+    from recis.distributed.owner_rows import resolve
+    from recis.nn.functional import LOOKUP_TRAIN
+
+    ttl, interval = 1, 2
+    group = TableGroup([TableConfig("t", DIM, eviction=TTLEviction(ttl, interval))], backend=backend)
+    batches = [[1, 2], [2], [3], [3, 4], [4], [5]]
+    live = []
+    for batch in batches:
+        n = len(batch)
+        resolve(group, torch.zeros(n, dtype=torch.int64), ids_tensor(batch), torch.ones(n, dtype=torch.int64),
+                LOOKUP_TRAIN)
+        live.append(sorted(group.tables[0].export()["ids"].tolist()))
+    assert live == ttl_reference(batches, ttl, interval) and group.stats()["evictions"] == 2
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_ttl_survives_a_move_between_backends(backend):
     """The TTL schedule is part of the table: a table moved to the other backend keeps sweeping."""
     other = "triton" if backend == "cpp" else "cpp"
