@@ -37,7 +37,7 @@ def triton_resolve(table, token, ns: torch.Tensor, ids: torch.Tensor, counts: to
     with table._lock:
         step_before = table._step
         if train:
-            table._step += 1
+            table._advance_step()  # the TTL sweep due at this step boundary, then step + 1
         try:
             rows = table.resolve(ns.contiguous(), ids.contiguous(), counts.contiguous(), train)
         except BaseException:
