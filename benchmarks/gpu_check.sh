@@ -5,7 +5,9 @@
 #   3. runs benchmarks/embedding_step.py --device cuda: recis (Triton tables, hashing included) vs
 #      nn.EmbeddingBag(sparse=True) + SGD / Adagrad / SparseAdam (and fbgemm TBE if its CUDA wheel
 #      is installed), copy vs pooled-forward bandwidth, id map find/insert rates, the GPU targets;
-#   4. the same at batch 65536 (recis and EmbeddingBag only).
+#   4. the same at batch 65536 (recis and EmbeddingBag only);
+#   5. with more than one GPU: sharded tables under torchrun, one rank per GPU (NCCL):
+#      benchmarks/dist_gpu_check.py checks N ranks against one process and times the step.
 # Everything lands in $OUT (or runs/gpu_check): *.txt logs, *.json results, summary.txt.
 # The whole check stays within GPU_CHECK_BUDGET seconds (default 450): each step's timeout is cut
 # to what is left, and a step with under 30 s left is skipped (and says so).
@@ -56,4 +58,14 @@ t=$(left 100); (( t )) || log "skipped: no time left"
   --only recis,embbag_adagrad,embbag_sparseadam --json "$DEST/embedding_step_b65536.json" \
   > "$DEST/embedding_step_b65536.txt" 2> "$DEST/embedding_step_b65536.err"
 log "benchmark rc=$? ($(grep -h "GPU targets" "$DEST/embedding_step_b65536.txt" 2>/dev/null))"
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if (( GPUS > 1 )); then
+  log "sharded tables on $GPUS GPUs (torchrun, one rank per GPU, NCCL)"
+  t=$(left 120); (( t )) || log "skipped: no time left"
+  (( t )) && timeout "$t" "$PY" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" \
+    benchmarks/dist_gpu_check.py --json "$DEST/dist_gpu_check.json" > "$DEST/dist_gpu_check.txt" 2>&1
+  log "sharded rc=$? ($(grep -h '"exact"\|"step_ms"' "$DEST/dist_gpu_check.txt" 2>/dev/null | tr -d '\n '))"
+else
+  log "sharded run skipped: $GPUS GPU(s), it needs at least 2"
+fi
 log "done; results in $DEST"

@@ -14,8 +14,6 @@ vocabulary.check_native(_C.vocabulary())  # the C++ core was built with this voc
 
 ops = torch.ops.recis
 
-from recis.gpu import ops as _triton_kernels  # noqa: E402,F401  (registers the CUDA kernels: Triton)
-
 _CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 
@@ -204,3 +202,15 @@ def _feat_same_bytes_fake(a, b):
 @torch.library.register_fake("recis::feat_unpack_bits")
 def _feat_unpack_bits_fake(bitmaps, bit_offsets, lengths):
     return [b.new_empty((n,), dtype=torch.bool) for b, n in zip(bitmaps, lengths)]
+
+
+from recis.gpu import ops as _gpu_ops  # noqa: E402,F401  (registers the CUDA kernels: Triton)
+
+
+# ---- recis::resolve (the owner's half of a sharded lookup; C++ kernel csrc/ops/resolve_op.cc) ---
+@torch.library.register_fake("recis::resolve")
+def _resolve_fake(token, table, ns, ids, counts, lookup_mode):
+    return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+from recis.gpu import resolve_op as _resolve_op  # noqa: E402,F401  (registers its CUDA kernel: Triton)

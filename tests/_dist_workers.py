@@ -14,10 +14,18 @@ from recis.optim import SparseAdam, SparseRowwiseAdagrad
 FEATURES = ["user", "item", "genre"]
 
 
-def make_model(seed: int = 0, admission=None) -> DeepFM:
+def make_model(seed: int = 0, admission=None, backend: Optional[str] = None) -> DeepFM:
+    """The test DeepFM; `backend="triton"` puts its tables on the Triton kernels (the interpreter
+    on the CPU: the kernels of GPU tables)."""
+    from recis.nn import named_table_groups
+
     torch.manual_seed(seed)
     extra = {"admission": admission} if admission is not None else {}
-    return DeepFM(FEATURES, dense_dim=2, embedding_dim=4, hidden=(8,), combiners={"genre": "mean"}, **extra)
+    model = DeepFM(FEATURES, dense_dim=2, embedding_dim=4, hidden=(8,), combiners={"genre": "mean"}, **extra)
+    if backend is not None:
+        for _, group in named_table_groups(model):
+            group.to(backend=backend)
+    return model
 
 
 def global_batches(steps: int, batch: int, seed: int = 1) -> List[types.SimpleNamespace]:
@@ -106,10 +114,11 @@ def merge_contents(parts: List[Dict[str, Dict[str, torch.Tensor]]], replicated=(
     return out
 
 
-def sharded_training(steps: int, batch: int, kind: str, fused: bool, overrides: Dict[str, str], admission=None):
-    """Rank body: shards a DeepFM, trains on this rank's slice of each global batch."""
+def sharded_training(steps: int, batch: int, kind: str, fused: bool, overrides: Dict[str, str], admission=None,
+                     backend: Optional[str] = None):
+    """Rank body: shards a DeepFM (tables on `backend`), trains on this rank's slice of each global batch."""
     env = ShardingEnv.current()
-    model = shard(make_model(admission=admission), env, Planner(overrides=overrides), verbose=False)
+    model = shard(make_model(admission=admission, backend=backend), env, Planner(overrides=overrides), verbose=False)
     per_rank = batch // env.world_size
     lo, hi = env.rank * per_rank, (env.rank + 1) * per_rank
     batches = [slice_batch(b, lo, hi) for b in global_batches(steps, batch)]
@@ -301,7 +310,7 @@ def replicated_batch(rank: int):
     return ids, lengths, torch.randn(lengths.numel(), 4, generator=g)
 
 
-def replicated_sgd_step(lr: float):
+def replicated_sgd_step(lr: float, backend: Optional[str] = None):
     """Rank body: a replicated (combiner "mean") table trained one plain-SGD step on this rank's batch
     with loss sum(pooled * coefficients), deferred and fused; returns each table's (ids, rows)."""
     from recis.nn import EmbeddingCollection, TableConfig
@@ -311,7 +320,7 @@ def replicated_sgd_step(lr: float):
     ids, lengths, coef = replicated_batch(env.rank)
     out = {}
     for fused in (False, True):
-        ec = EmbeddingCollection([TableConfig("r", 4, combiner="mean", seed=3)], output="dict")
+        ec = EmbeddingCollection([TableConfig("r", 4, combiner="mean", seed=3)], output="dict", backend=backend)
         model = shard(ec, env, Planner(overrides={"r": "replicated"}), verbose=False)
         assert model.group_plans[0].sharding == "replicated"
         opt = SparseSGD(model, lr=lr, fused=fused)

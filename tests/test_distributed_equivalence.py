@@ -1,5 +1,6 @@
 """N ranks train exactly the model that one process trains on the same global batches
-(real multi-process gloo groups on the CPU)."""
+(real multi-process gloo groups on the CPU), with C++ tables and with the Triton kernels of GPU
+tables (backend="triton": Triton's interpreter on the CPU) against one C++ process."""
 import pytest
 import torch
 
@@ -37,12 +38,13 @@ def assert_same_training(ref, results, replicated=()):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("kind,fused,overrides", [
     ("rowwise_adagrad", True, {}),
     ("adam", True, {"genre": "replicated", "linear_user": "table_wise:1", "item": "table_wise:0"}),
 ])
-def test_two_ranks_train_the_single_process_model(kind, fused, overrides):
-    results = w_run(2, kind, fused, overrides)
+def test_two_ranks_train_the_single_process_model(kind, fused, overrides, backend):
+    results = w_run(2, kind, fused, overrides, backend=backend)
     replicated = [t for t, s in overrides.items() if s == "replicated"]
     assert_same_training(reference(kind, fused), results, replicated)
     held = [r.value[1]["user"]["ids"].numel() for r in results]
@@ -54,14 +56,24 @@ def test_two_ranks_train_the_single_process_model(kind, fused, overrides):
 
 
 @pytest.mark.slow
-def test_four_ranks_deferred_optimizer_and_admission():
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_four_ranks_deferred_optimizer_and_admission(backend):
     admission = FrequencyAdmission(min_count=2)
-    results = w_run(4, "rowwise_adagrad", False, {}, admission)
+    results = w_run(4, "rowwise_adagrad", False, {}, admission, backend=backend)
     assert_same_training(reference("rowwise_adagrad", False, admission), results)
 
 
-def w_run(world, kind, fused, overrides, admission=None):
-    return run_local(w.sharded_training, world, STEPS, BATCH, kind, fused, overrides, admission, timeout_s=240)
+@pytest.mark.slow
+def test_triton_tables_table_wise_and_replicated_deferred_with_admission():
+    overrides = {"genre": "replicated", "user": "table_wise:1", "linear_genre": "table_wise:0"}
+    admission = FrequencyAdmission(min_count=2)
+    results = w_run(2, "adam", False, overrides, admission, backend="triton")
+    assert_same_training(reference("adam", False, admission), results, replicated=["genre"])
+
+
+def w_run(world, kind, fused, overrides, admission=None, backend=None):
+    return run_local(w.sharded_training, world, STEPS, BATCH, kind, fused, overrides, admission, backend,
+                     timeout_s=240)
 
 
 def test_one_process_needs_no_process_group():

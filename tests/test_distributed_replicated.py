@@ -30,8 +30,9 @@ def reference_rows(world: int):
 
 
 @pytest.mark.slow
-def test_replicas_take_the_rank_averaged_sgd_step_and_agree():
-    results = run_local(w.replicated_sgd_step, 2, LR, timeout_s=180)
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_replicas_take_the_rank_averaged_sgd_step_and_agree(backend):
+    results = run_local(w.replicated_sgd_step, 2, LR, backend, timeout_s=180)
     union, want, initial = reference_rows(2)
     assert not torch.allclose(want, initial)  # the step moves the rows
     for fused in (False, True):

@@ -194,6 +194,35 @@ def test_cuda_tables_compile_with_the_graph_breaks_of_the_cpu(train):
     assert gpu[0] == cpu[0] == 0 and gpu[1] and cpu[1]
 
 
+class _Scorer(torch.nn.Module):
+    def __init__(self, backend, device="cpu"):
+        super().__init__()
+        self.emb = HashEmbedding(8, combiner="sum", initializer=Uniform(-0.5, 0.5), seed=3, backend=backend,
+                                 device=device)
+
+    def forward(self, values, offsets):
+        return (self.emb(values, offsets) * 2).sum(-1)
+
+
+def test_cuda_tables_trace_like_cpu_tables_without_a_gpu():
+    """Without a GPU: a Triton table on a fake CUDA device (FakeTensorMode: its tensors have
+    shapes and a device, no data) compiles an eval-mode model with the graph breaks of the C++
+    table, none, and the lookup op in the graph (the graph runs on fake tensors: fake kernels, no
+    Triton launch). Training needs a real device: autograd's gradient edge for a CUDA leaf asks
+    for the CUDA runtime, which a CPU-only torch build lacks (test above, on a GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cpu = _compile_report(_Scorer("cpp").eval(), *BATCH)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        cuda = torch.device("cuda", 0)
+        model = _Scorer("triton", cuda).eval()
+        assert kernels(model.emb.group) is ops and model.emb.group.token.device == cuda
+        gpu = _compile_report(model, *(t.to(cuda) for t in BATCH))
+    assert gpu[0] == cpu[0] == 0 and gpu[1] and cpu[1]
+    assert gpu[2].device == cuda and gpu[2].shape == cpu[2].shape
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_interpreted_triton_tables_run_the_lookup_outside_the_graph(train):
     """On the CPU both backends' inputs are CPU tensors, for which the dispatcher picks the C++

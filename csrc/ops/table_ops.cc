@@ -48,6 +48,8 @@ BackwardInputs backward_inputs(const at::Tensor& grad_out, const at::Tensor& off
   return {grad_out.contiguous(), offsets.contiguous(), optional_weights(weights, n), n, n_unique};
 }
 
+}  // namespace
+
 void bump(at::Tensor& token) {
   if (token.defined() && token.numel() > 0) token.add_(1);
 }
@@ -70,8 +72,6 @@ at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& row
   table->add_forward(step);
   return out;
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values_in,
                                                               const at::Tensor& offsets_in,

@@ -2,8 +2,11 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <tuple>
 #include <utility>
+
+#include "hashtable/hash_table.h"
 
 namespace recis {
 
@@ -11,6 +14,11 @@ namespace recis {
 enum class LookupMode : int32_t { kEval = 0, kTrain = 1, kTrainWithGrad = 2 };
 inline constexpr std::pair<const char*, LookupMode> kLookupModeNames[] = {  // recis.vocabulary.LOOKUP_MODES
     {"eval", LookupMode::kEval}, {"train", LookupMode::kTrain}, {"train_with_grad", LookupMode::kTrainWithGrad}};
+// Counts a table-changing op on the token (the op's ordering edge for torch.compile).
+void bump(at::Tensor& token);
+// The unique_rows output of a training forward that expects a backward: its storage carries
+// the forward's lease on the table (HashTable::add_forward) until autograd frees it.
+at::Tensor leased(const std::shared_ptr<HashTable>& table, const at::Tensor& rows, uint32_t step);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token, int64_t handle, const at::Tensor& values,
                                                               const at::Tensor& offsets,

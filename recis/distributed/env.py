@@ -44,6 +44,18 @@ class ShardingEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def backend(self) -> str:
+        """The process group's backend ("gloo", "nccl", ...); "local" for a single process."""
+        return dist.get_backend(self.group) if self.group is not None else "local"
+
+    @property
+    def device(self) -> torch.device:
+        """Where this env's collectives take their tensors: the current CUDA device for nccl, else the CPU."""
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     @classmethod
     def current(cls, group=None) -> "ShardingEnv":
         """The env of `group` (default: the default group) if torch.distributed is initialized, else a single process."""
@@ -113,7 +125,7 @@ class ShardingEnv:
         """Every rank's `tensor` (rows may differ in number across ranks)."""
         if not self.distributed:
             return [tensor]
-        n = torch.tensor([tensor.shape[0]], dtype=torch.int64)
+        n = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
         with self.failing_as(what):
             dist.all_gather(sizes, n, group=self.group)
@@ -136,7 +148,7 @@ class ShardingEnv:
         if self.distributed:
             with self.failing_as(what):
                 # A barrier as a tiny all_reduce: it honours the group's timeout on every backend.
-                dist.all_reduce(torch.zeros(1), group=self.group)
+                dist.all_reduce(torch.zeros(1, device=self.device), group=self.group)
 
 
 def _timeout_of(group) -> float:

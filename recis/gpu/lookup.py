@@ -89,7 +89,7 @@ class LookupOps:
         train = mode != LOOKUP_MODES["eval"]
         step_before = self._step
         if train:
-            self._step += 1
+            self._advance_step()  # the TTL sweep due at this step boundary, then step + 1
         try:
             urows = self.resolve(uns, uids, ucounts, train)
         except BaseException:

@@ -243,7 +243,8 @@ class TritonTable(LookupOps):
         if len(self._pending) > 1 and self.pending_rows() > 2 * (self.map.size + 1):
             self._pending = [self._merged_pending()]
         rows = entry[0]
-        if rows.numel():  # without a sync: rows without one (-1) count as UINT32_MAX
+        # Without a sync: rows without one (-1) count as UINT32_MAX; a table without rows has only those.
+        if rows.numel() and self.rows.last_seen.numel():
             seen = torch.where(rows >= 0, self.rows.last_seen[rows.clamp(min=0)], UINT32_MAX).min()
             self._pending_guard = seen if self._pending_guard is None else torch.minimum(self._pending_guard, seen)
         self._pending.append(entry)
@@ -378,6 +379,23 @@ class TritonTable(LookupOps):
         self._stats["evictions"] += evicted
         return evicted
 
+    # ---- TTL eviction at the step boundary (as HashTable::set_ttl / advance_step in C++) ----
+    _ttl = (0, 0)  # (ttl_steps, interval_steps): none until set_ttl
+
+    def set_ttl(self, ttl_steps: int, interval_steps: int) -> None:
+        """TTL eviction (ttl_steps 0: none): at every training-step boundary whose step is a
+        positive multiple of `interval_steps`, rows unseen for more than `ttl_steps` steps are erased."""
+        if ttl_steps and interval_steps < 1:
+            raise ValueError(f"recis: {self._label(0)}: TTL eviction needs interval_steps >= 1, got {interval_steps}")
+        self._ttl = (int(ttl_steps), int(interval_steps))
+
+    def _advance_step(self) -> None:
+        """Starts the next training step: first the TTL sweep due at this boundary, then step + 1."""
+        ttl, interval = self._ttl
+        if ttl and self._step > 0 and self._step % interval == 0:
+            self.evict_ttl(ttl)
+        self._step += 1
+
     # ---- ids -> rows without a lookup ----
     def find_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
         return self.map.find(ids, self._ns_tensor(ns, ids.numel()))
@@ -450,6 +468,19 @@ class TritonTable(LookupOps):
         self._clear_pending()
         if self._sketch is not None:
             self._sketch.zero_()
+
+    @table_op
+    def export_ns_since(self, ns: int, since: int):
+        """export_ns of the rows touched at or after step `since` (last_seen >= since): what an
+        incremental checkpoint saves (the twin of the C++ HashTable.export_ns_since)."""
+        self.check_ns(ns)
+        if since < 0:
+            raise ValueError(f"export_ns_since: since must be a step >= 0, got {since}")
+        ids, rws = self.map.live(ns)
+        r = self.rows
+        keep = r.last_seen[rws] >= since
+        ids, rws = ids[keep], rws[keep]
+        return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
 
 
 def triton_next_pow2(n: int) -> int:
