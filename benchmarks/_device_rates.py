@@ -9,6 +9,9 @@ import time
 
 import torch
 
+from recis._ops import kernels
+from recis.gpu.jagged import pool
+
 
 def _timed(fn, device, reps):
     fn()
@@ -44,15 +47,16 @@ def forward_bandwidth(ec, kjt, device, reps=20):
     feature_ns = list(range(len(keys)))
     col_offsets = [f * D for f in range(len(keys))]
     out_cols = len(keys) * D
+    k = kernels(group)
     with torch.no_grad():
-        _, unique_rows, inverse = impl.lookup_forward(None, group.handle, values, offsets, None, feature_ns, B,
-                                                      col_offsets, out_cols, 0, 0)
+        _, unique_rows, inverse = k.lookup_forward(group.token, group.handle, values, offsets, None, feature_ns, B,
+                                                   col_offsets, out_cols, 0, 0)
         n = values.numel()
         fb = impl.rows.emb[:0]
-        t_pool = _timed(lambda: impl._pool(offsets, inverse, unique_rows, fb, None, feature_ns, B, col_offsets,
-                                           out_cols, 0, n), device, reps)
-        t_full = _timed(lambda: impl.lookup_forward(None, group.handle, values, offsets, None, feature_ns, B,
-                                                    col_offsets, out_cols, 0, 0), device, reps)
+        t_pool = _timed(lambda: pool(impl.rows.emb, unique_rows, fb, offsets, inverse, None, feature_ns, B,
+                                     col_offsets, out_cols, 0, n), device, reps)
+        t_full = _timed(lambda: k.lookup_forward(group.token, group.handle, values, offsets, None, feature_ns, B,
+                                                 col_offsets, out_cols, 0, 0), device, reps)
     nbytes = n * D * 4 + B * out_cols * 4
     return {"values": n, "bytes": nbytes, "pool_ms": t_pool * 1e3, "pool_bytes_per_s": nbytes / t_pool,
             "lookup_ms": t_full * 1e3, "lookup_bytes_per_s": nbytes / t_full}

@@ -25,16 +25,15 @@ from typing import List
 import numpy as np
 import torch
 
+from recis import hashing
+
 _MASK63 = np.uint64((1 << 63) - 1)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 (increment + finalizer) of every uint64 in ``x``, vectorized, wrapping arithmetic."""
+    """splitmix64 (increment + finalizer, recis.hashing) of every uint64 in ``x``, vectorized, wrapping arithmetic."""
     with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        return hashing.mix(x.astype(np.uint64) + np.uint64(hashing.GOLDEN))
 
 
 def _n_distinct(x: np.ndarray) -> int:

@@ -47,6 +47,7 @@ if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout wit
 from _workload import Probe  # noqa: E402
 from embedding_step import wait_idle  # noqa: E402
 
+from recis import hashing  # noqa: E402
 from recis.features import FeatureEngine  # noqa: E402
 
 # Criteo Kaggle cardinalities of C1..C26, the largest capped at 1M.
@@ -73,7 +74,7 @@ def _zipf_ranks(rng, n, card, alpha=1.05):
 
 
 def _hex_column(rng, n, card, salt, p_null=0.02):
-    v = ((_zipf_ranks(rng, n, card) + np.uint64(salt << 32)) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    v = ((_zipf_ranks(rng, n, card) + np.uint64(salt << 32)) * np.uint64(hashing.GOLDEN)) >> np.uint64(32)
     nibbles = (v[:, None] >> (np.uint64(28) - np.uint64(4) * np.arange(8, dtype=np.uint64))) & np.uint64(15)
     data = HEX[nibbles.astype(np.intp)].reshape(-1)
     valid = rng.random(n) >= p_null

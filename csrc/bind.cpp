@@ -1,11 +1,13 @@
 // recis._C: the torch op library `recis` (schemas + CPU kernels) and the HashTable class.
 #include <torch/extension.h>
 
+#include "common/hashing.h"
 #include "features/hash_ops.h"
 #include "features/jagged_ops.h"
 #include "features/value_ops.h"
 #include "hashtable/hash_table.h"
 #include "hashtable/registry.h"
+#include "ops/pooling.h"
 #include "ops/resolve_op.h"
 #include "ops/row_pool_ops.h"
 #include "ops/table_ops.h"
@@ -115,6 +117,55 @@ py::tuple export_ns(Handle& h, uint32_t ns) {
   return py::make_tuple(ids, emb, slots, counts, last);
 }
 
+// The rows of namespace ns touched at or after step `since` (last_seen >= since), as
+// export_ns lays them out: what an incremental checkpoint saves, without copying the rest.
+py::tuple export_ns_since(Handle& h, uint32_t ns, int64_t since) {
+  HashTable& t = *h.table;
+  TORCH_CHECK_VALUE(since >= 0, "export_ns_since: since must be a step >= 0, got ", since);
+  const uint32_t from = static_cast<uint32_t>(std::min<int64_t>(since, UINT32_MAX));
+  at::Tensor ids, emb, slots, counts, last;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(t.mu);
+    const auto sel = t.rows_since(ns, from);
+    const int64_t n = static_cast<int64_t>(sel.size()), dim = t.dim(), w = t.slot_width();
+    ids = long_tensor(n), counts = long_tensor(n), last = long_tensor(n);
+    emb = at::empty({n, dim}), slots = at::empty({n, w});
+    t.export_rows(sel, ids.data_ptr<int64_t>(), emb.data_ptr<float>(), slots.data_ptr<float>(),
+                  counts.data_ptr<int64_t>(), last.data_ptr<int64_t>());
+  }
+  return py::make_tuple(ids, emb, slots, counts, last);
+}
+
+// The admission sketch's counters in their own dtype (uint32), copied as they are.
+at::Tensor export_sketch(Handle& h) {
+  std::lock_guard<std::mutex> lock(h.table->mu);
+  const auto& c = h.table->sketch().counts();
+  at::Tensor out = at::empty({static_cast<int64_t>(c.size())}, at::TensorOptions().dtype(at::kUInt32));
+  if (!c.empty()) std::memcpy(out.data_ptr(), c.data(), c.size() * sizeof(uint32_t));
+  return out;
+}
+
+// Restores the counters: uint32 (what export_sketch gives) is copied as it is; another integer
+// dtype (int64, what checkpoints before this format held) is clamped to [0, 2^32 - 1].
+void import_sketch(Handle& h, const at::Tensor& v) {
+  std::lock_guard<std::mutex> lock(h.table->mu);
+  auto& c = h.table->sketch().counts();
+  TORCH_CHECK_VALUE(v.numel() == static_cast<int64_t>(c.size()), "admission sketch has ", c.size(),
+                    " counters, the state holds ", v.numel());
+  TORCH_CHECK_TYPE(!at::isFloatingType(v.scalar_type()) && !at::isComplexType(v.scalar_type()) &&
+                       v.scalar_type() != at::kBool,
+                   "admission sketch counters must be an integer tensor, got ", v.scalar_type());
+  auto cpu = v.to(at::kCPU).contiguous();
+  if (cpu.scalar_type() == at::kUInt32) {
+    if (!c.empty()) std::memcpy(c.data(), cpu.data_ptr(), c.size() * sizeof(uint32_t));
+    return;
+  }
+  auto vl = cpu.to(at::kLong);
+  for (size_t i = 0; i < c.size(); ++i)
+    c[i] = static_cast<uint32_t>(std::clamp<int64_t>(vl.data_ptr<int64_t>()[i], 0, UINT32_MAX));
+}
+
 void import_ns(Handle& h, uint32_t ns, const at::Tensor& ids, const at::Tensor& emb, const c10::optional<at::Tensor>& slots,
                const c10::optional<at::Tensor>& counts, const c10::optional<at::Tensor>& last) {
   HashTable& t = *h.table;
@@ -190,6 +241,7 @@ PYBIND11_MODULE(_C, m) {
              h.table->reserve(ns, n);
            })
       .def("evict_ttl", locked(+[](HashTable& t, uint32_t ttl) { return t.evict_ttl(ttl); }))
+      .def("set_ttl", locked(+[](HashTable& t, uint32_t ttl, uint64_t interval) { t.set_ttl(ttl, interval); }))
       .def("clear", locked(+[](HashTable& t) { t.clear(); }))
       .def("pending_rows", locked(+[](HashTable& t) { return t.pending().n; }))
       .def("live_forwards", [](Handle& h) { return h.table->live_forwards(); })
@@ -209,14 +261,9 @@ PYBIND11_MODULE(_C, m) {
              for (size_t i = 0; i < c.size(); ++i) out.data_ptr<int64_t>()[i] = c[i];
              return out;
            }))
-      .def("set_sketch", locked(+[](HashTable& t, const at::Tensor& v) {
-             auto& c = t.sketch().counts();
-             TORCH_CHECK_VALUE(v.numel() == static_cast<int64_t>(c.size()), "admission sketch has ", c.size(),
-                               " counters, the state holds ", v.numel());
-             auto vl = v.to(at::kLong).contiguous();
-             for (size_t i = 0; i < c.size(); ++i)
-               c[i] = static_cast<uint32_t>(std::clamp<int64_t>(vl.data_ptr<int64_t>()[i], 0, UINT32_MAX));
-           }))
+      .def("set_sketch", &import_sketch)
+      .def("export_sketch", &export_sketch)
+      .def("import_sketch", &import_sketch)
       .def("initial_rows",
            [](Handle& h, uint32_t ns, const at::Tensor& ids) {
              h.table->check_ns(ns);
@@ -229,7 +276,32 @@ PYBIND11_MODULE(_C, m) {
              return out;
            })
       .def("export_ns", &export_ns)
+      .def("export_ns_since", &export_ns_since, py::arg("ns"), py::arg("since"))
       .def("import_ns", &import_ns, py::arg("ns"), py::arg("ids"), py::arg("rows"), py::arg("slots") = py::none(),
            py::arg("counts") = py::none(), py::arg("last_seen") = py::none());
-  m.def("slot_width_for", [](int kind, int64_t dim) { return recis::slot_width_for(static_cast<recis::OptimKind>(kind), dim); });
+  // The C++ side of recis.vocabulary, which checks it at import: every code and layout as the kernels define them.
+  m.def("vocabulary", [] {
+    auto codes = [](const auto& names) {
+      py::dict d;
+      for (const auto& [name, code] : names) d[name] = static_cast<int>(code);
+      return d;
+    };
+    py::dict optimizers;
+    for (size_t k = 0; k < std::size(recis::kOptimLayouts); ++k) {
+      const auto& L = recis::kOptimLayouts[k];
+      py::list hyper;
+      for (const char* h : L.hyper)
+        if (h) hyper.append(h);
+      optimizers[L.name] = py::dict(py::arg("code") = k, py::arg("slots_per_dim") = L.slots_per_dim,
+                                    py::arg("slots_per_row") = L.slots_per_row, py::arg("hyper") = py::tuple(hyper));
+    }
+    py::dict hashing(py::arg("golden") = recis::kGolden, py::arg("mix1") = recis::kMix1,
+                     py::arg("mix2") = recis::kMix2, py::arg("seed_salt") = recis::kSeedSalt,
+                     py::arg("column_step") = recis::kColumnStep, py::arg("attempt_step") = recis::kAttemptStep);
+    return py::dict(py::arg("optimizers") = optimizers, py::arg("combiners") = codes(recis::kCombinerNames),
+                    py::arg("lookup_modes") = codes(recis::kLookupModeNames),
+                    py::arg("missing_modes") = codes(recis::kMissingModeNames),
+                    py::arg("init_kinds") = codes(recis::kInitKindNames),
+                    py::arg("evict_policies") = codes(recis::kEvictPolicyNames), py::arg("hashing") = hashing);
+  });
 }

@@ -6,11 +6,11 @@ import weakref
 
 import torch
 
-from recis import _C  # noqa: F401  (registers torch.ops.recis.*)
+from recis import _C  # registers torch.ops.recis.*
+from recis import vocabulary
+from recis.vocabulary import COMBINERS, INIT_KINDS, OPTIM_KINDS  # noqa: F401  (re-exported)
 
-COMBINERS = {"sum": 0, "mean": 1, None: 2}
-OPTIM_KINDS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3, "adamw": 4, "ftrl": 5}
-INIT_KINDS = {"constant": 0, "uniform": 1, "normal": 2, "truncated_normal": 3}
+vocabulary.check_native(_C.vocabulary())  # the C++ core was built with this vocabulary
 
 ops = torch.ops.recis
 

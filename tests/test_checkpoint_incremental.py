@@ -66,10 +66,13 @@ def test_chain_with_evictions_erases_and_returning_ids_equals_full(tmp_path):
     inc = twins.save(8)
     twins.assert_chain_equals_full(8)
 
-    # The incremental file holds only rows touched since the base, and every live id.
+    # The incremental file holds only rows touched since the base, the ids gone since the base
+    # and the number of live ids.
     sparse = load_file(str(inc / "sparse.safetensors"))
-    assert sparse["ec.item.ids"].numel() < sparse["ec.item.live_ids"].numel()
-    assert set(sparse["ec.user.live_ids"].tolist()) == live_ids(model, "user")
+    assert sparse["ec.item.ids"].numel() < len(live_ids(model, "item")) == int(sparse["ec.item.live_count"])
+    assert set(sparse["ec.user.removed_ids"].tolist()) == gone_users
+    assert set(sparse["ec.item.removed_ids"].tolist()) == set(erased) - live_ids(model, "item")
+    assert int(sparse["ec.user.live_count"]) == len(live_ids(model, "user"))
     base_step = 4
     expected = {i for i, seen in zip(*(model.ec.tables()["item"].export()[k].tolist() for k in ("ids", "last_seen")))
                 if seen >= base_step}

@@ -391,6 +391,18 @@ int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
   return erased;
 }
 
+void HashTable::set_ttl(uint32_t ttl_steps, uint64_t interval_steps) {
+  TORCH_CHECK_VALUE(ttl_steps == 0 || interval_steps > 0, "recis: ", label(0),
+                    ": TTL eviction needs interval_steps >= 1, got ", interval_steps);
+  ttl_steps_ = ttl_steps;
+  ttl_interval_ = interval_steps;
+}
+
+void HashTable::advance_step() {
+  if (ttl_steps_ > 0 && step_ > 0 && step_ % ttl_interval_ == 0) evict_ttl(ttl_steps_);
+  ++step_;
+}
+
 int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
   const uint32_t guard = protected_from();
   int64_t evicted = 0;
@@ -420,6 +432,31 @@ void HashTable::export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, i
     std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
     if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
     ++i;
+  });
+}
+
+std::vector<std::pair<int64_t, uint32_t>> HashTable::rows_since(uint32_t ns, uint32_t since) const {
+  check_ns(ns);
+  std::vector<std::pair<int64_t, uint32_t>> out;
+  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
+    if (store_.meta(r)->last_seen >= since) out.emplace_back(id, r);
+  });
+  return out;
+}
+
+void HashTable::export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb,
+                            float* slots, int64_t* counts, int64_t* last_seen) const {
+  const int64_t dim = store_.dim(), w = store_.slot_width(), n = static_cast<int64_t>(sel.size());
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint32_t r = sel[i].second;
+      const RowMeta* m = store_.meta(r);
+      ids[i] = sel[i].first;
+      counts[i] = m->count;
+      last_seen[i] = m->last_seen;
+      std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
+      if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
+    }
   });
 }
 

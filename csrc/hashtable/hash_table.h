@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hashtable/count_sketch.h"
@@ -17,6 +18,11 @@ namespace recis {
 
 enum class MissingMode : int32_t { kZeros = 0, kInit = 1 };
 enum class EvictPolicy : int32_t { kNone = 0, kLfu = 1 };
+// The names recis.vocabulary knows them by (MISSING_MODES, EVICT_POLICIES).
+inline constexpr std::pair<const char*, MissingMode> kMissingModeNames[] = {{"zeros", MissingMode::kZeros},
+                                                                          {"init", MissingMode::kInit}};
+inline constexpr std::pair<const char*, EvictPolicy> kEvictPolicyNames[] = {{"none", EvictPolicy::kNone},
+                                                                          {"lfu", EvictPolicy::kLfu}};
 
 // Per-unique-row gradients waiting for the optimizer; reused across steps.
 struct PendingGrads {
@@ -49,6 +55,9 @@ class HashTable {
   void set_admission(uint32_t min_count, uint64_t width, int depth);
   void set_capacity(uint32_t ns, uint64_t capacity, EvictPolicy policy, double evict_fraction);
   void set_missing(MissingMode m) { missing_ = m; }
+  // TTL eviction (ttl_steps 0: none): at every training-step boundary whose step is a positive
+  // multiple of `interval_steps`, rows unseen for more than `ttl_steps` steps are erased.
+  void set_ttl(uint32_t ttl_steps, uint64_t interval_steps);
   MissingMode missing() const { return missing_; }
 
   // ---- lookups ----
@@ -70,6 +79,12 @@ class HashTable {
 
   // ---- export / import of one namespace ----
   void export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, int64_t* counts, int64_t* last_seen) const;
+  // The (id, row) pairs of namespace ns whose last_seen >= since (rows a training lookup or an
+  // insert touched at or after step `since`), in id-map order; since = 0 selects every row.
+  std::vector<std::pair<int64_t, uint32_t>> rows_since(uint32_t ns, uint32_t since) const;
+  // Copies the selected rows out (arrays of sel.size() entries; slots only with a slot layout).
+  void export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb, float* slots,
+                   int64_t* counts, int64_t* last_seen) const;
   void import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
                  const int64_t* counts, const int64_t* last_seen);
   void clear();
@@ -86,7 +101,8 @@ class HashTable {
   RowStore& store() { return store_; }
   uint32_t step() const { return step_; }
   void set_step(uint32_t s) { step_ = s; }
-  void advance_step() { ++step_; }
+  // Starts the next training step: first the TTL sweep due at this boundary, then step + 1.
+  void advance_step();
 
   // ---- rows a gradient may still reach ----
   // A gradient must never land on a row that was handed to another id, so rows stay protected
@@ -141,6 +157,8 @@ class HashTable {
   CountSketch sketch_;
   MissingMode missing_ = MissingMode::kZeros;
   uint32_t step_ = 0;
+  uint32_t ttl_steps_ = 0;
+  uint64_t ttl_interval_ = 0;
   mutable std::mutex lease_mu_;               // guards live_ only; never held while taking another lock
   std::map<uint32_t, int64_t> live_;          // step -> training forwards of that step still alive
   bool keep_grads_ = false;

@@ -8,13 +8,7 @@
 namespace recis {
 namespace {
 
-constexpr uint64_t kColumnStep = 0xD1B54A32D192ED03ULL;
-constexpr uint64_t kAttemptStep = 0xAEF17502108EF2D9ULL;
 constexpr int64_t kChunk = 16;
-
-inline uint64_t row_key(uint64_t seed, int64_t id) {
-  return mix64(mix64(seed ^ 0x243F6A8885A308D3ULL) ^ static_cast<uint64_t>(id));
-}
 
 // The math below uses only +, *, bit casts and sqrt, so loops over it vectorize and give the
 // same values on every platform (and in the GPU port) up to floating-point contraction.

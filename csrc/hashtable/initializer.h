@@ -1,10 +1,14 @@
 // Deterministic per-id row initialization: values are a pure function of (seed, id, column).
 #pragma once
 #include <cstdint>
+#include <utility>
 
 namespace recis {
 
 enum class InitKind : int32_t { kConstant = 0, kUniform = 1, kNormal = 2, kTruncatedNormal = 3 };
+inline constexpr std::pair<const char*, InitKind> kInitKindNames[] = {  // recis.vocabulary.INIT_KINDS
+    {"constant", InitKind::kConstant}, {"uniform", InitKind::kUniform}, {"normal", InitKind::kNormal},
+    {"truncated_normal", InitKind::kTruncatedNormal}};
 
 // Parameters per kind: constant(a); uniform [a, b); normal(mean a, std b);
 // truncated normal(mean a, std b) cut at mean +- c * std.

@@ -2,11 +2,14 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace recis {
 
 enum class Combiner : int32_t { kSum = 0, kMean = 1, kNone = 2 };
+inline constexpr std::pair<const char*, Combiner> kCombinerNames[] = {
+    {"sum", Combiner::kSum}, {"mean", Combiner::kMean}, {"none", Combiner::kNone}};  // recis.vocabulary.COMBINERS
 
 // Where bag k = f * batch + b of a KeyedJaggedTensor-ordered batch lands in the output:
 // row b, columns [col_offsets[f], col_offsets[f] + dim) of a [batch, out_cols] matrix.

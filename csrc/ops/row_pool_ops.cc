@@ -10,6 +10,10 @@
 namespace recis {
 namespace {
 
+bool pools(int64_t combiner) {
+  return combiner == static_cast<int64_t>(Combiner::kSum) || combiner == static_cast<int64_t>(Combiner::kMean);
+}
+
 void check_inverse(const at::Tensor& inverse, int64_t n_values, int64_t n_rows) {
   TORCH_CHECK_TYPE(inverse.scalar_type() == at::kInt, "recis: inverse must be int32, got ", inverse.scalar_type());
   TORCH_CHECK_VALUE(inverse.dim() == 1 && inverse.size(0) == n_values, "recis: inverse must have one entry per value (",
@@ -62,7 +66,7 @@ at::Tensor pool_rows(const at::Tensor& rows_in, const at::Tensor& inverse_in, co
                      at::IntArrayRef col_offsets, int64_t out_cols, int64_t combiner) {
   TORCH_CHECK_TYPE(rows_in.scalar_type() == at::kFloat, "recis: rows must be float32, got ", rows_in.scalar_type());
   TORCH_CHECK_VALUE(rows_in.dim() == 2, "recis: rows must be [n, dim], got shape ", rows_in.sizes());
-  TORCH_CHECK_VALUE(combiner == 0 || combiner == 1, "recis: pool_rows pools (sum or mean), got combiner ", combiner);
+  TORCH_CHECK_VALUE(pools(combiner), "recis: pool_rows pools (sum or mean), got combiner ", combiner);
   check_cpu(rows_in, "rows");
   check_ids(offsets_in, "offsets");
   const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);
@@ -91,7 +95,7 @@ at::Tensor pool_rows_backward(const at::Tensor& grad_in, const at::Tensor& inver
                    grad_in.scalar_type());
   TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == batch && grad_in.size(1) == out_cols,
                     "recis: output gradient must be [", batch, ", ", out_cols, "], got ", grad_in.sizes());
-  TORCH_CHECK_VALUE(combiner == 0 || combiner == 1, "recis: pool_rows pools (sum or mean), got combiner ", combiner);
+  TORCH_CHECK_VALUE(pools(combiner), "recis: pool_rows pools (sum or mean), got combiner ", combiner);
   TORCH_CHECK_VALUE(n_rows >= 0 && dim >= 1, "recis: need n_rows >= 0 and dim >= 1, got ", n_rows, " and ", dim);
   check_cpu(grad_in, "the output gradient");
   const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);

@@ -81,9 +81,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
                                                               int64_t combiner, int64_t mode) {
   check_ids(values_in, "values");
   check_ids(offsets_in, "offsets");
-  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= 2, "recis: unknown combiner code ", combiner);
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
-  const bool train = mode != 0;
+  TORCH_CHECK_VALUE(combiner >= 0 && combiner <= static_cast<int64_t>(Combiner::kNone), "recis: unknown combiner code ",
+                    combiner);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= static_cast<int64_t>(LookupMode::kTrainWithGrad), "recis: unknown lookup mode ",
+                    mode);
+  const bool train = mode != static_cast<int64_t>(LookupMode::kEval);
   const int64_t F = static_cast<int64_t>(feature_ns.size());
   const int64_t num_bags = check_layout(feature_ns, batch, col_offsets, offsets_in);
   const at::Tensor values = values_in.contiguous(), offsets = offsets_in.contiguous();
@@ -96,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
     if (feature_ns[f] >= 0) table->check_ns(static_cast<uint32_t>(feature_ns[f]));
 
   at::Tensor inverse = at::empty({n}, at::TensorOptions().dtype(at::kInt));
-  at::Tensor out = combiner == 2 ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
+  at::Tensor out = combiner == static_cast<int64_t>(Combiner::kNone) ? reusable_output({n, dim}) : reusable_output({batch, out_cols});
   at::Tensor unique_rows;
   {
     GilRelease nogil;
@@ -124,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lookup_forward(at::Tensor& token,
       table->set_step(step_before);  // a refused batch leaves no trace
       throw;
     }
-    if (mode == 2) unique_rows = leased(table, unique_rows, table->step());
+    if (mode == static_cast<int64_t>(LookupMode::kTrainWithGrad)) unique_rows = leased(table, unique_rows, table->step());
     std::fill(rows + U, rows + n, int64_t(-1));
 
     // A row pointer per unique key; keys without a row read zeros or their initial value.

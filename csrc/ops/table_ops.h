@@ -4,11 +4,16 @@
 
 #include <memory>
 #include <tuple>
+#include <utility>
 
 #include "hashtable/hash_table.h"
 
 namespace recis {
 
+// lookup_forward's `mode`: eval (no inserts, no step), train, train keeping the forward's rows for backward.
+enum class LookupMode : int32_t { kEval = 0, kTrain = 1, kTrainWithGrad = 2 };
+inline constexpr std::pair<const char*, LookupMode> kLookupModeNames[] = {  // recis.vocabulary.LOOKUP_MODES
+    {"eval", LookupMode::kEval}, {"train", LookupMode::kTrain}, {"train_with_grad", LookupMode::kTrainWithGrad}};
 // Counts a table-changing op on the token (the op's ordering edge for torch.compile).
 void bump(at::Tensor& token);
 // The unique_rows output of a training forward that expects a backward: its storage carries

@@ -5,31 +5,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 namespace recis {
 
+const OptimLayout& layout_of(OptimKind kind) {
+  const auto k = static_cast<size_t>(kind);
+  TORCH_CHECK_VALUE(k < std::size(kOptimLayouts), "unknown optimizer kind ", static_cast<int>(kind));
+  return kOptimLayouts[k];
+}
+
 int64_t slot_width_for(OptimKind kind, int64_t dim) {
-  switch (kind) {
-    case OptimKind::kSgd: return 0;
-    case OptimKind::kAdagrad: return dim;
-    case OptimKind::kRowwiseAdagrad: return 1;
-    case OptimKind::kAdam:
-    case OptimKind::kAdamW:
-    case OptimKind::kFtrl: return 2 * dim;
-  }
-  TORCH_CHECK_VALUE(false, "unknown optimizer kind ", static_cast<int>(kind));
+  const OptimLayout& L = layout_of(kind);
+  return L.slots_per_dim * dim + L.slots_per_row;
 }
 
 size_t hyper_size_for(OptimKind kind) {
-  switch (kind) {
-    case OptimKind::kSgd: return 2;
-    case OptimKind::kAdagrad: return 5;
-    case OptimKind::kRowwiseAdagrad: return 3;
-    case OptimKind::kAdam:
-    case OptimKind::kAdamW: return 6;
-    case OptimKind::kFtrl: return 5;
-  }
-  TORCH_CHECK_VALUE(false, "unknown optimizer kind ", static_cast<int>(kind));
+  const auto& h = layout_of(kind).hyper;
+  return static_cast<size_t>(std::find(h.begin(), h.end(), nullptr) - h.begin());
 }
 
 namespace {
@@ -140,10 +133,11 @@ void prefetch_for_update(const RowStore& store, uint32_t r) {
 
 namespace {
 void check_layout(OptimKind kind, const std::vector<double>& hyper, int64_t slot_width, int64_t dim) {
-  TORCH_CHECK_VALUE(hyper.size() == hyper_size_for(kind), "optimizer kind ", static_cast<int>(kind), " takes ",
-                    hyper_size_for(kind), " hyperparameters, got ", hyper.size());
+  const char* name = layout_of(kind).name;
+  TORCH_CHECK_VALUE(hyper.size() == hyper_size_for(kind), "optimizer ", name, " takes ", hyper_size_for(kind),
+                    " hyperparameters, got ", hyper.size());
   TORCH_CHECK_VALUE(slot_width == slot_width_for(kind, dim), "table slots (width ", slot_width,
-                    ") do not match optimizer kind ", static_cast<int>(kind));
+                    ") do not match optimizer ", name, " (width ", slot_width_for(kind, dim), ")");
 }
 }  // namespace
 

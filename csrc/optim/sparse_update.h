@@ -1,5 +1,6 @@
 // Fused in-place optimizer updates of table rows and their slots.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -8,15 +9,25 @@
 
 namespace recis {
 
-// The slot layout and hyperparameters of each kind (hyper is read in this order):
-//   kSgd             slots 0        hyper [lr, weight_decay]
-//   kAdagrad         slots dim      hyper [lr, lr_decay, weight_decay, eps, step]
-//   kRowwiseAdagrad  slots 1        hyper [lr, weight_decay, eps]
-//   kAdam            slots 2*dim    hyper [lr, beta1, beta2, eps, weight_decay, step]
-//   kAdamW           slots 2*dim    hyper [lr, beta1, beta2, eps, weight_decay, step]
-//   kFtrl            slots 2*dim    hyper [alpha, beta, l1, l2, lr_power]
 enum class OptimKind : int32_t { kSgd = 0, kAdagrad = 1, kRowwiseAdagrad = 2, kAdam = 3, kAdamW = 4, kFtrl = 5 };
 
+// Each kind's layout, indexed by its code: a row holds slots_per_dim * dim + slots_per_row slot
+// floats, and the kernels read `hyper` in this order (recis.vocabulary.OPTIMIZERS checks it).
+struct OptimLayout {
+  const char* name;
+  int64_t slots_per_dim, slots_per_row;
+  std::array<const char*, 6> hyper;  // unused entries are null
+};
+inline constexpr OptimLayout kOptimLayouts[] = {
+    {"sgd", 0, 0, {"lr", "weight_decay"}},
+    {"adagrad", 1, 0, {"lr", "lr_decay", "weight_decay", "eps", "step"}},
+    {"rowwise_adagrad", 0, 1, {"lr", "weight_decay", "eps"}},
+    {"adam", 2, 0, {"lr", "beta1", "beta2", "eps", "weight_decay", "step"}},
+    {"adamw", 2, 0, {"lr", "beta1", "beta2", "eps", "weight_decay", "step"}},
+    {"ftrl", 2, 0, {"lr", "beta", "l1", "l2", "lr_power"}},
+};
+
+const OptimLayout& layout_of(OptimKind kind);  // a ValueError for an unknown kind
 int64_t slot_width_for(OptimKind kind, int64_t dim);
 size_t hyper_size_for(OptimKind kind);
 

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from recis.checkpoint import ranged
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointNotFoundError
 
 MANIFEST = "manifest.json"
@@ -91,7 +92,10 @@ class DirectoryWriter:
     def _record(self, name: str) -> None:
         path = self.tmp / name
         fsync_path(path)
-        self.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        whole, blocks = ranged.digests(path, ranged.BLOCK)
+        self.files[name] = {"sha256": whole, "bytes": path.stat().st_size}
+        if name.endswith(".safetensors"):  # read by ranges (recis.checkpoint.ranged)
+            self.files[name].update(block_bytes=ranged.BLOCK, blocks=blocks)
 
     def write_tensors(self, name: str, tensors: Dict[str, torch.Tensor]) -> None:
         save_file(prepare_tensors(tensors), str(self.tmp / name))
@@ -262,6 +266,7 @@ def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    ranged.count_read(size)
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise CheckpointCorruptError(f"checkpoint file {path} fails its checksum: sha256 {digest}, the manifest "
@@ -271,10 +276,24 @@ def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
 
 def read_tensors(directory: Path, manifest: Dict, name: str) -> Dict[str, torch.Tensor]:
     path = verified_path(directory, manifest, name)
+    ranged.count_read(path.stat().st_size)
     try:
         return load_file(str(path))
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointCorruptError(f"checkpoint file {path} is not a valid safetensors file ({e})") from None
+
+
+def open_tensors(directory: Path, manifest: Dict, name: str) -> "ranged.TensorFile":
+    """A safetensors file the manifest lists, opened for reading by rows (ranged.TensorFile):
+    its size is checked now, its content block by block as it is read."""
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
+    path = regular_file(directory, name)
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    return ranged.TensorFile(path, entry)
 
 
 def read_json(directory: Path, manifest: Dict, name: str) -> Any:

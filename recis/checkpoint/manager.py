@@ -63,6 +63,7 @@ class _Baseline:
     chain_length: int
     table_steps: Dict[str, int]
     tables: Dict[str, dict]
+    ids: Dict[str, torch.Tensor]  # sorted live ids of each table (this rank's) at that checkpoint
 
 
 def checkpoint_name(step: int) -> str:
@@ -163,7 +164,7 @@ class CheckpointManager:
         except (CheckpointError, ValueError, FloatingPointError, RuntimeError) as e:
             error = e
         sharded.agree(env, error, f"preparing checkpoint {self.directory / name}")
-        write_local, manifest = prepared
+        write_local, manifest, snapshots = prepared
         manifest["id"] = env.broadcast_object(uuid.uuid4().hex, what="checkpoint id")
         if env.distributed:
             path = sharded.write_collectively(env, self.directory, name, write_local, manifest)
@@ -172,7 +173,7 @@ class CheckpointManager:
             with files.AtomicDirectory(self.directory, name) as d:
                 write_local(d)
                 path = d.commit(manifest)
-        self._remember(model, path, manifest)
+        self._remember(model, path, manifest, snapshots)
         if env.rank == 0:
             self._retain()
         env.barrier("checkpoint retention")
@@ -190,12 +191,18 @@ class CheckpointManager:
                                   "resume off?); move them away or save into another directory")
         entries = tables.table_groups(model)
         tables.check_quiescent(entries)
-        sparse, dense = tables.split_state(model.state_dict(), entries)
-        configs = json.loads(json.dumps(tables.configs_of(entries, sparse)))
+        configs = json.loads(json.dumps(tables.configs_of(entries)))
         table_steps = {e.key: e.group.step for e in entries}
         parent = self._parent_for(model, configs, incremental)
-        if parent is not None:
-            sparse = tables.delta(sparse, entries, parent.table_steps)
+        if parent is None:
+            sparse, dense = tables.split_state(model.state_dict(), entries)
+        else:
+            tables.check_steps(entries, parent.table_steps)
+            with tables.exporting_since(entries, parent.table_steps):
+                sparse, dense = tables.split_state(model.state_dict(), entries)
+            sparse = tables.delta(sparse, entries, parent.ids)
+        snapshots = tables.snapshots_after(sparse, entries, parent.ids if parent is not None else None)
+        sparse = tables.arranged(sparse, entries)
         if env.rank > 0:  # whole (replicated or unsharded) tables are saved by rank 0 alone
             whole = sharded.rank0_only_groups(model)
             skip = [e for e in entries if id(e.group) in whole]
@@ -207,6 +214,7 @@ class CheckpointManager:
             "optimizers": {name: encode(opt.state_dict(), state_tensors, f"optimizers/{name}")
                            for name, opt in optimizers.items()},
             "extra": encode(dict(extra_state or {}), state_tensors, "extra"),
+            "table_stats": tables.table_stats(entries),
         }
         name = checkpoint_name(step)
         if check_finite:
@@ -231,7 +239,7 @@ class CheckpointManager:
             d.write_tensors(names["state_tensors"], state_tensors)
             d.write_json(names["state_json"], state)
 
-        return write_local, manifest
+        return write_local, manifest, snapshots
 
     def _parent_for(self, model: nn.Module, configs: Dict, incremental: Optional[bool]) -> Optional[_Baseline]:
         if incremental is False:
@@ -259,9 +267,9 @@ class CheckpointManager:
             return None
         return b
 
-    def _remember(self, model: nn.Module, path: Path, manifest: Dict) -> None:
+    def _remember(self, model: nn.Module, path: Path, manifest: Dict, ids: Dict[str, torch.Tensor]) -> None:
         self._baseline = _Baseline(weakref.ref(model), path, path.name, manifest["id"], int(manifest["chain_length"]),
-                                   dict(manifest["table_steps"]), manifest["tables"])
+                                   dict(manifest["table_steps"]), manifest["tables"], ids)
 
     def _retain(self) -> None:
         if self.keep_last is None:
@@ -325,7 +333,8 @@ class CheckpointManager:
         if model is not None:
             entries = tables.table_groups(model)
             tables.check_compatible(manifest["tables"], entries, where, strict)
-            model_state = self._model_state(chain, state, state_tensors)
+            owners = sharded.row_owners(model, entries)
+            model_state = self._model_state(chain, state, state_tensors, owners)
             try:
                 model.load_state_dict(model_state, strict=True)
             except (RuntimeError, ValueError, KeyError) as e:
@@ -333,13 +342,16 @@ class CheckpointManager:
                 raise IncompatibleCheckpointError(
                     f"{where} does not fit the model ({type(model).__name__}): "
                     + (f"{differ} (a checkpoint of another model?)" if differ else str(e))) from None
+            tables.load_table_stats(entries, self._saved_stats(path, manifest, state, env, saved_world))
+            loaded_ids = {k[:-len(".ids")]: torch.sort(v.cpu()).values for k, v in model_state.items()
+                          if k.endswith(".ids") and any(k[:-len(".ids")] in e.table_keys for e in entries)}
         for name, opt in optimizers.items():
             try:
                 opt.load_state_dict(decode(state["optimizers"][name], state_tensors))
             except (RuntimeError, ValueError, KeyError) as e:
                 raise IncompatibleCheckpointError(f"{where}: optimizer {name!r} does not fit: {e}") from None
         if model is not None:
-            self._remember(model, path, manifest)
+            self._remember(model, path, manifest, loaded_ids)
         extra = decode(state["extra"], state_tensors)
         if saved_world != env.world_size and isinstance(extra, dict) and "data" in extra:
             warnings.warn(f"{where} was saved by {saved_world} ranks and is loaded by {env.world_size}: the data "
@@ -348,15 +360,33 @@ class CheckpointManager:
             extra = {k: v for k, v in extra.items() if k != "data"}
         return extra
 
-    def _model_state(self, chain, state: Dict, state_tensors: Dict) -> Dict[str, Any]:
+    def _model_state(self, chain, state: Dict, state_tensors: Dict, owners) -> Dict[str, Any]:
+        """The model state of the chain's last checkpoint, with the rows of each table that
+        `owners` keeps (each rank reads just those, see sharded.read_sparse)."""
+        filtered = any(not o.everything for o in owners.values())
         base_path, base = chain[0]
-        sparse = sharded.read_sparse(base_path, base, SPARSE)
+        sparse = sharded.read_sparse(base_path, base, SPARSE, owners)
         for path, manifest in chain[1:]:
-            sparse = tables.apply_delta(sparse, sharded.read_sparse(path, manifest, SPARSE), manifest["tables"],
-                                        f"checkpoint {path}")
+            sparse = tables.apply_delta(sparse, sharded.read_sparse(path, manifest, SPARSE, owners),
+                                        manifest["tables"], f"checkpoint {path}", filtered)
         path, manifest = chain[-1]
         dense = files.read_tensors(path, manifest, DENSE)
-        return {**dense, **decode(state["model"], state_tensors), **sparse}
+        return {**dense, **decode(state["model"], state_tensors), **tables.strip_layout(sparse)}
+
+    @staticmethod
+    def _saved_stats(path: Path, manifest: Dict, state: Dict, env: ShardingEnv, saved_world: int) -> List[Dict]:
+        """The table counters this rank takes over: its own rank's, when the world size is the
+        one saved; else rank 0 takes the sum of every saving rank's and the others start at zero."""
+        if "table_stats" not in state:
+            return [{}]  # written before the counters were saved: nothing to restore
+        if saved_world == env.world_size:
+            return [state["table_stats"]]
+        if env.rank > 0:
+            return []
+        if saved_world == 1:
+            return [state["table_stats"]]
+        return [files.read_json(path, manifest, sharded.shard_file("state", r, saved_world, "json")).get(
+            "table_stats", {}) for r in range(saved_world)]
 
 
 def _parent_path(path: Path, parent: Any) -> Path:

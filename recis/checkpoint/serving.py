@@ -13,7 +13,7 @@ import recis
 from recis.checkpoint import files, tables
 from recis.checkpoint.errors import IncompatibleCheckpointError, NonFiniteStateError
 from recis.checkpoint.finite import nonfinite_entries
-from recis.nn.hash_table import STATE_KEYS
+from recis.nn.state_keys import STATE_KEYS
 
 FORMAT = "recis.serving"
 VERSION = 1
@@ -48,7 +48,7 @@ def export_for_serving(model: nn.Module, path: Union[str, Path], dtype: torch.dt
                 raise ValueError(f"export to {path}: table {key!r} has {overflow} values beyond the range of {dtype} "
                                  f"(largest |value| {float(rows.abs().max())}); export float32 or bfloat16")
             out[f"{key}.ids"], out[f"{key}.rows"] = sparse[f"{key}.ids"], cast
-    configs = tables.configs_of(entries, sparse)
+    configs = tables.configs_of(entries)
     for cfg in configs.values():
         cfg.update(slot_kind=None, slot_width=0)
     manifest = {"format": FORMAT, "version": VERSION, "dtype": names[dtype], "tables": configs,

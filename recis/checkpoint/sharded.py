@@ -5,17 +5,22 @@ Files of a W-rank checkpoint (W > 1): `sparse-RRRRR-of-WWWWW.safetensors` per ra
 owns; replicated and unsharded tables only from rank 0), `state-RRRRR-of-WWWWW.{json,safetensors}`
 per rank (optimizers, trainer and data position), `dense.safetensors` from rank 0. Loading merges
 the shards into one table state (admission sketches are summed, see ShardedEmbeddingCollection);
-each rank then keeps the rows it owns under its own plan.
+each rank reads only the rows it owns under its own plan: rows are filtered by owner while the
+files are read, by bucket runs where the layout allows (recis.checkpoint.placement), so a rank
+of a power-of-two world reads its share of the rows plus the files' headers and row indexes.
 """
+import functools
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from recis.checkpoint import files
-from recis.checkpoint.errors import CheckpointError
-from recis.checkpoint.tables import GROUP_SUFFIX
+from recis.checkpoint.errors import CheckpointCorruptError, CheckpointError
+from recis.checkpoint.placement import BUCKETS, EVERYTHING, INDEX, NOTHING, Owner
+from recis.checkpoint.tables import GROUP_SUFFIX, LIVE_IDS, REMOVED_IDS, ROW_FIELDS
 from recis.distributed.env import DistributedError, ShardingEnv
+from recis.distributed.owner import owner_of
 
 
 def shard_file(kind: str, rank: int, world_size: int, ext: str) -> str:
@@ -93,18 +98,61 @@ def write_collectively(env: ShardingEnv, root: Path, name: str, write_local: Cal
             directory.__exit__(None, None, None)
 
 
-def read_sparse(directory: Path, manifest: Dict, single_name: str) -> Dict[str, torch.Tensor]:
-    """The whole table state of a checkpoint: its one sparse file, or its shards merged."""
+def read_sparse(directory: Path, manifest: Dict, single_name: str,
+                owners: Optional[Dict[str, Owner]] = None) -> Dict[str, torch.Tensor]:
+    """The table state of a checkpoint (its one sparse file, or its shards merged), holding of
+    each table the rows its Owner keeps (`owners`: table state key -> Owner; absent: all).
+    Rows are filtered while reading: a file with row indexes is read by bucket runs."""
     world = int(manifest.get("world_size", 1))
-    if world == 1:
-        return files.read_tensors(directory, manifest, single_name)
-    return merge_shards([files.read_tensors(directory, manifest, shard_file("sparse", r, world, "safetensors"))
-                         for r in range(world)])
+    names = [single_name] if world == 1 else [shard_file("sparse", r, world, "safetensors") for r in range(world)]
+    parts = []
+    for name in names:
+        with files.open_tensors(directory, manifest, name) as f:
+            parts.append(_read_part(f, owners or {}))
+    return merge_shards(parts)
+
+
+def _read_part(f, owners: Dict[str, Owner]) -> Dict[str, torch.Tensor]:
+    keys = f.keys()
+    tables = {k[:-len(".ids")] for k in keys if k.endswith(".ids") and GROUP_SUFFIX not in k}
+    out, done = {}, set()
+    for table in sorted(tables):
+        owner = owners.get(table, EVERYTHING)
+        fields = [k for k in keys if k.startswith(table + ".") and k[len(table) + 1:] in ROW_FIELDS]
+        index_key = f"{table}.{INDEX}"
+        done.update(fields + [index_key])
+        run = owner.run()
+        n = f.rows(f"{table}.ids")
+        lo, hi = 0, n
+        if owner.nothing:
+            lo = hi = 0
+        elif run is not None and index_key in keys:
+            index = f.read(index_key)
+            if index.numel() != BUCKETS + 1 or int(index[-1]) != n:
+                raise CheckpointCorruptError(f"checkpoint file {f.path}: the row index of table {table!r} does not "
+                                             f"fit its {n} rows")
+            lo, hi = int(index[run[0]]), int(index[run[1]])
+        part = {k: f.read(k, lo, hi) for k in fields}
+        if owner.keep is not None and hi > lo:
+            keep = owner.keep(part[f"{table}.ids"])
+            part = {k: v[keep] for k, v in part.items()}
+        out.update(part)
+        for extra in (LIVE_IDS, REMOVED_IDS):  # id lists of incremental checkpoints
+            k = f"{table}.{extra}"
+            if k in keys:
+                done.add(k)
+                ids = f.read(k)
+                out[k] = ids[owner.keep(ids)] if owner.keep is not None and ids.numel() else ids
+    for k in keys:
+        if k not in done:
+            out[k] = f.read(k)
+    return out
 
 
 def merge_shards(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     """One table state from rank shards: per-table tensors concatenated; group steps take the
-    maximum, admission sketches the sum (each rank counted the ids it owns)."""
+    maximum, admission sketches the sum (each rank counted the ids it owns), in the sketch's
+    own dtype (uint32 counters saturate at 2^32 - 1)."""
     out: Dict[str, torch.Tensor] = {}
     for part in parts:
         for k, v in part.items():
@@ -113,12 +161,50 @@ def merge_shards(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor
             elif GROUP_SUFFIX in k:
                 field = k.rsplit(".", 1)[1]
                 if field == "sketch":
-                    out[k] = out[k] + v
+                    total = out[k].to(torch.int64) + v.to(torch.int64)
+                    out[k] = total.clamp_(max=2**32 - 1).to(out[k].dtype) if out[k].dtype == torch.uint32 else total
                 elif field in ("step", "optimizer_step"):
                     out[k] = torch.maximum(out[k], v)
+            elif v.dim() == 0:  # one number per shard (an increment's live_count)
+                out[k] = torch.cat([out[k].reshape(-1), v.reshape(-1)])
             else:
                 out[k] = torch.cat([out[k], v])
     return out
+
+
+def row_owners(model, entries) -> Dict[str, Owner]:
+    """The Owner of each table (state key) of `model` on this rank: the rows a sharded module
+    keeps (its public `owned(gi, ns, ids)`); every row elsewhere. Row-wise placement by
+    owner_of(ids, seed, world) is recognised by probing `owned`, so that loads read by bucket run."""
+    from recis.distributed import ShardedEmbeddingCollection
+
+    by_group = {}
+    for m in model.modules():
+        if isinstance(m, ShardedEmbeddingCollection):
+            for gi, g in enumerate(m.groups):
+                by_group[id(g)] = (m, gi)
+    out = {}
+    for e in entries:
+        found = by_group.get(id(e.group))
+        for table, key, seed in zip(e.group.tables, e.table_keys, e.group.config["seeds"]):
+            out[key] = _owner(found[0], found[1], table.ns, int(seed)) if found else EVERYTHING
+    return out
+
+
+_PROBE = torch.randint(-(2**63), 2**63 - 1, (4096,), dtype=torch.int64, generator=torch.Generator().manual_seed(16))
+
+
+def _owner(module, gi: int, ns: int, seed: int) -> Owner:
+    keep = functools.partial(module.owned, gi, ns)
+    mask = keep(_PROBE)
+    if bool(mask.all()):
+        return EVERYTHING
+    world, rank = module.env.world_size, module.env.rank
+    if torch.equal(mask, owner_of(_PROBE, seed, world) == rank):
+        return Owner(keep=keep, seed=seed, world_size=world, rank=rank)
+    if not bool(mask.any()):
+        return NOTHING
+    return Owner(keep=keep)
 
 
 def check_world(env: ShardingEnv, what: str) -> None:

@@ -10,20 +10,33 @@ later (in `step()`, or in backward with fused optimizers) without moving the ste
 changed after a save at group step S are exactly those with `last_seen >= S` (not `> S`: a
 save between a forward and its optimizer update leaves rows with `last_seen == S` that change
 afterwards). Explicit inserts (`find_or_insert`, without a training step) also stamp the current
-step. Ids that disappear (eviction, `erase`) are caught by storing the full list of live ids.
+step. The tables copy out only those rows (HashTable.export(since=S)). Ids that disappear
+(eviction, `erase`) are the parent's ids the table no longer finds: the manager keeps the sorted
+ids of its last checkpoint (8 bytes per live id) and stores the gone ones as `removed_ids`, with
+`live_count` as a check (checkpoints before this stored every live id, `live_ids`; both load).
+
+Each table's rows are stored in placement order with a row index (recis.checkpoint.placement),
+so that loading ranks read only the rows they will own.
 """
+import contextlib
+import functools
 from dataclasses import asdict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from recis.checkpoint import placement
 from recis.checkpoint.errors import CheckpointCorruptError, CheckpointError, IncompatibleCheckpointError
 from recis.nn import TableGroup, named_table_groups
-from recis.nn.hash_table import STATE_KEYS, split_eviction
+from recis.nn.hash_table import split_eviction
+from recis.nn.state_keys import GROUP_SUFFIX, STATE_KEYS
 
-GROUP_SUFFIX = "._group."
-LIVE_IDS = "live_ids"
+ROW_FIELDS = STATE_KEYS
+LIVE_IDS = "live_ids"        # incremental checkpoints before removed_ids: every live id of the table
+REMOVED_IDS = "removed_ids"  # incremental: the parent's ids that are gone
+LIVE_COUNT = "live_count"    # incremental: the table's live ids (a check on the chain)
+STATS = ("inserts", "evictions", "not_admitted")
 # Config fields that must match for the saved rows to fit at all; the others (seeds,
 # initializer, eviction, ...) change how training continues and are checked when strict.
 SHAPE_FIELDS = ("tables", "embedding_dim", "sketch")
@@ -74,8 +87,13 @@ def split_state(state: Dict, entries: List[GroupEntry]) -> Tuple[Dict, Dict]:
     return sparse, dense
 
 
-def configs_of(entries: List[GroupEntry], sparse: Dict) -> Dict[str, dict]:
-    return {e.key: e.config(sparse[f"{e.key}.slots"].shape[1]) for e in entries}
+def slot_width(group: TableGroup) -> int:
+    """The optimizer slots per row of `group` (the shape of an export of no rows)."""
+    return int(group.tables[0].export(since=2**32 - 1)["slots"].shape[1])
+
+
+def configs_of(entries: List[GroupEntry]) -> Dict[str, dict]:
+    return {e.key: e.config(slot_width(e.group)) for e in entries}
 
 
 def check_quiescent(entries: List[GroupEntry]) -> None:
@@ -88,40 +106,135 @@ def check_quiescent(entries: List[GroupEntry]) -> None:
                               "or zero_grad()")
 
 
-def delta(sparse: Dict, entries: List[GroupEntry], since: Dict[str, int]) -> Dict:
-    """The incremental form of `sparse`: per table the rows with last_seen >= since[group]
-    plus every live id; group state in full."""
-    out = {k: v for k, v in sparse.items() if GROUP_SUFFIX in k}
+@contextlib.contextmanager
+def exporting_since(entries: List[GroupEntry], since: Dict[str, int]):
+    """Within the block, the tables' state_dict entries hold only the rows touched since the
+    step `since[group key]` (HashTable.export(since=...): the table copies out just those rows),
+    so that an incremental save never exports a whole table."""
+    patched = []
+    try:
+        for e in entries:
+            for t in e.group.tables:
+                t.export = functools.partial(type(t).export, t, since=since[e.key])
+                patched.append(t)
+        yield
+    finally:
+        for t in patched:
+            t.__dict__.pop("export", None)
+
+
+def check_steps(entries: List[GroupEntry], since: Dict[str, int]) -> None:
     for e in entries:
-        step = e.group.step
-        if step < since[e.key]:
-            raise CheckpointError(f"table group {e.key!r}: its step went back from {since[e.key]} to {step} since "
-                                  "the last checkpoint; save a full checkpoint")
-        for key in e.table_keys:
-            mask = sparse[f"{key}.last_seen"] >= since[e.key]
-            for k in STATE_KEYS:
-                out[f"{key}.{k}"] = sparse[f"{key}.{k}"][mask]
-            out[f"{key}.{LIVE_IDS}"] = sparse[f"{key}.ids"]
+        if e.group.step < since[e.key]:
+            raise CheckpointError(f"table group {e.key!r}: its step went back from {since[e.key]} to {e.group.step} "
+                                  "since the last checkpoint; save a full checkpoint")
+
+
+def delta(sparse: Dict, entries: List[GroupEntry], snapshots: Dict[str, torch.Tensor]) -> Dict:
+    """Completes the incremental form of `sparse` (whose tables hold the rows touched since the
+    parent, see exporting_since): per table the ids of the parent (`snapshots`: sorted) that are
+    gone since (`removed_ids`) and the number of live ids (`live_count`)."""
+    out = dict(sparse)
+    for e in entries:
+        for table, key in zip(e.group.tables, e.table_keys):
+            if f"{key}.ids" not in sparse:
+                continue
+            before = snapshots[key]
+            gone = table.find(before) < 0 if before.numel() else torch.zeros(0, dtype=torch.bool)
+            out[f"{key}.{REMOVED_IDS}"] = before[gone.to(before.device)].cpu()
+            out[f"{key}.{LIVE_COUNT}"] = torch.tensor(len(table), dtype=torch.int64)
     return out
 
 
-def apply_delta(state: Dict, inc: Dict, configs: Dict[str, dict], where: str) -> Dict:
-    """`state` (full sparse state) moved forward by the incremental `inc`."""
+def snapshots_after(sparse: Dict, entries: List[GroupEntry], parent: Optional[Dict[str, torch.Tensor]]) -> Dict:
+    """The sorted live ids of each table after saving `sparse` (all rows of a full save; for an
+    incremental one, the parent's ids minus those removed plus those touched)."""
+    out = {}
+    for e in entries:
+        for key in e.table_keys:
+            if f"{key}.ids" not in sparse:
+                continue
+            ids = sparse[f"{key}.ids"].cpu()
+            if parent is not None:
+                before = parent[key]
+                removed = sparse[f"{key}.{REMOVED_IDS}"]
+                kept = before[~torch.isin(before, removed)] if removed.numel() else before
+                pos = torch.searchsorted(kept, ids).clamp_(max=max(kept.numel() - 1, 0))
+                known = kept[pos] == ids if kept.numel() else torch.zeros_like(ids, dtype=torch.bool)
+                ids = torch.cat([kept, ids[~known]])
+            out[key] = torch.sort(ids).values
+    return out
+
+
+def arranged(sparse: Dict, entries: List[GroupEntry]) -> Dict:
+    """`sparse` with each table's rows in placement order plus its row index (see placement)."""
+    out = dict(sparse)
+    for e in entries:
+        for key, seed in zip(e.table_keys, e.group.config["seeds"]):
+            if f"{key}.ids" not in sparse:
+                continue
+            fields = {f: sparse[f"{key}.{f}"] for f in STATE_KEYS if f"{key}.{f}" in sparse}
+            fields, index = placement.arrange({f: v.cpu() for f, v in fields.items()}, int(seed))
+            out.update({f"{key}.{f}": v for f, v in fields.items()})
+            out[f"{key}.{placement.INDEX}"] = index
+    return out
+
+
+def apply_delta(state: Dict, inc: Dict, configs: Dict[str, dict], where: str, filtered: bool = False) -> Dict:
+    """`state` (full sparse state) moved forward by the incremental `inc`: rows removed since
+    (`removed_ids`; checkpoints before it listed every live id, `live_ids`) go, touched rows are
+    replaced. `filtered`: both hold only the rows this rank keeps (the live count is not checked)."""
     out = {k: v for k, v in inc.items() if GROUP_SUFFIX in k}
     for cfg in configs.values():
         for key in cfg["tables"]:
             try:
-                ids, live, changed = state[f"{key}.ids"], inc[f"{key}.{LIVE_IDS}"], inc[f"{key}.ids"]
+                ids, changed = state[f"{key}.ids"], inc[f"{key}.ids"]
             except KeyError as e:
                 raise CheckpointCorruptError(f"{where}: table {key!r} lacks {e} in the chain") from None
-            keep = torch.isin(ids, live) & ~torch.isin(ids, changed)
+            removed, live = inc.get(f"{key}.{REMOVED_IDS}"), inc.get(f"{key}.{LIVE_IDS}")
+            if removed is not None:
+                keep = ~(torch.isin(ids, removed) | torch.isin(ids, changed))
+            elif live is not None:
+                keep = torch.isin(ids, live) & ~torch.isin(ids, changed)
+            else:
+                raise CheckpointCorruptError(f"{where}: table {key!r} lists neither its removed nor its live ids")
             for k in STATE_KEYS:
                 out[f"{key}.{k}"] = torch.cat([state[f"{key}.{k}"][keep], inc[f"{key}.{k}"]])
-            if out[f"{key}.ids"].numel() != live.numel():
+            count = out[f"{key}.ids"].numel()
+            want = live.numel() if live is not None else (
+                None if filtered or f"{key}.{LIVE_COUNT}" not in inc else int(inc[f"{key}.{LIVE_COUNT}"].sum()))
+            if want is not None and count != want:
                 raise CheckpointCorruptError(
-                    f"{where}: table {key!r} lists {live.numel()} live ids but the chain has rows for "
-                    f"{out[f'{key}.ids'].numel()} of them; the chain is inconsistent")
+                    f"{where}: table {key!r} lists {want} live ids but the chain has rows for {count} of them; the "
+                    "chain is inconsistent")
     return out
+
+
+def strip_layout(sparse: Dict) -> Dict:
+    """The state_dict entries of a sparse state read from a checkpoint (without the row indexes
+    and the incremental id lists)."""
+    suffixes = tuple(f".{k}" for k in (placement.INDEX, LIVE_IDS, REMOVED_IDS, LIVE_COUNT))
+    return {k: v for k, v in sparse.items() if GROUP_SUFFIX in k or not k.endswith(suffixes)}
+
+
+def table_stats(entries: List[GroupEntry]) -> Dict[str, Dict[str, int]]:
+    """The counters of each table group's stats() that a checkpoint restores."""
+    out = {}
+    for e in entries:
+        stats = e.group.stats()
+        out[e.key] = {k: int(stats[k]) for k in STATS}
+    return out
+
+
+def load_table_stats(entries: List[GroupEntry], saved: List[Dict[str, Dict[str, int]]]) -> None:
+    """Sets each group's counters to the sum of `saved` (one dict per saving rank this rank
+    takes over; an empty list sets them to zero). Groups the checkpoint has no counters for
+    (it was written before they were saved) keep theirs."""
+    for e in entries:
+        parts = [s[e.key] for s in saved if e.key in s]
+        if saved and not parts:
+            continue
+        e.group.load_stats({k: sum(int(p.get(k, 0)) for p in parts) for k in STATS})
 
 
 def check_compatible(saved: Dict[str, dict], entries: List[GroupEntry], where: str, strict: bool) -> None:

@@ -199,8 +199,9 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         for gi, base in self._sketch_base.items():
             key = _state_key(prefix, self.groups[gi].tables[0].name, "_group.sketch")
             if self.env.rank > 0 and key in destination:
-                destination[key] = (destination[key].to(torch.int64) - base.to(torch.int64)).clamp_(min=0).to(
-                    destination[key].dtype)
+                # (in int64: the counters are uint32, which torch cannot subtract)
+                mine = destination[key]
+                destination[key] = (mine.to(torch.int64) - base.to(torch.int64)).clamp_(min=0).to(mine.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

@@ -8,8 +8,10 @@ import torch
 
 from recis.gpu._flavors import flavor
 from recis.gpu.dedup import dedup_keys
+from recis.vocabulary import COMBINERS
 
 MAX_VALUES = 2**31 - 1
+SUM, MEAN, UNPOOLED = COMBINERS["sum"], COMBINERS["mean"], COMBINERS[None]
 # A row seen more often than this in one batch ("hot") gets its gradient summed in chunks of
 # this many terms, then the chunks' sums are added: no lane waits for thousands of terms.
 # Rows seen at most this often are summed in value order, bit for bit as on the CPU.
@@ -105,13 +107,13 @@ def dedup_jagged(values: torch.Tensor, offsets: torch.Tensor, feature_ns: Sequen
 
 
 def pool(emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets, out_cols, combiner, n):
-    """The pooled (combiner 0 sum, 1 mean) or per-value (2) forward over rows `src` of `emb`
+    """The pooled (combiner SUM, MEAN) or per-value (UNPOOLED) forward over rows `src` of `emb`
     (-1: zeros, <= -2: row -src-2 of `fallback`), as csrc's pooled_forward."""
     dev, dim = emb.device, emb.shape[1]
     k = flavor(dev).pooling
     block_d = min(128, pow2(dim))
     wt = w if w is not None else emb
-    if combiner == 2:
+    if combiner == UNPOOLED:
         out = torch.empty(n, dim, device=dev)
         if n:
             grid = (-(-n // 16), -(-dim // block_d))
@@ -125,7 +127,7 @@ def pool(emb, src, fallback, offsets, inverse, w, feature_ns, batch, col_offsets
         cols = torch.tensor(list(col_offsets), dtype=torch.int64, device=dev)
         grid = (-(-num_bags // 16), -(-dim // block_d))
         k.pooled_forward_kernel[grid](offsets, inverse, src, emb, fallback, wt, fns, cols, out, num_bags, batch,
-                                      out_cols, dim, HAS_W=w is not None, MEAN=combiner == 1, BLOCK_B=16,
+                                      out_cols, dim, HAS_W=w is not None, MEAN=combiner == MEAN, BLOCK_B=16,
                                       BLOCK_D=block_d, enable_fp_fusion=False)
     return out
 
@@ -160,11 +162,11 @@ def unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, di
         return grads, finite
     pos = torch.arange(n, device=dev)
     scale = w
-    if combiner != 2:
+    if combiner != UNPOOLED:
         k = torch.searchsorted(offsets, pos, right=True) - 1
         f = torch.div(k, batch, rounding_mode="floor")
         base = (k - f * batch) * grad_out.shape[-1] + torch.tensor(list(col_offsets), device=dev)[f]
-        if combiner == 1:
+        if combiner == MEAN:
             lens = (offsets[k + 1] - offsets[k]).to(torch.float32)
             scale = 1.0 / lens if w is None else (1.0 / lens) * w
     else:
@@ -211,7 +213,7 @@ def dedup_jagged_op(values, offsets, feature_ns, batch):
 
 
 def _pool_checks(t, inverse, offsets, weights, feature_ns, batch, col_offsets, combiner, n_rows):
-    if combiner not in (0, 1):
+    if combiner not in (SUM, MEAN):
         raise ValueError(f"recis: pool_rows pools (sum or mean), got combiner {combiner}")
     dev = t.device
     check_ids(offsets, "offsets", dev)

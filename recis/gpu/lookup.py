@@ -11,10 +11,7 @@ import torch
 from recis.gpu.dedup import dedup_keys
 from recis.gpu.jagged import (HOT_ROW_SPLIT, MAX_VALUES, check_device, check_ids, check_layout, check_offsets,
                               check_weights, dedup_jagged, pool, pow2, segment_sum, unique_grads)
-
-SLOT_WIDTHS = {0: lambda d: 0, 1: lambda d: d, 2: lambda d: 1, 3: lambda d: 2 * d, 4: lambda d: 2 * d,
-               5: lambda d: 2 * d}
-HYPER_SIZES = {0: 2, 1: 5, 2: 3, 3: 6, 4: 6, 5: 5}
+from recis.vocabulary import COMBINERS, LOOKUP_MODES, MISSING_MODES, optimizer_of_code
 
 
 def table_op(fn):
@@ -34,23 +31,25 @@ def _bump(token: torch.Tensor) -> None:
 def kernel_hyper(kind: int, hyper: Sequence[float], dim: int, slot_width: int):
     """The 7 kernel scalars of optimizer `kind` (see kernels/optim.py), derived in double precision
     exactly as csrc/optim/sparse_update.cc derives them, and whether FTRL's root is a sqrt."""
-    if kind not in HYPER_SIZES:
-        raise ValueError(f"unknown optimizer kind {kind}")
-    if len(hyper) != HYPER_SIZES[kind]:
-        raise ValueError(f"optimizer kind {kind} takes {HYPER_SIZES[kind]} hyperparameters, got {len(hyper)}")
-    if slot_width != SLOT_WIDTHS[kind](dim):
-        raise ValueError(f"table slots (width {slot_width}) do not match optimizer kind {kind}")
+    layout = optimizer_of_code(kind)
+    if len(hyper) != len(layout.hyper):
+        raise ValueError(f"optimizer {layout.name} takes {len(layout.hyper)} hyperparameters {list(layout.hyper)}, "
+                         f"got {len(hyper)}")
+    if slot_width != layout.slot_width(dim):
+        raise ValueError(f"table slots (width {slot_width}) do not match optimizer {layout.name} "
+                         f"(width {layout.slot_width(dim)})")
     h = [float(v) for v in hyper]
-    if kind == 1:
-        h = [h[0] / (1.0 + (h[4] - 1.0) * h[1]), h[2], h[3]]
-    elif kind in (3, 4):
-        bc1, bc2 = 1.0 - h[1] ** h[5], 1.0 - h[2] ** h[5]
-        h = h[:5] + [h[0] / bc1, 1.0 / math.sqrt(bc2)]
-    elif kind == 5:
-        p = -h[4]
+    v = dict(zip(layout.hyper, h))
+    if layout.name == "adagrad":
+        h = [v["lr"] / (1.0 + (v["step"] - 1.0) * v["lr_decay"]), v["weight_decay"], v["eps"]]
+    elif layout.name in ("adam", "adamw"):
+        bc1, bc2 = 1.0 - v["beta1"] ** v["step"], 1.0 - v["beta2"] ** v["step"]
+        h = h[:5] + [v["lr"] / bc1, 1.0 / math.sqrt(bc2)]
+    elif layout.name == "ftrl":
+        p = -v["lr_power"]
         h = h[:4] + [p, 1.0 if float(np.float32(p)) == 0.0 else 0.0]
     h = (h + [0.0] * 7)[:7]
-    sqrt = kind == 5 and float(np.float32(h[4])) == 0.5
+    sqrt = layout.name == "ftrl" and float(np.float32(h[4])) == 0.5
     return h, sqrt
 
 
@@ -71,9 +70,9 @@ class LookupOps:
                        col_offsets: Sequence[int], out_cols: int, combiner: int, mode: int):
         self._check_ids(values, "values")
         self._check_ids(offsets, "offsets")
-        if combiner not in (0, 1, 2):
+        if combiner not in COMBINERS.values():
             raise ValueError(f"recis: unknown combiner code {combiner}")
-        if mode not in (0, 1, 2):
+        if mode not in LOOKUP_MODES.values():
             raise ValueError(f"recis: unknown lookup mode {mode}")
         check_layout(feature_ns, batch, col_offsets, offsets)
         values, offsets = values.contiguous(), offsets.contiguous()
@@ -87,10 +86,10 @@ class LookupOps:
         check_offsets(offsets, n)
         dev, dim = self.device, self.dim
         uids, uns, ucounts, inverse = dedup_jagged(values, offsets, feature_ns, batch)
-        train = mode != 0
+        train = mode != LOOKUP_MODES["eval"]
         step_before = self._step
         if train:
-            self._step += 1
+            self._advance_step()  # the TTL sweep due at this step boundary, then step + 1
         try:
             urows = self.resolve(uns, uids, ucounts, train)
         except BaseException:
@@ -99,10 +98,10 @@ class LookupOps:
         U = uids.numel()
         unique_rows = torch.full((n,), -1, dtype=torch.int64, device=dev)
         unique_rows[:U] = urows
-        if mode == 2:
+        if mode == LOOKUP_MODES["train_with_grad"]:
             self._add_forward(unique_rows, self._step)
         src, fallback = urows, self.rows.emb[:0]
-        if self._missing == 1 and U:
+        if self._missing == MISSING_MODES["init"] and U:
             miss = (urows < 0).nonzero().flatten()
             if miss.numel():
                 m = miss.numel()

@@ -33,7 +33,7 @@ def triton_table(handle: int):
     return table
 
 
-def _cuda_kernel(name: str):
+def cuda_kernel(name: str):
     """Registers fn as the CUDA kernel of recis::name. Kernels run eagerly: under torch.compile the
     op is a node of the graph (traced through its fake kernel), never the Python inside it."""
     def register_kernel(fn):
@@ -42,57 +42,57 @@ def _cuda_kernel(name: str):
     return register_kernel
 
 
-@_cuda_kernel("lookup_forward")
+@cuda_kernel("lookup_forward")
 def lookup_forward(token, table, values, offsets, weights, feature_ns, batch_size, col_offsets, out_cols, combiner,
                    lookup_mode):
     return triton_table(table).lookup_forward(token, values, offsets, weights, feature_ns, batch_size, col_offsets,
                                               out_cols, combiner, lookup_mode)
 
 
-@_cuda_kernel("lookup_backward")
+@cuda_kernel("lookup_backward")
 def lookup_backward(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
                     col_offsets, combiner):
     triton_table(table).lookup_backward(token, grad_out, offsets, weights, unique_rows, inverse, feature_ns,
                                         batch_size, col_offsets, combiner)
 
 
-@_cuda_kernel("lookup_backward_apply")
+@cuda_kernel("lookup_backward_apply")
 def lookup_backward_apply(token, table, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch_size,
                           col_offsets, combiner, kind, hyper):
     return triton_table(table).lookup_backward_apply(token, grad_out, offsets, weights, unique_rows, inverse,
                                                      feature_ns, batch_size, col_offsets, combiner, kind, hyper)
 
 
-@_cuda_kernel("apply_update")
+@cuda_kernel("apply_update")
 def apply_update(token, table, kind, hyper, skip_nonfinite):
     return triton_table(table).apply_update(token, kind, hyper, skip_nonfinite)
 
 
-@_cuda_kernel("clear_pending")
+@cuda_kernel("clear_pending")
 def clear_pending(token, table):
     triton_table(table).clear_pending(token)
 
 
-@_cuda_kernel("find")
+@cuda_kernel("find")
 def find(table, ns, ids):
     return triton_table(table).find(ns, ids)
 
 
-@_cuda_kernel("find_or_insert")
+@cuda_kernel("find_or_insert")
 def find_or_insert(token, table, ns, ids):
     return triton_table(table).find_or_insert(token, ns, ids)
 
 
-@_cuda_kernel("erase")
+@cuda_kernel("erase")
 def erase(token, table, ns, ids):
     return triton_table(table).erase(token, ns, ids)
 
 
-@_cuda_kernel("gather")
+@cuda_kernel("gather")
 def gather(table, rows):
     return triton_table(table).gather(rows)
 
 
-_cuda_kernel("dedup_jagged")(jagged.dedup_jagged_op)
-_cuda_kernel("pool_rows")(jagged.pool_rows_op)
-_cuda_kernel("pool_rows_backward")(jagged.pool_rows_backward_op)
+cuda_kernel("dedup_jagged")(jagged.dedup_jagged_op)
+cuda_kernel("pool_rows")(jagged.pool_rows_op)
+cuda_kernel("pool_rows_backward")(jagged.pool_rows_backward_op)

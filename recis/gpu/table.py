@@ -11,21 +11,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from recis.datasets._counter_rng import mix_int
 from recis.gpu._flavors import flavor
 from recis.gpu.dedup import dedup_keys, first_seen_unique
 from recis.gpu.id_map import DeviceIdMap
 from recis.gpu.lookup import LookupOps, table_op
 from recis.gpu.ops import register
 from recis.gpu.rows import UINT32_MAX, DeviceRows
+from recis.hashing import seed_key, signed
 
-_SEED_SALT = 0x243F6A8885A308D3
 _BLOCK_N = 32
 MAX_SKETCH_WIDTH = 2**32 - 1
-
-
-def _signed(u: int) -> int:
-    return u - (1 << 64) if u >= 1 << 63 else u
 
 
 def _f32(x: float) -> float:
@@ -47,7 +42,7 @@ class TritonTable(LookupOps):
         self._dim = int(dim)
         self._seeds = [int(s) & (2**64 - 1) for s in seeds]
         self._init = (int(init_kind), _f32(a), _f32(b), _f32(c))
-        self._ns_keys = torch.tensor([_signed(mix_int(s ^ _SEED_SALT)) for s in self._seeds], dtype=torch.int64,
+        self._ns_keys = torch.tensor([signed(seed_key(s)) for s in self._seeds], dtype=torch.int64,
                                      device=self.device)
         n = len(self._seeds)
         self.map = DeviceIdMap(n, self.device)
@@ -383,6 +378,23 @@ class TritonTable(LookupOps):
         self._stats["evictions"] += evicted
         return evicted
 
+    # ---- TTL eviction at the step boundary (as HashTable::set_ttl / advance_step in C++) ----
+    _ttl = (0, 0)  # (ttl_steps, interval_steps): none until set_ttl
+
+    def set_ttl(self, ttl_steps: int, interval_steps: int) -> None:
+        """TTL eviction (ttl_steps 0: none): at every training-step boundary whose step is a
+        positive multiple of `interval_steps`, rows unseen for more than `ttl_steps` steps are erased."""
+        if ttl_steps and interval_steps < 1:
+            raise ValueError(f"recis: {self._label(0)}: TTL eviction needs interval_steps >= 1, got {interval_steps}")
+        self._ttl = (int(ttl_steps), int(interval_steps))
+
+    def _advance_step(self) -> None:
+        """Starts the next training step: first the TTL sweep due at this boundary, then step + 1."""
+        ttl, interval = self._ttl
+        if ttl and self._step > 0 and self._step % interval == 0:
+            self.evict_ttl(ttl)
+        self._step += 1
+
     # ---- ids -> rows without a lookup ----
     def find_rows(self, ns: int, ids: torch.Tensor) -> torch.Tensor:
         return self.map.find(ids, self._ns_tensor(ns, ids.numel()))
@@ -455,6 +467,19 @@ class TritonTable(LookupOps):
         self._clear_pending()
         if self._sketch is not None:
             self._sketch.zero_()
+
+    @table_op
+    def export_ns_since(self, ns: int, since: int):
+        """export_ns of the rows touched at or after step `since` (last_seen >= since): what an
+        incremental checkpoint saves (the twin of the C++ HashTable.export_ns_since)."""
+        self.check_ns(ns)
+        if since < 0:
+            raise ValueError(f"export_ns_since: since must be a step >= 0, got {since}")
+        ids, rws = self.map.live(ns)
+        r = self.rows
+        keep = r.last_seen[rws] >= since
+        ids, rws = ids[keep], rws[keep]
+        return ids, r.emb[rws], r.slots[rws], r.counts[rws], r.last_seen[rws]
 
 
 def triton_next_pow2(n: int) -> int:

@@ -7,7 +7,7 @@
 
 See docs/io.md.
 """
-from recis.io.base import LoaderConfig, merge_states
+from recis.io.base import LoaderConfig, LoaderOptions, merge_states
 from recis.io.columns import Jagged, column_to_tensor, list_column_to_jagged, to_tensors, validity_mask
 from recis.io.dataset import ArrowDataset
 from recis.io.errors import (BadRowError, CorruptFileError, DataFileError, IOStats, MissingColumnError, RowError,
@@ -17,7 +17,7 @@ from recis.io.prefetch import Prefetcher, pin_memory
 from recis.io.streaming import StreamingArrowDataset
 
 __all__ = [
-    "ArrowDataset", "StreamingArrowDataset", "Prefetcher", "LoaderConfig", "merge_states",
+    "ArrowDataset", "StreamingArrowDataset", "Prefetcher", "LoaderConfig", "LoaderOptions", "merge_states",
     "Jagged", "column_to_tensor", "list_column_to_jagged", "validity_mask", "to_tensors", "pin_memory",
     "DataFileError", "MissingColumnError", "SchemaMismatchError", "CorruptFileError", "UnknownFormatError", "IOStats",
     "RowError", "BadRowError", "RowOrigin",

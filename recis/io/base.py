@@ -21,8 +21,8 @@ from it; a resumed run yields exactly the batches the uninterrupted run would ha
 import abc
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, Optional, Union
+from dataclasses import dataclass, fields
+from typing import ClassVar, Dict, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -38,8 +38,9 @@ STATE_FORMAT = "recis.io/1"
 
 
 @dataclass
-class LoaderConfig:
-    """Options shared by the datasets (validated here; see ArrowDataset for their meaning)."""
+class LoaderOptions:
+    """How a dataset batches, shuffles, prefetches and reads its files (validated here; see
+    ArrowDataset for their meaning). A job's `data` section embeds them (recis.run.config.DataConfig)."""
 
     batch_size: int = bounded(1024, ge=1)
     drop_last: bool = False
@@ -49,13 +50,30 @@ class LoaderConfig:
     prefetch: int = bounded(0, ge=0)
     pin_memory: Union[str, bool] = "auto"
     read_batch_size: int = bounded(65536, ge=1)
-    yield_state: bool = False
+
+    # How errors name the options: "" as the dataset's arguments, or a config section ("data").
+    where: ClassVar[str] = ""
 
     def __post_init__(self):
-        check_types(self, "")  # the dataset's arguments: named as the caller spells them
+        check_types(self, self.where)
+        prefix = f"{self.where}." if self.where else ""
         if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        resolve_pin_memory(self.pin_memory)
+            raise ValueError(f"{prefix}on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        try:
+            resolve_pin_memory(self.pin_memory)
+        except ValueError as e:  # its message starts with the option's name
+            raise ValueError(f"{prefix}{e}") from None
+
+    def loader_options(self) -> Dict[str, object]:
+        """These options as the datasets' keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(LoaderOptions)}
+
+
+@dataclass
+class LoaderConfig(LoaderOptions):
+    """A dataset's options: the LoaderOptions, and whether each item comes with its state."""
+
+    yield_state: bool = False
 
 
 def merge_states(states: Iterable[dict]) -> dict:

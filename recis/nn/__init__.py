@@ -3,12 +3,13 @@ from typing import List, Tuple
 
 from torch import nn
 
-from recis.nn.embedding_collection import EmbeddingCollection, TableConfig
+from recis.nn.embedding_collection import EmbeddingCollection
 from recis.nn.hash_embedding import HashEmbedding
 from recis.nn.hash_table import HashTable, TableGroup
 from recis.nn.initializers import (Constant, Initializer, KaimingNormal, KaimingUniform, Normal, TruncatedNormal,
                                    Uniform, XavierNormal, XavierUniform, Zeros)
 from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
+from recis.nn.table_config import TableConfig
 
 
 def named_table_groups(model: nn.Module, remove_duplicate: bool = True) -> List[Tuple[str, TableGroup]]:

@@ -12,9 +12,6 @@ dtype) share one physical TableGroup and one fused kernel call per step; each ke
 >>> kt.keys(), tuple(kt.values().shape), len(ec.groups)
 (['user_id', 'item_id'], (2, 16), 1)
 """
-import typing
-import zlib
-from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -22,62 +19,9 @@ from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.config_utils import bounded, check_value, rule_of
-from recis.nn.hash_table import (CAPACITY_RANGE, DIM_RANGE, SEED_RANGE, EvictionArg, HashTable, TableGroup,
-                                 resolve_capacity, split_eviction)
-from recis.nn.initializers import resolve_initializer
-from recis.nn.policies import FrequencyAdmission
+from recis.nn.hash_table import HashTable, TableGroup
+from recis.nn.table_config import TableConfig  # noqa: F401  (TableConfig's home; re-exported here)
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
-
-
-@dataclass
-class TableConfig:
-    """One logical table. `seed=None` derives a stable seed from the table name."""
-
-    name: str
-    embedding_dim: int = bounded(ge=DIM_RANGE.ge)
-    feature_names: List[str] = field(default_factory=list)
-    combiner: Optional[str] = "sum"
-    initializer: object = None
-    seed: Optional[int] = bounded(None, ge=SEED_RANGE.ge, lt=SEED_RANGE.lt)
-    admission: Optional[FrequencyAdmission] = None
-    eviction: EvictionArg = None
-    capacity: Optional[int] = bounded(None, ge=CAPACITY_RANGE.ge, lt=CAPACITY_RANGE.lt)
-    missing: str = "zeros"
-    dtype: torch.dtype = torch.float32
-
-    def __post_init__(self):
-        if not self.name or not isinstance(self.name, str) or "." in self.name:
-            raise ValueError(f"TableConfig.name must be a non-empty string without '.', got {self.name!r}")
-        where = f"table {self.name!r}"
-        hints = typing.get_type_hints(TableConfig)
-        for f in fields(self):  # the numbers, by their rules; numpy ints become ints
-            value, rule = getattr(self, f.name), rule_of(f)
-            if rule is not None:
-                check_value(f"{where}: {f.name}", value, hints[f.name], rule)
-                setattr(self, f.name, int(value) if value is not None else None)
-        if isinstance(self.feature_names, str) or not all(isinstance(f, str) and f for f in self.feature_names):
-            raise TypeError(f"{where}: feature_names must be a list of non-empty strings, got {self.feature_names!r}")
-        self.feature_names = list(self.feature_names)
-        if not self.feature_names:
-            self.feature_names = [self.name]
-        if len(set(self.feature_names)) != len(self.feature_names):
-            raise ValueError(f"table {self.name!r}: duplicate feature names {self.feature_names}")
-        if self.combiner not in COMBINERS:
-            raise ValueError(f"table {self.name!r}: combiner must be 'sum', 'mean' or None, got {self.combiner!r}")
-        if self.missing not in ("zeros", "init"):
-            raise ValueError(f"table {self.name!r}: missing must be 'zeros' or 'init', got {self.missing!r}")
-        if self.dtype != torch.float32:
-            raise TypeError(f"table {self.name!r}: recis tables store float32 rows, got {self.dtype}")
-        self.initializer = resolve_initializer(self.initializer)
-        resolve_capacity(self.capacity, split_eviction(self.eviction)[1], where)
-        if self.seed is None:
-            self.seed = zlib.crc32(self.name.encode())
-
-    def group_key(self):
-        ev = tuple(self.eviction) if isinstance(self.eviction, (list, tuple)) else self.eviction
-        return (self.embedding_dim, self.combiner, self.initializer.spec(self.embedding_dim), self.admission, ev,
-                self.capacity, self.missing, self.dtype)
 
 
 # What an EmbeddingCollection does with input keys that no table serves.
@@ -126,9 +70,7 @@ class EmbeddingCollection(nn.Module):
         self._plans = []  # per group: (pooled, [(feature, ns, column)], out_cols)
         for configs in by_key.values():
             c0 = configs[0]
-            group = TableGroup(c0.embedding_dim, [c.name for c in configs], [c.seed for c in configs],
-                               c0.initializer, c0.admission, c0.eviction, c0.capacity, c0.missing, c0.dtype,
-                               device=device, backend=backend)
+            group = TableGroup(configs, device=device, backend=backend)
             feats = [(f, ns) for ns, c in enumerate(configs) for f in c.feature_names]
             cols = [(f, ns, i * c0.embedding_dim) for i, (f, ns) in enumerate(feats)]
             self.groups.append(group)

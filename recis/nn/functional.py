@@ -4,10 +4,11 @@ from typing import List, Optional
 import torch
 
 from recis._ops import kernels
+from recis.vocabulary import LOOKUP_MODES
 
 # lookup_forward modes: eval (find only), train (insert), train with a backward to come
 # (its rows are also protected from eviction until the optimizer step).
-LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = 0, 1, 2
+LOOKUP_EVAL, LOOKUP_TRAIN, LOOKUP_TRAIN_WITH_GRAD = (LOOKUP_MODES[m] for m in ("eval", "train", "train_with_grad"))
 
 
 def as_ids(ids, what: str) -> torch.Tensor:
@@ -52,10 +53,10 @@ class _HashLookup(torch.autograd.Function):
     gradients into the table's pending buffer, which the sparse optimizer applies in place."""
 
     @staticmethod
-    def forward(ctx, anchor, token, handle, group, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
+    def forward(ctx, anchor, token, group, values, offsets, weights, feature_ns, batch, col_offsets, out_cols,
                 combiner):
         out, unique_rows, inverse = kernels(group).lookup_forward(
-            token, handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
+            token, group.handle, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner,
             LOOKUP_TRAIN_WITH_GRAD)
         ctx.save_for_backward(offsets, weights, unique_rows, inverse)
         if not torch.compiler.is_compiling():
@@ -64,7 +65,7 @@ class _HashLookup(torch.autograd.Function):
             # even when a saved-tensor hook (offloading, activation checkpointing) copies or
             # drops the saved tensor.
             ctx.rows_hold = unique_rows
-        ctx.token, ctx.handle, ctx.group = token, handle, group
+        ctx.token, ctx.group = token, group
         ctx.args = (feature_ns, batch, col_offsets, combiner)
         # The data-dependent outputs are returned too (non-differentiable), so torch.compile
         # sees where their dynamic sizes come from.
@@ -83,9 +84,9 @@ class _HashLookup(torch.autograd.Function):
             fused.fused_backward(group, grad_out, offsets, weights, unique_rows, inverse, feature_ns, batch,
                                  col_offsets, combiner)
         else:
-            kernels(group).lookup_backward(ctx.token, ctx.handle, grad_out, offsets, weights, unique_rows, inverse,
+            kernels(group).lookup_backward(ctx.token, group.handle, grad_out, offsets, weights, unique_rows, inverse,
                                            feature_ns, batch, col_offsets, combiner)
-        return (None,) * 12
+        return (None,) * 11
 
 
 def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
@@ -93,8 +94,8 @@ def hash_lookup(group, values: torch.Tensor, offsets: torch.Tensor, weights: Opt
                 train: bool) -> torch.Tensor:
     """Looks up a (KeyedJaggedTensor-ordered) jagged batch in `group`; differentiable in training."""
     if train and torch.is_grad_enabled():
-        out, _, _ = _HashLookup.apply(group.anchor, group.token, group.handle, group, values, offsets, weights,
-                                      feature_ns, batch, col_offsets, out_cols, combiner)
+        out, _, _ = _HashLookup.apply(group.anchor, group.token, group, values, offsets, weights, feature_ns, batch,
+                                      col_offsets, out_cols, combiner)
         return out
     mode = LOOKUP_TRAIN if train else LOOKUP_EVAL
     out, _, _ = kernels(group).lookup_forward(group.token, group.handle, values, offsets, weights, feature_ns, batch,

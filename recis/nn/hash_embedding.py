@@ -4,36 +4,50 @@
 >>> out = emb(torch.tensor([3, 1 << 62, 3]), torch.tensor([0, 2, 3]))
 >>> out.shape, len(emb.table)
 (torch.Size([2, 8]), 2)
+>>> HashEmbedding(TableConfig("table", 8, seed=0)).config == emb.config  # the same table, from its config
+True
 """
-from typing import Optional
+from dataclasses import fields
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from recis._ops import COMBINERS
 from recis.nn.functional import check_jagged
-from recis.nn.hash_table import EvictionArg, HashTable, TableGroup
-from recis.nn.policies import FrequencyAdmission
+from recis.nn.hash_table import HashTable, TableGroup
+from recis.nn.table_config import TableConfig
 from recis.nn.table_state import groups_repr, load_groups, move_groups, save_groups
+
+# HashEmbedding's own defaults for the keyword form (a TableConfig's seed otherwise derives from its name).
+KEYWORD_DEFAULTS = {"name": "table", "seed": 0}
 
 
 class HashEmbedding(nn.Module):
     """`forward(values [N], offsets [B + 1], per_sample_weights=None)` returns `[B, dim]`, or
     `[N, dim]` when `combiner` is None. In training mode unseen ids are inserted (subject to
     `admission`); in eval mode they are not, and read zeros (or their initial row, `missing="init"`).
-    The table lives on `device` (moved by `.to(device)` / `.cuda()` with the module); `backend`
-    picks C++ or Triton kernels (see TableGroup)."""
 
-    def __init__(self, embedding_dim: int, combiner: Optional[str] = "sum", initializer=None, seed: int = 0,
-                 admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
-                 dtype: torch.dtype = torch.float32, capacity: Optional[int] = None, missing: str = "zeros",
-                 name: str = "table", device=None, backend: Optional[str] = None):
+    `HashEmbedding(config)` takes a TableConfig; `HashEmbedding(embedding_dim, **options)` builds
+    one from TableConfig's options as keywords (name "table" and seed 0 unless given). The table
+    lives on `device` (moved by `.to(device)` / `.cuda()` with the module); `backend` picks C++
+    or Triton kernels (see TableGroup)."""
+
+    def __init__(self, config: Union[TableConfig, int], *, device=None, backend: Optional[str] = None, **options):
         super().__init__()
-        if combiner not in COMBINERS:
-            raise ValueError(f"combiner must be 'sum', 'mean' or None, got {combiner!r}")
-        self.combiner = combiner
-        self.group = TableGroup(embedding_dim, [name], [seed], initializer, admission, eviction, capacity, missing,
-                                dtype, device=device, backend=backend)
+        if isinstance(config, TableConfig):
+            if options:
+                raise TypeError(f"HashEmbedding takes a TableConfig or an embedding_dim with options, got a "
+                                f"TableConfig and {sorted(options)}; set them in the TableConfig")
+        else:
+            known = {f.name for f in fields(TableConfig)} - {"embedding_dim"}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise TypeError(f"HashEmbedding: unknown option(s) {unknown} (TableConfig options: {sorted(known)})")
+            config = TableConfig(embedding_dim=config, **{**KEYWORD_DEFAULTS, **options})
+        self.config = config
+        self.combiner = config.combiner
+        self.group = TableGroup([config], device=device, backend=backend)
         self.embedding_dim = self.group.embedding_dim
 
     @property

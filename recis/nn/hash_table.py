@@ -2,30 +2,29 @@
 more logical `HashTable`s, each with its own 64-bit id space. On the CPU the table lives in C++;
 on CUDA in device memory, run by Triton kernels (recis.gpu); `TableGroup.to(device)` moves it.
 
->>> group = TableGroup(4, names=["user"], seeds=[7])
+>>> group = TableGroup([TableConfig("user", 4, seed=7)])
 >>> table = group.tables[0]
 >>> rows = table.find_or_insert(torch.tensor([10, -1, 10]))
 >>> len(table), bool(rows[0] == rows[2])
 (2, True)
+>>> TableGroup(4, names=["user"], seeds=[7]).config == group.config  # the short form
+True
 """
 import functools
-import numbers
 import os
 import weakref
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from recis.config_utils import Range, check_value
+from recis.config_utils import Range
 from recis._ops import COMBINERS, INIT_KINDS, kernels, new_table
 from recis.nn.functional import LOOKUP_EVAL, as_ids, hash_lookup
-from recis.nn.initializers import resolve_initializer
-from recis.nn.policies import FrequencyAdmission, LFUEviction, TTLEviction
+from recis.nn.state_keys import GROUP_STATE_KEYS, STATE_KEYS
+# The table options live in recis.nn.table_config (split_eviction is re-exported for recis.checkpoint).
+from recis.nn.table_config import TableConfig, check_group, group_configs, split_eviction, table_int  # noqa: F401
+from recis.vocabulary import MISSING_MODES
 
-EvictionArg = Union[None, TTLEviction, LFUEviction, Sequence[Union[TTLEviction, LFUEviction]]]
-MISSING_MODES = {"zeros": 0, "init": 1}
-STATE_KEYS = ("ids", "rows", "slots", "counts", "last_seen")  # per logical table (export / load)
-GROUP_STATE_KEYS = ("step", "optimizer_step", "sketch")       # per group (group_state / load_group_state)
 BACKENDS = ("auto", "cpp", "triton")
 BACKEND_ENV = "RECIS_TABLE_BACKEND"
 
@@ -53,84 +52,35 @@ def _device(device) -> torch.device:
     return device
 
 
-def split_eviction(eviction: EvictionArg):
-    """Returns (ttl policy or None, lfu policy or None) from one policy or a sequence of them."""
-    policies = [] if eviction is None else list(eviction) if isinstance(eviction, (list, tuple)) else [eviction]
-    ttl = [p for p in policies if isinstance(p, TTLEviction)]
-    lfu = [p for p in policies if isinstance(p, LFUEviction)]
-    bad = [p for p in policies if not isinstance(p, (TTLEviction, LFUEviction))]
-    if bad or len(ttl) > 1 or len(lfu) > 1:
-        raise ValueError(f"eviction takes at most one TTLEviction and one LFUEviction, got {eviction!r}")
-    return (ttl[0] if ttl else None), (lfu[0] if lfu else None)
-
-
-SEED_RANGE = Range(ge=-(2**63), lt=2**64)  # seeds are 64-bit, in their signed or unsigned spelling
-CAPACITY_RANGE = Range(ge=1, lt=2**63)
-DIM_RANGE = Range(ge=1)
-
-
-def table_int(value, arg: str, where: str, rule: Range) -> int:
-    """`value` as an int within `rule`; a TypeError or ValueError naming `arg` and `where` (the
-    table) otherwise. bools, floats and strings are refused, never rounded or parsed."""
-    check_value(f"{where}: {arg}", value, int, rule)
-    return int(value)
-
-
-def check_table_names(names, where: str = "TableGroup") -> List[str]:
-    """Table names: a non-empty list of distinct non-empty strings without '.' (state_dict keys
-    are `{table}.{field}`)."""
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(f"{where}: names must be a list of table names, got {names!r}")
-    for n in names:
-        if not isinstance(n, str) or not n or "." in n:
-            raise ValueError(f"{where}: table names must be non-empty strings without '.', got {n!r}")
-    dup = sorted({n for n in names if list(names).count(n) > 1})
-    if dup:
-        raise ValueError(f"{where}: duplicate table names {dup}")
-    if not names:
-        raise ValueError(f"{where}: needs at least one table name")
-    return list(names)
-
-
-def resolve_capacity(capacity: Optional[int], lfu: Optional[LFUEviction], where: str = "table") -> Optional[int]:
-    """The capacity of a table: `capacity`, or its LFUEviction's (which checks its own fields)."""
-    if capacity is not None:
-        capacity = table_int(capacity, "capacity", where, CAPACITY_RANGE)
-    if lfu is not None:
-        if capacity is not None and capacity != lfu.capacity:
-            raise ValueError(f"{where}: capacity={capacity} disagrees with LFUEviction(capacity={lfu.capacity})")
-        return lfu.capacity
-    return capacity
-
-
 class TableGroup:
-    """One physical table holding the rows of the logical tables `names` (one namespace each)."""
+    """One physical table holding the rows of logical tables (one namespace each), built from
+    their TableConfigs: `TableGroup(configs, device=None, backend=None)`."""
 
-    def __init__(self, embedding_dim: int, names: Sequence[str], seeds: Sequence[int], initializer=None,
-                 admission: Optional[FrequencyAdmission] = None, eviction: EvictionArg = None,
-                 capacity: Optional[int] = None, missing: str = "zeros", dtype: torch.dtype = torch.float32,
-                 device=None, backend: Optional[str] = None):
-        names = check_table_names(names)
-        where = f"table {names[0]!r}" if len(names) == 1 else f"tables {names}"
-        embedding_dim = table_int(embedding_dim, "embedding_dim", where, DIM_RANGE)
-        if dtype != torch.float32:
-            raise TypeError(f"{where}: recis tables store float32 rows; got dtype={dtype}")
-        if missing not in MISSING_MODES:
-            raise ValueError(f"{where}: missing must be one of {sorted(MISSING_MODES)}, got {missing!r}")
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(names) != len(seeds):
-            raise ValueError(f"{where}: a TableGroup needs a list of one seed per table name, got seeds={seeds!r}")
-        seeds = [table_int(s, "seed", f"table {n!r}", SEED_RANGE) for n, s in zip(names, seeds)]
-        if admission is not None and not isinstance(admission, FrequencyAdmission):
-            raise TypeError(f"{where}: admission must be a FrequencyAdmission or None, got {admission!r}")
-        self.embedding_dim = embedding_dim
-        self._ns_names = names
-        self.initializer = resolve_initializer(initializer)
-        self._seeds = [s & (2**64 - 1) for s in seeds]
+    def __init__(self, configs: Union[TableConfig, Sequence[TableConfig], int], names: Optional[Sequence[str]] = None,
+                 seeds: Optional[Sequence[int]] = None, *, device=None, backend: Optional[str] = None, **options):
+        """`configs`: the TableConfigs of the tables (one namespace each), which share their
+        `group_key()` options; or, the short form, an embedding_dim with `names`, one seed per
+        name in `seeds` and the other TableConfig options as keywords (`group_configs`).
+        `device` and `backend` place the table (see `to`)."""
+        if isinstance(configs, (TableConfig, list, tuple)):
+            if names is not None or seeds is not None or options:
+                given = [k for k, v in (("names", names), ("seeds", seeds)) if v is not None] + sorted(options)
+                raise TypeError(f"TableGroup takes either TableConfigs or an embedding_dim with names, seeds and "
+                                f"options; got TableConfigs and {given}")
+            configs = check_group(configs)
+        else:
+            configs = group_configs(configs, names, seeds, **options)
+        c0 = configs[0]
+        self.configs: List[TableConfig] = configs
+        self.embedding_dim = c0.embedding_dim
+        self._ns_names = [c.name for c in configs]
+        self.initializer = c0.initializer
+        self._seeds = [c.seed & (2**64 - 1) for c in configs]
         self.token = torch.zeros(1, dtype=torch.int64)
-        self.ttl, self._lfu = split_eviction(eviction)
-        self.capacity = resolve_capacity(capacity, self._lfu, where)
-        self.admission = admission
-        self.missing = missing
+        self.ttl, self._lfu = c0.ttl, c0.lfu
+        self.capacity = c0.effective_capacity
+        self.admission = c0.admission
+        self.missing = c0.missing
         self.device = _device(device)
         self.backend = resolve_backend(backend, self.device)
         self._slot_init: Sequence[float] = []
@@ -142,10 +92,7 @@ class TableGroup:
         self.slot_kind: Optional[str] = None
         self._fused = False
         self.optimizer_step = 0  # steps applied by the sparse optimizer (Adam's bias correction)
-        self.tables = [HashTable(self, ns, name) for ns, name in enumerate(names)]
-        self._config = dict(embedding_dim=embedding_dim, names=list(names), seeds=list(seeds),
-                            initializer=self.initializer, admission=admission, eviction=eviction,
-                            capacity=capacity, missing=missing, dtype=dtype)
+        self.tables = [HashTable(self, ns, c.name) for ns, c in enumerate(configs)]
 
     def _new_impl(self, device: torch.device, backend: str):
         """A configured, empty table of this group's config on `device`; the group's handle and
@@ -157,6 +104,7 @@ class TableGroup:
         if self.admission is not None:
             impl.set_admission(self.admission.min_count, self.admission.sketch_width, self.admission.sketch_depth)
         impl.set_missing(MISSING_MODES[self.missing])
+        impl.set_ttl(*((self.ttl.ttl_steps, self.ttl.interval_steps) if self.ttl is not None else (0, 0)))
         for ns, name in enumerate(self._ns_names):
             impl.set_name(ns, name)
         impl.set_keep_grads(self._attached() is not None)
@@ -205,7 +153,7 @@ class TableGroup:
 
     def __deepcopy__(self, memo):
         """A detached copy with the same rows, slots and metadata (no optimizer attached)."""
-        copy = TableGroup(**self._config, device=self.device, backend=self.backend)
+        copy = TableGroup(self.configs, device=self.device, backend=self.backend)
         memo[id(self)] = copy
         if self.slot_kind is not None:
             copy.reserve_slots(self.slot_kind, self._impl.slot_width)
@@ -256,18 +204,14 @@ class TableGroup:
 
     # ---- lookups ----
     def lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train):
-        if train and self.ttl is not None:
-            self._tick_eviction()
+        """A (KeyedJaggedTensor-ordered) jagged batch's rows, pooled per `combiner`. A training
+        lookup starts a step of the table, which runs its TTL sweep when one is due (every
+        TTLEviction.interval_steps steps: inside the backend, C++ or Triton, like LFU eviction)."""
         return hash_lookup(self, values, offsets, weights, feature_ns, batch, col_offsets, out_cols, combiner, train)
 
-    @torch.compiler.disable
-    def _tick_eviction(self) -> None:
-        step = self._impl.get_step()
-        if self.ttl is not None and step > 0 and step % self.ttl.interval_steps == 0:
-            self._impl.evict_ttl(self.ttl.ttl_steps)
-
     def evict_expired(self) -> int:
-        """Runs TTL eviction now; returns the number of rows erased."""
+        """Runs TTL eviction now, besides the sweeps due every interval_steps; returns the
+        number of rows erased."""
         if self.ttl is None:
             raise ValueError(f"tables {self.names} have no TTLEviction policy")
         return self._impl.evict_ttl(self.ttl.ttl_steps)
@@ -292,10 +236,23 @@ class TableGroup:
         stats = {k: v + self._stats_base.get(k, 0) for k, v in self._impl.stats().items()}
         return dict(stats, live=len(self), step=self.step)
 
+    def load_stats(self, stats: Dict[str, int]) -> None:
+        """Sets the counters of stats() (inserts, evictions, not_admitted) to `stats`, e.g. those a
+        checkpoint saved; the table keeps counting from there."""
+        counted = self._impl.stats()
+        unknown = sorted(set(stats) - set(counted))
+        if unknown:
+            raise KeyError(f"tables {self.names}: unknown statistics {unknown} (known: {sorted(counted)})")
+        for k, v in stats.items():
+            self._stats_base[k] = int(v) - counted[k]
+
     @property
     def config(self) -> Dict:
-        """The constructor arguments of this group (dim, names, seeds, policies, ...), as a copy."""
-        return dict(self._config)
+        """The options of this group (dim, names, seeds, policies, ...) as a dict (see `configs`)."""
+        c0 = self.configs[0]
+        return dict(embedding_dim=c0.embedding_dim, names=[c.name for c in self.configs],
+                    seeds=[c.seed for c in self.configs], initializer=c0.initializer, admission=c0.admission,
+                    eviction=c0.eviction, capacity=c0.capacity, missing=c0.missing, dtype=c0.dtype)
 
     def pending_rows(self) -> int:
         """Rows holding gradients that wait for the sparse optimizer's step(). Backward keeps
@@ -313,8 +270,10 @@ class TableGroup:
     def group_state(self) -> Dict[str, torch.Tensor]:
         state = {"step": torch.tensor(self.step, dtype=torch.int64),
                  "optimizer_step": torch.tensor(self.optimizer_step, dtype=torch.int64)}
-        if self.admission is not None:
-            state["sketch"] = self._impl.get_sketch()
+        if self.admission is not None:  # the sketch's counters in their own dtype, uint32
+            impl = self._impl
+            state["sketch"] = impl.export_sketch() if hasattr(impl, "export_sketch") else \
+                impl.get_sketch().to(torch.uint32)
         return state
 
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
@@ -394,9 +353,14 @@ class HashTable:
         """The deterministic initial rows of `ids` (what a fresh insert would get)."""
         return self.group._impl.initial_rows(self.ns, self._ids(ids))
 
-    def export(self) -> Dict[str, torch.Tensor]:
-        """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id."""
-        return dict(zip(STATE_KEYS, self.group._impl.export_ns(self.ns)))
+    def export(self, since: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """ids [n], rows [n, dim], slots [n, W], counts [n], last_seen [n] of every live id; with
+        `since`, of the ids touched at or after that step only (last_seen >= since: what an
+        incremental checkpoint saves; the table copies out just those rows)."""
+        if since is None:
+            return dict(zip(STATE_KEYS, self.group._impl.export_ns(self.ns)))
+        since = table_int(since, "export(since)", f"table {self.name!r}", Range(ge=0))
+        return dict(zip(STATE_KEYS, self.group._impl.export_ns_since(self.ns, since)))
 
     def load(self, state: Dict[str, torch.Tensor]) -> None:
         """Inserts or overwrites the ids in `state` (as produced by `export`)."""

@@ -32,7 +32,8 @@ class FrequencyAdmission:
 @dataclass(frozen=True)
 class TTLEviction:
     """Every `interval_steps` training steps, rows unseen for more than `ttl_steps` steps are
-    erased. A returning id starts again from its deterministic initial row."""
+    erased, by the table itself (C++ or Triton) as the training lookup of the next step starts.
+    A returning id starts again from its deterministic initial row."""
 
     ttl_steps: int = bounded(ge=1, lt=_U32)
     interval_steps: int = bounded(100, ge=1)

@@ -1,12 +1,11 @@
-"""state_dict support shared by the modules that own table groups."""
+"""state_dict support shared by the modules that own table groups (keys: recis.nn.state_keys)."""
 from typing import Dict, Iterable, List
 
 import torch
 
-from recis.nn.hash_table import GROUP_STATE_KEYS, STATE_KEYS, TableGroup
-
-_SLOT_KIND_CODES = ["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw", "ftrl"]
-_SLOT_KIND = "slot_kind"  # the group key save_groups adds to the group's own state
+from recis.nn.hash_table import TableGroup
+from recis.nn.state_keys import GROUP_STATE_KEYS, SLOT_KIND, STATE_KEYS, group_head, table_head, table_key
+from recis.vocabulary import OPTIM_KINDS, optimizer_of_code
 
 
 def save_groups(groups: Iterable[TableGroup], destination: Dict, prefix: str) -> None:
@@ -15,32 +14,32 @@ def save_groups(groups: Iterable[TableGroup], destination: Dict, prefix: str) ->
     for group in groups:
         for table in group.tables:
             for key, value in table.export().items():
-                destination[f"{prefix}{table.name}.{key}"] = value
-        head = f"{prefix}{group.tables[0].name}._group."
+                destination[table_key(prefix, table.name, key)] = value
+        head = group_head(prefix, group.tables[0].name)
         for key, value in group.group_state().items():
             destination[head + key] = value
-        code = _SLOT_KIND_CODES.index(group.slot_kind) if group.slot_kind else -1
-        destination[head + _SLOT_KIND] = torch.tensor(code, dtype=torch.int64)
+        code = OPTIM_KINDS[group.slot_kind] if group.slot_kind else -1
+        destination[head + SLOT_KIND] = torch.tensor(code, dtype=torch.int64)
 
 
 def load_groups(groups: Iterable[TableGroup], state_dict: Dict, prefix: str, strict: bool,
                 missing_keys: List[str], unexpected_keys: List[str], error_msgs: List[str]) -> None:
     for group in groups:
-        head = f"{prefix}{group.tables[0].name}._group."
+        head = group_head(prefix, group.tables[0].name)
         # Keys under a table's prefix that no table or group field reads: unexpected, not ignored.
-        known = {head + k for k in GROUP_STATE_KEYS + (_SLOT_KIND,)}
-        known.update(f"{prefix}{t.name}.{k}" for t in group.tables for k in STATE_KEYS)
-        heads = tuple(f"{prefix}{t.name}." for t in group.tables)
+        known = {head + k for k in GROUP_STATE_KEYS + (SLOT_KIND,)}
+        known.update(table_key(prefix, t.name, k) for t in group.tables for k in STATE_KEYS)
+        heads = tuple(table_head(prefix, t.name) for t in group.tables)
         unexpected_keys.extend(k for k in state_dict if k.startswith(heads) and k not in known)
-        kind_key = head + _SLOT_KIND
+        kind_key = head + SLOT_KIND
         if kind_key in state_dict:
             code = int(state_dict[kind_key])
-            saved_kind = _SLOT_KIND_CODES[code] if code >= 0 else None
+            saved_kind = optimizer_of_code(code).name if code >= 0 else None
             _adopt_slot_layout(group, saved_kind, state_dict, prefix)
         group.load_group_state({k[len(head):]: v for k, v in state_dict.items()
                                 if k in known and k.startswith(head) and k != kind_key})
         for table in group.tables:
-            keys = {k: f"{prefix}{table.name}.{k}" for k in STATE_KEYS}
+            keys = {k: table_key(prefix, table.name, k) for k in STATE_KEYS}
             absent = [full for full in keys.values() if full not in state_dict]
             if absent:
                 missing_keys.extend(absent)
@@ -60,7 +59,7 @@ def _adopt_slot_layout(group: TableGroup, saved_kind, state_dict: Dict, prefix: 
     if group.slot_kind is not None:
         raise ValueError(f"tables {group.names}: the state was saved with a {saved_kind} optimizer, but a "
                          f"{group.slot_kind} optimizer is attached")
-    group.reserve_slots(saved_kind, state_dict[f"{prefix}{group.tables[0].name}.slots"].shape[1])
+    group.reserve_slots(saved_kind, state_dict[table_key(prefix, group.tables[0].name, "slots")].shape[1])
 
 
 def move_groups(groups: Iterable[TableGroup], fn) -> None:

@@ -30,8 +30,6 @@ different configs (dim, combiner, initializer, admission, ...) interleave.
 """
 from typing import List
 
-from recis.nn.hash_table import resolve_capacity, split_eviction
-
 UNBOUNDED_NUM_EMBEDDINGS = 2**63 - 1
 
 
@@ -42,7 +40,7 @@ def embedding_bag_config(table):
     if table.combiner is None:
         raise ValueError(f"table {table.name!r} is unpooled (combiner=None); torchrec's EmbeddingBagConfig "
                          "describes pooled tables (combiner 'sum' or 'mean')")
-    capacity = resolve_capacity(table.capacity, split_eviction(table.eviction)[1])
+    capacity = table.effective_capacity
     kind, low, high, _ = table.initializer.spec(table.embedding_dim)
     bounds = (low, high) if kind == "uniform" else (None, None)
     return EmbeddingBagConfig(

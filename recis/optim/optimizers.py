@@ -1,4 +1,6 @@
-"""SGD, Adagrad, row-wise Adagrad, Adam, AdamW and FTRL-proximal for hash tables.
+"""SGD, Adagrad, row-wise Adagrad, Adam, AdamW and FTRL-proximal for hash tables: each class
+names its kind of recis.vocabulary.OPTIMIZERS (slots and kernel hyperparameters) and declares
+its options with their defaults.
 
 >>> from recis.nn import HashEmbedding, sparse_tables
 >>> emb = HashEmbedding(4)
@@ -28,9 +30,6 @@ class SparseSGD(SparseOptimizer):
                  fused: bool = False):
         super().__init__(tables, dict(lr=lr, weight_decay=weight_decay), skip_nonfinite, fused)
 
-    def hyper(self, g, step):
-        return [g["lr"], g["weight_decay"]]
-
 
 class SparseAdagrad(SparseOptimizer):
     """torch.optim.Adagrad's update, on the rows present in each step."""
@@ -44,12 +43,6 @@ class SparseAdagrad(SparseOptimizer):
                                       initial_accumulator_value=initial_accumulator_value, eps=eps),
                          skip_nonfinite, fused)
 
-    def slot_init(self, dim, g):
-        return [g["initial_accumulator_value"]] * dim
-
-    def hyper(self, g, step):
-        return [g["lr"], g["lr_decay"], g["weight_decay"], g["eps"], step]
-
 
 class SparseRowwiseAdagrad(SparseOptimizer):
     """One accumulator per row: s += mean(g^2); w -= lr * g / (sqrt(s) + eps) (fbgemm's
@@ -62,12 +55,6 @@ class SparseRowwiseAdagrad(SparseOptimizer):
         super().__init__(tables, dict(lr=lr, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
 
-    def slot_init(self, dim, g):
-        return [g["initial_accumulator_value"]]
-
-    def hyper(self, g, step):
-        return [g["lr"], g["weight_decay"], g["eps"]]
-
 
 class SparseAdam(SparseOptimizer):
     """torch.optim.Adam's update (L2 weight decay), applied lazily to the rows present in a step;
@@ -79,12 +66,6 @@ class SparseAdam(SparseOptimizer):
                  weight_decay: float = 0.0, skip_nonfinite: bool = False, fused: bool = False):
         super().__init__(tables, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
                          skip_nonfinite, fused)
-
-    def slot_init(self, dim, g):
-        return [0.0] * (2 * dim)
-
-    def hyper(self, g, step):
-        return [g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], step]
 
 
 class SparseAdamW(SparseAdam):
@@ -110,9 +91,3 @@ class SparseFTRL(SparseOptimizer):
                  fused: bool = False):
         super().__init__(tables, dict(lr=lr, beta=beta, l1=l1, l2=l2, lr_power=lr_power,
                                       initial_accumulator_value=initial_accumulator_value), skip_nonfinite, fused)
-
-    def slot_init(self, dim, g):
-        return [0.0] * dim + [g["initial_accumulator_value"]] * dim
-
-    def hyper(self, g, step):
-        return [g["lr"], g["beta"], g["l1"], g["l2"], g["lr_power"]]

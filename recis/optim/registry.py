@@ -3,7 +3,7 @@
 Two kinds: ``sparse`` optimizers take recis hash tables (`recis.optim.SparseOptimizer`), ``dense``
 ones take torch parameters or param groups. The built-ins are derived from their classes: the
 sparse ones of `recis.optim.optimizers` by their `kind` (the vocabulary of the C++ kernels,
-`recis._ops.OPTIM_KINDS`), the dense ones from `torch.optim` by lower-cased class name (without
+`recis.vocabulary.OPTIMIZERS`), the dense ones from `torch.optim` by lower-cased class name (without
 LBFGS, whose step needs a closure, and SparseAdam, which needs sparse gradients). Plugins add
 theirs through the entry-point group ``recis.optimizers``::
 
@@ -38,10 +38,10 @@ from typing import Dict, Optional, Type, Union
 
 import torch
 
-from recis._ops import OPTIM_KINDS
 from recis.optim import optimizers as _sparse_module
 from recis.optim.sparse_optimizer import SparseOptimizer
 from recis.registry import Registry, target_of
+from recis.vocabulary import OPTIMIZERS
 
 __all__ = ["GROUP", "KINDS", "OptimizerNotFoundError", "builtin_optimizers", "optimizer_kind", "available_optimizers",
            "load_optimizer", "register_optimizer", "unregister_optimizer"]
@@ -60,8 +60,8 @@ def _sparse_builtins() -> Dict[str, type]:
     out = {}
     for cls in vars(_sparse_module).values():
         if isinstance(cls, type) and issubclass(cls, SparseOptimizer) and cls.kind:
-            if cls.kind not in OPTIM_KINDS:
-                raise AssertionError(f"{cls.__name__}.kind {cls.kind!r} is not a kernel kind {sorted(OPTIM_KINDS)}")
+            if cls.kind not in OPTIMIZERS:
+                raise AssertionError(f"{cls.__name__}.kind {cls.kind!r} is not a kernel kind {sorted(OPTIMIZERS)}")
             out[cls.kind] = cls
     return out
 

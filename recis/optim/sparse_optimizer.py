@@ -14,7 +14,6 @@ tables, and a row whose gradient is NaN/Inf is left untouched while the other ro
 backward are updated (the error, or warning, is raised from `backward()`). Under
 torch.compile the deferred path is used.
 """
-import abc
 import warnings
 from typing import Dict, Iterable, List, Sequence, Union
 
@@ -24,6 +23,7 @@ from recis._ops import OPTIM_KINDS, kernels
 from recis.config_utils import Range, check_value
 from recis.nn.hash_table import HashTable, TableGroup
 from recis.optim.hyper import check_options
+from recis.vocabulary import OPTIMIZERS
 
 
 def _groups_of(tables) -> List[TableGroup]:
@@ -44,8 +44,9 @@ def _groups_of(tables) -> List[TableGroup]:
     return groups
 
 
-class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
-    """Subclasses set `kind` and define `slot_init(dim, group)` and `hyper(group, step)`."""
+class SparseOptimizer(torch.optim.Optimizer):
+    """Subclasses set `kind`, a name of recis.vocabulary.OPTIMIZERS: its layout gives the rows'
+    slots (`slot_init`) and the kernels' hyperparameters (`hyper`) from each param group."""
 
     kind: str = ""
     rules: Dict[str, Range] = {}  # this optimizer's own rules for hyperparameters (recis.optim.hyper)
@@ -53,6 +54,9 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def __init__(self, tables: Union[Iterable[HashTable], torch.nn.Module], defaults: Dict,
                  skip_nonfinite: bool = False, fused: bool = False):
         name = type(self).__name__
+        if self.kind not in OPTIMIZERS:
+            raise TypeError(f"{name}.kind must name an optimizer kind of the kernels {sorted(OPTIMIZERS)}, "
+                            f"got {self.kind!r}")
         check_options(name, defaults, self.rules)
         check_value(f"{name}.skip_nonfinite", skip_nonfinite, bool)
         check_value(f"{name}.fused", fused, bool)
@@ -72,11 +76,12 @@ class SparseOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 table.attach_optimizer(self, self.kind, self.slot_init(table.embedding_dim, pg), fused)
 
     def slot_init(self, dim: int, group: Dict) -> Sequence[float]:
-        return []
+        """A new row's slots (the layout's, with this param group's initial values)."""
+        return OPTIMIZERS[self.kind].slot_init(dim, group)
 
-    @abc.abstractmethod
     def hyper(self, group: Dict, step: int) -> List[float]:
-        """The C++ kernel's hyperparameters for this param group (see csrc/optim/sparse_update.h)."""
+        """The kernels' hyperparameters for this param group, in the layout's order."""
+        return OPTIMIZERS[self.kind].hyper_values(group, step)
 
     @property
     def tables(self) -> List[TableGroup]:

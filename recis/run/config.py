@@ -11,14 +11,14 @@ ValueError: unknown key(s) ['modle'] in config (known: ['checkpoint', 'data', 'd
 """
 import fnmatch
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 import yaml
 
 from recis.config_utils import bounded, check_types, from_mapping
 from recis.distributed.planner import parse_override
-from recis.io.errors import ON_ERROR
+from recis.io.base import LoaderOptions
 from recis.io.files import FORMATS
 from recis.metrics.registry import build_metrics, metric_options
 from recis.run.datasets import DATASETS, dataset
@@ -71,32 +71,39 @@ class StreamConfig:
             raise ValueError(f"data.stream.until {self.until!r} is not one of data.stream.windows {self.windows}")
 
 
+def _loader_option(name: str, default):
+    """LoaderOptions' field `name` (its rule) with the job's own default."""
+    rule = next(f for f in fields(LoaderOptions) if f.name == name)
+    return field(default=default, metadata=rule.metadata)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(LoaderOptions):
     """`dataset` names a built-in dataset (recis.run.datasets: movielens, fashion_mnist, synthetic, criteo,
     avazu; `options` are its options); otherwise `train` and `eval` give files or directories
     (Parquet, ORC or CSV, `format` to force one). `split` is MovieLens' (random | time).
+    The loader's options are recis.io.LoaderOptions', embedded here (batch_size, drop_last,
+    shuffle_buffer, seed, on_error, prefetch, pin_memory, read_batch_size; prefetch defaults to 2
+    in a job); evaluation reads `eval_batch_size` rows per batch, in order.
     `on_error: skip` skips (and counts, and logs) the files that cannot be read, such as a README
     in a data directory, and the rows whose image (or tensor) feature cannot be decoded, instead of
     stopping (recis.io). `stream` (a StreamConfig) makes the job an online one: its training data
     are the files landing in `stream.root`, in place of `train` (see docs/online.md)."""
 
+    prefetch: int = _loader_option("prefetch", 2)
     dataset: Optional[str] = None
     split: str = "random"
     train: Optional[Union[str, List[str]]] = None
     eval: Optional[Union[str, List[str]]] = None
     format: Optional[str] = None
-    batch_size: int = bounded(1024, ge=1)
     eval_batch_size: int = bounded(8192, ge=1)
-    shuffle_buffer: int = bounded(0, ge=0)
-    seed: int = bounded(0, ge=0, lt=1 << 64)
-    prefetch: int = bounded(2, ge=0)
-    on_error: str = "raise"
     options: Dict[str, Any] = field(default_factory=dict)
     stream: Optional[Union[StreamConfig, Dict[str, Any]]] = None
 
+    where: ClassVar[str] = "data"
+
     def __post_init__(self):
-        check_types(self, "data")
+        super().__post_init__()  # every option's type and rule, and the loader's checks
         if isinstance(self.stream, dict):
             self.stream = from_mapping(StreamConfig, self.stream, "data.stream")
         if self.stream is not None:
@@ -104,8 +111,6 @@ class DataConfig:
             if given:
                 raise ValueError(f"data.stream and data.{given[0]} are both set: a streaming job trains on the files "
                                  f"landing in data.stream.root; remove data.{given[0]} (data.eval may stay)")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS} or null (inferred from the file names), "
                              f"got {self.format!r}")

@@ -33,11 +33,10 @@ def stream_dataset(cfg: RunConfig, engine, env):
     if not os.path.isdir(s.root):
         raise FileNotFoundError(f"data.stream.root {s.root} is not a directory: create the directory the files "
                                 "land in (the job waits for them)")
-    return StreamingArrowDataset(s.root, windows=s.windows, format=d.format, batch_size=d.batch_size,
-                                 shuffle_buffer=d.shuffle_buffer, seed=d.seed, transform=engine, prefetch=d.prefetch,
-                                 rank=env.rank, world_size=env.world_size, on_error=d.on_error,
-                                 poll_interval=s.poll_interval, settle_s=s.settle_s, marker=s.marker,
-                                 stop_after_idle=s.stop_after_idle, until=s.until)
+    return StreamingArrowDataset(s.root, windows=s.windows, format=d.format, transform=engine, rank=env.rank,
+                                 world_size=env.world_size, poll_interval=s.poll_interval, settle_s=s.settle_s,
+                                 marker=s.marker, stop_after_idle=s.stop_after_idle, until=s.until,
+                                 **d.loader_options())
 
 
 @contextlib.contextmanager
@@ -172,16 +171,15 @@ class Job:
         if d.stream is not None:
             self.train_data = stream_dataset(cfg, self.engine, self.env)
         else:
-            self.train_data = ArrowDataset(train_src, format=d.format, batch_size=d.batch_size,
-                                           shuffle_buffer=d.shuffle_buffer, seed=d.seed, epochs=1,
-                                           transform=self.engine, prefetch=d.prefetch, rank=self.env.rank,
-                                           world_size=self.env.world_size, on_error=d.on_error)
+            self.train_data = ArrowDataset(train_src, format=d.format, epochs=1, transform=self.engine,
+                                           rank=self.env.rank, world_size=self.env.world_size, **d.loader_options())
         self.eval_data = None
         if eval_src is not None:
             # its own engine (the train engine's prefetch thread may still be running) without augmentation
-            self.eval_data = ArrowDataset(eval_src, format=d.format, batch_size=d.eval_batch_size, epochs=1,
-                                          transform=self.engine.for_eval(), prefetch=d.prefetch, rank=self.env.rank,
-                                          world_size=self.env.world_size, on_error=d.on_error)
+            # every row once, in order: no shuffle, no dropped last batch
+            in_order = dict(d.loader_options(), batch_size=d.eval_batch_size, shuffle_buffer=0, drop_last=False)
+            self.eval_data = ArrowDataset(eval_src, format=d.format, epochs=1, transform=self.engine.for_eval(),
+                                          rank=self.env.rank, world_size=self.env.world_size, **in_order)
         if d.stream is None:
             check_shards(self.train_data, self.env.world_size)
         for data, early in zip((self.train_data, self.eval_data), listed):

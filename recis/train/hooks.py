@@ -256,11 +256,17 @@ class CurvePlot(Hook):
 
 
 class TableStats(Hook):
-    """Every `every` steps: runs TTL eviction on tables that have a TTL policy (besides the ticks
-    inside lookups) and logs live rows, inserts and evictions of every table group."""
+    """Every `every` steps: logs live rows, inserts and evictions of every table group. It only
+    reads: eviction is the tables' own (a TTLEviction sweeps every `interval_steps` training
+    steps, an LFUEviction as new ids pass the capacity; see recis.nn.TableConfig).
+    `evict=True` (this hook's former extra TTL sweep) is refused with a pointer to TTLEviction."""
 
-    def __init__(self, every: int = 100, evict: bool = True):
-        self.every, self.evict = every, evict
+    def __init__(self, every: int = 100, evict: bool = False):
+        if evict:
+            raise ValueError("TableStats(evict=True): the tables run their TTL sweeps themselves, every "
+                             "TTLEviction.interval_steps training steps; to sweep more often, lower interval_steps "
+                             "in the table's eviction (TableConfig.eviction), or call TableGroup.evict_expired()")
+        self.every = every
 
     def on_step_end(self, trainer, step, logs):
         if step % self.every:
@@ -268,8 +274,6 @@ class TableStats(Hook):
         from recis.nn import named_table_groups
 
         for _, group in named_table_groups(trainer.model):
-            if self.evict and group.ttl is not None:
-                group.evict_expired()
             stats = group.stats()
             name = "+".join(group.names)
             for key in ("live", "inserts", "evictions"):

@@ -1,17 +1,24 @@
-"""64-bit mixing in Triton, bit for bit the functions of csrc/common/hashing.h."""
+"""64-bit mixing in Triton, bit for bit the functions of csrc/common/hashing.h, with the
+constants of recis.hashing (tests/hash_vectors.json pins all three)."""
 import triton
 import triton.language as tl
 
-GOLDEN = 0x9E3779B97F4A7C15
+from recis import hashing as _hashing
+
+GOLDEN: tl.constexpr = tl.constexpr(_hashing.GOLDEN)
+MIX1: tl.constexpr = tl.constexpr(_hashing.CONSTANTS["mix1"])
+MIX2: tl.constexpr = tl.constexpr(_hashing.CONSTANTS["mix2"])
+COLUMN_STEP: tl.constexpr = tl.constexpr(_hashing.COLUMN_STEP)
+ATTEMPT_STEP: tl.constexpr = tl.constexpr(_hashing.ATTEMPT_STEP)
 
 
 @triton.jit
 def mix64(x):
     """splitmix64 finalizer on uint64 values (wrapping arithmetic, logical shifts)."""
     x ^= x >> 30
-    x *= 0xBF58476D1CE4E5B9
+    x *= MIX1
     x ^= x >> 27
-    x *= 0x94D049BB133111EB
+    x *= MIX2
     x ^= x >> 31
     return x
 
@@ -21,7 +28,19 @@ def hash_id(ids, ns):
     """hash_id(id, ns) = mix64(id + golden * (ns + 1)) as uint64; ids int64, ns int32/int64."""
     u = ids.to(tl.uint64, bitcast=True)
     k = (ns.to(tl.int64) + 1).to(tl.uint64, bitcast=True)
-    return mix64(u + k * 0x9E3779B97F4A7C15)
+    return mix64(u + k * GOLDEN)
+
+
+@triton.jit
+def row_key(ns_key, ids):
+    """The key of an id's initial row; ns_key = recis.hashing.seed_key(seed) as int64."""
+    return mix64(ns_key.to(tl.uint64, bitcast=True) ^ ids.to(tl.uint64, bitcast=True))
+
+
+@triton.jit
+def column_draw(key, col, salt):
+    """The 64 random bits of (row key, column, salt): mix64(key + (col + 1) * column_step + salt)."""
+    return mix64(key + (col.to(tl.uint64) + 1) * COLUMN_STEP + salt)
 
 
 @triton.jit

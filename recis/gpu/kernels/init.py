@@ -8,7 +8,7 @@ contraction), which makes the GPU results equal the CPU results exactly.
 import triton
 import triton.language as tl
 
-from .hashing import mix64
+from .hashing import ATTEMPT_STEP, column_draw, row_key
 from .reduce import any_true
 
 
@@ -42,7 +42,7 @@ def _fast_cos_turns(v):
 @triton.jit
 def _normal(key, col, salt):
     """One standard normal from the counter of (key, column, salt): Box-Muller's cosine branch."""
-    r = mix64(key + (col + 1).to(tl.uint64) * 0xD1B54A32D192ED03 + salt)
+    r = column_draw(key, col, salt)
     hi = (r >> 40).to(tl.int32)
     mid = ((r >> 16) & 0xFFFFFF).to(tl.int32)
     u1 = (hi.to(tl.float32) + 0.5) * 5.960464477539063e-08
@@ -54,7 +54,7 @@ def _normal(key, col, salt):
 def init_rows_kernel(ids_ptr, ns_ptr, ns_key_ptr, dst_rows_ptr, emb_ptr, n, dim, a, b, c,
                      KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """emb[dst_rows[i], :] = initial row of (ns[i], ids[i]) for i < n. ns_key[s] holds
-    mix64(seed_s ^ 0x243F6A8885A308D3), so the row key is mix64(ns_key ^ id). (a, b, c) are the
+    recis.hashing.seed_key(seed_s), so the row key is mix64(ns_key ^ id). (a, b, c) are the
     InitSpec's, except that for uniform b is the span high - low (a float32 difference)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -63,19 +63,18 @@ def init_rows_kernel(ids_ptr, ns_ptr, ns_key_ptr, dst_rows_ptr, emb_ptr, n, dim,
     ids = tl.load(ids_ptr + offs, mask=mr, other=0)
     ns = tl.load(ns_ptr + offs, mask=mr, other=0)
     dst = tl.load(dst_rows_ptr + offs, mask=mr, other=0)
-    nk = tl.load(ns_key_ptr + ns, mask=mr, other=0).to(tl.uint64, bitcast=True)
-    key = mix64(nk ^ ids.to(tl.uint64, bitcast=True))[:, None]
+    key = row_key(tl.load(ns_key_ptr + ns, mask=mr, other=0), ids)[:, None]
     col = cols.to(tl.uint64)[None, :]
     if KIND == 0:
         val = tl.full([BLOCK_N, BLOCK_D], 0, tl.float32) + a
     elif KIND == 1:
-        bits = (mix64(key + (col + 1) * 0xD1B54A32D192ED03) >> 40).to(tl.int32)
+        bits = (column_draw(key, col, 0) >> 40).to(tl.int32)
         val = a + b * bits.to(tl.float32) * 5.960464477539063e-08
     else:
         z = _normal(key, col, tl.full([BLOCK_N, BLOCK_D], 0, tl.uint64))
         if KIND == 3:
             # Values outside +-c are redrawn with the next attempt's counter (salt = attempt * step).
-            step = tl.full([BLOCK_N, BLOCK_D], 0, tl.uint64) + 0xAEF17502108EF2D9
+            step = tl.full([BLOCK_N, BLOCK_D], 0, tl.uint64) + ATTEMPT_STEP
             salt = step
             attempt = 1
             while (attempt < 32) & any_true(tl.abs(z) > c):

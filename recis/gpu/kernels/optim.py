@@ -4,15 +4,25 @@ the row and slots back. The formulas are csrc/optim/sparse_update.cc's, operatio
 to the CPU's bit for bit. FTRL with lr_power != -0.5 computes n^p as exp2(p * log2(n)), which
 can differ from the C library's powf in the last bits.
 
-Kinds (KIND) and hyperparameters h0..h4, prepared on the host as the C++ prepares them:
-  0 SGD              h = [lr, weight_decay]
-  1 Adagrad          h = [lr / (1 + (step - 1) * lr_decay), weight_decay, eps]
-  2 row-wise Adagrad h = [lr, weight_decay, eps]
-  3 Adam / 4 AdamW   h = [lr, beta1, beta2, eps, weight_decay, lr / bc1, 1 / sqrt(bc2)]
-  5 FTRL             h = [alpha, beta, l1, l2, p = -lr_power, 0^p]
+KIND is a code of recis.vocabulary.OPTIM_KINDS; hyperparameters h0..h6 are prepared on the
+host (recis.gpu.lookup.kernel_hyper) as the C++ prepares them:
+  sgd              h = [lr, weight_decay]
+  adagrad          h = [lr / (1 + (step - 1) * lr_decay), weight_decay, eps]
+  rowwise_adagrad  h = [lr, weight_decay, eps]
+  adam, adamw      h = [lr, beta1, beta2, eps, weight_decay, lr / bc1, 1 / sqrt(bc2)]
+  ftrl             h = [lr, beta, l1, l2, p = -lr_power, 0^p]
 """
 import triton
 import triton.language as tl
+
+from recis.vocabulary import OPTIM_KINDS
+
+SGD: tl.constexpr = tl.constexpr(OPTIM_KINDS["sgd"])
+ADAGRAD: tl.constexpr = tl.constexpr(OPTIM_KINDS["adagrad"])
+ROWWISE_ADAGRAD: tl.constexpr = tl.constexpr(OPTIM_KINDS["rowwise_adagrad"])
+ADAM: tl.constexpr = tl.constexpr(OPTIM_KINDS["adam"])
+ADAMW: tl.constexpr = tl.constexpr(OPTIM_KINDS["adamw"])
+FTRL: tl.constexpr = tl.constexpr(OPTIM_KINDS["ftrl"])
 
 
 @triton.jit
@@ -43,16 +53,16 @@ def sparse_update_kernel(emb_ptr, slots_ptr, rows_ptr, grads_ptr, finite_ptr, n,
     # Scalars enter through tensors: scalar-only arithmetic would run in double in the interpreter.
     one = tl.full([BLOCK_R, BLOCK_D], 1.0, tl.float32)
     g = tl.load(grads_ptr + i[:, None] * dim + cols[None, :], mask=m2, other=0.0)
-    if KIND == 0:
+    if KIND == SGD:
         w = w - h0 * (g + h1 * w)
-    elif KIND == 1:
+    elif KIND == ADAGRAD:
         sp = slots_ptr + r[:, None] * width + cols[None, :]
         s = tl.load(sp, mask=m2, other=0.0)
         gj = g + h1 * w
         s = s + gj * gj
         w = w - tl.math.div_rn(h0 * gj, tl.sqrt_rn(s) + h2)
         tl.store(sp, s, mask=m2)
-    elif KIND == 2:
+    elif KIND == ROWWISE_ADAGRAD:
         # The sum of squares runs column by column, in the C++ order (a tree sum rounds otherwise).
         sq = tl.full([BLOCK_R], 0, tl.float32)
         for j in range(0, BLOCK_D):  # columns past dim add 0 * 0
@@ -69,11 +79,11 @@ def sparse_update_kernel(emb_ptr, slots_ptr, rows_ptr, grads_ptr, finite_ptr, n,
             w = w - mult[:, None] * (g + h1 * w)
         else:
             w = w - mult[:, None] * g
-    elif KIND == 3 or KIND == 4:
+    elif KIND == ADAM or KIND == ADAMW:
         mp = slots_ptr + r[:, None] * width + cols[None, :]
         m = tl.load(mp, mask=m2, other=0.0)
         v = tl.load(mp + dim, mask=m2, other=0.0)
-        if KIND == 4:
+        if KIND == ADAMW:
             w = w * (one - (one * h0) * h4)
             gj = g
         else:
@@ -83,7 +93,7 @@ def sparse_update_kernel(emb_ptr, slots_ptr, rows_ptr, grads_ptr, finite_ptr, n,
         w = w - tl.math.div_rn(h5 * m, tl.sqrt_rn(v) * h6 + h3)
         tl.store(mp, m, mask=m2)
         tl.store(mp + dim, v, mask=m2)
-    else:
+    else:  # FTRL
         zp = slots_ptr + r[:, None] * width + cols[None, :]
         z = tl.load(zp, mask=m2, other=0.0)
         nn = tl.load(zp + dim, mask=m2, other=0.0)

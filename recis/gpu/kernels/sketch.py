@@ -8,7 +8,7 @@ estimates never fall below the true counts either way.
 import triton
 import triton.language as tl
 
-from .hashing import hash_id, mix64, reduce_range32
+from .hashing import GOLDEN, hash_id, mix64, reduce_range32
 
 
 @triton.jit
@@ -27,8 +27,7 @@ def sketch_kernel(counts_ptr, ids_ptr, ns_ptr, add_ptr, sel_ptr, est_ptr, n, wid
     est = tl.full([BLOCK], 4294967295, tl.int64)
     hh = h
     for d in range(0, DEPTH):
-        hh = hh + 0x9E3779B97F4A7C15
-        hh = mix64(hh)
+        hh = mix64(hh + GOLDEN)
         idx = row_len * d + reduce_range32(hh, width).to(tl.int64)
         est = tl.minimum(est, tl.load(counts_ptr + idx, mask=m, other=0))
     target = tl.minimum(est + tl.load(add_ptr + offs, mask=m, other=0), 4294967295)
@@ -36,8 +35,7 @@ def sketch_kernel(counts_ptr, ids_ptr, ns_ptr, add_ptr, sel_ptr, est_ptr, n, wid
     if COMMIT:
         hh = h
         for d in range(0, DEPTH):
-            hh = hh + 0x9E3779B97F4A7C15
-            hh = mix64(hh)
+            hh = mix64(hh + GOLDEN)
             idx = row_len * d + reduce_range32(hh, width).to(tl.int64)
             tl.atomic_max(counts_ptr + idx, target, mask=m)
 
