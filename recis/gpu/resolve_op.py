@@ -7,15 +7,13 @@ CPU reaches it through recis._ops.kernels."""
 import torch
 
 from recis.gpu.lookup import _bump
-from recis.gpu.ops import triton_table
+from recis.gpu.ops import cuda_kernel, triton_table
 from recis.vocabulary import LOOKUP_MODES
 
 
+@cuda_kernel("resolve")
 def resolve_kernel(token, table, ns, ids, counts, lookup_mode):
     return triton_resolve(triton_table(table), token, ns, ids, counts, lookup_mode)
-
-
-torch.library.impl("recis::resolve", "CUDA")(torch.compiler.disable(resolve_kernel))
 
 
 def triton_resolve(table, token, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, mode: int) -> torch.Tensor:
