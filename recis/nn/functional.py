@@ -93,25 +93,33 @@ class _HashLookup(torch.autograd.Function):
         if not compiling:
             ctx.rows_hold = None  # the saved tensor (or the caller of another backward) holds on
         opts = [None] * len(groups) if compiling else [g.fused_update() for g in groups]
-        for sel in (True, False):
-            idx = [i for i, o in enumerate(opts) if (o is not None) == sel]
-            if not idx:
-                continue
-            gs, toks, lay, grad, rows, inv = _subset(None if len(idx) == len(groups) else idx, groups, tokens,
-                                                     layout, grad_out, unique_rows, inverse, batch)
-            if sel:
-                fused_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch, [opts[i] for i in idx])
-            else:
-                kernels(gs[0]).lookup_backward(toks, [g.handle for g in gs], grad, offsets, weights, rows, inv,
-                                               lay.feature_ns, batch, lay.col_offsets, lay.out_cols, lay.combiners)
+        fused = [i for i, o in enumerate(opts) if o is not None]
+        if len(fused) == len(groups):  # the usual cases: all fused, or all deferred (one call)
+            fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout, batch, opts)
+        elif not fused:
+            _deferred_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout, batch)
+        else:  # a call each for the fused groups and the others
+            gs, toks, lay, grad, rows, inv = _subset(fused, groups, tokens, layout, grad_out, unique_rows, inverse,
+                                                     batch)
+            fused_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch, [opts[i] for i in fused])
+            deferred = [i for i, o in enumerate(opts) if o is None]
+            gs, toks, lay, grad, rows, inv = _subset(deferred, groups, tokens, layout, grad_out, unique_rows, inverse,
+                                                     batch)
+            _deferred_backward(gs, toks, grad, offsets, weights, rows, inv, lay, batch)
         return (None,) * (6 + 2 * len(groups))
 
 
+def _deferred_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout: Layout,
+                       batch: int) -> None:
+    """The backward of groups whose gradients wait for the optimizer's step(): one op call."""
+    kernels(groups[0]).lookup_backward(tokens, [g.handle for g in groups], grad_out, offsets, weights, unique_rows,
+                                       inverse, layout.feature_ns, batch, layout.col_offsets, layout.out_cols,
+                                       layout.combiners)
+
+
 def _subset(idx, groups, tokens, layout, grad_out, unique_rows, inverse, batch):
-    """(groups, tokens, layout, output gradient, unique_rows, inverse) of the groups `idx` of a call
-    (None: all of them). The gradient keeps the pooled block and the chosen unpooled blocks."""
-    if idx is None:
-        return groups, tokens, layout, grad_out, unique_rows, inverse
+    """(groups, tokens, layout, output gradient, unique_rows, inverse) of the groups `idx` of a call.
+    The gradient keeps the pooled block and the chosen unpooled blocks."""
     F = len(layout.feature_ns) // len(groups)
     pick = lambda xs: [x for i in idx for x in xs[i * F:(i + 1) * F]]  # noqa: E731
     lay = Layout(pick(layout.feature_ns), pick(layout.col_offsets), layout.out_cols,
@@ -125,12 +133,11 @@ def _subset(idx, groups, tokens, layout, grad_out, unique_rows, inverse, batch):
             unique_rows.index_select(0, rows), inverse.index_select(0, rows))
 
 
-@torch.no_grad()
 def fused_backward(groups, tokens, grad_out, offsets, weights, unique_rows, inverse, layout: Layout,
                    batch: int, opts) -> None:
     """The backward of groups whose sparse optimizer is fused (`opts`: each group's): one op call
     sums and applies each unique row's gradient (each group with its own optimizer's kind and
-    hyperparameters)."""
+    hyperparameters). Called from backward (grad mode is off there)."""
     kinds, hyper = [], []
     for g, opt in zip(groups, opts):
         kind, h = opt.fused_update_args(g)
@@ -185,9 +192,7 @@ def group_backward(group, grad_out, offsets, weights, unique_rows, inverse, feat
     if opt is not None:
         fused_backward([group], [group.token], grad_out, offsets, weights, rows, inv, layout, batch, [opt])
     else:
-        kernels(group).lookup_backward([group.token], [group.handle], grad_out, offsets, weights, rows, inv,
-                                       layout.feature_ns, batch, layout.col_offsets, layout.out_cols,
-                                       layout.combiners)
+        _deferred_backward([group], [group.token], grad_out, offsets, weights, rows, inv, layout, batch)
 
 
 def output_blocks(out: torch.Tensor, groups, layout: Layout, batch: int, n: int) -> List[torch.Tensor]:
