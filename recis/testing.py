@@ -23,7 +23,7 @@ import torch
 
 from recis.train.hooks import Hook
 
-__all__ = ["Killed", "KillAt", "StepLogs", "assert_bitwise_equal"]
+__all__ = ["Killed", "KillAt", "StepLogs", "assert_bitwise_equal", "sorted_export"]
 
 
 class Killed(Exception):
@@ -81,3 +81,14 @@ def assert_bitwise_equal(x, y, path: str = "state") -> None:
             assert_bitwise_equal(u, v, f"{path}[{i}]")
     else:
         assert x == y, (path, x, y)
+
+
+def sorted_export(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A table's `export()` with its entries sorted by id, so that two exports (of two backends,
+    or of a table before and after a reload) compare tensor by tensor.
+
+    >>> sorted_export({"ids": torch.tensor([3, 1]), "rows": torch.tensor([[3.0], [1.0]])})["rows"].flatten()
+    tensor([1., 3.])
+    """
+    order = torch.argsort(state["ids"])
+    return {k: v[order] for k, v in state.items()}

@@ -8,6 +8,7 @@ from typing import Dict, Iterable, List
 
 import pytest
 import torch
+from recis.testing import sorted_export  # noqa: F401  (tests import it from here too)
 
 INT64_MIN = -(2 ** 63)
 INT64_MAX = 2 ** 63 - 1
@@ -77,10 +78,6 @@ def export_as_dict(state) -> Dict[int, tuple]:
     return out
 
 
-def sorted_export(state):
-    """export() with its entries sorted by id, so two exports can be compared tensor-wise."""
-    order = torch.argsort(state["ids"])
-    return {k: v[order] for k, v in state.items()}
 
 
 def assert_exports_equal(a, b):

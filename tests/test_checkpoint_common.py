@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from conftest import sorted_export
+from recis.testing import sorted_export
 from recis.nn import EmbeddingCollection, FrequencyAdmission, TableConfig, TTLEviction, Uniform
 from recis.nn.hash_table import STATE_KEYS
 from recis.optim import SparseAdam, SparseRowwiseAdagrad

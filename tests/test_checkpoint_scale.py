@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import sorted_export
+from recis.testing import sorted_export
 from recis.checkpoint import CheckpointCorruptError, CheckpointManager, ranged
 from recis.checkpoint.placement import BUCKETS, arrange, bucket_run, buckets_of
 from recis.distributed.local import run_local

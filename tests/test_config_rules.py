@@ -22,7 +22,10 @@ RECORDS = {
     "recis.checkpoint.manager.CheckpointInfo", "recis.checkpoint.manager._Baseline",
     "recis.distributed.env.ShardingEnv", "recis.distributed.planner.GroupPlan",
     "recis.distributed.planner.ShardingPlan", "recis.distributed.local.RankResult",
-    "recis.distributed.sharded_collection._GroupInput", "recis.distributed.sharded_collection.PendingLookup",
+    "recis.distributed.exchanges.GroupInput", "recis.distributed.exchanges.PendingLookup",  # one batch's exchange
+    "recis.distributed.exchanges._RoutedIds",
+    "recis.checkpoint.placement.Owner",  # the owner function a resharding load filters by (from the plan)
+    "recis.vocabulary.OptimizerLayout", "recis.vocabulary.Slot",  # the vocabulary's constants, not user options
     "recis.datasets.movielens.MovieLensFiles", "recis.datasets.fashion_mnist.FashionMNISTFiles",
     "recis.features.batch.Batch", "recis.features.arrow.Column",
     "recis.features.arrow.Bits", "recis.features.plan.Node", "recis.features.engine._Dictionary",

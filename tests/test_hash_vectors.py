@@ -75,7 +75,7 @@ def test_sketch_counters(backend):
                                                                      sketch_depth=depth))
         with torch.no_grad():
             group.lookup(i64([i]), torch.tensor([0, 1]), None, [ns], 1, [0], 4, COMBINERS["sum"], True)
-        sketch = group.group_state()["sketch"].reshape(-1)
+        sketch = group.group_state()["sketch"].reshape(-1).to(torch.int64)  # uint32 counters
         assert sketch.nonzero().flatten().tolist() == sorted(idx), (backend, i, ns, width, depth)
         assert sketch.sum().item() == depth
 

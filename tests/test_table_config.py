@@ -2,6 +2,7 @@
 backends (C++ and Triton), not in Python or in a hook; a job's data section embeds the loader's
 options."""
 import dataclasses
+import gc
 
 import pytest
 import torch
@@ -114,6 +115,25 @@ def test_the_backend_sweeps_ttl_at_its_step_boundary(backend):
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_the_resolve_op_sweeps_ttl_at_its_step_boundary(backend):
+    """The owner side of a sharded lookup resolves keys with the `resolve` op: its training
+    calls start the table's steps too, with the sweeps due."""
+    from recis.distributed.owner_rows import resolve
+    from recis.nn.functional import LOOKUP_TRAIN
+
+    ttl, interval = 1, 2
+    group = TableGroup([TableConfig("t", DIM, eviction=TTLEviction(ttl, interval))], backend=backend)
+    batches = [[1, 2], [2], [3], [3, 4], [4], [5]]
+    live = []
+    for batch in batches:
+        n = len(batch)
+        resolve(group, torch.zeros(n, dtype=torch.int64), ids_tensor(batch), torch.ones(n, dtype=torch.int64),
+                LOOKUP_TRAIN)
+        live.append(sorted(group.tables[0].export()["ids"].tolist()))
+    assert live == ttl_reference(batches, ttl, interval) and group.stats()["evictions"] == 2
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_ttl_survives_a_move_between_backends(backend):
     """The TTL schedule is part of the table: a table moved to the other backend keeps sweeping."""
     other = "triton" if backend == "cpp" else "cpp"
@@ -124,6 +144,27 @@ def test_ttl_survives_a_move_between_backends(backend):
         group.to("cpu", backend=other)
         hash_lookup(group, ids_tensor([4]), torch.tensor([0, 1]), None, [0], 1, [0], DIM, 0, True)  # sweeps at 3
     assert sorted(group.tables[0].export()["ids"].tolist()) == [2, 3, 4] and group.backend == other
+
+
+def test_ttl_tables_compile_without_graph_breaks_and_still_sweep():
+    """The sweep is part of the lookup op (no Python tick behind torch.compiler.disable): a
+    training forward of a TTL table compiles as one graph, and sweeps as the eager one does."""
+    def make():
+        return HashEmbedding(DIM, combiner="sum", initializer=INIT, seed=3, eviction=TTLEviction(1, 1)).train()
+
+    torch._dynamo.reset()
+    compiled, eager = make(), make()
+    run = torch.compile(compiled, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    offsets = torch.tensor([0, 1, 2])
+    for ids in ([1, 2], [3, 4], [5, 6], [7, 8]):  # training steps: forward and backward
+        a, b = run(ids_tensor(ids), offsets), eager(ids_tensor(ids), offsets)
+        assert torch.equal(a, b)
+        (a.sum() + b.sum()).backward()
+        del a, b  # their rows are free to go once the step is over
+        gc.collect()  # the compiled forward's graph sits in a reference cycle: only the collector frees it
+    torch._dynamo.reset()
+    assert sorted(compiled.table.export()["ids"].tolist()) == [3, 4, 5, 6, 7, 8]  # 1, 2 swept at step 4
+    assert compiled.group.stats() == eager.group.stats() and compiled.group.stats()["evictions"] == 2
 
 
 def test_eval_lookups_start_no_step_and_sweep_nothing():

@@ -124,3 +124,35 @@ def test_the_state_dict_saves_the_slot_kind_by_its_code():
     fresh = HashEmbedding(2)
     fresh.load_state_dict(state)
     assert fresh.table.group.slot_kind == "ftrl"  # adopted from the code, for the optimizer created next
+
+
+def test_triton_kernels_compile_with_the_vocabulary_constants():
+    """The kernels that take their codes and hash constants from the vocabulary as tl.constexpr
+    globals compile for a CUDA target (no GPU needed): Triton's interpreter, which the other tests
+    use, does not run the compiler's front end, which refuses non-constexpr globals."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+
+    from recis.gpu.kernels import init, optim, sketch
+
+    def compile_(fn, sig, constexprs):
+        sig = {**sig, **{name: "constexpr" for name in constexprs}}
+        try:
+            triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                           target=GPUTarget("cuda", 90, 32))
+        except (RuntimeError, FileNotFoundError) as e:  # no CUDA toolchain (ptxas) in this triton install
+            if "ptxas" in str(e):
+                pytest.skip(f"triton cannot assemble for CUDA here: {e}")
+            raise
+
+    compile_(sketch.sketch_kernel, {"counts_ptr": "*i64", "ids_ptr": "*i64", "ns_ptr": "*i64", "add_ptr": "*i64",
+                                    "sel_ptr": "*i64", "est_ptr": "*i64", "n": "i32", "width": "i64"},
+             {"DEPTH": 2, "COMMIT": True, "BLOCK": 64})
+    init_sig = {"ids_ptr": "*i64", "ns_ptr": "*i64", "ns_key_ptr": "*i64", "dst_rows_ptr": "*i64", "emb_ptr": "*fp32",
+                "n": "i32", "dim": "i32", "a": "fp32", "b": "fp32", "c": "fp32"}
+    for kind in vocabulary.INIT_KINDS.values():
+        compile_(init.init_rows_kernel, init_sig, {"KIND": kind, "BLOCK_N": 16, "BLOCK_D": 16})
+    optim_sig = {"emb_ptr": "*fp32", "slots_ptr": "*fp32", "rows_ptr": "*i64", "grads_ptr": "*fp32",
+                 "finite_ptr": "*i8", "n": "i32", "dim": "i32", "width": "i32", **{f"h{i}": "fp32" for i in range(7)}}
+    for code in vocabulary.OPTIM_KINDS.values():
+        compile_(optim.sparse_update_kernel, optim_sig, {"KIND": code, "SQRT": False, "BLOCK_R": 8, "BLOCK_D": 16})

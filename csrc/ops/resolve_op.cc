@@ -14,11 +14,12 @@
 
 namespace recis {
 
-// The rows of n distinct keys (ns[i], ids[i]), -1 where a key has none. `mode` is a lookup mode
-// (as lookup_forward): 0 finds only; 1 and 2 are a training lookup: the step advances, hits count
-// counts[i] occurrences, misses go through admission (counts[i] at once) and are inserted, exactly
-// as a lookup_forward whose batch held each key counts[i] times; 2 also holds the rows until the
-// returned tensor is freed (a backward may still come), like lookup_forward's unique_rows.
+// The rows of n distinct keys (ns[i], ids[i]), -1 where a key has none. `mode` is a LookupMode
+// (as lookup_forward): kEval finds only; kTrain and kTrainWithGrad are a training lookup: the step
+// advances, hits count counts[i] occurrences, misses go through admission (counts[i] at once) and
+// are inserted, exactly as a lookup_forward whose batch held each key counts[i] times;
+// kTrainWithGrad also holds the rows until the returned tensor is freed (a backward may still
+// come), like lookup_forward's unique_rows.
 at::Tensor resolve(at::Tensor& token, int64_t handle, const at::Tensor& ns_in, const at::Tensor& ids_in,
                    const at::Tensor& counts_in, int64_t mode) {
   check_ids(ids_in, "ids");
@@ -27,8 +28,9 @@ at::Tensor resolve(at::Tensor& token, int64_t handle, const at::Tensor& ns_in, c
   const int64_t n = ids_in.size(0);
   TORCH_CHECK_VALUE(ns_in.size(0) == n && counts_in.size(0) == n, "recis: resolve takes one namespace and one count "
                     "per id, got ", ns_in.size(0), " namespaces and ", counts_in.size(0), " counts for ", n, " ids");
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "recis: unknown lookup mode ", mode);
-  const bool train = mode != 0;
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= static_cast<int64_t>(LookupMode::kTrainWithGrad), "recis: unknown lookup mode ",
+                    mode);
+  const bool train = mode != static_cast<int64_t>(LookupMode::kEval);
   auto table = table_from_handle(handle);
   const at::Tensor ids = ids_in.contiguous(), ns_c = ns_in.contiguous(), counts_c = counts_in.contiguous();
   const int64_t* ns64 = ns_c.data_ptr<int64_t>();
@@ -54,7 +56,7 @@ at::Tensor resolve(at::Tensor& token, int64_t handle, const at::Tensor& ns_in, c
       table->set_step(step_before);  // a refused batch leaves no trace
       throw;
     }
-    if (mode == 2) rows = leased(table, rows, table->step());
+    if (mode == static_cast<int64_t>(LookupMode::kTrainWithGrad)) rows = leased(table, rows, table->step());
   }
   if (train) bump(token);
   return rows;

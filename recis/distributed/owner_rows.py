@@ -92,8 +92,6 @@ def owner_rows(group, ns: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor,
     """Rows [n, dim] of the keys (ns[i], ids[i]) in this rank's shard of `group`, in their order,
     inserted as in training when `training`; differentiable then (with grad enabled).
     `distinct=True` promises that no key repeats (saves the dedup)."""
-    if training and group.ttl is not None and hasattr(group, "_tick_eviction"):
-        group._tick_eviction()  # as TableGroup.lookup (until the table backends tick TTL themselves)
     inverse = None
     if not distinct:
         ns, ids, counts, inverse = unique_keys(group, ns, ids, counts)

@@ -30,15 +30,10 @@ from recis.distributed.exchanges import GroupInput, PendingLookup
 from recis.distributed.planner import ShardingPlan
 from recis.distributed.strategies import exchanges_of, strategy_for
 from recis.nn import EmbeddingCollection
-from recis.nn.hash_table import STATE_KEYS
+from recis.nn.state_keys import STATE_KEYS, group_key, table_head, table_key
 from recis.nn.table_state import load_groups, save_groups
 
 __all__ = ["ShardedEmbeddingCollection", "PendingLookup", "PoolRows"]
-
-
-def _state_key(prefix: str, table: str, field: str) -> str:
-    """A table's state_dict key (`{table}.{field}`; group fields are `_group.{field}`)."""
-    return f"{prefix}{table}.{field}"
 
 
 class PoolRows(torch.autograd.Function):
@@ -197,7 +192,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         # Admission sketches: rank 0 saves its sketch, the others only what they added since the
         # last load, so the shards' sum is the sketch of one process.
         for gi, base in self._sketch_base.items():
-            key = _state_key(prefix, self.groups[gi].tables[0].name, "_group.sketch")
+            key = group_key(prefix, self.groups[gi].tables[0].name, "sketch")
             if self.env.rank > 0 and key in destination:
                 # (in int64: the counters are uint32, which torch cannot subtract)
                 mine = destination[key]
@@ -209,19 +204,19 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         state = dict(state_dict)
         for gi, group in enumerate(self.groups):
             for t in group.tables:
-                key = _state_key(prefix, t.name, "ids")
+                key = table_key(prefix, t.name, "ids")
                 if key in state:
                     keep = self.owned(gi, t.ns, state[key])
                     for k in STATE_KEYS:
-                        full = _state_key(prefix, t.name, k)
+                        full = table_key(prefix, t.name, k)
                         if full in state:
                             state[full] = state[full][keep]
         load_groups(self.groups, state, prefix, strict, missing_keys, unexpected_keys, error_msgs)
         for gi, group in enumerate(self.groups):
-            key = _state_key(prefix, group.tables[0].name, "_group.sketch")
+            key = group_key(prefix, group.tables[0].name, "sketch")
             if key in state:
                 self._sketch_base[gi] = state[key].clone()
-        heads = tuple(_state_key(prefix, name, "") for name in self.tables())
+        heads = tuple(table_head(prefix, name) for name in self.tables())
         rest = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
         nn.Module._load_from_state_dict(self, rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                         error_msgs)

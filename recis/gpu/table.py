@@ -18,6 +18,7 @@ from recis.gpu.lookup import LookupOps, table_op
 from recis.gpu.ops import register
 from recis.gpu.rows import UINT32_MAX, DeviceRows
 from recis.hashing import seed_key, signed
+from recis.vocabulary import EVICT_POLICIES, INIT_KINDS
 
 _BLOCK_N = 32
 MAX_SKETCH_WIDTH = 2**32 - 1
@@ -190,7 +191,7 @@ class TritonTable(LookupOps):
         if n == 0:
             return
         kind, a, b, c = self._init
-        if kind == 1:
+        if kind == INIT_KINDS["uniform"]:
             b = float(np.float32(b) - np.float32(a))  # the span, as the C++ computes it
         block_d = min(64, triton_next_pow2(self._dim))
         grid = (-(-n // _BLOCK_N), -(-self._dim // block_d))
@@ -349,7 +350,7 @@ class TritonTable(LookupOps):
         if cap == 0 or size + incoming <= cap:
             return
         need = size + incoming - cap
-        if self._policy[ns] == 0:
+        if self._policy[ns] == EVICT_POLICIES["none"]:
             raise RuntimeError(f"recis: table capacity reached: {self._label(ns)} holds {size} of {cap} rows and "
                                f"{incoming} new ids arrived; configure an eviction policy or raise the capacity "
                                "(no row was overwritten)")

@@ -23,7 +23,7 @@ from recis.nn.functional import LOOKUP_EVAL, as_ids, hash_lookup
 from recis.nn.state_keys import GROUP_STATE_KEYS, STATE_KEYS
 # The table options live in recis.nn.table_config (split_eviction is re-exported for recis.checkpoint).
 from recis.nn.table_config import TableConfig, check_group, group_configs, split_eviction, table_int  # noqa: F401
-from recis.vocabulary import MISSING_MODES
+from recis.vocabulary import EVICT_POLICIES, MISSING_MODES
 
 BACKENDS = ("auto", "cpp", "triton")
 BACKEND_ENV = "RECIS_TABLE_BACKEND"
@@ -111,7 +111,8 @@ class TableGroup:
         if self.capacity is not None:
             lfu = self._lfu
             for ns in range(len(self._seeds)):
-                impl.set_capacity(ns, self.capacity, 1 if lfu else 0, lfu.evict_fraction if lfu else 0.0)
+                impl.set_capacity(ns, self.capacity, EVICT_POLICIES["lfu" if lfu else "none"],
+                                  lfu.evict_fraction if lfu else 0.0)
         return impl
 
     def to(self, device=None, backend: Optional[str] = None) -> "TableGroup":

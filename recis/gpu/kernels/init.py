@@ -8,9 +8,14 @@ contraction), which makes the GPU results equal the CPU results exactly.
 import triton
 import triton.language as tl
 
+from recis.vocabulary import INIT_KINDS
+
 from .hashing import ATTEMPT_STEP, column_draw, row_key
 from .reduce import any_true
 
+CONSTANT: tl.constexpr = tl.constexpr(INIT_KINDS["constant"])
+UNIFORM: tl.constexpr = tl.constexpr(INIT_KINDS["uniform"])
+TRUNCATED_NORMAL: tl.constexpr = tl.constexpr(INIT_KINDS["truncated_normal"])
 
 
 @triton.jit
@@ -65,14 +70,14 @@ def init_rows_kernel(ids_ptr, ns_ptr, ns_key_ptr, dst_rows_ptr, emb_ptr, n, dim,
     dst = tl.load(dst_rows_ptr + offs, mask=mr, other=0)
     key = row_key(tl.load(ns_key_ptr + ns, mask=mr, other=0), ids)[:, None]
     col = cols.to(tl.uint64)[None, :]
-    if KIND == 0:
+    if KIND == CONSTANT:
         val = tl.full([BLOCK_N, BLOCK_D], 0, tl.float32) + a
-    elif KIND == 1:
+    elif KIND == UNIFORM:
         bits = (column_draw(key, col, 0) >> 40).to(tl.int32)
         val = a + b * bits.to(tl.float32) * 5.960464477539063e-08
     else:
         z = _normal(key, col, tl.full([BLOCK_N, BLOCK_D], 0, tl.uint64))
-        if KIND == 3:
+        if KIND == TRUNCATED_NORMAL:
             # Values outside +-c are redrawn with the next attempt's counter (salt = attempt * step).
             step = tl.full([BLOCK_N, BLOCK_D], 0, tl.uint64) + ATTEMPT_STEP
             salt = step
