@@ -258,8 +258,9 @@ def read_manifest(directory: Path, expected_format: str) -> Dict:
     return manifest
 
 
-def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
-    """The path of a file the manifest lists, after checking its size and sha256."""
+def _listed_file(directory: Path, manifest: Dict, name: str):
+    """(path, manifest entry) of a file the manifest lists, after checking that it is there with
+    the size the manifest gives."""
     entry = manifest["files"].get(name)
     if entry is None:
         raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
@@ -267,6 +268,13 @@ def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    return path, entry
+
+
+def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
+    """The path of a file the manifest lists, after checking its size and sha256."""
+    path, entry = _listed_file(directory, manifest, name)
+    size = entry["bytes"]
     if "blocks" in entry:
         with ranged.TensorFile(path, entry) as f:
             f.verify_all()
@@ -291,13 +299,7 @@ def read_tensors(directory: Path, manifest: Dict, name: str) -> Dict[str, torch.
 def open_tensors(directory: Path, manifest: Dict, name: str) -> "ranged.TensorFile":
     """A safetensors file the manifest lists, opened for reading by rows (ranged.TensorFile):
     its size is checked now, its content block by block as it is read."""
-    entry = manifest["files"].get(name)
-    if entry is None:
-        raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
-    path = regular_file(directory, name)
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    path, entry = _listed_file(directory, manifest, name)
     return ranged.TensorFile(path, entry)
 
 
