@@ -8,6 +8,8 @@ shards, and rank 0 compares every table with the copy (max |difference| of rows 
 and counts equal). Then it times T more sharded steps. Results go to --json (rank 0).
 
     torchrun --standalone --nproc-per-node 2 benchmarks/dist_gpu_check.py --json out.json
+    torchrun --standalone --nproc-per-node 2 benchmarks/dist_gpu_check.py --cpu --batch 64 --rows 1000 \
+        --dim 8 --steps 3 --timed 2     # a smoke run of this script on the CPU (gloo, Triton interpreter)
 """
 import argparse
 import json
@@ -64,6 +66,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8, help="steps checked against one process")
     p.add_argument("--timed", type=int, default=20, help="steps timed after the check")
     p.add_argument("--json", default=None)
+    p.add_argument("--cpu", action="store_true", help="tables on the CPU with the Triton kernels (interpreter), gloo")
     args = p.parse_args()
 
     from recis.distributed import Planner, init_from_env, shard, shutdown
@@ -71,9 +74,14 @@ def main() -> int:
     from recis.optim import SparseRowwiseAdagrad
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local)
-    env = init_from_env()
-    device = torch.device("cuda", local)
+    if args.cpu:
+        device, backend = torch.device("cpu"), "triton"
+        env = init_from_env("gloo")
+    else:
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), None
+        env = init_from_env()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     args.global_batch = args.batch * env.world_size
     configs = [TableConfig(f"t{f}", args.dim, [f"f{f}"]) for f in range(args.features)]
     coef = torch.randn(args.global_batch, args.features * args.dim, generator=torch.Generator().manual_seed(3))
@@ -81,15 +89,16 @@ def main() -> int:
     data = batches(args.steps + args.timed, args.global_batch, args.features, args.rows, device)
     lo, hi = env.rank * args.batch, (env.rank + 1) * args.batch
 
-    ec = shard(EmbeddingCollection(configs, device=device), env,
+    ec = shard(EmbeddingCollection(configs, device=device, backend=backend), env,
                Planner(overrides={c.name: "row_wise" for c in configs}), verbose=False)
     opt = SparseRowwiseAdagrad(ec, lr=0.05, fused=True)
     train(ec, opt, data[:args.steps], lo, hi, args, coef)
     shards = {n: {k: v.cpu() for k, v in t.export().items()} for n, t in ec.tables().items()}
     everyone = env.all_gather_object(shards, what="table shards")
-    result = {"world": env.world_size, "device": torch.cuda.get_device_name(device), **vars(args)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    result = {"world": env.world_size, "device": name, **vars(args)}
     if env.rank == 0:
-        ref = EmbeddingCollection(configs, device=device)
+        ref = EmbeddingCollection(configs, device=device, backend=backend)
         ref_opt = SparseRowwiseAdagrad(ref, lr=0.05, fused=True)
         train(ref, ref_opt, data[:args.steps], 0, args.global_batch, args, coef)
         diffs = {}
@@ -107,11 +116,11 @@ def main() -> int:
         result["check"] = diffs
         result["exact"] = all(d["ids_equal"] and d["counts_equal"] and d["rows_max_abs"] <= 1e-5
                               and d["slots_max_abs"] <= 1e-5 for d in diffs.values())
-    torch.cuda.synchronize()
+    sync()
     env.barrier()
     t0 = time.perf_counter()
     train(ec, opt, data[args.steps:], lo, hi, args, coef)
-    torch.cuda.synchronize()
+    sync()
     env.barrier()
     ms = (time.perf_counter() - t0) / max(args.timed, 1) * 1e3
     result.update(step_ms=ms, examples_per_s=args.global_batch / (ms / 1e3), comm_stats=ec.comm_stats)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (docs/gpu.md), sized for one H100 in well under 8 minutes:
 #   1. builds recis._C if this Python cannot import it (the tests compare against the C++ path);
-#   2. runs the GPU test subset: every Triton kernel compiled on the GPU against the C++ path;
+#   2. runs the GPU test subset: every Triton kernel compiled on the GPU against the C++ path, and a
+#      model with CUDA tables under torch.compile with the CPU's graph breaks (test_gpu_dispatch.py);
 #   3. runs benchmarks/embedding_step.py --device cuda: recis (Triton tables, hashing included) vs
 #      nn.EmbeddingBag(sparse=True) + SGD / Adagrad / SparseAdam (and fbgemm TBE if its CUDA wheel
 #      is installed), copy vs pooled-forward bandwidth, id map find/insert rates, the GPU targets;
@@ -40,9 +41,9 @@ if ! "$PY" -c "import recis._C" 2>/dev/null; then
   log "build rc=$?"
 fi
 
-log "GPU tests (tests/test_gpu_kernels.py, compiled kernels on cuda)"
+log "GPU tests (tests/test_gpu_kernels.py and test_gpu_dispatch.py: compiled kernels and torch.compile graph breaks on cuda)"
 t=$(left 150); (( t )) || log "skipped: no time left"
-(( t )) && timeout "$t" "$PY" -m pytest -o addopts="" -q -p no:cacheprovider tests/test_gpu_kernels.py -k "cuda" \
+(( t )) && timeout "$t" "$PY" -m pytest -o addopts="" -q -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_dispatch.py -k "cuda" \
   > "$DEST/tests.txt" 2>&1
 log "tests rc=$? ($(tail -n 1 "$DEST/tests.txt" 2>/dev/null))"
 

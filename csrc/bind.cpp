@@ -149,7 +149,7 @@ at::Tensor export_sketch(Handle& h) {
   return out;
 }
 
-// Restores the counters: uint32 (what export_sketch gives) is copied as it is; another integer
+// Restores the counters: uint32 (what get_sketch gives) is copied as it is; another integer
 // dtype (int64, what checkpoints before this format held) is clamped to [0, 2^32 - 1].
 void import_sketch(Handle& h, const at::Tensor& v) {
   std::lock_guard<std::mutex> lock(h.table->mu);
@@ -258,15 +258,8 @@ PYBIND11_MODULE(_C, m) {
              return py::dict(py::arg("inserts") = s.inserts, py::arg("evictions") = s.evictions,
                              py::arg("not_admitted") = s.not_admitted);
            }))
-      .def("get_sketch", locked(+[](HashTable& t) {
-             auto& c = t.sketch().counts();
-             at::Tensor out = at::empty({static_cast<int64_t>(c.size())}, at::TensorOptions().dtype(at::kLong));
-             for (size_t i = 0; i < c.size(); ++i) out.data_ptr<int64_t>()[i] = c[i];
-             return out;
-           }))
+      .def("get_sketch", &export_sketch)
       .def("set_sketch", &import_sketch)
-      .def("export_sketch", &export_sketch)
-      .def("import_sketch", &import_sketch)
       .def("initial_rows",
            [](Handle& h, uint32_t ns, const at::Tensor& ids) {
              h.table->check_ns(ns);

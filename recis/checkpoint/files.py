@@ -92,10 +92,11 @@ class DirectoryWriter:
     def _record(self, name: str) -> None:
         path = self.tmp / name
         fsync_path(path)
-        whole, blocks = ranged.digests(path, ranged.BLOCK)
-        self.files[name] = {"sha256": whole, "bytes": path.stat().st_size}
-        if name.endswith(".safetensors"):  # read by ranges (recis.checkpoint.ranged)
-            self.files[name].update(block_bytes=ranged.BLOCK, blocks=blocks)
+        if name.endswith(".safetensors"):  # read by ranges: a checksum per block (recis.checkpoint.ranged)
+            blocks = ranged.block_digests(path, ranged.BLOCK)
+            self.files[name] = {"bytes": path.stat().st_size, "block_bytes": ranged.BLOCK, "blocks": blocks}
+        else:
+            self.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
     def write_tensors(self, name: str, tensors: Dict[str, torch.Tensor]) -> None:
         save_file(prepare_tensors(tensors), str(self.tmp / name))
@@ -257,8 +258,9 @@ def read_manifest(directory: Path, expected_format: str) -> Dict:
     return manifest
 
 
-def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
-    """The path of a file the manifest lists, after checking its size and sha256."""
+def _listed_file(directory: Path, manifest: Dict, name: str):
+    """(path, manifest entry) of a file the manifest lists, after checking that it is there with
+    the size the manifest gives."""
     entry = manifest["files"].get(name)
     if entry is None:
         raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
@@ -266,11 +268,22 @@ def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    return path, entry
+
+
+def verified_path(directory: Path, manifest: Dict, name: str) -> Path:
+    """The path of a file the manifest lists, after checking its size and sha256."""
+    path, entry = _listed_file(directory, manifest, name)
+    size = entry["bytes"]
+    if "blocks" in entry:
+        with ranged.TensorFile(path, entry) as f:
+            f.verify_all()
+        return path
     ranged.count_read(size)
     digest = sha256_file(path)
-    if digest != entry["sha256"]:
+    if digest != entry.get("sha256"):
         raise CheckpointCorruptError(f"checkpoint file {path} fails its checksum: sha256 {digest}, the manifest "
-                                     f"says {entry['sha256']}")
+                                     f"says {entry.get('sha256')}")
     return path
 
 
@@ -286,13 +299,7 @@ def read_tensors(directory: Path, manifest: Dict, name: str) -> Dict[str, torch.
 def open_tensors(directory: Path, manifest: Dict, name: str) -> "ranged.TensorFile":
     """A safetensors file the manifest lists, opened for reading by rows (ranged.TensorFile):
     its size is checked now, its content block by block as it is read."""
-    entry = manifest["files"].get(name)
-    if entry is None:
-        raise CheckpointCorruptError(f"{Path(directory) / MANIFEST} does not list {name}")
-    path = regular_file(directory, name)
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
+    path, entry = _listed_file(directory, manifest, name)
     return ranged.TensorFile(path, entry)
 
 

@@ -1,8 +1,9 @@
 """Reading parts of a checkpoint's safetensors files: ranges of rows of one tensor, each byte
 checked against the manifest's block checksums before it is used.
 
-A file written by this version is listed in the manifest with `sha256` (the whole file) and
-`blocks`: the sha256 (first 32 hex digits) of each `block_bytes` (BLOCK) block. A reader that needs some
+A safetensors file written by this version is listed in the manifest with `blocks`: the sha256
+(first 32 hex digits) of each `block_bytes` (BLOCK) block, instead of one sha256 of the whole
+file (what JSON files and older checkpoints have). A reader that needs some
 rows reads and checks only the blocks holding them (plus the block holding the header), so a
 rank loading its share of a resharded checkpoint reads that share, not every file whole. Files
 of older checkpoints (no `blocks`) are checked whole and then sliced.
@@ -14,7 +15,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
@@ -38,18 +39,15 @@ def count_read(n: int) -> None:
     _READ["bytes"] += int(n)
 
 
-def digests(path: Path, block_bytes: int = BLOCK) -> Tuple[str, List[str]]:
-    """(sha256 of the file, sha256 prefix of each `block_bytes` block), in one pass."""
-    whole = hashlib.sha256()
+def block_digests(path: Path, block_bytes: int = BLOCK) -> List[str]:
+    """The sha256 prefix of each `block_bytes` block of the file."""
     blocks = []
     with os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW), "rb") as f:
         while True:
             block = f.read(block_bytes)
             if not block:
-                break
-            whole.update(block)
+                return blocks
             blocks.append(hashlib.sha256(block).hexdigest()[:_DIGEST_CHARS])
-    return whole.hexdigest(), blocks
 
 
 class TensorFile:
@@ -72,9 +70,9 @@ class TensorFile:
 
             count_read(self.size)
             digest = sha256_file(self.path)
-            if digest != entry["sha256"]:
+            if digest != entry.get("sha256"):
                 raise CheckpointCorruptError(f"checkpoint file {self.path} fails its checksum: sha256 {digest}, the "
-                                             f"manifest says {entry['sha256']}")
+                                             f"manifest says {entry.get('sha256')}")
         elif len(self.blocks) != -(-self.size // self.block):
             raise CheckpointCorruptError(f"{self.path}: the manifest lists {len(self.blocks)} block checksums for "
                                          f"{self.size} bytes")
@@ -98,6 +96,12 @@ class TensorFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def verify_all(self) -> None:
+        """Checks every block (what a reader of the whole file does first)."""
+        for b in range(len(self.blocks) if self.blocks is not None else 0):
+            self._block(b)
+            self._cache.pop(b, None)
 
     def keys(self) -> List[str]:
         return list(self.meta)

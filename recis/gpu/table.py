@@ -174,7 +174,11 @@ class TritonTable(LookupOps):
 
     @table_op
     def get_sketch(self) -> torch.Tensor:
-        return self._sketch.clone() if self._sketch is not None else torch.empty(0, dtype=torch.int64)
+        """The admission sketch's counters in their own dtype, uint32 (as the C++ table gives them;
+        they are kept in int64 here, clamped to the uint32 range, so the conversion is exact)."""
+        if self._sketch is None:
+            return torch.empty(0, dtype=torch.uint32, device=self.device)
+        return self._sketch.to(torch.uint32)
 
     @table_op
     def set_sketch(self, v: torch.Tensor) -> None:

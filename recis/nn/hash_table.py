@@ -274,9 +274,7 @@ class TableGroup:
         state = {"step": torch.tensor(self.step, dtype=torch.int64),
                  "optimizer_step": torch.tensor(self.optimizer_step, dtype=torch.int64)}
         if self.admission is not None:  # the sketch's counters in their own dtype, uint32
-            impl = self._impl
-            state["sketch"] = impl.export_sketch() if hasattr(impl, "export_sketch") else \
-                impl.get_sketch().to(torch.uint32)
+            state["sketch"] = self._impl.get_sketch()
         return state
 
     def load_group_state(self, state: Dict[str, torch.Tensor]) -> None:
