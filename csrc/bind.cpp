@@ -258,6 +258,10 @@ PYBIND11_MODULE(_C, m) {
              return py::dict(py::arg("inserts") = s.inserts, py::arg("evictions") = s.evictions,
                              py::arg("not_admitted") = s.not_admitted);
            }))
+      .def("probe_counters", locked(+[](HashTable& t) {
+             const auto& p = t.probe_counters();
+             return py::dict(py::arg("key_hashes") = p.key_hashes, py::arg("map_probes") = p.map_probes);
+           }))
       .def("get_sketch", &export_sketch)
       .def("set_sketch", &import_sketch)
       .def("initial_rows",

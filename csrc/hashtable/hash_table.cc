@@ -233,8 +233,32 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
   stats_.evictions += k;
 }
 
+void HashTable::dedup_probe(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
+                            int32_t* inverse, DedupResult& out) {
+  int64_t n = 0;
+  for (int64_t s = 0; s < segments; ++s) {
+    check_ns(seg_ns[s]);
+    n += bounds[2 * s + 1] - bounds[2 * s];
+  }
+  // Marks of earlier calls are below this call's range [mark_next_, mark_next_ + n); when the
+  // counter would wrap, every slot's mark goes back to 0 first.
+  if (static_cast<uint64_t>(mark_next_) + static_cast<uint64_t>(n) >= UINT32_MAX) {
+    for (auto& m : maps_) m->clear_marks();
+    mark_next_ = 1;
+  }
+  static thread_local std::vector<IdMap*> maps_tls;
+  std::vector<IdMap*>& maps = maps_tls;
+  maps.clear();
+  for (auto& m : maps_) maps.push_back(m.get());
+  const DedupProbe probe{maps.data(), mark_next_};
+  mark_next_ += static_cast<uint32_t>(n);
+  dedup_keys(values, bounds, seg_ns, segments, inverse, out, &probe);
+  probes_.key_hashes += n;
+  probes_.map_probes += n;
+}
+
 void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-                        int64_t* rows, bool admit_all, bool touch_hits) {
+                        int64_t* rows, bool admit_all, bool touch_hits, bool prefound) {
   // Without a capacity nothing can refuse the batch, so hits update their metadata while its
   // cache line is still hot from the find; otherwise only after room is made.
   bool bounded = false;
@@ -247,15 +271,25 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
     m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
     m->last_seen = step;
   };
-  at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
-    constexpr int64_t kAhead = IdMap::kAhead;
-    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
-    for (int64_t i = b; i < e; ++i) {
-      if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
-      rows[i] = maps_[ns[i]]->find(ids[i]);
-      if (touch_now && rows[i] >= 0) touch(i);
-    }
-  });
+  if (prefound) {
+    if (touch_now)
+      at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          if (rows[i] >= 0) touch(i);
+      });
+  } else {
+    at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+      constexpr int64_t kAhead = IdMap::kAhead;
+      for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
+      for (int64_t i = b; i < e; ++i) {
+        if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
+        rows[i] = maps_[ns[i]]->find(ids[i]);
+        if (touch_now && rows[i] >= 0) touch(i);
+      }
+    });
+    probes_.key_hashes += n;
+    probes_.map_probes += n;
+  }
   if (!train) return;
   // Misses: admission decides who gets a row; room is made (or refused) before any change.
   std::vector<int64_t> admit;
@@ -332,6 +366,8 @@ void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_
   });
   for (uint32_t s = 0; s < maps_.size(); ++s) maps_[s]->add_size(incoming[s]);
   stats_.inserts += which.size();
+  probes_.key_hashes += which.size();
+  probes_.map_probes += which.size();
 }
 
 void HashTable::find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const {
@@ -352,6 +388,7 @@ void HashTable::find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64
   inverse.resize(n);
   const int64_t bounds[2] = {0, n};
   dedup_keys(ids, bounds, &ns, 1, inverse.data(), uniq);
+  probes_.key_hashes += n;
   urows.resize(uniq.size());
   resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), uniq.size(), true, urows.data(), true, false);
   at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {

@@ -43,6 +43,15 @@ struct TableStats {
   uint64_t inserts = 0, evictions = 0, not_admitted = 0;
 };
 
+// Debug counters of the work lookups do on the id maps (not checkpointed, not in stats()):
+// key_hashes counts hash_id computations on keys (dedup, map probes, inserts), map_probes the
+// id-map probes (finds and slot claims).
+struct ProbeCounters {
+  uint64_t key_hashes = 0, map_probes = 0;
+};
+
+struct DedupResult;
+
 class HashTable {
  public:
   HashTable(int64_t dim, const std::vector<uint64_t>& seeds, InitSpec init);
@@ -66,8 +75,14 @@ class HashTable {
   // inserted; keys that get no row come back as -1. `counts` holds the sightings of each key
   // in the batch. `admit_all` bypasses admission (explicit inserts). When it throws (capacity),
   // the table is unchanged.
+  // With `prefound`, rows[i] already holds each key's row or -1 (from dedup_probe) and the
+  // table is not probed again.
   void resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
-               int64_t* rows, bool admit_all = false, bool touch_hits = true);
+               int64_t* rows, bool admit_all = false, bool touch_hits = true, bool prefound = false);
+  // dedup_keys fused with the id-map probe (see DedupProbe): one hash and one map probe per
+  // value; out.rows holds the unique keys' rows (-1: absent), ready for resolve(prefound).
+  void dedup_probe(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
+                   int32_t* inverse, DedupResult& out);
   void find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const;
   // Inserts whatever is missing (no admission); capacity rules still apply.
   void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
@@ -128,6 +143,7 @@ class HashTable {
   CountSketch& sketch() { return sketch_; }
   PendingGrads& pending() { return pending_; }
   const TableStats& stats() const { return stats_; }
+  const ProbeCounters& probe_counters() const { return probes_; }
   void check_ns(uint32_t ns) const;
 
   std::mutex mu;  // one op at a time per table
@@ -165,6 +181,8 @@ class HashTable {
   std::vector<std::string> names_;
   PendingGrads pending_;
   TableStats stats_;
+  ProbeCounters probes_;
+  uint32_t mark_next_ = 1;  // the first map-slot mark of the next dedup_probe (0: never a live mark)
 };
 
 }  // namespace recis

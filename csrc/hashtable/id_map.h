@@ -8,7 +8,7 @@
 
 namespace recis {
 
-// Linear probing over 16-byte slots {id, row + 1}. Emptiness is encoded in the row field
+// Linear probing over 16-byte slots {id, row + 1, mark}. Emptiness is encoded in the row field
 // (0 = empty), never in the key, so every int64 value, including 0, -1, INT64_MIN and
 // INT64_MAX, is a valid id, and two ids never share a row. A find reads one slot run (one
 // cache miss for a hit). Erase uses backward-shift deletion (no tombstones). The map grows
@@ -31,6 +31,30 @@ class IdMap {
       if (s.id == id && s.row1 != 0) return static_cast<int64_t>(s.row1) - 1;
       if (s.row1 == 0) return kMissing;
     }
+  }
+  // The hash that places `id` (hash_id of the id in this map's namespace): a caller that
+  // already has it probes with find_slot_h / prefetch_h and hashes each id once.
+  uint64_t hash(int64_t id) const { return hash_id(id, ns_); }
+  struct Slot;
+  // The live slot of `id` (whose hash is h), or nullptr; the pointer stays valid until the map
+  // changes (insert, erase, rehash).
+  Slot* find_slot_h(int64_t id, uint64_t h) {
+    if (cap_ == 0) return nullptr;
+    for (uint64_t i = reduce_range(h, cap_);; i = next(i)) {
+      Slot& s = slots_[i];
+      if (s.row1 == 0) return nullptr;
+      if (s.id == id) return &s;
+    }
+  }
+  void prefetch_h(uint64_t h) const {
+    if (!cap_) return;
+    const char* p = reinterpret_cast<const char*>(&slots_[reduce_range(h, cap_)]);
+    __builtin_prefetch(p);
+    __builtin_prefetch(p + 64);
+  }
+  // Sets every slot's mark to 0 (when the table's mark counter wraps).
+  void clear_marks() {
+    for (Slot& s : slots_) s.mark = 0;
   }
   // Prefetches the home slot of `id` and the next cache line, where its probe run often
   // continues (used kAhead ids ahead in batched probes).
@@ -64,12 +88,16 @@ class IdMap {
       if (s.row1) f(s.id, s.row1 - 1);
   }
 
- private:
   struct Slot {
     int64_t id;
     uint32_t row1;  // row + 1; 0 marks an empty slot
-    uint32_t unused;
+    // Scratch of the fused dedup + probe (dedup_keys with a DedupProbe): the first value of a
+    // lookup that reaches this slot stamps it with the lookup's mark range; not table state
+    // (never exported, zero in new slots, free to go stale).
+    uint32_t mark;
   };
+
+ private:
   uint64_t home(int64_t id) const { return reduce_range(hash_id(id, ns_), cap_); }
   uint64_t next(uint64_t i) const { return i + 1 == cap_ ? 0 : i + 1; }
   void rehash(uint64_t new_cap);

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "common/hashing.h"
+#include "hashtable/id_map.h"
 
 namespace recis {
 namespace {
@@ -48,7 +49,7 @@ inline int32_t partition_of(uint64_t h) { return static_cast<int32_t>(h >> 61); 
 }  // namespace
 
 void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
-                int32_t* inverse, DedupResult& out) {
+                int32_t* inverse, DedupResult& out, const DedupProbe* probe) {
   int64_t n = 0;
   for (int64_t s = 0; s < segments; ++s) n += bounds[2 * s + 1] - bounds[2 * s];
   static thread_local DedupWorkspace tls;
@@ -100,11 +101,20 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       });
     }
   });
-  // 2. Each partition dedups its values in value order (parallel over partitions).
+  // 2. Each partition dedups its values in value order (parallel over partitions). With a
+  // probe, a partition's marks start after those of the partitions before it.
+  uint32_t part_mark[kParts] = {0};
+  if (probe) {
+    uint64_t m = probe->mark_base;
+    for (int64_t p = 0; p < kParts; ++p) {
+      part_mark[p] = static_cast<uint32_t>(m);
+      for (int64_t c = 0; c < kParts; ++c) m += ws.ids[c][p].size();
+    }
+  }
   at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       DedupResult& part = ws.parts[p];
-      part.ids.clear(), part.ns.clear(), part.counts.clear();
+      part.ids.clear(), part.ns.clear(), part.counts.clear(), part.rows.clear();
       Entry* table = ws.entries.data() + p * part_cap;
       const uint64_t mask = part_cap - 1;
       for (int64_t c = 0; c < kParts; ++c) {
@@ -113,9 +123,34 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
         std::vector<int32_t>& local = ws.local[c][p];
         local.resize(ids.size());
         for (size_t k = 0; k < ids.size(); ++k) {
-          if (k + 8 < ids.size()) __builtin_prefetch(&table[hashes[k + 8] & mask]);
           const int64_t id = ids[k];
           const uint32_t ns = single_ns ? seg_ns[0] : ws.ns[c][p][k];
+          if (probe) {
+            if (k + IdMap::kAhead < ids.size())
+              probe->maps[single_ns ? seg_ns[0] : ws.ns[c][p][k + IdMap::kAhead]]->prefetch_h(
+                  hashes[k + IdMap::kAhead]);
+            IdMap::Slot* s = probe->maps[ns]->find_slot_h(id, hashes[k]);
+            if (s) {
+              // Marks of this call are >= mark_base; the slot is this key's, and only this
+              // partition's values reach it.
+              if (s->mark >= probe->mark_base) {
+                const uint32_t l = s->mark - part_mark[p];
+                ++part.counts[l];
+                local[k] = static_cast<int32_t>(l);
+              } else {
+                const uint32_t l = static_cast<uint32_t>(part.ids.size());
+                s->mark = part_mark[p] + l;
+                part.ids.push_back(id);
+                part.ns.push_back(ns);
+                part.counts.push_back(1);
+                part.rows.push_back(static_cast<int64_t>(s->row1) - 1);
+                local[k] = static_cast<int32_t>(l);
+              }
+              continue;
+            }
+          } else if (k + 8 < ids.size()) {
+            __builtin_prefetch(&table[hashes[k + 8] & mask]);
+          }
           for (uint64_t j = hashes[k] & mask;; j = (j + 1) & mask) {
             Entry& en = table[j];
             if (en.epoch != epoch) {
@@ -123,6 +158,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
               part.ids.push_back(id);
               part.ns.push_back(ns);
               part.counts.push_back(1);
+              if (probe) part.rows.push_back(-1);
               local[k] = static_cast<int32_t>(en.local);
               break;
             }
@@ -142,12 +178,14 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   out.ids.resize(base[kParts]);
   out.ns.resize(base[kParts]);
   out.counts.resize(base[kParts]);
+  out.rows.resize(probe ? base[kParts] : 0);
   at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       const DedupResult& part = ws.parts[p];
       std::copy(part.ids.begin(), part.ids.end(), out.ids.begin() + base[p]);
       std::copy(part.ns.begin(), part.ns.end(), out.ns.begin() + base[p]);
       std::copy(part.counts.begin(), part.counts.end(), out.counts.begin() + base[p]);
+      if (probe) std::copy(part.rows.begin(), part.rows.end(), out.rows.begin() + base[p]);
     }
   });
   at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {

@@ -171,15 +171,18 @@ void forward_one(HashTable& table, const TableLayout& TL, const at::Tensor& valu
   std::vector<int64_t> seg_begin;
   std::vector<uint32_t> seg_ns;
   dedup_segments(off, TL.feature_ns, batch, inv, seg_begin, seg_ns);
-  // dedup_keys takes contiguous segments: [seg_begin[2s], seg_begin[2s + 1]) per segment.
-  static thread_local DedupResult uniq;
-  dedup_keys(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()), inv,
-             uniq);
-  const int64_t U = uniq.size();
   const uint32_t step_before = table.step();
+  // The step's TTL sweep runs first, so the probe below sees the rows that survive it.
   if (train) table.advance_step();
+  // One pass dedups the values and probes the id maps (dedup_probe: contiguous segments
+  // [seg_begin[2s], seg_begin[2s + 1]) per segment); resolve then only handles the misses.
+  static thread_local DedupResult uniq;
+  table.dedup_probe(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()),
+                    inv, uniq);
+  const int64_t U = uniq.size();
+  std::copy(uniq.rows.begin(), uniq.rows.end(), rows);
   try {
-    table.resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows);
+    table.resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows, false, true, true);
   } catch (...) {
     table.set_step(step_before);  // a refused batch leaves no trace
     throw;
