@@ -20,8 +20,10 @@ from recis.rl import DifficultyFilter, DPOConfig, GRPOConfig, check_choice
 from recis.towers.reference import REFERENCE_MODES
 
 from recis_relevance.dyknow import DyKnowConfig
-from recis_relevance.formats import FORMATS, GRADES
+from recis_relevance.formats import ALL_FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
+from recis_relevance.prompts import PROMPTS
+from recis_relevance.retrieval import ContextConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
@@ -82,7 +84,12 @@ class JudgeConfig:
     `minibatch_size`: rollout rows per inner optimizer step (None: all in one). `decision`: argmax
     | cumpt, with `tau` (CumPT's one threshold). `eval_decoding`: label (read the label token only;
     post_cot and label_only) | full (greedy decoding of the whole completion, then parsing).
-    `relevant_grade`: the metrics' binary target is grade >= it."""
+    `relevant_grade`: the metrics' binary target is grade >= it. `prompt`: full (query, title,
+    year and genres) | no_context (query, title and year) | with_context (those and the row's
+    retrieved chunk), the retrieval test bed's prompts (recis_relevance.prompts.context_prompts;
+    with_context reads the pass-through column `chunk`). `context`: how the task's chunks are
+    built (recis_relevance.retrieval.ContextConfig; read by the stage driver that writes the task
+    files, None: the task has no chunks)."""
 
     policy: Union[str, Dict[str, Any]]
     tokenizer: Union[str, Dict[str, Any], None] = "movielens"
@@ -102,12 +109,15 @@ class JudgeConfig:
     tau: float = bounded(0.5, gt=0, le=1)
     eval_decoding: str = "label"
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
+    prompt: str = "full"
+    context: Optional[ContextConfig] = None
     dyknow: Optional[DyKnowConfig] = None
 
     def __post_init__(self):
         check_types(self, "model")
         check_choice("model.objective", self.objective, OBJECTIVES)
-        check_choice("model.format", self.format, FORMATS)
+        check_choice("model.format", self.format, ALL_FORMATS)
+        check_choice("model.prompt", self.prompt, PROMPTS)
         check_choice("model.reference", self.reference, REFERENCE_MODES)
         check_choice("model.decision", self.decision, DECISIONS)
         check_choice("model.eval_decoding", self.eval_decoding, EVAL_DECODING)
@@ -132,7 +142,8 @@ class JudgeConfig:
             raise ValueError("model.dyknow is required with objective dyknow (give at least `dyknow: {}`)"
                              if self.dyknow is None else
                              f"model.dyknow is an option of objective dyknow; model.objective is {self.objective!r}")
-        if self.objective in ("grpo", "dyknow") and self.grpo.loss_type == "dr_grpo" and self.grpo.max_completion_length is None:
+        if self.objective in ("grpo", "dyknow") and self.grpo.loss_type == "dr_grpo" and \
+                self.grpo.max_completion_length is None:
             self.grpo.max_completion_length = self.sampling.max_new_tokens
 
     @classmethod
@@ -140,7 +151,8 @@ class JudgeConfig:
         """The config of a YAML model section (nested sections become their dataclasses)."""
         options = dict(options)
         nested = {"sampling": SamplingConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "pairs": PairConfig,
-                  "dynamic_sampling": DynamicSamplingConfig, "dyknow": DyKnowConfig}
+                  "dynamic_sampling": DynamicSamplingConfig, "context": ContextConfig,
+                  "dyknow": DyKnowConfig}
         for key, sub in nested.items():
             if key in options and options[key] is not None and not isinstance(options[key], sub):
                 options[key] = from_mapping(sub, options[key], f"model.{key}")

@@ -36,12 +36,10 @@ import torch
 from recis.rl import difficulty_mask
 from recis.towers import RolloutPhase, TowerOutput
 from recis.towers.generation import Rollout, token_entropy, token_logprobs
-from recis.towers.text import column
 
 from recis_relevance.dyknow import (PolicyGroup, correctness_gap, dual_group_advantages, dyknow_loss, gate,
                                     piecewise_scale)
 from recis_relevance.formats import score
-from recis_relevance.judge import JudgeTower
 from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _cat_rollouts, _chunks
 
 __all__ = ["DualGroupMinibatch", "DyKnowJudge", "rescored"]
@@ -86,18 +84,6 @@ class DyKnowJudge(GRPOJudge):
             raise ValueError("model.dyknow is required with objective dyknow (give at least `dyknow: {}`)")
 
     # ---- prompts --------------------------------------------------------------------------
-    @staticmethod
-    def rows(batch) -> List[dict]:
-        """The judge's task rows, with the batch's `chunk` and `context_decision` columns."""
-        out = JudgeTower.rows(batch)
-        extras = getattr(batch, "extras", None) or {}
-        for name in ("chunk", "context_decision"):
-            if name in extras and out and name not in out[0]:
-                values = column(batch, name)
-                for r, v in zip(out, values):
-                    r[name] = v
-        return out
-
     @staticmethod
     def dual_prompts(rows: Sequence[dict]) -> Tuple[List[str], List[str]]:
         """(no-context prompts, with-context prompts) of the rows."""

@@ -96,6 +96,11 @@ def test_objective_and_options():
         JudgeConfig.from_options({"policy": LLAMA, "objective": "dyknow", "dyknow": {"gap": "epoch"}})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['beta'\] in model\.dyknow"):
         JudgeConfig.from_options({"policy": LLAMA, "objective": "dyknow", "dyknow": {"beta": 2.0}})
+    with pytest.raises(ValueError, match=r"the features lack \['chunk'\]"):  # dyknow reads the chunk
+        JudgeTower.from_features(SimpleNamespace(passthrough=ROW_COLUMNS), policy=LLAMA, objective="dyknow", dyknow={})
+    with pytest.raises(ValueError, match=r"the features lack \['context_decision'\]"):  # human gating reads it
+        JudgeTower.from_features(SimpleNamespace(passthrough=ROW_COLUMNS + ("chunk",)), policy=LLAMA,
+                                 objective="dyknow", dyknow={"gating": "human"})
     cfg = JudgeConfig.from_options({"policy": LLAMA, "objective": "dyknow", "dyknow": {"gating": "human"},
                                     "dynamic_sampling": {"low": 0.01, "high": 0.9}})
     assert cfg.dynamic_sampling.high == 0.9 and cfg.dyknow.gating == "human"
