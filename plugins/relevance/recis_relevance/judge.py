@@ -107,9 +107,10 @@ class JudgeTower(Tower):
             raise ValueError(f"relevance_judge reads the pass-through columns {list(ROW_COLUMNS)}; the features lack "
                              f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each)")
         cfg = JudgeConfig.from_options(args)
+        from recis_relevance.judge_agrl import AGRLJudge
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
 
-        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge}[cfg.objective](cfg)
+        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "agrl": AGRLJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:

@@ -10,7 +10,7 @@ sampling: {group_size: 4}, grpo: {beta: 0.02}, ...}``); every option is checked 
 >>> JudgeConfig.from_options({"policy": "x", "objective": "ppo"})
 Traceback (most recent call last):
 ...
-ValueError: model.objective must be one of ('sft', 'dpo', 'grpo'), got 'ppo'
+ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'agrl'), got 'ppo'
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Union
@@ -19,13 +19,14 @@ from recis.config_utils import bounded, check_types, from_mapping
 from recis.rl import DifficultyFilter, DPOConfig, GRPOConfig, check_choice
 from recis.towers.reference import REFERENCE_MODES
 
+from recis_relevance.agrl import AGRLConfig
 from recis_relevance.formats import FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
 #: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO
-OBJECTIVES = ("sft", "dpo", "grpo")
+OBJECTIVES = ("sft", "dpo", "grpo", "agrl")
 #: how a grade is read from the four label-token probabilities: the most likely, or CumPT with one tau
 DECISIONS = ("argmax", "cumpt")
 #: evaluation decoding: the label token's probabilities only, or the whole completion (greedy) parsed
@@ -100,6 +101,7 @@ class JudgeConfig:
     tau: float = bounded(0.5, gt=0, le=1)
     eval_decoding: str = "label"
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
+    agrl: Optional[AGRLConfig] = None  # TaoSR-AGRL (objective agrl; recis_relevance.agrl)
 
     def __post_init__(self):
         check_types(self, "model")
@@ -125,6 +127,9 @@ class JudgeConfig:
                              f"model.max_completion_length ({self.max_completion_length})")
         if self.dynamic_sampling is not None and self.objective != "grpo":
             raise ValueError(f"model.dynamic_sampling is a GRPO option; model.objective is {self.objective!r}")
+        if (self.objective == "agrl") != (self.agrl is not None):
+            raise ValueError(f"model.agrl is {'required with' if self.agrl is None else 'an option of'} objective agrl; "
+                             f"model.objective is {self.objective!r}")
         if self.objective == "grpo" and self.grpo.loss_type == "dr_grpo" and self.grpo.max_completion_length is None:
             self.grpo.max_completion_length = self.sampling.max_new_tokens
 
@@ -133,7 +138,7 @@ class JudgeConfig:
         """The config of a YAML model section (nested sections become their dataclasses)."""
         options = dict(options)
         nested = {"sampling": SamplingConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "pairs": PairConfig,
-                  "dynamic_sampling": DynamicSamplingConfig}
+                  "dynamic_sampling": DynamicSamplingConfig, "agrl": AGRLConfig}
         for key, sub in nested.items():
             if key in options and options[key] is not None and not isinstance(options[key], sub):
                 options[key] = from_mapping(sub, options[key], f"model.{key}")
