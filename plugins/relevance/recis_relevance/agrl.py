@@ -61,7 +61,7 @@ from recis_relevance.formats import GRADES, STEP, Parsed, label_token, parse
 from recis_relevance.rationale import RULES, VERDICTS, rationale, step_references
 from recis_relevance.task import row_value
 
-__all__ = ["LABEL_REWARDS", "GATES", "STEP_CHECKS", "STEP_REDUCES", "HINT_FIELD", "AGRLConfig", "Shaped",
+__all__ = ["LABEL_REWARDS", "GATES", "STEP_CHECKS", "STEP_REDUCES", "GUIDES", "HINT_FIELD", "AGRLConfig", "Shaped",
            "label_reward", "grade_cap", "hard_gate", "step_weights", "shaped_reward", "score_completions",
            "violated_rule", "hint_text", "guided_prompt"]
 
@@ -73,6 +73,8 @@ GATES = ("either", "stated", "gold", "off")
 STEP_CHECKS = ("verdict", "exact")
 #: how the rule weights of a row's steps are normalized: to step_weight in all ("mean"), or not
 STEP_REDUCES = ("mean", "sum")
+#: what a guided rollout is: sampled from the hinted prompt, or the teacher's gold completion
+GUIDES = ("hint", "gold")
 #: the field name of the hint line of a guided prompt (never in a deployment prompt)
 HINT_FIELD = "hint"
 #: the cap a hard rule's verdict puts on the grade
@@ -97,7 +99,9 @@ class AGRLConfig:
 
     Guided replay: `replay` (off: rule-aware rewards only); `tau_guide` (a group whose accuracy is
     <= it gets guided rollouts); `guided` (m, the guided rollouts per such group, <= the group
-    size); `correction` none (old log-probs under the plain prompt: the standard clip only) |
+    size); `guide` hint (sampled from the prompt plus the hint) | gold (m copies of the teacher's
+    gold completion: what a policy that follows the hint perfectly would write; for a small model
+    trained from scratch, which has never seen a hint); `correction` none (old log-probs under the plain prompt: the standard clip only) |
     behavior (old log-probs under the hinted prompt that generated them: the importance ratio
     pi(o | x) / pi_old(o | x + hint), clipped by the same clip)."""
 
@@ -113,6 +117,7 @@ class AGRLConfig:
     replay: bool = True
     tau_guide: float = bounded(0.25, ge=0, le=1)
     guided: int = bounded(2, ge=1)
+    guide: str = "hint"
     correction: str = "none"
 
     def __post_init__(self):
@@ -124,7 +129,11 @@ class AGRLConfig:
         check_choice(f"{where}.step_reduce", self.step_reduce, STEP_REDUCES)
         check_choice(f"{where}.step_check", self.step_check, STEP_CHECKS)
         check_choice(f"{where}.gate", self.gate, GATES)
+        check_choice(f"{where}.guide", self.guide, GUIDES)
         check_choice(f"{where}.correction", self.correction, CORRECTIONS)
+        if self.guide == "gold" and self.correction == "behavior":
+            raise ValueError(f"{where}.correction 'behavior' needs guide 'hint' (a gold completion was not sampled "
+                             "from a policy, so it has no behavior log-probs)")
         _rule_names(f"{where}.rule_weights", list(self.rule_weights))
         _rule_names(f"{where}.hard_rules", list(self.hard_rules))
         if len(set(self.hard_rules)) != len(self.hard_rules):

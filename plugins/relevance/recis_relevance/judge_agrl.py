@@ -8,8 +8,9 @@ One rollout (`AGRLJudge.rollout`), per training batch of B rows:
    gets its shaped reward R and its correctness (well formed with the gold grade).
 2. Groups whose accuracy is <= agrl.tau_guide (`recis.rl.guide_mask`) get m = agrl.guided
    completions sampled from the guided prompt x + hint (the gold label and the gold step of the
-   rule the group violated most, `agrl.violated_rule`), from the same seeded generator; they are
-   scored like the others and replace the group's m lowest-reward completions
+   rule the group violated most, `agrl.violated_rule`), from the same seeded generator (guide
+   hint), or are m copies of the teacher's gold completion (guide gold); they are scored like the
+   others and replace the group's m lowest-reward completions
    (`recis.rl.worst_rollouts`, `recis.towers.generation.splice_rows`), now after the plain
    prompt x (`reprompt`).
 3. Group-relative advantages of R (`recis.rl.group_advantages`, the grpo options), the old
@@ -26,7 +27,7 @@ import torch
 
 from recis.rl import group_advantages, guide_mask, replay_old_logprobs, worst_rollouts
 from recis.towers import RolloutPhase
-from recis.towers.generation import reprompt, sample_groups, splice_rows, token_entropy, token_logprobs
+from recis.towers.generation import Rollout, reprompt, sample_groups, splice_rows, token_entropy, token_logprobs
 from recis.towers.lm_tokens import encode_prompts
 
 from recis_relevance.agrl import guided_prompt, score_completions, violated_rule
@@ -48,10 +49,20 @@ class AGRLJudge(GRPOJudge):
     def _score(self, texts: List[str], rows):
         return score_completions(self.cfg.format, texts, rows, self.cfg.agrl)
 
-    def guided_rollouts(self, rows, prompts, parsed, fire: torch.Tensor):
-        """(the guided prompts, their rollout: m completions each) of the firing groups."""
+    def guided_rollouts(self, rows, prompts, parsed, fire: torch.Tensor) -> Rollout:
+        """m guided completions for each firing group, in group order: sampled from the guided
+        prompts (guide hint), or the gold completion m times after the plain prompt (guide gold)."""
         G, m = self.cfg.sampling.group_size, self.cfg.agrl.guided
         groups = fire.nonzero().squeeze(1).tolist()
+        if self.cfg.agrl.guide == "gold":
+            plain = [prompts[i] for i in groups for _ in range(m)]
+            gold = self.gold([rows[i] for i in groups for _ in range(m)])
+            enc = self.encode(plain, gold)
+            P = encode_prompts(self.tokenizer, plain, self.cfg.max_prompt_length)["input_ids"].shape[1]
+            completion = enc["input_ids"][:, P:]
+            return Rollout(enc["input_ids"][:, :P], enc["attention_mask"][:, :P], completion,
+                           enc["completion_mask"][:, P:], torch.zeros(completion.shape, device=completion.device),
+                           torch.tensor(groups, device=completion.device).repeat_interleave(m), m)
         hinted = [guided_prompt(prompts[i], rows[i], violated_rule(parsed[i * G:(i + 1) * G], rows[i]))
                   for i in groups]
         s = self.cfg.sampling
@@ -59,7 +70,7 @@ class AGRLJudge(GRPOJudge):
         donor = sample_groups(self.model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), m,
                               s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, generator=self.generator,
                               eos_token_id=self.eos_id, pad_token_id=self.pad_id)
-        return hinted, donor
+        return donor
 
     def rollout(self, batch, refill) -> RolloutPhase:
         cfg, agrl = self.cfg, self.cfg.agrl
@@ -78,7 +89,7 @@ class AGRLJudge(GRPOJudge):
         guided = torch.zeros(B * G, dtype=torch.bool)
         behavior_rows, targets = None, None
         if bool(fire.any()):
-            _, donor = self.guided_rollouts(rows, prompts, parsed, fire)
+            donor = self.guided_rollouts(rows, prompts, parsed, fire)
             groups = fire.nonzero().squeeze(1)
             donor_rows = [rows[int(groups[j // m])] for j in range(len(donor))]
             d_rewards, d_correct, _, _ = self._score(self.decode(donor.completion_ids, donor.completion_mask),

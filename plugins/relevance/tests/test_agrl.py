@@ -207,6 +207,8 @@ def test_worst_rollouts_and_replay_old_logprobs():
     ({"correction": "is"}, r"model.agrl.correction must be one of \('none', 'behavior'\)"),
     ({"guided": 0}, r"model.agrl.guided must be an integer >= 1, got 0"),
     ({"rule_weights": {"genre": -1.0}}, r"model.agrl.rule_weights.genre must be a finite number >= 0, got -1.0"),
+    ({"guide": "gold", "correction": "behavior"}, r"model.agrl.correction 'behavior' needs guide 'hint'"),
+    ({"guide": "teacher"}, r"model.agrl.guide must be one of \('hint', 'gold'\)"),
     ({"temperature": 2.0}, r"unknown key\(s\) \['temperature'\] in model.agrl"),
 ])
 def test_bad_agrl_options_name_the_option(agrl, message):

@@ -120,8 +120,8 @@ def p_gold(tower, row):
         return float(tower.label_probabilities([prompt(row)])[0, row["label"] - 1])
 
 
-@pytest.mark.parametrize("correction", ["none", "behavior"])
-def test_all_wrong_group_vanilla_grpo_has_zero_gradient_agr_raises_p_gold(spec, follower, correction):
+@pytest.mark.parametrize("guide,correction", [("hint", "none"), ("hint", "behavior"), ("gold", "none")])
+def test_all_wrong_group_vanilla_grpo_has_zero_gradient_agr_raises_p_gold(spec, follower, guide, correction):
     """Every rollout of row B is wrong: vanilla GRPO (and AGRL without replay) have equal rewards,
     zero advantages and a policy gradient of exactly 0. AGR replaces the 2 worst rollouts with
     guided ones (right), trained under the plain prompt: the gradient is nonzero and one SGD step
@@ -135,7 +135,7 @@ def test_all_wrong_group_vanilla_grpo_has_zero_gradient_agr_raises_p_gold(spec, 
     off = loaded(tower_of(spec, agrl={"replay": False}), weights)
     assert grad_norm(off, rollout(off, [b])) == 0.0  # shaped rewards alone: all rollouts alike
 
-    agr = loaded(tower_of(spec, agrl={"tau_guide": 0.0, "guided": 2, "correction": correction}), weights)
+    agr = loaded(tower_of(spec, agrl={"tau_guide": 0.0, "guided": 2, "guide": guide, "correction": correction}), weights)
     phase = rollout(agr, [b])
     s = phase.stats
     assert s["accuracy"] == 0.0 and s["guided_groups"] == 1.0 and s["guided_accuracy"] == 1.0
