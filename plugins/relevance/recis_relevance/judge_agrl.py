@@ -45,6 +45,9 @@ class AGRLJudge(GRPOJudge):
         if m > G:
             raise ValueError(f"model.agrl.guided ({m}) exceeds model.sampling.group_size ({G}): guided rollouts "
                              "replace rollouts of the group")
+        #: replay counts of this process's rollouts (not checkpointed): rollouts, groups,
+        #: guided_groups, guided_rows, guided_correct
+        self.totals = {k: 0 for k in ("rollouts", "groups", "guided_groups", "guided_rows", "guided_correct")}
 
     def _score(self, texts: List[str], rows):
         return score_completions(self.cfg.format, texts, rows, self.cfg.agrl)
@@ -103,6 +106,11 @@ class AGRLJudge(GRPOJudge):
             correct.view(-1)[targets] = d_correct
             guided[targets] = True
             stats.update({"guided_accuracy": float(d_correct.mean()), "guided_reward_mean": float(d_rewards.mean())})
+        self.totals["rollouts"] += 1
+        self.totals["groups"] += B
+        self.totals["guided_groups"] += int(fire.sum())
+        self.totals["guided_rows"] += int(guided.sum())
+        self.totals["guided_correct"] += int(correct.view(-1)[guided].sum())
         stats.update({"guided_groups": float(fire.sum()), "guided_fraction": float(fire.float().mean()),
                       "replay_accuracy": float(correct.mean())})
         adv = group_advantages(rewards, std=cfg.grpo.std, scale=cfg.grpo.scale, eps=cfg.grpo.std_eps,

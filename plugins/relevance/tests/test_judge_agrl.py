@@ -7,6 +7,7 @@ the tiny policy to write a wrong label under the plain prompt and the gold label
 prompt (what a pretrained LLM does with a hint in its context); that is the situation AGR is for.
 """
 import copy
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -255,3 +256,46 @@ def test_the_agrl_stage_resumes_bit_identical(tmp_path_factory):
     assert resumed.trainer.step == 10
     jobs.assert_same_state(full, resumed)
     shutil.rmtree(d)
+
+
+def test_the_agrl_example_yamls_chain_and_their_options_check():
+    """sft.yaml -> agrl.yaml: the AGRL stage starts from the SFT checkpoint directory, both read the
+    task files run.py writes, each model section is a valid judge config of its objective, and the
+    pipeline function lists them in order."""
+    from recis.run import RunConfig
+    from recis_relevance.agrl_stages import STAGES, stage_yamls
+    from recis_relevance.judge_config import JudgeConfig
+
+    here = os.path.join(jobs.ROOT, "examples", "agrl_movielens")
+    assert [name for name, _ in stage_yamls(here)] == list(STAGES) == ["sft", "agrl"]
+    sft, agrl = (RunConfig.from_yaml(path) for _, path in stage_yamls(here))
+    assert [JudgeConfig.from_options(c.model.args).objective for c in (sft, agrl)] == ["sft", "agrl"]
+    assert agrl.checkpoint.init_from == sft.checkpoint.dir == "runs/agrl_movielens/sft/checkpoints"
+    for c in (sft, agrl):
+        assert os.path.normpath(c.data.train) == os.path.join(jobs.ROOT, "runs", "agrl_movielens", "data",
+                                                             "train.parquet")
+    cfg = JudgeConfig.from_options(agrl.model.args).agrl
+    assert cfg.replay and 0 <= cfg.tau_guide <= 1 and cfg.guided <= 4
+    with pytest.raises(ValueError, match=r"unknown AGRL stage\(s\) \['grpo'\]"):
+        stage_yamls(here, ("sft", "grpo"))
+
+
+@pytest.mark.slow
+def test_the_agrl_example_runs_small(tmp_path):
+    """examples/agrl_movielens/run.py --small: SFT then AGRL (from the SFT checkpoint) on the
+    MovieLens catalogue, the replay fires, and the deployed judge reports test metrics."""
+    import json
+    import runpy
+
+    from recis.checkpoint import CheckpointManager
+
+    example = runpy.run_path(os.path.join(jobs.ROOT, "examples", "agrl_movielens", "run.py"))
+    out = tmp_path / "run"
+    result = example["main"](["--small", "--out", str(out)])
+    assert json.loads((out / "agrl_result.json").read_text()) == json.loads(json.dumps(result))
+    for stage in ("sft", "agrl"):
+        assert {"accuracy", "macro_f1", "step"} <= set(result[stage]), stage
+        assert CheckpointManager(out / stage / "checkpoints").latest() is not None, stage
+    assert result["replay"]["rollouts"] > 0 and result["replay"]["guided_groups"] > 0
+    label = result["test"]["label"]
+    assert label["items"] == result["task"]["test_rows"] and 0 <= label["macro_f1"] <= 1
