@@ -74,7 +74,7 @@ class JudgeConfig:
     {config: {model_type: llama, ...}, seed: N} for a model trained from scratch). `tokenizer`:
     "movielens" (a word tokenizer over the MovieLens catalogue's vocabulary with the formats'
     reserved tokens), a path / {words, reserved} spec (recis.towers.causal_lm), or None (the
-    policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo. `format`:
+    policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo | agrl. `format`:
     label_only | post_cot | pre_cot (recis_relevance.formats). `lora`: {rank, alpha, targets,
     dropout} to train LoRA adapters on a frozen base (None: full fine-tuning). `reference`: copy |
     adapters_disabled (the KL / DPO reference; a copy is taken of the stage's starting weights).
