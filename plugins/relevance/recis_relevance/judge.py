@@ -24,16 +24,28 @@ from recis.towers.lm_tokens import encode_completions, encode_prompts, pad_token
 from recis.towers.text import column
 
 from recis_relevance.cumpt import cumpt_tier, label_probs, ranking_score
-from recis_relevance.formats import GRADES, LABEL_TOKENS, RESERVED_TOKENS, TOKEN_TEXT, gold_completion, parse
+from recis_relevance.formats import (CONTEXT_FORMATS, GRADES, LABEL_TOKENS, RESERVED_TOKENS, TOKEN_TEXT,
+                                     gold_completion, parse)
 from recis_relevance.judge_config import JudgeConfig
-from recis_relevance.prompts import catalogue_vocabulary, prompt
+from recis_relevance.prompts import catalogue_vocabulary, prompt_of
+from recis_relevance.retrieval import CONTEXT_COLUMNS
 
-__all__ = ["JudgeTower", "ROW_COLUMNS", "movielens_tokenizer"]
+__all__ = ["JudgeTower", "ROW_COLUMNS", "CONTEXT_COLUMNS", "movielens_tokenizer", "context_columns_needed"]
 
 #: the pass-through columns a judge reads: the prompt's fields, and the query parts the teacher's
 #: rationale checks (recis_relevance.rationale)
 ROW_COLUMNS = ("query", "title", "year", "genres", "want_genre", "avoid_genre", "decade")
 PROMPT_COLUMNS = ROW_COLUMNS[:4]
+
+
+def context_columns_needed(cfg: JudgeConfig) -> List[str]:
+    """The retrieval test bed's pass-through columns a judge config reads: `chunk` for the
+    with-context prompt (and objective dyknow, which samples under both prompts),
+    `context_decision` for a context format's gold completion (and DyKnow's human gating). (A row
+    carries every CONTEXT_COLUMNS column its batch has.)"""
+    need = ["chunk"] if cfg.prompt == "with_context" or cfg.objective == "dyknow" else []
+    human = cfg.objective == "dyknow" and cfg.dyknow.gating == "human"
+    return need + (["context_decision"] if cfg.format in CONTEXT_FORMATS or human else [])
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,15 +114,19 @@ class JudgeTower(Tower):
 
     @classmethod
     def from_features(cls, features: FeatureInfo, **args) -> "JudgeTower":
-        missing = [c for c in ROW_COLUMNS if c not in features.passthrough]
-        if missing:
-            raise ValueError(f"relevance_judge reads the pass-through columns {list(ROW_COLUMNS)}; the features lack "
-                             f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each)")
         cfg = JudgeConfig.from_options(args)
+        want = list(ROW_COLUMNS) + context_columns_needed(cfg)
+        missing = [c for c in want if c not in features.passthrough]
+        if missing:
+            raise ValueError(f"relevance_judge reads the pass-through columns {want}; the features lack "
+                             f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each; the retrieval "
+                             "test bed's columns come from a task built with a retriever: build_task(context=...))")
         from recis_relevance.judge_agrl import AGRLJudge
+        from recis_relevance.judge_dyknow import DyKnowJudge
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
 
-        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "agrl": AGRLJudge}[cfg.objective](cfg)
+        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "dyknow": DyKnowJudge,
+                "agrl": AGRLJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:
@@ -147,8 +163,10 @@ class JudgeTower(Tower):
     # ---- batches --------------------------------------------------------------------------
     @staticmethod
     def rows(batch) -> List[Dict[str, Any]]:
-        """The task rows of a feature-engine batch (ROW_COLUMNS and the grade `label`)."""
-        cols = {c: column(batch, c) for c in ROW_COLUMNS}
+        """The task rows of a feature-engine batch (ROW_COLUMNS, the CONTEXT_COLUMNS the batch
+        has, and the grade `label`)."""
+        extras = getattr(batch, "extras", None) or {}
+        cols = {c: column(batch, c) for c in ROW_COLUMNS + tuple(c for c in CONTEXT_COLUMNS if c in extras)}
         labels = getattr(batch, "labels", None)
         if labels is None or isinstance(labels, dict):
             raise ValueError("relevance_judge needs one grade label column (1..4)")
@@ -156,10 +174,11 @@ class JudgeTower(Tower):
         bad = [g for g in grades if g not in GRADES]
         if bad:
             raise ValueError(f"relevance_judge: labels must be grades {list(GRADES)}, found {sorted(set(bad))[:5]}")
-        return [{**{c: cols[c][i] for c in ROW_COLUMNS}, "label": grades[i]} for i in range(len(grades))]
+        return [{**{c: v[i] for c, v in cols.items()}, "label": grades[i]} for i in range(len(grades))]
 
     def prompts(self, rows: Sequence[Mapping]) -> List[str]:
-        return [prompt(r) for r in rows]
+        """The prompt of each row that `model.prompt` picks (full, no_context or with_context)."""
+        return [prompt_of(self.cfg.prompt, r) for r in rows]
 
     def gold(self, rows: Sequence[Mapping]) -> List[str]:
         return [gold_completion(self.cfg.format, r) for r in rows]

@@ -88,15 +88,24 @@ def extractor() -> EntityExtractor:
     return EntityExtractor({"genres": "genre", "year": "year"}, gazetteer=GAZETTEER, title_column="title")
 
 
-def movielens_items() -> pa.Table:
+def movielens_items(ratings: bool = False) -> pa.Table:
     """The MovieLens-1M movies (item_id, title, year, genres), from recis' MovieLens cache
-    (downloaded on first use, see recis.datasets.movielens)."""
+    (downloaded on first use, see recis.datasets.movielens); with `ratings`, also each movie's
+    rating count over all the ratings (column `ratings`: the head / tail slice of the retrieval
+    test bed, `recis_relevance.retrieval`)."""
     import pyarrow.parquet as pq
 
     from recis.datasets import movielens
 
     files = movielens.load("random")
-    return movie_items(pq.read_table(files.train, columns=["item_id", "title", "year", "genres"]))
+    items = movie_items(pq.read_table(files.train, columns=["item_id", "title", "year", "genres"]))
+    if ratings:
+        from recis_relevance.retrieval import movielens_rating_counts
+
+        counts = movielens_rating_counts()
+        items = items.append_column("ratings", pa.array([counts.get(int(i), 0) for i in
+                                                         items["item_id"].to_pylist()], pa.int64()))
+    return items
 
 
 def movie_items(ratings: pa.Table) -> pa.Table:
@@ -122,8 +131,12 @@ class RelevanceTask:
 
 
 def build_task(items: pa.Table, queries: int = 300, per_query: int = 12, test_fraction: float = 0.2,
-               seed: int = 0) -> RelevanceTask:
-    """`queries` queries, each with up to `per_query` items spread evenly over the four grades."""
+               seed: int = 0, context=None, store=None) -> RelevanceTask:
+    """`queries` queries, each with up to `per_query` items spread evenly over the four grades.
+    With `context` (a `recis_relevance.retrieval.ContextConfig`), every row also gets its retrieved
+    chunk and the context columns (`retrieval.attach_context`) from `store` (a ChunkStore; default:
+    `context.store`, else one built from `items`, which then need the column `ratings`); the other
+    columns are the same as without."""
     if queries < 2 or per_query < 4 or not 0 < test_fraction < 1:
         raise ValueError(f"need queries >= 2, per_query >= 4 and 0 < test_fraction < 1, got {queries}, "
                          f"{per_query}, {test_fraction}")
@@ -175,6 +188,13 @@ def build_task(items: pa.Table, queries: int = 300, per_query: int = 12, test_fr
     for split, recs in out.items():
         rng.shuffle(recs)
         tables[split] = pa.Table.from_pylist(recs, schema=schema)
+    if context is not None:
+        from recis_relevance.retrieval import ChunkStore, attach_context
+
+        if store is None:
+            store = (ChunkStore.load(context.store, context.k1, context.b) if context.store is not None
+                     else ChunkStore.from_items(items, context.k1, context.b))
+        tables = {split: attach_context(t, store, context, split) for split, t in tables.items()}
     return RelevanceTask(tables["train"], tables["test"])
 
 

@@ -123,7 +123,7 @@ def test_parse_never_raises_on_any_text(fmt, text):
 
 # A reference of the grammar as one regular expression over space-joined tokens (independent of the
 # parser's loop): the rule and its verdicts, with free words between.
-_WORD = r"(?!(?:<L[1-4]>|<STEP>)(?: |$))\S+"  # any token but a reserved one
+_WORD = r"(?!(?:<L[1-4]>|<STEP>|<USE>|<PARTIAL>|<IGNORE>)(?: |$))\S+"  # any token but a reserved one
 _STEP_RE = (r"<STEP> (?:genre(?: {w})* (?:yes|no)|negation(?: {w})* (?:yes|no)|decade(?: {w})* (?:yes|near|no))"
             .format(w=_WORD))
 _LABEL = r"<L[1-4]>"

@@ -59,7 +59,7 @@ def sft_weights(task, spec):
     tower = judge(spec)
     opt = torch.optim.AdamW(tower.parameters(), lr=1e-2)
     tower.train()
-    for step in range(60):
+    for step in range(70):
         out = tower(batch_of(task.train, (step * 8) % (task.train.num_rows - 8)))
         out.loss.backward()
         opt.step()

@@ -65,7 +65,7 @@ def job(workdir, name, objective="sft", steps=12, lr=0.02, init_from=None, **mod
         "features": {"features": FEATURES},
         "model": {"name": "relevance_judge", "objective": objective, "format": "label_only", "policy": llama(),
                   "tokenizer": spec, "max_completion_length": 2,
-                  "sampling": {"group_size": 4, "max_new_tokens": 2, "seed": 3}, **model},
+                  "sampling": {"group_size": 4, "max_new_tokens": 2, "seed": 4}, **model},
         "metrics": {"confusion": {"labels": [1, 2, 3, 4]}},
         "optim": {"dense": {"name": "adamw", "lr": lr, "weight_decay": 0.0}},
         "trainer": {"epochs": 100, "max_steps": steps, "progress": False, "seed": 0, "log_every": 1},
@@ -151,7 +151,7 @@ def test_sft_then_grpo_by_init_from_and_a_killed_grpo_stage_resumes_bit_identica
 class Reseed(Hook):
     def on_fit_start(self, trainer):
         assert trainer.step == 4  # resumed
-        trainer.model.generator.manual_seed(3)
+        trainer.model.generator.manual_seed(4)
 
 
 def test_a_stage_from_a_checkpoint_of_another_model_names_the_checkpoint(workdir, sft, tmp_path):
@@ -188,7 +188,7 @@ def test_a_bad_policy_or_objective_is_named_before_anything_is_fetched(workdir, 
     with pytest.raises(FileNotFoundError, match=rf"tokenizer '{re.escape(missing)}': no such directory"):
         Job(job(workdir, "bad3", policy=missing, tokenizer=None))
     with pytest.raises(ValueError, match=r"model \(relevance_judge\): model.objective must be one of "
-                                         r"\('sft', 'dpo', 'grpo', 'agrl'\), got 'ppo'"):
+                                         r"\('sft', 'dpo', 'grpo'[^)]*\), got 'ppo'"):
         Job(job(workdir, "bad4", objective="ppo"))
 
 
