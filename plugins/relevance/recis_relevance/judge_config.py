@@ -83,7 +83,8 @@ class JudgeConfig:
     "movielens" (a word tokenizer over the MovieLens catalogue's vocabulary with the formats'
     reserved tokens), a path / {words, reserved} spec (recis.towers.causal_lm), or None (the
     policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo | dyknow
-    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig). `format`:
+    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig) |
+    agrl (TaoSR-AGRL; its options in `agrl`, required there: recis_relevance.agrl.AGRLConfig). `format`:
     label_only | post_cot | pre_cot (recis_relevance.formats). `lora`: {rank, alpha, targets,
     dropout} to train LoRA adapters on a frozen base (None: full fine-tuning). `reference`: copy |
     adapters_disabled (the KL / DPO reference; a copy is taken of the stage's starting weights).
