@@ -108,8 +108,9 @@ class JudgeTower(Tower):
                              f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each)")
         cfg = JudgeConfig.from_options(args)
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
+        from recis_relevance.judge_she import SHEJudge
 
-        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge}[cfg.objective](cfg)
+        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "she": SHEJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:

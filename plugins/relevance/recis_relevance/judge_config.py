@@ -10,7 +10,7 @@ sampling: {group_size: 4}, grpo: {beta: 0.02}, ...}``); every option is checked 
 >>> JudgeConfig.from_options({"policy": "x", "objective": "ppo"})
 Traceback (most recent call last):
 ...
-ValueError: model.objective must be one of ('sft', 'dpo', 'grpo'), got 'ppo'
+ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'she'), got 'ppo'
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Union
@@ -21,11 +21,12 @@ from recis.towers.reference import REFERENCE_MODES
 
 from recis_relevance.formats import FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
+from recis_relevance.she import SHEConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
 #: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO
-OBJECTIVES = ("sft", "dpo", "grpo")
+OBJECTIVES = ("sft", "dpo", "grpo", "she")
 #: how a grade is read from the four label-token probabilities: the most likely, or CumPT with one tau
 DECISIONS = ("argmax", "cumpt")
 #: evaluation decoding: the label token's probabilities only, or the whole completion (greedy) parsed
@@ -100,6 +101,7 @@ class JudgeConfig:
     tau: float = bounded(0.5, gt=0, le=1)
     eval_decoding: str = "label"
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
+    she: Optional[SHEConfig] = None  # TaoSR-SHE's options (objective she; recis_relevance.she)
 
     def __post_init__(self):
         check_types(self, "model")
@@ -123,6 +125,9 @@ class JudgeConfig:
         if self.sampling.max_new_tokens > self.max_completion_length:
             raise ValueError(f"model.sampling.max_new_tokens ({self.sampling.max_new_tokens}) exceeds "
                              f"model.max_completion_length ({self.max_completion_length})")
+        if (self.she is None) == (self.objective == "she"):
+            raise ValueError(f"model.she is {'required' if self.she is None else 'an option'} with objective she; "
+                             f"model.objective is {self.objective!r}")
         if self.dynamic_sampling is not None and self.objective != "grpo":
             raise ValueError(f"model.dynamic_sampling is a GRPO option; model.objective is {self.objective!r}")
         if self.objective == "grpo" and self.grpo.loss_type == "dr_grpo" and self.grpo.max_completion_length is None:
@@ -133,7 +138,7 @@ class JudgeConfig:
         """The config of a YAML model section (nested sections become their dataclasses)."""
         options = dict(options)
         nested = {"sampling": SamplingConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "pairs": PairConfig,
-                  "dynamic_sampling": DynamicSamplingConfig}
+                  "dynamic_sampling": DynamicSamplingConfig, "she": SHEConfig}
         for key, sub in nested.items():
             if key in options and options[key] is not None and not isinstance(options[key], sub):
                 options[key] = from_mapping(sub, options[key], f"model.{key}")
