@@ -289,7 +289,7 @@ def test_bad_options_name_the_option(she, message):
 def test_the_she_section_goes_with_objective_she():
     with pytest.raises(ValueError, match="model.she is required with objective she"):
         JudgeConfig.from_options({"policy": LLAMA, "objective": "she"})
-    with pytest.raises(ValueError, match="model.she is an option with objective she; model.objective is 'grpo'"):
+    with pytest.raises(ValueError, match="model.she is an option of objective she; model.objective is 'grpo'"):
         JudgeConfig.from_options({"policy": LLAMA, "objective": "grpo", "she": {}})
     cfg = JudgeConfig.from_options({"policy": LLAMA, "objective": "she", "she": {"lam": 0.3}})
     assert isinstance(cfg.she, SHEConfig) and cfg.she.lam == 0.3 and cfg.she.filter.min_paths == 2
