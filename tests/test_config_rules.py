@@ -34,6 +34,7 @@ RECORDS = {
     "recis.towers.base.TowerOutput", "recis.towers.base.RolloutPhase",  # what a tower returns (stats: numbers)
     "recis.towers.generation.Rollout",  # sampled tensors (sample_groups checks group_size by name)
     "recis_relevance.judge_rl.GroupMinibatch", "recis_relevance.judge_rl.PairMinibatch",  # rollout tensors
+    "recis_relevance.dyknow.PolicyGroup",  # one group's GRPO tensors (DyKnow-RAG)
     "recis_relevance.formats.Parsed", "recis_relevance.formats.Scored", "recis_relevance.pairs.Sample",  # results
     "recis_relevance.stages.TaskFiles",  # paths and row counts of written files
     "recis.config_utils.Range",  # the rule itself

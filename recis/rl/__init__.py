@@ -7,6 +7,10 @@
 - `dpo_loss`: sigmoid DPO with optional label smoothing.
 - `diffusion_dpo_loss`: Diffusion-DPO on per-sample denoising errors (diffusion towers).
 - `difficulty_mask`: dynamic sampling's keep-mask over groups.
+- `label_confidence`, `confidence_pool`, `ConfidenceFilter`: label-token confidence and the
+  confidence pool filter (DyKnow-RAG's RL pool).
+- `guide_mask`, `worst_rollouts`, `replay_old_logprobs`: guided replay (AGRL's AGR): which groups
+  get guided rollouts, which rollouts they replace, the old log-probs of their ratios.
 - `GRPOConfig`, `DPOConfig`, `DifficultyFilter`: their options, checked by name.
 
 Formulas and defaults: docs/rl.md.
@@ -14,11 +18,15 @@ Formulas and defaults: docs/rl.md.
 from recis.rl.advantages import group_advantages
 from recis.rl.config import (DEFAULT_STD_EPS, LOSS_TYPES, SCALES, STD_CONVENTIONS, DifficultyFilter, DPOConfig,
                              GRPOConfig, check_choice)
+from recis.rl.confidence import ConfidenceFilter, confidence_pool, label_confidence
 from recis.rl.diffusion import diffusion_dpo_loss
 from recis.rl.filters import difficulty_mask
 from recis.rl.policy import aggregate, clipped_objective, grpo_loss, importance_ratio, k3_kl
 from recis.rl.preference import dpo_loss
+from recis.rl.replay import CORRECTIONS, guide_mask, replay_old_logprobs, worst_rollouts
 
 __all__ = ["group_advantages", "importance_ratio", "clipped_objective", "k3_kl", "aggregate", "grpo_loss",
            "dpo_loss", "diffusion_dpo_loss", "difficulty_mask", "GRPOConfig", "DPOConfig", "DifficultyFilter", "LOSS_TYPES",
            "STD_CONVENTIONS", "SCALES", "DEFAULT_STD_EPS", "check_choice"]
+__all__ += ["label_confidence", "confidence_pool", "ConfidenceFilter"]
+__all__ += ["guide_mask", "worst_rollouts", "replay_old_logprobs", "CORRECTIONS"]

@@ -40,10 +40,12 @@ PROMPT_COLUMNS = ROW_COLUMNS[:4]
 
 def context_columns_needed(cfg: JudgeConfig) -> List[str]:
     """The retrieval test bed's pass-through columns a judge config reads: `chunk` for the
-    with-context prompt, `context_decision` for a context format's gold completion. (A row carries
-    every CONTEXT_COLUMNS column its batch has.)"""
-    need = ["chunk"] if cfg.prompt == "with_context" else []
-    return need + (["context_decision"] if cfg.format in CONTEXT_FORMATS else [])
+    with-context prompt (and objective dyknow, which samples under both prompts),
+    `context_decision` for a context format's gold completion (and DyKnow's human gating). (A row
+    carries every CONTEXT_COLUMNS column its batch has.)"""
+    need = ["chunk"] if cfg.prompt == "with_context" or cfg.objective == "dyknow" else []
+    human = cfg.objective == "dyknow" and cfg.dyknow.gating == "human"
+    return need + (["context_decision"] if cfg.format in CONTEXT_FORMATS or human else [])
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,9 +121,12 @@ class JudgeTower(Tower):
             raise ValueError(f"relevance_judge reads the pass-through columns {want}; the features lack "
                              f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each; the retrieval "
                              "test bed's columns come from a task built with a retriever: build_task(context=...))")
+        from recis_relevance.judge_agrl import AGRLJudge
+        from recis_relevance.judge_dyknow import DyKnowJudge
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
 
-        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge}[cfg.objective](cfg)
+        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "dyknow": DyKnowJudge,
+                "agrl": AGRLJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:

@@ -10,7 +10,7 @@ sampling: {group_size: 4}, grpo: {beta: 0.02}, ...}``); every option is checked 
 >>> JudgeConfig.from_options({"policy": "x", "objective": "ppo"})
 Traceback (most recent call last):
 ...
-ValueError: model.objective must be one of ('sft', 'dpo', 'grpo'), got 'ppo'
+ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'dyknow', 'agrl'), got 'ppo'
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Union
@@ -19,6 +19,8 @@ from recis.config_utils import bounded, check_types, from_mapping
 from recis.rl import DifficultyFilter, DPOConfig, GRPOConfig, check_choice
 from recis.towers.reference import REFERENCE_MODES
 
+from recis_relevance.agrl import AGRLConfig
+from recis_relevance.dyknow import DyKnowConfig
 from recis_relevance.formats import ALL_FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
 from recis_relevance.prompts import PROMPTS
@@ -26,8 +28,13 @@ from recis_relevance.retrieval import ContextConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
-#: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO
-OBJECTIVES = ("sft", "dpo", "grpo")
+#: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO, and the RL methods of
+#: METHOD_SECTIONS (DyKnow-RAG's dual-group GRPO, TaoSR-AGRL)
+OBJECTIVES = ("sft", "dpo", "grpo", "dyknow", "agrl")
+#: the objectives that have their own model section (model.<objective>), and its config class
+METHOD_SECTIONS = {"dyknow": DyKnowConfig, "agrl": AGRLConfig}
+#: the objectives that sample groups and train with the clipped GRPO surrogate (model.grpo)
+GROUP_OBJECTIVES = ("grpo", "dyknow", "agrl")
 #: how a grade is read from the four label-token probabilities: the most likely, or CumPT with one tau
 DECISIONS = ("argmax", "cumpt")
 #: evaluation decoding: the label token's probabilities only, or the whole completion (greedy) parsed
@@ -75,7 +82,8 @@ class JudgeConfig:
     {config: {model_type: llama, ...}, seed: N} for a model trained from scratch). `tokenizer`:
     "movielens" (a word tokenizer over the MovieLens catalogue's vocabulary with the formats'
     reserved tokens), a path / {words, reserved} spec (recis.towers.causal_lm), or None (the
-    policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo. `format`:
+    policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo | dyknow
+    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig). `format`:
     label_only | post_cot | pre_cot (recis_relevance.formats). `lora`: {rank, alpha, targets,
     dropout} to train LoRA adapters on a frozen base (None: full fine-tuning). `reference`: copy |
     adapters_disabled (the KL / DPO reference; a copy is taken of the stage's starting weights).
@@ -109,6 +117,8 @@ class JudgeConfig:
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
     prompt: str = "full"
     context: Optional[ContextConfig] = None
+    dyknow: Optional[DyKnowConfig] = None  # DyKnow-RAG (objective dyknow; recis_relevance.dyknow)
+    agrl: Optional[AGRLConfig] = None  # TaoSR-AGRL (objective agrl; recis_relevance.agrl)
 
     def __post_init__(self):
         check_types(self, "model")
@@ -133,9 +143,15 @@ class JudgeConfig:
         if self.sampling.max_new_tokens > self.max_completion_length:
             raise ValueError(f"model.sampling.max_new_tokens ({self.sampling.max_new_tokens}) exceeds "
                              f"model.max_completion_length ({self.max_completion_length})")
-        if self.dynamic_sampling is not None and self.objective != "grpo":
+        if self.dynamic_sampling is not None and self.objective not in ("grpo", "dyknow"):
             raise ValueError(f"model.dynamic_sampling is a GRPO option; model.objective is {self.objective!r}")
-        if self.objective == "grpo" and self.grpo.loss_type == "dr_grpo" and self.grpo.max_completion_length is None:
+        for name in METHOD_SECTIONS:
+            if (self.objective == name) != (getattr(self, name) is not None):
+                raise ValueError(f"model.{name} is required with objective {name} (give at least `{name}: {{}}`)"
+                                 if getattr(self, name) is None else
+                                 f"model.{name} is an option of objective {name}; model.objective is {self.objective!r}")
+        if self.objective in GROUP_OBJECTIVES and self.grpo.loss_type == "dr_grpo" and \
+                self.grpo.max_completion_length is None:
             self.grpo.max_completion_length = self.sampling.max_new_tokens
 
     @classmethod
@@ -143,7 +159,7 @@ class JudgeConfig:
         """The config of a YAML model section (nested sections become their dataclasses)."""
         options = dict(options)
         nested = {"sampling": SamplingConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "pairs": PairConfig,
-                  "dynamic_sampling": DynamicSamplingConfig, "context": ContextConfig}
+                  "dynamic_sampling": DynamicSamplingConfig, "context": ContextConfig, **METHOD_SECTIONS}
         for key, sub in nested.items():
             if key in options and options[key] is not None and not isinstance(options[key], sub):
                 options[key] = from_mapping(sub, options[key], f"model.{key}")

@@ -188,7 +188,7 @@ def test_a_bad_policy_or_objective_is_named_before_anything_is_fetched(workdir, 
     with pytest.raises(FileNotFoundError, match=rf"tokenizer '{re.escape(missing)}': no such directory"):
         Job(job(workdir, "bad3", policy=missing, tokenizer=None))
     with pytest.raises(ValueError, match=r"model \(relevance_judge\): model.objective must be one of "
-                                         r"\('sft', 'dpo', 'grpo'\), got 'ppo'"):
+                                         r"\('sft', 'dpo', 'grpo'[^)]*\), got 'ppo'"):
         Job(job(workdir, "bad4", objective="ppo"))
 
 
