@@ -81,6 +81,7 @@ class Settings:
     max_refills: int = 4
     pool_threshold: float = 0.7
     pool_balance: bool = True
+    pool_per_stratum: Optional[int] = 60  # rows per (query type, grade, decision) cell of DyKnow's pool at most [I]
     stage_steps: int = 118              # optimizer steps of every post-SFT stage
     stage_epochs: int = 50              # at most this many passes over a post-SFT stage's rows
     max_steps: Optional[int] = None     # per stage, SFT included (smoke runs)
@@ -235,6 +236,28 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
     return results
 
 
+def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
+    """The table of several reports' seeds (their settings and task must agree)."""
+    reports = []
+    for path in paths:
+        with open(path) as fh:
+            reports.append(json.load(fh))
+    for r in reports[1:]:
+        if r["settings"] != reports[0]["settings"] or r["task"] != reports[0]["task"]:
+            raise ValueError(f"{paths[0]} and another report differ in settings or task; merge runs of one setting")
+    per_seed = [row for r in reports for row in r["per_seed"]]
+    seeds = [sd for r in reports for sd in r["seeds"]]
+    table = summarize(per_seed)
+    report = {**reports[0], "seeds": seeds, "per_seed": per_seed, "table": table, "targets": targets(table),
+              "seconds": sum(r["seconds"] for r in reports)}
+    print(markdown(table, seeds))
+    print("\ntargets: " + json.dumps(report["targets"]))
+    if out:
+        with open(out, "w") as fh:
+            json.dump(report, fh, indent=1, default=str)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -245,14 +268,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--encoder", default="tiny", help="EBRM / cross-encoder encoder: 'tiny' or a pretrained spec")
     p.add_argument("--encoder-input", choices=("context", "full"), default="context")
     p.add_argument("--noise", type=float, default=None, help="share of noisy chunks (default 0.3)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap every stage at this many steps (pilots)")
+    p.add_argument("--stage-epochs", type=int, default=None, help="at most this many passes per post-SFT stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="one table from the reports of separate runs (e.g. "
+                   "one process per seed: --seeds 0 --json s0.json, ...), printed and written to --json")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
     torch.set_num_threads(args.threads)
     s = Settings(encoder=args.encoder, encoder_input=args.encoder_input)
     if args.noise is not None:
         s = replace(s, noise=args.noise)
+    if args.max_steps is not None:
+        s = replace(s, max_steps=args.max_steps)
+    if args.stage_epochs is not None:
+        s = replace(s, stage_epochs=args.stage_epochs)
     seeds = args.seeds
     if args.tiny:
         s = replace(s, queries=24, per_query=8, sft_epochs=1, max_steps=2, stage_epochs=1, group_size=2,

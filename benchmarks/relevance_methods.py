@@ -209,7 +209,8 @@ def run_stage_of(stage: Stage, settings, run: SeedRun, log: Callable[[str], None
         path = os.path.join(run.workdir, "data", f"{stage.name}.parquet")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         t0 = time.perf_counter()
-        pool = ConfidenceFilter(threshold=settings.pool_threshold, balance=settings.pool_balance, seed=run.seed)
+        pool = ConfidenceFilter(threshold=settings.pool_threshold, balance=settings.pool_balance,
+                                per_stratum=settings.pool_per_stratum, seed=run.seed)
         run.info[stage.name] = write_rl_pool(run.jobs[stage.init_from].model, run.files.train, path, pool)
         run.seconds[stage.name] = time.perf_counter() - t0
         run.pools[stage.name] = path

@@ -112,3 +112,21 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
             assert row["helpful"]["items"] + row["noisy"]["items"] == row["all"]["items"]
             assert row["head"]["items"] + row["tail"]["items"] == row["all"]["items"]
     assert "| SFT+DPO |" in capsys.readouterr().out
+
+
+def test_merge_of_per_seed_reports_is_the_table_of_all_seeds(tmp_path, capsys):
+    paths = []
+    for seed, f1 in ((0, 0.2), (1, 0.4)):
+        report = {"settings": {"a": 1}, "task": {"test_rows": 3}, "seeds": [seed], "seconds": 5.0,
+                  "per_seed": [{"_stages": {}, "grpo": _row(f1)}]}
+        paths.append(str(tmp_path / f"s{seed}.json"))
+        with open(paths[-1], "w") as fh:
+            json.dump(report, fh)
+    assert bench.main(["--merge", *paths, "--json", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["seconds"] == 10.0
+    assert merged["table"]["grpo"]["all"]["macro_f1"] == {"mean": pytest.approx(0.3), "min": 0.2, "max": 0.4}
+    with open(paths[1], "w") as fh:
+        json.dump({"settings": {"a": 2}, "task": {"test_rows": 3}, "seeds": [1], "seconds": 1.0, "per_seed": []}, fh)
+    with pytest.raises(ValueError, match="differ in settings or task"):
+        bench.main(["--merge", *paths])
