@@ -124,9 +124,10 @@ class JudgeTower(Tower):
         from recis_relevance.judge_agrl import AGRLJudge
         from recis_relevance.judge_dyknow import DyKnowJudge
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
+        from recis_relevance.judge_she import SHEJudge
 
         return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "dyknow": DyKnowJudge,
-                "agrl": AGRLJudge}[cfg.objective](cfg)
+                "agrl": AGRLJudge, "she": SHEJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:

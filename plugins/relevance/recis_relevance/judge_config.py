@@ -10,7 +10,7 @@ sampling: {group_size: 4}, grpo: {beta: 0.02}, ...}``); every option is checked 
 >>> JudgeConfig.from_options({"policy": "x", "objective": "ppo"})
 Traceback (most recent call last):
 ...
-ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'dyknow', 'agrl'), got 'ppo'
+ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'dyknow', 'agrl', 'she'), got 'ppo'
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Union
@@ -25,16 +25,17 @@ from recis_relevance.formats import ALL_FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
 from recis_relevance.prompts import PROMPTS
 from recis_relevance.retrieval import ContextConfig
+from recis_relevance.she import SHEConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
 #: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO, and the RL methods of
-#: METHOD_SECTIONS (DyKnow-RAG's dual-group GRPO, TaoSR-AGRL)
-OBJECTIVES = ("sft", "dpo", "grpo", "dyknow", "agrl")
+#: METHOD_SECTIONS (DyKnow-RAG's dual-group GRPO, TaoSR-AGRL, TaoSR-SHE's SRPO)
+OBJECTIVES = ("sft", "dpo", "grpo", "dyknow", "agrl", "she")
 #: the objectives that have their own model section (model.<objective>), and its config class
-METHOD_SECTIONS = {"dyknow": DyKnowConfig, "agrl": AGRLConfig}
+METHOD_SECTIONS = {"dyknow": DyKnowConfig, "agrl": AGRLConfig, "she": SHEConfig}
 #: the objectives that sample groups and train with the clipped GRPO surrogate (model.grpo)
-GROUP_OBJECTIVES = ("grpo", "dyknow", "agrl")
+GROUP_OBJECTIVES = ("grpo", "dyknow", "agrl", "she")
 #: how a grade is read from the four label-token probabilities: the most likely, or CumPT with one tau
 DECISIONS = ("argmax", "cumpt")
 #: evaluation decoding: the label token's probabilities only, or the whole completion (greedy) parsed
@@ -83,7 +84,8 @@ class JudgeConfig:
     "movielens" (a word tokenizer over the MovieLens catalogue's vocabulary with the formats'
     reserved tokens), a path / {words, reserved} spec (recis.towers.causal_lm), or None (the
     policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo | dyknow
-    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig). `format`:
+    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig) |
+    agrl (TaoSR-AGRL; its options in `agrl`, required there: recis_relevance.agrl.AGRLConfig). `format`:
     label_only | post_cot | pre_cot (recis_relevance.formats). `lora`: {rank, alpha, targets,
     dropout} to train LoRA adapters on a frozen base (None: full fine-tuning). `reference`: copy |
     adapters_disabled (the KL / DPO reference; a copy is taken of the stage's starting weights).
@@ -119,6 +121,7 @@ class JudgeConfig:
     context: Optional[ContextConfig] = None
     dyknow: Optional[DyKnowConfig] = None  # DyKnow-RAG (objective dyknow; recis_relevance.dyknow)
     agrl: Optional[AGRLConfig] = None  # TaoSR-AGRL (objective agrl; recis_relevance.agrl)
+    she: Optional[SHEConfig] = None  # TaoSR-SHE's options (objective she; recis_relevance.she)
 
     def __post_init__(self):
         check_types(self, "model")
