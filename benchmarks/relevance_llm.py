@@ -133,13 +133,14 @@ def run_seed(s: Settings, methods, files, items, workdir: str, seed: int, split:
         seconds = sum(run.seconds[n] for n in m.stages)
         for i, prompt in enumerate(m.prompts):
             key = m.key if i == 0 else f"{m.key}@{prompt}"
-            out[key] = {**score_judge(run.jobs[m.stages[-1]], table, prompt), "train_seconds": seconds}
+            scored = score_judge(run.jobs[m.stages[-1]], table, prompt)
+            out[key] = {**scored, "train_seconds": seconds, "items_per_s": scored["all"]["items_per_s"]}
     for m in methods:
         if m.kind != "encoder":
             continue
         r = train_encoder(m, s, files, items, os.path.join(workdir, m.key), seed)
         out[m.key] = {**score_predictions(r["true"], r["pred"], table), "train_seconds": r["train_seconds"],
-                      "epochs": r.get("epochs")}
+                      "epochs": r.get("epochs"), "items_per_s": r.get("items_per_s")}
     return out
 
 
@@ -153,7 +154,8 @@ def summarize(per_seed: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     for row in per_seed[0]:
         if row.startswith("_"):
             continue
-        entry: Dict[str, Any] = {"train_seconds": spread([r[row]["train_seconds"] for r in per_seed])}
+        entry: Dict[str, Any] = {k: spread([r[row][k] for r in per_seed]) for k in ("train_seconds", "items_per_s")
+                                 if all(r[row].get(k) is not None for r in per_seed)}
         for sl in SLICE_ORDER:
             entry[sl] = {k: spread([r[row][sl][k] for r in per_seed]) for k in KEYS + ("items",)}
         table[row] = entry
@@ -170,11 +172,12 @@ def markdown(table: Dict[str, Any], seeds: Sequence[int]) -> str:
     def cell(d):
         return f"{d['mean']:.3f} ({d['min']:.3f}..{d['max']:.3f})"
 
-    lines = ["| method | accuracy | macro-F1 | F1 grade 1 | F1 grade 2 | F1 grade 3 | F1 grade 4 | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | accuracy | macro-F1 | F1 grade 1 | F1 grade 2 | F1 grade 3 | F1 grade 4 | train s | items/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row, e in table.items():
+        speed = f"{e['items_per_s']['mean']:,.0f}" if "items_per_s" in e else "n/a"
         lines.append(f"| {label_of(row)} | " + " | ".join(cell(e["all"][k]) for k in KEYS)
-                     + f" | {e['train_seconds']['mean']:.0f} |")
+                     + f" | {e['train_seconds']['mean']:.0f} | {speed} |")
     lines += ["", "macro-F1 per slice (rows: " + ", ".join(
         f"{sl} {next(iter(table.values()))[sl]['items']['mean']:.0f}" for sl in SLICE_ORDER[1:]) + ")", "",
         "| method | " + " | ".join(SLICE_ORDER[1:]) + " |", "|---|" + "---|" * (len(SLICE_ORDER) - 1)]
@@ -196,7 +199,13 @@ def targets(table: Dict[str, Any]) -> Dict[str, Optional[bool]]:
 
     best_judge = max((m(r) for r in table if METHODS[r.partition("@")[0]].kind == "judge"), default=None)
     best_ebrm = max((x for x in (m("ebrm"), m("ebrm_qe")) if x is not None), default=None)
-    return {"DyKnow > GRPO (with context) on the noisy slice": ge(m("dyknow_sft", "noisy"), m("grpo", "noisy"), True),
+    def speed(row):
+        return table[row]["items_per_s"]["mean"] if row in table and "items_per_s" in table[row] else None
+
+    fast = (None if speed("ebrm_qe") is None or speed("cross_encoder") is None
+            else speed("ebrm_qe") >= 5 * speed("cross_encoder"))
+    return {"EBRM + QE warm items/s >= 5x the cross-encoder's": fast,
+            "DyKnow > GRPO (with context) on the noisy slice": ge(m("dyknow_sft", "noisy"), m("grpo", "noisy"), True),
             "DyKnow >= GRPO (with context) on the helpful slice": ge(m("dyknow_sft", "helpful"), m("grpo", "helpful")),
             "DyKnow with context >= without": ge(m("dyknow_sft"), m("dyknow_sft@no_context")),
             "AGRL >= GRPO (macro-F1)": ge(m("agrl"), m("grpo")),

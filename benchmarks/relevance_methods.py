@@ -35,7 +35,9 @@ class Stage:
     pool step), `init_from` (the stage whose checkpoint it starts from, or whose judge the pool
     step reads), `train` ("train": the task's training rows, or the name of a pool stage),
     `objective` (what the YAML trains, checked against judge_config.OBJECTIVES), `lr_key` (the
-    Settings field of its learning rate) and `kind` (job | pool)."""
+    Settings field of its learning rate), `kind` (job | pool: DyKnow's RL pool | curriculum: SHE's
+    easy-to-hard bins by SFT pass rate), `part` (which file of a curriculum it trains on) and
+    `budget` (its share of the post-SFT step budget: SHE's two curriculum stages have half each)."""
 
     name: str
     yaml: Optional[str]
@@ -45,6 +47,8 @@ class Stage:
     lr_key: Optional[str] = None
     kind: str = "job"
     dynamic: bool = False
+    part: int = 0
+    budget: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,11 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
     Stage("grpo", "taosr1_movielens/grpo.yaml", "sft", objective="grpo", lr_key="grpo_lr"),
     Stage("taosr1", "taosr1_movielens/grpo.yaml", "dpo", objective="grpo", lr_key="grpo_lr", dynamic=True),
     Stage("agrl", "agrl_movielens/agrl.yaml", "sft", objective="agrl", lr_key="agrl_lr"),
-    Stage("she", "she_movielens/she.yaml", "sft", objective="she", lr_key="she_lr"),
+    Stage("she_curriculum", None, "sft", kind="curriculum", objective="she"),
+    Stage("she1", "she_movielens/she_stage1.yaml", "sft", train="she_curriculum", objective="she", lr_key="she_lr",
+          part=0, budget=0.5),
+    Stage("she2", "she_movielens/she_stage2.yaml", "she1", train="she_curriculum", objective="she", lr_key="she_lr",
+          part=1, budget=0.5),
     Stage("pool", None, "sft", kind="pool", objective="dyknow"),
     Stage("dyknow_sft", "dyknow_movielens/dyknow.yaml", "sft", train="pool", objective="dyknow", lr_key="dyknow_lr"),
     Stage("dyknow_dpo", "dyknow_movielens/dyknow.yaml", "dpo", train="pool", objective="dyknow", lr_key="dyknow_lr"),
@@ -78,7 +86,7 @@ METHODS: Dict[str, Method] = {m.key: m for m in (
     Method("grpo", "GRPO (with context, SFT base)", ("sft", "grpo")),
     Method("taosr1", "TaoSR1 (SFT+DPO+GRPO-DS)", ("sft", "dpo", "taosr1")),
     Method("agrl", "TaoSR-AGRL", ("sft", "agrl")),
-    Method("she", "TaoSR-SHE", ("sft", "she")),
+    Method("she", "TaoSR-SHE", ("sft", "she_curriculum", "she1", "she2")),
     Method("dyknow_sft", "DyKnow (SFT base)", ("sft", "pool", "dyknow_sft"), ("with_context", "no_context")),
     Method("dyknow_dpo", "DyKnow (DPO base)", ("sft", "dpo", "pool", "dyknow_dpo"), ("with_context", "no_context")),
     Method("ebrm_qe", "EBRM + QE pretraining", kind="encoder"),
@@ -97,12 +105,14 @@ def _objectives() -> Tuple[str, ...]:
 
 def stage_missing(stage: Stage) -> Optional[str]:
     """Why a stage cannot run in this checkout (None: it can)."""
-    if stage.kind == "pool":
+    if stage.kind in ("pool", "curriculum"):
+        module, entry = (("recis_relevance.dyknow_stages", "write_rl_pool") if stage.kind == "pool" else
+                         ("recis_relevance.she_curriculum", "curriculum_stages"))
         try:
-            mod = importlib.import_module("recis_relevance.dyknow_stages")
+            mod = importlib.import_module(module)
         except ImportError:
-            return "recis_relevance.dyknow_stages (the RL pool step) is not in this checkout"
-        return None if hasattr(mod, "write_rl_pool") else "recis_relevance.dyknow_stages has no write_rl_pool"
+            return f"{module} (the {stage.kind} step) is not in this checkout"
+        return None if hasattr(mod, entry) else f"{module} has no {entry}"
     path = os.path.join(EXAMPLES, stage.yaml)
     if not os.path.isfile(path):
         return f"examples/{stage.yaml} is not in this checkout"
@@ -168,7 +178,7 @@ def stage_overrides(stage: Stage, settings, seed: int) -> Dict[str, Dict[str, An
         model["sampling"] = {"group_size": s.group_size, "seed": seed, "temperature": 1.0,
                              "max_new_tokens": s.max_new_tokens}
         # the same budget for every post-SFT stage; the data repeat (up to `stage_epochs` passes) as needed
-        trainer.update({"max_steps": s.stage_steps, "epochs": s.stage_epochs})
+        trainer.update({"max_steps": max(1, round(s.stage_steps * stage.budget)), "epochs": s.stage_epochs})
     else:
         trainer["epochs"] = s.sft_epochs
     if stage.objective == "dpo":
@@ -192,7 +202,7 @@ class SeedRun:
     seed: int
     jobs: Dict[str, Any] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
-    pools: Dict[str, str] = field(default_factory=dict)
+    pools: Dict[str, List[str]] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,14 +223,34 @@ def run_stage_of(stage: Stage, settings, run: SeedRun, log: Callable[[str], None
                                 per_stratum=settings.pool_per_stratum, seed=run.seed)
         run.info[stage.name] = write_rl_pool(run.jobs[stage.init_from].model, run.files.train, path, pool)
         run.seconds[stage.name] = time.perf_counter() - t0
-        run.pools[stage.name] = path
+        run.pools[stage.name] = [path]
+        log(f"  {stage.name}: {run.info[stage.name]}")
+        return
+    if stage.kind == "curriculum":
+        import pyarrow.parquet as pq
+
+        from recis_relevance.she_curriculum import CurriculumConfig, curriculum_stages, sft_pass_rates
+
+        parts = [s for s in STAGES.values() if s.train == stage.name]
+        t0 = time.perf_counter()
+        train = pq.read_table(run.files.train)
+        rates = sft_pass_rates(run.jobs[stage.init_from].model, train, CurriculumConfig(seed=run.seed))
+        run.pools[stage.name] = []
+        for i, part in enumerate(curriculum_stages(train, rates, len(parts))):
+            path = os.path.join(run.workdir, "data", f"{stage.name}{i + 1}.parquet")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            pq.write_table(part, path)
+            run.pools[stage.name].append(path)
+        run.seconds[stage.name] = time.perf_counter() - t0
+        run.info[stage.name] = {"rows": [pq.read_metadata(p).num_rows for p in run.pools[stage.name]],
+                                "mean_pass_rate": sum(rates) / max(len(rates), 1), "seconds": run.seconds[stage.name]}
         log(f"  {stage.name}: {run.info[stage.name]}")
         return
     o = stage_overrides(stage, settings, run.seed)
     extra = settings.stage_options.get(stage.name, {})
     model = merge_options(o["model"], extra.get("model", {}), replace=SPEC_OPTIONS)
     trainer = {**o["trainer"], **extra.get("trainer", {})}
-    train = run.pools[stage.train] if stage.train != "train" else run.files.train
+    train = run.pools[stage.train][stage.part] if stage.train != "train" else run.files.train
     files = TaskFiles(train, run.files.val, run.files.test, run.files.counts)
     init = None if stage.init_from is None else os.path.join(run.workdir, stage.init_from, "checkpoints")
     cfg = stage_config(os.path.join(EXAMPLES, stage.yaml), files, out, init_from=init, model=model, trainer=trainer,

@@ -49,7 +49,11 @@ def test_every_stage_gets_the_same_model_and_the_same_post_sft_budget():
         assert m["policy"]["config"] == over["sft"]["model"]["policy"]["config"]
     for name, o in over.items():
         if name != "sft":
-            assert o["trainer"]["max_steps"] == s.stage_steps and o["model"]["sampling"]["group_size"] == s.group_size
+            assert o["model"]["sampling"]["group_size"] == s.group_size
+    for m in rm.METHODS.values():  # every method's post-SFT stages add up to one stage budget per RL/DPO stage
+        steps = [over[n]["trainer"]["max_steps"] for n in m.stages if n in over and n != "sft"]
+        if m.key in ("grpo", "agrl", "she", "dyknow_sft"):
+            assert sum(steps) == s.stage_steps, m.key
     assert over["sft"]["trainer"]["epochs"] == s.sft_epochs and "max_steps" not in over["sft"]["trainer"]
     assert over["taosr1"]["model"]["dynamic_sampling"] is not None and over["grpo"]["model"]["dynamic_sampling"] is None
 
@@ -98,14 +102,17 @@ def _movielens_cached():
     return (cache_dir() / "movielens-1m").is_dir()
 
 
-@pytest.mark.slow  # trains four tiny stages on a small task of the real catalogue (~30-60 s)
+@pytest.mark.slow  # every method's stages, tiny, on a small task of the real catalogue (~1-2 min)
 def test_tiny_run_end_to_end(tmp_path, capsys):
     if not _movielens_cached():
         pytest.skip("the MovieLens cache is not here (recis.datasets.movielens downloads it)")
     path = tmp_path / "r.json"
-    assert bench.main(["--tiny", "--methods", "sft", "dpo", "grpo", "--json", str(path)]) == 0
+    assert bench.main(["--tiny", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert set(report["table"]) == {"sft", "dpo", "grpo"} and report["seeds"] == [0]
+    runs = {k for k in rm.METHODS if k not in report["skipped"]}
+    assert {"sft", "dpo", "grpo", "taosr1"} <= runs  # the TaoSR1 example is always here
+    assert set(report["table"]) == runs | {f"{k}@no_context" for k in runs if k.startswith("dyknow")}
+    assert report["seeds"] == [0]
     for row in report["per_seed"][0].values():
         if isinstance(row, dict) and "all" in row:
             assert set(bench.SLICE_ORDER) <= set(row) and row["train_seconds"] > 0
