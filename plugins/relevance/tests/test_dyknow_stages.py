@@ -6,7 +6,6 @@ import json
 import os
 import runpy
 from collections import Counter
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
