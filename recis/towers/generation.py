@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["position_ids", "token_logprobs", "token_entropy", "Rollout", "sample_groups"]
+__all__ = ["position_ids", "token_logprobs", "token_entropy", "Rollout", "sample_groups", "reprompt", "splice_rows"]
 
 _KEEPS_LOGITS: Dict[type, bool] = {}
 
@@ -250,3 +250,66 @@ def sample_groups(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gr
                    completion_ids=torch.stack(tokens, 1), completion_mask=torch.stack(alive_masks, 1),
                    logprobs=torch.stack(logps, 1),
                    prompt_index=torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(G), group_size=G)
+
+
+def _pad_to(r: Rollout, prompt_width: int, completion_width: int, pad_token_id: int) -> Rollout:
+    """r with its prompts left-padded to `prompt_width` and its completions right-padded to
+    `completion_width` (masks 0 and logprobs 0 on the padding)."""
+    P, C = prompt_width - r.prompt_ids.shape[1], completion_width - r.completion_ids.shape[1]
+    if P < 0 or C < 0:
+        raise ValueError(f"cannot pad a rollout of widths {r.prompt_ids.shape[1]}, {r.completion_ids.shape[1]} to "
+                         f"{prompt_width}, {completion_width}")
+    pad = torch.nn.functional.pad
+    return Rollout(prompt_ids=pad(r.prompt_ids, (P, 0), value=pad_token_id), prompt_mask=pad(r.prompt_mask, (P, 0)),
+                   completion_ids=pad(r.completion_ids, (0, C), value=pad_token_id),
+                   completion_mask=pad(r.completion_mask, (0, C)), logprobs=pad(r.logprobs, (0, C)),
+                   prompt_index=r.prompt_index, group_size=r.group_size)
+
+
+def reprompt(r: Rollout, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Rollout:
+    """The completions of `r` after other prompts: `prompt_ids` / `prompt_mask` [N, P'] (left-padded,
+    one per row of r) replace r's, so that `input_ids` / `token_logprobs` score the same completions
+    under the new prompts (e.g. completions sampled from a hinted prompt, trained under the plain
+    one). `logprobs` stay those of the sampling (under the prompts they were drawn from).
+
+    >>> r = Rollout(torch.tensor([[5, 6]]), torch.ones(1, 2, dtype=torch.long), torch.tensor([[7, 3]]),
+    ...             torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2), torch.tensor([0]), 1)
+    >>> reprompt(r, torch.tensor([[0, 0, 5]]), torch.tensor([[0, 0, 1]])).input_ids.tolist()
+    [[0, 0, 5, 7, 3]]
+    """
+    if prompt_ids.dim() != 2 or prompt_ids.shape[0] != len(r) or prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_ids {tuple(prompt_ids.shape)} and prompt_mask {tuple(prompt_mask.shape)} must be "
+                         f"[N, P] with N = {len(r)} (one prompt per completion)")
+    _check_prompts(prompt_ids, prompt_mask)
+    return Rollout(prompt_ids=prompt_ids.to(r.prompt_ids.device), prompt_mask=prompt_mask.to(r.prompt_mask.device),
+                   completion_ids=r.completion_ids, completion_mask=r.completion_mask, logprobs=r.logprobs,
+                   prompt_index=r.prompt_index, group_size=r.group_size)
+
+
+def splice_rows(base: Rollout, rows: torch.Tensor, donor: Rollout, pad_token_id: int) -> Rollout:
+    """`base` with its rows `rows` ([k] distinct indices) replaced by the k rows of `donor`, in order
+    (prompts, completions, masks and logprobs; both padded to the wider prompt and completion
+    widths). prompt_index and group_size stay base's: a donor row takes the place, and the group,
+    of the row it replaces.
+
+    >>> base = Rollout(torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long), torch.tensor([[7], [8]]),
+    ...                torch.ones(2, 1, dtype=torch.long), torch.zeros(2, 1), torch.tensor([0, 0]), 2)
+    >>> donor = Rollout(torch.tensor([[6]]), torch.ones(1, 1, dtype=torch.long), torch.tensor([[9, 3]]),
+    ...                 torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2), torch.tensor([0]), 1)
+    >>> splice_rows(base, torch.tensor([1]), donor, pad_token_id=0).input_ids.tolist()
+    [[5, 7, 0], [6, 9, 3]]
+    """
+    rows = torch.as_tensor(rows, device=base.completion_ids.device).long().reshape(-1)
+    if rows.numel() != len(donor):
+        raise ValueError(f"splice_rows: {rows.numel()} rows to replace but the donor has {len(donor)}")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(base) or rows.unique().numel() != rows.numel()):
+        raise ValueError(f"splice_rows: rows must be distinct indices in [0, {len(base)}), got {rows.tolist()}")
+    P = max(base.prompt_ids.shape[1], donor.prompt_ids.shape[1])
+    C = max(base.completion_ids.shape[1], donor.completion_ids.shape[1])
+    out, donor = _pad_to(base, P, C, pad_token_id), _pad_to(donor, P, C, pad_token_id)
+    values = {}
+    for f in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs"):
+        t = getattr(out, f).clone()
+        t[rows] = getattr(donor, f).to(t.dtype)
+        values[f] = t
+    return Rollout(**values, prompt_index=base.prompt_index, group_size=base.group_size)

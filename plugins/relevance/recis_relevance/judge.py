@@ -121,10 +121,13 @@ class JudgeTower(Tower):
             raise ValueError(f"relevance_judge reads the pass-through columns {want}; the features lack "
                              f"{missing} (add {{name: ..., kind: passthrough, column: ...}} for each; the retrieval "
                              "test bed's columns come from a task built with a retriever: build_task(context=...))")
+        from recis_relevance.judge_agrl import AGRLJudge
         from recis_relevance.judge_dyknow import DyKnowJudge
         from recis_relevance.judge_rl import DPOJudge, GRPOJudge
+        from recis_relevance.judge_she import SHEJudge
 
-        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "dyknow": DyKnowJudge}[cfg.objective](cfg)
+        return {"sft": JudgeTower, "dpo": DPOJudge, "grpo": GRPOJudge, "dyknow": DyKnowJudge,
+                "agrl": AGRLJudge, "she": SHEJudge}[cfg.objective](cfg)
 
     # ---- tokens ---------------------------------------------------------------------------
     def _add_reserved_tokens(self) -> None:

@@ -10,7 +10,7 @@ sampling: {group_size: 4}, grpo: {beta: 0.02}, ...}``); every option is checked 
 >>> JudgeConfig.from_options({"policy": "x", "objective": "ppo"})
 Traceback (most recent call last):
 ...
-ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'dyknow'), got 'ppo'
+ValueError: model.objective must be one of ('sft', 'dpo', 'grpo', 'dyknow', 'agrl', 'she'), got 'ppo'
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Union
@@ -19,16 +19,23 @@ from recis.config_utils import bounded, check_types, from_mapping
 from recis.rl import DifficultyFilter, DPOConfig, GRPOConfig, check_choice
 from recis.towers.reference import REFERENCE_MODES
 
+from recis_relevance.agrl import AGRLConfig
 from recis_relevance.dyknow import DyKnowConfig
 from recis_relevance.formats import ALL_FORMATS, GRADES
 from recis_relevance.pairs import PairConfig
 from recis_relevance.prompts import PROMPTS
 from recis_relevance.retrieval import ContextConfig
+from recis_relevance.she import SHEConfig
 
 __all__ = ["OBJECTIVES", "DECISIONS", "EVAL_DECODING", "SamplingConfig", "DynamicSamplingConfig", "JudgeConfig"]
 
-#: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO, DyKnow-RAG's dual-group GRPO
-OBJECTIVES = ("sft", "dpo", "grpo", "dyknow")
+#: how a stage trains: supervised CoT (teacher forcing), pass@N DPO, GRPO, and the RL methods of
+#: METHOD_SECTIONS (DyKnow-RAG's dual-group GRPO, TaoSR-AGRL, TaoSR-SHE's SRPO)
+OBJECTIVES = ("sft", "dpo", "grpo", "dyknow", "agrl", "she")
+#: the objectives that have their own model section (model.<objective>), and its config class
+METHOD_SECTIONS = {"dyknow": DyKnowConfig, "agrl": AGRLConfig, "she": SHEConfig}
+#: the objectives that sample groups and train with the clipped GRPO surrogate (model.grpo)
+GROUP_OBJECTIVES = ("grpo", "dyknow", "agrl", "she")
 #: how a grade is read from the four label-token probabilities: the most likely, or CumPT with one tau
 DECISIONS = ("argmax", "cumpt")
 #: evaluation decoding: the label token's probabilities only, or the whole completion (greedy) parsed
@@ -77,7 +84,8 @@ class JudgeConfig:
     "movielens" (a word tokenizer over the MovieLens catalogue's vocabulary with the formats'
     reserved tokens), a path / {words, reserved} spec (recis.towers.causal_lm), or None (the
     policy's own; the reserved tokens are added to it). `objective`: sft | dpo | grpo | dyknow
-    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig). `format`:
+    (DyKnow-RAG; its options in `dyknow`, required there: recis_relevance.dyknow.DyKnowConfig) |
+    agrl (TaoSR-AGRL; its options in `agrl`, required there: recis_relevance.agrl.AGRLConfig). `format`:
     label_only | post_cot | pre_cot (recis_relevance.formats). `lora`: {rank, alpha, targets,
     dropout} to train LoRA adapters on a frozen base (None: full fine-tuning). `reference`: copy |
     adapters_disabled (the KL / DPO reference; a copy is taken of the stage's starting weights).
@@ -111,7 +119,9 @@ class JudgeConfig:
     relevant_grade: int = bounded(3, ge=GRADES[1], le=GRADES[-1])
     prompt: str = "full"
     context: Optional[ContextConfig] = None
-    dyknow: Optional[DyKnowConfig] = None
+    dyknow: Optional[DyKnowConfig] = None  # DyKnow-RAG (objective dyknow; recis_relevance.dyknow)
+    agrl: Optional[AGRLConfig] = None  # TaoSR-AGRL (objective agrl; recis_relevance.agrl)
+    she: Optional[SHEConfig] = None  # TaoSR-SHE's options (objective she; recis_relevance.she)
 
     def __post_init__(self):
         check_types(self, "model")
@@ -138,11 +148,12 @@ class JudgeConfig:
                              f"model.max_completion_length ({self.max_completion_length})")
         if self.dynamic_sampling is not None and self.objective not in ("grpo", "dyknow"):
             raise ValueError(f"model.dynamic_sampling is a GRPO option; model.objective is {self.objective!r}")
-        if (self.objective == "dyknow") != (self.dyknow is not None):
-            raise ValueError("model.dyknow is required with objective dyknow (give at least `dyknow: {}`)"
-                             if self.dyknow is None else
-                             f"model.dyknow is an option of objective dyknow; model.objective is {self.objective!r}")
-        if self.objective in ("grpo", "dyknow") and self.grpo.loss_type == "dr_grpo" and \
+        for name in METHOD_SECTIONS:
+            if (self.objective == name) != (getattr(self, name) is not None):
+                raise ValueError(f"model.{name} is required with objective {name} (give at least `{name}: {{}}`)"
+                                 if getattr(self, name) is None else
+                                 f"model.{name} is an option of objective {name}; model.objective is {self.objective!r}")
+        if self.objective in GROUP_OBJECTIVES and self.grpo.loss_type == "dr_grpo" and \
                 self.grpo.max_completion_length is None:
             self.grpo.max_completion_length = self.sampling.max_new_tokens
 
@@ -151,8 +162,7 @@ class JudgeConfig:
         """The config of a YAML model section (nested sections become their dataclasses)."""
         options = dict(options)
         nested = {"sampling": SamplingConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "pairs": PairConfig,
-                  "dynamic_sampling": DynamicSamplingConfig, "context": ContextConfig,
-                  "dyknow": DyKnowConfig}
+                  "dynamic_sampling": DynamicSamplingConfig, "context": ContextConfig, **METHOD_SECTIONS}
         for key, sub in nested.items():
             if key in options and options[key] is not None and not isinstance(options[key], sub):
                 options[key] = from_mapping(sub, options[key], f"model.{key}")

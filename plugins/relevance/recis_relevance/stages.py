@@ -43,10 +43,10 @@ def write_task(out: str, queries: int = 300, per_query: int = 12, seed: int = 0,
                items: Optional[pa.Table] = None, context=None) -> TaskFiles:
     """Builds the task (test queries held out), holds `val_fraction` of the training queries out as
     validation queries (for every choice of settings), and writes train / val / test Parquet files.
-    With `context` (a `recis_relevance.retrieval.ContextConfig`), every row gets its retrieved chunk
-    and the context columns (the default catalogue then comes with its rating counts)."""
+    With `context` (a `recis_relevance.retrieval.ContextConfig`), the rows carry the retrieval test
+    bed's columns (the MovieLens catalogue is then read with its rating counts)."""
     if items is None:
-        items = movielens_items(ratings=context is not None and context.store is None)
+        items = movielens_items(ratings=context is not None)
     task = build_task(items, queries=queries, per_query=per_query, seed=seed, context=context)
     train, val = hold_out_queries(task.train, val_fraction, seed)
     os.makedirs(out, exist_ok=True)

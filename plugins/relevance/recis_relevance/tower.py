@@ -15,6 +15,13 @@ with the item's, so a prediction explains itself; `intervene` overrides entity s
 inference; in eval mode QE scores go through a bounded LRU cache (`QECache`), emptied whenever
 the QE weights change (optimizer steps, checkpoint loads). [I]-marked choices
 of the method notes (heads, t-norm, weights, slots) are options of `EBRMConfig`.
+
+`objective: qe` makes the same tower a QE pretraining stage (its checkpoint starts the relevance
+stage through `checkpoint.init_from`): each row is one (query, entity) pair, the one element of
+`entities_column`, with per-head targets in `qe_target_column` (a list of `grades` numbers, null
+where unlabelled; `recis_relevance.pretrain.qe_table`), and the loss is `pretrain.qe_loss` over
+every head the AND reads. Its metrics: AUC/logloss of the match head, and the tower values
+`qe_loss` and `qe_accuracy` (labelled heads right at 0.5).
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -26,14 +33,19 @@ from torch import nn
 from recis.config_utils import bounded, check_types
 from recis.models.base import feature_tables
 from recis.nn import EmbeddingCollection
+from recis.rl import check_choice
 from recis.towers import FeatureInfo, Tower, TowerOutput, list_column, text_column
+from recis.towers.text import column
 
 from recis_relevance.cache import QECache
 from recis_relevance.common import EncoderConfig, GradeSpec, build_text_encoder, labels_of, nll, pad_lists
 from recis_relevance.entities import Entity
 from recis_relevance.logic import check_tnorm, soft_and, soft_or
+from recis_relevance.pretrain import qe_loss
 
-__all__ = ["EBRMConfig", "EBRMTower", "EntityOverride", "RuleOverride"]
+__all__ = ["EBRMConfig", "EBRMTower", "EntityOverride", "RuleOverride", "OBJECTIVES"]
+
+OBJECTIVES = ("relevance", "qe")
 
 
 @dataclass
@@ -52,10 +64,18 @@ class EBRMConfig(EncoderConfig):
     sparse_features: List[str] = field(default_factory=list)
     sparse_dim: int = bounded(8, ge=1)
     sparse_weight: float = bounded(1.0, ge=0, le=1)
+    objective: str = "relevance"
+    qe_target_column: str = "qe_target"
+    qe_head_weights: Optional[List[float]] = bounded(None, ge=0)
 
     def __post_init__(self):
         super().__post_init__()  # checks every field's type and range, these included
         check_tnorm(self.tnorm)
+        check_choice("objective", self.objective, OBJECTIVES)
+        if self.qe_head_weights is not None and (len(self.qe_head_weights) != self.grades
+                                                 or not sum(self.qe_head_weights) > 0):
+            raise ValueError(f"qe_head_weights must give {self.grades} weights (match, c_1 .. c_{self.grades - 1}) "
+                             f"with a positive sum, got {self.qe_head_weights}")
         self.grade_spec = GradeSpec(self.grades, self.label_base, self.relevant_grade)
 
 
@@ -116,11 +136,13 @@ class EBRMTower(Tower):
         self._entity_overrides: List[EntityOverride] = []
         self._rule_overrides: Dict[str, RuleOverride] = {}
         self._cache_stamp: tuple = ()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_cache())
 
     @classmethod
     def from_features(cls, features: FeatureInfo, **args) -> "EBRMTower":
         cfg = EBRMConfig(**args)
-        for col in (cfg.query_column, cfg.entities_column):
+        cols = (cfg.query_column, cfg.entities_column) + ((cfg.qe_target_column,) if cfg.objective == "qe" else ())
+        for col in cols:
             if col not in features.passthrough:
                 raise ValueError(f"EBRM reads pass-through column {col!r}; the feature config's pass-through "
                                  f"features are {list(features.passthrough)}")
@@ -134,6 +156,10 @@ class EBRMTower(Tower):
     def clear_cache(self) -> None:
         if self.cache is not None:
             self.cache.clear()
+
+    def on_weights_loaded(self) -> None:
+        """A stage's starting weights were loaded (checkpoint.init_from): cached scores are stale."""
+        self.clear_cache()
 
     def _weights_stamp(self) -> tuple:
         """Changes whenever a parameter of the QE model changes in place (optimizer steps, loads)."""
@@ -293,6 +319,8 @@ class EBRMTower(Tower):
     # ---- the tower -------------------------------------------------------------------------
     def forward(self, batch) -> TowerOutput:
         cfg = self.config
+        if cfg.objective == "qe":
+            return self._qe_forward(batch)
         queries = text_column(batch, cfg.query_column)
         entities = list_column(batch, cfg.entities_column)
         out = self.score(queries, entities, getattr(batch, "sparse", None))
@@ -304,6 +332,31 @@ class EBRMTower(Tower):
             targets = self.grades.targets(labels)
         out["grade"] = out["grade_probs"].argmax(1) + cfg.label_base
         return TowerOutput(self.grades.relevant_logit(out["grade_probs"]), loss, targets, out)
+
+    def _qe_forward(self, batch) -> TowerOutput:
+        """The QE pretraining objective (module docstring)."""
+        cfg = self.config
+        queries = text_column(batch, cfg.query_column)
+        entities = list_column(batch, cfg.entities_column)
+        bad = [i for i, e in enumerate(entities) if len(e) != 1]
+        if bad:
+            raise ValueError(f"objective qe reads one entity per row from {cfg.entities_column!r}; row {bad[0]} has "
+                             f"{len(entities[bad[0]])}")
+        raw = column(batch, cfg.qe_target_column)
+        if any(not isinstance(t, (list, tuple)) or len(t) != cfg.grades for t in raw):
+            raise ValueError(f"objective qe: column {cfg.qe_target_column!r} must hold a list of {cfg.grades} targets "
+                             f"(match, c_1 .. c_{cfg.grades - 1}; null where unlabelled) per row")
+        logits = self.qe_logits([(q, e[0]) for q, e in zip(queries, entities)])
+        targets = torch.tensor([[float("nan") if v is None else float(v) for v in t] for t in raw],
+                               dtype=logits.dtype, device=logits.device)
+        mask = ~torch.isnan(targets)
+        weights = None if cfg.qe_head_weights is None else torch.tensor(cfg.qe_head_weights, device=logits.device)
+        per_row = qe_loss(logits, targets, mask, weights)
+        right = ((logits > 0) == (targets > 0.5)) & mask
+        accuracy = right.sum(1).to(logits.dtype) / mask.sum(1).clamp_min(1).to(logits.dtype)
+        match_target = torch.nan_to_num(targets[:, 0], nan=0.0)
+        return TowerOutput(logits[:, 0], per_row.mean(), match_target, {"qe_logits": logits},
+                           values={"qe_loss": per_row.detach(), "qe_accuracy": accuracy.detach()})
 
     @torch.no_grad()
     def explain(self, query: str, entities: Sequence[str], sparse=None) -> Dict[str, Any]:

@@ -1,0 +1,195 @@
+"""TaoSR-SHE as YAML-style jobs: SFT -> SHE by checkpoint.init_from, a SHE stage killed mid-run
+and resumed bit-identically (weights, optimizer, the sampling and the step judge's generators),
+the curriculum (disjoint stages, non-decreasing difficulty, SFT pass rates), and the example's
+stage YAMLs. Tiny Llama, synthetic catalogue, no download."""
+import relevance_testing  # noqa: F401  (first: makes the plugin importable)
+import copy
+import json
+import os
+import runpy
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recis.checkpoint import CheckpointManager
+from recis.run import Job, RunConfig
+from recis.testing import KillAt, Killed, StepLogs
+from recis.train import Hook
+
+from recis_relevance.judge import ROW_COLUMNS
+from recis_relevance.judge_config import JudgeConfig
+from recis_relevance.prompts import tokenizer_spec
+from recis_relevance.she_curriculum import CurriculumConfig, curriculum_stages, sft_pass_rates
+from recis_relevance.task import build_task
+from relevance_testing import synthetic_items
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
+FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS] + \
+    [{"name": "label", "kind": "label", "column": "label"}]
+SHE = {"grpo": {"beta": 0.05, "inner_steps": 2}, "minibatch_size": 4,
+       "she": {"lam": 0.5, "verifier_coverage": 0.5, "judge_error": 0.3, "judge_seed": 4, "min_paths": 2,
+               "max_refills": 1}}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("she_jobs")
+    task = build_task(synthetic_items(), queries=16, per_query=8, seed=0)
+    pq.write_table(task.train, d / "train.parquet")
+    pq.write_table(task.test.slice(0, 24), d / "eval.parquet")
+    return d, tokenizer_spec(task)
+
+
+def job(workdir, name, objective="sft", steps=12, lr=0.02, init_from=None, batch_size=8, **model):
+    d, spec = workdir
+    return RunConfig.from_dict({
+        "data": {"train": "train.parquet", "eval": "eval.parquet", "batch_size": batch_size, "eval_batch_size": 64,
+                 "shuffle_buffer": 64, "seed": 0},
+        "features": {"features": FEATURES},
+        "model": {"name": "relevance_judge", "objective": objective, "format": "post_cot", "policy": LLAMA,
+                  "tokenizer": spec, "max_completion_length": 16,
+                  "sampling": {"group_size": 2, "max_new_tokens": 12, "seed": 3}, **model},
+        "metrics": {"confusion": {"labels": [1, 2, 3, 4]}},
+        "optim": {"dense": {"name": "adamw", "lr": lr, "weight_decay": 0.0}},
+        "trainer": {"epochs": 100, "max_steps": steps, "progress": False, "seed": 0, "log_every": 1},
+        "checkpoint": {"dir": str(d / name), "every": 2, "keep_last": 20, "init_from": init_from},
+    }, str(d))
+
+
+@pytest.fixture(scope="module")
+def sft(workdir):
+    """A short post-CoT SFT: its completions have steps, some right, some wrong."""
+    j = Job(job(workdir, "sft", steps=20))
+    j.train()
+    return workdir[0] / "sft", j
+
+
+def assert_same_state(a: Job, b: Job):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k], k
+    for name, g in a.model.generators().items():
+        assert torch.equal(g.get_state(), b.model.generators()[name].get_state()), name
+    oa, ob = a.dense_optimizer.state_dict()["state"], b.dense_optimizer.state_dict()["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        for name, t in oa[k].items():
+            assert torch.equal(torch.as_tensor(t), torch.as_tensor(ob[k][name])), (k, name)
+
+
+class ReseedJudge(Hook):
+    def on_fit_start(self, trainer):
+        assert 0 < trainer.step < 6  # resumed
+        trainer.model.step_judge.generator.manual_seed(99)
+
+
+def test_a_killed_she_stage_resumes_bit_identical(workdir, sft):
+    """SHE from the SFT checkpoint (scripted judge over half the steps, diversified filter with
+    refills, mu = 2 over two minibatches, KL): killed at step 6 inside its second rollout (steps
+    5..8), a new Job resumes from the last checkpoint before it
+    and ends where the uninterrupted job ends, the step judge's generator included: a resume that
+    reseeds only that generator ends elsewhere."""
+    sft_dir, _ = sft
+
+    def stage(name):
+        return Job(job(workdir, name, objective="she", steps=8, lr=1e-3, init_from=str(sft_dir), batch_size=4,
+                   **SHE))
+
+    full = stage("she_full")
+    rec = StepLogs()
+    full.trainer.hooks.append(rec)
+    full.train()
+    assert full.trainer.step == 8
+    rollouts = [log for log in rec.logs if "kept_groups" in log]
+    assert rollouts and all(log["kept_groups"] > 0 for log in rollouts)
+    assert sum(log["steps_per_completion"] for log in rollouts) > 0  # completions with steps were scored
+    assert 0 < sum(log["verifier_share"] for log in rollouts) < len(rollouts)  # judge and verifier both decided
+    assert max(log["step_term_abs"] for log in rollouts) > 0
+
+    killed = stage("she_cut")
+    killed.trainer.hooks.append(KillAt(6))
+    with pytest.raises(Killed):
+        killed.train()
+    saved = [c.step for c in killed.trainer.checkpoint.checkpoints()]
+    assert saved and max(saved) < 6  # never inside a rollout: the resume starts before the kill
+    shutil.copytree(workdir[0] / "she_cut", workdir[0] / "she_cut_reseeded")
+    resumed = stage("she_cut")
+    resumed.train()
+    assert resumed.trainer.step == 8
+    assert_same_state(full, resumed)
+
+    reseeded = stage("she_cut_reseeded")
+    reseeded.trainer.hooks.append(ReseedJudge())
+    reseeded.train()
+    assert not all(torch.equal(v, full.model.state_dict()[k]) for k, v in reseeded.model.state_dict().items()
+                   if isinstance(v, torch.Tensor))
+
+
+def test_curriculum_stages_are_disjoint_cover_the_rows_and_get_harder(workdir, sft):
+    """Pass rates of the SFT model (sampled completions, seeded); the stages cut from them are
+    disjoint, cover every row, and no row of a later stage is easier than any row of an earlier
+    one. The same rows split in their file order (no curriculum) are not ordered so."""
+    _, j = sft
+    table = pq.read_table(workdir[0] / "train.parquet").slice(0, 48)
+    cfg = CurriculumConfig(samples=4, seed=1)
+    rates = sft_pass_rates(j.model, table, cfg)
+    assert rates == sft_pass_rates(j.model, table, cfg)  # seeded
+    assert len(rates) == 48 and all(r in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rates) and len(set(rates)) > 1
+    stages = curriculum_stages(table, rates, 3)
+    assert [s.num_rows for s in stages] == [16, 16, 16]
+    keys = [list(zip(s["query"].to_pylist(), s["title"].to_pylist())) for s in stages]
+    flat = [k for ks in keys for k in ks]
+    assert len(set(flat)) == len(flat) == 48 and set(flat) == set(zip(table["query"].to_pylist(),
+                                                                       table["title"].to_pylist()))
+    got = [s["sft_pass_rate"].to_pylist() for s in stages]
+    for easier, harder in zip(got, got[1:]):
+        assert min(easier) >= max(harder)
+    assert sum(got[0]) / 16 > sum(got[-1]) / 16
+    plain = [rates[i:i + 16] for i in (0, 16, 32)]  # the vanilla split: file order
+    assert not all(min(a) >= max(b) for a, b in zip(plain, plain[1:]))
+    label = sft_pass_rates(j.model, table, CurriculumConfig(pass_rate="label"))
+    assert all(0.0 < p < 1.0 for p in label)
+    with pytest.raises(ValueError, match=r"curriculum.pass_rate must be one of \('sampled', 'label'\)"):
+        CurriculumConfig(pass_rate="greedy")
+    with pytest.raises(ValueError, match=r"the number of stages must be an integer in \[1, 2\]"):
+        curriculum_stages(pa.table({"q": [1, 2]}), [0.5, 0.5], 3)
+
+
+EXAMPLE = os.path.join(ROOT, "examples", "she_movielens")
+
+
+def test_the_example_stage_yamls_chain_and_their_options_check():
+    names = ["sft", "she_stage1", "she_stage2"]
+    cfgs = [RunConfig.from_yaml(os.path.join(EXAMPLE, f"{n}.yaml")) for n in names]
+    judged = [JudgeConfig.from_options(c.model.args) for c in cfgs]
+    assert [c.objective for c in judged] == ["sft", "she", "she"]
+    assert [c.checkpoint.init_from for c in cfgs] == [None, cfgs[0].checkpoint.dir, cfgs[1].checkpoint.dir]
+    assert [os.path.basename(c.data.train) for c in cfgs] == ["train.parquet", "she_stage1.parquet",
+                                                              "she_stage2.parquet"]
+    for c in cfgs:
+        assert os.path.normpath(c.data.eval) == os.path.join(ROOT, "runs", "she_movielens", "data", "val.parquet")
+    assert all(c.she.filtering and c.she.lam > 0 for c in judged[1:])
+
+
+@pytest.mark.slow
+def test_the_she_example_runs_small(tmp_path):
+    """examples/she_movielens/run.py --small: SFT, the curriculum bins, two SHE stages each from the
+    previous checkpoint, and the test metrics of the deployed judge."""
+    example = runpy.run_path(os.path.join(EXAMPLE, "run.py"))
+    out = tmp_path / "run"
+    result = example["main"](["--small", "--out", str(out)])
+    assert json.loads((out / "she_result.json").read_text()) == json.loads(json.dumps(result))
+    for stage in ("sft", "she1", "she2"):
+        assert {"accuracy", "macro_f1"} <= set(result["stages"][stage]), stage
+        assert CheckpointManager(out / stage / "checkpoints").latest() is not None, stage
+    bins = result["curriculum"]
+    assert [b["stage"] for b in bins] == [1, 2] and bins[0]["pass_rate_min"] >= bins[1]["pass_rate_max"]
+    assert sum(b["rows"] for b in bins) == result["task"]["train_rows"]
+    label = result["test"]["label"]
+    assert label["items"] == result["task"]["test_rows"] and 0 <= label["macro_f1"] <= 1
