@@ -37,9 +37,12 @@ def main(argv=None) -> dict:
     p.add_argument("--per-query", type=int, default=12)
     p.add_argument("--noise", type=float, default=0.3, help="share of rows whose chunk is not the item's own")
     p.add_argument("--threshold", type=float, default=0.7, help="the pool keeps SFT confidence below this")
-    p.add_argument("--per-stratum", type=int, default=None, help="rows per (query type, grade, decision) cell of "
-                   "the pool at most (default: the smallest cell's count; --small: no balancing)")
+    p.add_argument("--per-stratum", type=int, default=40, help="rows per (query type, grade, decision) cell of "
+                   "the pool at most (0: the smallest cell's count; --small: no balancing). The default is ours: "
+                   "the 300-query task's training rows fall in 26 cells of 1 to 250 rows, so equal cells would "
+                   "leave 26 rows")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default: the YAMLs')")
+    p.add_argument("--sft-steps", type=int, default=None, help="optimizer steps of the SFT stage (default: --steps)")
     p.add_argument("--small", action="store_true", help="a tiny model and task, a few steps per stage (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-rows", type=int, default=None, help="test rows for the full-decoding pass (default all)")
@@ -81,9 +84,11 @@ def main(argv=None) -> dict:
     if group_size:
         model["sampling"] = {**model.get("sampling", {}), "group_size": group_size}
     data = {"batch_size": batch_size} if batch_size else {}
-    pool = ConfidenceFilter(threshold=args.threshold, balance=balance, per_stratum=args.per_stratum, seed=args.seed)
+    pool = ConfidenceFilter(threshold=args.threshold, balance=balance, per_stratum=args.per_stratum or None,
+                            seed=args.seed)
+    per_stage = {"sft": {"trainer": {"max_steps": args.sft_steps, "eval_every": None}}} if args.sft_steps else None
     run = run_pipeline(dyknow_pipeline(args.base), str(HERE), files, str(out), model=model, trainer=trainer,
-                       data=data, pool=pool, seed=args.seed)
+                       data=data, pool=pool, seed=args.seed, per_stage=per_stage)
     results = {"task": files.counts, "base": args.base, **run["results"], "seconds": run["seconds"]}
     for stage in run["results"]:
         print(f"{stage}: {json.dumps(run['results'][stage])}", flush=True)

@@ -109,7 +109,7 @@ def write_rl_pool(tower, rows_path: str, out_path: str, config: Optional[Confide
     unsure = int((conf < torch.tensor(cfg.threshold, dtype=conf.dtype)).sum())
     if not kept:
         raise ValueError(f"the RL pool is empty: no row of {len(rows)} has SFT confidence < {cfg.threshold} "
-                         f"(pool.threshold); the mean confidence is {float(conf.mean()):.3f}")
+                         f"(ConfidenceFilter.threshold); the mean confidence is {float(conf.mean()):.3f}")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     pq.write_table(table.take(pa.array(kept, pa.int64())), out_path)
     return {"rows": len(rows), "unsure": unsure, "pool": len(kept), "threshold": cfg.threshold,

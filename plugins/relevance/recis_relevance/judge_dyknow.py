@@ -29,7 +29,7 @@ counted once: `recis_relevance.pairs`). Evaluation decodes under `model.prompt` 
 the paper's deployment; no_context for its inference ablation).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -184,7 +184,8 @@ class DyKnowJudge(GRPOJudge):
         stats.update({"kept_groups": float(Q), "acc_no_context": float(c0.mean()), "acc_with_context": float(c1.mean()),
                       "gap_mean": float(gap.mean()), "alpha_mean": float(alpha.mean()), "beta_mean": float(beta.mean()),
                       "union_advantage_mean": float(at.mean()), "scaled_mean": float(scaled.mean()),
-                      "completion_length": float(torch.cat([r0.completion_lengths, r1.completion_lengths]).float().mean()),
+                      "completion_length": float(torch.cat([r0.completion_lengths, r1.completion_lengths]).float()
+                                                 .mean()),
                       "entropy": float((ent * m1).sum() / m1.sum().clamp_min(1))})
         rows_per_step = None if cfg.minibatch_size is None else max(1, cfg.minibatch_size // n) * n
         minibatches = []

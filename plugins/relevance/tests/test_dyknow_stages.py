@@ -6,7 +6,6 @@ import json
 import os
 import runpy
 from collections import Counter
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -57,7 +56,7 @@ def test_the_pool_step_keeps_exactly_the_rows_below_the_threshold_and_balances_c
     every = Counter((query_type(r), r["label"], r["context_decision"]) for r in rows)
     assert set(cells) == set(every) and len(set(cells.values())) == 1  # every cell, the same count
     assert next(iter(cells.values())) == min(every.values()) and counts["pool"] == len(balanced)
-    with pytest.raises(ValueError, match=r"the RL pool is empty.*pool\.threshold"):
+    with pytest.raises(ValueError, match=r"the RL pool is empty.*ConfidenceFilter\.threshold"):
         write_rl_pool(tower, str(d / "train.parquet"), str(d / "none.parquet"), ConfidenceFilter(threshold=0.0))
 
 

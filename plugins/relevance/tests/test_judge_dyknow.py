@@ -117,7 +117,8 @@ def test_rollout_samples_both_prompts_and_rescores_the_no_context_completions_un
     n = 4
     for i in range(3 * n):
         no_ctx, with_ctx = context_prompts(rows[i // n])
-        p_ids = mb.no_context.input_ids[i][mb.no_context.attention_mask[i].bool() & ~mb.no_context.completion_mask[i].bool()]
+        p_ids = mb.no_context.input_ids[i][mb.no_context.attention_mask[i].bool() &
+                                           ~mb.no_context.completion_mask[i].bool()]
         re_ids = mb.rescored_ids[i][mb.rescored_attention[i].bool() & ~mb.rescored_mask[i].bool()]
         w_ids = mb.with_context.input_ids[i][mb.with_context.attention_mask[i].bool() &
                                              ~mb.with_context.completion_mask[i].bool()]
