@@ -34,6 +34,7 @@ benchmarks/relevance_llm.py). Usage:
 
     python benchmarks/relevance_ebrm.py --json relevance.json   # MiniLM, three seeds (see BENCHMARKS.md)
     python benchmarks/relevance_ebrm.py --encoder tiny --json relevance_tiny.json  # small random BERT, full task
+    python benchmarks/relevance_ebrm.py --speed-only            # MiniLM inference items/s only (no training)
     python benchmarks/relevance_ebrm.py --tiny                  # tiny random BERT, a smoke run
 """
 
@@ -470,6 +471,27 @@ def markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def speed_only(cfg: BenchConfig, files: Files) -> Dict[str, Any]:
+    """Inference items/s of every model of cfg.models, untrained (the passes of `measure` on the
+    test split): what the tower's forward and EBRM's cache cost does not depend on the weights,
+    so this measures an encoder too slow to train here. Per model: {pass: items/s, hit rate}."""
+    from recis.run import Job, RunConfig
+
+    out = {}
+    test, train = pq.read_table(files.test), pq.read_table(files.train)
+    for name in dict.fromkeys(TOWER[m] for m in cfg.models):
+        job = Job(RunConfig.from_dict(job_values(name, cfg, files.train, cfg.seed)))
+        passes = measure(job.model, job.engine.for_eval(), test, train, cfg.eval_batch_size)
+        out[name] = {k: {"items": len(p["pred"]), "items_per_s": p["items_per_s"], "hit_rate": p["hit_rate"]}
+                     for k, p in passes.items()}
+        print(f"{NAMES[name]} (untrained): " + ", ".join(f"{k} {p['items_per_s']:,.0f} items/s"
+                                                         for k, p in passes.items()), file=sys.stderr, flush=True)
+    if "ebrm" in out and "relevance_cross_encoder" in out:
+        base = out["relevance_cross_encoder"]["warm"]["items_per_s"]
+        out["ebrm_over_cross"] = {k: p["items_per_s"] / max(base, 1e-9) for k, p in out["ebrm"].items()}
+    return out
+
+
 def load_items() -> pa.Table:
     """The MovieLens-1M movies (cached by recis.datasets.movielens)."""
     from recis_relevance.task import movielens_items
@@ -494,6 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {list(d.seeds)}")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    p.add_argument("--speed-only", action="store_true", help="no training: inference items/s of the untrained "
+                   "towers on the test split (speed_only)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -512,6 +536,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             task = RelevanceTask(pa.concat_tables([pq.read_table(files.train), pq.read_table(files.val)]),
                                  pq.read_table(files.test))  # the word list covers every split's words
             cfg = dataclasses.replace(cfg, **tiny_encoder_options(task, cfg.task_seed))
+        if args.speed_only:
+            report = {"speed_only": speed_only(cfg, files), "task": info,
+                      "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+            print(json.dumps(report, indent=1))
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(report, fh, indent=1)
+            return 0
         report = run_seeds(cfg, files, tmp, progress=True)
     report["task"] = info
     print(f"\nMovieLens relevance task: {info['train_items']} train items ({info['train_queries']} queries), "
