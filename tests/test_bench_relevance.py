@@ -129,6 +129,7 @@ def test_the_jobs_differ_only_in_the_model():
 
 @pytest.mark.parametrize("bad, match", [({"max_epochs": 0}, "max_epochs must be an int >= 1"),
                                         ({"epochs": 0}, "epochs must be an int >= 1 or None"),
+                                        ({"repeats": 0}, "repeats must be an int >= 1"),
                                         ({"lr": 0.0}, r"lr must be > 0"),
                                         ({"test_fraction": 1.0}, r"test_fraction must be in \(0, 1\)"),
                                         ({"seeds": (1, 1)}, "distinct seeds"),
