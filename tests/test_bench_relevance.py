@@ -129,6 +129,7 @@ def test_the_jobs_differ_only_in_the_model():
 
 @pytest.mark.parametrize("bad, match", [({"max_epochs": 0}, "max_epochs must be an int >= 1"),
                                         ({"epochs": 0}, "epochs must be an int >= 1 or None"),
+                                        ({"repeats": 0}, "repeats must be an int >= 1"),
                                         ({"lr": 0.0}, r"lr must be > 0"),
                                         ({"test_fraction": 1.0}, r"test_fraction must be in \(0, 1\)"),
                                         ({"seeds": (1, 1)}, "distinct seeds"),
@@ -137,3 +138,15 @@ def test_the_jobs_differ_only_in_the_model():
 def test_bad_config_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
         bench.BenchConfig(**bad)
+
+
+def test_speed_only_measures_untrained_towers(tmp_path):
+    base = bench.BenchConfig(queries=20, per_query=8, test_fraction=0.3, val_fraction=0.25, task_seed=2)
+    files, info = bench.write_files(base, _items(), str(tmp_path))
+    cfg = _config(files, models=("ebrm_qe", "ebrm", "relevance_cross_encoder"), eval_batch_size=16)
+    out = bench.speed_only(cfg, files)
+    assert set(out) == {"ebrm", "relevance_cross_encoder", "ebrm_over_cross"}  # ebrm_qe is the same tower
+    assert set(out["ebrm"]) == {"uncached", "cold", "warm"} and out["ebrm"]["warm"]["hit_rate"] == 1.0
+    assert all(p["items"] == info["test_items"] for p in out["relevance_cross_encoder"].values())
+    assert out["ebrm_over_cross"]["warm"] == pytest.approx(
+        out["ebrm"]["warm"]["items_per_s"] / out["relevance_cross_encoder"]["warm"]["items_per_s"])

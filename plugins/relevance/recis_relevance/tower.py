@@ -24,6 +24,7 @@ every head the AND reads. Its metrics: AUC/logloss of the match head, and the to
 `qe_loss` and `qe_accuracy` (labelled heads right at 0.5).
 """
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -105,6 +106,11 @@ class RuleOverride:
 
     def __post_init__(self):
         check_types(self, f"rule override of {self.type!r}", sep=": ")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _entity_type(text: str) -> str:
+    return Entity.parse(text).type  # parsed (and checked) once per distinct entity text
 
 
 class EBRMTower(Tower):
@@ -203,7 +209,7 @@ class EBRMTower(Tower):
         if len(queries) != len(entities):
             raise ValueError(f"{len(queries)} queries but {len(entities)} entity lists")
         ents = [list(dict.fromkeys(e)) for e in entities]
-        types = [[Entity.parse(t).type for t in row] for row in ents]
+        types = [[_entity_type(t) for t in row] for row in ents]
         flat, rows, cols, width = pad_lists(ents)
         pairs = [(queries[r], e) for r, e in zip(rows.tolist(), flat)]
         index = {p: i for i, p in enumerate(dict.fromkeys(pairs))}
@@ -259,13 +265,17 @@ class EBRMTower(Tower):
 
     def _rules(self, types: List[List[str]], width: int, device, dtype):
         slots = {t: k for k, t in enumerate(self._slot_types())}
-        weights = torch.ones(len(types), width, dtype=dtype)
-        required = torch.full((len(types), width), -1, dtype=torch.long)
+        type_weight: Dict[str, float] = {}
+        weights = [[1.0] * width for _ in types]  # built as lists: one tensor each, not one write per entity
+        required = [[-1] * width for _ in types]
         for i, row in enumerate(types):
             for j, t in enumerate(row):
-                weights[i, j] = self._type_weight(t)
-                required[i, j] = slots.get(t, -1)
-        return weights.to(device), required.to(device)
+                if t not in type_weight:
+                    type_weight[t] = self._type_weight(t)
+                weights[i][j] = type_weight[t]
+                required[i][j] = slots.get(t, -1)
+        return (torch.tensor(weights, dtype=dtype).reshape(len(types), width).to(device),
+                torch.tensor(required, dtype=torch.long).reshape(len(types), width).to(device))
 
     def _ids(self, sparse, B: int, dtype, device) -> Optional[torch.Tensor]:
         if self.ids is None:
