@@ -6,10 +6,9 @@
 
 namespace recis {
 
-// 8 bytes of metadata per row (the id itself lives in the id map's slot).
+// 4 bytes of metadata per row (the id and the last_seen stamp live in the id map's slot).
 struct RowMeta {
-  uint32_t count;      // sightings since insertion (saturating)
-  uint32_t last_seen;  // table step of the last training lookup
+  uint32_t count;  // sightings since insertion (saturating)
 };
 
 // Rows live in fixed-size blocks that never move, so row pointers stay valid while the
