@@ -48,6 +48,9 @@ class RowStore {
   void relayout(int64_t slot_width, const std::vector<float>& slot_init);
   void clear();
   size_t memory_bytes() const;
+  // Test hook: makes every block's arrays unreadable (or readable again), so that a pass that
+  // must not touch the rows faults if it does.
+  void protect_rows(bool no_access) const;
 
  private:
   static constexpr uint32_t kMask = kBlockRows - 1;
