@@ -262,6 +262,22 @@ PYBIND11_MODULE(_C, m) {
              const auto& p = t.probe_counters();
              return py::dict(py::arg("key_hashes") = p.key_hashes, py::arg("map_probes") = p.map_probes);
            }))
+      // Test hooks of the stamp clock that keeps last_seen in the id map's slots.
+      .def("_set_stamp_limit", locked(+[](HashTable& t, uint32_t limit) { t.set_stamp_limit(limit); }))
+      .def("_compact_stamps", locked(+[](HashTable& t) { t.compact_stamps(); }))
+      // How many rows export(since) would select, computed with the row store unreadable (a
+      // process that runs it faults if the selection touches the rows or their metadata).
+      .def("_rows_since_without_rows", locked(+[](HashTable& t, uint32_t ns, uint32_t since) {
+             t.store().protect_rows(true);
+             const size_t n = t.rows_since(ns, since).size();
+             t.store().protect_rows(false);
+             return n;
+           }))
+      .def("_stamp_state", locked(+[](HashTable& t) {
+             const auto st = t.stamp_state();
+             return py::dict(py::arg("next") = st.next, py::arg("epochs") = st.epochs,
+                             py::arg("compactions") = st.compactions, py::arg("steps_sorted") = st.steps_sorted);
+           }))
       .def("get_sketch", &export_sketch)
       .def("set_sketch", &import_sketch)
       .def("initial_rows",

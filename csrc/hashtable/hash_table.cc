@@ -113,15 +113,51 @@ void HashTable::drop_row(uint32_t ns, int64_t id) {
   if (r >= 0) store_.release(static_cast<uint32_t>(r));
 }
 
-void HashTable::add_forward(uint32_t step) {
+void HashTable::add_forward(uint32_t step, const int64_t* rows, int64_t n) {
   std::lock_guard<std::mutex> lock(lease_mu_);
   ++live_[step];
+  if (rows) lease_rows_.push_back({rows, n, step});
 }
 
-void HashTable::release_forward(uint32_t step) {
+void HashTable::release_forward(uint32_t step, const int64_t* rows) {
   std::lock_guard<std::mutex> lock(lease_mu_);
   auto it = live_.find(step);
   if (it != live_.end() && --it->second == 0) live_.erase(it);
+  if (rows)
+    for (size_t i = 0; i < lease_rows_.size(); ++i)
+      if (lease_rows_[i].rows == rows && lease_rows_[i].step == step) {
+        lease_rows_[i] = lease_rows_.back();
+        lease_rows_.pop_back();
+        break;
+      }
+}
+
+uint32_t HashTable::min_last_seen_of_rows(const int64_t* rows, int64_t count) const {
+  bool any = false;
+  for (int64_t i = 0; i < count; ++i) any |= rows[i] >= 0;
+  if (!any) return UINT32_MAX;
+  {
+    // The usual case: these are the rows of a live forward of this very step (no training
+    // lookup came after it), each stamped by that forward, so their last_seen is this step.
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    for (const LeaseRows& l : lease_rows_)
+      if (l.step == step_ && l.n >= count &&
+          (l.rows == rows || std::memcmp(l.rows, rows, sizeof(int64_t) * static_cast<size_t>(count)) == 0))
+        return step_;
+  }
+  // Otherwise (a backward after later training lookups, or rows that are no live forward's):
+  // read the rows' stamps in one pass over the id maps.
+  const uint32_t hw = store_.high_water();
+  std::vector<uint64_t> in((static_cast<size_t>(hw) + 63) / 64, 0);
+  for (int64_t i = 0; i < count; ++i)
+    if (rows[i] >= 0 && rows[i] < hw) in[rows[i] >> 6] |= uint64_t(1) << (rows[i] & 63);
+  uint32_t best = UINT32_MAX;
+  for (const auto& m : maps_)
+    m->for_each_slot([&](const IdMap::Slot& sl) {
+      const uint32_t r = sl.row1 - 1;
+      if (in[r >> 6] >> (r & 63) & 1) best = std::min(best, last_seen_of(sl.stamp));
+    });
+  return best;
 }
 
 int64_t HashTable::live_forwards() const {
@@ -140,8 +176,7 @@ float* HashTable::append_pending(const int64_t* rows, int64_t count, uint8_t** f
   const int64_t start = pg.n;
   float* grads = pg.append(count, store_.dim());
   std::memcpy(pg.rows.data() + start, rows, sizeof(int64_t) * count);
-  for (int64_t i = 0; i < count; ++i)
-    if (rows[i] >= 0) pg.min_last_seen = std::min(pg.min_last_seen, store_.meta(static_cast<uint32_t>(rows[i]))->last_seen);
+  pg.min_last_seen = std::min(pg.min_last_seen, min_last_seen_of_rows(rows, count));
   *finite = pg.finite.data() + start;
   return grads;
 }
@@ -217,10 +252,12 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
   };
   std::vector<Cand> cands;
   const uint32_t guard = protected_from();
-  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
-    const RowMeta* m = store_.meta(r);
-    if (m->last_seen < guard && !std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
-      cands.push_back({m->count, m->last_seen, id});
+  const uint32_t from = steps_sorted_ ? stamp_from(guard) : 0;
+  maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
+    const uint32_t r = sl.row1 - 1;
+    if (steps_sorted_ ? sl.stamp >= from : last_seen_of(sl.stamp) >= guard) return;
+    if (!std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
+      cands.push_back({store_.meta(r)->count, last_seen_of(sl.stamp), sl.id});
   });
   TORCH_CHECK(cands.size() >= need, holds_message(ns, cap, incoming, cands.size(), keep.size()));
   uint64_t k = std::max<uint64_t>(need, static_cast<uint64_t>(std::ceil(evict_fraction_[ns] * cap)));
@@ -234,27 +271,106 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
 }
 
 void HashTable::dedup_probe(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
-                            int32_t* inverse, DedupResult& out) {
+                            int32_t* inverse, DedupResult& out, bool train) {
   int64_t n = 0;
   for (int64_t s = 0; s < segments; ++s) {
     check_ns(seg_ns[s]);
     n += bounds[2 * s + 1] - bounds[2 * s];
   }
-  // Marks of earlier calls are below this call's range [mark_next_, mark_next_ + n); when the
-  // counter would wrap, every slot's mark goes back to 0 first.
-  if (static_cast<uint64_t>(mark_next_) + static_cast<uint64_t>(n) >= UINT32_MAX) {
-    for (auto& m : maps_) m->clear_marks();
-    mark_next_ = 1;
-  }
+  // Stamps of earlier calls are below this call's range [stamp_next_, stamp_next_ + n).
+  if (train && !steps_sorted_) compact_stamps();  // steps went back (import, set_step): sort them once
+  ensure_stamps(static_cast<uint64_t>(n));
   static thread_local std::vector<IdMap*> maps_tls;
   std::vector<IdMap*>& maps = maps_tls;
   maps.clear();
   for (auto& m : maps_) maps.push_back(m.get());
-  const DedupProbe probe{maps.data(), mark_next_};
-  mark_next_ += static_cast<uint32_t>(n);
+  DedupProbe probe{maps.data(), stamp_next_};
+  if (train) {
+    // The range becomes this step's: the stamps the probe writes are the rows' last_seen.
+    bool bounded = false;
+    for (uint64_t c : capacity_) bounded |= c != 0;
+    probe.save = bounded ? DedupProbe::kKeepOld : DedupProbe::kDiscard;
+    if (n > 0) {
+      if (epoch_step_.back() != step_) push_epoch(stamp_next_, step_);
+      stamp_next_ += static_cast<uint32_t>(n);
+    }
+  } else {
+    probe.save = DedupProbe::kRestore;  // the range is borrowed: every stamp goes back
+  }
   dedup_keys(values, bounds, seg_ns, segments, inverse, out, &probe);
   probes_.key_hashes += n;
   probes_.map_probes += n;
+}
+
+void HashTable::undo_probe(const DedupResult& probed) {
+  if (probed.old.size() != probed.ids.size()) return;
+  for (int64_t u = 0; u < probed.size(); ++u) {
+    if (probed.rows[u] < 0) continue;
+    IdMap::Slot* sl = maps_[probed.ns[u]]->find_slot(probed.ids[u]);
+    if (sl) sl->stamp = probed.old[u];
+  }
+}
+
+void HashTable::push_epoch(uint32_t begin, uint32_t step) {
+  if (step < epoch_step_.back()) steps_sorted_ = false;
+  epoch_begin_.push_back(begin);
+  epoch_step_.push_back(step);
+}
+
+void HashTable::ensure_stamps(uint64_t n) {
+  if (static_cast<uint64_t>(stamp_next_) + n > stamp_limit_ || epoch_begin_.size() > epoch_limit_) compact_stamps();
+  TORCH_CHECK(static_cast<uint64_t>(stamp_next_) + n < UINT32_MAX, "recis: ", n,
+              " stamps do not fit the table's stamp clock; send smaller batches");
+}
+
+uint32_t HashTable::stamp_for(uint32_t step, bool may_compact) {
+  if (epoch_step_.back() == step) return epoch_begin_.back();
+  if (may_compact) ensure_stamps(1);
+  if (epoch_step_.back() == step) return epoch_begin_.back();  // compaction may have made it the last
+  push_epoch(stamp_next_, step);
+  return stamp_next_++;
+}
+
+uint32_t HashTable::stamp_from(uint32_t step) const {
+  const auto it = std::lower_bound(epoch_step_.begin(), epoch_step_.end(), step);
+  return it == epoch_step_.end() ? UINT32_MAX : epoch_begin_[static_cast<size_t>(it - epoch_step_.begin())];
+}
+
+void HashTable::compact_stamps() {
+  // Which epochs live slots still use, then their distinct steps in order: step k-th gets stamp k.
+  const size_t E = epoch_begin_.size();
+  auto epoch_of = [&](uint32_t stamp) {
+    return static_cast<size_t>(std::upper_bound(epoch_begin_.begin(), epoch_begin_.end(), stamp) -
+                               epoch_begin_.begin()) - 1;
+  };
+  std::vector<uint8_t> used(E, 0);
+  for (const auto& m : maps_) m->for_each_slot([&](const IdMap::Slot& sl) { used[epoch_of(sl.stamp)] = 1; });
+  std::vector<uint32_t> steps;
+  for (size_t e = 0; e < E; ++e)
+    if (used[e]) steps.push_back(epoch_step_[e]);
+  std::sort(steps.begin(), steps.end());
+  steps.erase(std::unique(steps.begin(), steps.end()), steps.end());
+  std::vector<uint32_t> remap(E, 0);
+  for (size_t e = 0; e < E; ++e)
+    if (used[e])
+      remap[e] = 1 + static_cast<uint32_t>(std::lower_bound(steps.begin(), steps.end(), epoch_step_[e]) - steps.begin());
+  for (auto& m : maps_) {
+    IdMap::Slot* slots = m->slot_data();
+    at::parallel_for(0, static_cast<int64_t>(m->capacity()), 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        if (slots[i].row1) slots[i].stamp = remap[epoch_of(slots[i].stamp)];
+    });
+  }
+  epoch_begin_.assign(1, 0);
+  epoch_step_.assign(1, 0);
+  for (size_t k = 0; k < steps.size(); ++k) {
+    epoch_begin_.push_back(static_cast<uint32_t>(k + 1));
+    epoch_step_.push_back(steps[k]);
+  }
+  stamp_next_ = static_cast<uint32_t>(steps.size() + 1);
+  steps_sorted_ = true;
+  epoch_limit_ = std::max<size_t>(size_t(1) << 20, 2 * epoch_begin_.size());
+  ++compactions_;
 }
 
 void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* counts, int64_t n, bool train,
@@ -264,12 +380,17 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
   bool bounded = false;
   for (uint64_t c : capacity_) bounded |= c != 0;
   const bool touch_now = train && touch_hits && !bounded;
-  const uint32_t step = step_;
+  // A prefound lookup's dedup already stamped its hits (their last_seen); a plain resolve
+  // stamps them here, with this step's stamp.
+  const bool stamp_hits = train && touch_hits && !prefound;
+  const uint32_t stamp = stamp_hits ? stamp_for(step_) : 0;
+  static thread_local std::vector<IdMap::Slot*> slots_tls;
+  std::vector<IdMap::Slot*>& slots = slots_tls;
+  if (stamp_hits) slots.resize(n);
   auto touch = [&](int64_t i) {
     RowMeta* m = store_.meta(static_cast<uint32_t>(rows[i]));
     const uint64_t c = static_cast<uint64_t>(m->count) + counts[i];
     m->count = c > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(c);
-    m->last_seen = step;
   };
   if (prefound) {
     if (touch_now)
@@ -283,8 +404,13 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
       for (int64_t i = b; i < std::min(e, b + kAhead); ++i) maps_[ns[i]]->prefetch(ids[i]);
       for (int64_t i = b; i < e; ++i) {
         if (i + kAhead < e) maps_[ns[i + kAhead]]->prefetch(ids[i + kAhead]);
-        rows[i] = maps_[ns[i]]->find(ids[i]);
-        if (touch_now && rows[i] >= 0) touch(i);
+        IdMap::Slot* sl = maps_[ns[i]]->find_slot(ids[i]);
+        rows[i] = sl ? static_cast<int64_t>(sl->row1) - 1 : IdMap::kMissing;
+        if (stamp_hits) slots[i] = sl;
+        if (touch_now && sl) {
+          touch(i);
+          sl->stamp = stamp;
+        }
       }
     });
     probes_.key_hashes += n;
@@ -305,6 +431,9 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
   for (uint32_t s = 0; s < maps_.size(); ++s)
     full |= incoming[s] && capacity_[s] && maps_[s]->size() + incoming[s] > capacity_[s];
   if (full) {
+    // Eviction moves slots (backward shift): the hits' slots are found again below.
+    if (stamp_hits)
+      for (int64_t i = 0; i < n; ++i) slots[i] = nullptr;
     // This batch's hits must survive the eviction that makes room for its new ids.
     std::vector<int64_t> hits;
     for (int64_t i = 0; i < n; ++i)
@@ -317,7 +446,13 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
     // Distinct keys own distinct rows, so hits update their metadata in parallel.
     at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i)
-        if (rows[i] >= 0) touch(i);
+        if (rows[i] >= 0) {
+          touch(i);
+          if (stamp_hits) {
+            IdMap::Slot* sl = slots[i] ? slots[i] : maps_[ns[i]]->find_slot(ids[i]);
+            sl->stamp = stamp;
+          }
+        }
     });
   }
   if (gated)
@@ -339,14 +474,13 @@ void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_
     if (incoming[s]) maps_[s]->reserve(maps_[s]->size() + incoming[s]);
   // Initial values are a pure function of (seed, id), so rows are filled in parallel.
   const int64_t w = store_.slot_width();
-  const uint32_t step = step_;
+  const uint32_t stamp = insert_stamp_ >= 0 ? static_cast<uint32_t>(insert_stamp_) : stamp_for(step_);
   at::parallel_for(0, k_new, 1024, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       const int64_t i = which[k];
       const uint32_t r = fresh[k];
       RowMeta* m = store_.meta(r);
       m->count = counts[i];
-      m->last_seen = step;
       fill_initial(ns[i], ids[i], store_.emb(r));
       if (w) std::memcpy(store_.slots(r), slot_init_.data(), sizeof(float) * w);
       rows[i] = r;
@@ -361,7 +495,7 @@ void HashTable::insert_new(const uint32_t* ns, const int64_t* ids, const uint32_
         maps_[ns[a]]->prefetch(ids[a]);
       }
       const int64_t i = which[k];
-      maps_[ns[i]]->place_absent_concurrent(ids[i], fresh[k]);
+      maps_[ns[i]]->place_absent_concurrent(ids[i], fresh[k], stamp);
     }
   });
   for (uint32_t s = 0; s < maps_.size(); ++s) maps_[s]->add_size(incoming[s]);
@@ -404,8 +538,8 @@ int64_t HashTable::erase(uint32_t ns, const int64_t* ids, int64_t n) {
     const uint32_t guard = protected_from();
     std::vector<int64_t> held;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = maps_[ns]->find(ids[i]);
-      if (r >= 0 && store_.meta(static_cast<uint32_t>(r))->last_seen >= guard) held.push_back(ids[i]);
+      const IdMap::Slot* sl = maps_[ns]->find_slot(ids[i]);
+      if (sl && last_seen_of(sl->stamp) >= guard) held.push_back(ids[i]);
     }
     if (!held.empty()) {
       std::ostringstream out;
@@ -442,12 +576,15 @@ void HashTable::advance_step() {
 
 int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
   const uint32_t guard = protected_from();
+  // guard <= step_, so a row older than the guard is expired iff last_seen < step_ - ttl_steps.
+  if (step_ <= ttl_steps) return 0;
+  const uint32_t before = std::min(guard, step_ - ttl_steps);  // expired: last_seen < before
+  const uint32_t from = steps_sorted_ ? stamp_from(before) : 0;
   int64_t evicted = 0;
   for (uint32_t ns = 0; ns < maps_.size(); ++ns) {
     std::vector<int64_t> old;
-    maps_[ns]->for_each([&](int64_t id, uint32_t r) {
-      const RowMeta* m = store_.meta(r);
-      if (m->last_seen < guard && step_ - m->last_seen > ttl_steps) old.push_back(id);
+    maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
+      if (steps_sorted_ ? sl.stamp < from : last_seen_of(sl.stamp) < before) old.push_back(sl.id);
     });
     for (int64_t id : old) drop_row(ns, id);
     evicted += static_cast<int64_t>(old.size());
@@ -461,36 +598,38 @@ void HashTable::export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, i
   check_ns(ns);
   const int64_t dim = store_.dim(), w = store_.slot_width();
   int64_t i = 0;
-  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
-    const RowMeta* m = store_.meta(r);
-    ids[i] = id;
-    counts[i] = m->count;
-    last_seen[i] = m->last_seen;
+  maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
+    const uint32_t r = sl.row1 - 1;
+    ids[i] = sl.id;
+    counts[i] = store_.meta(r)->count;
+    last_seen[i] = last_seen_of(sl.stamp);
     std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
     if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
     ++i;
   });
 }
 
-std::vector<std::pair<int64_t, uint32_t>> HashTable::rows_since(uint32_t ns, uint32_t since) const {
+std::vector<SlotRef> HashTable::rows_since(uint32_t ns, uint32_t since) const {
   check_ns(ns);
-  std::vector<std::pair<int64_t, uint32_t>> out;
-  maps_[ns]->for_each([&](int64_t id, uint32_t r) {
-    if (store_.meta(r)->last_seen >= since) out.emplace_back(id, r);
+  std::vector<SlotRef> out;
+  // Steps in stamp order (the usual case): one stamp threshold; otherwise each stamp's step.
+  const uint32_t from = steps_sorted_ ? stamp_from(since) : 0;
+  maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
+    if (steps_sorted_ ? sl.stamp >= from : last_seen_of(sl.stamp) >= since)
+      out.push_back({sl.id, sl.row1 - 1, sl.stamp});
   });
   return out;
 }
 
-void HashTable::export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb,
-                            float* slots, int64_t* counts, int64_t* last_seen) const {
+void HashTable::export_rows(const std::vector<SlotRef>& sel, int64_t* ids, float* emb, float* slots,
+                            int64_t* counts, int64_t* last_seen) const {
   const int64_t dim = store_.dim(), w = store_.slot_width(), n = static_cast<int64_t>(sel.size());
   at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const uint32_t r = sel[i].second;
-      const RowMeta* m = store_.meta(r);
-      ids[i] = sel[i].first;
-      counts[i] = m->count;
-      last_seen[i] = m->last_seen;
+      const uint32_t r = sel[i].row;
+      ids[i] = sel[i].id;
+      counts[i] = store_.meta(r)->count;
+      last_seen[i] = last_seen_of(sel[i].stamp);
       std::memcpy(emb + i * dim, store_.emb(r), sizeof(float) * dim);
       if (w) std::memcpy(slots + i * w, store_.slots(r), sizeof(float) * w);
     }
@@ -517,13 +656,38 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
     }
   }
   std::vector<int64_t> rows(n);
-  find_or_insert(ns, ids, n, rows.data());
+  insert_stamp_ = 0;  // placeholders: every imported id's stamp is written below
+  try {
+    find_or_insert(ns, ids, n, rows.data());
+  } catch (...) {
+    insert_stamp_ = -1;
+    throw;
+  }
+  insert_stamp_ = -1;
+  // A stamp per distinct last_seen value, taken in increasing order (after the inserts: taking
+  // stamps may compact the clock, which keeps only the stamps that slots hold).
+  std::vector<uint32_t> values, stamps;
+  auto value_of = [&](int64_t i) {
+    return last_seen ? static_cast<uint32_t>(std::clamp<int64_t>(last_seen[i], 0, UINT32_MAX)) : step_;
+  };
+  if (last_seen) {
+    values.resize(n);
+    for (int64_t i = 0; i < n; ++i) values[i] = value_of(i);
+    std::sort(values.begin(), values.end());
+    values.erase(std::unique(values.begin(), values.end()), values.end());
+  } else {
+    values.assign(1, step_);
+  }
+  ensure_stamps(values.size());
+  for (uint32_t v : values) stamps.push_back(stamp_for(v, false));  // no compaction between them
   at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const uint32_t r = static_cast<uint32_t>(rows[i]);
       RowMeta* m = store_.meta(r);
       m->count = counts ? static_cast<uint32_t>(std::clamp<int64_t>(counts[i], 0, UINT32_MAX)) : 0;
-      m->last_seen = last_seen ? static_cast<uint32_t>(std::clamp<int64_t>(last_seen[i], 0, UINT32_MAX)) : step_;
+      const uint32_t v = value_of(i);
+      maps_[ns]->find_slot(ids[i])->stamp =
+          stamps[static_cast<size_t>(std::lower_bound(values.begin(), values.end(), v) - values.begin())];
       std::memcpy(store_.emb(r), emb + i * dim, sizeof(float) * dim);
       if (w && slots) std::memcpy(store_.slots(r), slots + i * w, sizeof(float) * w);
     }
@@ -532,13 +696,18 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
 
 void HashTable::clear() {
   for (auto& m : maps_) m->clear();
+  epoch_begin_.assign(1, 0);
+  epoch_step_.assign(1, 0);
+  stamp_next_ = 1;
+  steps_sorted_ = true;
   store_.clear();
   pending_.clear();
   if (sketch_.enabled()) std::fill(sketch_.counts().begin(), sketch_.counts().end(), 0u);
 }
 
 size_t HashTable::memory_bytes() const {
-  size_t total = store_.memory_bytes() + sketch_.memory_bytes();
+  size_t total = store_.memory_bytes() + sketch_.memory_bytes() +
+                 (epoch_begin_.capacity() + epoch_step_.capacity()) * sizeof(uint32_t);
   for (const auto& m : maps_) total += m->memory_bytes();
   return total;
 }

@@ -2,6 +2,7 @@
 // eviction and the buffer of pending sparse gradients.
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -31,7 +32,8 @@ struct PendingGrads {
   std::vector<uint8_t> finite;
   int64_t n = 0;
   int segments = 0;
-  // The smallest last_seen of the rows held here: rows seen at or after it stay protected.
+  // The smallest last_seen of the rows held here (when they arrived): rows seen at or after it
+  // stay protected.
   uint32_t min_last_seen = UINT32_MAX;
   float* append(int64_t count, int64_t dim);
   void clear() { n = 0, segments = 0, min_last_seen = UINT32_MAX; }
@@ -51,6 +53,12 @@ struct ProbeCounters {
 };
 
 struct DedupResult;
+
+// A row selected for export: its id, row and last_seen stamp.
+struct SlotRef {
+  int64_t id;
+  uint32_t row, stamp;
+};
 
 class HashTable {
  public:
@@ -81,8 +89,13 @@ class HashTable {
                int64_t* rows, bool admit_all = false, bool touch_hits = true, bool prefound = false);
   // dedup_keys fused with the id-map probe (see DedupProbe): one hash and one map probe per
   // value; out.rows holds the unique keys' rows (-1: absent), ready for resolve(prefound).
+  // In training the stamps it writes are the found rows' last_seen (this step); when the table
+  // has a capacity (the lookup may still be refused) out.old keeps the stamps they replaced, for
+  // undo_probe. Otherwise (eval) every stamp is back as it was when it returns.
   void dedup_probe(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
-                   int32_t* inverse, DedupResult& out);
+                   int32_t* inverse, DedupResult& out, bool train = true);
+  // Puts back the last_seen of the rows a refused training dedup_probe stamped.
+  void undo_probe(const DedupResult& probed);
   void find(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows) const;
   // Inserts whatever is missing (no admission); capacity rules still apply.
   void find_or_insert(uint32_t ns, const int64_t* ids, int64_t n, int64_t* rows);
@@ -94,12 +107,13 @@ class HashTable {
 
   // ---- export / import of one namespace ----
   void export_ns(uint32_t ns, int64_t* ids, float* emb, float* slots, int64_t* counts, int64_t* last_seen) const;
-  // The (id, row) pairs of namespace ns whose last_seen >= since (rows a training lookup or an
-  // insert touched at or after step `since`), in id-map order; since = 0 selects every row.
-  std::vector<std::pair<int64_t, uint32_t>> rows_since(uint32_t ns, uint32_t since) const;
+  // The rows of namespace ns whose last_seen >= since (rows a training lookup or an insert
+  // touched at or after step `since`), in id-map order; since = 0 selects every row. Reads the
+  // id map's slots only (their stamps), not the row store.
+  std::vector<SlotRef> rows_since(uint32_t ns, uint32_t since) const;
   // Copies the selected rows out (arrays of sel.size() entries; slots only with a slot layout).
-  void export_rows(const std::vector<std::pair<int64_t, uint32_t>>& sel, int64_t* ids, float* emb, float* slots,
-                   int64_t* counts, int64_t* last_seen) const;
+  void export_rows(const std::vector<SlotRef>& sel, int64_t* ids, float* emb, float* slots, int64_t* counts,
+                   int64_t* last_seen) const;
   void import_ns(uint32_t ns, int64_t n, const int64_t* ids, const float* emb, const float* slots,
                  const int64_t* counts, const int64_t* last_seen);
   void clear();
@@ -127,8 +141,10 @@ class HashTable {
   // hold their rows until the optimizer's step() or zero_grad(). Rows seen at or after the
   // oldest hold are never evicted. Forward leases are counted under their own lock, as their
   // release runs wherever the graph is freed.
-  void add_forward(uint32_t step);
-  void release_forward(uint32_t step);
+  // `rows` (n entries, alive until release_forward) are the forward's unique rows in this table:
+  // a backward that hands the same rows to append_pending is known to come from this forward.
+  void add_forward(uint32_t step, const int64_t* rows = nullptr, int64_t n = 0);
+  void release_forward(uint32_t step, const int64_t* rows = nullptr);
   int64_t live_forwards() const;
   // Whether backward keeps gradients for an optimizer (one is attached); else it drops them.
   void set_keep_grads(bool keep) { keep_grads_ = keep; }
@@ -146,6 +162,28 @@ class HashTable {
   const ProbeCounters& probe_counters() const { return probes_; }
   void check_ns(uint32_t ns) const;
 
+  // ---- the stamp clock (last_seen in the id map's slots) ----
+  // A slot's stamp maps to a step through epochs {begin, step}: the step of the last epoch with
+  // begin <= stamp. Stamps are handed out increasing: a training lookup's dedup takes a range of
+  // n stamps for the current step; other writers (inserts, resolve's touch, import) take one
+  // stamp per step (per imported step value). Before the clock would pass its bound, or when
+  // the epochs outgrow theirs, compact() renumbers the live stamps 1..K by distinct step.
+  uint32_t last_seen_of(uint32_t stamp) const {
+    auto it = std::upper_bound(epoch_begin_.begin(), epoch_begin_.end(), stamp);
+    return epoch_step_[static_cast<size_t>(it - epoch_begin_.begin()) - 1];
+  }
+  void compact_stamps();
+  // Test hooks: the clock's bound (compaction comes before it is passed) and its state.
+  void set_stamp_limit(uint32_t limit) { stamp_limit_ = limit; }
+  struct StampState {
+    uint32_t next;
+    uint64_t epochs, compactions;
+    bool steps_sorted;
+  };
+  StampState stamp_state() const {
+    return {stamp_next_, epoch_begin_.size(), compactions_, steps_sorted_};
+  }
+
   std::mutex mu;  // one op at a time per table
 
  private:
@@ -157,6 +195,16 @@ class HashTable {
   // Evicts (LFU) so `incoming` new ids fit under the capacity; rows in `keep` (sorted) stay.
   void make_room(uint32_t ns, uint64_t incoming, const std::vector<int64_t>& keep);
   uint32_t protected_from() const;
+  // The stamp that marks step `step` for a writer outside the dedup (one per step).
+  uint32_t stamp_for(uint32_t step, bool may_compact = true);
+  // Makes room for n more stamps on the clock (compacts when needed).
+  void ensure_stamps(uint64_t n);
+  void push_epoch(uint32_t begin, uint32_t step);
+  // With epochs whose steps never decrease: the smallest stamp whose last_seen >= step
+  // (UINT32_MAX: none). Callers check steps_sorted_ first.
+  uint32_t stamp_from(uint32_t step) const;
+  // The smallest last_seen of `rows` (-1 entries ignored; UINT32_MAX when none has a row).
+  uint32_t min_last_seen_of_rows(const int64_t* rows, int64_t count) const;
   // Why only `cands` rows of namespace ns may be evicted: what holds the others.
   std::string holds_message(uint32_t ns, uint64_t cap, uint64_t incoming, uint64_t cands, size_t batch_rows) const;
   std::string label(uint32_t ns) const;
@@ -175,14 +223,27 @@ class HashTable {
   uint32_t step_ = 0;
   uint32_t ttl_steps_ = 0;
   uint64_t ttl_interval_ = 0;
-  mutable std::mutex lease_mu_;               // guards live_ only; never held while taking another lock
+  mutable std::mutex lease_mu_;               // guards live_ and lease_rows_; never held while taking another lock
   std::map<uint32_t, int64_t> live_;          // step -> training forwards of that step still alive
+  struct LeaseRows {
+    const int64_t* rows;
+    int64_t n;
+    uint32_t step;
+  };
+  std::vector<LeaseRows> lease_rows_;         // the unique rows of live forwards (see add_forward)
   bool keep_grads_ = false;
   std::vector<std::string> names_;
   PendingGrads pending_;
   TableStats stats_;
   ProbeCounters probes_;
-  uint32_t mark_next_ = 1;  // the first map-slot mark of the next dedup_probe (0: never a live mark)
+  // The stamp clock: epochs as two parallel arrays (begins increasing), the next free stamp.
+  std::vector<uint32_t> epoch_begin_{0}, epoch_step_{0};
+  uint32_t stamp_next_ = 1;
+  uint32_t stamp_limit_ = UINT32_MAX - 1;
+  size_t epoch_limit_ = size_t(1) << 20;
+  bool steps_sorted_ = true;  // epoch_step_ never decreases
+  uint64_t compactions_ = 0;
+  int64_t insert_stamp_ = -1;  // >= 0: the stamp insert_new gives new rows (import overwrites it)
 };
 
 }  // namespace recis

@@ -7,7 +7,7 @@
 
 namespace recis {
 
-void IdMap::place_absent_concurrent(int64_t id, uint32_t row) {
+void IdMap::place_absent_concurrent(int64_t id, uint32_t row, uint32_t stamp) {
   for (uint64_t i = home(id);; i = next(i)) {
     uint32_t* row1 = &slots_[i].row1;
     uint32_t empty = 0;
@@ -15,6 +15,7 @@ void IdMap::place_absent_concurrent(int64_t id, uint32_t row) {
         __atomic_compare_exchange_n(row1, &empty, row + 1, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
       // Concurrent inserters look only at row1; readers wait for the parallel region's join.
       slots_[i].id = id;
+      slots_[i].stamp = stamp;
       return;
     }
   }
@@ -29,7 +30,7 @@ void IdMap::rehash(uint64_t new_cap) {
   at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       if (i + kAhead < e && old[i + kAhead].row1) __builtin_prefetch(&slots_[home(old[i + kAhead].id)], 1);
-      if (old[i].row1) place_absent_concurrent(old[i].id, old[i].row1 - 1);
+      if (old[i].row1) place_absent_concurrent(old[i].id, old[i].row1 - 1, old[i].stamp);
     }
   });
 }

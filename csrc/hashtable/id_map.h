@@ -8,7 +8,7 @@
 
 namespace recis {
 
-// Linear probing over 16-byte slots {id, row + 1, mark}. Emptiness is encoded in the row field
+// Linear probing over 16-byte slots {id, row + 1, stamp}. Emptiness is encoded in the row field
 // (0 = empty), never in the key, so every int64 value, including 0, -1, INT64_MIN and
 // INT64_MAX, is a valid id, and two ids never share a row. A find reads one slot run (one
 // cache miss for a hit). Erase uses backward-shift deletion (no tombstones). The map grows
@@ -52,10 +52,8 @@ class IdMap {
     __builtin_prefetch(p);
     __builtin_prefetch(p + 64);
   }
-  // Sets every slot's mark to 0 (when the table's mark counter wraps).
-  void clear_marks() {
-    for (Slot& s : slots_) s.mark = 0;
-  }
+  // The live slot of `id`, or nullptr (hashes the id).
+  Slot* find_slot(int64_t id) { return find_slot_h(id, hash(id)); }
   // Prefetches the home slot of `id` and the next cache line, where its probe run often
   // continues (used kAhead ids ahead in batched probes).
   void prefetch(int64_t id) const {
@@ -67,7 +65,7 @@ class IdMap {
 
   // Claims a slot for an absent id; safe while other threads claim slots for other absent ids.
   // The caller reserves room first and reports the new ids with add_size() afterwards.
-  void place_absent_concurrent(int64_t id, uint32_t row);
+  void place_absent_concurrent(int64_t id, uint32_t row, uint32_t stamp);
   void add_size(uint64_t n) { size_ += n; }
   // Rows of n ids (kMissing where absent), in parallel with prefetching.
   void find_batch(const int64_t* ids, int64_t n, int64_t* rows) const;
@@ -88,13 +86,24 @@ class IdMap {
       if (s.row1) f(s.id, s.row1 - 1);
   }
 
+  // Calls f(slot) for every live slot, in slot order.
+  template <class F>
+  void for_each_slot(F&& f) const {
+    for (const Slot& s : slots_)
+      if (s.row1) f(s);
+  }
+  // The slot array (capacity() slots; live ones have row1 != 0), for parallel passes.
+  Slot* slot_data() { return slots_.data(); }
+  const Slot* slot_data() const { return slots_.data(); }
+
   struct Slot {
     int64_t id;
     uint32_t row1;  // row + 1; 0 marks an empty slot
-    // Scratch of the fused dedup + probe (dedup_keys with a DedupProbe): the first value of a
-    // lookup that reaches this slot stamps it with the lookup's mark range; not table state
-    // (never exported, zero in new slots, free to go stale).
-    uint32_t mark;
+    // The row's last_seen, as a stamp of the table's stamp clock (HashTable::last_seen_of maps
+    // it to a step). The fused dedup + probe (dedup_keys with a DedupProbe) writes it: the first
+    // value of a training lookup that reaches the slot stamps it from the lookup's stamp range,
+    // which is also how later values of the lookup find their unique key.
+    uint32_t stamp;
   };
 
  private:

@@ -110,6 +110,21 @@ void RowStore::clear() {
   free_.shrink_to_fit();
 }
 
+void RowStore::protect_rows(bool no_access) const {
+  const int prot = no_access ? PROT_NONE : PROT_READ | PROT_WRITE;
+  auto apply = [&](const void* p, size_t bytes) {
+    if (!p || bytes == 0) return;
+    const uintptr_t page = 4096, a = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t head = a & ~(page - 1);
+    mprotect(reinterpret_cast<void*>(head), (a + bytes - head + page - 1) & ~(page - 1), prot);
+  };
+  for (const Block& b : blocks_) {
+    apply(b.meta, sizeof(RowMeta) * kBlockRows);
+    apply(b.emb, array_bytes(dim_));
+    apply(b.slots, array_bytes(slot_width_));
+  }
+}
+
 size_t RowStore::memory_bytes() const {
   // Pages past the high-water row are never touched, so they hold no memory.
   return static_cast<size_t>(high_water_) * row_bytes() + free_.capacity() * sizeof(uint32_t) +

@@ -6,10 +6,9 @@
 
 namespace recis {
 
-// 8 bytes of metadata per row (the id itself lives in the id map's slot).
+// 4 bytes of metadata per row (the id and the last_seen stamp live in the id map's slot).
 struct RowMeta {
-  uint32_t count;      // sightings since insertion (saturating)
-  uint32_t last_seen;  // table step of the last training lookup
+  uint32_t count;  // sightings since insertion (saturating)
 };
 
 // Rows live in fixed-size blocks that never move, so row pointers stay valid while the
@@ -49,6 +48,9 @@ class RowStore {
   void relayout(int64_t slot_width, const std::vector<float>& slot_init);
   void clear();
   size_t memory_bytes() const;
+  // Test hook: makes every block's arrays unreadable (or readable again), so that a pass that
+  // must not touch the rows faults if it does.
+  void protect_rows(bool no_access) const;
 
  private:
   static constexpr uint32_t kMask = kBlockRows - 1;

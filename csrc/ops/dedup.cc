@@ -36,6 +36,8 @@ struct DedupWorkspace {
   std::vector<std::vector<std::vector<int32_t>>> local;
   std::vector<std::vector<std::vector<uint32_t>>> ns;
   std::vector<DedupResult> parts;
+  // [partition]: with DedupProbe::kRestore, the slots this call stamped and their old stamps.
+  std::vector<std::vector<std::pair<IdMap::Slot*, uint32_t>>> saved;
 };
 
 uint64_t next_pow2(uint64_t x) {
@@ -71,6 +73,8 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   ws.local.resize(kParts, std::vector<std::vector<int32_t>>(kParts));
   ws.ns.resize(kParts, std::vector<std::vector<uint32_t>>(kParts));
   ws.parts.resize(kParts);
+  ws.saved.resize(kParts);
+  const int save = probe ? probe->save : DedupProbe::kDiscard;
   bool single_ns = true;
   for (int64_t s = 1; s < segments; ++s) single_ns &= seg_ns[s] == seg_ns[0];
   // Values are cut into kParts chunks of (almost) equal size, across segments.
@@ -114,7 +118,9 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       DedupResult& part = ws.parts[p];
-      part.ids.clear(), part.ns.clear(), part.counts.clear(), part.rows.clear();
+      part.ids.clear(), part.ns.clear(), part.counts.clear(), part.rows.clear(), part.old.clear();
+      std::vector<std::pair<IdMap::Slot*, uint32_t>>& saved = ws.saved[p];
+      saved.clear();
       Entry* table = ws.entries.data() + p * part_cap;
       const uint64_t mask = part_cap - 1;
       for (int64_t c = 0; c < kParts; ++c) {
@@ -133,13 +139,15 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
             if (s) {
               // Marks of this call are >= mark_base; the slot is this key's, and only this
               // partition's values reach it.
-              if (s->mark >= probe->mark_base) {
-                const uint32_t l = s->mark - part_mark[p];
+              if (s->stamp >= probe->mark_base) {
+                const uint32_t l = s->stamp - part_mark[p];
                 ++part.counts[l];
                 local[k] = static_cast<int32_t>(l);
               } else {
                 const uint32_t l = static_cast<uint32_t>(part.ids.size());
-                s->mark = part_mark[p] + l;
+                if (save == DedupProbe::kKeepOld) part.old.push_back(s->stamp);
+                else if (save == DedupProbe::kRestore) saved.emplace_back(s, s->stamp);
+                s->stamp = part_mark[p] + l;
                 part.ids.push_back(id);
                 part.ns.push_back(ns);
                 part.counts.push_back(1);
@@ -159,6 +167,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
               part.ns.push_back(ns);
               part.counts.push_back(1);
               if (probe) part.rows.push_back(-1);
+              if (save == DedupProbe::kKeepOld) part.old.push_back(0);
               local[k] = static_cast<int32_t>(en.local);
               break;
             }
@@ -170,6 +179,8 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
           }
         }
       }
+      // Only this partition's values reach its keys' slots: they are all done here.
+      for (const auto& [slot, old] : saved) slot->stamp = old;
     }
   });
   // 3. Concatenate the partitions; each chunk writes the global indices of its own values.
@@ -179,6 +190,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   out.ns.resize(base[kParts]);
   out.counts.resize(base[kParts]);
   out.rows.resize(probe ? base[kParts] : 0);
+  out.old.resize(save == DedupProbe::kKeepOld ? base[kParts] : 0);
   at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       const DedupResult& part = ws.parts[p];
@@ -186,6 +198,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       std::copy(part.ns.begin(), part.ns.end(), out.ns.begin() + base[p]);
       std::copy(part.counts.begin(), part.counts.end(), out.counts.begin() + base[p]);
       if (probe) std::copy(part.rows.begin(), part.rows.end(), out.rows.begin() + base[p]);
+      if (save == DedupProbe::kKeepOld) std::copy(part.old.begin(), part.old.end(), out.old.begin() + base[p]);
     }
   });
   at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {

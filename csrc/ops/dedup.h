@@ -12,6 +12,7 @@ struct DedupResult {
   std::vector<int64_t> rows;     // with a DedupProbe: each unique key's row in its id map, or -1
   std::vector<uint32_t> ns;      // their namespaces
   std::vector<uint32_t> counts;  // sightings of each unique key in the batch
+  std::vector<uint32_t> old;     // with DedupProbe::kKeepOld: each found key's stamp before this call
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
 };
 
@@ -24,11 +25,17 @@ struct DedupResult {
 // of the call that reaches the slot stamps it with mark_base + the value's unique position;
 // later ones read the stamp back), and only misses (new ids) go through the dedup's own hash
 // set. The unique order, inverse and counts are exactly those without a probe; out.rows gets
-// the rows found. The marks of one call lie in [mark_base, mark_base + n): the caller makes
-// sure no slot holds a mark >= mark_base from an earlier call (see HashTable::next_marks).
+// the rows found. The stamps of one call lie in [mark_base, mark_base + n): the caller makes
+// sure no slot holds a stamp >= mark_base from an earlier call (see HashTable::dedup_probe).
+// The stamps are the slots' last_seen: `save` says what happens to the stamps they replace:
+// kDiscard drops them (a training lookup), kKeepOld writes them to out.old (a training lookup
+// that may still be refused and undone), kRestore puts them back before returning (an eval
+// lookup, which must not change last_seen).
 struct DedupProbe {
+  enum Save : int { kDiscard = 0, kKeepOld = 1, kRestore = 2 };
   IdMap* const* maps;
   uint32_t mark_base;
+  Save save = kDiscard;
 };
 void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* seg_ns, int64_t segments,
                 int32_t* inverse, DedupResult& out, const DedupProbe* probe = nullptr);

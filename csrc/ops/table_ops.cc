@@ -30,17 +30,22 @@ void bump(const at::Tensor& token) {
 at::Tensor leased(const std::vector<std::shared_ptr<HashTable>>& tables, const at::Tensor& rows,
                   const std::vector<uint32_t>& steps) {
   auto* buf = new at::Tensor(rows);
+  // Table t's unique rows: row t of a [T, n] tensor (or all of a 1-d one). Registered with the
+  // lease, so that a backward handing them back is known to come from this forward.
+  const int64_t n = rows.dim() == 2 ? rows.size(1) : rows.numel();
+  const int64_t* base = rows.data_ptr<int64_t>();
   std::vector<std::pair<std::weak_ptr<HashTable>, uint32_t>> leases;
   for (size_t t = 0; t < tables.size(); ++t) leases.emplace_back(tables[t], steps[t]);
   at::Tensor out = at::from_blob(
       buf->data_ptr(), rows.sizes(),
-      [buf, leases](void*) {
+      [buf, leases, base, n](void*) {
+        // Leases end before the rows' memory goes.
+        for (size_t t = 0; t < leases.size(); ++t)
+          if (auto table = leases[t].first.lock()) table->release_forward(leases[t].second, base + t * n);
         delete buf;
-        for (const auto& l : leases)
-          if (auto t = l.first.lock()) t->release_forward(l.second);
       },
       at::TensorOptions().dtype(at::kLong));
-  for (size_t t = 0; t < tables.size(); ++t) tables[t]->add_forward(steps[t]);
+  for (size_t t = 0; t < tables.size(); ++t) tables[t]->add_forward(steps[t], base + t * n, n);
   return out;
 }
 
@@ -178,13 +183,14 @@ void forward_one(HashTable& table, const TableLayout& TL, const at::Tensor& valu
   // [seg_begin[2s], seg_begin[2s + 1]) per segment); resolve then only handles the misses.
   static thread_local DedupResult uniq;
   table.dedup_probe(values.data_ptr<int64_t>(), seg_begin.data(), seg_ns.data(), static_cast<int64_t>(seg_ns.size()),
-                    inv, uniq);
+                    inv, uniq, train);
   const int64_t U = uniq.size();
   std::copy(uniq.rows.begin(), uniq.rows.end(), rows);
   try {
     table.resolve(uniq.ns.data(), uniq.ids.data(), uniq.counts.data(), U, train, rows, false, true, true);
   } catch (...) {
-    table.set_step(step_before);  // a refused batch leaves no trace
+    table.undo_probe(uniq);  // a refused batch leaves no trace
+    table.set_step(step_before);
     throw;
   }
   // Sized by the batch, not by the number of unique ids, so shapes stay static for
