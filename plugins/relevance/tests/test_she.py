@@ -31,6 +31,15 @@ LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size
                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def task():
     return build_task(synthetic_items(), queries=16, per_query=8, seed=0)

@@ -36,6 +36,15 @@ SHE = {"grpo": {"beta": 0.05, "inner_steps": 2}, "minibatch_size": 4,
                "max_refills": 1}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("she_jobs")
