@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.towers.generation import Rollout, position_ids
+from recis.towers.generation import Rollout
 from recis.towers.lm_tokens import encode_prompts
 
-from recis_relevance.formats import LABEL_TOKENS, STEP, render
+from recis_relevance.formats import STEP, render
 from recis_relevance.judge import ROW_COLUMNS, JudgeTower
 from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.judge_rl import GRPOJudge

@@ -3,7 +3,6 @@ and resumed bit-identically (weights, optimizer, the sampling and the step judge
 the curriculum (disjoint stages, non-decreasing difficulty, SFT pass rates), and the example's
 stage YAMLs. Tiny Llama, synthetic catalogue, no download."""
 import relevance_testing  # noqa: F401  (first: makes the plugin importable)
-import copy
 import json
 import os
 import runpy
