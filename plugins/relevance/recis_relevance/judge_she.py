@@ -160,6 +160,8 @@ class SHEJudge(GRPOJudge):
         B, G = rewards.shape
         N = B * G
         per = [rows[i // G] for i in range(N)]
+        if isinstance(self.step_judge, LMStepJudge):
+            self.step_judge.to(self.device)  # follows the policy (it is not a submodule)
         scores = score_steps(per, words, self.verifier, self.step_judge)
         index = step_index(ro.completion_ids, ro.completion_mask, self.step_id, self.stop_ids)
         counts = step_counts(index).tolist()

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.towers.generation import Rollout, position_ids
+from recis.towers.generation import Rollout
 from recis.towers.lm_tokens import encode_prompts
 
-from recis_relevance.formats import LABEL_TOKENS, STEP, render
+from recis_relevance.formats import STEP, render
 from recis_relevance.judge import ROW_COLUMNS, JudgeTower
 from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.judge_rl import GRPOJudge
@@ -29,6 +29,15 @@ from relevance_testing import synthetic_items
 
 LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +302,17 @@ def test_the_she_section_goes_with_objective_she():
         JudgeConfig.from_options({"policy": LLAMA, "objective": "grpo", "she": {}})
     cfg = JudgeConfig.from_options({"policy": LLAMA, "objective": "she", "she": {"lam": 0.3}})
     assert isinstance(cfg.she, SHEConfig) and cfg.she.lam == 0.3 and cfg.she.filter.min_paths == 2
+
+
+def test_an_lm_step_judge_tower_keeps_the_judge_out_of_its_weights_and_scores_the_uncovered_steps(rows, spec):
+    opts = options(spec, judge="lm", judge_policy=LLAMA, judge_tokenizer=spec, verifier_coverage=0.0,
+                   judge_reward="soft")
+    tower = ScriptedSHE(JudgeConfig.from_options(opts))
+    assert isinstance(tower.step_judge, LMStepJudge) and set(tower.generators()) == {"sampling"}
+    judge_params = {id(p) for p in tower.step_judge.model.parameters()}
+    assert not judge_params & {id(p) for p in tower.parameters()}  # neither trained nor saved
+    row = rows[0]
+    texts = [completion(row, flip=0), completion(row), completion(row, grade=other_grade(row))]
+    phase = run_rollout(tower, [row], [texts])
+    assert phase.stats["verifier_share"] == 0.0 and phase.stats["steps_per_completion"] == len(rationale(row))
+    assert 0.0 < phase.stats["step_reward_mean"] < 1.0  # soft P(yes) of an untrained judge

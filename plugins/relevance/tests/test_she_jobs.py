@@ -3,7 +3,6 @@ and resumed bit-identically (weights, optimizer, the sampling and the step judge
 the curriculum (disjoint stages, non-decreasing difficulty, SFT pass rates), and the example's
 stage YAMLs. Tiny Llama, synthetic catalogue, no download."""
 import relevance_testing  # noqa: F401  (first: makes the plugin importable)
-import copy
 import json
 import os
 import runpy
@@ -34,6 +33,15 @@ FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS
 SHE = {"grpo": {"beta": 0.05, "inner_steps": 2}, "minibatch_size": 4,
        "she": {"lam": 0.5, "verifier_coverage": 0.5, "judge_error": 0.3, "judge_seed": 4, "min_paths": 2,
                "max_refills": 1}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
