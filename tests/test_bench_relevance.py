@@ -143,7 +143,7 @@ def test_bad_config_is_named(bad, match):
 def test_speed_only_measures_untrained_towers(tmp_path):
     base = bench.BenchConfig(queries=20, per_query=8, test_fraction=0.3, val_fraction=0.25, task_seed=2)
     files, info = bench.write_files(base, _items(), str(tmp_path))
-    cfg = _config(files, models=("ebrm_qe", "ebrm", "relevance_cross_encoder"), eval_batch_size=16)
+    cfg = _config(files, models=("ebrm_qe", "ebrm", "relevance_cross_encoder"), eval_batch_size=16, repeats=1)
     out = bench.speed_only(cfg, files)
     assert set(out) == {"ebrm", "relevance_cross_encoder", "ebrm_over_cross"}  # ebrm_qe is the same tower
     assert set(out["ebrm"]) == {"uncached", "cold", "warm"} and out["ebrm"]["warm"]["hit_rate"] == 1.0

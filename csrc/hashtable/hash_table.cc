@@ -672,9 +672,17 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
   };
   if (last_seen) {
     values.resize(n);
-    for (int64_t i = 0; i < n; ++i) values[i] = value_of(i);
-    std::sort(values.begin(), values.end());
-    values.erase(std::unique(values.begin(), values.end()), values.end());
+    bool same = true;
+    for (int64_t i = 0; i < n; ++i) {
+      values[i] = value_of(i);
+      same &= values[i] == values[0];
+    }
+    if (same) {
+      values.resize(n ? 1 : 0);
+    } else {
+      std::sort(values.begin(), values.end());
+      values.erase(std::unique(values.begin(), values.end()), values.end());
+    }
   } else {
     values.assign(1, step_);
   }
@@ -685,11 +693,21 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
       const uint32_t r = static_cast<uint32_t>(rows[i]);
       RowMeta* m = store_.meta(r);
       m->count = counts ? static_cast<uint32_t>(std::clamp<int64_t>(counts[i], 0, UINT32_MAX)) : 0;
-      const uint32_t v = value_of(i);
-      maps_[ns]->find_slot(ids[i])->stamp =
-          stamps[static_cast<size_t>(std::lower_bound(values.begin(), values.end(), v) - values.begin())];
       std::memcpy(store_.emb(r), emb + i * dim, sizeof(float) * dim);
       if (w && slots) std::memcpy(store_.slots(r), slots + i * w, sizeof(float) * w);
+    }
+  });
+  // The stamps, in a pass of its own that prefetches the slots ahead (as the batched finds do).
+  IdMap& map = *maps_[ns];
+  const bool one = values.size() == 1;
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    constexpr int64_t kAhead = IdMap::kAhead;
+    for (int64_t i = b; i < std::min(e, b + kAhead); ++i) map.prefetch(ids[i]);
+    for (int64_t i = b; i < e; ++i) {
+      if (i + kAhead < e) map.prefetch(ids[i + kAhead]);
+      const size_t k =
+          one ? 0 : static_cast<size_t>(std::lower_bound(values.begin(), values.end(), value_of(i)) - values.begin());
+      map.find_slot(ids[i])->stamp = stamps[k];
     }
   });
 }
