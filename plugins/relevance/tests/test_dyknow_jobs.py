@@ -5,6 +5,7 @@ Tiny random Llama, the synthetic catalogue with a chunk and a context decision p
 completions (so that a few SFT steps give groups that mix right and wrong labels)."""
 import relevance_testing  # noqa: F401  (first: makes the plugin importable)
 import copy
+import os
 import shutil
 
 import pyarrow.parquet as pq
@@ -30,7 +31,7 @@ DYKNOW = {"objective": "dyknow", "grpo": {"beta": 0.05, "inner_steps": 2, "std":
 
 def llama():
     return {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 160}, "seed": 0}
+                       "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 160}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from relevance_testing import synthetic_items
 import test_judge_jobs as jobs
 
 LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
 FEATURES = SimpleNamespace(passthrough=ROW_COLUMNS)
 
 
@@ -65,18 +65,29 @@ def hinted(row):
     return guided_prompt(prompt(row), row, violated_rule([parse("label_only", "<L1>")], row))
 
 
-def teach(tower, pairs, steps=30):
-    """Supervised steps on (prompt, completion) pairs."""
+def teach(tower, pairs, steps=30, until=None, max_steps=600):
+    """Supervised steps on (prompt, completion) pairs: `steps` of them, then (with `until`, a
+    predicate of the tower) more, `steps` at a time, until it holds or `max_steps` were taken:
+    how many a tiny model needs depends on its initialisation."""
     opt = torch.optim.Adam(tower.parameters(), lr=3e-2)
-    tower.train()
     prompts, completions = zip(*pairs)
     enc = tower.encode(list(prompts), list(completions))
-    for _ in range(steps):
-        logp = judge_module.token_logprobs(tower.model, enc["input_ids"], enc["attention_mask"],
-                                           enc["completion_mask"])
-        (-logp.sum() / enc["completion_mask"].sum()).backward()
-        opt.step()
-        opt.zero_grad()
+    done = 0
+    while True:
+        tower.train()
+        for _ in range(steps):
+            logp = judge_module.token_logprobs(tower.model, enc["input_ids"], enc["attention_mask"],
+                                               enc["completion_mask"])
+            (-logp.sum() / enc["completion_mask"].sum()).backward()
+            opt.step()
+            opt.zero_grad()
+        done += steps
+        if until is None or done >= max_steps:
+            break
+        tower.eval()
+        with torch.no_grad():
+            if until(tower):
+                break
     return copy.deepcopy(tower.state_dict())
 
 
@@ -87,10 +98,19 @@ def follower(task, spec):
     b = next(r for r in rows if r["label"] == 4)
     a = next(r for r in rows if r["label"] == 2)
     tower = tower_of(spec)
-    weights = teach(tower, [(prompt(b), "<L1>"), (hinted(b), "<L4>"), (prompt(a), "<L2>")])
+
+    pairs = [(prompt(b), "<L1>"), (hinted(b), "<L4>"), (prompt(a), "<L2>")]
+    enc = tower.encode([x for x, _ in pairs], [y for _, y in pairs])
+
+    def taught(t):  # each label, and the whole completion (label, then end of sequence)
+        p = t.label_probabilities([x for x, _ in pairs])
+        seq = judge_module.token_logprobs(t.model, enc["input_ids"], enc["attention_mask"],
+                                          enc["completion_mask"]).mul(enc["completion_mask"]).sum(1).exp()
+        return float(p[0, 0]) > 0.97 and float(p[1, 3]) > 0.97 and float(p[2, 1]) > 0.97 and bool((seq > 0.95).all())
+
+    weights = teach(tower, pairs, until=taught)
     tower.eval()
-    p = tower.label_probabilities([prompt(b), hinted(b), prompt(a)])
-    assert float(p[0, 0]) > 0.97 and float(p[1, 3]) > 0.97 and float(p[2, 1]) > 0.97
+    assert taught(tower)
     return a, b, weights
 
 

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 def llama(hidden=32):
     return {"config": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
                        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                       "max_position_embeddings": 128}, "seed": 0}
+                       "max_position_embeddings": 128}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
 
 
 FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS] + \
