@@ -1,9 +1,10 @@
 """run_local (the spawn + file-store launcher of the distributed tests) collects every rank's
-result, however late the parent reads the queue."""
+result, however late the parent reads the queue, and starts a group that never formed again."""
 import multiprocessing
 import queue
 import time
 
+import pytest
 import torch.multiprocessing as tmp_mp
 
 from recis.distributed import local
@@ -66,3 +67,32 @@ def _exit_silently_on_rank_1():
     if dist.get_rank() == 1:
         os._exit(3)
     return "done"
+
+
+def _count_call(path):
+    with open(path, "a") as f:
+        f.write("x")
+    raise RuntimeError("fn failed on purpose")
+
+
+def test_a_group_that_never_forms_is_started_again_and_named(tmp_path, monkeypatch):
+    """A failure inside init_process_group (no rank ran fn) starts the whole group again, up to
+    init_attempts times; the error says the group did not form."""
+    starts = []
+    real = local._run_once
+    monkeypatch.setattr(local, "_run_once", lambda *a: starts.append(1) or real(*a))
+    with pytest.raises(RuntimeError, match=r"(?s)rank 0 of 2 failed:\ninit_process_group failed \(the process "
+                                           r"group did not form; fn did not run\).*bogus"):
+        local.run_local(_count_call, 2, str(tmp_path / "calls"), backend="bogus", init_attempts=3, timeout_s=120)
+    assert len(starts) == 3
+    assert not (tmp_path / "calls").exists()  # fn never ran
+
+
+def test_a_failure_of_fn_is_never_retried(tmp_path, monkeypatch):
+    starts = []
+    real = local._run_once
+    monkeypatch.setattr(local, "_run_once", lambda *a: starts.append(1) or real(*a))
+    results = local.run_local(_count_call, 2, str(tmp_path / "calls"), raise_on_error=False, timeout_s=120)
+    assert len(starts) == 1 and [r.ok for r in results] == [False, False]
+    assert all("fn failed on purpose" in r.error for r in results)
+    assert (tmp_path / "calls").read_text() == "xx"  # once per rank

@@ -25,6 +25,10 @@ import torch.multiprocessing as mp
 from recis.distributed.env import shutdown
 
 
+#: how a rank's error starts when the process group never formed on it (fn did not run)
+_INIT_FAILED = "init_process_group failed (the process group did not form; fn did not run):\n"
+
+
 @dataclass
 class RankResult:
     rank: int
@@ -37,8 +41,12 @@ class RankResult:
 def _worker(fn, rank, world_size, store, backend, collective_timeout_s, threads, args, results):
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=collective_timeout_s))
+        try:
+            dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=collective_timeout_s))
+        except BaseException:  # noqa: BLE001 (the group never formed: fn has not run on this rank)
+            results.put((rank, False, None, _INIT_FAILED + traceback.format_exc()))
+            return
         # Plain pickle bytes: tensors are copied, not shared through file descriptors that die with this process.
         results.put((rank, True, pickle.dumps(fn(*args)), None))
     except BaseException:  # noqa: BLE001 (reported to the parent with its traceback)
@@ -51,12 +59,34 @@ def _worker(fn, rank, world_size, store, backend, collective_timeout_s, threads,
 
 def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, backend: str = "gloo",
               collective_timeout_s: float = 60.0, threads_per_rank: int = 1,
-              raise_on_error: bool = True) -> List[RankResult]:
+              raise_on_error: bool = True, init_attempts: int = 3) -> List[RankResult]:
     """Runs `fn(*args)` on `world_size` local ranks (fn and args must be picklable: a module-level
     function). Raises RuntimeError with the first failing rank's traceback unless
-    `raise_on_error=False`; a rank still running after `timeout_s` is killed and reported."""
+    `raise_on_error=False`; a rank still running after `timeout_s` is killed and reported.
+
+    When the process group itself fails to form (every failing rank failed inside
+    `init_process_group`, so `fn` ran on no rank), the whole group is started again on a fresh
+    store, up to `init_attempts` times in all: gloo's TCP mesh handshake between local processes
+    occasionally fails with "Connection closed by peer" on a loaded machine. A failure of `fn`
+    itself is never retried."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if init_attempts < 1:
+        raise ValueError(f"init_attempts must be >= 1, got {init_attempts}")
+    for attempt in range(init_attempts):
+        ranked = _run_once(fn, world_size, args, timeout_s, backend, collective_timeout_s, threads_per_rank)
+        failed = [r for r in ranked if not r.ok]
+        group_never_formed = failed and all(r.error and r.error.startswith(_INIT_FAILED) for r in failed) and \
+            not any(r.ok for r in ranked)
+        if not group_never_formed or attempt + 1 == init_attempts:
+            break
+    if failed and raise_on_error:
+        raise RuntimeError(f"rank {failed[0].rank} of {world_size} failed:\n{failed[0].error}")
+    return ranked
+
+
+def _run_once(fn, world_size, args, timeout_s, backend, collective_timeout_s, threads_per_rank) -> List[RankResult]:
+    """One start of the `world_size` ranks on a fresh store; each rank's result."""
     ctx = mp.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="recis-dist-")
     results = ctx.Queue()
@@ -79,11 +109,7 @@ def run_local(fn: Callable, world_size: int, *args, timeout_s: float = 300.0, ba
         for r, p in enumerate(procs):
             out[r].exitcode = p.exitcode
         shutil.rmtree(tmp, ignore_errors=True)
-    ranked = [out[r] for r in range(world_size)]
-    failed = [r for r in ranked if not r.ok]
-    if failed and raise_on_error:
-        raise RuntimeError(f"rank {failed[0].rank} of {world_size} failed:\n{failed[0].error}")
-    return ranked
+    return [out[r] for r in range(world_size)]
 
 
 def _collect(procs, results, timeout_s: float) -> Dict[int, RankResult]:
