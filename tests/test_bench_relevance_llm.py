@@ -96,16 +96,9 @@ def test_summary_is_mean_min_max_over_seeds_and_targets_read_the_slices():
     assert "| GRPO (with context, SFT base) | 0.300 (0.200..0.400)" in text
 
 
-def _movielens_cached():
-    from recis.datasets import cache_dir
-
-    return (cache_dir() / "movielens-1m").is_dir()
-
-
 @pytest.mark.slow  # every method's stages, tiny, on a small task of the real catalogue (~1-2 min)
 def test_tiny_run_end_to_end(tmp_path, capsys):
-    if not _movielens_cached():
-        pytest.skip("the MovieLens cache is not here (recis.datasets.movielens downloads it)")
+    # the real catalogue: recis.datasets.movielens fetches it on first use, as every MovieLens job does
     path = tmp_path / "r.json"
     assert bench.main(["--tiny", "--json", str(path)]) == 0
     report = json.loads(path.read_text())

@@ -656,7 +656,7 @@ void HashTable::import_ns(uint32_t ns, int64_t n, const int64_t* ids, const floa
     }
   }
   std::vector<int64_t> rows(n);
-  insert_stamp_ = 0;  // placeholders: every imported id's stamp is written below
+  insert_stamp_ = 0;  // stamp 0 until the pass below writes each imported id's own stamp
   try {
     find_or_insert(ns, ids, n, rows.data());
   } catch (...) {
