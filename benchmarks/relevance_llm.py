@@ -44,7 +44,8 @@ if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout wit
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from relevance_methods import METHODS, STAGES, SeedRun, method_missing, run_stage_of, stages_of, train_encoder  # noqa: E402,E501
+from relevance_methods import (METHODS, STAGES, SeedRun, method_missing, run_stage_of, stage_signature,  # noqa: E402
+                               stages_of, train_encoder)
 
 CLASSES = (1, 2, 3, 4)
 KEYS = ("accuracy", "macro_f1", "f1_1", "f1_2", "f1_3", "f1_4")
@@ -120,14 +121,21 @@ def score_predictions(true, pred, table) -> Dict[str, Dict[str, float]]:
 
 
 def run_seed(s: Settings, methods, files, items, workdir: str, seed: int, split: str = "test",
-             log=print) -> Dict[str, Any]:
+             log=print, cache: Optional[Dict[Any, SeedRun]] = None) -> Dict[str, Any]:
     """Trains what the methods need for one seed and scores them on `split`: {row key: {slice:
-    metrics, "train_seconds": s}}."""
+    metrics, "train_seconds": s}}. `cache` (a validation sweep's): stages trained before under the
+    same learning rates (`stage_signature`) are taken from it instead of trained again."""
     table = pq.read_table(getattr(files, split))
     run = SeedRun(files, workdir, seed)
     judges = [m for m in methods if m.kind == "judge"]
     for stage in stages_of(judges):
+        key = stage_signature(stage.name, s)
+        if cache is not None and key in cache:
+            run.adopt(stage.name, cache[key])
+            continue
         run_stage_of(stage, s, run, log)
+        if cache is not None:
+            cache[key] = run
     out: Dict[str, Any] = {"_stages": run.info}
     for m in judges:
         seconds = sum(run.seconds[n] for n in m.stages)
@@ -221,11 +229,13 @@ LR_GRID = {"sft_lr": (1e-3, 3e-3), "dpo_lr": (3e-5, 1e-4, 3e-4), "grpo_lr": (1e-
 def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=print) -> Dict[str, Any]:
     """The validation sweep: for each learning rate of LR_GRID (stages in dependency order, each
     from the best setting of the ones before), the validation macro-F1 of the methods whose last
-    stage reads it; the best setting is kept. Never reads the test rows."""
+    stage reads it; the best setting is kept. A stage is trained once per learning-rate setting of
+    its own chain (the shared SFT stage once per SFT learning rate). Never reads the test rows."""
     from recis_relevance.stages import TaskFiles
 
     val_files = TaskFiles(files.train, files.val, files.val, files.counts)
     results: Dict[str, Any] = {}
+    cache: Dict[Any, SeedRun] = {}
     best = s
     for key, grid in LR_GRID.items():
         scored = [m for m in methods if m.kind == "judge" and STAGES[m.stages[-1]].lr_key == key]
@@ -234,7 +244,8 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
         rows = []
         for value in grid:
             trial = replace(best, **{key: value})
-            r = run_seed(trial, scored, val_files, items, os.path.join(workdir, f"{key}-{value}"), seed, "val", log)
+            r = run_seed(trial, scored, val_files, items, os.path.join(workdir, f"{key}-{value}"), seed, "val", log,
+                         cache)
             f1 = statistics.fmean(r[m.key]["all"]["macro_f1"] for m in scored)
             rows.append({key: value, "val_macro_f1": f1})
             log(f"tune {key}={value}: val macro-F1 {f1:.4f} ({', '.join(m.key for m in scored)})")
@@ -245,20 +256,50 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
     return results
 
 
+#: the settings that only the generative judges read (reports of the encoders alone may differ in them)
+JUDGE_ONLY = tuple(LR_GRID) + ("dpo_beta", "grpo_beta")
+
+
 def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
-    """The table of several reports' seeds (their settings and task must agree)."""
+    """One table from several reports: other seeds (one process per seed) and other methods of a
+    seed (e.g. the encoders run beside the judges' sweep). Their task and settings must agree,
+    except the judges' learning rates in a report without judge rows; a row of one seed in two
+    reports is refused."""
     reports = []
     for path in paths:
         with open(path) as fh:
             reports.append(json.load(fh))
-    for r in reports[1:]:
-        if r["settings"] != reports[0]["settings"] or r["task"] != reports[0]["task"]:
-            raise ValueError(f"{paths[0]} and another report differ in settings or task; merge runs of one setting")
-    per_seed = [row for r in reports for row in r["per_seed"]]
-    seeds = [sd for r in reports for sd in r["seeds"]]
+
+    def has_judges(r):
+        return any(k in METHODS and METHODS[k].kind == "judge" for row in r["per_seed"] for k in row)
+
+    lead = next((i for i, r in enumerate(reports) if has_judges(r)), 0)
+    for path, r in zip(paths, reports):
+        skip = () if has_judges(r) else JUDGE_ONLY
+        differ = sorted(k for k in set(r["settings"]) | set(reports[lead]["settings"])
+                        if k not in skip and r["settings"].get(k) != reports[lead]["settings"].get(k))
+        if differ or r["task"] != reports[lead]["task"]:
+            raise ValueError(f"{path} and {paths[lead]} differ in settings {differ or ''} or task; "
+                             "merge runs of one setting")
+    by_seed: Dict[int, Dict[str, Any]] = {}
+    for path, r in zip(paths, reports):
+        if len(r["seeds"]) != len(r["per_seed"]):
+            raise ValueError(f"{path}: {len(r['seeds'])} seeds but {len(r['per_seed'])} per-seed results")
+        for seed, rows in zip(r["seeds"], r["per_seed"]):
+            into = by_seed.setdefault(seed, {})
+            clash = sorted(k for k in rows if not k.startswith("_") and k in into)
+            if clash:
+                raise ValueError(f"{path}: seed {seed} rows {clash} are in another report too")
+            into.update({k: v for k, v in rows.items() if not k.startswith("_")})
+            into.setdefault("_stages", {}).update(rows.get("_stages", {}))
+    seeds = sorted(by_seed)
+    per_seed = [by_seed[sd] for sd in seeds]
+    missing = {sd: sorted(set(per_seed[0]) ^ set(by_seed[sd])) for sd in seeds if set(by_seed[sd]) != set(per_seed[0])}
+    if missing:
+        raise ValueError(f"the seeds do not have the same rows: {missing}")
     table = summarize(per_seed)
-    report = {**reports[0], "seeds": seeds, "per_seed": per_seed, "table": table, "targets": targets(table),
-              "seconds": sum(r["seconds"] for r in reports)}
+    report = {**reports[lead], "seeds": seeds, "per_seed": per_seed, "table": table, "targets": targets(table),
+              "seconds": sum(r["seconds"] for r in reports), "merged_from": [os.path.basename(p) for p in paths]}
     print(markdown(table, seeds))
     print("\ntargets: " + json.dumps(report["targets"]))
     if out:

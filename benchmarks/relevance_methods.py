@@ -204,6 +204,25 @@ class SeedRun:
     seconds: Dict[str, float] = field(default_factory=dict)
     pools: Dict[str, List[str]] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)
+    outdirs: Dict[str, str] = field(default_factory=dict)
+
+    def adopt(self, name: str, other: "SeedRun") -> None:
+        """Takes stage `name` as `other` trained it (a validation sweep shares the stages whose
+        settings a trial does not change)."""
+        for attr in ("jobs", "seconds", "pools", "info", "outdirs"):
+            src = getattr(other, attr)
+            if name in src:
+                getattr(self, attr)[name] = src[name]
+
+
+def stage_signature(name: str, settings) -> Tuple[Any, ...]:
+    """What a stage's result depends on that a validation sweep varies: the learning rate of the
+    stage and of every stage it starts from or trains on (the other settings are fixed in a sweep)."""
+    st = STAGES[name]
+    own = (name, getattr(settings, st.lr_key) if st.lr_key else None)
+    deps = tuple(stage_signature(d, settings) for d in (st.init_from, st.train if st.train != "train" else None)
+                 if d is not None)
+    return (own,) + deps
 
 
 def run_stage_of(stage: Stage, settings, run: SeedRun, log: Callable[[str], None] = print) -> None:
@@ -212,6 +231,7 @@ def run_stage_of(stage: Stage, settings, run: SeedRun, log: Callable[[str], None
     from recis_relevance.stages import SPEC_OPTIONS, TaskFiles, run_stage, stage_config
 
     out = os.path.join(run.workdir, stage.name)
+    run.outdirs[stage.name] = out
     if stage.kind == "pool":
         from recis.rl import ConfidenceFilter
         from recis_relevance.dyknow_stages import write_rl_pool
@@ -252,7 +272,7 @@ def run_stage_of(stage: Stage, settings, run: SeedRun, log: Callable[[str], None
     trainer = {**o["trainer"], **extra.get("trainer", {})}
     train = run.pools[stage.train][stage.part] if stage.train != "train" else run.files.train
     files = TaskFiles(train, run.files.val, run.files.test, run.files.counts)
-    init = None if stage.init_from is None else os.path.join(run.workdir, stage.init_from, "checkpoints")
+    init = None if stage.init_from is None else os.path.join(run.outdirs[stage.init_from], "checkpoints")
     cfg = stage_config(os.path.join(EXAMPLES, stage.yaml), files, out, init_from=init, model=model, trainer=trainer,
                        optim=o["optim"], data={"seed": run.seed, **extra.get("data", {})})
     cfg.features = copy.deepcopy(FEATURES)

@@ -128,5 +128,42 @@ def test_merge_of_per_seed_reports_is_the_table_of_all_seeds(tmp_path, capsys):
     assert merged["table"]["grpo"]["all"]["macro_f1"] == {"mean": pytest.approx(0.3), "min": 0.2, "max": 0.4}
     with open(paths[1], "w") as fh:
         json.dump({"settings": {"a": 2}, "task": {"test_rows": 3}, "seeds": [1], "seconds": 1.0, "per_seed": []}, fh)
-    with pytest.raises(ValueError, match="differ in settings or task"):
+    with pytest.raises(ValueError, match="differ in settings"):
         bench.main(["--merge", *paths])
+
+
+def test_merge_joins_the_encoders_report_to_the_judges_seed_by_seed(tmp_path):
+    """The encoders run beside the judges' sweep: their report may carry other learning rates
+    (the judges' only), and its rows join the judges' rows of the same seed."""
+    def write(name, settings, seeds, rows):
+        path = str(tmp_path / name)
+        with open(path, "w") as fh:
+            json.dump({"settings": settings, "task": {"test_rows": 3}, "seeds": seeds, "seconds": 1.0,
+                       "per_seed": rows}, fh)
+        return path
+
+    judges = write("j.json", {"grpo_lr": 3e-4, "noise": 0.3}, [0, 1],
+                   [{"grpo": _row(0.2)}, {"grpo": _row(0.4)}])
+    encoders = write("e.json", {"grpo_lr": 1e-3, "noise": 0.3}, [1, 0],
+                     [{"ebrm": _row(0.6)}, {"ebrm": _row(0.5)}])
+    assert bench.main(["--merge", judges, encoders, "--json", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["settings"]["grpo_lr"] == 3e-4
+    assert merged["table"]["ebrm"]["all"]["macro_f1"]["min"] == 0.5
+    assert merged["table"]["grpo"]["all"]["macro_f1"]["max"] == 0.4
+    other_noise = write("n.json", {"grpo_lr": 1e-3, "noise": 0.5}, [0], [{"ebrm": _row(0.6)}])
+    with pytest.raises(ValueError, match=r"differ in settings \['noise'\]"):
+        bench.main(["--merge", judges, other_noise])
+    with pytest.raises(ValueError, match=r"seed 0 rows \['grpo'\] are in another report"):
+        bench.main(["--merge", judges, judges])
+    with pytest.raises(ValueError, match="do not have the same rows"):
+        bench.main(["--merge", judges, write("one.json", {"grpo_lr": 1e-3, "noise": 0.3}, [0], [{"ebrm": _row(0.6)}])])
+
+
+def test_a_sweep_trains_a_stage_once_per_learning_rate_chain():
+    s = bench.Settings()
+    assert rm.stage_signature("dyknow_dpo", s) == rm.stage_signature("dyknow_dpo", bench.replace(s, grpo_lr=1.0))
+    assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", bench.replace(s, dpo_lr=1.0))
+    assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", bench.replace(s, sft_lr=1.0))
+    assert rm.stage_signature("she2", s) != rm.stage_signature("she2", bench.replace(s, she_lr=1.0))
+    assert rm.stage_signature("pool", s) == rm.stage_signature("pool", bench.replace(s, dyknow_lr=1.0))
