@@ -321,11 +321,15 @@ def train_encoder(method: Method, settings, files, items, workdir: str, seed: in
         pq.write_table(encoder_table(pq.read_table(getattr(files, split)), items, settings.encoder_input), paths[split])
     entry, fixed = ENCODER_ENTRY[method.key]
     options: Dict[str, Any] = dict(fixed)
+    lr = (settings.encoder_lr or {}).get(method.key)
     if settings.encoder == "tiny":
         task = RelevanceTask(pq.read_table(paths["train"]), pq.read_table(paths["test"]))
-        options.update(tiny_encoder_options(task, seed), lr=1e-3, head_lr=1e-3)
+        positions = max(64, settings.encoder_options.get("max_length", 0))
+        options.update(tiny_encoder_options(task, seed, max_positions=positions), lr=lr or 1e-3, head_lr=lr or 1e-3)
     else:
         options["encoder"] = settings.encoder
+        if lr is not None:
+            options["lr"] = lr
     options.update(settings.encoder_options)
     return getattr(rb, entry)(paths["train"], paths["val"], paths["test"], os.path.join(workdir, "run"), seed=seed,
                               **options)

@@ -68,6 +68,10 @@ class TextEncoder(nn.Module):
             raise ValueError(f"the tokenizer has {vocab} tokens but the encoder's vocab_size is "
                              f"{self.model.config.vocab_size}")
         self.pooling, self.max_length = cfg.pooling, cfg.max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions is not None and cfg.max_length > positions:
+            raise ValueError(f"max_length {cfg.max_length} is longer than the encoder's max_position_embeddings "
+                             f"{positions}: lower max_length or use an encoder with more positions")
         self.hidden = self.model.config.hidden_size
         if cfg.freeze == "lora":
             lora = dict(cfg.lora)

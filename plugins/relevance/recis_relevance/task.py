@@ -222,14 +222,16 @@ def feature_config(sparse: bool = True) -> dict:
     return {"features": feats}
 
 
-def tiny_encoder_options(task: RelevanceTask, seed: int = 0) -> dict:
-    """Encoder options of a tiny random BERT (hidden 32, 2 layers) with a word-list tokenizer over
-    the task's words: a relevance tower on the task without any download (tests, `--small`)."""
+def tiny_encoder_options(task: RelevanceTask, seed: int = 0, max_positions: int = 64) -> dict:
+    """Encoder options of a tiny random BERT (hidden 32, 2 layers, `max_positions` positions) with a
+    word-list tokenizer over the task's words: a relevance tower on the task without any download
+    (tests, `--small`)."""
     vocab = sorted({w for t in (task.train, task.test) for col in ("query", "item_text")
                     for s in t[col].to_pylist() for w in words(s)}
                    | {w for t in (task.train, task.test) for es in t["entities"].to_pylist() for e in es
                       for w in words(e)} | {":", ",", "|", "(", ")", "-"})
     return {"encoder": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
                                    "num_attention_heads": 2, "intermediate_size": 64,
-                                   "vocab_size": len(vocab) + 8, "max_position_embeddings": 64}, "seed": seed},
+                                   "vocab_size": len(vocab) + 8, "max_position_embeddings": max_positions},
+                        "seed": seed},
             "tokenizer": {"vocab": vocab}, "pooling": "cls"}
