@@ -200,12 +200,25 @@ def test_bf16_autocast_profiler_and_table_stats_hooks(tmp_path):
 
 
 
+def _tables_of(model):
+    """{table: (sorted ids, their rows)} through the tables' own export."""
+    from recis.nn import sparse_tables
+
+    out = {}
+    for t in sparse_tables(model):
+        e = t.export()
+        order = torch.argsort(e["ids"])
+        out[t.name] = (e["ids"][order].clone(), e["rows"][order].clone())
+    return out
+
+
 def test_early_stopping_on_its_own_score_restores_the_best_evaluations_weights():
     trainer = make_trainer(TrainerConfig(epochs=50, max_steps=12, progress=False, group_key="user"))
-    seen = {}
+    seen, tables = {}, {}
     scores = iter([0.2, 0.6, 0.5, 0.6, 0.4, 0.9])  # best at the 2nd evaluation (step 4); the 4th only ties it
 
     def score(model):
+        tables[len(seen)] = _tables_of(model)
         seen[len(seen)] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return next(scores)
 
@@ -217,6 +230,13 @@ def test_early_stopping_on_its_own_score_restores_the_best_evaluations_weights()
     now = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert all(torch.equal(now[k], seen[1][k]) for k in now)
     assert any(not torch.equal(seen[4][k], seen[1][k]) for k in now)  # training moved them after step 4
+    # the hash tables too: exactly the ids and rows they held at step 4 (rows inserted later are gone)
+    after = _tables_of(trainer.model)
+    assert after.keys() == tables[1].keys()
+    for name, (ids, rows) in after.items():
+        assert torch.equal(ids, tables[1][name][0]) and torch.equal(rows, tables[1][name][1]), name
+    assert any(len(tables[4][n][0]) != len(tables[1][n][0]) or not torch.equal(tables[4][n][1], tables[1][n][1])
+               for n in after)  # training moved or added rows after step 4
 
 
 def test_early_stopping_options_are_named():

@@ -4,9 +4,12 @@
 evaluation metric of the Trainer (`on_eval_end`, every `trainer.eval_every` steps on its eval
 data), or its own `score(model)` measured every `every` optimizer steps (e.g. accuracy on
 held-out validation items). After `patience` evaluations without an improvement by more than
-`min_delta` it asks the Trainer to stop. With `restore_best`, it keeps a copy of the trainable
-parameters at the best evaluation and puts them back when fit ends, so what is evaluated or
-saved afterwards is the chosen model, not the last. `curve` lists (step, value) of every
+`min_delta` it asks the Trainer to stop. With `restore_best`, it keeps a copy of the model's
+whole state at the best evaluation (its `state_dict`: parameters, buffers such as batch-norm
+statistics, and the hash tables' ids, rows, optimizer slots and statistics) and loads it back
+when fit ends, so what is evaluated or saved afterwards is the chosen model, not the last. The
+copy costs one model's worth of memory (tables included) and is taken at every improvement: for
+large tables, select by checkpoint instead (`Trainer.save` at the best step). `curve` lists (step, value) of every
 evaluation; `best`, `best_step` and `stopped` (why training ended) the outcome.
 
 >>> import torch
@@ -20,7 +23,8 @@ evaluation; `best`, `best_step` and `stopped` (why training ended) the outcome.
 >>> stop.curve, stop.best_step, stop.best, stop.stopped
 ([(10, 0.2), (20, 0.5), (30, 0.4), (40, 0.45)], 20, 0.5, 'early stopping: score did not improve for 2 evaluations')
 """
-from typing import Callable, Dict, List, Optional, Tuple
+import copy
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -59,7 +63,7 @@ class EarlyStopping(Hook):
         self.bad = 0
         self.curve: List[Tuple[int, float]] = []
         self.stopped: Optional[str] = None
-        self._best_state: Optional[Dict[str, torch.Tensor]] = None
+        self._best_state: Optional[Dict[str, Any]] = None
 
     def _observe(self, trainer, step: int, value: float) -> None:
         self.curve.append((step, value))
@@ -68,8 +72,8 @@ class EarlyStopping(Hook):
         if better:
             self.best, self.best_step, self.bad = value, step, 0
             if self.restore_best:
-                self._best_state = {n: p.detach().clone() for n, p in _plain(trainer.model).named_parameters()
-                                    if p.requires_grad}
+                self._best_state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                                    for k, v in _plain(trainer.model).state_dict().items()}
         else:
             self.bad += 1
             if self.bad >= self.patience and self.stopped is None:
@@ -100,9 +104,8 @@ class EarlyStopping(Hook):
 
     @torch.no_grad()
     def restore(self, model: torch.nn.Module) -> None:
-        """Puts the best evaluation's trainable parameters back into `model`."""
+        """Loads the best evaluation's state back into `model` (tables: exactly the rows they held
+        then; rows inserted later are gone)."""
         if self._best_state is None:
             return
-        params = dict(_plain(model).named_parameters())
-        for name, value in self._best_state.items():
-            params[name].copy_(value)
+        _plain(model).load_state_dict(self._best_state)
