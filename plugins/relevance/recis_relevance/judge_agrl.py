@@ -27,11 +27,11 @@ import torch
 
 from recis.rl import group_advantages, guide_mask, replay_old_logprobs, worst_rollouts
 from recis.towers import RolloutPhase
-from recis.towers.generation import Rollout, reprompt, sample_groups, splice_rows, token_entropy, token_logprobs
+from recis.towers.generation import Rollout, reprompt, sample_groups, splice_rows, token_logprobs
 from recis.towers.lm_tokens import encode_prompts
 
 from recis_relevance.agrl import guided_prompt, score_completions, violated_rule
-from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _chunks
+from recis_relevance.judge_rl import GRPOJudge
 
 __all__ = ["AGRLJudge"]
 
@@ -114,24 +114,17 @@ class AGRLJudge(GRPOJudge):
         stats.update({"guided_groups": float(fire.sum()), "guided_fraction": float(fire.float().mean()),
                       "replay_accuracy": float(correct.mean())})
         adv = group_advantages(rewards, std=cfg.grpo.std, scale=cfg.grpo.scale, eps=cfg.grpo.std_eps,
-                               clip=cfg.grpo.advantage_clip).reshape(-1).to(self.device)
-        ids, att, cmask = r.input_ids, r.attention_mask, r.full_completion_mask
-        T = cfg.sampling.temperature
-        old = token_logprobs(self.model, ids, att, cmask, T)
+                               clip=cfg.grpo.advantage_clip).reshape(-1)
+        stats["reward_std"] = float(rewards.std(1, unbiased=False).mean())
+        rewrite = None
         if behavior_rows is not None and agrl.correction == "behavior":
-            # the replacements' tokens under the hinted prompt that generated them, in x's layout
-            d = behavior_rows
-            under_hint = token_logprobs(self.model, d.input_ids, d.attention_mask, d.full_completion_mask, T)
-            behavior = old.clone()
-            P, C = r.prompt_ids.shape[1], d.completion_ids.shape[1]
-            behavior[targets.to(old.device), P:P + C] = under_hint[:, d.prompt_ids.shape[1]:]
-            old = replay_old_logprobs(old, behavior, guided.to(old.device), "behavior")
-        ref = self.reference.logprobs(ids, att, cmask, T) if self.reference is not None else None
-        ent = token_entropy(self.model, ids, att, cmask, T)
-        tokens = cmask.sum()
-        stats.update({"completion_length": float(r.completion_lengths.float().mean()),
-                      "entropy": float((ent * cmask).sum() / tokens.clamp_min(1)),
-                      "reward_std": float(rewards.std(1, unbiased=False).mean())})
-        minibatches = [GroupMinibatch(ids[s], att[s], cmask[s], old[s], None if ref is None else ref[s], adv[s],
-                                      float(tokens)) for s in _chunks(ids.shape[0], cfg.minibatch_size)]
-        return RolloutPhase(minibatches, inner_steps=cfg.grpo.inner_steps, stats=stats)
+            def rewrite(old):
+                # the replacements' tokens under the hinted prompt that generated them, in x's layout
+                d = behavior_rows
+                under_hint = token_logprobs(self.model, d.input_ids, d.attention_mask, d.full_completion_mask,
+                                            cfg.sampling.temperature)
+                behavior = old.clone()
+                P, C = r.prompt_ids.shape[1], d.completion_ids.shape[1]
+                behavior[targets.to(old.device), P:P + C] = under_hint[:, d.prompt_ids.shape[1]:]
+                return replay_old_logprobs(old, behavior, guided.to(old.device), "behavior")
+        return self.group_phase(r, adv, stats, rewrite)

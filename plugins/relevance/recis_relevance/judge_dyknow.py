@@ -40,7 +40,7 @@ from recis.towers.generation import Rollout, token_entropy, token_logprobs
 from recis_relevance.dyknow import (PolicyGroup, correctness_gap, dual_group_advantages, dyknow_loss, gate,
                                     piecewise_scale)
 from recis_relevance.formats import score
-from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _cat_rollouts, _chunks
+from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _cat_rollouts, _chunks, collect_groups
 
 __all__ = ["DualGroupMinibatch", "DyKnowJudge", "rescored"]
 
@@ -119,40 +119,36 @@ class DyKnowJudge(GRPOJudge):
         cfg, ds = self.cfg, self.cfg.dynamic_sampling
         rows = self.rows(batch)
         want = len(rows)
-        kept = {k: [] for k in ("r0", "r1", "ret0", "ret1", "c0", "c1", "rows")}
-        sampled, malformed, groups_seen, dropped, refills = 0, 0, 0, 0, 0
-        sums = {"reward_no_context": 0.0, "reward_with_context": 0.0}
-        while True:
+        n = {"sampled": 0, "malformed": 0, "groups": 0, "dropped": 0, "reward_no_context": 0.0,
+             "reward_with_context": 0.0}
+
+        def sample(rows):
             r0, r1, ret0, ret1, c0, c1, bad = self._sample_dual(rows)
-            sampled += ret0.numel() + ret1.numel()
-            malformed += bad
-            groups_seen += len(rows)
-            sums["reward_no_context"] += float(ret0.sum())
-            sums["reward_with_context"] += float(ret1.sum())
+            n["sampled"] += ret0.numel() + ret1.numel()
+            n["malformed"] += bad
+            n["groups"] += len(rows)
+            n["reward_no_context"] += float(ret0.sum())
+            n["reward_with_context"] += float(ret1.sum())
             keep = difficulty_mask(torch.cat([c0, c1], 1), ds.low, ds.high) if ds is not None else \
                 torch.ones(len(rows), dtype=torch.bool, device=ret0.device)
-            dropped += int((~keep).sum())
-            if bool(keep.any()):
-                n = r0.group_size
-                per_row = keep.repeat_interleave(n)
-                for k, v in (("r0", r0.index_select(per_row)), ("r1", r1.index_select(per_row)), ("ret0", ret0[keep]),
-                             ("ret1", ret1[keep]), ("c0", c0[keep]), ("c1", c1[keep])):
-                    kept[k].append(v)
-                kept["rows"] += [r for r, k in zip(rows, keep.tolist()) if k]
-            if ds is None or len(kept["rows"]) >= want or refills >= ds.max_refills:
-                break
-            more = refill()
-            if more is None:
-                break
-            rows, refills = self.rows(more), refills + 1
-        half = max(sampled // 2, 1)
-        stats = {"reward_no_context": sums["reward_no_context"] / half,
-                 "reward_with_context": sums["reward_with_context"] / half,
-                 "malformed_fraction": malformed / max(sampled, 1), "dropped_groups": float(dropped),
-                 "dropped_fraction": dropped / max(groups_seen, 1), "refills": float(refills)}
-        if not kept["rows"]:
+            n["dropped"] += int((~keep).sum())
+            per_row = keep.repeat_interleave(r0.group_size)
+            part = {"r0": r0.index_select(per_row), "r1": r1.index_select(per_row), "ret0": ret0[keep],
+                    "ret1": ret1[keep], "c0": c0[keep], "c1": c1[keep],
+                    "rows": [r for r, k in zip(rows, keep.tolist()) if k]}
+            return part, int(keep.sum())
+
+        parts, refills = collect_groups(rows, want, sample, refill, self.rows, None if ds is None else ds.max_refills)
+        half = max(n["sampled"] // 2, 1)
+        stats = {"reward_no_context": n["reward_no_context"] / half,
+                 "reward_with_context": n["reward_with_context"] / half,
+                 "malformed_fraction": n["malformed"] / max(n["sampled"], 1), "dropped_groups": float(n["dropped"]),
+                 "dropped_fraction": n["dropped"] / max(n["groups"], 1), "refills": float(refills)}
+        if not parts:
             stats["kept_groups"] = 0.0
             return RolloutPhase([], inner_steps=cfg.grpo.inner_steps, stats=stats)
+        kept = {k: [p[k] for p in parts] for k in ("r0", "r1", "ret0", "ret1", "c0", "c1")}
+        kept["rows"] = [r for p in parts for r in p["rows"]]
         return self._phase(kept, want, stats)
 
     def _phase(self, kept, want: int, stats: Dict[str, float]) -> RolloutPhase:

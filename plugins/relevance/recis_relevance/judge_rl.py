@@ -16,7 +16,7 @@ returns minibatches for the inner optimizer steps.
   are dropped and the batch is refilled from the training data (at most max_refills batches).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -167,50 +167,54 @@ class GRPOJudge(_RolloutJudge):
         cfg, ds = self.cfg, self.cfg.dynamic_sampling
         rows = self.rows(batch)
         want = len(rows)
-        kept: List[Rollout] = []
-        kept_rewards: List[torch.Tensor] = []
-        sampled, malformed, reward_sum, groups_seen, dropped, refills = 0, 0, 0.0, 0, 0, 0
-        while True:
+        n = {"sampled": 0, "malformed": 0, "reward": 0.0, "groups": 0, "dropped": 0}
+
+        def sample(rows):
             r, rewards, bad = self._sample_scored(rows)
-            sampled += rewards.numel()
-            malformed += bad
-            reward_sum += float(rewards.sum())
-            groups_seen += rewards.shape[0]
+            n["sampled"] += rewards.numel()
+            n["malformed"] += bad
+            n["reward"] += float(rewards.sum())
+            n["groups"] += rewards.shape[0]
             keep = difficulty_mask(rewards, ds.low, ds.high) if ds is not None else \
                 torch.ones(rewards.shape[0], dtype=torch.bool, device=rewards.device)
-            dropped += int((~keep).sum())
-            G = r.group_size
-            rows_kept = keep.repeat_interleave(G)
-            if bool(keep.any()):
-                kept.append(r.index_select(rows_kept))
-                kept_rewards.append(rewards[keep])
-            have = sum(x.shape[0] for x in kept_rewards)
-            if ds is None or have >= want or refills >= ds.max_refills:
-                break
-            more = refill()
-            if more is None:
-                break
-            rows, refills = self.rows(more), refills + 1
-        stats = {"reward_mean": reward_sum / max(sampled, 1), "malformed_fraction": malformed / max(sampled, 1),
-                 "dropped_groups": float(dropped), "dropped_fraction": dropped / max(groups_seen, 1),
+            n["dropped"] += int((~keep).sum())
+            return (r.index_select(keep.repeat_interleave(r.group_size)), rewards[keep]), int(keep.sum())
+
+        kept, refills = collect_groups(rows, want, sample, refill, self.rows,
+                                       None if ds is None else ds.max_refills)
+        stats = {"reward_mean": n["reward"] / max(n["sampled"], 1),
+                 "malformed_fraction": n["malformed"] / max(n["sampled"], 1),
+                 "dropped_groups": float(n["dropped"]), "dropped_fraction": n["dropped"] / max(n["groups"], 1),
                  "refills": float(refills)}
         if not kept:
             stats["kept_groups"] = 0.0
             return RolloutPhase([], inner_steps=cfg.grpo.inner_steps, stats=stats)
-        rewards = torch.cat(kept_rewards)[:want]
-        ro = _cat_rollouts(kept, self.pad_id).index_select(torch.arange(rewards.shape[0] * kept[0].group_size))
+        rewards = torch.cat([w for _, w in kept])[:want]
+        ro = _cat_rollouts([r for r, _ in kept], self.pad_id).index_select(
+            torch.arange(rewards.shape[0] * kept[0][0].group_size))
         adv = group_advantages(rewards, std=cfg.grpo.std, scale=cfg.grpo.scale, eps=cfg.grpo.std_eps,
                                clip=cfg.grpo.advantage_clip).reshape(-1)
+        stats.update({"kept_groups": float(rewards.shape[0]),
+                      "kept_reward_std": float(rewards.std(1, unbiased=False).mean())})
+        return self.group_phase(ro, adv, stats)
+
+    def group_phase(self, ro: Rollout, adv: torch.Tensor, stats: Dict[str, float],
+                    old_logprobs: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> RolloutPhase:
+        """The rollout phase of sequences `ro` with advantages `adv` (per row [N], or per token
+        [N, P + C]): the old-policy log-probs (`old_logprobs` may rewrite them), the reference's,
+        the completion length and entropy in `stats`, and minibatches of `cfg.minibatch_size` rows."""
+        cfg = self.cfg
         ids, att, cmask = ro.input_ids, ro.attention_mask, ro.full_completion_mask
         T = cfg.sampling.temperature
         old = token_logprobs(self.model, ids, att, cmask, T)
+        if old_logprobs is not None:
+            old = old_logprobs(old)
         ref = self.reference.logprobs(ids, att, cmask, T) if self.reference is not None else None
         ent = token_entropy(self.model, ids, att, cmask, T)
         tokens = cmask.sum()
-        stats.update({"kept_groups": float(rewards.shape[0]), "completion_length": float(ro.completion_lengths.float()
-                                                                                          .mean()),
-                      "entropy": float((ent * cmask).sum() / tokens.clamp_min(1)),
-                      "kept_reward_std": float(rewards.std(1, unbiased=False).mean())})
+        stats.update({"completion_length": float(ro.completion_lengths.float().mean()),
+                      "entropy": float((ent * cmask).sum() / tokens.clamp_min(1))})
+        adv = adv.to(self.device)
         minibatches = [GroupMinibatch(ids[s], att[s], cmask[s], old[s], None if ref is None else ref[s], adv[s],
                                       float(tokens)) for s in _chunks(ids.shape[0], cfg.minibatch_size)]
         return RolloutPhase(minibatches, inner_steps=cfg.grpo.inner_steps, stats=stats)
@@ -221,6 +225,28 @@ class GRPOJudge(_RolloutJudge):
         loss, stats = grpo_loss(logp, mb.old_logprobs, mb.advantages, mb.completion_mask, self.cfg.grpo,
                                 ref_logp=mb.ref_logprobs, num_items=mb.num_items)
         return TowerOutput(torch.zeros(len(mb), device=loss.device), loss, stats=dict(stats))
+
+
+def collect_groups(rows, want: int, sample: Callable[[Any], Tuple[Any, int]], refill: Callable[[], Any],
+                   rows_of: Callable[[Any], Any], max_refills: Optional[int]) -> Tuple[List[Any], int]:
+    """The sample-filter-refill loop of the group stages: `sample(rows)` samples and scores the
+    rows' groups and returns (what it keeps, how many groups that is); while fewer than `want`
+    groups are kept, the batch is refilled from the training data (`refill()`, None when it is
+    exhausted; `rows_of` reads its rows), at most `max_refills` times (None: no filtering, one
+    round). Returns (the kept parts of the rounds that kept any, refills)."""
+    parts: List[Any] = []
+    have, refills = 0, 0
+    while True:
+        part, n = sample(rows)
+        if n:
+            parts.append(part)
+            have += n
+        if max_refills is None or have >= want or refills >= max_refills:
+            return parts, refills
+        more = refill()
+        if more is None:
+            return parts, refills
+        rows, refills = rows_of(more), refills + 1
 
 
 def _cat_rollouts(parts: Sequence[Rollout], pad: int) -> Rollout:

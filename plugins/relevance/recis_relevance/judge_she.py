@@ -26,10 +26,10 @@ import torch
 from recis.rl import (critical_steps, difficulty_mask, distinct_paths, diversity_mask, group_advantages, path_ids,
                       srpo_advantages, step_counts, step_index)
 from recis.towers import RolloutPhase
-from recis.towers.generation import Rollout, token_entropy, token_logprobs
+from recis.towers.generation import Rollout
 
 from recis_relevance.formats import STEP, tokens
-from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _cat_rollouts, _chunks
+from recis_relevance.judge_rl import GRPOJudge, _cat_rollouts, collect_groups
 from recis_relevance.rationale import step_references
 from recis_relevance.she import LMStepJudge, ScriptedStepJudge, Verifier, score_steps
 
@@ -95,63 +95,48 @@ class SHEJudge(GRPOJudge):
         cfg, she = self.cfg, self.cfg.she
         rows = self.rows(batch)
         want = len(rows)
-        kept: List[Rollout] = []
-        kept_rewards: List[torch.Tensor] = []
-        kept_rows, kept_words = [], []
-        sampled, malformed, reward_sum, seen, refills = 0, 0, 0.0, 0, 0
-        dropped_difficulty, dropped_diversity, paths_sum = 0, 0, 0
-        while True:
+        n = {"sampled": 0, "malformed": 0, "reward": 0.0, "groups": 0, "paths": 0, "difficulty": 0, "diversity": 0}
+
+        def sample(rows):
             r, rewards, bad = self._sample_scored(rows)
             G = r.group_size
             words = self.step_words(r)
             paths = self.path_ids(r, words).view(len(rows), G).to(rewards.device)
-            sampled, malformed, reward_sum = sampled + rewards.numel(), malformed + bad, reward_sum + float(rewards.sum())
-            seen += len(rows)
-            paths_sum += int(distinct_paths(paths).sum())
+            n["sampled"] += rewards.numel()
+            n["malformed"] += bad
+            n["reward"] += float(rewards.sum())
+            n["groups"] += len(rows)
+            n["paths"] += int(distinct_paths(paths).sum())
             if she.filtering:
                 hard = difficulty_mask(rewards, she.low, she.high)
                 keep = diversity_mask(rewards, paths, she.low, she.high, she.min_paths)
-                dropped_difficulty += int((~hard).sum())
-                dropped_diversity += int((hard & ~keep).sum())
+                n["difficulty"] += int((~hard).sum())
+                n["diversity"] += int((hard & ~keep).sum())
             else:
                 keep = torch.ones(len(rows), dtype=torch.bool, device=rewards.device)
-            if bool(keep.any()):
-                kept.append(r.index_select(keep.repeat_interleave(G)))
-                kept_rewards.append(rewards[keep])
-                kept_rows += [row for row, k in zip(rows, keep.tolist()) if k]
-                kept_words += [w for i, w in enumerate(words) if keep[i // G]]
-            have = sum(x.shape[0] for x in kept_rewards)
-            if not she.filtering or have >= want or refills >= she.max_refills:
-                break
-            more = refill()
-            if more is None:
-                break
-            rows, refills = self.rows(more), refills + 1
-        dropped = dropped_difficulty + dropped_diversity
-        stats = {"reward_mean": reward_sum / max(sampled, 1), "malformed_fraction": malformed / max(sampled, 1),
-                 "dropped_groups": float(dropped), "dropped_fraction": dropped / max(seen, 1),
-                 "dropped_low_diversity": float(dropped_diversity), "refills": float(refills),
-                 "distinct_paths": paths_sum / max(seen, 1)}
+            part = (r.index_select(keep.repeat_interleave(G)), rewards[keep],
+                    [row for row, k in zip(rows, keep.tolist()) if k],
+                    [w for i, w in enumerate(words) if keep[i // G]])
+            return part, int(keep.sum())
+
+        kept, refills = collect_groups(rows, want, sample, refill, self.rows, she.max_refills if she.filtering else None)
+        dropped = n["difficulty"] + n["diversity"]
+        stats = {"reward_mean": n["reward"] / max(n["sampled"], 1), "malformed_fraction": n["malformed"] / max(n["sampled"], 1),
+                 "dropped_groups": float(dropped), "dropped_fraction": dropped / max(n["groups"], 1),
+                 "dropped_low_diversity": float(n["diversity"]), "refills": float(refills),
+                 "distinct_paths": n["paths"] / max(n["groups"], 1)}
         if not kept:
             stats["kept_groups"] = 0.0
             return RolloutPhase([], inner_steps=cfg.grpo.inner_steps, stats=stats)
-        rewards = torch.cat(kept_rewards)[:want]
+        rewards = torch.cat([p[1] for p in kept])[:want]
         B, G = rewards.shape
-        ro = _cat_rollouts(kept, self.pad_id).index_select(torch.arange(B * G))
-        adv, step_stats = self.advantages(ro, rewards, kept_rows[:B], kept_words[:B * G])
+        ro = _cat_rollouts([p[0] for p in kept], self.pad_id).index_select(torch.arange(B * G))
+        kept_rows = [row for p in kept for row in p[2]][:B]
+        kept_words = [w for p in kept for w in p[3]][:B * G]
+        adv, step_stats = self.advantages(ro, rewards, kept_rows, kept_words)
         stats.update(step_stats)
-        ids, att, cmask = ro.input_ids, ro.attention_mask, ro.full_completion_mask
-        T = cfg.sampling.temperature
-        old = token_logprobs(self.model, ids, att, cmask, T)
-        ref = self.reference.logprobs(ids, att, cmask, T) if self.reference is not None else None
-        ent = token_entropy(self.model, ids, att, cmask, T)
-        ntok = cmask.sum()
-        stats.update({"kept_groups": float(B), "completion_length": float(ro.completion_lengths.float().mean()),
-                      "entropy": float((ent * cmask).sum() / ntok.clamp_min(1)),
-                      "kept_reward_std": float(rewards.std(1, unbiased=False).mean())})
-        minibatches = [GroupMinibatch(ids[s], att[s], cmask[s], old[s], None if ref is None else ref[s], adv[s],
-                                      float(ntok)) for s in _chunks(ids.shape[0], cfg.minibatch_size)]
-        return RolloutPhase(minibatches, inner_steps=cfg.grpo.inner_steps, stats=stats)
+        stats.update({"kept_groups": float(B), "kept_reward_std": float(rewards.std(1, unbiased=False).mean())})
+        return self.group_phase(ro, adv, stats)
 
     def advantages(self, ro: Rollout, rewards: torch.Tensor, rows, words):
         """Token advantages [N, P + C] over the rollout's sequences (the prompt's columns carry
