@@ -230,42 +230,69 @@ def targets(table: Dict[str, Any]) -> Dict[str, Optional[bool]]:
 
 LR_GRID = {"sft_lr": (1e-3, 3e-3), "dpo_lr": (3e-5, 1e-4, 3e-4), "grpo_lr": (1e-4, 3e-4, 1e-3),
            "agrl_lr": (1e-4, 3e-4, 1e-3), "she_lr": (1e-4, 3e-4, 1e-3), "dyknow_lr": (1e-4, 3e-4, 1e-3)}
+#: every sweep of --tune, in order: the learning rates, then DyKnow's pool threshold (the paper's 0.7
+#: keeps few rows when the SFT judge is over-confident; the sweep says whether that matters here)
+GRID = {**LR_GRID, "pool_threshold": (0.7, 0.9, 0.99)}
 
 
 #: the encoders' learning rate (encoder and head alike for the tiny encoder; the encoder's for a pretrained one)
 ENCODER_LR_GRID = {"tiny": (3e-4, 1e-3, 3e-3), "pretrained": (3e-5, 1e-4, 3e-4)}
 
 
-def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=print) -> Dict[str, Any]:
-    """The validation sweep: for each learning rate of LR_GRID (stages in dependency order, each
-    from the best setting of the ones before), the validation macro-F1 of the methods whose last
-    stage reads it; the best setting is kept. A stage is trained once per learning-rate setting of
-    its own chain (the shared SFT stage once per SFT learning rate). Never reads the test rows."""
+def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=print,
+         only: Optional[Sequence[str]] = None, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The validation sweep: for each setting of GRID (the learning rates in stage dependency
+    order, then DyKnow's pool threshold; each from the best values of the ones before; `only`: a
+    subset), the validation macro-F1 of the methods whose last stage it is scored through
+    (`Stage.tuned`); the best value is kept, and a learning rate best at an end of its grid is
+    tried further that way (x3 or /3, twice at most). `previous` (an earlier sweep's "tune" report
+    under the same settings): its measured values are taken, not trained again. Then each
+    encoder's learning rate. A stage is trained
+    once per setting of its own chain (the shared SFT stage once per SFT learning rate). Never
+    reads the test rows."""
     from recis_relevance.stages import TaskFiles
 
     val_files = TaskFiles(files.train, files.val, files.val, files.counts)
     results: Dict[str, Any] = {}
     cache: Dict[Any, SeedRun] = {}
     best = s
-    for key, grid in LR_GRID.items():
-        scored = [m for m in methods if m.kind == "judge" and STAGES[m.stages[-1]].lr_key == key]
-        if not scored:
+    for key, grid in GRID.items():
+        scored = [m for m in methods if m.kind == "judge" and key in STAGES[m.stages[-1]].tuned]
+        if not scored or (only is not None and key not in only):
             continue
-        rows = []
-        for value in grid:
+        done = {row[key]: row for row in (previous or {}).get(key, [])}
+        rows: List[Dict[str, Any]] = []
+
+        def measure(value):
+            if value in done:  # measured by an earlier sweep under the same settings (training is deterministic)
+                rows.append(done[value])
+                return
             trial = replace(best, **{key: value})
             r = run_seed(trial, scored, val_files, items, os.path.join(workdir, f"{key}-{value}"), seed, "val", log,
                          cache)
             f1 = statistics.fmean(r[m.key]["all"]["macro_f1"] for m in scored)
             rows.append({key: value, "val_macro_f1": f1})
             log(f"tune {key}={value}: val macro-F1 {f1:.4f} ({', '.join(m.key for m in scored)})")
+
+        for value in grid:
+            measure(value)
+        # a learning rate best at an end of its grid: the grid goes on by a factor 3 that way (twice at most)
+        for _ in range(2 if key in LR_GRID else 0):
+            top = max(rows, key=lambda x: x["val_macro_f1"])[key]
+            values = sorted(x[key] for x in rows)
+            if top == values[0]:
+                measure(float(f"{values[0] / 3:.3g}"))
+            elif top == values[-1]:
+                measure(float(f"{values[-1] * 3:.3g}"))
+            else:
+                break
         top = max(rows, key=lambda x: x["val_macro_f1"])
         best = replace(best, **{key: top[key]})
-        results[key] = rows
+        results[key] = sorted(rows, key=lambda x: x[key])
     chosen_lr: Dict[str, float] = dict(best.encoder_lr or {})
     val_table = pq.read_table(files.val)
     for m in methods:
-        if m.kind != "encoder":
+        if m.kind != "encoder" or only is not None:
             continue
         rows = []
         for value in ENCODER_LR_GRID["tiny" if s.encoder == "tiny" else "pretrained"]:
@@ -276,12 +303,12 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
             log(f"tune {m.key} lr={value}: val macro-F1 {f1:.4f} (epochs {r.get('epochs')})")
         chosen_lr[m.key] = max(rows, key=lambda x: x["val_macro_f1"])["lr"]
         results[f"{m.key}_lr"] = rows
-    results["chosen"] = {**{k: getattr(best, k) for k in LR_GRID}, "encoder_lr": chosen_lr or None}
+    results["chosen"] = {**{k: getattr(best, k) for k in GRID}, "encoder_lr": chosen_lr or None}
     return results
 
 
 #: the settings that only the generative judges read (reports of the encoders alone may differ in them)
-JUDGE_ONLY = tuple(LR_GRID) + ("dpo_beta", "grpo_beta")
+JUDGE_ONLY = tuple(GRID) + ("dpo_beta", "grpo_beta")
 
 
 def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
@@ -337,6 +364,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help="the validation sweep of the learning rates (seed 0)")
+    p.add_argument("--tune-only", nargs="+", choices=list(GRID), metavar="KEY",
+                   help="with --tune: sweep only these settings (the others at their Settings values)")
+    p.add_argument("--tune-from", metavar="JSON", help="with --tune: an earlier sweep's report (same settings): its "
+                   "measured values are reused, only the missing ones are trained")
     p.add_argument("--tiny", action="store_true", help="a smoke run: small task and model, 2 steps per stage, one seed")
     p.add_argument("--list", action="store_true", help="the methods, and why a method is skipped")
     p.add_argument("--encoder", default="tiny", help="EBRM / cross-encoder encoder: 'tiny' or a pretrained spec")
@@ -390,7 +421,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = write_files(s, os.path.join(root, "data"))
         print(f"task: {files.counts}", flush=True)
         if args.tune:
-            report: Dict[str, Any] = {"tune": tune(s, methods, files, items, os.path.join(root, "tune"))}
+            previous = None
+            if args.tune_from:
+                with open(args.tune_from) as fh:
+                    previous = json.load(fh)["tune"]
+            report: Dict[str, Any] = {"tune": tune(s, methods, files, items, os.path.join(root, "tune"),
+                                                   only=args.tune_only, previous=previous)}
             print(json.dumps(report, indent=1))
         else:
             per_seed = []

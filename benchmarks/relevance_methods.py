@@ -37,7 +37,9 @@ class Stage:
     `objective` (what the YAML trains, checked against judge_config.OBJECTIVES), `lr_key` (the
     Settings field of its learning rate), `kind` (job | pool: DyKnow's RL pool | curriculum: SHE's
     easy-to-hard bins by SFT pass rate), `part` (which file of a curriculum it trains on) and
-    `budget` (its share of the post-SFT step budget: SHE's two curriculum stages have half each)."""
+    `budget` (its share of the post-SFT step budget: SHE's two curriculum stages have half each)
+    and `keys` (the other Settings fields a validation sweep varies through it: its result, or the
+    result of the stage it trains on, depends on them)."""
 
     name: str
     yaml: Optional[str]
@@ -49,6 +51,12 @@ class Stage:
     dynamic: bool = False
     part: int = 0
     budget: float = 1.0
+    keys: Tuple[str, ...] = ()
+
+    @property
+    def tuned(self) -> Tuple[str, ...]:
+        """The Settings fields a sweep scores through this stage: its learning rate and `keys`."""
+        return ((self.lr_key,) if self.lr_key else ()) + self.keys
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,11 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           part=0, budget=0.5),
     Stage("she2", "she_movielens/she_stage2.yaml", "she1", train="she_curriculum", objective="she", lr_key="she_lr",
           part=1, budget=0.5),
-    Stage("pool", None, "sft", kind="pool", objective="dyknow"),
-    Stage("dyknow_sft", "dyknow_movielens/dyknow.yaml", "sft", train="pool", objective="dyknow", lr_key="dyknow_lr"),
-    Stage("dyknow_dpo", "dyknow_movielens/dyknow.yaml", "dpo", train="pool", objective="dyknow", lr_key="dyknow_lr"),
+    Stage("pool", None, "sft", kind="pool", objective="dyknow", keys=("pool_threshold",)),
+    Stage("dyknow_sft", "dyknow_movielens/dyknow.yaml", "sft", train="pool", objective="dyknow", lr_key="dyknow_lr",
+          keys=("pool_threshold",)),
+    Stage("dyknow_dpo", "dyknow_movielens/dyknow.yaml", "dpo", train="pool", objective="dyknow", lr_key="dyknow_lr",
+          keys=("pool_threshold",)),
 )}
 
 METHODS: Dict[str, Method] = {m.key: m for m in (
@@ -216,10 +226,11 @@ class SeedRun:
 
 
 def stage_signature(name: str, settings) -> Tuple[Any, ...]:
-    """What a stage's result depends on that a validation sweep varies: the learning rate of the
-    stage and of every stage it starts from or trains on (the other settings are fixed in a sweep)."""
+    """What a stage's result depends on that a validation sweep varies: the swept settings of the
+    stage (`Stage.tuned`) and of every stage it starts from or trains on (the other settings are
+    fixed in a sweep)."""
     st = STAGES[name]
-    own = (name, getattr(settings, st.lr_key) if st.lr_key else None)
+    own = (name,) + tuple(getattr(settings, k) for k in st.tuned)
     deps = tuple(stage_signature(d, settings) for d in (st.init_from, st.train if st.train != "train" else None)
                  if d is not None)
     return (own,) + deps

@@ -167,3 +167,13 @@ def test_a_sweep_trains_a_stage_once_per_learning_rate_chain():
     assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", bench.replace(s, sft_lr=1.0))
     assert rm.stage_signature("she2", s) != rm.stage_signature("she2", bench.replace(s, she_lr=1.0))
     assert rm.stage_signature("pool", s) == rm.stage_signature("pool", bench.replace(s, dyknow_lr=1.0))
+
+
+def test_the_pool_threshold_is_swept_through_the_dyknow_stages_only():
+    s = bench.Settings()
+    other = bench.replace(s, pool_threshold=0.9)
+    assert rm.stage_signature("pool", s) != rm.stage_signature("pool", other)
+    assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", other)
+    assert rm.stage_signature("taosr1", s) == rm.stage_signature("taosr1", other)
+    scored = {k for k, m in rm.METHODS.items() if m.kind == "judge" and "pool_threshold" in rm.STAGES[m.stages[-1]].tuned}
+    assert scored == {"dyknow_sft", "dyknow_dpo"}

@@ -66,3 +66,45 @@ def synthetic_items() -> pa.Table:
             for i, (year, g) in enumerate(itertools.product(range(1925, 2003), COMBOS), start=1)]
     return pa.Table.from_pylist(rows, schema=pa.schema([("item_id", pa.int64()), ("title", pa.string()),
                                                         ("year", pa.int32()), ("genres", pa.list_(pa.string()))]))
+
+
+def policy_seed() -> int:
+    """The tiny policies' initialisation seed: RECIS_TEST_POLICY_SEED (default 0), so that a test
+    can be checked under another initialisation."""
+    return int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))
+
+
+def tiny_llama(hidden: int = 32, positions: int = 128) -> dict:
+    """The policy spec of a tiny random Llama (one layer; no downloads)."""
+    return {"config": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                       "max_position_embeddings": positions}, "seed": policy_seed()}
+
+
+def weights(job) -> dict:
+    """The tensors of a job's model state."""
+    import torch
+
+    return {k: v for k, v in job.model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def assert_same_job_state(a, b) -> None:
+    """Two jobs hold the same model state, generator states, reference policy and dense optimizer
+    state, bit for bit (what a resumed stage must reproduce)."""
+    import torch
+
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k], k
+    for name, g in a.model.generators().items():
+        assert torch.equal(g.get_state(), b.model.generators()[name].get_state()), name
+    ref_a, ref_b = getattr(a.model, "reference", None), getattr(b.model, "reference", None)
+    if ref_a is not None:
+        for (n, p), (_, q) in zip(ref_a.module.named_parameters(), ref_b.module.named_parameters()):
+            assert torch.equal(p, q), f"reference {n}"
+    oa, ob = a.dense_optimizer.state_dict()["state"], b.dense_optimizer.state_dict()["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        for name, t in oa[k].items():
+            assert torch.equal(torch.as_tensor(t), torch.as_tensor(ob[k][name])), (k, name)

@@ -5,7 +5,6 @@ Tiny random Llama, the synthetic catalogue with a chunk and a context decision p
 completions (so that a few SFT steps give groups that mix right and wrong labels)."""
 import relevance_testing  # noqa: F401  (first: makes the plugin importable)
 import copy
-import os
 import shutil
 
 import pyarrow.parquet as pq
@@ -19,7 +18,7 @@ from recis.train import Hook
 from recis_relevance.judge import ROW_COLUMNS
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import assert_same_job_state, synthetic_items, tiny_llama, weights
 from test_judge_dyknow import with_context
 
 FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS + ("chunk", "context_decision")] + \
@@ -27,11 +26,6 @@ FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS
 DYKNOW = {"objective": "dyknow", "grpo": {"beta": 0.05, "inner_steps": 2, "std": "population"}, "minibatch_size": 16,
           "dyknow": {"gating": "posterior", "gap": "query"},
           "dynamic_sampling": {"low": 0.0, "high": 1.0, "max_refills": 2}}
-
-
-def llama():
-    return {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 160}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def job(workdir, name, objective="sft", steps=12, lr=0.02, init_from=None, **mod
         "data": {"train": "train.parquet", "eval": "eval.parquet", "batch_size": 8, "eval_batch_size": 64,
                  "shuffle_buffer": 64, "seed": 0},
         "features": {"features": FEATURES},
-        "model": {"name": "relevance_judge", "objective": objective, "format": "label_only", "policy": llama(),
+        "model": {"name": "relevance_judge", "objective": objective, "format": "label_only", "policy": tiny_llama(positions=160),
                   "tokenizer": spec, "max_completion_length": 2, "max_prompt_length": 96,
                   "sampling": {"group_size": 4, "max_new_tokens": 2, "seed": 3}, **model},
         "metrics": {"confusion": {"labels": [1, 2, 3, 4]}},
@@ -58,25 +52,6 @@ def job(workdir, name, objective="sft", steps=12, lr=0.02, init_from=None, **mod
         "trainer": {"epochs": 100, "max_steps": steps, "progress": False, "seed": 0, "log_every": 1},
         "checkpoint": {"dir": str(d / name), "every": 2, "keep_last": 20, "init_from": init_from},
     }, str(d))
-
-
-def weights(j: Job):
-    return {k: v for k, v in j.model.state_dict().items() if isinstance(v, torch.Tensor)}
-
-
-def assert_same_state(a: Job, b: Job):
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k], k
-    assert torch.equal(a.model.generator.get_state(), b.model.generator.get_state())
-    for (n, p), (_, q) in zip(a.model.reference.module.named_parameters(), b.model.reference.module.named_parameters()):
-        assert torch.equal(p, q), f"reference {n}"
-    oa, ob = a.dense_optimizer.state_dict()["state"], b.dense_optimizer.state_dict()["state"]
-    assert oa.keys() == ob.keys()
-    for k in oa:
-        for name, t in oa[k].items():
-            assert torch.equal(torch.as_tensor(t), torch.as_tensor(ob[k][name])), (k, name)
 
 
 class Reseed(Hook):
@@ -117,7 +92,7 @@ def test_sft_then_dyknow_and_a_killed_dyknow_stage_resumes_bit_identical(workdir
     resumed = stage("dyknow_cut")
     resumed.train()
     assert resumed.trainer.step == 10
-    assert_same_state(full, resumed)
+    assert_same_job_state(full, resumed)
 
     # the check catches a resume that restores everything but the sampling generator
     reseeded = stage("dyknow_cut_reseeded")

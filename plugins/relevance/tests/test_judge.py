@@ -16,10 +16,9 @@ from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import synthetic_items, tiny_llama
 
-LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
+LLAMA = tiny_llama()
 FEATURES = SimpleNamespace(passthrough=ROW_COLUMNS)
 
 

@@ -26,12 +26,11 @@ from recis_relevance.judge import ROW_COLUMNS, JudgeTower
 from recis_relevance.judge_agrl import AGRLJudge
 from recis_relevance.prompts import prompt, tokenizer_spec
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import assert_same_job_state, synthetic_items, tiny_llama
 
 import test_judge_jobs as jobs
 
-LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
+LLAMA = tiny_llama()
 FEATURES = SimpleNamespace(passthrough=ROW_COLUMNS)
 
 
@@ -288,7 +287,7 @@ def test_the_agrl_stage_resumes_bit_identical(tmp_path_factory):
     resumed = stage("agrl_cut")
     resumed.train()
     assert resumed.trainer.step == 10
-    jobs.assert_same_state(full, resumed)
+    assert_same_job_state(full, resumed)
     shutil.rmtree(d)
 
 

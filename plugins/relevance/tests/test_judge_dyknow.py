@@ -3,7 +3,6 @@ and the re-scored no-context completions, the separation test against vanilla du
 gating from the rows, and the options it names. Rows of the retrieval test bed are built here
 (a chunk and a context decision per row)."""
 import math
-import os
 from types import SimpleNamespace
 
 import relevance_testing  # noqa: F401  (makes the plugin importable)
@@ -20,10 +19,9 @@ from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.judge_dyknow import DualGroupMinibatch, DyKnowJudge
 from recis_relevance.prompts import context_prompts, tokenizer_spec
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import synthetic_items, tiny_llama
 
-LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 160}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
+LLAMA = tiny_llama(positions=160)
 CONTEXT = ("chunk", "context_decision")
 FEATURES = SimpleNamespace(passthrough=ROW_COLUMNS + CONTEXT)
 

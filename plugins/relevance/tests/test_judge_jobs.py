@@ -30,15 +30,9 @@ from recis_relevance.judge import ROW_COLUMNS
 from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.task import build_task
-from relevance_testing import WORDS, synthetic_items, tiny_encoder
+from relevance_testing import WORDS, assert_same_job_state, synthetic_items, tiny_encoder, tiny_llama, weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def llama(hidden=32):
-    return {"config": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                       "max_position_embeddings": 128}, "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
 
 
 FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS] + \
@@ -63,7 +57,7 @@ def job(workdir, name, objective="sft", steps=12, lr=0.02, init_from=None, **mod
         "data": {"train": "train.parquet", "eval": "eval.parquet", "batch_size": 8, "eval_batch_size": 64,
                  "shuffle_buffer": 64, "seed": 0},
         "features": {"features": FEATURES},
-        "model": {"name": "relevance_judge", "objective": objective, "format": "label_only", "policy": llama(),
+        "model": {"name": "relevance_judge", "objective": objective, "format": "label_only", "policy": tiny_llama(),
                   "tokenizer": spec, "max_completion_length": 2,
                   "sampling": {"group_size": 4, "max_new_tokens": 2, "seed": 4}, **model},
         "metrics": {"confusion": {"labels": [1, 2, 3, 4]}},
@@ -80,25 +74,6 @@ def sft(workdir):
     result = j.train()
     assert j.trainer.step == 12 and result["macro_f1"] >= 0
     return workdir[0] / "sft", copy.deepcopy(j.model.state_dict())
-
-
-def weights(j: Job):
-    return {k: v for k, v in j.model.state_dict().items() if isinstance(v, torch.Tensor)}
-
-
-def assert_same_state(a: Job, b: Job):
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k], k
-    assert torch.equal(a.model.generator.get_state(), b.model.generator.get_state())
-    for (n, p), (_, q) in zip(a.model.reference.module.named_parameters(), b.model.reference.module.named_parameters()):
-        assert torch.equal(p, q), f"reference {n}"
-    oa, ob = a.dense_optimizer.state_dict()["state"], b.dense_optimizer.state_dict()["state"]
-    assert oa.keys() == ob.keys()
-    for k in oa:
-        for name, t in oa[k].items():
-            assert torch.equal(torch.as_tensor(t), torch.as_tensor(ob[k][name])), (k, name)
 
 
 def test_sft_then_grpo_by_init_from_and_a_killed_grpo_stage_resumes_bit_identical(workdir, sft):
@@ -138,7 +113,7 @@ def test_sft_then_grpo_by_init_from_and_a_killed_grpo_stage_resumes_bit_identica
     resumed = stage("grpo_cut")
     resumed.train()
     assert resumed.trainer.step == 10
-    assert_same_state(full, resumed)
+    assert_same_job_state(full, resumed)
 
     # the check catches a resume that restores everything but the sampling generator
     reseeded = stage("grpo_cut_reseeded")
@@ -158,7 +133,7 @@ def test_a_stage_from_a_checkpoint_of_another_model_names_the_checkpoint(workdir
     sft_dir, _ = sft
     latest = CheckpointManager(sft_dir).latest().path
     with pytest.raises(IncompatibleCheckpointError) as e:  # a judge with another hidden size
-        Job(job(workdir, "wide", init_from=str(sft_dir), policy=llama(hidden=16), **GRPO))
+        Job(job(workdir, "wide", init_from=str(sft_dir), policy=tiny_llama(hidden=16), **GRPO))
     msg = str(e.value)
     assert msg.startswith(f"checkpoint.init_from: checkpoint {latest} does not fit the model (GRPOJudge)")
     assert re.search(r"shapes differ: model\.lm_head\.weight: checkpoint \(\d+, 32\), model \(\d+, 16\)", msg)

@@ -25,12 +25,9 @@ from recis_relevance.rationale import VERDICTS, rationale, step_references
 from recis_relevance.she import (LMStepJudge, ScriptedStepJudge, SHEConfig, Verifier, judge_prompt, score_steps,
                                  verifier_table)
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import synthetic_items, tiny_llama
 
-LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}, "seed": 0}
-
-
+LLAMA = tiny_llama()
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""

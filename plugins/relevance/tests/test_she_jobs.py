@@ -29,12 +29,10 @@ from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.she_curriculum import CurriculumConfig, curriculum_stages, sft_pass_rates
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items
+from relevance_testing import assert_same_job_state, synthetic_items, tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-LLAMA = {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128},
-         "seed": int(os.environ.get("RECIS_TEST_POLICY_SEED", "0"))}
+LLAMA = tiny_llama()
 FEATURES = [{"name": c, "kind": "passthrough", "column": c} for c in ROW_COLUMNS] + \
     [{"name": "label", "kind": "label", "column": "label"}]
 MAX_NEW_TOKENS = 12
@@ -92,20 +90,6 @@ def sft(workdir):
     return workdir[0] / "sft", j
 
 
-def assert_same_state(a: Job, b: Job):
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k], k
-    for name, g in a.model.generators().items():
-        assert torch.equal(g.get_state(), b.model.generators()[name].get_state()), name
-    oa, ob = a.dense_optimizer.state_dict()["state"], b.dense_optimizer.state_dict()["state"]
-    assert oa.keys() == ob.keys()
-    for k in oa:
-        for name, t in oa[k].items():
-            assert torch.equal(torch.as_tensor(t), torch.as_tensor(ob[k][name])), (k, name)
-
-
 class ReseedJudge(Hook):
     def on_fit_start(self, trainer):
         assert 0 < trainer.step < 6  # resumed
@@ -145,7 +129,7 @@ def test_a_killed_she_stage_resumes_bit_identical(workdir, sft):
     resumed = stage("she_cut")
     resumed.train()
     assert resumed.trainer.step == 8
-    assert_same_state(full, resumed)
+    assert_same_job_state(full, resumed)
 
     reseeded = stage("she_cut_reseeded")
     reseeded.trainer.hooks.append(ReseedJudge())
