@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isdir(os.path.join(_HERE, "..", "recis")):  # run from a checkout without `pip install -e .`
@@ -239,13 +240,49 @@ GRID = {**LR_GRID, "pool_threshold": (0.7, 0.9, 0.99)}
 ENCODER_LR_GRID = {"tiny": (3e-4, 1e-3, 3e-3), "pretrained": (3e-5, 1e-4, 3e-4)}
 
 
+def _next_on_grid(value: float, up: bool) -> float:
+    """The next value of the 1-3-10 grid (..., 1e-4, 3e-4, 1e-3, ...) above or below `value`; a value
+    off that grid moves by a factor 3."""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    factor = ({1: 3.0, 3: 10 / 3} if up else {1: 0.3, 3: 1 / 3}).get(round(mantissa, 6), 3.0 if up else 1 / 3)
+    return float(f"{value * factor:.3g}")
+
+
+def sweep(key: str, grid: Sequence[float], measure: Callable[[float], Dict[str, Any]],
+          previous: Sequence[Dict[str, Any]] = (), extend: bool = False,
+          under: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """[{key: value, **measure(value), "under": under}] over `grid`, sorted by value. `under`: the
+    other settings the measure depends on; a `previous` row measured under the same ones is taken,
+    not measured again (training is deterministic). `extend`: while one end is strictly the best,
+    the grid goes on that way (the 1-3-10 grid), twice at most. The choice is the highest
+    val_macro_f1 (the smaller value on a tie)."""
+    done = {row[key]: row for row in previous if row.get("under") == under}
+    rows: List[Dict[str, Any]] = []
+
+    def take(value):
+        rows.append(done[value] if value in done else {key: value, **measure(value), "under": under})
+
+    for value in grid:
+        take(value)
+    for _ in range(2 if extend else 0):
+        rows.sort(key=lambda x: x[key])
+        f1 = [x["val_macro_f1"] for x in rows]
+        if f1[0] > max(f1[1:], default=float("-inf")):
+            take(_next_on_grid(rows[0][key], up=False))
+        elif f1[-1] > max(f1[:-1], default=float("-inf")):
+            take(_next_on_grid(rows[-1][key], up=True))
+        else:
+            break
+    return sorted(rows, key=lambda x: x[key])
+
+
 def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=print,
          only: Optional[Sequence[str]] = None, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The validation sweep: for each setting of GRID (the learning rates in stage dependency
     order, then DyKnow's pool threshold; each from the best values of the ones before; `only`: a
     subset), the validation macro-F1 of the methods whose last stage it is scored through
     (`Stage.tuned`); the best value is kept, and a learning rate best at an end of its grid is
-    tried further that way (x3 or /3, twice at most). `previous` (an earlier sweep's "tune" report
+    tried further that way (the 1-3-10 grid, twice at most). `previous` (an earlier sweep's "tune" report
     under the same settings): its measured values are taken, not trained again. Then each
     encoder's learning rate. A stage is trained
     once per setting of its own chain (the shared SFT stage once per SFT learning rate). Never
@@ -260,47 +297,34 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
         scored = [m for m in methods if m.kind == "judge" and key in STAGES[m.stages[-1]].tuned]
         if not scored or (only is not None and key not in only):
             continue
-        done = {row[key]: row for row in (previous or {}).get(key, [])}
-        rows: List[Dict[str, Any]] = []
-
-        def measure(value):
-            if value in done:  # measured by an earlier sweep under the same settings (training is deterministic)
-                rows.append(done[value])
-                return
+        def measure(value, key=key, scored=scored):
             trial = replace(best, **{key: value})
             r = run_seed(trial, scored, val_files, items, os.path.join(workdir, f"{key}-{value}"), seed, "val", log,
                          cache)
             f1 = statistics.fmean(r[m.key]["all"]["macro_f1"] for m in scored)
-            rows.append({key: value, "val_macro_f1": f1})
             log(f"tune {key}={value}: val macro-F1 {f1:.4f} ({', '.join(m.key for m in scored)})")
+            return {"val_macro_f1": f1}
 
-        for value in grid:
-            measure(value)
-        # a learning rate best at an end of its grid: the grid goes on by a factor 3 that way (twice at most)
-        for _ in range(2 if key in LR_GRID else 0):
-            top = max(rows, key=lambda x: x["val_macro_f1"])[key]
-            values = sorted(x[key] for x in rows)
-            if top == values[0]:
-                measure(float(f"{values[0] / 3:.3g}"))
-            elif top == values[-1]:
-                measure(float(f"{values[-1] * 3:.3g}"))
-            else:
-                break
-        top = max(rows, key=lambda x: x["val_macro_f1"])
-        best = replace(best, **{key: top[key]})
-        results[key] = sorted(rows, key=lambda x: x[key])
+        depends = sorted({k for m in scored for st in m.stages for k in STAGES[st].tuned} - {key})
+        rows = sweep(key, grid, measure, (previous or {}).get(key, []), extend=key in LR_GRID,
+                     under={k: getattr(best, k) for k in depends})
+        best = replace(best, **{key: max(rows, key=lambda x: x["val_macro_f1"])[key]})
+        results[key] = rows
     chosen_lr: Dict[str, float] = dict(best.encoder_lr or {})
     val_table = pq.read_table(files.val)
     for m in methods:
-        if m.kind != "encoder" or only is not None:
+        if m.kind != "encoder" or (only is not None and f"{m.key}_lr" not in only):
             continue
-        rows = []
-        for value in ENCODER_LR_GRID["tiny" if s.encoder == "tiny" else "pretrained"]:
+
+        def measure_encoder(value, m=m):
             trial = replace(best, encoder_lr={**chosen_lr, m.key: value})
             r = train_encoder(m, trial, val_files, items, os.path.join(workdir, f"{m.key}-{value}"), seed)
             f1 = score_predictions(r["true"], r["pred"], val_table)["all"]["macro_f1"]
-            rows.append({"lr": value, "val_macro_f1": f1, "epochs": r.get("epochs")})
             log(f"tune {m.key} lr={value}: val macro-F1 {f1:.4f} (epochs {r.get('epochs')})")
+            return {"val_macro_f1": f1, "epochs": r.get("epochs")}
+
+        rows = sweep("lr", ENCODER_LR_GRID["tiny" if s.encoder == "tiny" else "pretrained"], measure_encoder,
+                     (previous or {}).get(f"{m.key}_lr", []), extend=True, under={})
         chosen_lr[m.key] = max(rows, key=lambda x: x["val_macro_f1"])["lr"]
         results[f"{m.key}_lr"] = rows
     results["chosen"] = {**{k: getattr(best, k) for k in GRID}, "encoder_lr": chosen_lr or None}
@@ -364,7 +388,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help="the validation sweep of the learning rates (seed 0)")
-    p.add_argument("--tune-only", nargs="+", choices=list(GRID), metavar="KEY",
+    p.add_argument("--tune-only", nargs="+", choices=list(GRID) + [f"{k}_lr" for k, m in METHODS.items()
+                                                                     if m.kind == "encoder"], metavar="KEY",
                    help="with --tune: sweep only these settings (the others at their Settings values)")
     p.add_argument("--tune-from", metavar="JSON", help="with --tune: an earlier sweep's report (same settings): its "
                    "measured values are reused, only the missing ones are trained")

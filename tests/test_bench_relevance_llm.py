@@ -177,3 +177,23 @@ def test_the_pool_threshold_is_swept_through_the_dyknow_stages_only():
     assert rm.stage_signature("taosr1", s) == rm.stage_signature("taosr1", other)
     scored = {k for k, m in rm.METHODS.items() if m.kind == "judge" and "pool_threshold" in rm.STAGES[m.stages[-1]].tuned}
     assert scored == {"dyknow_sft", "dyknow_dpo"}
+
+
+def test_a_sweep_goes_on_past_an_end_that_is_strictly_best_and_reuses_measured_values():
+    curve = {1e-5: 0.50, 3e-5: 0.62, 1e-4: 0.60, 3e-4: 0.55, 1e-3: 0.40}
+    measured = []
+
+    def measure(v):
+        measured.append(v)
+        return {"val_macro_f1": curve[v]}
+
+    rows = bench.sweep("lr", (1e-4, 3e-4, 1e-3), measure, extend=True)
+    assert [r["lr"] for r in rows] == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # 1e-4 best at the end: 3e-5, then 1e-5
+    assert max(rows, key=lambda r: r["val_macro_f1"])["lr"] == 3e-5
+    measured.clear()
+    again = bench.sweep("lr", (1e-4, 3e-4, 1e-3), measure, previous=rows, extend=True)
+    assert again == rows and measured == []  # everything was measured before
+    other = bench.sweep("lr", (1e-4,), measure, previous=rows, under={"sft_lr": 3e-3})
+    assert measured == [1e-4] and other[0]["under"] == {"sft_lr": 3e-3}  # measured under other settings: again
+    flat = bench.sweep("x", (0.7, 0.9), lambda v: {"val_macro_f1": 0.5}, extend=True)
+    assert [r["x"] for r in flat] == [0.7, 0.9]  # a tie is no reason to go on

@@ -306,3 +306,35 @@ def test_reference_errors():
         ReferencePolicy(m, mode="adapters_disabled")
     with pytest.raises(ValueError, match=r"reference mode must be one of \['copy', 'adapters_disabled'\]"):
         ReferencePolicy(m, mode="frozen")
+
+
+def test_cat_rollouts_scores_every_row_as_its_own_part_does(model):
+    """Rollouts of different prompt and completion widths, concatenated: every row's token
+    log-probs over its completion equal those of its own part (the padding changes nothing), the
+    prompt index continues across parts, and mixed group sizes are refused."""
+    from recis.towers.generation import cat_rollouts, sample_groups, token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    parts = []
+    for width, new in ((3, 2), (5, 4)):
+        ids = torch.randint(4, V, (2, width), generator=g)
+        parts.append(sample_groups(model, ids, torch.ones_like(ids), 2, new, generator=g, eos_token_id=EOS,
+                                   pad_token_id=PAD))
+    whole = cat_rollouts(parts, pad_token_id=0)
+    assert whole.prompt_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and len(whole) == 8
+    got = token_logprobs(model, whole.input_ids, whole.attention_mask, whole.full_completion_mask)
+    C = whole.completion_ids.shape[1]
+    row = 0
+    for p in parts:
+        own = token_logprobs(model, p.input_ids, p.attention_mask, p.full_completion_mask)
+        c = p.completion_ids.shape[1]
+        for i in range(len(p)):
+            assert torch.allclose(got[row, -C:][:c], own[i, -c:], atol=1e-5)
+            assert torch.equal(whole.completion_ids[row, :c], p.completion_ids[i])
+            row += 1
+    other = sample_groups(model, torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), 3, 1,
+                          generator=g, eos_token_id=EOS, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="different group sizes"):
+        cat_rollouts([parts[0], other], pad_token_id=0)
+    with pytest.raises(ValueError, match="no rollouts"):
+        cat_rollouts([], pad_token_id=0)

@@ -23,7 +23,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["position_ids", "token_logprobs", "token_entropy", "Rollout", "sample_groups", "reprompt", "splice_rows"]
+__all__ = ["position_ids", "token_logprobs", "token_entropy", "Rollout", "sample_groups", "cat_rollouts", "reprompt",
+           "splice_rows"]
 
 _KEEPS_LOGITS: Dict[type, bool] = {}
 
@@ -264,6 +265,38 @@ def _pad_to(r: Rollout, prompt_width: int, completion_width: int, pad_token_id: 
                    completion_ids=pad(r.completion_ids, (0, C), value=pad_token_id),
                    completion_mask=pad(r.completion_mask, (0, C)), logprobs=pad(r.logprobs, (0, C)),
                    prompt_index=r.prompt_index, group_size=r.group_size)
+
+
+def cat_rollouts(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
+    """One rollout of `parts`, in order: prompts left-padded and completions right-padded to the
+    widest part's, prompt_index continued across the parts (each part's prompts after the ones
+    before). The parts share one group_size.
+
+    >>> a = Rollout(torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long), torch.tensor([[7]]),
+    ...             torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1), torch.tensor([0]), 1)
+    >>> b = Rollout(torch.tensor([[4, 6]]), torch.ones(1, 2, dtype=torch.long), torch.tensor([[9, 3]]),
+    ...             torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2), torch.tensor([0]), 1)
+    >>> r = cat_rollouts([a, b], pad_token_id=0)
+    >>> r.input_ids.tolist(), r.prompt_index.tolist()
+    ([[0, 5, 7, 0], [4, 6, 9, 3]], [0, 1])
+    """
+    if not parts:
+        raise ValueError("cat_rollouts: no rollouts to concatenate")
+    sizes = {p.group_size for p in parts}
+    if len(sizes) != 1:
+        raise ValueError(f"cat_rollouts: the rollouts have different group sizes {sorted(sizes)}")
+    if len(parts) == 1:
+        return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    C = max(p.completion_ids.shape[1] for p in parts)
+    padded = [_pad_to(p, P, C, pad_token_id) for p in parts]
+    offset, index = 0, []
+    for p in parts:
+        index.append(p.prompt_index + offset)
+        offset += int(p.prompt_index.max()) + 1 if len(p) else 0
+    return Rollout(**{f: torch.cat([getattr(p, f) for p in padded])
+                      for f in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")},
+                   prompt_index=torch.cat(index), group_size=parts[0].group_size)
 
 
 def reprompt(r: Rollout, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Rollout:

@@ -35,12 +35,12 @@ import torch
 
 from recis.rl import difficulty_mask
 from recis.towers import RolloutPhase, TowerOutput
-from recis.towers.generation import Rollout, token_entropy, token_logprobs
+from recis.towers.generation import Rollout, cat_rollouts, token_entropy, token_logprobs
 
 from recis_relevance.dyknow import (PolicyGroup, correctness_gap, dual_group_advantages, dyknow_loss, gate,
                                     piecewise_scale)
 from recis_relevance.formats import score
-from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _cat_rollouts, _chunks, collect_groups
+from recis_relevance.judge_rl import GroupMinibatch, GRPOJudge, _chunks, collect_groups
 
 __all__ = ["DualGroupMinibatch", "DyKnowJudge", "rescored"]
 
@@ -157,8 +157,8 @@ class DyKnowJudge(GRPOJudge):
         Q = len(rows)
         n = kept["r0"][0].group_size
         first = torch.arange(Q * n)
-        r0 = _cat_rollouts(kept["r0"], self.pad_id).index_select(first)
-        r1 = _cat_rollouts(kept["r1"], self.pad_id).index_select(first)
+        r0 = cat_rollouts(kept["r0"], self.pad_id).index_select(first)
+        r1 = cat_rollouts(kept["r1"], self.pad_id).index_select(first)
         ret0, ret1 = torch.cat(kept["ret0"])[:Q], torch.cat(kept["ret1"])[:Q]
         c0, c1 = torch.cat(kept["c0"])[:Q], torch.cat(kept["c1"])[:Q]
         a0, a1, at = dual_group_advantages(ret0, ret1, dk.eps, cfg.grpo.advantage_clip)

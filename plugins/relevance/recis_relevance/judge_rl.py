@@ -22,7 +22,7 @@ import torch
 
 from recis.rl import difficulty_mask, dpo_loss, group_advantages, grpo_loss
 from recis.towers import RolloutPhase, TowerOutput
-from recis.towers.generation import Rollout, sample_groups, token_entropy, token_logprobs
+from recis.towers.generation import Rollout, cat_rollouts, sample_groups, token_entropy, token_logprobs
 from recis.towers.lm_tokens import encode_prompts
 from recis.towers.lora import adapters_disabled
 from recis.towers.reference import ReferencePolicy
@@ -190,7 +190,7 @@ class GRPOJudge(_RolloutJudge):
             stats["kept_groups"] = 0.0
             return RolloutPhase([], inner_steps=cfg.grpo.inner_steps, stats=stats)
         rewards = torch.cat([w for _, w in kept])[:want]
-        ro = _cat_rollouts([r for r, _ in kept], self.pad_id).index_select(
+        ro = cat_rollouts([r for r, _ in kept], self.pad_id).index_select(
             torch.arange(rewards.shape[0] * kept[0][0].group_size))
         adv = group_advantages(rewards, std=cfg.grpo.std, scale=cfg.grpo.scale, eps=cfg.grpo.std_eps,
                                clip=cfg.grpo.advantage_clip).reshape(-1)
@@ -247,28 +247,3 @@ def collect_groups(rows, want: int, sample: Callable[[Any], Tuple[Any, int]], re
         if more is None:
             return parts, refills
         rows, refills = rows_of(more), refills + 1
-
-
-def _cat_rollouts(parts: Sequence[Rollout], pad: int) -> Rollout:
-    """One rollout of several (prompt widths and completion widths padded to the widest)."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(p.prompt_ids.shape[1] for p in parts)
-    C = max(p.completion_ids.shape[1] for p in parts)
-
-    def left(x, width, value):
-        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
-
-    def right(x, width, value):
-        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-    offset, index = 0, []
-    for p in parts:
-        index.append(p.prompt_index + offset)
-        offset += int(p.prompt_index.max()) + 1 if len(p) else 0
-    return Rollout(prompt_ids=torch.cat([left(p.prompt_ids, P, pad) for p in parts]),
-                   prompt_mask=torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
-                   completion_ids=torch.cat([right(p.completion_ids, C, pad) for p in parts]),
-                   completion_mask=torch.cat([right(p.completion_mask, C, 0) for p in parts]),
-                   logprobs=torch.cat([right(p.logprobs, C, 0.0) for p in parts]),
-                   prompt_index=torch.cat(index), group_size=parts[0].group_size)

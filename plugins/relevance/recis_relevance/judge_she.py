@@ -26,10 +26,10 @@ import torch
 from recis.rl import (critical_steps, difficulty_mask, distinct_paths, diversity_mask, group_advantages, path_ids,
                       srpo_advantages, step_counts, step_index)
 from recis.towers import RolloutPhase
-from recis.towers.generation import Rollout
+from recis.towers.generation import Rollout, cat_rollouts
 
 from recis_relevance.formats import STEP, tokens
-from recis_relevance.judge_rl import GRPOJudge, _cat_rollouts, collect_groups
+from recis_relevance.judge_rl import GRPOJudge, collect_groups
 from recis_relevance.rationale import step_references
 from recis_relevance.she import LMStepJudge, ScriptedStepJudge, Verifier, score_steps
 
@@ -130,7 +130,7 @@ class SHEJudge(GRPOJudge):
             return RolloutPhase([], inner_steps=cfg.grpo.inner_steps, stats=stats)
         rewards = torch.cat([p[1] for p in kept])[:want]
         B, G = rewards.shape
-        ro = _cat_rollouts([p[0] for p in kept], self.pad_id).index_select(torch.arange(B * G))
+        ro = cat_rollouts([p[0] for p in kept], self.pad_id).index_select(torch.arange(B * G))
         kept_rows = [row for p in kept for row in p[2]][:B]
         kept_words = [w for p in kept for w in p[3]][:B * G]
         adv, step_stats = self.advantages(ro, rewards, kept_rows, kept_words)
