@@ -19,7 +19,8 @@ data order, sampling): mean (min..max). Usage:
 
     python benchmarks/relevance_llm.py --json relevance_llm.json      # the table (see BENCHMARKS.md)
     python benchmarks/relevance_llm.py --methods sft grpo dyknow_sft  # some rows only
-    python benchmarks/relevance_llm.py --tune                         # learning rates on validation
+    python benchmarks/relevance_llm.py --tune --json tune.json        # the validation sweep (seed 0)
+    python benchmarks/relevance_llm.py --tune --tune-from tune.json --tune-only dpo_lr  # more of it, reusing tune.json
     python benchmarks/relevance_llm.py --tiny                         # a smoke run (seconds)
     python benchmarks/relevance_llm.py --list                         # the methods and what is missing
 """
@@ -70,13 +71,13 @@ class Settings:
     max_new_tokens: int = 28
     sft_epochs: int = 16
     sft_lr: float = 1e-3
-    dpo_lr: float = 1e-4
+    dpo_lr: float = 3e-5
     dpo_beta: float = 0.1
-    grpo_lr: float = 3e-4
+    grpo_lr: float = 1e-4
     grpo_beta: float = 0.02
-    agrl_lr: float = 3e-4
-    she_lr: float = 3e-4
-    dyknow_lr: float = 3e-4
+    agrl_lr: float = 1e-4
+    she_lr: float = 1e-4
+    dyknow_lr: float = 1e-4
     group_size: int = 4
     dynamic_low: float = 0.0
     dynamic_high: float = 1.0
@@ -97,7 +98,10 @@ class Settings:
     # lr 3e-4 after 3 epochs) and at 24 epochs one choice still improved at the last epoch
     encoder_options: Dict[str, Any] = field(default_factory=lambda: {"max_epochs": 60, "patience": 6,
                                                                      "max_length": 80})
-    encoder_lr: Optional[Dict[str, float]] = None  # per encoder row (validation choice); None: 1e-3 (tiny)
+    encoder_lr: Optional[Dict[str, float]] = field(default_factory=lambda: {"ebrm_qe": 3e-3, "ebrm": 1e-3,
+                                                                            "cross_encoder": 1e-4})
+    # (the learning rates above: --tune's choices on the validation queries, BENCHMARKS.md; the
+    # encoders' for the tiny encoder; None: 1e-3 tiny, relevance_ebrm's defaults pretrained)
 
 
 def write_files(s: Settings, out: str):
@@ -410,6 +414,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return merge(args.merge, args.json)
     torch.set_num_threads(args.threads)
     s = Settings(encoder=args.encoder, encoder_input=args.encoder_input)
+    if args.encoder != "tiny":  # the encoder_lr defaults are the tiny encoder's; a pretrained one: its own (--tune)
+        s = replace(s, encoder_lr=None)
     if args.noise is not None:
         s = replace(s, noise=args.noise)
     if args.max_steps is not None:
