@@ -339,11 +339,22 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
 JUDGE_ONLY = tuple(GRID) + ("dpo_beta", "grpo_beta")
 
 
+def swept_settings_of(rows: Sequence[str]) -> set:
+    """The swept settings (GRID) that the judge rows' stages read."""
+    out = set()
+    for row in rows:
+        m = METHODS.get(row.partition("@")[0])
+        if m is not None and m.kind == "judge":
+            out.update(k for st in m.stages for k in STAGES[st].tuned)
+    return out
+
+
 def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
     """One table from several reports: other seeds (one process per seed) and other methods of a
     seed (e.g. the encoders run beside the judges' sweep). Their task and settings must agree,
-    except the judges' learning rates in a report without judge rows; a row of one seed in two
-    reports is refused."""
+    except the judges' settings in a report without judge rows and a swept setting (GRID) that
+    only one side's rows read; a row of one seed in two reports is refused. The merged settings
+    take each swept setting from a report whose rows read it."""
     reports = []
     for path in paths:
         with open(path) as fh:
@@ -352,11 +363,17 @@ def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
     def has_judges(r):
         return any(k in METHODS and METHODS[k].kind == "judge" for row in r["per_seed"] for k in row)
 
+    reads = [swept_settings_of({k for row in r["per_seed"] for k in row}) for r in reports]
     lead = next((i for i, r in enumerate(reports) if has_judges(r)), 0)
-    for path, r in zip(paths, reports):
-        skip = () if has_judges(r) else JUDGE_ONLY
-        differ = sorted(k for k in set(r["settings"]) | set(reports[lead]["settings"])
-                        if k not in skip and r["settings"].get(k) != reports[lead]["settings"].get(k))
+    settings = dict(reports[lead]["settings"])
+    for key in GRID:
+        readers = [r["settings"].get(key) for r, keys in zip(reports, reads) if key in keys]
+        if readers:
+            settings[key] = readers[0]
+    for path, r, keys in zip(paths, reports, reads):
+        skip = set(GRID) - keys if has_judges(r) else set(JUDGE_ONLY)
+        differ = sorted(k for k in set(r["settings"]) | set(settings)
+                        if k not in skip and r["settings"].get(k) != settings.get(k))
         if differ or r["task"] != reports[lead]["task"]:
             raise ValueError(f"{path} and {paths[lead]} differ in settings {differ or ''} or task; "
                              "merge runs of one setting")
@@ -377,7 +394,8 @@ def merge(paths: Sequence[str], out: Optional[str] = None) -> int:
     if missing:
         raise ValueError(f"the seeds do not have the same rows: {missing}")
     table = summarize(per_seed)
-    report = {**reports[lead], "seeds": seeds, "per_seed": per_seed, "table": table, "targets": targets(table),
+    report = {**reports[lead], "settings": settings, "seeds": seeds, "per_seed": per_seed, "table": table,
+              "targets": targets(table),
               "seconds": sum(r["seconds"] for r in reports), "merged_from": [os.path.basename(p) for p in paths]}
     print(markdown(table, seeds))
     print("\ntargets: " + json.dumps(report["targets"]))

@@ -197,3 +197,23 @@ def test_a_sweep_goes_on_past_an_end_that_is_strictly_best_and_reuses_measured_v
     assert measured == [1e-4] and other[0]["under"] == {"sft_lr": 3e-3}  # measured under other settings: again
     flat = bench.sweep("x", (0.7, 0.9), lambda v: {"val_macro_f1": 0.5}, extend=True)
     assert [r["x"] for r in flat] == [0.7, 0.9]  # a tie is no reason to go on
+
+
+def test_merge_joins_judges_run_apart_when_a_swept_setting_is_read_by_one_side_only(tmp_path):
+    def write(name, settings, rows):
+        path = str(tmp_path / name)
+        with open(path, "w") as fh:
+            json.dump({"settings": settings, "task": {"test_rows": 3}, "seeds": [0], "seconds": 1.0,
+                       "per_seed": [rows]}, fh)
+        return path
+
+    base = {"sft_lr": 1e-3, "grpo_lr": 1e-4, "dyknow_lr": 1e-4, "pool_threshold": 0.7}
+    grpo = write("g.json", base, {"grpo": _row(0.4)})
+    dyknow = write("d.json", {**base, "dyknow_lr": 3e-5, "pool_threshold": 0.9}, {"dyknow_sft": _row(0.5)})
+    assert bench.main(["--merge", grpo, dyknow, "--json", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["settings"]["dyknow_lr"] == 3e-5 and merged["settings"]["pool_threshold"] == 0.9
+    assert set(merged["table"]) == {"grpo", "dyknow_sft"}
+    other_sft = write("s.json", {**base, "sft_lr": 3e-3, "dyknow_lr": 3e-5}, {"dyknow_dpo": _row(0.5)})
+    with pytest.raises(ValueError, match=r"differ in settings \['sft_lr'\]"):  # both sides read the SFT stage
+        bench.main(["--merge", grpo, other_sft])
