@@ -77,12 +77,12 @@ class Settings:
     grpo_beta: float = 0.02
     agrl_lr: float = 1e-4
     she_lr: float = 1e-4
-    dyknow_lr: float = 1e-4
+    dyknow_lr: float = 3e-5
     group_size: int = 4
     dynamic_low: float = 0.0
     dynamic_high: float = 1.0
     max_refills: int = 4
-    pool_threshold: float = 0.7
+    pool_threshold: float = 0.9          # [ours, validation] the paper keeps confidence < 0.7
     pool_balance: bool = True
     pool_per_stratum: Optional[int] = 60  # rows per (query type, grade, decision) cell of DyKnow's pool at most [I]
     stage_steps: int = 118              # optimizer steps of every post-SFT stage
