@@ -171,7 +171,7 @@ def test_a_sweep_trains_a_stage_once_per_learning_rate_chain():
 
 def test_the_pool_threshold_is_swept_through_the_dyknow_stages_only():
     s = bench.Settings()
-    other = bench.replace(s, pool_threshold=0.9)
+    other = bench.replace(s, pool_threshold=s.pool_threshold / 2)
     assert rm.stage_signature("pool", s) != rm.stage_signature("pool", other)
     assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", other)
     assert rm.stage_signature("taosr1", s) == rm.stage_signature("taosr1", other)
