@@ -309,7 +309,7 @@ def tune(s: Settings, methods, files, items, workdir: str, seed: int = 0, log=pr
             log(f"tune {key}={value}: val macro-F1 {f1:.4f} ({', '.join(m.key for m in scored)})")
             return {"val_macro_f1": f1}
 
-        depends = sorted({k for m in scored for st in m.stages for k in STAGES[st].tuned} - {key})
+        depends = sorted(swept_settings_of([m.key for m in scored]) - {key})
         rows = sweep(key, grid, measure, (previous or {}).get(key, []), extend=key in LR_GRID,
                      under={k: getattr(best, k) for k in depends})
         best = replace(best, **{key: max(rows, key=lambda x: x["val_macro_f1"])[key]})

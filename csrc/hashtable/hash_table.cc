@@ -252,10 +252,10 @@ void HashTable::make_room(uint32_t ns, uint64_t incoming, const std::vector<int6
   };
   std::vector<Cand> cands;
   const uint32_t guard = protected_from();
-  const uint32_t from = steps_sorted_ ? stamp_from(guard) : 0;
+  const SeenSince guarded = seen_since(guard);
   maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
     const uint32_t r = sl.row1 - 1;
-    if (steps_sorted_ ? sl.stamp >= from : last_seen_of(sl.stamp) >= guard) return;
+    if (guarded(sl.stamp)) return;
     if (!std::binary_search(keep.begin(), keep.end(), static_cast<int64_t>(r)))
       cands.push_back({store_.meta(r)->count, last_seen_of(sl.stamp), sl.id});
   });
@@ -287,9 +287,7 @@ void HashTable::dedup_probe(const int64_t* values, const int64_t* bounds, const 
   DedupProbe probe{maps.data(), stamp_next_};
   if (train) {
     // The range becomes this step's: the stamps the probe writes are the rows' last_seen.
-    bool bounded = false;
-    for (uint64_t c : capacity_) bounded |= c != 0;
-    probe.save = bounded ? DedupProbe::kKeepOld : DedupProbe::kDiscard;
+    probe.save = bounded() ? DedupProbe::kKeepOld : DedupProbe::kDiscard;
     if (n > 0) {
       if (epoch_step_.back() != step_) push_epoch(stamp_next_, step_);
       stamp_next_ += static_cast<uint32_t>(n);
@@ -377,9 +375,7 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
                         int64_t* rows, bool admit_all, bool touch_hits, bool prefound) {
   // Without a capacity nothing can refuse the batch, so hits update their metadata while its
   // cache line is still hot from the find; otherwise only after room is made.
-  bool bounded = false;
-  for (uint64_t c : capacity_) bounded |= c != 0;
-  const bool touch_now = train && touch_hits && !bounded;
+  const bool touch_now = train && touch_hits && !bounded();
   // A prefound lookup's dedup already stamped its hits (their last_seen); a plain resolve
   // stamps them here, with this step's stamp.
   const bool stamp_hits = train && touch_hits && !prefound;
@@ -579,12 +575,12 @@ int64_t HashTable::evict_ttl(uint32_t ttl_steps) {
   // guard <= step_, so a row older than the guard is expired iff last_seen < step_ - ttl_steps.
   if (step_ <= ttl_steps) return 0;
   const uint32_t before = std::min(guard, step_ - ttl_steps);  // expired: last_seen < before
-  const uint32_t from = steps_sorted_ ? stamp_from(before) : 0;
+  const SeenSince kept = seen_since(before);
   int64_t evicted = 0;
   for (uint32_t ns = 0; ns < maps_.size(); ++ns) {
     std::vector<int64_t> old;
     maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
-      if (steps_sorted_ ? sl.stamp < from : last_seen_of(sl.stamp) < before) old.push_back(sl.id);
+      if (!kept(sl.stamp)) old.push_back(sl.id);
     });
     for (int64_t id : old) drop_row(ns, id);
     evicted += static_cast<int64_t>(old.size());
@@ -613,9 +609,9 @@ std::vector<SlotRef> HashTable::rows_since(uint32_t ns, uint32_t since) const {
   check_ns(ns);
   std::vector<SlotRef> out;
   // Steps in stamp order (the usual case): one stamp threshold; otherwise each stamp's step.
-  const uint32_t from = steps_sorted_ ? stamp_from(since) : 0;
+  const SeenSince selected = seen_since(since);
   maps_[ns]->for_each_slot([&](const IdMap::Slot& sl) {
-    if (steps_sorted_ ? sl.stamp >= from : last_seen_of(sl.stamp) >= since)
+    if (selected(sl.stamp))
       out.push_back({sl.id, sl.row1 - 1, sl.stamp});
   });
   return out;

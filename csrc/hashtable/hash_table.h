@@ -203,6 +203,21 @@ class HashTable {
   // With epochs whose steps never decrease: the smallest stamp whose last_seen >= step
   // (UINT32_MAX: none). Callers check steps_sorted_ first.
   uint32_t stamp_from(uint32_t step) const;
+  // Whether a slot's last_seen >= `step`: one compare of its stamp when the epochs' steps are
+  // sorted (the usual case), else the stamp's step looked up.
+  struct SeenSince {
+    const HashTable* table;
+    uint32_t step, from;
+    bool sorted;
+    bool operator()(uint32_t stamp) const { return sorted ? stamp >= from : table->last_seen_of(stamp) >= step; }
+  };
+  SeenSince seen_since(uint32_t step) const {
+    return {this, step, steps_sorted_ ? stamp_from(step) : 0, steps_sorted_};
+  }
+  // Whether any namespace has a capacity (a lookup may then be refused).
+  bool bounded() const {
+    return std::any_of(capacity_.begin(), capacity_.end(), [](uint64_t c) { return c != 0; });
+  }
   // The smallest last_seen of `rows` (-1 entries ignored; UINT32_MAX when none has a row).
   uint32_t min_last_seen_of_rows(const int64_t* rows, int64_t count) const;
   // Why only `cands` rows of namespace ns may be evicted: what holds the others.

@@ -75,10 +75,24 @@ def policy_seed() -> int:
 
 
 def tiny_llama(hidden: int = 32, positions: int = 128) -> dict:
-    """The policy spec of a tiny random Llama (one layer; no downloads)."""
-    return {"config": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+    """The policy spec of the examples' tiny Llama (`example_cli.SMALL_LLAMA`, one layer; no
+    downloads), `hidden` wide, with `positions` positions, seeded by `policy_seed()`."""
+    from recis_relevance.example_cli import SMALL_LLAMA
+
+    return {"config": {**SMALL_LLAMA, "hidden_size": hidden, "intermediate_size": 2 * hidden,
                        "max_position_embeddings": positions}, "seed": policy_seed()}
+
+
+@pytest.fixture(autouse=False, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine (a test module
+    turns it on for all its tests with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def weights(job) -> dict:

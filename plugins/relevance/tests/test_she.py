@@ -25,16 +25,11 @@ from recis_relevance.rationale import VERDICTS, rationale, step_references
 from recis_relevance.she import (LMStepJudge, ScriptedStepJudge, SHEConfig, Verifier, judge_prompt, score_steps,
                                  verifier_table)
 from recis_relevance.task import build_task
-from relevance_testing import synthetic_items, tiny_llama
+from relevance_testing import one_thread, synthetic_items, tiny_llama  # noqa: F401 (one_thread: a fixture)
 
 LLAMA = tiny_llama()
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

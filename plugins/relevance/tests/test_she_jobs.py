@@ -29,7 +29,7 @@ from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.she_curriculum import CurriculumConfig, curriculum_stages, sft_pass_rates
 from recis_relevance.task import build_task
-from relevance_testing import assert_same_job_state, synthetic_items, tiny_llama
+from relevance_testing import assert_same_job_state, one_thread, synthetic_items, tiny_llama  # noqa: F401 (one_thread: a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 LLAMA = tiny_llama()
@@ -44,13 +44,7 @@ SHE = {"grpo": {"beta": 0.05, "inner_steps": 2}, "minibatch_size": 8,
                "max_refills": 3, "decisive": "all"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: a second thread only adds contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
