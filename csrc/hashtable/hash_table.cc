@@ -79,7 +79,9 @@ void HashTable::set_slots(int64_t width, const std::vector<float>& init, bool re
   store_.relayout(width, init);
   if (same_width && width > 0 && reset) {
     for (auto& m : maps_)
-      m->for_each([&](int64_t, uint32_t r) { std::memcpy(store_.slots(r), init.data(), sizeof(float) * width); });
+      m->for_each_slot([&](const IdMap::Slot& sl) {
+        std::memcpy(store_.slots(sl.row1 - 1), init.data(), sizeof(float) * width);
+      });
   }
   slot_init_ = init;
 }

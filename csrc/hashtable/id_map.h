@@ -79,13 +79,6 @@ class IdMap {
   uint64_t capacity() const { return cap_; }
   size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
 
-  // Calls f(id, row) for every live id, in slot order.
-  template <class F>
-  void for_each(F&& f) const {
-    for (const Slot& s : slots_)
-      if (s.row1) f(s.id, s.row1 - 1);
-  }
-
   // Calls f(slot) for every live slot, in slot order.
   template <class F>
   void for_each_slot(F&& f) const {
