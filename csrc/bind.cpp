@@ -318,6 +318,7 @@ PYBIND11_MODULE(_C, m) {
                     py::arg("lookup_modes") = codes(recis::kLookupModeNames),
                     py::arg("missing_modes") = codes(recis::kMissingModeNames),
                     py::arg("init_kinds") = codes(recis::kInitKindNames),
-                    py::arg("evict_policies") = codes(recis::kEvictPolicyNames), py::arg("hashing") = hashing);
+                    py::arg("evict_policies") = codes(recis::kEvictPolicyNames), py::arg("hashing") = hashing,
+                    py::arg("reduction_lanes") = py::dict(py::arg("rowwise_adagrad") = recis::kRowwiseAdagradLanes));
   });
 }

@@ -89,6 +89,9 @@ MISSING_MODES: Dict[str, int] = {"zeros": 0, "init": 1}
 INIT_KINDS: Dict[str, int] = {"constant": 0, "uniform": 1, "normal": 2, "truncated_normal": 3}
 #: What a namespace at its capacity does: refuse new ids ("none"), or evict the least frequent ("lfu").
 EVICT_POLICIES: Dict[str, int] = {"none": 0, "lfu": 1}
+#: Reductions that the C++ and Triton kernels both run in this many lanes (element j into lane
+#: j % lanes, then the lanes in order), so that the CPU sum vectorizes and both agree bit for bit.
+REDUCTION_LANES: Dict[str, int] = {"rowwise_adagrad": 16}
 
 
 def optimizer_of_code(code: int) -> OptimizerLayout:
@@ -112,7 +115,7 @@ def _python_side() -> Dict[str, Any]:
                        for o in OPTIMIZERS.values()},
         "combiners": {("none" if name is None else name): code for name, code in COMBINERS.items()},
         "lookup_modes": LOOKUP_MODES, "missing_modes": MISSING_MODES, "init_kinds": INIT_KINDS,
-        "evict_policies": EVICT_POLICIES, "hashing": hashing.CONSTANTS,
+        "evict_policies": EVICT_POLICIES, "hashing": hashing.CONSTANTS, "reduction_lanes": REDUCTION_LANES,
     }
 
 

@@ -220,14 +220,15 @@ def _train(emb, opt, gen, fused, combiner, steps=2, accumulate=1):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name,dim", [(name, 7) for name in OPTIMIZERS] + [("rowwise", 37), ("rowwise_wd", 37)])
 @pytest.mark.parametrize("fused", [False, True])
-def test_optimizer_updates_equal_the_cpu(name, fused, device):
+def test_optimizer_updates_equal_the_cpu(name, dim, fused, device):
+    """dim 37: row-wise Adagrad's sum of squares fills its 16 lanes twice and then a part of them."""
     combiner = {"sgd": "mean", "adagrad": None}.get(name, "sum")
     accumulate = 1 if fused else 2  # deferred mode also merges the gradients of two backwards
     results = []
     for backend, dev in (("cpp", "cpu"), ("triton", device)):
-        emb = HashEmbedding(7, combiner=combiner, initializer=Uniform(-0.5, 0.5), seed=3, backend=backend,
+        emb = HashEmbedding(dim, combiner=combiner, initializer=Uniform(-0.5, 0.5), seed=3, backend=backend,
                             device=dev)
         opt = OPTIMIZERS[name](sparse_tables(emb), fused)
         _train(emb, opt, torch.Generator().manual_seed(5), fused, combiner, accumulate=accumulate)

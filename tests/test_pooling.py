@@ -201,6 +201,26 @@ def test_large_batch_parallel_dedup():
     _check_forward_backward(values, _offsets(lengths.tolist()), "sum", weights=weights, dim=16)
 
 
+def test_large_pooled_output_equals_its_parts():
+    """A pooled output over 16 MiB is written with streaming stores: it equals, bit for bit, the
+    outputs of its halves (written normally), and matches embedding_bag."""
+    g = torch.Generator().manual_seed(0)
+    n_bags = 72_000  # x 64 floats x 4 bytes = 17.6 MiB
+    lengths = torch.randint(1, 3, (n_bags,), generator=g)
+    pool = torch.randint(INT64_MIN, INT64_MAX, (4000,), generator=g, dtype=torch.int64)
+    values = pool[torch.randint(0, pool.numel(), (int(lengths.sum()),), generator=g)]
+    offsets = _offsets(lengths.tolist())
+    emb, full = _check_forward_backward(values, offsets, "sum", dim=64)
+    assert full.numel() * 4 > 16 << 20
+    half = n_bags // 2
+    with torch.no_grad():
+        full = emb(values, offsets)
+        cut = int(offsets[half])
+        first = emb(values[:cut], offsets[: half + 1])
+        second = emb(values[cut:], offsets[half:] - cut)
+    assert torch.equal(full, torch.cat([first, second]))
+
+
 def test_two_backward_accumulate_in_reference():
     """Same batch twice before one step: each touched row moves by twice torch's grad."""
     values = torch.tensor([1, 2, 2, 3], dtype=torch.int64)

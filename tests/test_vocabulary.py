@@ -30,6 +30,7 @@ def test_cpp_and_python_agree():
     (("init_kinds", "truncated_normal"), 4, "vocabulary['init_kinds']['truncated_normal']"),
     (("evict_policies", "lfu"), 2, "vocabulary['evict_policies']['lfu']"),
     (("hashing", "golden"), 1, "vocabulary['hashing']['golden']"),
+    (("reduction_lanes", "rowwise_adagrad"), 8, "vocabulary['reduction_lanes']['rowwise_adagrad'] is 16 in Python"),
 ])
 def test_a_difference_fails_naming_the_item(path, value, named):
     native = copy.deepcopy(_C.vocabulary())

@@ -393,8 +393,12 @@ void HashTable::resolve(const uint32_t* ns, const int64_t* ids, const uint32_t* 
   if (prefound) {
     if (touch_now)
       at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i)
+        constexpr int64_t kAhead = 16;  // the hits' metadata lines are cold: prefetch them
+        for (int64_t i = b; i < e; ++i) {
+          if (i + kAhead < e && rows[i + kAhead] >= 0)
+            __builtin_prefetch(store_.meta(static_cast<uint32_t>(rows[i + kAhead])), 1);
           if (rows[i] >= 0) touch(i);
+        }
       });
   } else {
     at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {

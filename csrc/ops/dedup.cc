@@ -27,14 +27,13 @@ struct Entry {
 struct DedupWorkspace {
   std::vector<Entry> entries;
   uint32_t epoch = 0;
-  // [chunk][partition]: the chunk's values that hash into the partition, in value order:
-  // their position, id and hash (read back sequentially), namespace (when segments differ),
-  // and after step 2 their index among the partition's unique keys.
-  std::vector<std::vector<std::vector<int64_t>>> pos;
-  std::vector<std::vector<std::vector<int64_t>>> ids;
-  std::vector<std::vector<std::vector<uint64_t>>> hashes;
-  std::vector<std::vector<std::vector<int32_t>>> local;
-  std::vector<std::vector<std::vector<uint32_t>>> ns;
+  // The values grouped by key-hash partition, chunk by chunk within a partition and in value
+  // order within a chunk (a counting sort): their position, id, hash and namespace (when the
+  // segments' namespaces differ), and after step 2 their index among the partition's unique keys.
+  std::vector<int64_t> pos, ids;
+  std::vector<uint64_t> hashes;
+  std::vector<uint32_t> ns;
+  std::vector<int32_t> local;
   std::vector<DedupResult> parts;
   // [partition]: with DedupProbe::kRestore, the slots this call stamped and their old stamps.
   std::vector<std::vector<std::pair<IdMap::Slot*, uint32_t>>> saved;
@@ -67,11 +66,6 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
     ws.epoch = 1;
   }
   const uint32_t epoch = ws.epoch;
-  ws.pos.resize(kParts, std::vector<std::vector<int64_t>>(kParts));
-  ws.ids.resize(kParts, std::vector<std::vector<int64_t>>(kParts));
-  ws.hashes.resize(kParts, std::vector<std::vector<uint64_t>>(kParts));
-  ws.local.resize(kParts, std::vector<std::vector<int32_t>>(kParts));
-  ws.ns.resize(kParts, std::vector<std::vector<uint32_t>>(kParts));
   ws.parts.resize(kParts);
   ws.saved.resize(kParts);
   const int save = probe ? probe->save : DedupProbe::kDiscard;
@@ -89,32 +83,51 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
   };
 
   const int64_t grain = grain_for(n, kParts, 1);
-  // 1. Bucket every value by key-hash partition (parallel over value chunks).
+  // 1. Group the values by key-hash partition (a counting sort, parallel over value chunks):
+  // count each chunk's values per partition, then place them. Partition p's values end up in
+  // [part_start[p], part_start[p + 1]), chunk by chunk.
+  int64_t cursor[kParts][kParts];  // [chunk][partition]: counts, then where the next value goes
   at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      for (int64_t p = 0; p < kParts; ++p) {
-        ws.pos[c][p].clear(), ws.ids[c][p].clear(), ws.hashes[c][p].clear(), ws.ns[c][p].clear();
-      }
+      int64_t cnt[kParts] = {0};
+      for_chunk(c, [&](int64_t i, uint32_t ns) { ++cnt[partition_of(hash_id(values[i], ns))]; });
+      std::copy(cnt, cnt + kParts, cursor[c]);
+    }
+  });
+  int64_t part_start[kParts + 1];
+  part_start[0] = 0;
+  for (int64_t p = 0, at = 0; p < kParts; ++p) {
+    for (int64_t c = 0; c < kParts; ++c) {
+      const int64_t k = cursor[c][p];
+      cursor[c][p] = at;
+      at += k;
+    }
+    part_start[p + 1] = at;
+  }
+  ws.pos.resize(n), ws.ids.resize(n), ws.hashes.resize(n), ws.local.resize(n);
+  if (!single_ns) ws.ns.resize(n);
+  at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {
+    int64_t* pos = ws.pos.data();
+    int64_t* ids = ws.ids.data();
+    uint64_t* hashes = ws.hashes.data();
+    uint32_t* nsv = ws.ns.data();
+    for (int64_t c = cb; c < ce; ++c) {
+      int64_t at[kParts];
+      std::copy(cursor[c], cursor[c] + kParts, at);
       for_chunk(c, [&](int64_t i, uint32_t ns) {
-        const uint64_t h = hash_id(values[i], ns);
-        const int32_t p = partition_of(h);
-        ws.pos[c][p].push_back(i);
-        ws.ids[c][p].push_back(values[i]);
-        ws.hashes[c][p].push_back(h);
-        if (!single_ns) ws.ns[c][p].push_back(ns);
+        const int64_t id = values[i];
+        const uint64_t h = hash_id(id, ns);
+        const int64_t k = at[partition_of(h)]++;
+        pos[k] = i, ids[k] = id, hashes[k] = h;
+        if (!single_ns) nsv[k] = ns;
       });
     }
   });
   // 2. Each partition dedups its values in value order (parallel over partitions). With a
   // probe, a partition's marks start after those of the partitions before it.
   uint32_t part_mark[kParts] = {0};
-  if (probe) {
-    uint64_t m = probe->mark_base;
-    for (int64_t p = 0; p < kParts; ++p) {
-      part_mark[p] = static_cast<uint32_t>(m);
-      for (int64_t c = 0; c < kParts; ++c) m += ws.ids[c][p].size();
-    }
-  }
+  if (probe)
+    for (int64_t p = 0; p < kParts; ++p) part_mark[p] = static_cast<uint32_t>(probe->mark_base + part_start[p]);
   at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       DedupResult& part = ws.parts[p];
@@ -123,59 +136,57 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       saved.clear();
       Entry* table = ws.entries.data() + p * part_cap;
       const uint64_t mask = part_cap - 1;
-      for (int64_t c = 0; c < kParts; ++c) {
-        const std::vector<int64_t>& ids = ws.ids[c][p];
-        const std::vector<uint64_t>& hashes = ws.hashes[c][p];
-        std::vector<int32_t>& local = ws.local[c][p];
-        local.resize(ids.size());
-        for (size_t k = 0; k < ids.size(); ++k) {
-          const int64_t id = ids[k];
-          const uint32_t ns = single_ns ? seg_ns[0] : ws.ns[c][p][k];
-          if (probe) {
-            if (k + IdMap::kAhead < ids.size())
-              probe->maps[single_ns ? seg_ns[0] : ws.ns[c][p][k + IdMap::kAhead]]->prefetch_h(
-                  hashes[k + IdMap::kAhead]);
-            IdMap::Slot* s = probe->maps[ns]->find_slot_h(id, hashes[k]);
-            if (s) {
-              // Marks of this call are >= mark_base; the slot is this key's, and only this
-              // partition's values reach it.
-              if (s->stamp >= probe->mark_base) {
-                const uint32_t l = s->stamp - part_mark[p];
-                ++part.counts[l];
-                local[k] = static_cast<int32_t>(l);
-              } else {
-                const uint32_t l = static_cast<uint32_t>(part.ids.size());
-                if (save == DedupProbe::kKeepOld) part.old.push_back(s->stamp);
-                else if (save == DedupProbe::kRestore) saved.emplace_back(s, s->stamp);
-                s->stamp = part_mark[p] + l;
-                part.ids.push_back(id);
-                part.ns.push_back(ns);
-                part.counts.push_back(1);
-                part.rows.push_back(static_cast<int64_t>(s->row1) - 1);
-                local[k] = static_cast<int32_t>(l);
-              }
-              continue;
-            }
-          } else if (k + 8 < ids.size()) {
-            __builtin_prefetch(&table[hashes[k + 8] & mask]);
-          }
-          for (uint64_t j = hashes[k] & mask;; j = (j + 1) & mask) {
-            Entry& en = table[j];
-            if (en.epoch != epoch) {
-              en = Entry{id, epoch, static_cast<uint32_t>(part.ids.size())};
+      const int64_t kb = part_start[p], ke = part_start[p + 1];
+      const int64_t* ids = ws.ids.data();
+      const uint64_t* hashes = ws.hashes.data();
+      const uint32_t* nsv = ws.ns.data();
+      int32_t* local = ws.local.data();
+      for (int64_t k = kb; k < ke; ++k) {
+        const int64_t id = ids[k];
+        const uint32_t ns = single_ns ? seg_ns[0] : nsv[k];
+        if (probe) {
+          if (k + IdMap::kAhead < ke)
+            probe->maps[single_ns ? seg_ns[0] : nsv[k + IdMap::kAhead]]->prefetch_h(hashes[k + IdMap::kAhead]);
+          IdMap::Slot* s = probe->maps[ns]->find_slot_h(id, hashes[k]);
+          if (s) {
+            // Marks of this call are >= mark_base; the slot is this key's, and only this
+            // partition's values reach it.
+            if (s->stamp >= probe->mark_base) {
+              const uint32_t l = s->stamp - part_mark[p];
+              ++part.counts[l];
+              local[k] = static_cast<int32_t>(l);
+            } else {
+              const uint32_t l = static_cast<uint32_t>(part.ids.size());
+              if (save == DedupProbe::kKeepOld) part.old.push_back(s->stamp);
+              else if (save == DedupProbe::kRestore) saved.emplace_back(s, s->stamp);
+              s->stamp = part_mark[p] + l;
               part.ids.push_back(id);
               part.ns.push_back(ns);
               part.counts.push_back(1);
-              if (probe) part.rows.push_back(-1);
-              if (save == DedupProbe::kKeepOld) part.old.push_back(0);
-              local[k] = static_cast<int32_t>(en.local);
-              break;
+              part.rows.push_back(static_cast<int64_t>(s->row1) - 1);
+              local[k] = static_cast<int32_t>(l);
             }
-            if (en.id == id && (single_ns || part.ns[en.local] == ns)) {
-              ++part.counts[en.local];
-              local[k] = static_cast<int32_t>(en.local);
-              break;
-            }
+            continue;
+          }
+        } else if (k + 8 < ke) {
+          __builtin_prefetch(&table[hashes[k + 8] & mask]);
+        }
+        for (uint64_t j = hashes[k] & mask;; j = (j + 1) & mask) {
+          Entry& en = table[j];
+          if (en.epoch != epoch) {
+            en = Entry{id, epoch, static_cast<uint32_t>(part.ids.size())};
+            part.ids.push_back(id);
+            part.ns.push_back(ns);
+            part.counts.push_back(1);
+            if (probe) part.rows.push_back(-1);
+            if (save == DedupProbe::kKeepOld) part.old.push_back(0);
+            local[k] = static_cast<int32_t>(en.local);
+            break;
+          }
+          if (en.id == id && (single_ns || part.ns[en.local] == ns)) {
+            ++part.counts[en.local];
+            local[k] = static_cast<int32_t>(en.local);
+            break;
           }
         }
       }
@@ -201,13 +212,10 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
       if (save == DedupProbe::kKeepOld) std::copy(part.old.begin(), part.old.end(), out.old.begin() + base[p]);
     }
   });
-  at::parallel_for(0, kParts, grain, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c)
-      for (int64_t p = 0; p < kParts; ++p) {
-        const std::vector<int64_t>& pos = ws.pos[c][p];
-        const std::vector<int32_t>& local = ws.local[c][p];
-        for (size_t k = 0; k < pos.size(); ++k) inverse[pos[k]] = static_cast<int32_t>(base[p] + local[k]);
-      }
+  at::parallel_for(0, kParts, grain, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p)
+      for (int64_t k = part_start[p]; k < part_start[p + 1]; ++k)
+        inverse[ws.pos[k]] = static_cast<int32_t>(base[p] + ws.local[k]);
   });
 }
 

@@ -27,6 +27,9 @@ inline constexpr OptimLayout kOptimLayouts[] = {
     {"ftrl", 2, 0, {"lr", "beta", "l1", "l2", "lr_power"}},
 };
 
+// Row-wise Adagrad sums a row's squared gradient in this many lanes (recis.vocabulary.REDUCTION_LANES).
+inline constexpr int64_t kRowwiseAdagradLanes = 16;
+
 const OptimLayout& layout_of(OptimKind kind);  // a ValueError for an unknown kind
 int64_t slot_width_for(OptimKind kind, int64_t dim);
 size_t hyper_size_for(OptimKind kind);

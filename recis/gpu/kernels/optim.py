@@ -15,7 +15,9 @@ host (recis.gpu.lookup.kernel_hyper) as the C++ prepares them:
 import triton
 import triton.language as tl
 
-from recis.vocabulary import OPTIM_KINDS
+from recis.vocabulary import OPTIM_KINDS, REDUCTION_LANES
+
+from .reduce import row_sum
 
 SGD: tl.constexpr = tl.constexpr(OPTIM_KINDS["sgd"])
 ADAGRAD: tl.constexpr = tl.constexpr(OPTIM_KINDS["adagrad"])
@@ -23,6 +25,7 @@ ROWWISE_ADAGRAD: tl.constexpr = tl.constexpr(OPTIM_KINDS["rowwise_adagrad"])
 ADAM: tl.constexpr = tl.constexpr(OPTIM_KINDS["adam"])
 ADAMW: tl.constexpr = tl.constexpr(OPTIM_KINDS["adamw"])
 FTRL: tl.constexpr = tl.constexpr(OPTIM_KINDS["ftrl"])
+LANES: tl.constexpr = tl.constexpr(REDUCTION_LANES["rowwise_adagrad"])  # its sum of squares, as the C++ sums it
 
 
 @triton.jit
@@ -63,14 +66,20 @@ def sparse_update_kernel(emb_ptr, slots_ptr, rows_ptr, grads_ptr, finite_ptr, n,
         w = w - tl.math.div_rn(h0 * gj, tl.sqrt_rn(s) + h2)
         tl.store(sp, s, mask=m2)
     elif KIND == ROWWISE_ADAGRAD:
-        # The sum of squares runs column by column, in the C++ order (a tree sum rounds otherwise).
-        sq = tl.full([BLOCK_R], 0, tl.float32)
-        for j in range(0, BLOCK_D):  # columns past dim add 0 * 0
-            mj = act & (j < dim)
-            gc = tl.load(grads_ptr + i * dim + j, mask=mj, other=0.0)
+        # The sum of squares runs in LANES lanes (column j adds to lane j % LANES, in column
+        # order), and then the lanes add up in lane order: the C++ order (a tree sum rounds otherwise).
+        lanes = tl.arange(0, LANES)
+        sq_lanes = tl.full([BLOCK_R, LANES], 0, tl.float32)
+        for c in range(0, BLOCK_D, LANES):  # columns past dim add 0 * 0
+            cj = c + lanes
+            mj = act[:, None] & (cj < dim)[None, :]
+            gc = tl.load(grads_ptr + i[:, None] * dim + cj[None, :], mask=mj, other=0.0)
             if h1 != 0.0:
-                gc = gc + h1 * tl.load(emb_ptr + r * dim + j, mask=mj, other=0.0)
-            sq = sq + gc * gc
+                gc = gc + h1 * tl.load(emb_ptr + r[:, None] * dim + cj[None, :], mask=mj, other=0.0)
+            sq_lanes = sq_lanes + gc * gc
+        sq = tl.full([BLOCK_R], 0, tl.float32)
+        for lane in range(0, LANES):  # one lane at a time: x + 0 is exact
+            sq = sq + row_sum(tl.where(lanes[None, :] == lane, sq_lanes, 0.0))
         acc = tl.load(slots_ptr + r * width, mask=act, other=0.0)
         acc = acc + tl.math.div_rn(sq, tl.full([BLOCK_R], 0, tl.float32) + dim)
         tl.store(slots_ptr + r * width, acc, mask=act)
