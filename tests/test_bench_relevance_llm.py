@@ -175,7 +175,8 @@ def test_the_pool_threshold_is_swept_through_the_dyknow_stages_only():
     assert rm.stage_signature("pool", s) != rm.stage_signature("pool", other)
     assert rm.stage_signature("dyknow_dpo", s) != rm.stage_signature("dyknow_dpo", other)
     assert rm.stage_signature("taosr1", s) == rm.stage_signature("taosr1", other)
-    scored = {k for k, m in rm.METHODS.items() if m.kind == "judge" and "pool_threshold" in rm.STAGES[m.stages[-1]].tuned}
+    scored = {k for k, m in rm.METHODS.items()
+              if m.kind == "judge" and "pool_threshold" in rm.STAGES[m.stages[-1]].tuned}
     assert scored == {"dyknow_sft", "dyknow_dpo"}
 
 

@@ -111,6 +111,28 @@ def test_pool_rows_and_backward_bit_equal(gen, feature_ns, batch, combiner, weig
     assert torch.equal(got[-2:], torch.zeros(2, dim)), "rows no value uses get a zero gradient"
 
 
+@pytest.mark.parametrize("feature_ns,batch", [([1, -1, 0, 1], 2), ([-1, 2], 3)])
+def test_pool_rows_backward_ignores_skipped_features(gen, feature_ns, batch, triton_on):
+    """Values of a skipped feature (ns < 0) add nothing to the gradient, whatever rows their
+    inverse names: the same gradient as with -1 there, on both kernels."""
+    dim = 6
+    rows, inverse, offsets, weights, col_offsets, out_cols = _pool_case(gen, feature_ns, batch, dim)
+    pointed = inverse.clone()
+    for f, ns in enumerate(feature_ns):
+        s, e = offsets[f * batch].item(), offsets[(f + 1) * batch].item()
+        if ns < 0:
+            assert e > s, "the case needs values in the skipped feature"
+            pointed[s:e] = torch.arange(e - s) % rows.shape[0]
+    grad = torch.randn(batch, out_cols, generator=gen)
+    for combiner in (0, 1):
+        want = kernels(CPU).pool_rows_backward(grad, inverse, offsets, weights, feature_ns, batch, col_offsets,
+                                               out_cols, combiner, rows.shape[0], dim)
+        for k in (CPU, triton_on):
+            got = kernels(k).pool_rows_backward(*_to(k.device, grad, pointed, offsets, weights), feature_ns, batch,
+                                                col_offsets, out_cols, combiner, rows.shape[0], dim)
+            assert torch.equal(got.cpu(), want), k.backend
+
+
 def test_pool_rows_matches_an_independent_reference(gen):
     """sum / mean of weight * row over each bag, written with plain torch (no recis kernel)."""
     feature_ns, batch, dim = [0, 1], 3, 4

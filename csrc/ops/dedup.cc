@@ -114,7 +114,7 @@ void dedup_keys(const int64_t* values, const int64_t* bounds, const uint32_t* se
     for (int64_t c = cb; c < ce; ++c) {
       int64_t at[kParts];
       std::copy(cursor[c], cursor[c] + kParts, at);
-      for_chunk(c, [&](int64_t i, uint32_t ns) {
+      for_chunk(c, [&](int64_t i, uint32_t ns) {  // hashed again, not kept from the count pass
         const int64_t id = values[i];
         const uint64_t h = hash_id(id, ns);
         const int64_t k = at[partition_of(h)]++;

@@ -108,7 +108,6 @@ struct BackwardWorkspace {
   std::vector<int64_t> csr, src;
   std::vector<float> scale;
   std::vector<int32_t> order;  // the unique rows by first value: the CSR's row order
-  std::vector<uint8_t> placed;
   std::vector<std::vector<int32_t>> counts;  // per chunk: counts, then cursors
   std::vector<std::vector<int32_t>> firsts;  // per chunk: the rows it sees first, in value order
 };
@@ -133,8 +132,9 @@ void pooled_forward(const BagLayout& L, const float* const* rows, const int32_t*
   }
   const bool stream = L.batch * L.out_cols * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes;
   dispatch_dim(dim, [&](auto d) {
-    at::parallel_for(0, L.num_bags, grain_for(L.offsets[L.num_bags], L.num_bags, 256),
-                     [&](int64_t kb, int64_t ke) { pool_bags<decltype(d)::value>(L, rows, inverse, dim, out, kb, ke, stream); });
+    at::parallel_for(0, L.num_bags, grain_for(L.offsets[L.num_bags], L.num_bags, 256), [&](int64_t kb, int64_t ke) {
+      pool_bags<decltype(d)::value>(L, rows, inverse, dim, out, kb, ke, stream);
+    });
   });
 }
 
@@ -196,13 +196,18 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
   });
   // The rows in order of first value: each chunk's first sightings, chunk by chunk, minus those
   // an earlier chunk saw; rows no value reaches go last.
+  auto seen_before = [&](int32_t u, int64_t chunk) {
+    for (int64_t c = 0; c < chunk; ++c)
+      if (ws.counts[c][u]) return true;
+    return false;
+  };
   ws.order.clear();
-  ws.placed.assign(n_unique, 0);
   for (int64_t c = 0; c < chunks; ++c)
     for (const int32_t u : ws.firsts[c])
-      if (!ws.placed[u]) ws.placed[u] = 1, ws.order.push_back(u);
-  for (int32_t u = 0; u < n_unique; ++u)
-    if (!ws.placed[u]) ws.order.push_back(u);
+      if (!seen_before(u, c)) ws.order.push_back(u);
+  if (static_cast<int64_t>(ws.order.size()) < n_unique)
+    for (int32_t u = 0; u < n_unique; ++u)
+      if (!seen_before(u, chunks)) ws.order.push_back(u);
   ws.csr.assign(n_unique + 1, 0);
   for (int64_t r = 0; r < n_unique; ++r) {
     const int32_t u = ws.order[r];

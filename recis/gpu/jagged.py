@@ -144,14 +144,20 @@ def segment_sum(csr, src, scale, values, in_finite, out, finite, has_scale: bool
         BLOCK_D=block_d, enable_fp_fusion=False)
 
 
-def unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, dim: int,
+def unique_grads(grad_out, offsets, w, inverse, feature_ns, batch, col_offsets, combiner, dim: int,
                  n_unique: Optional[int] = None, split: int = HOT_ROW_SPLIT):
     """(grads [U, dim], finite [U] int8): the summed gradient of every unique row, as csrc's
-    unique_row_grads. U is `n_unique`, or else the largest inverse index + 1."""
+    unique_row_grads. U is `n_unique`, or else the largest inverse index + 1. Values of features
+    with ns < 0 (which the forward skips) add nothing."""
     dev, n = grad_out.device, inverse.shape[0]
     grad_out = grad_out.contiguous()
     inv = inverse.to(torch.int64)
     valid = inv >= 0
+    if combiner != UNPOOLED:
+        pos = torch.arange(n, device=dev)
+        k = torch.searchsorted(offsets, pos, right=True) - 1
+        f = torch.div(k, batch, rounding_mode="floor")
+        valid &= torch.tensor(list(feature_ns), device=dev)[f] >= 0
     if n_unique is None:  # every unique key has a value: the counts per key give U
         counts = torch.bincount(inv[valid]) if n else inv.new_zeros(0)
     else:
@@ -161,17 +167,14 @@ def unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, di
     finite = torch.empty(U, dtype=torch.int8, device=dev)
     if U == 0:
         return grads, finite
-    pos = torch.arange(n, device=dev)
     scale = w
     if combiner != UNPOOLED:
-        k = torch.searchsorted(offsets, pos, right=True) - 1
-        f = torch.div(k, batch, rounding_mode="floor")
         base = (k - f * batch) * grad_out.shape[-1] + torch.tensor(list(col_offsets), device=dev)[f]
         if combiner == MEAN:
             lens = (offsets[k + 1] - offsets[k]).to(torch.float32)
             scale = 1.0 / lens if w is None else (1.0 / lens) * w
     else:
-        base = pos * dim
+        base = torch.arange(n, device=dev) * dim
     csr = torch.zeros(U + 1, dtype=torch.int64, device=dev)
     csr[1:] = torch.cumsum(counts, 0)
     n_valid, longest = torch.stack([csr[-1], counts.max()]).tolist()
@@ -248,5 +251,6 @@ def pool_rows_backward_op(grad_out, inverse, offsets, weights, feature_ns, batch
         raise ValueError(f"recis: need n_rows >= 0 and dim >= 1, got {n_rows} and {dim}")
     offsets, inverse, w, _ = _pool_checks(grad_out, inverse, offsets, weights, feature_ns, batch, col_offsets,
                                           combiner, n_rows)
-    grads, _ = unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, dim, n_unique=n_rows)
+    grads, _ = unique_grads(grad_out, offsets, w, inverse, feature_ns, batch, col_offsets, combiner, dim,
+                            n_unique=n_rows)
     return grads

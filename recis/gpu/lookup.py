@@ -110,7 +110,7 @@ class LookupOps:
     def _unique_grads(self, grad_out, offsets, w, unique_rows, inverse, feature_ns, batch, col_offsets, combiner):
         """(rows [U], grads [U, dim], finite [U] int8): every unique row's summed gradient.
         grad_out: this table's block of the output gradient ([batch, out_cols] or [n, dim])."""
-        grads, finite = unique_grads(grad_out, offsets, w, inverse, batch, col_offsets, combiner, self.dim,
+        grads, finite = unique_grads(grad_out, offsets, w, inverse, feature_ns, batch, col_offsets, combiner, self.dim,
                                      split=self.hot_row_split)
         return unique_rows[:grads.shape[0]].clone(), grads, finite
 

@@ -9,8 +9,9 @@ whole state at the best evaluation (its `state_dict`: parameters, buffers such a
 statistics, and the hash tables' ids, rows, optimizer slots and statistics) and loads it back
 when fit ends, so what is evaluated or saved afterwards is the chosen model, not the last. The
 copy costs one model's worth of memory (tables included) and is taken at every improvement: for
-large tables, select by checkpoint instead (`Trainer.save` at the best step). `curve` lists (step, value) of every
-evaluation; `best`, `best_step` and `stopped` (why training ended) the outcome.
+large tables, select by checkpoint instead (`Trainer.save` at the best step). `curve` lists
+(step, value) of every evaluation; `best`, `best_step` and `stopped` (why training ended) the
+outcome.
 
 >>> import torch
 >>> from types import SimpleNamespace

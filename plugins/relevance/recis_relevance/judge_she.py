@@ -119,9 +119,11 @@ class SHEJudge(GRPOJudge):
                     [w for i, w in enumerate(words) if keep[i // G]])
             return part, int(keep.sum())
 
-        kept, refills = collect_groups(rows, want, sample, refill, self.rows, she.max_refills if she.filtering else None)
+        kept, refills = collect_groups(rows, want, sample, refill, self.rows,
+                                       she.max_refills if she.filtering else None)
         dropped = n["difficulty"] + n["diversity"]
-        stats = {"reward_mean": n["reward"] / max(n["sampled"], 1), "malformed_fraction": n["malformed"] / max(n["sampled"], 1),
+        stats = {"reward_mean": n["reward"] / max(n["sampled"], 1),
+                 "malformed_fraction": n["malformed"] / max(n["sampled"], 1),
                  "dropped_groups": float(dropped), "dropped_fraction": dropped / max(n["groups"], 1),
                  "dropped_low_diversity": float(n["diversity"]), "refills": float(refills),
                  "distinct_paths": n["paths"] / max(n["groups"], 1)}

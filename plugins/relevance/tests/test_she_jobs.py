@@ -29,7 +29,8 @@ from recis_relevance.judge_config import JudgeConfig
 from recis_relevance.prompts import tokenizer_spec
 from recis_relevance.she_curriculum import CurriculumConfig, curriculum_stages, sft_pass_rates
 from recis_relevance.task import build_task
-from relevance_testing import assert_same_job_state, one_thread, synthetic_items, tiny_llama  # noqa: F401 (one_thread: a fixture)
+from relevance_testing import (assert_same_job_state, one_thread,  # noqa: F401 (one_thread: a fixture)
+                               synthetic_items, tiny_llama)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 LLAMA = tiny_llama()
