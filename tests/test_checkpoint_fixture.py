@@ -1,7 +1,8 @@
 """Checkpoints written by recis at commit 31b6f66 (tests/fixtures/checkpoint_v1, made by
 tests/fixtures/make_checkpoint_fixture.py) still load, bit-exactly, into a model built by the
 public API: a full + incremental chain of one process, and a 2-rank sharded checkpoint loaded
-by 1 and by 2 processes. Nothing here may be regenerated: the files are the old format."""
+by 1 and by 2 processes (the logits of an eval batch after loading: to float32 rounding, see
+check_loaded). Nothing here may be regenerated: the files are the old format."""
 import shutil
 import sys
 from pathlib import Path
@@ -25,11 +26,17 @@ def expected(prefix: str):
     return {k: v for k, v in load_file(str(FIXTURE / "expected.safetensors")).items() if k.startswith(prefix + "/")}
 
 
-def observed(model, opts, prefix: str):
-    out = fx.contents(model, prefix)
-    out.update(fx.dense_optimizer_tensors(opts["dense"], prefix))
-    out.update(fx.logits(model, prefix))
-    return out
+def check_loaded(model, opts, prefix: str):
+    """Everything the checkpoint holds, bit for bit; the logits of the eval batch to float32
+    rounding. The logits pass through ``nn.Linear``, whose CPU kernel (MKL) picks its code path,
+    and so its summation order, by CPU model: the stored ones come from the host that made the
+    fixture, and differ from this host's in their last bits (7e-9 seen, on values up to 0.13)."""
+    want = expected(prefix)
+    key = f"{prefix}/logits"
+    got = fx.contents(model, prefix)
+    got.update(fx.dense_optimizer_tensors(opts["dense"], prefix))
+    assert_bitwise_equal(got, {k: v for k, v in want.items() if k != key}, prefix)
+    torch.testing.assert_close(fx.logits(model, prefix)[key], want[key], rtol=0, atol=1e-7)
 
 
 @pytest.fixture
@@ -51,7 +58,7 @@ def test_full_plus_incremental_chain_loads_bit_exactly(copy):
     extra = load_checkpoint(copy / "single", model, opts)
     assert extra["epoch"] == 2
     assert_bitwise_equal(extra["seen"], torch.tensor([4, 40]), "extra.seen")
-    assert_bitwise_equal(observed(model, opts, "single"), expected("single"), "single")
+    check_loaded(model, opts, "single")
     # Training continues from it (the sketch, slots and optimizer state are usable).
     fx.train(model, opts, *fx.batch(5))
     assert model.ec.groups[0].step == 5
@@ -61,7 +68,7 @@ def test_sharded_checkpoint_loads_into_one_process_bit_exactly(copy):
     model, opts = fx.make_model(seed=7)
     extra = load_checkpoint(copy / "sharded", model, opts)
     assert_bitwise_equal(extra, {"seen": torch.tensor([3])}, "extra")
-    assert_bitwise_equal(observed(model, opts, "sharded"), expected("sharded"), "sharded")
+    check_loaded(model, opts, "sharded")
 
 
 def _load_on_rank(directory: str):
