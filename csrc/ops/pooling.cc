@@ -39,6 +39,25 @@ inline void stream_row(float* dst, const float* src, int64_t n) {
 }
 #endif
 
+// f(bag k, its feature, its sample) for the bags [kb, ke) of the features a call reads (ns >= 0),
+// without a division per bag. Unpooled layouts (one bag per value) read every bag, as feature 0.
+template <class F>
+void for_bags(const BagLayout& L, int64_t kb, int64_t ke, F&& f) {
+  if (L.combiner == Combiner::kNone) {
+    for (int64_t k = kb; k < ke; ++k) f(k, int64_t(0), k);
+    return;
+  }
+  if (kb >= ke) return;  // also batch 0
+  for (int64_t fe = kb / L.batch, k = kb; k < ke; ++fe) {
+    const int64_t end = std::min(ke, (fe + 1) * L.batch);
+    if (L.feature_ns[fe] < 0) {
+      k = end;
+      continue;
+    }
+    for (; k < end; ++k) f(k, fe, k - fe * L.batch);
+  }
+}
+
 // D > 0 fixes the width at compile time so the accumulator lives in vector registers.
 template <int D>
 void pool_bags(const BagLayout& L, const float* const* rows, const int32_t* inverse, int64_t dim_rt, float* out,
@@ -48,9 +67,7 @@ void pool_bags(const BagLayout& L, const float* const* rows, const int32_t* inve
   std::vector<float> acc_dyn(D > 0 ? 0 : dim);
   float* acc = D > 0 ? acc_buf : acc_dyn.data();
   const int64_t vend = L.offsets[ke];
-  for (int64_t k = kb; k < ke; ++k) {
-    const int64_t f = k / L.batch, b = k - f * L.batch;
-    if (L.feature_ns[f] < 0) continue;
+  for_bags(L, kb, ke, [&](int64_t k, int64_t f, int64_t b) {
     const int64_t s = L.offsets[k], e = L.offsets[k + 1];
     for (int64_t j = 0; j < dim; ++j) acc[j] = 0.f;
     for (int64_t i = s; i < e; ++i) {
@@ -68,11 +85,11 @@ void pool_bags(const BagLayout& L, const float* const* rows, const int32_t* inve
 #ifdef __AVX__
     if (D > 0 && D % 16 == 0 && stream && (reinterpret_cast<uintptr_t>(o) & 63) == 0) {
       stream_row(o, acc, dim);
-      continue;
+      return;
     }
 #endif
     for (int64_t j = 0; j < dim; ++j) o[j] = acc[j];
-  }
+  });
 #ifdef __AVX__
   if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
 #endif
@@ -118,6 +135,7 @@ struct BackwardWorkspace {
   std::vector<int32_t> order;  // the unique rows by first value: the CSR's row order
   std::vector<std::vector<int32_t>> counts;  // per chunk: counts, then cursors
   std::vector<std::vector<int32_t>> firsts;  // per chunk: the rows it sees first, in value order
+  std::vector<int64_t> n_firsts;             // per chunk: how many of firsts[c] are those rows
 };
 
 }  // namespace
@@ -165,24 +183,8 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), bags / 4096 + 1));
   ws.counts.resize(chunks);
   ws.firsts.resize(chunks);
+  ws.n_firsts.resize(chunks);
   auto bag_range = [&](int64_t c) { return std::make_pair(bags * c / chunks, bags * (c + 1) / chunks); };
-  // f(bag k, its feature, its sample) for the bags [kb, ke) of features this call reads,
-  // without a division per bag.
-  auto for_bags = [&](int64_t kb, int64_t ke, auto&& f) {
-    if (!pooled) {
-      for (int64_t k = kb; k < ke; ++k) f(k, int64_t(0), k);
-      return;
-    }
-    if (kb >= ke) return;  // also batch 0
-    for (int64_t fe = kb / L.batch, k = kb; k < ke; ++fe) {
-      const int64_t end = std::min(ke, (fe + 1) * L.batch);
-      if (L.feature_ns[fe] < 0) {
-        k = end;
-        continue;
-      }
-      for (; k < end; ++k) f(k, fe, k - fe * L.batch);
-    }
-  };
   auto values_of = [&](int64_t k) {
     return pooled ? std::make_pair(L.offsets[k], L.offsets[k + 1]) : std::make_pair(k, k + 1);
   };
@@ -193,11 +195,11 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
       cnt.assign(n_unique, 0);
       // Every value's row is written and kept only at its first sighting, without a branch on
       // that: first sightings come at random (a third of the values at the benchmark's
-      // default workload), and a branch would mispredict them.
-      first.resize(n_unique + 1);
+      // default workload), and a branch would mispredict them. The buffer only grows.
+      if (static_cast<int64_t>(first.size()) < n_unique + 1) first.resize(n_unique + 1);
       int64_t n_first = 0;
       const auto [kb, ke] = bag_range(c);
-      for_bags(kb, ke, [&](int64_t k, int64_t, int64_t) {
+      for_bags(L, kb, ke, [&](int64_t k, int64_t, int64_t) {
         const auto [s, e] = values_of(k);
         for (int64_t i = s; i < e; ++i) {
           const int32_t u = inverse[i];
@@ -206,7 +208,7 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
           n_first += cnt[u]++ == 0;
         }
       });
-      first.resize(n_first);
+      ws.n_firsts[c] = n_first;
     }
   });
   // The rows in order of first value: each chunk's first sightings, chunk by chunk, minus those
@@ -218,8 +220,8 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
   };
   ws.order.clear();
   for (int64_t c = 0; c < chunks; ++c)
-    for (const int32_t u : ws.firsts[c])
-      if (!seen_before(u, c)) ws.order.push_back(u);
+    for (int64_t i = 0; i < ws.n_firsts[c]; ++i)
+      if (!seen_before(ws.firsts[c][i], c)) ws.order.push_back(ws.firsts[c][i]);
   if (static_cast<int64_t>(ws.order.size()) < n_unique)
     for (int32_t u = 0; u < n_unique; ++u)
       if (!seen_before(u, chunks)) ws.order.push_back(u);
@@ -238,7 +240,7 @@ BackwardWorkspace& build_csr(const BagLayout& L, const int32_t* inverse, int64_t
     for (int64_t c = cb; c < ce; ++c) {
       std::vector<int32_t>& cursor = ws.counts[c];
       const auto [kb, ke] = bag_range(c);
-      for_bags(kb, ke, [&](int64_t k, int64_t f, int64_t b) {
+      for_bags(L, kb, ke, [&](int64_t k, int64_t f, int64_t b) {
         const auto [s, e] = values_of(k);
         int64_t base = k * dim;
         float scale = 1.f;

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <iterator>
 
+#include "common/lane_sum.h"
+
 namespace recis {
 
 const OptimLayout& layout_of(OptimKind kind) {
@@ -51,31 +53,17 @@ struct Adagrad {
 
 // Row-wise Adagrad (fbgemm EXACT_ROWWISE_ADAGRAD): one accumulator of mean(g^2) per row.
 struct RowwiseAdagrad {
-  static constexpr int64_t kLanes = kRowwiseAdagradLanes;
   float lr, wd, eps;
   explicit RowwiseAdagrad(const std::vector<double>& h) : lr(h[0]), wd(h[1]), eps(h[2]) {}
   void operator()(float* w, float* s, const float* g, int64_t d) const {
-    // The sum of squares runs in kLanes lanes (column j adds to lane j % kLanes, in column
-    // order), which then add up in lane order: it vectorizes, and the Triton twin sums the same way.
-    float lane[kLanes] = {0.f};
-    int64_t j = 0;
-    if (wd == 0.f) {
-      for (; j + kLanes <= d; j += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) lane[l] += g[j + l] * g[j + l];
-      for (; j < d; ++j) lane[j % kLanes] += g[j] * g[j];
-    } else {
-      for (; j + kLanes <= d; j += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const float gj = g[j + l] + wd * w[j + l];
-          lane[l] += gj * gj;
-        }
-      for (; j < d; ++j) {
-        const float gj = g[j] + wd * w[j];
-        lane[j % kLanes] += gj * gj;
-      }
-    }
-    float sq = 0.f;
-    for (int64_t l = 0; l < kLanes; ++l) sq += lane[l];
+    // The sum of squares in lanes (lane_sum's order): it vectorizes, and the Triton twin sums
+    // the same way.
+    constexpr int64_t kLanes = kRowwiseAdagradLanes;
+    const float sq = wd == 0.f ? lane_sum<kLanes>(d, [g](int64_t j) { return g[j] * g[j]; })
+                               : lane_sum<kLanes>(d, [&](int64_t j) {
+                                   const float gj = g[j] + wd * w[j];
+                                   return gj * gj;
+                                 });
     s[0] += sq / static_cast<float>(d);
     const float mult = lr / (std::sqrt(s[0]) + eps);
     if (wd == 0.f) {
